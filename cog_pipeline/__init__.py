@@ -1,0 +1,1 @@
+"""cog-pipeline core."""

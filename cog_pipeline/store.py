@@ -1,0 +1,510 @@
+"""Object stores: the one interface every other module uses for buckets, with an S3 and a local-folder backend.
+
+Everything above this module speaks in (bucket, key) pairs and never knows whether a bucket is an
+S3-compatible endpoint or a folder on disk, so the embedded default and production share every line of
+claim, workflow and reconcile logic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote, unquote, urlsplit
+
+
+class StoreError(RuntimeError):
+    """A bucket operation failed for a reason the caller should report (never contains secrets)."""
+
+
+class ObjectNotFound(StoreError):
+    """The key (or bucket) does not exist."""
+
+
+class PreconditionFailed(StoreError):
+    """A conditional write or delete lost: the object exists already, or changed since it was read."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What one listing entry tells: enough to reconcile without a request per object."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+
+class ObjectStore(Protocol):
+    """One bucket. Keys are '/'-separated, never start with '/', and may hold any Unicode."""
+
+    bucket: str
+
+    def url(self, key: str) -> str:
+        """A URL naming the object (s3://bucket/key or file:///…) for catalogs and messages."""
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with prefix, paginated: one request per 1000 keys on S3."""
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """The object's info, or None when it does not exist."""
+
+    def read_bytes(self, key: str) -> tuple[bytes, ObjectInfo]:
+        """The object's content with the info of exactly that version."""
+
+    def create(self, key: str, data: bytes) -> ObjectInfo:
+        """Write a new object; PreconditionFailed when the key exists (S3 If-None-Match: *)."""
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        """Write or overwrite an object."""
+
+    def delete(self, key: str, if_match: str | None = None) -> None:
+        """Remove an object; with if_match, only the version with that ETag (PreconditionFailed otherwise)."""
+
+    def download(self, key: str, dest: Path) -> None:
+        """Copy the object into a local file (multipart, parallel on S3)."""
+
+    def upload(self, src: Path, key: str) -> None:
+        """Copy a local file into the bucket (multipart, parallel on S3)."""
+
+
+def _validate_key(key: str) -> str:
+    if not key or key.startswith("/") or any(part in ("", ".", "..") for part in key.split("/")):
+        raise StoreError(f"refusing unsafe object key {key!r}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        raise StoreError(f"refusing object key with control characters {key!r}")
+    return key
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Local folder
+
+
+class LocalStore:
+    """A folder standing in for a bucket: the bucket is ROOT/<bucket>, a key is a path relative to it.
+
+    Writes go to a temporary file in the destination folder and are renamed into place, so a reader never
+    sees half an object and a crash never leaves one. ETags are content MD5s like S3's single-part ETags.
+    """
+
+    def __init__(self, root: Path, bucket: str) -> None:
+        self.root = Path(root).resolve()
+        self.bucket = bucket
+        self.base = self.root / bucket
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.base)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.base / _validate_key(key)
+
+    def url(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    def _info(self, key: str, path: Path) -> ObjectInfo:
+        st = path.stat()
+        return ObjectInfo(
+            key=key,
+            size=st.st_size,
+            etag=_md5_file(path),
+            last_modified=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
+        )
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if not self.base.is_dir():
+            raise ObjectNotFound(f"bucket folder {self.base} does not exist")
+        # Walk only the folder the prefix can live in, so listing one county does not walk the state.
+        folder, _, _ = prefix.rpartition("/")
+        start = self.base / folder if folder else self.base
+        if not start.is_dir():
+            return
+        found: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".cog-pipeline-tmp")]
+            rel = Path(dirpath).relative_to(self.base)
+            for name in filenames:
+                if name.startswith(".cog-pipeline-tmp"):
+                    continue
+                key = name if str(rel) == "." else f"{rel.as_posix()}/{name}"
+                if key.startswith(prefix):
+                    found.append(key)
+        for key in sorted(found):  # S3 lists in key order; keep the same contract
+            path = self.base / key
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            yield ObjectInfo(
+                key=key,
+                size=st.st_size,
+                etag=f"{st.st_size:x}-{st.st_mtime_ns:x}",
+                last_modified=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
+            )
+
+    def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        return self._info(key, path)
+
+    def read_bytes(self, key: str) -> tuple[bytes, ObjectInfo]:
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"{self.url(key)} does not exist") from exc
+        st = path.stat()
+        return data, ObjectInfo(
+            key=key,
+            size=len(data),
+            etag=hashlib.md5(data, usedforsecurity=False).hexdigest(),
+            last_modified=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
+        )
+
+    def _write_atomic(self, path: Path, data: bytes, exclusive: bool) -> None:
+        if not self.base.is_dir():
+            raise ObjectNotFound(f"bucket folder {self.base} does not exist")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".cog-pipeline-tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if exclusive:
+                # link() fails when the target exists: an atomic create-if-absent, like If-None-Match.
+                try:
+                    os.link(tmp, path)
+                except FileExistsError as exc:
+                    raise PreconditionFailed(f"{self.url(path.relative_to(self.base).as_posix())} exists") from exc
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def create(self, key: str, data: bytes) -> ObjectInfo:
+        path = self._path(key)
+        self._write_atomic(path, data, exclusive=True)
+        return self._info(key, path)
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        path = self._path(key)
+        self._write_atomic(path, data, exclusive=False)
+        return self._info(key, path)
+
+    def delete(self, key: str, if_match: str | None = None) -> None:
+        path = self._path(key)
+        with self._lock:
+            if if_match is not None:
+                if not path.is_file():
+                    raise PreconditionFailed(f"{self.url(key)} is gone")
+                if _md5_file(path) != if_match:
+                    raise PreconditionFailed(f"{self.url(key)} changed since it was read")
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                if if_match is not None:
+                    raise PreconditionFailed(f"{self.url(key)} is gone") from None
+
+    def download(self, key: str, dest: Path) -> None:
+        src = self._path(key)
+        if not src.is_file():
+            raise ObjectNotFound(f"{self.url(key)} does not exist")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+
+    def upload(self, src: Path, key: str) -> None:
+        path = self._path(key)
+        if not self.base.is_dir():
+            raise ObjectNotFound(f"bucket folder {self.base} does not exist")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".cog-pipeline-tmp-", dir=path.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def _md5_file(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# S3
+
+
+@dataclass
+class RequestCounter:
+    """Counts HTTP requests a client sends, by operation: how tests and benchmarks hold reconcile to its budget."""
+
+    by_operation: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_operation.values())
+
+    def __call__(self, model: object = None, **_: object) -> None:  # botocore 'before-call' handler
+        name = getattr(model, "name", "unknown")
+        with self._lock:
+            self.by_operation[name] = self.by_operation.get(name, 0) + 1
+
+
+def normalise_endpoint(endpoint: str | None, *, secure: bool = True) -> str | None:
+    """Accept 'host:port', 'host' or a full URL, as the original tool did; default to https."""
+    if not endpoint:
+        return None
+    endpoint = endpoint.strip().rstrip("/")
+    if "://" not in endpoint:
+        endpoint = f"{'https' if secure else 'http'}://{endpoint}"
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise StoreError(f"endpoint {endpoint!r} is not an http(s) URL or host[:port]")
+    return endpoint
+
+
+def read_key_file(path: Path | str, what: str) -> str:
+    """Read an access/secret key file (first non-blank line) and never echo its content in errors."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StoreError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    raise StoreError(f"{what} file {path} is empty")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """How to reach buckets. Holds key file *paths*, never key material, so it can be written to run.json."""
+
+    local_root: Path | None = None
+    endpoint: str | None = None
+    access_key_file: Path | None = None
+    secret_key_file: Path | None = None
+    region: str | None = None
+    retry_mode: str = "standard"
+    max_attempts: int = 10
+    max_pool_connections: int = 32
+    addressing_style: str | None = None  # None: path-style for custom endpoints, virtual for AWS
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "local_root": str(self.local_root) if self.local_root else None,
+            "endpoint": self.endpoint,
+            "access_key_file": str(self.access_key_file) if self.access_key_file else None,
+            "secret_key_file": str(self.secret_key_file) if self.secret_key_file else None,
+            "region": self.region,
+            "retry_mode": self.retry_mode,
+            "max_attempts": self.max_attempts,
+            "max_pool_connections": self.max_pool_connections,
+            "addressing_style": self.addressing_style,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> StoreConfig:
+        def path(value: object) -> Path | None:
+            return Path(str(value)) if value else None
+
+        return cls(
+            local_root=path(data.get("local_root")),
+            endpoint=data.get("endpoint") or None,  # type: ignore[arg-type]
+            access_key_file=path(data.get("access_key_file")),
+            secret_key_file=path(data.get("secret_key_file")),
+            region=data.get("region") or None,  # type: ignore[arg-type]
+            retry_mode=str(data.get("retry_mode") or "standard"),
+            max_attempts=int(data.get("max_attempts") or 10),  # type: ignore[arg-type]
+            max_pool_connections=int(data.get("max_pool_connections") or 32),  # type: ignore[arg-type]
+            addressing_style=data.get("addressing_style") or None,  # type: ignore[arg-type]
+        )
+
+    def s3_client(self, counter: RequestCounter | None = None):  # -> botocore S3 client
+        """A boto3 S3 client: explicit key files when given, else the standard AWS credential chain."""
+        import boto3
+        from botocore.config import Config
+
+        if self.retry_mode not in ("legacy", "standard", "adaptive"):
+            raise StoreError(f"retry mode must be standard, adaptive or legacy, not {self.retry_mode!r}")
+        if (self.access_key_file is None) != (self.secret_key_file is None):
+            raise StoreError("give both an access key file (-a) and a secret key file (-s), or neither")
+        endpoint = normalise_endpoint(self.endpoint)
+        style = self.addressing_style or ("path" if endpoint else "auto")
+        config = Config(
+            retries={"mode": self.retry_mode, "max_attempts": self.max_attempts},
+            s3={"addressing_style": style},
+            max_pool_connections=self.max_pool_connections,
+            signature_version="s3v4",
+        )
+        kwargs: dict[str, object] = {"config": config, "endpoint_url": endpoint}
+        if self.access_key_file is not None and self.secret_key_file is not None:
+            kwargs["aws_access_key_id"] = read_key_file(self.access_key_file, "access key")
+            kwargs["aws_secret_access_key"] = read_key_file(self.secret_key_file, "secret key")
+        session = boto3.session.Session(region_name=self.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+        client = session.client("s3", **kwargs)
+        if counter is not None:
+            client.meta.events.register("before-call.s3", counter)
+        return client
+
+
+class S3Store:
+    """One bucket on an S3-compatible endpoint, through boto3 (retries, pagination and multipart transfers)."""
+
+    def __init__(self, bucket: str, client, counter: RequestCounter | None = None) -> None:
+        self.bucket = bucket
+        self.client = client
+        self.counter = counter
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.bucket!r})"
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{quote(key, safe='/')}"
+
+    def _error(self, exc: Exception, key: str | None = None) -> StoreError:
+        from botocore.exceptions import ClientError
+
+        where = f"s3://{self.bucket}/{key}" if key else f"s3://{self.bucket}"
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return PreconditionFailed(f"{where}: {code or status}")
+            if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound") or status == 404:
+                return ObjectNotFound(f"{where} does not exist ({code or status})")
+            return StoreError(f"{where}: S3 error {code or status}")
+        return StoreError(f"{where}: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _etag(value: str | None) -> str:
+        return (value or "").strip('"')
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(
+                        key=item["Key"],
+                        size=int(item.get("Size", 0)),
+                        etag=self._etag(item.get("ETag")),
+                        last_modified=item["LastModified"],
+                    )
+        except Exception as exc:  # noqa: BLE001 - translated into one clear error type
+            raise self._error(exc) from exc
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001
+            err = self._error(exc, key)
+            if isinstance(err, ObjectNotFound):
+                return None
+            raise err from exc
+        return ObjectInfo(key, int(resp["ContentLength"]), self._etag(resp.get("ETag")), resp["LastModified"])
+
+    def read_bytes(self, key: str) -> tuple[bytes, ObjectInfo]:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+            data = resp["Body"].read()
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, key) from exc
+        return data, ObjectInfo(key, len(data), self._etag(resp.get("ETag")), resp["LastModified"])
+
+    def _put(self, key: str, data: bytes, **extra: str) -> ObjectInfo:
+        _validate_key(key)
+        try:
+            resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, key) from exc
+        info = self.head(key)
+        if info is None:  # eventual consistency on some stores: fall back to what the PUT told us
+            return ObjectInfo(key, len(data), self._etag(resp.get("ETag")), datetime.now(timezone.utc))
+        return info
+
+    def create(self, key: str, data: bytes) -> ObjectInfo:
+        # If-None-Match: * is honoured by AWS and most S3-compatible stores; where it is ignored the claim
+        # protocol's marker and the local lock still keep two scans apart.
+        if self.head(key) is not None:
+            raise PreconditionFailed(f"s3://{self.bucket}/{key} exists")
+        return self._put(key, data, IfNoneMatch="*")
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        return self._put(key, data)
+
+    def delete(self, key: str, if_match: str | None = None) -> None:
+        if if_match is not None:
+            current = self.head(key)
+            if current is None:
+                raise PreconditionFailed(f"s3://{self.bucket}/{key} is gone")
+            if current.etag != if_match:
+                raise PreconditionFailed(f"s3://{self.bucket}/{key} changed since it was read")
+        kwargs: dict[str, str] = {}
+        if if_match is not None:
+            kwargs["IfMatch"] = f'"{if_match}"'
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            err = self._error(exc, key)
+            if isinstance(err, ObjectNotFound) and if_match is None:
+                return
+            raise err from exc
+
+    def download(self, key: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(self.bucket, key, str(dest))
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, key) from exc
+
+    def upload(self, src: Path, key: str) -> None:
+        _validate_key(key)
+        try:
+            self.client.upload_file(str(src), self.bucket, key)
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, key) from exc
+
+
+def open_store(bucket: str, config: StoreConfig, counter: RequestCounter | None = None) -> ObjectStore:
+    """The store for one bucket: a folder under config.local_root when set, else S3."""
+    if not bucket or "/" in bucket:
+        raise StoreError(f"bucket name {bucket!r} must be non-empty and contain no '/'")
+    if config.local_root is not None:
+        return LocalStore(config.local_root, bucket)
+    return S3Store(bucket, config.s3_client(counter), counter)
+
+
+def parse_location(url: str) -> tuple[str, str, str]:
+    """Split a replica URL into (scheme, bucket-or-root, key).
+
+    Understands s3://bucket/key, Pegasus' s3://identity@site/bucket/key and file:///abs/path.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "s3":
+        if "@" in parts.netloc:  # Pegasus: the netloc names identity@site, the bucket is the first path part
+            bucket, _, key = parts.path.lstrip("/").partition("/")
+        else:
+            bucket, key = parts.netloc, parts.path.lstrip("/")
+        return "s3", bucket, unquote(key)
+    if parts.scheme == "file":
+        return "file", "", unquote(parts.path)
+    raise StoreError(f"unsupported replica location {url!r}")
