@@ -125,6 +125,15 @@ class RunDir:
     def write_json(self, name: str, data: Any) -> None:
         write_json_atomic(self.path / name, data)
 
+    def job_records(self) -> dict[str, dict[str, Any]]:
+        """Outcome of every finished job (jobs/<id>.json), by job id."""
+        records: dict[str, dict[str, Any]] = {}
+        if self.jobs_dir.is_dir():
+            for path in self.jobs_dir.glob("*.json"):
+                data = json.loads(path.read_text(encoding="utf-8"))
+                records[str(data["job_id"])] = data
+        return records
+
 
 def list_run_dirs(work_dir: Path) -> list[RunDir]:
     if not work_dir.is_dir():

@@ -1,0 +1,172 @@
+"""Reconcile: decide, for every manifest row, processed or failed, and write the result files.
+
+The output bucket is the truth: a row is processed only when its COG and its JPEG are there and were
+written by this run (not older than the claim, by the store's own clock). Job records and the pre-flight
+file only supply the *reason* a row failed. Decisions are saved in the run directory before anything is
+written to the bucket, so a crash half-way through is finished by running reconcile again, with the same
+result, and the processing file is removed only after the result files are safely in the bucket.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .listing import find_keys
+from .manifest import Manifest, ManifestRow, parse_manifest
+from .naming import RunNames
+from .rundir import RECONCILED, RunDir
+from .store import ObjectStore, open_store
+
+PROCESSED = "processed"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    line: int
+    text: str
+    status: str  # processed | failed
+    reason: str = ""
+    note: str = ""  # e.g. a band-count warning on a processed row
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    processed: int
+    failed: int
+    processed_key: str | None
+    failed_key: str | None
+    reasons_key: str | None
+    already_done: bool = False
+
+
+def _second(moment: datetime) -> datetime:
+    return moment.replace(microsecond=0)
+
+
+def decide(
+    manifest: Manifest,
+    outputs: dict[str, Any],
+    claimed_at: datetime | None,
+    preflight: dict[str, Any],
+    records: dict[str, dict[str, Any]],
+) -> list[RowOutcome]:
+    """Pure decision logic: every row of the manifest gets exactly one outcome."""
+    pre_failed = {int(item["line"]): str(item["reason"]) for item in preflight.get("failed", [])}
+    record_by_line = {int(r["line"]): r for r in records.values() if r.get("line") is not None}
+    outcomes: dict[int, RowOutcome] = {}
+
+    for rejected in manifest.rejected:
+        outcomes[rejected.line] = RowOutcome(rejected.line, rejected.text, FAILED, rejected.reason)
+
+    def judge(row: ManifestRow) -> RowOutcome:
+        if row.line in pre_failed:
+            return RowOutcome(row.line, row.text, FAILED, pre_failed[row.line])
+        record = record_by_line.get(row.line)
+        tif, jpg = outputs.get(row.key), outputs.get(row.jpg_key)
+        fresh = [
+            o for o in (tif, jpg) if o is not None and (claimed_at is None or _second(o.last_modified) >= _second(claimed_at))
+        ]
+        if len(fresh) == 2:
+            note = str(record.get("warning") or "") if record else ""
+            return RowOutcome(row.line, row.text, PROCESSED, note=note)
+        if record is not None and record.get("status") == "failed":
+            reason = f"{record.get('category')}: {record.get('reason')}".strip()
+            if record.get("attempts", 1) > 1:
+                reason += f" (after {record['attempts']} attempts)"
+            return RowOutcome(row.line, row.text, FAILED, reason)
+        missing = [k for k, o in ((row.key, tif), (row.jpg_key, jpg)) if o is None]
+        stale = [k for k, o in ((row.key, tif), (row.jpg_key, jpg)) if o is not None and o not in fresh]
+        parts = []
+        if missing:
+            parts.append("missing from the output bucket: " + ", ".join(missing))
+        if stale:
+            parts.append("only stale outputs from an earlier run: " + ", ".join(stale))
+        if record is None:
+            parts.append("no job record (the job did not run or did not finish)")
+        return RowOutcome(row.line, row.text, FAILED, "; ".join(parts))
+
+    for row in manifest.rows:
+        outcomes[row.line] = judge(row)
+    for duplicate, first_line in manifest.duplicates:
+        first = outcomes[first_line]
+        reason = f"duplicate of line {first_line}" + (f": {first.reason}" if first.reason else "")
+        outcomes[duplicate.line] = RowOutcome(
+            duplicate.line, duplicate.text, first.status, reason if first.status == FAILED else "", f"duplicate of line {first_line}, converted once"
+        )
+    return [outcomes[line] for line in sorted(outcomes)]
+
+
+def _csv_rows(outcomes: list[RowOutcome], status: str) -> bytes:
+    return "".join(f"{o.text}\n" for o in outcomes if o.status == status).encode("utf-8")
+
+
+def _reasons_csv(outcomes: list[RowOutcome]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["line", "row", "reason"])
+    for o in outcomes:
+        if o.status == FAILED:
+            writer.writerow([o.line, o.text, o.reason])
+    return buffer.getvalue().encode("utf-8")
+
+
+def reconcile(
+    run_dir: RunDir,
+    *,
+    input_store: ObjectStore | None = None,
+    output_store: ObjectStore | None = None,
+) -> ReconcileResult:
+    """Write processed/failed files beside the manifest and retire the processing file. Safe to repeat."""
+    info = run_dir.load()
+    names = RunNames(info.manifest_key, info.timestamp)
+    saved = run_dir.read_json(RunDir.RECONCILE)
+    if info.state == RECONCILED and saved is not None:
+        return ReconcileResult(**{**saved["result"], "already_done": True})
+    config = info.store_config
+    input_store = input_store or open_store(info.input_bucket, config)
+
+    if saved is None:
+        output_store = output_store or open_store(info.output_bucket, config)
+        manifest = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes())
+        wanted = [k for row in manifest.rows for k in (row.key, row.jpg_key)]
+        outputs = find_keys(output_store, wanted)
+        claimed_at = datetime.fromisoformat(info.claimed_at) if info.claimed_at else None
+        outcomes = decide(manifest, outputs, claimed_at, run_dir.read_json(RunDir.PREFLIGHT, {}), run_dir.job_records())
+        n_processed = sum(o.status == PROCESSED for o in outcomes)
+        n_failed = len(outcomes) - n_processed
+        result = ReconcileResult(
+            processed=n_processed,
+            failed=n_failed,
+            processed_key=names.processed_key if n_processed else None,
+            failed_key=names.failed_key if n_failed else None,
+            reasons_key=names.reasons_key if n_failed else None,
+        )
+        results_dir = run_dir.path / RunDir.RESULTS
+        results_dir.mkdir(exist_ok=True)
+        files = {
+            result.processed_key: _csv_rows(outcomes, PROCESSED),
+            result.failed_key: _csv_rows(outcomes, FAILED),
+            result.reasons_key: _reasons_csv(outcomes),
+        }
+        for key, data in files.items():
+            if key:
+                (results_dir / key.rpartition("/")[2]).write_bytes(data)
+        saved = {
+            "result": {k: v for k, v in result.__dict__.items() if k != "already_done"},
+            "rows": [o.__dict__ for o in outcomes],
+        }
+        run_dir.write_json(RunDir.RECONCILE, saved)
+
+    result = ReconcileResult(**saved["result"])
+    results_dir = run_dir.path / RunDir.RESULTS
+    for key in (result.processed_key, result.failed_key, result.reasons_key):
+        if key:
+            input_store.put_bytes(key, (results_dir / key.rpartition("/")[2]).read_bytes())
+    input_store.delete(names.processing_key)
+    run_dir.set_state(RECONCILED)
+    return result
