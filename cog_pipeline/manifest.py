@@ -7,10 +7,19 @@ RejectedRow so it ends in the failed file with a reason and never takes the rest
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 MAX_BANDS = 1024
+
+# Rows end at \n, \r\n or \r (universal newlines) and nowhere else: str.splitlines() would also split a
+# key at U+2028, U+0085, form feed, ..., making two bogus rows and shifting every line number after it.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# "Surrounding spaces" are spaces and tabs. str.strip() would also eat control characters such as \x1f
+# (Python counts them as whitespace), silently accepting a key that is not the one written.
+_BLANKS = " \t"
+_BANDS = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,7 @@ def check_key(key: str) -> str | None:
     """Why `key` is not acceptable as an input image key, or None when it is."""
     if not key:
         return "empty key"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in key):
         return "key contains control characters"
     if key.startswith("/"):
         return "key starts with '/'"
@@ -74,14 +83,14 @@ def parse_row(line_no: int, text: str) -> ManifestRow | RejectedRow:
     key, sep, bands_text = text.rpartition(",")
     if not sep:
         return RejectedRow(line_no, text, "malformed row: expected 'key,bands'")
-    key = key.strip()
-    bands_text = bands_text.strip()
+    key = key.strip(_BLANKS)
+    bands_text = bands_text.strip(_BLANKS)
     if not bands_text:
         return RejectedRow(line_no, text, "malformed row: band count is missing")
-    try:
-        bands = int(bands_text, 10)
-    except ValueError:
+    # ASCII digits only: int() would also take '1_0', '+3' or non-ASCII digits such as '３'.
+    if not _BANDS.fullmatch(bands_text):
         return RejectedRow(line_no, text, f"malformed row: band count {bands_text!r} is not an integer")
+    bands = int(bands_text)
     if not 1 <= bands <= MAX_BANDS:
         return RejectedRow(line_no, text, f"malformed row: band count {bands} is out of range 1-{MAX_BANDS}")
     problem = check_key(key)
@@ -99,14 +108,17 @@ def decode(data: bytes) -> str:
 
 def parse_manifest(data: bytes | str) -> Manifest:
     text = decode(data) if isinstance(data, bytes) else data.lstrip("\ufeff")
-    return parse_lines(text.splitlines())
+    lines = _LINE_BREAK.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last row; it does not start another
+    return parse_lines(lines)
 
 
 def parse_lines(lines: Iterable[str]) -> Manifest:
     manifest = Manifest()
     first_line_of: dict[str, int] = {}
     for line_no, raw in enumerate(lines, start=1):
-        text = raw.strip()
+        text = raw.strip(_BLANKS + "\r\n")  # lines read from a file may keep their line break
         if not text:
             continue
         if "\ufffd" in text:
