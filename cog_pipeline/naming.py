@@ -17,8 +17,8 @@ CLAIM_MARKER_SUFFIX = ".claim"
 RUN_DIR_PREFIX = "workflow-run-"
 
 _TS = r"\d{8}-\d{6}"
-RESULT_RE = re.compile(rf"(processing|processed|failed)-({_TS})(-reasons)?\.csv$")
-PROCESSING_RE = re.compile(rf"^(?P<base>.*)processing-(?P<ts>{_TS})\.csv$")
+RESULT_RE = re.compile(rf"(processing|processed|failed)-({_TS})(-reasons)?\.csv\Z")
+PROCESSING_RE = re.compile(rf"^(?P<base>.*)processing-(?P<ts>{_TS})\.csv\Z")
 
 
 def format_timestamp(moment: datetime) -> str:
