@@ -1,0 +1,168 @@
+"""Manifest parsing: tolerant of how manifests are written, strict about what a row may ask for."""
+
+from __future__ import annotations
+
+import codecs
+
+import pytest
+
+from cog_pipeline.manifest import ManifestRow, RejectedRow, parse_lines, parse_manifest, parse_row
+
+
+def keys(data: bytes | str) -> list[str]:
+    return [row.key for row in parse_manifest(data).rows]
+
+
+def only_rejection(data: bytes | str) -> RejectedRow:
+    manifest = parse_manifest(data)
+    assert manifest.rows == [] and len(manifest.rejected) == 1, manifest
+    return manifest.rejected[0]
+
+
+# ---------------------------------------------------------------------------------------------- good rows
+
+
+def test_plain_row_gives_key_bands_line_and_text() -> None:
+    assert parse_manifest(b"Counties/WI/Wood/1band.tif,1\n").rows == [
+        ManifestRow(1, "Counties/WI/Wood/1band.tif", 1, "Counties/WI/Wood/1band.tif,1")
+    ]
+
+
+def test_jpg_key_replaces_the_tif_suffix() -> None:
+    assert parse_manifest("a/b.tif,3").rows[0].jpg_key == "a/b.jpg"
+
+
+def test_crlf_line_endings_are_tolerated() -> None:
+    assert keys(b"a.tif,1\r\nb.tif,3\r\n") == ["a.tif", "b.tif"]
+
+
+def test_old_mac_cr_line_endings_split_rows() -> None:
+    assert keys(b"a.tif,1\rb.tif,3\r") == ["a.tif", "b.tif"]
+
+
+def test_missing_final_newline_keeps_the_last_row() -> None:
+    assert keys(b"a.tif,1\nb.tif,3") == ["a.tif", "b.tif"]
+
+
+def test_blank_lines_are_skipped_but_line_numbers_stay_true() -> None:
+    rows = parse_manifest(b"\na.tif,1\n   \n\t\nb.tif,3\n\n").rows
+    assert [(r.line, r.key) for r in rows] == [(2, "a.tif"), (5, "b.tif")]
+
+
+def test_spaces_and_tabs_around_row_key_and_bands_are_stripped() -> None:
+    assert parse_manifest(b"  a.tif , 2 \t\n").rows == [ManifestRow(1, "a.tif", 2, "a.tif , 2")]
+
+
+def test_utf8_bom_is_ignored_in_bytes() -> None:
+    assert keys(codecs.BOM_UTF8 + b"a.tif,1\n") == ["a.tif"]
+
+
+def test_utf8_bom_is_ignored_in_str() -> None:
+    assert keys("\ufeffa.tif,1\n") == ["a.tif"]
+
+
+def test_key_with_spaces_quotes_and_unicode_is_kept_exactly() -> None:
+    key = "Counties/Eau Claire/O'Brien \"north\"/Zürich 北京.tif"
+    assert keys(f"{key},4\n".encode()) == [key]
+
+
+def test_row_splits_on_the_last_comma_so_keys_may_hold_commas() -> None:
+    row = parse_manifest("Counties/a,b,c.tif,3").rows[0]
+    assert (row.key, row.bands) == ("Counties/a,b,c.tif", 3)
+
+
+def test_unicode_line_separator_inside_a_key_does_not_split_the_row() -> None:
+    manifest = parse_manifest("a\u2028b.tif,1\nc.tif,2\n")
+    assert [(r.line, r.key) for r in manifest.rows] == [(1, "a\u2028b.tif"), (2, "c.tif")]
+
+
+def test_lines_read_from_a_file_keep_their_newlines_and_still_parse() -> None:
+    assert [r.key for r in parse_lines(["a.tif,1\r\n", "b.tif,2\n"]).rows] == ["a.tif", "b.tif"]
+
+
+def test_largest_band_count_is_accepted() -> None:
+    assert parse_manifest("a.tif,1024").rows[0].bands == 1024
+
+
+# ---------------------------------------------------------------------------------------------- rejected rows
+
+
+@pytest.mark.parametrize(
+    ("row", "reason_part"),
+    [
+        ("a.tif", "expected 'key,bands'"),
+        ("a.tif,", "band count is missing"),
+        ("a.tif,x", "not an integer"),
+        ("a.tif,1.5", "not an integer"),
+        ("a.tif,1_0", "not an integer"),
+        ("a.tif,+3", "not an integer"),
+        ("a.tif,\uff13", "not an integer"),  # FULLWIDTH DIGIT THREE: int() would accept it
+        ("a.tif,0", "out of range"),
+        ("a.tif,1025", "out of range"),
+        ("a.tif,-1", "not an integer"),
+        (",1", "empty key"),
+        ("a.tiff,1", "does not end in '.tif'"),
+        ("a.TIF,1", "does not end in '.tif'"),
+        ("/a.tif,1", "starts with '/'"),
+        ("a/../b.tif,1", "'..'"),
+        ("a/./b.tif,1", "'..'"),
+        ("a//b.tif,1", "empty path segment"),
+        ("a\\b.tif,1", "backslash"),
+        ("a/.tif,1", "no file name"),
+        ("a\x00b.tif,1", "control characters"),
+        ("a\tb.tif,1", "control characters"),
+        ("a\x7fb.tif,1", "control characters"),
+        ("a\x85b.tif,1", "control characters"),  # C1 NEL: splitlines() used to split the row here
+        ("a\x0cb.tif,1", "control characters"),  # form feed: likewise
+    ],
+)
+def test_malformed_row_is_rejected_with_a_reason(row: str, reason_part: str) -> None:
+    rejected = only_rejection(row + "\n")
+    assert (rejected.line, rejected.text, reason_part in rejected.reason) == (1, row, True), rejected.reason
+
+
+def test_control_character_at_the_end_of_a_key_is_not_silently_stripped() -> None:
+    # str.strip() treats \x1f as whitespace; the key written is not 'a.tif' and must not become it.
+    assert "control characters" in only_rejection("a.tif\x1f,1\n").reason
+
+
+def test_invalid_utf8_rejects_only_that_row() -> None:
+    manifest = parse_manifest(b"a.tif,1\nb\xff.tif,1\nc.tif,1\n")
+    assert ([r.key for r in manifest.rows], [(r.line, r.reason) for r in manifest.rejected]) == (
+        ["a.tif", "c.tif"],
+        [(2, "row is not valid UTF-8")],
+    )
+
+
+def test_bad_rows_never_abort_the_rest_of_the_manifest() -> None:
+    manifest = parse_manifest(b"a.tif,1\n../x.tif,1\nnot a row\nb.tif,2\n")
+    assert ([r.key for r in manifest.rows], [r.line for r in manifest.rejected]) == (["a.tif", "b.tif"], [2, 3])
+
+
+# ---------------------------------------------------------------------------------------------- duplicates, empty
+
+
+def test_duplicate_row_is_processed_once_and_reported_with_its_first_line() -> None:
+    manifest = parse_manifest(b"a.tif,1\nb.tif,1\na.tif,1\n")
+    assert ([r.key for r in manifest.rows], [(d.line, first) for d, first in manifest.duplicates]) == (
+        ["a.tif", "b.tif"],
+        [(3, 1)],
+    )
+
+
+def test_duplicate_key_with_surrounding_spaces_is_still_a_duplicate() -> None:
+    assert len(parse_manifest(b"a.tif,1\n  a.tif , 1\n").duplicates) == 1
+
+
+def test_row_count_counts_rows_rejected_and_duplicates() -> None:
+    assert parse_manifest(b"a.tif,1\na.tif,1\nbad\n").row_count == 3
+
+
+@pytest.mark.parametrize("data", [b"", b"\n\n", codecs.BOM_UTF8, b"\r\n  \r\n", ""])
+def test_empty_manifest_parses_to_an_empty_result(data: bytes | str) -> None:
+    manifest = parse_manifest(data)
+    assert (manifest.rows, manifest.rejected, manifest.duplicates, manifest.row_count) == ([], [], [], 0)
+
+
+def test_parse_row_keeps_the_text_as_written() -> None:
+    assert parse_row(7, "a.tif, 5") == ManifestRow(7, "a.tif", 5, "a.tif, 5")
