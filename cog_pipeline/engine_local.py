@@ -304,9 +304,13 @@ def run_workflow(
     progress: bool = True,
     run_hooks: bool = True,
 ) -> EngineResult:
-    """Run every job not yet succeeded, then the END hooks, whatever the jobs' outcomes."""
+    """Run every job without a final record, then the END hooks, whatever the jobs' outcomes.
+
+    A record is written only when a job has used up its attempts, so a resumed run redoes neither its
+    successes nor its definitive failures.
+    """
     jobs, hooks = load_jobs(run_dir)
-    done = {job_id for job_id, rec in run_dir.job_records().items() if rec.get("status") == "succeeded"}
+    done = set(run_dir.job_records())
     todo = [job for job in jobs if job.job_id not in done]
     run_dir.jobs_dir.mkdir(parents=True, exist_ok=True)
     run_dir.set_state(RUNNING, engine_pid=os.getpid(), engine_host=os.uname().nodename)

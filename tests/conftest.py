@@ -64,3 +64,50 @@ _bucket_counter = iter(range(1, 1_000_000))
 def bucket_name() -> str:
     """A bucket name no other test uses (S3 bucket names: lowercase, digits, hyphens)."""
     return f"test-bucket-{os.getpid()}-{next(_bucket_counter)}"
+
+
+class Buckets:
+    """An input and an output bucket on one backend, plus the StoreConfig that reaches them."""
+
+    def __init__(self, kind: str, config, input_bucket: str, output_bucket: str) -> None:
+        from cog_pipeline.store import RequestCounter, open_store
+
+        self.kind = kind
+        self.config = config
+        self.input_bucket = input_bucket
+        self.output_bucket = output_bucket
+        self.counter = RequestCounter()
+        self.input = open_store(input_bucket, config)
+        self.output = open_store(output_bucket, config, self.counter)
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.input.upload(Path(path), key)
+
+    def put_text(self, key: str, text: str) -> None:
+        self.input.put_bytes(key, text.encode("utf-8"))
+
+    def input_keys(self) -> list[str]:
+        return [o.key for o in self.input.list("")]
+
+    def output_keys(self) -> list[str]:
+        return [o.key for o in self.output.list("")]
+
+
+@pytest.fixture(params=["folder", "s3"])
+def buckets(request, tmp_path: Path) -> Buckets:
+    """The same test against a local-folder bucket and a real HTTP S3 server (moto)."""
+    from cog_pipeline.store import StoreConfig
+
+    if request.param == "folder":
+        root = tmp_path / "buckets"
+        (root / "in").mkdir(parents=True)
+        (root / "out").mkdir(parents=True)
+        return Buckets("folder", StoreConfig(local_root=root), "in", "out")
+    endpoint = request.getfixturevalue("s3_server")
+    name = request.getfixturevalue("bucket_name")
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=f"{name}-in")
+    client.create_bucket(Bucket=f"{name}-out")
+    return Buckets("s3", StoreConfig(endpoint=endpoint), f"{name}-in", f"{name}-out")
