@@ -1,0 +1,648 @@
+"""Turn a claimed run directory into a Pegasus 5 abstract workflow plus its catalogs and properties.
+
+Contract (shared with the local engine ``cog_pipeline/engine_local.py``, reconcile and the Crondor)
+===================================================================================================
+
+Entry points
+    ``generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettings) -> GenerationResult``
+    and ``main()`` (``python pegasus/workflow_gen.py RUN_DIR [options]``; it rebuilds the input store from
+    run.json's ``store`` with ``RunInfo.store_config`` + ``open_store``).
+
+Inputs
+    ``<run>/manifest.csv`` (the claimed manifest) and ``<run>/run.json`` (input/output bucket, StoreConfig).
+
+Pre-flight (before any job exists)
+    Input keys are checked with ``listing.find_keys`` (a few paginated listings, never one request per key).
+    ``<run>/preflight.json`` = ``{"failed": [...], "duplicates": [...], "jobs": N}`` where
+    ``failed`` holds ``{"line": int, "text": str, "reason": str}`` for the manifest's rejected rows and for rows
+    whose input object does not exist, sorted by line; ``duplicates`` holds
+    ``{"line": int, "text": str, "duplicate_of": first_line}``. Only existing inputs get jobs.
+
+Files written into the run directory (Pegasus' default names)
+    ``workflow.yml``, ``replicas.yml``, ``transformations.yml``, ``sites.yml`` (rendered from the template
+    ``pegasus/sites.yml``), ``pegasus.properties``, ``preflight.json`` and, only for an S3 store with key
+    files, ``credentials.conf`` (mode 0600). All YAML files are valid against the Pegasus 5.0 schemas.
+
+Jobs (one per valid manifest row)
+    id ``ID{line:07d}`` (line = 1-based manifest line), transformation ``generate_cog``, arguments exactly
+    ``[<input LFN>, <row.key>, <row.jpg_key>, "--bands", str(bands)]``; uses: the input LFN (``input``), and
+    ``row.key`` / ``row.jpg_key`` (``output``, ``stageOut: true``, ``registerReplica: false``);
+    metadata ``key`` (the manifest key) and ``line`` (as a string, as Pegasus.api stores metadata);
+    profiles ``dagman: {RETRY: <retries>, CATEGORY: "cog"}`` (Pegasus.api writes DAGMan keys upper-case;
+    Pegasus and the local engine treat them case-insensitively).
+
+LFN conventions
+    Input LFN = ``input/<key>`` (an LFN used as both input and output breaks Pegasus, and input and output
+    keys are equal). Output LFNs = the object keys in the OUTPUT bucket, folders kept.
+
+Where things are
+    * Input PFNs: ``replicas.yml``, lfn ``input/<key>`` -> one pfn on site ``storage``:
+      ``s3://<identity>@storage/<input-bucket>/<percent-encoded key>`` or, when buckets are folders,
+      ``file://<local_root>/<input-bucket>/<key>``. ``cog_pipeline.store.parse_location(pfn)`` gives
+      (scheme, bucket, key) for S3 and ("file", "", absolute path) for folders.
+    * Outputs: the output site is ``run.json`` ``extra.output_site`` (``storage``); in ``sites.yml`` that site's
+      ``sharedStorage`` file server URL is the OUTPUT bucket root (``s3://<identity>@storage/<output-bucket>``
+      or ``file://<local_root>/<output-bucket>``); an output lands at ``<url> + "/" + <LFN>``.
+    * Converter: ``transformations.yml`` transformation ``generate_cog``, site ``local``, ``pfn`` = absolute
+      path of ``transformations/generate_cog`` (stageable; run inside the GDAL container on the pool).
+    * Reconcile: workflow-level shell hook on ``end`` (``hooks.shell[0].cmd``). Pegasus has no FINAL node and a
+      job whose parents failed never runs, so reconcile is not a job: pegasus-monitord runs END hooks on the
+      submit host when the workflow ends, and the local engine runs them after all jobs, whatever their outcome.
+
+run.json
+    ``RunDir.set_state(GENERATED, ...)`` records in ``extra``: ``output_site``, ``data_configuration``,
+    ``staging_site``, ``cluster`` (true: plan with ``--cluster horizontal``), ``cluster_size``, ``jobs``,
+    ``preflight_failed``, ``duplicates``, ``max_running``, ``max_transfers``, ``retries``, ``pegasus_files``,
+    ``pegasus_credentials`` (path or null), ``plan_args`` (pegasus-plan arguments besides --dir/--submit),
+    ``reconcile_command``, ``empty`` (true when no row got a job: do not plan, run the END hook directly).
+
+Speed
+    Pegasus.api + PyYAML need about 85 s for 100,000 jobs, so the two big documents (workflow.yml and
+    replicas.yml) are written by a fast writer: block YAML whose list items are single-line JSON flow
+    mappings (JSON is YAML; characters YAML 1.1 treats as unprintable or as line breaks are \\u-escaped). The
+    per-job structure is taken from a Pegasus.api ``Job`` built once with placeholder values, and a test
+    asserts the document equals Pegasus.api's ``Workflow.write()`` output for a small manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import re
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import cog_pipeline.transformations
+from cog_pipeline import rundir as rundir_mod
+from cog_pipeline.listing import find_keys
+from cog_pipeline.manifest import ManifestRow, parse_manifest
+from cog_pipeline.replicas.catalog import (
+    INPUT_LFN_PREFIX,
+    ReplicaEntry,
+    file_url,
+    input_lfn,
+    replica_entries,
+    s3_url,
+    write_replica_catalog,
+    yaml_json,
+)
+from cog_pipeline.replicas.credentials import CREDENTIALS_FILE, write_credentials
+from cog_pipeline.rundir import GENERATED, RunDir
+from cog_pipeline.store import ObjectStore, open_store
+
+log = logging.getLogger(__name__)
+
+TRANSFORMATION = "generate_cog"
+CATEGORY = "cog"  # DAGMan category of the conversion jobs: dagman.cog.maxjobs throttles them
+COMPUTE_SITE = "condorpool"
+SITES_TEMPLATE = Path(__file__).resolve().parent / "sites.yml"
+DEFAULT_IMAGE = "ghcr.io/osgeo/gdal:ubuntu-small-3.6.3"
+DATA_CONFIGURATIONS = ("condorio", "nonsharedfs")
+CONTAINER_TYPES = ("singularity", "docker")
+_PLACEHOLDER = re.compile(r"\$\{(COG_[A-Z0-9_]+)\}")
+
+
+def default_converter() -> Path:
+    return (Path(cog_pipeline.transformations.__file__).parent / "generate_cog").resolve()
+
+
+@dataclass
+class WorkflowSettings:
+    """Everything the generator needs besides the run directory; every field has a default."""
+
+    retries: int = 3  # DAGMan retries per job, as the original
+    max_running: int = 10000  # --max-running: dagman.maxjobs and dagman.cog.maxjobs
+    max_transfers: int = 40  # cap on concurrent S3 transfers: (stage-in + stage-out jobs) x transfer_threads
+    transfer_threads: int = 4  # pegasus.transfer.threads: parallel transfers inside one transfer job
+    transfer_attempts: int = 3  # pegasus-transfer -m: attempts per URL pair inside one transfer job
+    backoff_base: int = 60  # seconds held before the first release of a failed transfer job
+    backoff_max: int = 3600  # cap on the exponential delay
+    backoff_releases: int = 3  # releases before the job is removed and DAGMan's retry counts it
+    cluster_size: int | None = None  # --cluster-size N: pegasus clusters.size, plan with --cluster horizontal
+    s3_site: str = "storage"  # name of the object-store site (replicas and output site)
+    identity: str = "cog"  # user part of s3://<identity>@<site>/...; section [<identity>@<site>] in credentials
+    container_image: str = DEFAULT_IMAGE  # "" runs the converter without a container
+    container_type: str = "singularity"
+    cpus: int = 1
+    memory_mb: int = 1024
+    disk_mb: int = 2048
+    converter: Path = field(default_factory=default_converter)
+    reconcile_command: str | None = None  # None: "<python> -m cog_pipeline reconcile <run_dir>"
+    local_mode: bool | None = None  # buckets are folders; None: decided from run.json store.local_root
+    data_configuration: str = "condorio"  # or "nonsharedfs" with the S3 site as staging site
+    scratch_prefix: str = "pegasus-scratch"  # staging area (nonsharedfs) in the output bucket: <prefix>/<ts>
+    write_credentials: bool = True  # write <run>/credentials.conf when the store is S3 with key files
+
+    def validate(self) -> None:
+        for name in ("retries", "transfer_attempts", "backoff_releases"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("max_running", "max_transfers", "transfer_threads", "backoff_base", "backoff_max", "cpus", "memory_mb", "disk_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.cluster_size is not None and self.cluster_size < 1:
+            raise ValueError("cluster_size must be >= 1")
+        if self.data_configuration not in DATA_CONFIGURATIONS:
+            raise ValueError(f"data_configuration must be one of {DATA_CONFIGURATIONS}")
+        if self.container_type not in CONTAINER_TYPES:
+            raise ValueError(f"container_type must be one of {CONTAINER_TYPES}")
+        if not self.scratch_prefix or self.scratch_prefix.startswith("/"):
+            raise ValueError("scratch_prefix must be a relative key prefix")
+
+    @property
+    def transfer_jobs(self) -> int:
+        """Concurrent stage-in jobs (and, separately, stage-out jobs) so that all transfers stay <= max_transfers."""
+        return max(1, self.max_transfers // (2 * self.transfer_threads))
+
+
+@dataclass
+class GenerationResult:
+    jobs: int
+    failed: list[dict[str, Any]]
+    duplicates: list[dict[str, Any]]
+    files: dict[str, Path]
+    output_site: str
+    data_configuration: str
+    cluster: bool
+    credentials: Path | None
+    seconds: float
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backoff: HTCondor expressions (docs/workflow.md explains the choice)
+
+
+def _delay_expr(base: int, cap: int) -> str:
+    return f"ifThenElse({base} * pow(2, NumHolds - 1) > {cap}, {cap}, {base} * pow(2, NumHolds - 1))"
+
+
+def backoff_profiles(settings: WorkflowSettings) -> dict[str, dict[str, str]]:
+    """condor profiles for the `local` site (transfer jobs) and the `condorpool` site (conversion jobs)."""
+    delay = _delay_expr(settings.backoff_base, settings.backoff_max)
+    releases = settings.backoff_releases
+    # A job held for any other reason is removed after this long (Pegasus' own default is 30 minutes).
+    held_limit = max(1800, 2 * settings.backoff_max)
+    waited = f"((time() - EnteredCurrentStatus) > {delay})"
+    remove = f"(JobStatus == 5) && ((NumHolds > {releases}) || ((time() - EnteredCurrentStatus) > {held_limit}))"
+    return {
+        "local": {
+            "on_exit_hold": "(ExitBySignal == true) || (ExitCode =!= 0)",
+            "periodic_release": f"(HoldReasonCode =?= 3) && (NumHolds <= {releases}) && {waited}",
+            "periodic_remove": remove,
+        },
+        COMPUTE_SITE: {
+            "periodic_release": f"((HoldReasonCode =?= 12) || (HoldReasonCode =?= 13)) && (NumHolds <= {releases}) && {waited}",
+            "periodic_remove": remove,
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sites
+
+
+def _render(node: Any, values: dict[str, Any], missing: set[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _render(v, values, missing) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_render(v, values, missing) for v in node]
+    if isinstance(node, str):
+        whole = _PLACEHOLDER.fullmatch(node)
+        if whole and whole.group(1) in values and isinstance(values[whole.group(1)], int):
+            return values[whole.group(1)]
+
+        def sub(m: re.Match) -> str:
+            if m.group(1) not in values:
+                missing.add(m.group(1))
+                return m.group(0)
+            return str(values[m.group(1)])
+
+        return _PLACEHOLDER.sub(sub, node)
+    return node
+
+
+def render_sites(values: dict[str, Any], template: Path = SITES_TEMPLATE) -> dict[str, Any]:
+    """The site catalog document: the template with every ${COG_...} placeholder replaced."""
+    doc = yaml.safe_load(template.read_text(encoding="utf-8"))
+    missing: set[str] = set()
+    rendered = _render(doc, values, missing)
+    if missing:
+        raise KeyError(f"no value for site template placeholders: {', '.join(sorted(missing))}")
+    return rendered
+
+
+def site_values(run_dir: RunDir, info, settings: WorkflowSettings, local_root: Path | None) -> dict[str, Any]:
+    out_bucket = info.output_bucket
+    scratch_key = f"{settings.scratch_prefix.strip('/')}/{info.timestamp}"
+    if local_root is not None:
+        out_path = (Path(local_root).resolve() / out_bucket).as_posix()
+        output_url = file_url(local_root, out_bucket)
+        scratch_path = f"{out_path}/{scratch_key}"
+        scratch_url = file_url(local_root, out_bucket, scratch_key)
+    else:
+        out_path = f"/{out_bucket}"
+        output_url = s3_url(out_bucket, identity=settings.identity, site=settings.s3_site)
+        scratch_path = f"/{out_bucket}/{scratch_key}"
+        scratch_url = s3_url(out_bucket, scratch_key, identity=settings.identity, site=settings.s3_site)
+    base = run_dir.path.resolve()
+    profiles = backoff_profiles(settings)
+    return {
+        "COG_LOCAL_SCRATCH_PATH": str(base / "scratch"),
+        "COG_LOCAL_SCRATCH_URL": (base / "scratch").as_uri(),
+        "COG_LOCAL_STORAGE_PATH": str(base / "outputs"),
+        "COG_LOCAL_STORAGE_URL": (base / "outputs").as_uri(),
+        "COG_LOCAL_ON_EXIT_HOLD": profiles["local"]["on_exit_hold"],
+        "COG_LOCAL_PERIODIC_RELEASE": profiles["local"]["periodic_release"],
+        "COG_LOCAL_PERIODIC_REMOVE": profiles["local"]["periodic_remove"],
+        "COG_CPUS": settings.cpus,
+        "COG_MEMORY_MB": settings.memory_mb,
+        "COG_DISK_MB": settings.disk_mb,
+        "COG_POOL_PERIODIC_RELEASE": profiles[COMPUTE_SITE]["periodic_release"],
+        "COG_POOL_PERIODIC_REMOVE": profiles[COMPUTE_SITE]["periodic_remove"],
+        "COG_STORAGE_SITE": settings.s3_site,
+        "COG_OUTPUT_PATH": out_path,
+        "COG_OUTPUT_URL": output_url,
+        "COG_SCRATCH_PATH": scratch_path,
+        "COG_SCRATCH_URL": scratch_url,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transformations, properties
+
+
+def build_transformation_catalog(settings: WorkflowSettings):
+    from Pegasus.api import Container, Transformation, TransformationCatalog
+
+    tc = TransformationCatalog()
+    container = None
+    if settings.container_image:
+        image = settings.container_image if "://" in settings.container_image else f"docker://{settings.container_image}"
+        kind = Container.SINGULARITY if settings.container_type == "singularity" else Container.DOCKER
+        container = Container("gdal", kind, image=image)
+        tc.add_containers(container)
+    tr = Transformation(TRANSFORMATION, site="local", pfn=str(settings.converter), is_stageable=True, container=container)
+    if settings.cluster_size:
+        tr.add_pegasus_profile(clusters_size=settings.cluster_size)
+    tc.add_transformations(tr)
+    return tc
+
+
+def build_properties(run_dir: RunDir, settings: WorkflowSettings):
+    from Pegasus.api import Properties
+
+    base = run_dir.path.resolve()
+    props = Properties()
+    props["pegasus.catalog.site"] = "YAML"
+    props["pegasus.catalog.site.file"] = str(base / RunDir.SITES)
+    props["pegasus.catalog.replica"] = "YAML"
+    props["pegasus.catalog.replica.file"] = str(base / RunDir.REPLICAS)
+    props["pegasus.catalog.transformation"] = "YAML"
+    props["pegasus.catalog.transformation.file"] = str(base / RunDir.TRANSFORMATIONS)
+    props["pegasus.data.configuration"] = settings.data_configuration
+    # Throttling: all DAGMan nodes, and the conversion jobs' own category.
+    props["dagman.maxjobs"] = settings.max_running
+    props[f"dagman.{CATEGORY}.maxjobs"] = settings.max_running
+    # Retries of every job (transfer and cleanup jobs too); conversion jobs also carry the job profile.
+    props["dagman.retry"] = settings.retries
+    # S3 transfer cap: at most transfer_jobs stage-in and transfer_jobs stage-out jobs at once, each with
+    # transfer_threads parallel transfers, and as many transfer jobs per level as may run at once.
+    n = settings.transfer_jobs
+    for kind in ("stagein", "stageout"):
+        props[f"dagman.{kind}.maxjobs"] = n
+        props[f"pegasus.{kind}.clusters"] = n
+    props["pegasus.transfer.threads"] = settings.transfer_threads
+    props["pegasus.transfer.arguments"] = f"-m {settings.transfer_attempts}"
+    props["pegasus.transfer.lite.arguments"] = f"-m {settings.transfer_attempts}"
+    if settings.data_configuration == "nonsharedfs":
+        # Workers read inputs straight from the input bucket instead of a copy on the staging site.
+        props["pegasus.transfer.bypass.input.staging"] = "true"
+    return props
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Workflow: Pegasus.api reference and the fast writer
+
+
+def _add_row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: str | None = None, lfn_in=None, lfn_tif=None, lfn_jpg=None, bands=None, key=None, line=None):
+    from Pegasus.api import File, Job
+
+    inp = File(lfn_in if lfn_in is not None else input_lfn(row.key))
+    tif = File(lfn_tif if lfn_tif is not None else row.key)
+    jpg = File(lfn_jpg if lfn_jpg is not None else row.jpg_key)
+    job = (
+        Job(TRANSFORMATION, _id=job_id if job_id is not None else job_id_of(row.line))
+        .add_args(inp, tif, jpg, "--bands", bands if bands is not None else str(row.bands))
+        .add_inputs(inp)
+        .add_outputs(tif, jpg, stage_out=True, register_replica=False)
+        .add_dagman_profile(retry=settings.retries, category=CATEGORY)
+        .add_metadata(key=key if key is not None else row.key, line=line if line is not None else row.line)
+    )
+    if wf is not None:
+        wf.add_jobs(job)
+    return job
+
+
+def job_id_of(line: int) -> str:
+    return f"ID{line:07d}"
+
+
+def _workflow_shell(name: str, settings: WorkflowSettings, hook: str, metadata: dict[str, str]):
+    from Pegasus.api import EventType, Workflow
+
+    wf = Workflow(name, infer_dependencies=False)
+    wf.add_shell_hook(EventType.END, hook)
+    if metadata:
+        wf.add_metadata(**metadata)
+    return wf
+
+
+def build_api_workflow(rows: list[ManifestRow], settings: WorkflowSettings, name: str, hook: str, metadata: dict[str, str]):
+    """The whole workflow as Pegasus.api objects: the reference for small manifests (tests compare)."""
+    wf = _workflow_shell(name, settings, hook, metadata)
+    for row in rows:
+        _add_row_job(wf, row, settings)
+    return wf
+
+
+_SLOTS = ("ID", "IN", "TIF", "JPG", "BANDS", "KEY", "LINE")
+
+
+def _job_format(settings: WorkflowSettings) -> str:
+    """A %-format string of one job's JSON, derived from a Pegasus.api Job with placeholder values."""
+    from Pegasus.api.writable import _CustomEncoder
+
+    token = {slot: f"@@COG_{slot}@@" for slot in _SLOTS}
+    dummy = ManifestRow(line=1, key="x.tif", bands=1, text="x.tif,1")
+    job = _add_row_job(
+        None, dummy, settings, job_id=token["ID"], lfn_in=token["IN"], lfn_tif=token["TIF"], lfn_jpg=token["JPG"],
+        bands=token["BANDS"], key=token["KEY"], line=token["LINE"],
+    )
+    doc = json.loads(json.dumps(job, cls=_CustomEncoder))
+    order = [token["IN"], token["TIF"], token["JPG"]]
+    doc["uses"].sort(key=lambda use: order.index(use["lfn"]))  # a set in Pegasus.api: make the order stable
+    text = json.dumps(doc, ensure_ascii=False).replace("%", "%%")
+    for slot in _SLOTS:
+        quoted = json.dumps(token[slot])
+        if quoted not in text:
+            raise RuntimeError(f"Pegasus.api job structure changed: placeholder {slot} not found")
+        text = text.replace(quoted, f"%({slot})s")
+    return text
+
+
+def _x_pegasus() -> dict[str, str]:
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        user = "unknown"
+    return {"createdBy": user, "createdOn": datetime.now().strftime(r"%m-%d-%yT%H:%M:%SZ"), "apiLang": "python"}
+
+
+def write_workflow(path: Path, rows: list[ManifestRow], settings: WorkflowSettings, name: str, hook: str, metadata: dict[str, str]) -> int:
+    """Write workflow.yml fast (see the module docstring). Returns the number of jobs."""
+    from Pegasus.api.writable import _CustomEncoder
+
+    header = json.loads(json.dumps(_workflow_shell(name, settings, hook, metadata), cls=_CustomEncoder))
+    header.pop("jobs", None)
+    dependencies = header.pop("jobDependencies", [])
+    fmt = _job_format(settings)
+    dumps = yaml_json
+    in_prefix = '"' + json.dumps(INPUT_LFN_PREFIX)[1:-1]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f"x-pegasus: {dumps(_x_pegasus())}\n")
+        for k, v in header.items():
+            fh.write(f"{k}: {dumps(v)}\n")  # keys are Pegasus' fixed top-level names
+        fh.write("jobs:")
+        chunk: list[str] = []
+        for row in rows:
+            key_json = dumps(row.key)
+            chunk.append(
+                "\n- "
+                + fmt
+                % {
+                    "ID": f'"{job_id_of(row.line)}"',
+                    "IN": in_prefix + key_json[1:],
+                    "TIF": key_json,
+                    "JPG": dumps(row.jpg_key),
+                    "BANDS": f'"{row.bands}"',
+                    "KEY": key_json,
+                    "LINE": f'"{row.line}"',
+                }
+            )
+            if len(chunk) >= 4096:
+                fh.write("".join(chunk))
+                chunk.clear()
+        fh.write("".join(chunk))
+        fh.write(" []\n" if not rows else "\n")
+        fh.write(f"jobDependencies: {dumps(dependencies)}\n")
+    return len(rows)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pre-flight and generate()
+
+
+def preflight(manifest, input_store: ObjectStore) -> tuple[list[ManifestRow], list[dict], list[dict], dict[str, str]]:
+    """(rows that get jobs, failed entries, duplicate entries, known sha256 by key)."""
+    found = find_keys(input_store, (row.key for row in manifest.rows))
+    failed: list[dict[str, Any]] = [{"line": r.line, "text": r.text, "reason": r.reason} for r in manifest.rejected]
+    ok: list[ManifestRow] = []
+    for row in manifest.rows:
+        if row.key in found:
+            ok.append(row)
+        else:
+            failed.append({"line": row.line, "text": row.text, "reason": f"input object does not exist: {input_store.url(row.key)}"})
+    failed.sort(key=lambda item: item["line"])
+    duplicates = [{"line": row.line, "text": row.text, "duplicate_of": first} for row, first in manifest.duplicates]
+    duplicates.sort(key=lambda item: item["line"])
+    # ObjectInfo carries no checksum (S3 listings do not return checksum values), so no sha256 is known here.
+    sha256: dict[str, str] = {}
+    for key, info in found.items():
+        digest = getattr(info, "sha256", None)
+        if digest:
+            sha256[key] = digest
+    return ok, failed, duplicates, sha256
+
+
+def default_reconcile_command(run_dir: RunDir) -> str:
+    return shlex.join([sys.executable, "-m", "cog_pipeline", "reconcile", str(run_dir.path.resolve())])
+
+
+def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettings) -> GenerationResult:
+    started = time.perf_counter()
+    settings.validate()
+    info = run_dir.load()
+    if info.state in (rundir_mod.RUNNING, rundir_mod.RECONCILED, rundir_mod.ABANDONED):
+        raise RuntimeError(f"{run_dir} is {info.state}: its workflow can no longer be regenerated")
+    config = info.store_config
+    local_mode = settings.local_mode if settings.local_mode is not None else config.local_root is not None
+    if local_mode and config.local_root is None:
+        raise ValueError("local_mode needs run.json store.local_root (the folder holding the buckets)")
+    local_root = config.local_root if local_mode else None
+
+    manifest = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes())
+    rows, failed, duplicates, sha256 = preflight(manifest, input_store)
+    run_dir.write_json(RunDir.PREFLIGHT, {"failed": failed, "duplicates": duplicates, "jobs": len(rows)})
+
+    files = {name: run_dir.file(name) for name in (RunDir.WORKFLOW, RunDir.REPLICAS, RunDir.TRANSFORMATIONS, RunDir.SITES, RunDir.PROPERTIES, RunDir.PREFLIGHT)}
+    entries: list[ReplicaEntry] = replica_entries(
+        (row.key for row in rows), info.input_bucket, local_root=local_root, identity=settings.identity, site=settings.s3_site, sha256=sha256
+    )
+    write_replica_catalog(files[RunDir.REPLICAS], entries, header=_x_pegasus())
+    del entries
+
+    build_transformation_catalog(settings).write(str(files[RunDir.TRANSFORMATIONS]))
+
+    sites = render_sites(site_values(run_dir, info, settings, local_root))
+    with open(files[RunDir.SITES], "w", encoding="utf-8") as fh:
+        yaml.safe_dump(sites, fh, sort_keys=False, allow_unicode=True, width=1 << 20)
+
+    build_properties(run_dir, settings).write(str(files[RunDir.PROPERTIES]))
+
+    hook = settings.reconcile_command or default_reconcile_command(run_dir)
+    metadata = {"run": info.timestamp, "manifest_key": info.manifest_key, "input_bucket": info.input_bucket, "output_bucket": info.output_bucket}
+    write_workflow(files[RunDir.WORKFLOW], rows, settings, f"cog-{info.timestamp}", hook, metadata)
+
+    credentials = None
+    if (
+        not local_mode
+        and settings.write_credentials
+        and config.access_key_file is not None
+        and config.secret_key_file is not None
+    ):
+        credentials = write_credentials(
+            run_dir.file(CREDENTIALS_FILE), settings.s3_site, settings.identity, config.endpoint, config.region,
+            config.access_key_file, config.secret_key_file,
+        )
+        files[CREDENTIALS_FILE] = credentials
+
+    cluster = bool(settings.cluster_size)
+    staging_site = settings.s3_site if settings.data_configuration == "nonsharedfs" else "local"
+    plan_args = ["--conf", str(files[RunDir.PROPERTIES].resolve()), "--sites", COMPUTE_SITE, "--output-sites", settings.s3_site]
+    if settings.data_configuration == "nonsharedfs":
+        plan_args += ["--staging-site", f"{COMPUTE_SITE}={settings.s3_site}"]
+    if cluster:
+        plan_args += ["--cluster", "horizontal"]
+    plan_args.append(str(files[RunDir.WORKFLOW].resolve()))
+    run_dir.set_state(
+        GENERATED,
+        output_site=settings.s3_site,
+        data_configuration=settings.data_configuration,
+        staging_site=staging_site,
+        cluster=cluster,
+        cluster_size=settings.cluster_size,
+        jobs=len(rows),
+        empty=not rows,
+        preflight_failed=len(failed),
+        duplicates=len(duplicates),
+        max_running=settings.max_running,
+        max_transfers=settings.max_transfers,
+        retries=settings.retries,
+        pegasus_files={name: path.name for name, path in files.items()},
+        pegasus_credentials=str(credentials) if credentials else None,
+        plan_args=plan_args,
+        reconcile_command=hook,
+    )
+    seconds = time.perf_counter() - started
+    log.info("%s: %d jobs, %d failed in pre-flight, %d duplicates (%.2f s)", run_dir, len(rows), len(failed), len(duplicates), seconds)
+    return GenerationResult(
+        jobs=len(rows),
+        failed=failed,
+        duplicates=duplicates,
+        files=files,
+        output_site=settings.s3_site,
+        data_configuration=settings.data_configuration,
+        cluster=cluster,
+        credentials=credentials,
+        seconds=seconds,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = WorkflowSettings()
+    p = argparse.ArgumentParser(prog="workflow_gen", description="Write a run directory's Pegasus workflow, catalogs and properties.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--retries", type=int, default=d.retries, help="DAGMan retries per job (default %(default)s)")
+    p.add_argument("--max-running", type=int, default=d.max_running, help="most jobs DAGMan runs at once (default %(default)s)")
+    p.add_argument("--max-transfers", type=int, default=d.max_transfers, help="most concurrent S3 transfers (default %(default)s)")
+    p.add_argument("--transfer-threads", type=int, default=d.transfer_threads)
+    p.add_argument("--transfer-attempts", type=int, default=d.transfer_attempts)
+    p.add_argument("--backoff-base", type=int, default=d.backoff_base, help="seconds before the first release of a held transfer job")
+    p.add_argument("--backoff-max", type=int, default=d.backoff_max)
+    p.add_argument("--backoff-releases", type=int, default=d.backoff_releases)
+    p.add_argument("--cluster-size", type=int, default=None, help="cluster N conversion jobs into one (horizontal clustering)")
+    p.add_argument("--s3-site", default=d.s3_site)
+    p.add_argument("--identity", default=d.identity)
+    p.add_argument("--container-image", default=d.container_image, help="'' to run without a container")
+    p.add_argument("--container-type", choices=CONTAINER_TYPES, default=d.container_type)
+    p.add_argument("--cpus", type=int, default=d.cpus)
+    p.add_argument("--memory", type=int, default=d.memory_mb, help="MB (default %(default)s)")
+    p.add_argument("--disk", type=int, default=d.disk_mb, help="MB (default %(default)s)")
+    p.add_argument("--converter", type=Path, default=d.converter)
+    p.add_argument("--reconcile-command", default=None)
+    p.add_argument("--data-configuration", choices=DATA_CONFIGURATIONS, default=d.data_configuration)
+    p.add_argument("--scratch-prefix", default=d.scratch_prefix)
+    p.add_argument("--no-credentials", action="store_true", help="do not write <run>/credentials.conf")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> WorkflowSettings:
+    return WorkflowSettings(
+        retries=args.retries,
+        max_running=args.max_running,
+        max_transfers=args.max_transfers,
+        transfer_threads=args.transfer_threads,
+        transfer_attempts=args.transfer_attempts,
+        backoff_base=args.backoff_base,
+        backoff_max=args.backoff_max,
+        backoff_releases=args.backoff_releases,
+        cluster_size=args.cluster_size,
+        s3_site=args.s3_site,
+        identity=args.identity,
+        container_image=args.container_image,
+        container_type=args.container_type,
+        cpus=args.cpus,
+        memory_mb=args.memory,
+        disk_mb=args.disk,
+        converter=args.converter.resolve(),
+        reconcile_command=args.reconcile_command,
+        data_configuration=args.data_configuration,
+        scratch_prefix=args.scratch_prefix,
+        write_credentials=not args.no_credentials,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    run_dir = RunDir(args.run_dir)
+    if not run_dir.exists():
+        print(f"error: {run_dir.path} has no run.json", file=sys.stderr)
+        return 2
+    info = run_dir.load()
+    store = open_store(info.input_bucket, info.store_config)
+    result = generate(run_dir, store, settings_from_args(args))
+    summary = asdict(result)
+    summary["files"] = {k: str(v) for k, v in result.files.items()}
+    summary["credentials"] = str(result.credentials) if result.credentials else None
+    summary["failed"] = len(result.failed)
+    summary["duplicates"] = len(result.duplicates)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
