@@ -1,0 +1,493 @@
+"""pegasus/workflow_gen.py: generated files are schema-valid, match the manifest, and carry every setting."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cog_pipeline.manifest import ManifestRow, parse_manifest
+from cog_pipeline.pegasus import workflow_gen as wg
+from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
+from cog_pipeline.replicas.catalog import key_of_input_lfn
+from cog_pipeline.rundir import CLAIMED, GENERATED, RunDir, RunInfo
+from cog_pipeline.store import RequestCounter, StoreConfig, open_store, parse_location
+
+from .test_replicas import schema_validator
+
+REPO = Path(__file__).resolve().parent.parent
+TS = "20240102-030405"
+
+# line 1 ok, 2 ok (awkward key), 3 rejected, 4 missing input, 5 duplicate of 1, 6 (blank) skipped, 7 ok
+MANIFEST = (
+    "Counties/WI/Wood/1band.tif,1\n"
+    'Counties/WI/Wood/it\'s "odd" Städte 🚀.tif,3\n'
+    "Counties/WI/notatif.png,3\n"
+    "Counties/WI/Missing/gone.tif,1\n"
+    "Counties/WI/Wood/1band.tif,2\n"
+    "\n"
+    "Counties/MN/Hennepin/4band.tif, 4\n"
+)
+PRESENT = ["Counties/WI/Wood/1band.tif", 'Counties/WI/Wood/it\'s "odd" Städte 🚀.tif', "Counties/MN/Hennepin/4band.tif"]
+ACCESS = "AKIAWORKFLOWGENTEST"
+SECRET = "wfgen/Secret+Key=SHOULD-NEVER-LEAK"
+
+
+def make_run(tmp_path: Path, config: StoreConfig, manifest: str = MANIFEST, in_bucket: str = "in", out_bucket: str = "out") -> RunDir:
+    run = RunDir(tmp_path / f"workflow-run-{TS}")
+    run.path.mkdir(parents=True)
+    run.file(RunDir.MANIFEST).write_text(manifest, encoding="utf-8")
+    run.save(
+        RunInfo(
+            timestamp=TS,
+            input_bucket=in_bucket,
+            output_bucket=out_bucket,
+            manifest_key="Counties/batch_raw.csv",
+            processing_key=f"Counties/batch_processing-{TS}.csv",
+            store=config.to_json(),
+            state=CLAIMED,
+        )
+    )
+    return run
+
+
+@pytest.fixture()
+def local_run(tmp_path):
+    root = tmp_path / "buckets"
+    for key in PRESENT:
+        path = root / "in" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"tif")
+    (root / "out").mkdir(parents=True)
+    config = StoreConfig(local_root=root)
+    run = make_run(tmp_path, config)
+    return run, open_store("in", config), root
+
+
+def load(path: Path):
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def test_local_store_generates_schema_valid_files(local_run, pegasus_schema_dir):
+    run, store, _ = local_run
+    result = generate(run, store, WorkflowSettings())
+    assert result.jobs == 3
+    for name, schema in [
+        (RunDir.WORKFLOW, "wf-5.0.yml"),
+        (RunDir.REPLICAS, "rc-5.0.yml"),
+        (RunDir.TRANSFORMATIONS, "tc-5.0.yml"),
+        (RunDir.SITES, "sc-5.0.yml"),
+    ]:
+        errors = list(schema_validator(pegasus_schema_dir, schema).iter_errors(load(run.file(name))))
+        assert not errors, f"{name}: {errors[0].message}"
+
+
+def test_checked_in_site_template_is_valid_on_its_own(pegasus_schema_dir):
+    doc = load(REPO / "pegasus" / "sites.yml")
+    errors = list(schema_validator(pegasus_schema_dir, "sc-5.0.yml").iter_errors(doc))
+    assert not errors, errors[0].message
+    names = [site["name"] for site in doc["sites"]]
+    assert names == ["local", "condorpool", "${COG_STORAGE_SITE}"]
+
+
+def test_schema_validator_rejects_broken_documents(pegasus_schema_dir):
+    """Guard against a validator that accepts anything (e.g. unresolved refs)."""
+    wf = schema_validator(pegasus_schema_dir, "wf-5.0.yml")
+    good = {"pegasus": "5.0.4", "name": "w", "jobs": [{"type": "job", "name": "g", "id": "ID1", "arguments": [], "uses": []}]}
+    assert not list(wf.iter_errors(good))
+    assert list(wf.iter_errors({"pegasus": "5.0.4", "name": "w", "jobs": []}))  # minItems 1
+    bad_use = json.loads(json.dumps(good))
+    bad_use["jobs"][0]["uses"] = [{"lfn": "x", "type": "sideways"}]
+    assert list(wf.iter_errors(bad_use))
+    sc = schema_validator(pegasus_schema_dir, "sc-5.0.yml")
+    assert list(sc.iter_errors({"pegasus": "5.0.4", "sites": [{"name": "x", "arch": "pdp11"}]}))
+
+
+def test_jobs_match_manifest_rows(local_run):
+    run, store, _ = local_run
+    generate(run, store, WorkflowSettings(retries=5))
+    wf = load(run.file(RunDir.WORKFLOW))
+    jobs = wf["jobs"]
+    assert [j["id"] for j in jobs] == ["ID0000001", "ID0000002", "ID0000007"]
+    rows = {r.line: r for r in parse_manifest(MANIFEST).rows}
+    for job in jobs:
+        row = rows[int(job["id"][2:])]
+        assert job["type"] == "job" and job["name"] == "generate_cog"
+        assert job["arguments"] == [f"input/{row.key}", row.key, row.jpg_key, "--bands", str(row.bands)]
+        uses = {u["lfn"]: u for u in job["uses"]}
+        assert uses[f"input/{row.key}"] == {"lfn": f"input/{row.key}", "type": "input"}
+        for out in (row.key, row.jpg_key):
+            assert uses[out] == {"lfn": out, "type": "output", "stageOut": True, "registerReplica": False}
+        assert job["metadata"] == {"key": row.key, "line": str(row.line)}
+        assert job["profiles"]["dagman"] == {"RETRY": 5, "CATEGORY": "cog"}
+    assert jobs[2]["arguments"][-1] == "4"  # ' 4' in the manifest: the parsed band count
+    assert wf["jobDependencies"] == []
+    assert wf["name"] == f"cog-{TS}"
+
+
+def test_preflight_json_lists_bad_missing_and_duplicate_rows(local_run):
+    run, store, root = local_run
+    result = generate(run, store, WorkflowSettings())
+    pre = json.loads(run.file(RunDir.PREFLIGHT).read_text())
+    assert set(pre) == {"failed", "duplicates", "jobs"}
+    assert pre["jobs"] == 3
+    assert [f["line"] for f in pre["failed"]] == [3, 4]
+    assert pre["failed"][0]["text"] == "Counties/WI/notatif.png,3"
+    assert "does not end in '.tif'" in pre["failed"][0]["reason"]
+    assert pre["failed"][1] == {
+        "line": 4,
+        "text": "Counties/WI/Missing/gone.tif,1",
+        "reason": f"input object does not exist: {(root / 'in' / 'Counties/WI/Missing/gone.tif').as_uri()}",
+    }
+    assert pre["duplicates"] == [{"line": 5, "text": "Counties/WI/Wood/1band.tif,2", "duplicate_of": 1}]
+    assert result.failed == pre["failed"] and result.duplicates == pre["duplicates"]
+    # Missing rows get no job and no replica.
+    assert all("gone" not in r["lfn"] for r in load(run.file(RunDir.REPLICAS))["replicas"])
+
+
+def test_replicas_and_output_site_resolve_to_buckets_local(local_run):
+    run, store, root = local_run
+    generate(run, store, WorkflowSettings())
+    for replica in load(run.file(RunDir.REPLICAS))["replicas"]:
+        (pfn,) = replica["pfns"]
+        assert pfn["site"] == "storage"
+        scheme, _, path = parse_location(pfn["pfn"])
+        assert scheme == "file"
+        assert Path(path) == store.base / key_of_input_lfn(replica["lfn"])
+        assert Path(path).is_file()
+    info = run.load()
+    assert info.state == GENERATED
+    assert info.extra["output_site"] == "storage"
+    assert info.extra["data_configuration"] == "condorio"
+    site = next(s for s in load(run.file(RunDir.SITES))["sites"] if s["name"] == info.extra["output_site"])
+    storage = next(d for d in site["directories"] if d["type"] in ("sharedStorage", "localStorage"))
+    url = storage["fileServers"][0]["url"]
+    assert url == (root / "out").resolve().as_uri()
+    # output location = storage URL + "/" + LFN, folders kept
+    scheme, _, path = parse_location(url + "/" + "Counties/WI/Wood/1band.tif")
+    assert Path(path) == (root / "out" / "Counties/WI/Wood/1band.tif").resolve()
+
+
+def test_fast_workflow_writer_equals_pegasus_api_write(tmp_path):
+    rows = parse_manifest(MANIFEST).rows
+    settings = WorkflowSettings(retries=4)
+    hook = "/usr/bin/python3 -m cog_pipeline reconcile '/tmp/run dir'"
+    meta = {"run": TS, "manifest_key": "Counties/x_raw.csv"}
+    fast = tmp_path / "fast.yml"
+    wg.write_workflow(fast, rows, settings, "cog-test", hook, meta)
+    api = tmp_path / "api.yml"
+    wg.build_api_workflow(rows, settings, "cog-test", hook, meta).write(str(api))
+
+    def normal(doc):
+        assert set(doc.pop("x-pegasus")) == {"createdBy", "createdOn", "apiLang"}
+        for job in doc["jobs"]:
+            job["uses"].sort(key=lambda u: u["lfn"])  # a set in Pegasus.api: its order is arbitrary
+        return doc
+
+    assert normal(load(fast)) == normal(load(api))
+
+
+def test_awkward_characters_survive_the_fast_writer(tmp_path, pegasus_schema_dir):
+    from Pegasus import yaml as pegasus_yaml
+
+    keys = ["a\u2028b.tif", "nel\x85.tif", "bom\ufeff.tif", "tab\there.tif", "q\"'\\.tif", "% %(ID)s {x}.tif"]
+    rows = [ManifestRow(i + 1, k, 1, f"{k},1") for i, k in enumerate(keys)]
+    path = tmp_path / "wf.yml"
+    wg.write_workflow(path, rows, WorkflowSettings(), "w", "true", {})
+    text = path.read_text(encoding="utf-8")
+    for doc in (yaml.safe_load(text), pegasus_yaml.loads(text)):
+        assert [j["metadata"]["key"] for j in doc["jobs"]] == keys
+        assert [j["arguments"][0] for j in doc["jobs"]] == [f"input/{k}" for k in keys]
+    assert not list(schema_validator(pegasus_schema_dir, "wf-5.0.yml").iter_errors(yaml.safe_load(text)))
+
+
+def test_reconcile_is_an_end_hook_not_a_job(local_run):
+    run, store, _ = local_run
+    generate(run, store, WorkflowSettings())
+    wf = load(run.file(RunDir.WORKFLOW))
+    assert wf["hooks"] == {"shell": [{"_on": "end", "cmd": f"{sys.executable} -m cog_pipeline reconcile {run.path.resolve()}"}]}
+    assert all(j["name"] == "generate_cog" for j in wf["jobs"])
+    generate(run, store, WorkflowSettings(reconcile_command="echo done"))
+    assert load(run.file(RunDir.WORKFLOW))["hooks"]["shell"][0]["cmd"] == "echo done"
+    assert run.load().extra["reconcile_command"] == "echo done"
+
+
+def properties(run: RunDir) -> dict[str, str]:
+    from Pegasus.api import Properties
+
+    props = Properties.load(str(run.file(RunDir.PROPERTIES)))
+    return dict(props._conf["DEFAULT"])
+
+
+def test_settings_land_where_pegasus_reads_them(local_run):
+    run, store, _ = local_run
+    settings = WorkflowSettings(
+        retries=2, max_running=123, max_transfers=24, transfer_threads=3, transfer_attempts=7, cluster_size=17,
+        container_image="example.org/gdal:9", container_type="docker", cpus=2, memory_mb=3000, disk_mb=5000,
+    )
+    result = generate(run, store, settings)
+    props = properties(run)
+    assert props["dagman.maxjobs"] == "123"
+    assert props["dagman.cog.maxjobs"] == "123"
+    assert props["dagman.retry"] == "2"
+    assert props["dagman.stagein.maxjobs"] == props["dagman.stageout.maxjobs"] == "4"  # 4 jobs x 3 threads x 2 <= 24
+    assert props["pegasus.stagein.clusters"] == props["pegasus.stageout.clusters"] == "4"
+    assert props["pegasus.transfer.threads"] == "3"
+    assert props["pegasus.transfer.arguments"] == "-m 7"
+    assert props["pegasus.data.configuration"] == "condorio"
+    for kind, name in (("site", RunDir.SITES), ("replica", RunDir.REPLICAS), ("transformation", RunDir.TRANSFORMATIONS)):
+        assert Path(props[f"pegasus.catalog.{kind}.file"]) == run.file(name).resolve()
+    assert all(j["profiles"]["dagman"]["RETRY"] == 2 for j in load(run.file(RunDir.WORKFLOW))["jobs"])
+
+    tc = load(run.file(RunDir.TRANSFORMATIONS))
+    (tr,) = tc["transformations"]
+    assert tr["name"] == "generate_cog"
+    assert tr["profiles"]["pegasus"]["clusters.size"] == 17
+    (tsite,) = tr["sites"]
+    assert tsite["pfn"] == str(wg.default_converter()) and Path(tsite["pfn"]).is_absolute()
+    assert tsite["pfn"].endswith("transformations/generate_cog")
+    assert tsite["type"] == "stageable" and tsite["container"] == "gdal"
+    assert tc["containers"] == [{"name": "gdal", "type": "docker", "image": "docker://example.org/gdal:9"}]
+
+    pool = next(s for s in load(run.file(RunDir.SITES))["sites"] if s["name"] == "condorpool")
+    assert pool["profiles"]["pegasus"] == {"style": "condor", "cores": 2, "memory": 3000, "diskspace": 5000}
+    assert pool["profiles"]["condor"]["universe"] == "vanilla"
+
+    extra = run.load().extra
+    assert extra["cluster"] is True and extra["cluster_size"] == 17 and result.cluster
+    assert extra["plan_args"][-3:-1] == ["--cluster", "horizontal"]
+    assert extra["max_running"] == 123
+
+
+def test_defaults_match_the_original(local_run):
+    run, store, _ = local_run
+    generate(run, store, WorkflowSettings())
+    props = properties(run)
+    assert props["dagman.maxjobs"] == "10000" and props["dagman.retry"] == "3"
+    tc = load(run.file(RunDir.TRANSFORMATIONS))
+    assert tc["containers"][0]["image"] == "docker://ghcr.io/osgeo/gdal:ubuntu-small-3.6.3"
+    assert "profiles" not in tc["transformations"][0]  # no clustering unless asked
+    pool = next(s for s in load(run.file(RunDir.SITES))["sites"] if s["name"] == "condorpool")
+    assert pool["profiles"]["pegasus"] == {"style": "condor", "cores": 1, "memory": 1024, "diskspace": 2048}
+    assert run.load().extra["cluster"] is False
+    assert "--cluster" not in run.load().extra["plan_args"]
+
+
+def test_no_container_when_image_is_empty(local_run, pegasus_schema_dir):
+    run, store, _ = local_run
+    generate(run, store, WorkflowSettings(container_image=""))
+    tc = load(run.file(RunDir.TRANSFORMATIONS))
+    assert "containers" not in tc or tc["containers"] == []
+    assert "container" not in tc["transformations"][0]["sites"][0]
+    assert not list(schema_validator(pegasus_schema_dir, "tc-5.0.yml").iter_errors(tc))
+
+
+def _condor_profiles(run: RunDir) -> dict[str, dict[str, str]]:
+    return {s["name"]: s["profiles"]["condor"] for s in load(run.file(RunDir.SITES))["sites"] if "condor" in s.get("profiles", {})}
+
+
+def test_condor_expressions_parse_in_htcondor_bindings(local_run):
+    import classad2
+    import htcondor2
+
+    run, store, _ = local_run
+    generate(run, store, WorkflowSettings())
+    profiles = _condor_profiles(run)
+    assert set(profiles) == {"local", "condorpool"}
+    for site, condor in profiles.items():
+        submit = htcondor2.Submit({"executable": "/bin/true", **condor})
+        text = str(submit)
+        for key, value in condor.items():
+            assert f"{key} = " in text
+            assert submit[key] == str(value)
+            if key != "universe":
+                classad2.ExprTree(str(value))  # raises ClassAdException when it does not parse
+    with pytest.raises(Exception):
+        classad2.ExprTree("(NumHolds < ")  # the parser does reject broken expressions
+
+
+def test_backoff_releases_with_exponential_delay(local_run):
+    """Evaluate the generated expressions against job ads: hold -> wait base*2^(n-1) -> release; then remove."""
+    import classad2
+
+    run, store, _ = local_run
+    generate(run, store, WorkflowSettings(backoff_base=60, backoff_max=600, backoff_releases=3))
+    local = _condor_profiles(run)["local"]
+    pool = _condor_profiles(run)["condorpool"]
+    now = int(time.time())
+
+    def ev(expr: str, **attrs) -> bool:
+        return bool(classad2.ExprTree(expr).eval(classad2.ClassAd(attrs)))
+
+    assert ev(local["on_exit_hold"], ExitBySignal=False, ExitCode=1)
+    assert not ev(local["on_exit_hold"], ExitBySignal=False, ExitCode=0)
+    release = local["periodic_release"]
+    held = dict(JobStatus=5, HoldReasonCode=3)
+    assert not ev(release, NumHolds=1, EnteredCurrentStatus=now - 30, **held)
+    assert ev(release, NumHolds=1, EnteredCurrentStatus=now - 70, **held)
+    assert not ev(release, NumHolds=2, EnteredCurrentStatus=now - 100, **held)  # second hold waits 120 s
+    assert ev(release, NumHolds=2, EnteredCurrentStatus=now - 130, **held)
+    assert not ev(release, NumHolds=3, EnteredCurrentStatus=now - 200, **held)  # third: 240 s
+    assert ev(release, NumHolds=3, EnteredCurrentStatus=now - 250, **held)
+    assert not ev(release, NumHolds=4, EnteredCurrentStatus=now - 10_000, **held)  # out of releases
+    assert not ev(release, NumHolds=1, EnteredCurrentStatus=now - 10_000, JobStatus=5, HoldReasonCode=1)  # user hold
+    remove = local["periodic_remove"]
+    assert ev(remove, NumHolds=4, EnteredCurrentStatus=now, **held)
+    assert not ev(remove, NumHolds=2, EnteredCurrentStatus=now - 500, **held)
+    assert not ev(remove, NumHolds=4, EnteredCurrentStatus=now, JobStatus=2, HoldReasonCode=0)
+    # pool: only HTCondor file-transfer holds are released, with the same delays; the cap applies
+    assert ev(pool["periodic_release"], NumHolds=1, EnteredCurrentStatus=now - 70, JobStatus=5, HoldReasonCode=13)
+    assert not ev(pool["periodic_release"], NumHolds=1, EnteredCurrentStatus=now - 70, JobStatus=5, HoldReasonCode=3)
+    capped = WorkflowSettings(backoff_base=60, backoff_max=100, backoff_releases=10)
+    expr = wg.backoff_profiles(capped)["local"]["periodic_release"]
+    assert ev(expr, NumHolds=8, EnteredCurrentStatus=now - 110, **held)  # 60*2^7 capped at 100 s
+
+
+def test_empty_manifest_still_writes_files_and_flags_it(tmp_path):
+    root = tmp_path / "b"
+    (root / "in").mkdir(parents=True)
+    (root / "out").mkdir()
+    config = StoreConfig(local_root=root)
+    run = make_run(tmp_path, config, manifest="nope.png,1\nmissing.tif,1\n")
+    result = generate(run, open_store("in", config), WorkflowSettings())
+    assert result.jobs == 0
+    wf = load(run.file(RunDir.WORKFLOW))
+    assert wf["jobs"] == [] and wf["hooks"]["shell"][0]["_on"] == "end"
+    assert load(run.file(RunDir.REPLICAS))["replicas"] == []
+    assert run.load().extra["empty"] is True
+    assert [f["line"] for f in json.loads(run.file(RunDir.PREFLIGHT).read_text())["failed"]] == [1, 2]
+
+
+def test_nonsharedfs_uses_s3_staging_site(local_run):
+    run, store, root = local_run
+    generate(run, store, WorkflowSettings(data_configuration="nonsharedfs"))
+    extra = run.load().extra
+    assert extra["data_configuration"] == "nonsharedfs" and extra["staging_site"] == "storage"
+    assert "--staging-site" in extra["plan_args"]
+    props = properties(run)
+    assert props["pegasus.data.configuration"] == "nonsharedfs"
+    assert props["pegasus.transfer.bypass.input.staging"] == "true"
+    storage = next(s for s in load(run.file(RunDir.SITES))["sites"] if s["name"] == "storage")
+    scratch = next(d for d in storage["directories"] if d["type"] == "sharedScratch")
+    assert scratch["fileServers"][0]["url"] == (root / "out" / "pegasus-scratch" / TS).resolve().as_uri()
+
+
+def test_invalid_settings_are_refused(local_run):
+    run, store, _ = local_run
+    for bad in (dict(max_running=0), dict(cluster_size=0), dict(data_configuration="sharedfs"), dict(retries=-1)):
+        with pytest.raises(ValueError):
+            generate(run, store, WorkflowSettings(**bad))
+
+
+def test_cli_main_and_standalone_script(local_run):
+    run, _, _ = local_run
+    assert wg.main([str(run.path), "--cluster-size", "3", "--max-running", "50", "--memory", "2048"]) == 0
+    assert run.load().extra["cluster_size"] == 3
+    assert properties(run)["dagman.maxjobs"] == "50"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "pegasus" / "workflow_gen.py"), str(run.path), "--retries", "1"],
+        capture_output=True, text=True, timeout=60, cwd=run.path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["jobs"] == 3 and summary["failed"] == 2
+    assert properties(run)["dagman.retry"] == "1"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Real S3 (moto server over HTTP)
+
+
+@pytest.fixture()
+def s3_run(tmp_path, s3_server, bucket_name):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "access").write_text(ACCESS + "\n")
+    (keys / "secret").write_text(SECRET + "\n")
+    config = StoreConfig(endpoint=s3_server, access_key_file=keys / "access", secret_key_file=keys / "secret", region="us-east-1")
+    client = config.s3_client()
+    in_bucket, out_bucket = bucket_name, bucket_name + "-out"
+    client.create_bucket(Bucket=in_bucket)
+    client.create_bucket(Bucket=out_bucket)
+    for key in PRESENT:
+        client.put_object(Bucket=in_bucket, Key=key, Body=b"tif")
+    client.put_object(Bucket=in_bucket, Key="Counties/WI/Wood/unrelated.tif", Body=b"x")
+    run = make_run(tmp_path, config, in_bucket=in_bucket, out_bucket=out_bucket)
+    return run, config, in_bucket, out_bucket
+
+
+def test_s3_preflight_replicas_sites_and_credentials(s3_run, pegasus_schema_dir):
+    run, config, in_bucket, out_bucket = s3_run
+    counter = RequestCounter()
+    store = open_store(in_bucket, config, counter)
+    result = generate(run, store, WorkflowSettings())
+    assert result.jobs == 3
+    # Pre-flight listed; it never asked once per key.
+    assert set(counter.by_operation) == {"ListObjectsV2"}
+    assert counter.total <= 3
+    pre = json.loads(run.file(RunDir.PREFLIGHT).read_text())
+    assert [f["line"] for f in pre["failed"]] == [3, 4]
+    assert pre["failed"][1]["reason"] == f"input object does not exist: s3://{in_bucket}/Counties/WI/Missing/gone.tif"
+    assert pre["duplicates"][0]["duplicate_of"] == 1
+
+    replicas = load(run.file(RunDir.REPLICAS))["replicas"]
+    assert len(replicas) == 3
+    for replica in replicas:
+        pfn = replica["pfns"][0]["pfn"]
+        assert pfn.startswith(f"s3://cog@storage/{in_bucket}/") and pfn.isascii()
+        assert parse_location(pfn) == ("s3", in_bucket, key_of_input_lfn(replica["lfn"]))
+        assert "checksum" not in replica  # S3 listings carry no sha256: none is invented
+        # and the URL names an object that really exists on the server
+        _, bucket, key = parse_location(pfn)
+        assert store.head(key) is not None
+
+    sites = {s["name"]: s for s in load(run.file(RunDir.SITES))["sites"]}
+    storage = sites["storage"]["directories"][0]
+    assert storage["type"] == "sharedStorage"
+    assert storage["fileServers"][0]["url"] == f"s3://cog@storage/{out_bucket}"
+    assert parse_location(storage["fileServers"][0]["url"] + "/Counties/WI/Wood/1band.tif") == ("s3", out_bucket, "Counties/WI/Wood/1band.tif")
+
+    for name, schema in [(RunDir.WORKFLOW, "wf-5.0.yml"), (RunDir.REPLICAS, "rc-5.0.yml"), (RunDir.TRANSFORMATIONS, "tc-5.0.yml"), (RunDir.SITES, "sc-5.0.yml")]:
+        assert not list(schema_validator(pegasus_schema_dir, schema).iter_errors(load(run.file(name)))), name
+
+    cred = run.file("credentials.conf")
+    assert result.credentials == cred
+    assert stat.S_IMODE(cred.stat().st_mode) == 0o600
+    ini = configparser.RawConfigParser()
+    ini.read(cred)
+    assert ini["storage"]["endpoint"] == config.endpoint
+    assert ini["cog@storage"]["access_key"] == ACCESS and ini["cog@storage"]["secret_key"] == SECRET
+    assert run.load().extra["pegasus_credentials"] == str(cred)
+
+    # No secret anywhere but credentials.conf.
+    for path in run.path.rglob("*"):
+        if path.is_file() and path != cred:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            assert SECRET not in text and ACCESS not in text, path
+
+
+def test_s3_without_key_files_writes_no_credentials(s3_run):
+    run, config, in_bucket, _ = s3_run
+    generate(run, open_store(in_bucket, config), WorkflowSettings(write_credentials=False))
+    assert not run.file("credentials.conf").exists()
+    assert run.load().extra["pegasus_credentials"] is None
+
+
+def test_custom_site_and_identity_flow_into_every_url(s3_run):
+    run, config, in_bucket, out_bucket = s3_run
+    generate(run, open_store(in_bucket, config), WorkflowSettings(s3_site="osn", identity="carto"))
+    replicas = load(run.file(RunDir.REPLICAS))["replicas"]
+    assert all(r["pfns"][0]["site"] == "osn" and r["pfns"][0]["pfn"].startswith(f"s3://carto@osn/{in_bucket}/") for r in replicas)
+    sites = {s["name"]: s for s in load(run.file(RunDir.SITES))["sites"]}
+    assert sites["osn"]["directories"][0]["fileServers"][0]["url"] == f"s3://carto@osn/{out_bucket}"
+    assert run.load().extra["output_site"] == "osn"
+    ini = configparser.RawConfigParser()
+    ini.read(run.file("credentials.conf"))
+    assert ini.has_section("osn") and ini.has_section("carto@osn")
