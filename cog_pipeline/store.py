@@ -75,12 +75,31 @@ class ObjectStore(Protocol):
         """Copy a local file into the bucket (multipart, parallel on S3)."""
 
 
+TMP_PREFIX = ".cog-pipeline-tmp"
+
+
+def _is_control(ch: str) -> bool:
+    """C0 and C1 control characters and DEL: never part of a key we write."""
+    code = ord(ch)
+    return code < 32 or 127 <= code < 160
+
+
 def _validate_key(key: str) -> str:
     if not key or key.startswith("/") or any(part in ("", ".", "..") for part in key.split("/")):
         raise StoreError(f"refusing unsafe object key {key!r}")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+    if any(_is_control(ch) for ch in key):
         raise StoreError(f"refusing object key with control characters {key!r}")
     return key
+
+
+def _validate_bucket(bucket: str) -> str:
+    """A bucket name is one path segment: never empty, '.', '..', with '/' or control characters.
+
+    For LocalStore the bucket is a folder under the root, so this is what keeps `--local-root` contained.
+    """
+    if not bucket or bucket in (".", "..") or any(ch in "/\\" or _is_control(ch) for ch in bucket):
+        raise StoreError(f"bucket name {bucket!r} must be non-empty and hold no '/', '\\' or control characters")
+    return bucket
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -91,12 +110,23 @@ class LocalStore:
     """A folder standing in for a bucket: the bucket is ROOT/<bucket>, a key is a path relative to it.
 
     Writes go to a temporary file in the destination folder and are renamed into place, so a reader never
-    sees half an object and a crash never leaves one. ETags are content MD5s like S3's single-part ETags.
+    sees half an object and a crash never leaves one.
+
+    ETags are the content MD5 (hex, no quotes) like S3's single-part ETags, and they are the *same* value
+    from every method: list(), head(), read_bytes(), create() and put_bytes(). That is what makes
+    `delete(key, if_match=info.etag)` work whatever produced `info` (the claim protocol deletes a manifest
+    with the ETag it saw when listing). The price is that list() reads every file it returns; a cheaper
+    size/mtime token was used before, but it never matched head()'s MD5 (so a conditional delete after a
+    listing always failed) and a same-size rewrite within the file system's timestamp granularity would
+    not change it, so it could not be made sound. As on S3, rewriting identical bytes keeps the ETag.
+
+    Conditional deletes are atomic between threads of one process (a lock), not between processes.
+    Keys whose segments start with the temporary-file prefix are refused, since listings hide them.
     """
 
     def __init__(self, root: Path, bucket: str) -> None:
         self.root = Path(root).resolve()
-        self.bucket = bucket
+        self.bucket = _validate_bucket(bucket)
         self.base = self.root / bucket
         self._lock = threading.Lock()
 
@@ -104,64 +134,87 @@ class LocalStore:
         return f"LocalStore({str(self.base)!r})"
 
     def _path(self, key: str) -> Path:
-        return self.base / _validate_key(key)
+        _validate_key(key)
+        if any(part.startswith(TMP_PREFIX) for part in key.split("/")):
+            raise StoreError(f"refusing object key {key!r}: its name is reserved for temporary files")
+        return self.base / key
+
+    def _missing(self, key: str) -> ObjectNotFound:
+        if not self.base.is_dir():
+            return ObjectNotFound(f"bucket {self.bucket!r} does not exist (no folder {self.base})")
+        return ObjectNotFound(f"{self.url(key)} does not exist")
+
+    def _safe_prefix_folder(self, prefix: str) -> Path | None:
+        """The folder a prefix's keys live in, or None when no valid key can start with the prefix."""
+        folder, _, _ = prefix.rpartition("/")
+        if not folder:
+            return self.base
+        if folder.startswith("/") or any(part in ("", ".", "..") for part in folder.split("/")):
+            return None  # no valid key has such a folder; never let it name a path outside the bucket
+        return self.base / folder
 
     def url(self, key: str) -> str:
         return self._path(key).as_uri()
 
     def _info(self, key: str, path: Path) -> ObjectInfo:
-        st = path.stat()
+        """Size, mtime and MD5 of one version: all read through one open file, so they cannot mix versions."""
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            digest = hashlib.md5(usedforsecurity=False)
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
         return ObjectInfo(
             key=key,
             size=st.st_size,
-            etag=_md5_file(path),
+            etag=digest.hexdigest(),
             last_modified=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
         )
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.base.is_dir():
-            raise ObjectNotFound(f"bucket folder {self.base} does not exist")
-        # Walk only the folder the prefix can live in, so listing one county does not walk the state.
-        folder, _, _ = prefix.rpartition("/")
-        start = self.base / folder if folder else self.base
-        if not start.is_dir():
+            raise ObjectNotFound(f"bucket {self.bucket!r} does not exist (no folder {self.base})")
+        # Walk only the folder the prefix can live in, and below it only the sub-folders whose keys can
+        # start with the prefix, so listing one county does not walk the state.
+        start = self._safe_prefix_folder(prefix)
+        if start is None or not start.is_dir():
             return
         found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(start):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".cog-pipeline-tmp")]
-            rel = Path(dirpath).relative_to(self.base)
+            rel = Path(dirpath).relative_to(self.base).as_posix()
+            here = "" if rel == "." else f"{rel}/"
+            dirnames[:] = [
+                d
+                for d in dirnames
+                if not d.startswith(TMP_PREFIX)
+                and ((here + d + "/").startswith(prefix) or prefix.startswith(here + d + "/"))
+            ]
             for name in filenames:
-                if name.startswith(".cog-pipeline-tmp"):
+                if name.startswith(TMP_PREFIX):
                     continue
-                key = name if str(rel) == "." else f"{rel.as_posix()}/{name}"
+                key = here + name
                 if key.startswith(prefix):
                     found.append(key)
-        for key in sorted(found):  # S3 lists in key order; keep the same contract
-            path = self.base / key
+        for key in sorted(found):  # S3 lists in key order (UTF-8 bytes = code points); keep the same contract
             try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            yield ObjectInfo(
-                key=key,
-                size=st.st_size,
-                etag=f"{st.st_size:x}-{st.st_mtime_ns:x}",
-                last_modified=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
-            )
+                yield self._info(key, self.base / key)
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                continue  # removed (or replaced by a folder) while listing: S3 would not list it either
 
     def head(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
-        if not path.is_file():
+        try:
+            return self._info(key, path)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
-        return self._info(key, path)
 
     def read_bytes(self, key: str) -> tuple[bytes, ObjectInfo]:
         path = self._path(key)
         try:
-            data = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise ObjectNotFound(f"{self.url(key)} does not exist") from exc
-        st = path.stat()
+            with open(path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                data = fh.read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise self._missing(key) from exc
         return data, ObjectInfo(
             key=key,
             size=len(data),
@@ -169,42 +222,58 @@ class LocalStore:
             last_modified=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
         )
 
-    def _write_atomic(self, path: Path, data: bytes, exclusive: bool) -> None:
+    def _prepare_parent(self, key: str, path: Path) -> None:
         if not self.base.is_dir():
-            raise ObjectNotFound(f"bucket folder {self.base} does not exist")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".cog-pipeline-tmp-", dir=path.parent)
+            raise ObjectNotFound(f"bucket {self.bucket!r} does not exist (no folder {self.base})")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            # S3 lets 'a.tif' and 'a.tif/b' coexist; a folder cannot. Report it instead of an OSError.
+            raise StoreError(f"cannot write {self.url(key)}: a parent of it is an object, not a folder") from exc
+
+    def _write_atomic(self, key: str, path: Path, data: bytes, exclusive: bool) -> ObjectInfo:
+        """Write one version and return its info, taken from the temporary file (same inode as the result)."""
+        self._prepare_parent(key, path)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + "-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+                st = os.fstat(fh.fileno())
             if exclusive:
                 # link() fails when the target exists: an atomic create-if-absent, like If-None-Match.
                 try:
                     os.link(tmp, path)
                 except FileExistsError as exc:
-                    raise PreconditionFailed(f"{self.url(path.relative_to(self.base).as_posix())} exists") from exc
+                    raise PreconditionFailed(f"{self.url(key)} exists") from exc
                 os.unlink(tmp)
             else:
-                os.replace(tmp, path)
+                try:
+                    os.replace(tmp, path)
+                except IsADirectoryError as exc:
+                    raise StoreError(f"cannot write {self.url(key)}: a folder of that name exists") from exc
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        return ObjectInfo(
+            key=key,
+            size=st.st_size,
+            etag=hashlib.md5(data, usedforsecurity=False).hexdigest(),
+            last_modified=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
+        )
 
     def create(self, key: str, data: bytes) -> ObjectInfo:
-        path = self._path(key)
-        self._write_atomic(path, data, exclusive=True)
-        return self._info(key, path)
+        return self._write_atomic(key, self._path(key), data, exclusive=True)
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        path = self._path(key)
-        self._write_atomic(path, data, exclusive=False)
-        return self._info(key, path)
+        return self._write_atomic(key, self._path(key), data, exclusive=False)
 
     def delete(self, key: str, if_match: str | None = None) -> None:
         path = self._path(key)
+        if not self.base.is_dir():
+            raise ObjectNotFound(f"bucket {self.bucket!r} does not exist (no folder {self.base})")
         with self._lock:
             if if_match is not None:
                 if not path.is_file():
@@ -213,23 +282,24 @@ class LocalStore:
                     raise PreconditionFailed(f"{self.url(key)} changed since it was read")
             try:
                 path.unlink()
-            except FileNotFoundError:
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                # Deleting a missing key succeeds on S3; a folder of that name is not an object either.
                 if if_match is not None:
                     raise PreconditionFailed(f"{self.url(key)} is gone") from None
 
     def download(self, key: str, dest: Path) -> None:
         src = self._path(key)
         if not src.is_file():
-            raise ObjectNotFound(f"{self.url(key)} does not exist")
+            raise self._missing(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
 
     def upload(self, src: Path, key: str) -> None:
         path = self._path(key)
-        if not self.base.is_dir():
-            raise ObjectNotFound(f"bucket folder {self.base} does not exist")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".cog-pipeline-tmp-", dir=path.parent)
+        if not Path(src).is_file():
+            raise StoreError(f"cannot upload {src}: not a readable file")
+        self._prepare_parent(key, path)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + "-", dir=path.parent)
         os.close(fd)
         try:
             shutil.copyfile(src, tmp)
@@ -486,8 +556,7 @@ class S3Store:
 
 def open_store(bucket: str, config: StoreConfig, counter: RequestCounter | None = None) -> ObjectStore:
     """The store for one bucket: a folder under config.local_root when set, else S3."""
-    if not bucket or "/" in bucket:
-        raise StoreError(f"bucket name {bucket!r} must be non-empty and contain no '/'")
+    _validate_bucket(bucket)
     if config.local_root is not None:
         return LocalStore(config.local_root, bucket)
     return S3Store(bucket, config.s3_client(counter), counter)
