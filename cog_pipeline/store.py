@@ -343,25 +343,49 @@ def normalise_endpoint(endpoint: str | None, *, secure: bool = True) -> str | No
     """Accept 'host:port', 'host' or a full URL, as the original tool did; default to https."""
     if not endpoint:
         return None
-    endpoint = endpoint.strip().rstrip("/")
+    endpoint = endpoint.strip()
     if "://" not in endpoint:
         endpoint = f"{'https' if secure else 'http'}://{endpoint}"
     parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    endpoint = endpoint.rstrip("/")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise StoreError(f"endpoint {endpoint!r} is not an http(s) URL or host[:port]")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for 'host:abc' or a port out of range
+    except ValueError:
+        raise StoreError(f"endpoint {endpoint!r} has an invalid port") from None
     return endpoint
 
 
 def read_key_file(path: Path | str, what: str) -> str:
-    """Read an access/secret key file (first non-blank line) and never echo its content in errors."""
+    """Read an access/secret key file (first non-blank line) and never echo its content in errors.
+
+    A UTF-8 byte order mark (editors on Windows add one) is ignored. A file that is not UTF-8 is an error
+    whose message, like every other one here, names the file but holds none of its bytes.
+    """
+    # Errors are raised outside the except blocks: a UnicodeDecodeError carries the file's bytes, and even a
+    # suppressed __context__ keeps it reachable from the StoreError (and shown by some traceback printers).
+    problem: str | None = None
+    text: str | None = None
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
-        raise StoreError(f"cannot read {what} file {path}: {exc.strerror}") from None
+        problem = f"cannot read {what} file {path}: {exc.strerror}"
+    else:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            problem = f"{what} file {path} is not UTF-8 text"
+        del raw
+    if text is None:
+        raise StoreError(problem)
     for line in text.splitlines():
         if line.strip():
             return line.strip()
     raise StoreError(f"{what} file {path} is empty")
+
+
+RETRY_MODES = ("standard", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -413,8 +437,10 @@ class StoreConfig:
         import boto3
         from botocore.config import Config
 
-        if self.retry_mode not in ("legacy", "standard", "adaptive"):
-            raise StoreError(f"retry mode must be standard, adaptive or legacy, not {self.retry_mode!r}")
+        if self.retry_mode not in RETRY_MODES:
+            raise StoreError(f"retry mode must be standard or adaptive, not {self.retry_mode!r}")
+        if self.addressing_style not in (None, "auto", "path", "virtual"):
+            raise StoreError(f"addressing style must be auto, path or virtual, not {self.addressing_style!r}")
         if (self.access_key_file is None) != (self.secret_key_file is None):
             raise StoreError("give both an access key file (-a) and a secret key file (-s), or neither")
         endpoint = normalise_endpoint(self.endpoint)
@@ -429,7 +455,8 @@ class StoreConfig:
         if self.access_key_file is not None and self.secret_key_file is not None:
             kwargs["aws_access_key_id"] = read_key_file(self.access_key_file, "access key")
             kwargs["aws_secret_access_key"] = read_key_file(self.secret_key_file, "secret key")
-        session = boto3.session.Session(region_name=self.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+        region = self.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        session = boto3.session.Session(region_name=region)
         client = session.client("s3", **kwargs)
         if counter is not None:
             client.meta.events.register("before-call.s3", counter)
@@ -457,12 +484,22 @@ class S3Store:
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+            # Only 412 and S3's conditional-write conflict are lost preconditions; other 409s
+            # (BucketNotEmpty, OperationAborted, ...) are plain errors.
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412:
                 return PreconditionFailed(f"{where}: {code or status}")
-            if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound") or status == 404:
+            if code == "NoSuchBucket":
+                return ObjectNotFound(f"bucket {self.bucket!r} does not exist (NoSuchBucket)")
+            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
                 return ObjectNotFound(f"{where} does not exist ({code or status})")
             return StoreError(f"{where}: S3 error {code or status}")
         return StoreError(f"{where}: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _is_missing_bucket(exc: Exception) -> bool:
+        from botocore.exceptions import ClientError
+
+        return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "NoSuchBucket"
 
     @staticmethod
     def _etag(value: str | None) -> str:
@@ -535,8 +572,12 @@ class S3Store:
             self.client.delete_object(Bucket=self.bucket, Key=key, **kwargs)
         except Exception as exc:  # noqa: BLE001
             err = self._error(exc, key)
-            if isinstance(err, ObjectNotFound) and if_match is None:
-                return
+            if isinstance(err, ObjectNotFound) and not self._is_missing_bucket(exc):
+                if if_match is None:
+                    return  # deleting a missing key succeeds, as on S3 itself
+                # With If-Match, S3 answers 404 when the object went away after our check: that is a lost
+                # precondition for the caller, exactly like a changed object.
+                raise PreconditionFailed(f"s3://{self.bucket}/{key} is gone") from exc
             raise err from exc
 
     def download(self, key: str, dest: Path) -> None:
