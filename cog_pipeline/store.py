@@ -387,6 +387,26 @@ def read_key_file(path: Path | str, what: str) -> str:
 
 RETRY_MODES = ("standard", "adaptive")
 
+_loader_lock = threading.Lock()
+_shared_loader: object | None = None
+
+
+def _botocore_session():  # -> botocore.session.Session
+    """A fresh botocore session (so credentials are resolved anew each time) sharing one model loader.
+
+    Loading the S3 service model is most of the cost of making a client (~0.1 s); the loader caches it.
+    """
+    import botocore.session
+
+    global _shared_loader
+    session = botocore.session.Session()
+    with _loader_lock:
+        if _shared_loader is None:
+            _shared_loader = session.get_component("data_loader")
+        else:
+            session.register_component("data_loader", _shared_loader)
+    return session
+
 
 @dataclass(frozen=True)
 class StoreConfig:
@@ -456,7 +476,7 @@ class StoreConfig:
             kwargs["aws_access_key_id"] = read_key_file(self.access_key_file, "access key")
             kwargs["aws_secret_access_key"] = read_key_file(self.secret_key_file, "secret key")
         region = self.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        session = boto3.session.Session(region_name=region)
+        session = boto3.session.Session(botocore_session=_botocore_session(), region_name=region)
         client = session.client("s3", **kwargs)
         if counter is not None:
             client.meta.events.register("before-call.s3", counter)
