@@ -1,0 +1,260 @@
+"""The whole flow on one machine: claim -> generate -> local engine (real converter, real GDAL) -> reconcile."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import rasterio
+
+from cog_pipeline import pipeline
+from cog_pipeline.examples import EXAMPLE_BAD_ROWS, EXAMPLE_IMAGES, make_example_bucket, write_raster
+from cog_pipeline.pipeline import ScanOptions, scan
+from cog_pipeline.rundir import GENERATED, RECONCILED, RUNNING, list_run_dirs
+
+
+def options(buckets, tmp_path: Path, **kw) -> ScanOptions:
+    return ScanOptions(
+        input_bucket=buckets.input_bucket,
+        output_bucket=buckets.output_bucket,
+        store=buckets.config,
+        work_dir=tmp_path / "work",
+        workers=2,
+        progress=False,
+        **kw,
+    )
+
+
+def result_rows(buckets, kind: str) -> list[str]:
+    keys = [k for k in buckets.input_keys() if f"{kind}-" in k and not k.endswith("-reasons.csv")]
+    rows: list[str] = []
+    for key in keys:
+        data, _ = buckets.input.read_bytes(key)
+        rows.extend(data.decode().splitlines())
+    return rows
+
+
+def reasons(buckets) -> str:
+    keys = [k for k in buckets.input_keys() if k.endswith("-reasons.csv")]
+    return "\n".join(buckets.input.read_bytes(k)[0].decode() for k in keys)
+
+
+def assert_valid_outputs(buckets, key: str, tmp_path: Path, bands: int) -> None:
+    from rio_cogeo.cogeo import cog_validate
+
+    local = tmp_path / "check" / key
+    buckets.output.download(key, local)
+    buckets.output.download(key[:-4] + ".jpg", local.with_suffix(".jpg"))
+    valid, errors, _ = cog_validate(str(local), quiet=True)
+    assert valid, errors
+    with rasterio.open(local) as cog:
+        assert cog.count == bands
+    with rasterio.open(local.with_suffix(".jpg")) as jpg:
+        assert jpg.driver == "JPEG" and jpg.count in (1, 3)
+
+
+def test_seed_manifest_end_to_end(buckets, tmp_path, shared_testdata):
+    """The original tool's sample manifest, its 1-band image placed at every key."""
+    manifest = (shared_testdata / "seed" / "test_raw.csv").read_text()
+    keys = [line.split(",")[0] for line in manifest.splitlines()]
+    for key in keys:
+        buckets.put_file(key, shared_testdata / "seed" / "1band.tif")
+    buckets.put_text("test_raw.csv", manifest)
+    report = scan(options(buckets, tmp_path))
+    assert len(report.reconciled) == 1
+    assert sorted(result_rows(buckets, "processed")) == sorted(manifest.splitlines())
+    assert result_rows(buckets, "failed") == []
+    assert not any("processing" in k or k == "test_raw.csv" for k in buckets.input_keys())
+    for key in keys:
+        assert_valid_outputs(buckets, key, tmp_path, bands=1)
+    # The manifest says 4 bands for a 1-band file: converted per the file, and the mismatch is on record.
+    (run,) = list_run_dirs(tmp_path / "work")
+    notes = [row["note"] for row in run.read_json("reconcile.json")["rows"] if "4band" in row["text"]]
+    assert notes and all("band" in n.lower() for n in notes)
+
+
+def test_generated_example_data_end_to_end(buckets, tmp_path):
+    src = tmp_path / "example"
+    make_example_bucket(src, size=256)
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        buckets.put_file(path.relative_to(src).as_posix(), path)
+    scan(options(buckets, tmp_path))
+    assert sorted(result_rows(buckets, "processed")) == sorted(f"{k},{b}" for k, b in EXAMPLE_IMAGES)
+    assert sorted(result_rows(buckets, "failed")) == sorted(EXAMPLE_BAD_ROWS)
+    why = reasons(buckets)
+    assert "not-uploaded.tif" in why and "does not exist" in why.lower() or "missing" in why.lower()
+    assert "not an integer" in why
+    for key, bands in EXAMPLE_IMAGES:
+        assert_valid_outputs(buckets, key, tmp_path, bands=bands)
+
+
+def test_bad_images_fail_with_their_reason_and_never_stop_the_others(buckets, tmp_path, shared_testdata):
+    good = tmp_path / "good.tif"
+    write_raster(good, 3, size=128)
+    buckets.put_file("ok/good.tif", good)
+    buckets.put_file("bad/corrupt.tif", shared_testdata / "rasterio" / "corrupt.tif")
+    buckets.put_text("bad/text.tif", "this is not a tiff\n")
+    buckets.input.put_bytes("bad/empty.tif", b"")
+    truncated = good.read_bytes()[:2000]
+    buckets.input.put_bytes("bad/truncated.tif", truncated)
+    rows = ["ok/good.tif,3", "bad/corrupt.tif,3", "bad/text.tif,1", "bad/empty.tif,1", "bad/truncated.tif,3", "bad/absent.tif,1"]
+    buckets.put_text("mixed_raw.csv", "\n".join(rows))
+    scan(options(buckets, tmp_path))
+    assert result_rows(buckets, "processed") == ["ok/good.tif,3"]
+    assert sorted(result_rows(buckets, "failed")) == sorted(rows[1:])
+    why = reasons(buckets)
+    for key in ("bad/text.tif", "bad/empty.tif", "bad/truncated.tif"):
+        line = next(line for line in why.splitlines() if key in line)
+        assert "INPUT_UNREADABLE" in line, line
+    assert "bad/corrupt.tif" in why
+    assert not any(k.startswith("bad/") for k in buckets.output_keys()), "no partial outputs for failed rows"
+
+
+def test_awkward_keys_survive_the_whole_flow(buckets, tmp_path):
+    image = tmp_path / "img.tif"
+    write_raster(image, 1, size=96)
+    keys = ["Counties/Saint Croix/o'brien \"north\"/photo 1.tif", "Comtés/Île-de-France/été ñ.tif", "a,b/c.tif"]
+    for key in keys:
+        buckets.put_file(key, image)
+    buckets.put_text("awkward_raw.csv", "\n".join(f"{k},1" for k in keys))
+    scan(options(buckets, tmp_path))
+    assert sorted(result_rows(buckets, "processed")) == sorted(f"{k},1" for k in keys)
+    outputs = set(buckets.output_keys())
+    for key in keys:
+        assert key in outputs and key[:-4] + ".jpg" in outputs
+
+
+def test_concurrent_scans_claim_once(tmp_path):
+    """Two scans started at once against one folder bucket and one work dir: one claim, one conversion."""
+    root = tmp_path / "buckets"
+    (root / "out").mkdir(parents=True)
+    make_example_bucket(root / "in", size=128)
+    cmd = [
+        sys.executable, "-m", "cog_pipeline", "scan", "--local-root", str(root), "--input-bucket", "in",
+        "--output-bucket", "out", "--work-dir", str(tmp_path / "work"), "--quiet", "--workers", "1",
+    ]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    runs = list_run_dirs(tmp_path / "work")
+    assert len(runs) == 1 and runs[0].load().state == RECONCILED
+    claims = sum(out.count("claimed example_raw.csv") for out in outs)
+    assert claims == 1, outs
+    processed = list((root / "in").glob("example_processed-*.csv"))
+    assert len(processed) == 1
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["generate", "run_workflow", "reconcile"])
+def test_crash_in_the_middle_of_a_run_is_carried_on_by_the_next_scan(tmp_path, monkeypatch, where):
+    from cog_pipeline.store import StoreConfig
+    from tests.conftest import Buckets
+
+    root = tmp_path / "buckets"
+    (root / "out").mkdir(parents=True)
+    make_example_bucket(root / "in", size=128)
+    buckets = Buckets("folder", StoreConfig(local_root=root), "in", "out")
+    opts = options(buckets, tmp_path)
+
+    import cog_pipeline.engine_local as engine_local
+    import cog_pipeline.pegasus.workflow_gen as workflow_gen
+    import cog_pipeline.reconcile as reconcile_mod
+
+    if where == "generate":
+        monkeypatch.setattr(workflow_gen, "generate", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+    elif where == "run_workflow":
+        # Jobs run in pool workers; crash the driver once two jobs are recorded.
+        real_execute = engine_local._execute
+
+        def execute_then_crash(run_dir, todo, workers, progress):
+            real_execute(run_dir, todo[:2], 1, progress)
+            raise Crash()
+
+        monkeypatch.setattr(engine_local, "_execute", execute_then_crash)
+    else:
+        monkeypatch.setattr(engine_local, "run_workflow", _run_without_hooks(engine_local.run_workflow))
+        monkeypatch.setattr(reconcile_mod, "reconcile", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        scan(opts)
+    (run,) = list_run_dirs(tmp_path / "work")
+    assert run.load().state != RECONCILED
+    assert any("processing" in k for k in buckets.input_keys()), "the claim survives the crash"
+    before = {p.name: p.stat().st_mtime_ns for p in (run.path / "jobs").glob("*.json")} if (run.path / "jobs").is_dir() else {}
+    monkeypatch.undo()
+
+    report = scan(opts)
+    assert [r.path for r in report.resumed] == [run.path]
+    assert run.load().state == RECONCILED
+    assert sorted(result_rows(buckets, "processed")) == sorted(f"{k},{b}" for k, b in EXAMPLE_IMAGES)
+    assert sorted(result_rows(buckets, "failed")) == sorted(EXAMPLE_BAD_ROWS)
+    after = {p.name: p.stat().st_mtime_ns for p in (run.path / "jobs").glob("*.json")}
+    assert all(after[name] == mtime for name, mtime in before.items()), "finished jobs are not redone"
+    assert len(list_run_dirs(tmp_path / "work")) == 1
+    # And a third tick has nothing left to do.
+    report = scan(opts)
+    assert not report.claimed and not report.resumed
+
+
+def _run_without_hooks(real):
+    def run(run_dir, **kw):
+        kw["run_hooks"] = False
+        return real(run_dir, **kw)
+
+    return run
+
+
+def test_dry_run_lists_and_changes_nothing(tmp_path):
+    root = tmp_path / "buckets"
+    (root / "out").mkdir(parents=True)
+    make_example_bucket(root / "in", size=64)
+    before = sorted(p.name for p in (root / "in").iterdir())
+    out = subprocess.run(
+        [sys.executable, "-m", "cog_pipeline", "scan", "--local-root", str(root), "--input-bucket", "in",
+         "--output-bucket", "out", "--work-dir", str(tmp_path / "work"), "--dry-run"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "would claim example_raw.csv" in out
+    assert sorted(p.name for p in (root / "in").iterdir()) == before
+    assert list_run_dirs(tmp_path / "work") == []
+
+
+def test_cli_refuses_half_a_key_pair(tmp_path):
+    key = tmp_path / "access"
+    key.write_text("AKIA-SECRET-VALUE\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cog_pipeline", "scan", "--input-bucket", "in", "--output-bucket", "out", "-a", str(key)],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "-s" in proc.stderr and "AKIA-SECRET-VALUE" not in proc.stderr + proc.stdout
+
+
+def test_cli_reports_a_missing_bucket_in_one_line(tmp_path):
+    (tmp_path / "buckets").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cog_pipeline", "scan", "--local-root", str(tmp_path / "buckets"), "--input-bucket",
+         "nope", "--output-bucket", "out", "--work-dir", str(tmp_path / "work")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_demo_command_runs_the_pipeline(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cog_pipeline", "demo", "--dir", str(tmp_path / "demo"), "--size", "128", "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "5 processed, 2 failed" in proc.stdout
+    assert "Counties/WI/Wood/4band.jpg" in proc.stdout
+    assert "example_failed-" in proc.stdout
