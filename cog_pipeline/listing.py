@@ -24,6 +24,8 @@ def folder_of(key: str) -> str:
 
 def plan_prefixes(keys: Iterable[str], max_listings: int = MAX_FOLDER_LISTINGS) -> list[str]:
     """The prefixes to list so that every key is covered, with at most max_listings prefixes."""
+    if max_listings < 1:
+        raise ValueError(f"max_listings must be at least 1, not {max_listings}")
     folders = sorted({folder_of(k) for k in keys})
     if not folders:
         return []
