@@ -155,6 +155,8 @@ class WorkflowSettings:
             raise ValueError(f"data_configuration must be one of {DATA_CONFIGURATIONS}")
         if self.container_type not in CONTAINER_TYPES:
             raise ValueError(f"container_type must be one of {CONTAINER_TYPES}")
+        if self.s3_site in ("local", COMPUTE_SITE):
+            raise ValueError(f"s3_site must not reuse the site name {self.s3_site!r}")
         if not self.scratch_prefix or self.scratch_prefix.startswith("/"):
             raise ValueError("scratch_prefix must be a relative key prefix")
 

@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from cog_pipeline.replicas.catalog import (
-    ReplicaEntry,
     build_replica_catalog,
     file_url,
     input_lfn,

@@ -381,7 +381,7 @@ def test_nonsharedfs_uses_s3_staging_site(local_run):
 
 def test_invalid_settings_are_refused(local_run):
     run, store, _ = local_run
-    for bad in (dict(max_running=0), dict(cluster_size=0), dict(data_configuration="sharedfs"), dict(retries=-1)):
+    for bad in (dict(max_running=0), dict(cluster_size=0), dict(data_configuration="sharedfs"), dict(retries=-1), dict(s3_site="local")):
         with pytest.raises(ValueError):
             generate(run, store, WorkflowSettings(**bad))
 
