@@ -41,7 +41,11 @@ def s3_server() -> Iterator[str]:
 
     Yields the endpoint URL. Tests create uniquely named buckets so they never see each other's objects.
     """
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
 
     # boto3 must never find real credentials or talk to AWS from a test.
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing-access-key")
