@@ -455,7 +455,7 @@ def test_local_concurrent_creates_have_exactly_one_winner(local_store: LocalStor
     assert sorted(results) == ["lost"] * 7 + ["won"]
 
 
-# ================================================================================================ S3: conditional requests
+# ============================================================================================ S3: conditional requests
 
 
 def _interfere(store: S3Store, operation: str, action) -> None:  # type: ignore[no-untyped-def]
@@ -721,6 +721,14 @@ def test_endpoint_with_http_scheme_and_trailing_slash_works_against_the_server(
     store = open_store(bucket_name, s3_config(s3_server + "/"))
     store.put_bytes("k.tif", b"v")
     assert store.read_bytes("k.tif")[0] == b"v"
+
+
+def test_host_port_endpoint_made_plain_http_works_against_the_server(s3_server: str, bucket_name: str) -> None:
+    endpoint = normalise_endpoint(s3_server.removeprefix("http://"), secure=False)
+    make_s3_bucket(s3_server, bucket_name)
+    store = open_store(bucket_name, s3_config(endpoint))  # type: ignore[arg-type]
+    store.put_bytes("k.tif", b"v")
+    assert (endpoint, keys_of(store)) == (s3_server, ["k.tif"])
 
 
 def test_custom_endpoint_uses_path_style_requests(s3_server: str, bucket_name: str) -> None:
