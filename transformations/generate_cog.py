@@ -1,0 +1,1399 @@
+#!/usr/bin/env python3
+"""Convert one GeoTIFF into a verified Cloud Optimized GeoTIFF and a JPEG preview.
+
+Usage (the interface workflow jobs and other tools call)::
+
+    generate_cog INPUT.tif OUTPUT.tif OUTPUT.jpg --bands N
+
+Exit status 0 only when both outputs were written and verified; otherwise a
+non-zero status from :class:`ExitCode` and exactly one line on stderr that starts
+with the category name, e.g. ``INPUT_UNREADABLE: ...``.
+
+This file is self-contained on purpose: it needs only the standard library, numpy
+and EITHER GDAL's own Python bindings (``osgeo.gdal``, as in the stock
+``ghcr.io/osgeo/gdal:ubuntu-small-*`` containers) OR rasterio (whose wheels bundle
+GDAL). The binding is chosen at import time (``osgeo`` preferred); set
+``COG_PIPELINE_GDAL_BACKEND=osgeo|rasterio`` to force one. It can be shipped to a
+worker as this single file. See docs/conversion.md for the full behaviour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import math
+import os
+import struct
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from xml.sax.saxutils import escape as _xml_escape
+
+import numpy as np
+
+__all__ = [
+    "BACKEND_ENV",
+    "ConversionError",
+    "ConversionResult",
+    "ExitCode",
+    "JPEG_MAX_DIMENSION",
+    "RasterInfo",
+    "backend_name",
+    "convert",
+    "gdal_version",
+    "inspect_input",
+    "main",
+    "validate_cog",
+    "validate_jpeg",
+]
+
+BACKEND_ENV = "COG_PIPELINE_GDAL_BACKEND"
+THREADS_ENV = "COG_PIPELINE_THREADS"
+RESAMPLING_ENV = "COG_PIPELINE_RESAMPLING"
+CACHEMAX_ENV = "COG_PIPELINE_CACHEMAX"
+
+#: JPEG stores width and height in 16 bits.
+JPEG_MAX_DIMENSION = 65535
+JPEG_QUALITY = 80
+COG_BLOCKSIZE = 512
+#: Default GDAL block cache for one conversion (MB); the original tool used GDAL's
+#: default (5 % of RAM). Bounded so that many jobs can share a worker.
+DEFAULT_CACHEMAX_MB = 256
+#: Side of the decimated read used to choose the scaling of non-8-bit previews.
+STATS_SAMPLE_SIZE = 1024
+
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_COMPLEX_TYPES = ("complex_int16", "complex_int32", "complex64", "complex128")
+_SUPPORTED_TYPES = (
+    "uint8",
+    "int8",
+    "uint16",
+    "int16",
+    "uint32",
+    "int32",
+    "uint64",
+    "int64",
+    "float32",
+    "float64",
+)
+# GDAL mask flags (gdal.h)
+GMF_ALL_VALID = 0x01
+GMF_PER_DATASET = 0x02
+GMF_ALPHA = 0x04
+GMF_NODATA = 0x08
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of ``generate_cog``; other tools code against these numbers."""
+
+    OK = 0
+    INTERNAL = 1  # internal or unexpected error
+    USAGE = 2  # command-line usage error (argparse's default)
+    INPUT_UNREADABLE = 3  # missing, empty, truncated, corrupt, not a TIFF
+    UNSUPPORTED_INPUT = 4  # readable, but no preview can be made from it (e.g. complex data)
+    BAND_MISMATCH = 5  # manifest --bands differs from the file; outputs written per the file
+    OUTPUT_INVALID = 6  # the COG or the JPEG failed verification
+    OUT_OF_DISK = 7  # no space left while writing the outputs
+
+
+class ConversionError(Exception):
+    """A conversion failed; no output is left behind. ``code`` is the exit code."""
+
+    def __init__(self, code: ExitCode, reason: str):
+        self.code = ExitCode(code)
+        self.reason = _one_line(reason)
+        super().__init__(f"{self.code.name}: {self.reason}")
+
+    @property
+    def line(self) -> str:
+        """The one line ``main`` prints on stderr."""
+        return f"{self.code.name}: {self.reason}"
+
+
+@dataclass
+class RasterInfo:
+    """What the converter needs to know about an input raster."""
+
+    path: str
+    driver: str
+    width: int
+    height: int
+    count: int
+    dtypes: List[str]
+    nodata: List[Optional[float]]
+    colorinterp: List[str]
+    mask_flags: List[int]
+    block_size: Tuple[int, int]
+    overview_sizes: List[Tuple[int, int]]
+    has_palette: bool
+    georeferenced: bool
+
+    @property
+    def alpha_bands(self) -> List[int]:
+        return [i + 1 for i, ci in enumerate(self.colorinterp) if ci == "alpha"]
+
+
+@dataclass
+class PreviewPlan:
+    """How the JPEG preview is derived from the input."""
+
+    bands: List[int]
+    width: int
+    height: int
+    downsample: int = 1
+    scale: Optional[Tuple[float, float]] = None  # (lo, hi) mapped linearly to 0..255
+    masked: bool = False  # alpha/per-dataset mask composited onto black
+    nodata_to_black: bool = False
+    palette_expanded: bool = False
+    description: str = ""
+
+    @property
+    def band_count(self) -> int:
+        return 3 if self.palette_expanded else len(self.bands)
+
+
+@dataclass
+class ConversionResult:
+    """Outcome of :func:`convert`: both outputs exist and were verified."""
+
+    input: str
+    cog: str
+    jpeg: str
+    width: int
+    height: int
+    bands: int
+    manifest_bands: Optional[int]
+    dtype: str
+    jpeg_bands: int
+    jpeg_size: Tuple[int, int]
+    jpeg_downsample: int
+    preview: str
+    overview_sizes: List[Tuple[int, int]]
+    validator: str
+    backend: str
+    gdal_version: str
+    threads: int
+    timings: Dict[str, float] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+    exit_code: ExitCode = ExitCode.OK
+    reason: str = ""
+
+    @property
+    def band_mismatch(self) -> bool:
+        return self.exit_code == ExitCode.BAND_MISMATCH
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+class _GdalFailure(Exception):
+    """A GDAL call failed; ``messages`` holds what GDAL reported on the way."""
+
+    def __init__(self, message: str, messages: Sequence[str] = ()):
+        self.messages = [m for m in messages if m]
+        if message and message not in self.messages:
+            self.messages.append(message)
+        super().__init__(message or (self.messages[-1] if self.messages else "GDAL call failed"))
+
+    @property
+    def text(self) -> str:
+        return " | ".join(self.messages) or str(self)
+
+
+def _numpy_dtype_name(gdal_name: str) -> str:
+    return {
+        "Byte": "uint8",
+        "Int8": "int8",
+        "UInt16": "uint16",
+        "Int16": "int16",
+        "UInt32": "uint32",
+        "Int32": "int32",
+        "UInt64": "uint64",
+        "Int64": "int64",
+        "Float32": "float32",
+        "Float64": "float64",
+        "CInt16": "complex_int16",
+        "CInt32": "complex_int32",
+        "CFloat32": "complex64",
+        "CFloat64": "complex128",
+    }.get(gdal_name, gdal_name.lower())
+
+
+# --------------------------------------------------------------------------------------
+# GDAL backends: the few operations the converter needs, on either binding
+
+
+class _OsgeoBackend:
+    """GDAL's own Python bindings (the stock GDAL containers)."""
+
+    name = "osgeo"
+
+    def __init__(self) -> None:
+        from osgeo import gdal  # noqa: PLC0415
+
+        self.gdal = gdal
+        self.version = gdal.VersionInfo("RELEASE_NAME")
+
+    def _call(self, fn: Callable[[], Any]) -> Tuple[Any, List[str]]:
+        gdal = self.gdal
+        messages: List[str] = []
+        failed = []
+
+        def handler(err_class: int, err_no: int, msg: str) -> None:
+            messages.append(str(msg))
+            if err_class >= 3:
+                failed.append(msg)
+
+        gdal.PushErrorHandler(handler)
+        try:
+            try:
+                result = fn()
+            except RuntimeError as exc:  # when the host process enabled gdal.UseExceptions()
+                raise _GdalFailure(str(exc), messages) from None
+        finally:
+            gdal.PopErrorHandler()
+        if failed:
+            raise _GdalFailure(failed[-1], messages)
+        return result, messages
+
+    def _open(self, path: str, drivers: Optional[List[str]] = None) -> Any:
+        gdal = self.gdal
+
+        def do() -> Any:
+            if drivers:
+                return gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY, allowed_drivers=drivers)
+            return gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
+
+        ds, messages = self._call(do)
+        if ds is None:
+            raise _GdalFailure(messages[-1] if messages else f"GDAL cannot open {path}", messages)
+        return ds
+
+    def info(self, path: str, drivers: Optional[List[str]] = None) -> RasterInfo:
+        gdal = self.gdal
+        ds = self._open(path, drivers)
+        bands = [ds.GetRasterBand(i + 1) for i in range(ds.RasterCount)]
+        b1 = bands[0] if bands else None
+        ovr = []
+        if b1 is not None:
+            for i in range(b1.GetOverviewCount()):
+                o = b1.GetOverview(i)
+                ovr.append((o.XSize, o.YSize))
+        gt = ds.GetGeoTransform(can_return_null=True)
+        return RasterInfo(
+            path=path,
+            driver=ds.GetDriver().ShortName,
+            width=ds.RasterXSize,
+            height=ds.RasterYSize,
+            count=ds.RasterCount,
+            dtypes=[_numpy_dtype_name(gdal.GetDataTypeName(b.DataType)) for b in bands],
+            nodata=[b.GetNoDataValue() for b in bands],
+            colorinterp=[gdal.GetColorInterpretationName(b.GetColorInterpretation()).lower() for b in bands],
+            mask_flags=[b.GetMaskFlags() for b in bands],
+            block_size=tuple(b1.GetBlockSize()) if b1 is not None else (0, 0),
+            overview_sizes=ovr,
+            has_palette=bool(b1 is not None and b1.GetColorTable() is not None),
+            georeferenced=bool(ds.GetProjection() or gt is not None or ds.GetGCPCount()),
+        )
+
+    def palette(self, path: str) -> List[Tuple[int, int, int, int]]:
+        ds = self._open(path)
+        ct = ds.GetRasterBand(1).GetColorTable()
+        return [tuple(ct.GetColorEntry(i)) for i in range(ct.GetCount())] if ct else []
+
+    def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]:
+        gdal = self.gdal
+        src_ds = self._open(src)
+        drv = gdal.GetDriverByName(driver)
+        if drv is None:
+            raise _GdalFailure(f"GDAL has no {driver} driver")
+        opts = [f"{k}={v}" for k, v in options.items()]
+
+        def do() -> Any:
+            out = drv.CreateCopy(dst, src_ds, 0, options=opts)
+            if out is None:
+                return None
+            out.FlushCache()
+            out = None  # noqa: F841  (closes and flushes the file)
+            return True
+
+        ok, messages = self._call(do)
+        if not ok:
+            raise _GdalFailure(messages[-1] if messages else f"{driver} CreateCopy failed", messages)
+        return messages
+
+    def read(
+        self,
+        path: str,
+        bands: Sequence[int],
+        window: Optional[Tuple[int, int, int, int]] = None,
+        out_shape: Optional[Tuple[int, int]] = None,
+        masks: bool = False,
+    ) -> np.ndarray:
+        ds = self._open(path)
+        xoff, yoff, w, h = window or (0, 0, ds.RasterXSize, ds.RasterYSize)
+        bh, bw = out_shape or (h, w)
+        arrays = []
+        for b in bands:
+            band = ds.GetRasterBand(b)
+            if masks:
+                band = band.GetMaskBand()
+            arr, _ = self._call(lambda band=band: band.ReadAsArray(xoff, yoff, w, h, buf_xsize=bw, buf_ysize=bh))
+            if arr is None:
+                raise _GdalFailure(f"cannot read band {b} of {path}")
+            arrays.append(arr)
+        return np.stack(arrays)
+
+    def checksums(self, path: str) -> Tuple[List[int], List[int]]:
+        ds = self._open(path)
+        sums, msums = [], []
+        for i in range(ds.RasterCount):
+            band = ds.GetRasterBand(i + 1)
+            sums.append(self._call(band.Checksum)[0])
+            if band.GetMaskFlags() & GMF_PER_DATASET and not band.GetMaskFlags() & GMF_ALPHA:
+                msums.append(self._call(band.GetMaskBand().Checksum)[0])
+        return sums, msums
+
+    def set_config(self, key: str, value: Optional[str]) -> None:
+        self.gdal.SetConfigOption(key, value)
+
+    def get_config(self, key: str) -> Optional[str]:
+        return self.gdal.GetConfigOption(key)
+
+    def set_cachemax(self, nbytes: int) -> None:
+        self.gdal.SetCacheMax(int(nbytes))
+
+    def get_cachemax(self) -> int:
+        return int(self.gdal.GetCacheMax())
+
+    def quiet(self) -> None:
+        """Send GDAL's messages nowhere (the CLI prints its own one-line reason)."""
+        self.gdal.SetErrorHandler("CPLQuietErrorHandler")
+
+
+class _RasterioBackend:
+    """The GDAL bundled in rasterio's wheels (this project's Python environment)."""
+
+    name = "rasterio"
+
+    def __init__(self) -> None:
+        import rasterio  # noqa: PLC0415
+        import rasterio.shutil  # noqa: PLC0415
+        from rasterio._env import get_gdal_config, set_gdal_config  # noqa: PLC0415
+        from rasterio.windows import Window  # noqa: PLC0415
+
+        self.rasterio = rasterio
+        self._set = set_gdal_config
+        self._get = get_gdal_config
+        self._window = Window
+        self.version = rasterio.__gdal_version__
+        self._records: Dict[int, List[str]] = {}
+        handler = _ThreadLogCapture(self._records)
+        logging.getLogger("rasterio").addHandler(handler)
+
+    def _call(self, fn: Callable[[], Any]) -> Tuple[Any, List[str]]:
+        tid = threading.get_ident()
+        self._records[tid] = []
+        try:
+            try:
+                result = fn()
+            except Exception as exc:  # rasterio turns every GDAL failure into an exception
+                raise _GdalFailure(str(exc), self._records.get(tid, [])) from None
+            return result, list(self._records.get(tid, []))
+        finally:
+            self._records.pop(tid, None)
+
+    def _open(self, path: str, drivers: Optional[List[str]] = None) -> Any:
+        import warnings  # noqa: PLC0415
+
+        def do() -> Any:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # NotGeoreferencedWarning and friends
+                if drivers:
+                    return self.rasterio.open(path, driver=drivers[0] if len(drivers) == 1 else None)
+                return self.rasterio.open(path)
+
+        return self._call(do)[0]
+
+    def info(self, path: str, drivers: Optional[List[str]] = None) -> RasterInfo:
+        with self._open(path, drivers) as ds:
+            ovr = []
+            if ds.count:
+                for level in range(len(ds.overviews(1))):
+                    with self.rasterio.open(path, overview_level=level) as o:
+                        ovr.append((o.width, o.height))
+            has_palette = False
+            if ds.count:
+                try:
+                    ds.colormap(1)
+                    has_palette = True
+                except ValueError:
+                    has_palette = False
+            return RasterInfo(
+                path=path,
+                driver=ds.driver,
+                width=ds.width,
+                height=ds.height,
+                count=ds.count,
+                dtypes=list(ds.dtypes),
+                nodata=list(ds.nodatavals),
+                colorinterp=[ci.name.lower() for ci in ds.colorinterp],
+                mask_flags=[sum(int(f.value) for f in flags) for flags in ds.mask_flag_enums],
+                block_size=(ds.block_shapes[0][1], ds.block_shapes[0][0]) if ds.count else (0, 0),
+                overview_sizes=ovr,
+                has_palette=has_palette,
+                georeferenced=bool(ds.crs or not ds.transform.is_identity or ds.gcps[0]),
+            )
+
+    def palette(self, path: str) -> List[Tuple[int, int, int, int]]:
+        with self._open(path) as ds:
+            cmap = ds.colormap(1)
+            return [tuple(cmap[i]) for i in sorted(cmap)]
+
+    def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]:
+        import warnings  # noqa: PLC0415
+
+        def do() -> Any:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.rasterio.shutil.copy(src, dst, driver=driver, strict=False, **options)
+
+        return self._call(do)[1]
+
+    def read(
+        self,
+        path: str,
+        bands: Sequence[int],
+        window: Optional[Tuple[int, int, int, int]] = None,
+        out_shape: Optional[Tuple[int, int]] = None,
+        masks: bool = False,
+    ) -> np.ndarray:
+        with self._open(path) as ds:
+            win = self._window(*window) if window else None
+            h, w = (window[3], window[2]) if window else (ds.height, ds.width)
+            shape = (len(bands),) + tuple(out_shape or (h, w))
+
+            def do() -> np.ndarray:
+                if masks:
+                    return np.stack(
+                        [ds.read_masks(b, window=win, out_shape=shape[1:]) for b in bands]
+                    )
+                return ds.read(list(bands), window=win, out_shape=shape)
+
+            return self._call(do)[0]
+
+    def checksums(self, path: str) -> Tuple[List[int], List[int]]:
+        with self._open(path) as ds:
+            sums = [self._call(lambda i=i: ds.checksum(i))[0] for i in range(1, ds.count + 1)]
+            msums = []
+            for i, flags in enumerate(ds.mask_flag_enums, start=1):
+                value = sum(int(f.value) for f in flags)
+                if value & GMF_PER_DATASET and not value & GMF_ALPHA:
+                    m = self._call(lambda i=i: ds.read_masks(i))[0]
+                    msums.append(int(np.count_nonzero(m)) ^ (int(m.astype(np.uint64).sum()) << 1))
+            return sums, msums
+
+    def set_config(self, key: str, value: Optional[str]) -> None:
+        if value is None:
+            from rasterio._env import del_gdal_config  # noqa: PLC0415
+
+            del_gdal_config(key)
+        else:
+            self._set(key, value)
+
+    def get_config(self, key: str) -> Optional[str]:
+        value = self._get(key)
+        return None if value is None else str(value)
+
+    def set_cachemax(self, nbytes: int) -> None:
+        self._set("GDAL_CACHEMAX", int(nbytes))  # rasterio calls GDALSetCacheMax64 (bytes)
+
+    def get_cachemax(self) -> int:
+        return int(self._get("GDAL_CACHEMAX"))
+
+    def quiet(self) -> None:
+        logging.getLogger("rasterio").propagate = False
+
+
+class _ThreadLogCapture(logging.Handler):
+    """Collects rasterio's log records (GDAL warnings and errors) per calling thread."""
+
+    def __init__(self, store: Dict[int, List[str]]):
+        super().__init__(level=logging.DEBUG)
+        self.store = store
+
+    def emit(self, record: logging.LogRecord) -> None:
+        bucket = self.store.get(record.thread)
+        if bucket is not None and record.levelno >= logging.INFO:
+            try:
+                bucket.append(record.getMessage())
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _load_backend() -> Tuple[Any, Optional[str]]:
+    wanted = os.environ.get(BACKEND_ENV, "").strip().lower() or "auto"
+    order = {"auto": ["osgeo", "rasterio"], "osgeo": ["osgeo"], "rasterio": ["rasterio"]}.get(wanted)
+    if order is None:
+        return None, f"{BACKEND_ENV}={wanted!r}: use 'osgeo' or 'rasterio'"
+    problems = []
+    for name in order:
+        try:
+            return (_OsgeoBackend() if name == "osgeo" else _RasterioBackend()), None
+        except ImportError as exc:
+            problems.append(f"{name}: {exc}")
+    return None, "no GDAL Python binding available (" + "; ".join(problems) + ")"
+
+
+_BACKEND, _BACKEND_ERROR = _load_backend()
+
+
+def _backend() -> Any:
+    if _BACKEND is None:
+        raise ConversionError(ExitCode.INTERNAL, _BACKEND_ERROR or "no GDAL backend")
+    return _BACKEND
+
+
+def backend_name() -> str:
+    """``'osgeo'`` or ``'rasterio'``: the GDAL binding this process uses."""
+    return _backend().name
+
+
+def gdal_version() -> str:
+    return str(_backend().version)
+
+
+# --------------------------------------------------------------------------------------
+# TIFF structure (pure Python: independent of the GDAL binding and version)
+
+_TIFF_TYPES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+_TIFF_FMT = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q", 17: "q", 18: "Q"}
+_WANTED_TAGS = {254, 256, 257, 273, 278, 279, 322, 323, 324, 325, 338}
+
+
+@dataclass
+class _Ifd:
+    offset: int
+    tags: Dict[int, List[int]]
+
+    @property
+    def width(self) -> int:
+        return self.tags.get(256, [0])[0]
+
+    @property
+    def height(self) -> int:
+        return self.tags.get(257, [0])[0]
+
+    @property
+    def subfile_type(self) -> int:
+        return self.tags.get(254, [0])[0]
+
+    @property
+    def tiled(self) -> bool:
+        return 322 in self.tags and 324 in self.tags
+
+    @property
+    def tile_size(self) -> Tuple[int, int]:
+        return (self.tags.get(322, [0])[0], self.tags.get(323, [0])[0])
+
+    @property
+    def data_offsets(self) -> List[int]:
+        return self.tags.get(324) or self.tags.get(273) or []
+
+    @property
+    def data_counts(self) -> List[int]:
+        return self.tags.get(325) or self.tags.get(279) or []
+
+
+def _read_tiff_ifds(path: str, max_ifds: int = 256) -> Tuple[List[_Ifd], int]:
+    """Walk a (Big)TIFF's IFD chain; returns the IFDs and the file size. Raises ValueError."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        if head[:4] not in _TIFF_MAGICS:
+            raise ValueError("not a TIFF file")
+        bo = "<" if head[:2] == b"II" else ">"
+        big = head[2:4] in (b"+\x00", b"\x00+")
+        if big:
+            if len(head) < 16:
+                raise ValueError("BigTIFF header truncated")
+            offset = struct.unpack(bo + "Q", head[8:16])[0]
+        else:
+            if len(head) < 8:
+                raise ValueError("TIFF header truncated")
+            offset = struct.unpack(bo + "I", head[4:8])[0]
+        ifds: List[_Ifd] = []
+        seen = set()
+        while offset and len(ifds) < max_ifds:
+            if offset in seen:
+                raise ValueError("IFD chain loops")
+            if offset + (8 if big else 2) > size:
+                raise ValueError(f"IFD at byte {offset} lies beyond the end of the file ({size} bytes)")
+            seen.add(offset)
+            fh.seek(offset)
+            n = struct.unpack(bo + ("Q" if big else "H"), fh.read(8 if big else 2))[0]
+            entry_size = 20 if big else 12
+            raw = fh.read(n * entry_size)
+            if len(raw) < n * entry_size:
+                raise ValueError(f"IFD at byte {offset} is truncated")
+            tags: Dict[int, List[int]] = {}
+            for k in range(n):
+                e = raw[k * entry_size : (k + 1) * entry_size]
+                tag, typ = struct.unpack(bo + "HH", e[:4])
+                if tag not in _WANTED_TAGS or typ not in _TIFF_FMT:
+                    continue
+                count = struct.unpack(bo + ("Q" if big else "I"), e[4:12] if big else e[4:8])[0]
+                inline = e[12:20] if big else e[8:12]
+                nbytes = count * _TIFF_TYPES[typ]
+                if count > 50_000_000:
+                    raise ValueError(f"tag {tag} claims {count} values")
+                if nbytes <= len(inline):
+                    data = inline[:nbytes]
+                else:
+                    where = struct.unpack(bo + ("Q" if big else "I"), inline)[0]
+                    if where + nbytes > size:
+                        raise ValueError(f"tag {tag} data lies beyond the end of the file")
+                    pos = fh.tell()
+                    fh.seek(where)
+                    data = fh.read(nbytes)
+                    fh.seek(pos)
+                tags[tag] = list(struct.unpack(bo + _TIFF_FMT[typ] * count, data))
+            ifds.append(_Ifd(offset, tags))
+            nxt = fh.read(8 if big else 4)
+            if len(nxt) < (8 if big else 4):
+                raise ValueError(f"IFD at byte {offset} is truncated")
+            offset = struct.unpack(bo + ("Q" if big else "I"), nxt)[0]
+    return ifds, size
+
+
+def _check_tiff_complete(path: str) -> None:
+    """Raise ConversionError(INPUT_UNREADABLE) if the TIFF is truncated or its structure is broken."""
+    try:
+        ifds, size = _read_tiff_ifds(path)
+    except ValueError as exc:
+        raise ConversionError(ExitCode.INPUT_UNREADABLE, f"damaged TIFF structure: {exc}") from None
+    except OSError as exc:
+        raise ConversionError(ExitCode.INPUT_UNREADABLE, f"cannot read input: {exc}") from None
+    if not ifds:
+        raise ConversionError(ExitCode.INPUT_UNREADABLE, "TIFF has no image directory")
+    end = 0
+    for ifd in ifds:
+        for off, cnt in zip(ifd.data_offsets, ifd.data_counts):
+            if off and cnt:
+                end = max(end, off + cnt)
+    if end > size:
+        raise ConversionError(
+            ExitCode.INPUT_UNREADABLE,
+            f"truncated: the file has {size} bytes but its image data extends to byte {end}",
+        )
+
+
+def _ghost_metadata(path: str) -> Dict[str, str]:
+    """GDAL's COG 'ghost area' (GDAL_STRUCTURAL_METADATA) right after the TIFF header."""
+    with open(path, "rb") as fh:
+        head = fh.read(1024)
+    key = b"GDAL_STRUCTURAL_METADATA_SIZE="
+    pos = head.find(key)
+    if pos < 0 or pos > 32:
+        return {}
+    try:
+        nbytes = int(head[pos + len(key) : pos + len(key) + 6])
+    except ValueError:
+        return {}
+    start = head.find(b"\n", pos) + 1
+    text = head[start : start + nbytes].decode("ascii", "replace")
+    out = {}
+    for line in text.splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def _validate_cog_structure(path: str) -> Tuple[List[str], List[str]]:
+    """The fallback COG check used where rio-cogeo is not installed. Returns (errors, warnings)."""
+    errors: List[str] = []
+    warnings_: List[str] = []
+    try:
+        ifds, size = _read_tiff_ifds(path)
+    except (ValueError, OSError) as exc:
+        return [f"not a readable TIFF: {exc}"], []
+    images = [d for d in ifds if not d.subfile_type & 4]
+    if not images:
+        return ["no image directory"], []
+    main, overviews = images[0], images[1:]
+    if main.subfile_type & 1:
+        errors.append("the first directory is not the full-resolution image")
+    tile = max(main.tile_size) if main.tiled else 0
+    for label, d in [("full-resolution image", main)] + [(f"overview {i}", o) for i, o in enumerate(overviews)]:
+        if not d.tiled:
+            errors.append(f"{label} is not tiled")
+        elif d.tile_size[0] % 16 or d.tile_size[1] % 16:
+            errors.append(f"{label} tile size {d.tile_size} is not a multiple of 16")
+    if max(main.width, main.height) > max(tile, COG_BLOCKSIZE) and not overviews:
+        errors.append(f"{main.width}x{main.height} image has no overviews")
+    prev = (main.width, main.height)
+    for i, o in enumerate(overviews):
+        if not o.subfile_type & 1:
+            errors.append(f"overview {i} is not flagged as reduced resolution")
+        if o.width >= prev[0] and o.height >= prev[1]:
+            errors.append(f"overview {i} ({o.width}x{o.height}) is not smaller than the level before")
+        prev = (o.width, o.height)
+    if overviews and max(prev) > max(tile, COG_BLOCKSIZE):
+        warnings_.append(f"smallest overview is {prev[0]}x{prev[1]}, larger than one tile")
+    first_data = [min((x for x in d.data_offsets if x), default=0) for d in images]
+    all_data = [x for d in ifds for x in d.data_offsets if x]
+    if all_data and max(d.offset for d in ifds) > min(all_data):
+        errors.append("image directories are not all before the image data")
+    # Overview data must come before the full-resolution data, smallest overview first.
+    order = [x for x in reversed(first_data) if x]
+    if order != sorted(order):
+        errors.append("tile data is not ordered from the smallest overview to the full resolution")
+    for d in ifds:
+        for off, cnt in zip(d.data_offsets, d.data_counts):
+            if off + cnt > size:
+                errors.append("tile data extends beyond the end of the file")
+                break
+    ghost = _ghost_metadata(path)
+    if not ghost:
+        warnings_.append("no GDAL structural metadata (ghost area) at the start of the file")
+    elif ghost.get("LAYOUT") != "IFDS_BEFORE_DATA":
+        errors.append(f"ghost area says LAYOUT={ghost.get('LAYOUT')}")
+    return errors, warnings_
+
+
+def validate_cog(path: str, use_rio_cogeo: Optional[bool] = None) -> Tuple[str, List[str], List[str]]:
+    """Validate a COG. Returns (validator name, errors, warnings).
+
+    Uses rio-cogeo's ``cog_validate`` when importable (unless ``use_rio_cogeo=False``),
+    otherwise the structural check of this module (see docs/conversion.md).
+    """
+    if use_rio_cogeo is not False:
+        try:
+            from rio_cogeo.cogeo import cog_validate  # noqa: PLC0415
+        except ImportError:
+            if use_rio_cogeo:
+                raise
+        else:
+            import warnings  # noqa: PLC0415
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                valid, errors, warns = cog_validate(path, quiet=True)
+            errors = list(errors)
+            if not valid and not errors:
+                errors = ["rio-cogeo says the file is not a valid COG"]
+            return "rio-cogeo", errors, list(warns)
+    errors, warns = _validate_cog_structure(path)
+    return "builtin", errors, warns
+
+
+def _jpeg_header(path: str) -> Tuple[int, int, int]:
+    """(width, height, components) from the JPEG markers; ValueError if it is not a complete JPEG."""
+    with open(path, "rb") as fh:
+        data = fh.read(1 << 20)
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 2))
+        tail = fh.read(2)
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("no JPEG start-of-image marker")
+    if tail != b"\xff\xd9":
+        raise ValueError("no JPEG end-of-image marker (truncated?)")
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise ValueError(f"bad JPEG marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        seg_len = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h, w = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return w, h, data[pos + 9]
+        if marker == 0xDA:
+            break
+        pos += 2 + seg_len
+    raise ValueError("no JPEG frame header")
+
+
+def validate_jpeg(path: str, width: int, height: int, bands: int) -> List[str]:
+    """Check that the JPEG is complete, has the expected size and band count, and decodes."""
+    be = _backend()
+    try:
+        w, h, comps = _jpeg_header(path)
+    except (ValueError, OSError, struct.error) as exc:
+        return [f"JPEG {exc}"]
+    errors = []
+    if (w, h) != (width, height):
+        errors.append(f"JPEG is {w}x{h}, expected {width}x{height}")
+    if comps != bands:
+        errors.append(f"JPEG has {comps} bands, expected {bands}")
+    if errors:
+        return errors
+    try:
+        info = be.info(path)
+        if info.driver != "JPEG" or (info.width, info.height, info.count) != (width, height, bands):
+            return [f"GDAL reads it as {info.driver} {info.width}x{info.height}x{info.count}"]
+        # Decoding at 1/8 scale still entropy-decodes every block, at a fraction of the cost.
+        shape = (max(1, -(-height // 8)), max(1, -(-width // 8)))
+        be.read(path, [1], out_shape=shape)
+    except _GdalFailure as exc:
+        return [f"JPEG does not decode: {exc.text}"]
+    return []
+
+
+# --------------------------------------------------------------------------------------
+# inspecting the input and planning the preview
+
+
+def _sniff_input(path: str) -> None:
+    if not os.path.exists(path):
+        raise ConversionError(ExitCode.INPUT_UNREADABLE, f"input does not exist: {path}")
+    if os.path.isdir(path):
+        raise ConversionError(ExitCode.INPUT_UNREADABLE, f"input is a directory: {path}")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise ConversionError(ExitCode.INPUT_UNREADABLE, f"cannot read input: {exc.strerror}") from None
+    if not head:
+        raise ConversionError(ExitCode.INPUT_UNREADABLE, f"input is empty (0 bytes): {path}")
+    if head[:4] not in _TIFF_MAGICS:
+        raise ConversionError(
+            ExitCode.INPUT_UNREADABLE, f"not a TIFF file (starts with {head[:4]!r}): {path}"
+        )
+
+
+def inspect_input(path: str) -> RasterInfo:
+    """Open the input as a GeoTIFF; ConversionError(INPUT_UNREADABLE) if that is not possible."""
+    _sniff_input(path)
+    _check_tiff_complete(path)
+    try:
+        info = _backend().info(path, drivers=["GTiff"])
+    except _GdalFailure as exc:
+        raise ConversionError(ExitCode.INPUT_UNREADABLE, f"GDAL cannot open it: {exc.text}") from None
+    if info.count < 1:
+        raise ConversionError(ExitCode.UNSUPPORTED_INPUT, "the TIFF has no raster bands")
+    return info
+
+
+def _preview_scale(info: RasterInfo, bands: List[int]) -> Tuple[float, float]:
+    """(lo, hi) of the valid pixels of ``bands``, from a read of at most STATS_SAMPLE_SIZE pixels a side."""
+    be = _backend()
+    w, h = info.width, info.height
+    factor = max(1.0, max(w, h) / STATS_SAMPLE_SIZE)
+    shape = (max(1, int(round(h / factor))), max(1, int(round(w / factor))))
+    data = be.read(info.path, bands, out_shape=shape).astype(np.float64)
+    valid = np.isfinite(data)
+    for k, b in enumerate(bands):
+        nd = info.nodata[b - 1]
+        if nd is not None and not math.isnan(nd):
+            valid[k] &= data[k] != nd
+        if info.mask_flags[b - 1] & (GMF_PER_DATASET | GMF_ALPHA):
+            valid[k] &= be.read(info.path, [b], out_shape=shape, masks=True)[0] > 0
+    if not valid.any():
+        return (0.0, 0.0)
+    vals = data[valid]
+    return (float(vals.min()), float(vals.max()))
+
+
+def plan_preview(info: RasterInfo) -> PreviewPlan:
+    """Decide which bands, scaling, masking and size the JPEG preview gets (see docs/conversion.md)."""
+    for b, dt in enumerate(info.dtypes, start=1):
+        if dt in _COMPLEX_TYPES or dt not in _SUPPORTED_TYPES:
+            raise ConversionError(
+                ExitCode.UNSUPPORTED_INPUT, f"band {b} has data type {dt}; a JPEG preview cannot be made from it"
+            )
+    palette = info.has_palette and info.colorinterp[0] == "palette" and info.dtypes[0] in ("uint8", "uint16")
+    non_alpha = [b for b in range(1, info.count + 1) if info.colorinterp[b - 1] != "alpha"]
+    if not non_alpha:
+        raise ConversionError(ExitCode.UNSUPPORTED_INPUT, "every band is an alpha band")
+    if palette:
+        bands = [1]
+    elif len(non_alpha) >= 3:
+        bands = non_alpha[:3]
+    else:
+        bands = non_alpha[:1]
+    k = max(1, -(-max(info.width, info.height) // JPEG_MAX_DIMENSION))
+    width, height = -(-info.width // k), -(-info.height // k)
+    plan = PreviewPlan(bands=bands, width=width, height=height, downsample=k, palette_expanded=palette)
+    flags = [info.mask_flags[b - 1] for b in bands]
+    plan.masked = any(f & (GMF_PER_DATASET | GMF_ALPHA) for f in flags)
+    plan.nodata_to_black = any(
+        f & GMF_NODATA and not f & (GMF_PER_DATASET | GMF_ALPHA) for f in flags
+    )
+    notes = [f"bands {','.join(map(str, bands))}" if not palette else "palette expanded to RGB"]
+    if not palette and any(info.dtypes[b - 1] != "uint8" for b in bands):
+        plan.scale = _preview_scale(info, bands)
+        notes.append(f"{info.dtypes[bands[0] - 1]} scaled linearly {plan.scale[0]:g}..{plan.scale[1]:g} -> 0..255")
+    if plan.masked:
+        notes.append("masked pixels composited onto black")
+    if plan.nodata_to_black:
+        notes.append("nodata pixels black")
+    if k > 1:
+        notes.append(f"downsampled 1/{k} (JPEG limit {JPEG_MAX_DIMENSION} px)")
+    plan.description = "; ".join(notes)
+    return plan
+
+
+def _source_xml(src: str, band: str, info: RasterInfo, plan: PreviewPlan, extra: str = "", complex_: bool = True) -> str:
+    resampling = ' resampling="average"' if plan.downsample > 1 else ""
+    tag = "ComplexSource" if complex_ else "SimpleSource"
+    return (
+        f"<{tag}{resampling}><SourceFilename relativeToVRT=\"0\">{_xml_escape(src)}</SourceFilename>"
+        f"<SourceBand>{band}</SourceBand>"
+        f'<SrcRect xOff="0" yOff="0" xSize="{info.width}" ySize="{info.height}"/>'
+        f'<DstRect xOff="0" yOff="0" xSize="{plan.width}" ySize="{plan.height}"/>'
+        f"{extra}</{tag}>"
+    )
+
+
+def preview_vrt(info: RasterInfo, plan: PreviewPlan) -> str:
+    """A VRT (XML text) that yields the 8-bit preview bands, streamed by GDAL line by line."""
+    src = os.path.abspath(info.path)
+    out_bands = []
+    names = ["Red", "Green", "Blue"] if plan.band_count == 3 else ["Gray"]
+    for k in range(plan.band_count):
+        b = plan.bands[0] if plan.palette_expanded else plan.bands[k]
+        extra = ""
+        nd = info.nodata[b - 1]
+        if plan.palette_expanded:
+            extra += f"<ColorTableComponent>{k + 1}</ColorTableComponent>"
+        if plan.nodata_to_black and nd is not None and info.mask_flags[b - 1] & GMF_NODATA:
+            extra += f"<NODATA>{'nan' if math.isnan(nd) else repr(float(nd))}</NODATA>"
+        if plan.scale is not None:
+            lo, hi = plan.scale
+            if hi > lo:
+                ratio = 255.0 / (hi - lo)
+                offset = -lo * ratio
+            else:
+                ratio, offset = 0.0, (255.0 if plan.scale != (0.0, 0.0) else 0.0)
+            extra += f"<ScaleOffset>{offset!r}</ScaleOffset><ScaleRatio>{ratio!r}</ScaleRatio>"
+        value = _source_xml(src, str(b), info, plan, extra, complex_=bool(extra))
+        if plan.masked:
+            mask = _source_xml(
+                src, f"mask,{b}", info, plan, "<ScaleOffset>0</ScaleOffset><ScaleRatio>0.00392156862745098</ScaleRatio>"
+            )
+            out_bands.append(
+                f'<VRTRasterBand dataType="Byte" band="{k + 1}" subClass="VRTDerivedRasterBand">'
+                f"<ColorInterp>{names[k]}</ColorInterp><PixelFunctionType>mul</PixelFunctionType>"
+                f"<SourceTransferType>Float64</SourceTransferType>{value}{mask}</VRTRasterBand>"
+            )
+        else:
+            out_bands.append(
+                f'<VRTRasterBand dataType="Byte" band="{k + 1}"><ColorInterp>{names[k]}</ColorInterp>'
+                f"{value}</VRTRasterBand>"
+            )
+    return f'<VRTDataset rasterXSize="{plan.width}" rasterYSize="{plan.height}">' + "".join(out_bands) + "</VRTDataset>"
+
+
+# --------------------------------------------------------------------------------------
+# running the conversion
+
+
+def _default_threads() -> int:
+    for var in (THREADS_ENV, "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_WRITE_ERROR_WORDS = (
+    "no space",
+    "enospc",
+    "disk full",
+    "quota",
+    "write error",
+    "error writing",
+    "io error writing",
+    "failed to write",
+    "could not write",
+    "cannot write",
+    "short write",
+    "seek error",
+)
+
+
+def _free_bytes(path: str) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return -1
+    return st.f_bavail * st.f_frsize
+
+
+def _probe_input(info: RasterInfo) -> Optional[str]:
+    """Read the whole input, block row by block row; the GDAL error text if a read fails."""
+    be = _backend()
+    rows = max(1, min(info.height, max(info.block_size[1], 1) * max(1, (8 << 20) // max(1, info.width * info.count))))
+    try:
+        for y in range(0, info.height, rows):
+            be.read(info.path, list(range(1, info.count + 1)), window=(0, y, info.width, min(rows, info.height - y)))
+    except _GdalFailure as exc:
+        return exc.text
+    return None
+
+
+def _classify_write_failure(exc: _GdalFailure, info: RasterInfo, out_dirs: Sequence[str], what: str) -> ConversionError:
+    text = exc.text
+    low = text.lower()
+    raw_bytes = info.width * info.height * info.count * 2  # pessimistic: full-res + temp overviews
+    free = min((_free_bytes(d) for d in out_dirs), default=-1)
+    write_trouble = any(w in low for w in _WRITE_ERROR_WORDS)
+    if "no space" in low or "enospc" in low or "disk full" in low or (write_trouble and 0 <= free < raw_bytes):
+        return ConversionError(ExitCode.OUT_OF_DISK, f"no space left while writing the {what} ({free} bytes free): {text}")
+    problem = _probe_input(info)
+    if problem:
+        return ConversionError(ExitCode.INPUT_UNREADABLE, f"corrupt pixel data: {problem}")
+    if 0 <= free < (1 << 20):
+        return ConversionError(ExitCode.OUT_OF_DISK, f"no space left while writing the {what}: {text}")
+    return ConversionError(ExitCode.INTERNAL, f"writing the {what} failed: {text}")
+
+
+def _remove(*paths: str) -> None:
+    for p in paths:
+        for q in (p, p + ".aux.xml", p + ".ovr.tmp", p + ".msk.ovr.tmp"):
+            try:
+                os.remove(q)
+            except OSError:
+                pass
+
+
+def _temp_name(final: str, suffix: str, token: str) -> str:
+    folder, name = os.path.split(os.path.abspath(final))
+    return os.path.join(folder, f".{name}.{token}.tmp{suffix}")
+
+
+def _cog_options(info: RasterInfo, threads: int, resampling: Optional[str]) -> Dict[str, str]:
+    opts = {
+        "COMPRESS": "LZW",
+        "BLOCKSIZE": str(COG_BLOCKSIZE),
+        "PREDICTOR": "YES",  # horizontal differencing (floating-point predictor for floats): lossless
+        "BIGTIFF": "IF_SAFER",
+        "NUM_THREADS": str(threads),
+    }
+    if resampling:
+        opts["RESAMPLING"] = resampling.upper()
+    if info.overview_sizes and max(info.overview_sizes[-1]) > COG_BLOCKSIZE:
+        # The input's own overviews do not reach one tile: compute a complete set instead.
+        opts["OVERVIEWS"] = "IGNORE_EXISTING"
+    return opts
+
+
+class _Config:
+    """Set GDAL configuration options for the duration of a conversion, then restore them."""
+
+    def __init__(self, values: Dict[str, Optional[str]]):
+        self.values = values
+        self.saved: Dict[str, Optional[str]] = {}
+
+    def __enter__(self) -> "_Config":
+        be = _backend()
+        for k, v in self.values.items():
+            self.saved[k] = be.get_config(k)
+            be.set_config(k, v)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        be = _backend()
+        for k, v in self.saved.items():
+            be.set_config(k, v)
+
+
+def convert(
+    input: str,
+    output_tif: str,
+    output_jpg: str,
+    bands: Optional[int] = None,
+    *,
+    resampling: Optional[str] = None,
+    threads: Optional[int] = None,
+    cachemax_mb: Optional[int] = None,
+    verify_pixels: bool = False,
+) -> ConversionResult:
+    """Convert ``input`` into a COG at ``output_tif`` and a JPEG preview at ``output_jpg``.
+
+    ``bands`` is what the manifest says; the file wins when they differ: both outputs
+    are written per the file and the result has ``exit_code == ExitCode.BAND_MISMATCH``
+    and a ``reason``. Any other problem raises :class:`ConversionError` and leaves no
+    output behind. ``resampling`` overrides the overview resampling (default: the COG
+    driver's own default, like the original tool); env ``COG_PIPELINE_RESAMPLING`` too.
+    ``verify_pixels`` also compares full-resolution checksums of input and COG.
+    """
+    be = _backend()
+    started = time.perf_counter()
+    timings: Dict[str, float] = {}
+    input = os.fspath(input)
+    output_tif = os.path.abspath(os.fspath(output_tif))
+    output_jpg = os.path.abspath(os.fspath(output_jpg))
+    if os.path.abspath(input) in (output_tif, output_jpg) or output_tif == output_jpg:
+        raise ConversionError(ExitCode.USAGE, "input and outputs must be three different paths")
+    threads = int(threads or _default_threads())
+    resampling = resampling or os.environ.get(RESAMPLING_ENV) or None
+    if cachemax_mb is None:
+        env_cache = os.environ.get(CACHEMAX_ENV, "").strip()
+        cachemax_mb = int(env_cache) if env_cache.isdigit() else DEFAULT_CACHEMAX_MB
+
+    info = inspect_input(input)
+    plan = plan_preview(info)
+    timings["inspect"] = time.perf_counter() - started
+
+    mismatch = ""
+    if bands is not None and int(bands) != info.count:
+        mismatch = f"band mismatch: manifest says {int(bands)} bands, file has {info.count}; converted per file"
+
+    out_dirs = sorted({os.path.dirname(output_tif), os.path.dirname(output_jpg)})
+    for d in out_dirs:
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError as exc:
+            code = ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
+            raise ConversionError(code, f"cannot create output folder {d}: {exc.strerror}") from None
+
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp_tif = _temp_name(output_tif, ".tif", token)
+    tmp_jpg = _temp_name(output_jpg, ".jpg", token)
+    tmp_vrt = _temp_name(output_jpg, ".vrt", token)
+    temps = [tmp_tif, tmp_jpg, tmp_vrt]
+    try:
+        try:
+            with open(tmp_vrt, "w", encoding="utf-8") as fh:
+                fh.write(preview_vrt(info, plan))
+        except OSError as exc:
+            code = ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
+            raise ConversionError(code, f"cannot write in {os.path.dirname(tmp_vrt)}: {exc.strerror}") from None
+
+        config = {
+            "GDAL_NUM_THREADS": str(threads),
+            # The COG driver's temporary overview file is read once and deleted: keeping
+            # it uncompressed saves an LZW encode+decode of every overview pixel.
+            "COG_TMP_COMPRESSION": "NONE",
+        }
+        saved_cache = be.get_cachemax()
+        be.set_cachemax(cachemax_mb << 20)
+        jpeg_outcome: Dict[str, Any] = {}
+
+        def make_jpeg() -> None:
+            t0 = time.perf_counter()
+            try:
+                be.create_copy("JPEG", tmp_vrt, tmp_jpg, {"QUALITY": str(JPEG_QUALITY)})
+                _remove_sidecar(tmp_jpg)
+                jpeg_outcome["errors"] = validate_jpeg(tmp_jpg, plan.width, plan.height, plan.band_count)
+            except _GdalFailure as exc:
+                jpeg_outcome["failure"] = exc
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                jpeg_outcome["crash"] = exc
+            jpeg_outcome["seconds"] = time.perf_counter() - t0
+
+        with _Config(config):
+            jpeg_thread = threading.Thread(target=make_jpeg, name="generate_cog-jpeg", daemon=True)
+            jpeg_thread.start()
+            t0 = time.perf_counter()
+            cog_failure: Optional[_GdalFailure] = None
+            try:
+                be.create_copy("COG", info.path, tmp_tif, _cog_options(info, threads, resampling))
+            except _GdalFailure as exc:
+                cog_failure = exc
+            timings["cog"] = time.perf_counter() - t0
+            jpeg_thread.join()
+        be.set_cachemax(saved_cache)
+        timings["jpeg"] = jpeg_outcome.get("seconds", 0.0)
+
+        if cog_failure is not None:
+            raise _classify_write_failure(cog_failure, info, out_dirs, "COG")
+        if "crash" in jpeg_outcome:
+            raise jpeg_outcome["crash"]
+        if "failure" in jpeg_outcome:
+            raise _classify_write_failure(jpeg_outcome["failure"], info, out_dirs, "JPEG")
+
+        t0 = time.perf_counter()
+        validator, errors, warns = validate_cog(tmp_tif)
+        try:
+            out_info = be.info(tmp_tif)
+        except _GdalFailure as exc:
+            errors.append(f"GDAL cannot reopen it: {exc.text}")
+            out_info = None
+        if out_info is not None:
+            got = (out_info.width, out_info.height, out_info.count, out_info.dtypes)
+            want = (info.width, info.height, info.count, info.dtypes)
+            if got != want:
+                errors.append(f"COG is {got}, input is {want}")
+            if out_info.block_size != (COG_BLOCKSIZE, COG_BLOCKSIZE):
+                errors.append(f"COG blocks are {out_info.block_size}")
+        if errors:
+            raise ConversionError(ExitCode.OUTPUT_INVALID, f"COG failed validation ({validator}): {'; '.join(errors)}")
+        if verify_pixels:
+            try:
+                if be.checksums(info.path) != be.checksums(tmp_tif):
+                    raise ConversionError(ExitCode.OUTPUT_INVALID, "COG pixels differ from the input's")
+            except _GdalFailure as exc:
+                raise ConversionError(ExitCode.OUTPUT_INVALID, f"cannot compare pixels: {exc.text}") from None
+        jpeg_errors = jpeg_outcome.get("errors", ["JPEG was not produced"])
+        if jpeg_errors:
+            raise ConversionError(ExitCode.OUTPUT_INVALID, "; ".join(jpeg_errors))
+        timings["verify"] = time.perf_counter() - t0
+
+        try:
+            os.replace(tmp_tif, output_tif)
+            os.replace(tmp_jpg, output_jpg)
+        except OSError as exc:
+            _remove(output_tif)
+            code = ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
+            raise ConversionError(code, f"cannot move outputs into place: {exc.strerror}") from None
+    except BaseException:
+        _remove(*temps)
+        raise
+    _remove(tmp_vrt)
+    timings["total"] = time.perf_counter() - started
+    return ConversionResult(
+        input=input,
+        cog=output_tif,
+        jpeg=output_jpg,
+        width=info.width,
+        height=info.height,
+        bands=info.count,
+        manifest_bands=None if bands is None else int(bands),
+        dtype=info.dtypes[0],
+        jpeg_bands=plan.band_count,
+        jpeg_size=(plan.width, plan.height),
+        jpeg_downsample=plan.downsample,
+        preview=plan.description,
+        overview_sizes=list(out_info.overview_sizes) if out_info else [],
+        validator=validator,
+        backend=be.name,
+        gdal_version=str(be.version),
+        threads=threads,
+        timings=timings,
+        warnings=list(warns),
+        exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK,
+        reason=mismatch,
+    )
+
+
+def _remove_sidecar(path: str) -> None:
+    try:
+        os.remove(path + ".aux.xml")
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------------------
+# command line
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(ExitCode.USAGE, f"USAGE: {_one_line(message)} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _ArgumentParser(
+        prog="generate_cog",
+        description="Convert one GeoTIFF into a verified Cloud Optimized GeoTIFF (LZW, 512 tiles, "
+        "internal overviews) and a quality-80 JPEG preview.",
+        epilog="Exit codes: " + ", ".join(f"{c.value} {c.name}" for c in ExitCode),
+    )
+    p.add_argument("input", help="input GeoTIFF")
+    p.add_argument("output_tif", help="COG to write (parent folders are created)")
+    p.add_argument("output_jpg", help="JPEG preview to write (parent folders are created)")
+    p.add_argument("--bands", type=int, default=None, help="band count the manifest gives; the file wins (exit 5 on mismatch)")
+    p.add_argument("--resampling", default=None, help=f"overview resampling (default: the COG driver's; env {RESAMPLING_ENV})")
+    p.add_argument("--threads", type=int, default=None, help=f"GDAL threads (default: env {THREADS_ENV}, OMP_NUM_THREADS, or the CPUs available)")
+    p.add_argument("--cachemax", type=int, default=None, help=f"GDAL block cache in MB (default {DEFAULT_CACHEMAX_MB}; env {CACHEMAX_ENV})")
+    p.add_argument("--verify-pixels", action="store_true", help="also compare full-resolution checksums of input and COG")
+    p.add_argument("--verbose", "-v", action="store_true", help="print a summary and GDAL's own messages")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.bands is not None and args.bands < 1:
+        print("USAGE: --bands must be at least 1", file=sys.stderr)
+        return ExitCode.USAGE
+    # GDAL, libtiff and Python warnings may write to the process's stderr from any thread;
+    # the contract is ONE line there, so they go to a temporary file (shown with --verbose).
+    captured = tempfile.TemporaryFile(mode="w+b")
+    saved_fd = None
+    try:
+        sys.stderr.flush()
+        saved_fd = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+    except OSError:
+        saved_fd = None
+    code: int
+    line = ""
+    summary = ""
+    try:
+        if _BACKEND is not None and not args.verbose:
+            _BACKEND.quiet()
+        result = convert(
+            args.input,
+            args.output_tif,
+            args.output_jpg,
+            args.bands,
+            resampling=args.resampling,
+            threads=args.threads,
+            cachemax_mb=args.cachemax,
+            verify_pixels=args.verify_pixels,
+        )
+        code = result.exit_code
+        if code:
+            line = f"{ExitCode(code).name}: {result.reason}"
+        summary = (
+            f"{result.cog}: {result.width}x{result.height}x{result.bands} {result.dtype}, overviews "
+            f"{result.overview_sizes}, valid ({result.validator}); {result.jpeg}: {result.jpeg_size[0]}x"
+            f"{result.jpeg_size[1]}x{result.jpeg_bands} ({result.preview}); {result.backend} GDAL "
+            f"{result.gdal_version}, {result.threads} threads, "
+            + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+        )
+    except ConversionError as exc:
+        code, line = exc.code, exc.line
+    except KeyboardInterrupt:
+        code, line = ExitCode.INTERNAL, "INTERNAL: interrupted"
+    except MemoryError:
+        code, line = ExitCode.INTERNAL, "INTERNAL: out of memory"
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            code, line = ExitCode.OUT_OF_DISK, f"OUT_OF_DISK: {exc}"
+        else:
+            code, line = ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - the contract is an exit code and one line
+        code, line = ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}"
+    finally:
+        if saved_fd is not None:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+    if args.verbose:
+        captured.seek(0)
+        noise = captured.read().decode("utf-8", "replace").strip()
+        if noise:
+            print(noise, file=sys.stderr)
+        if summary:
+            print(summary, file=sys.stdout)
+    captured.close()
+    if line:
+        print(_one_line(line), file=sys.stderr)
+    return int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
