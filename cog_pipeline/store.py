@@ -7,9 +7,9 @@ claim, workflow and reconcile logic.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -112,13 +112,13 @@ class LocalStore:
     Writes go to a temporary file in the destination folder and are renamed into place, so a reader never
     sees half an object and a crash never leaves one.
 
-    ETags are the content MD5 (hex, no quotes) like S3's single-part ETags, and they are the *same* value
-    from every method: list(), head(), read_bytes(), create() and put_bytes(). That is what makes
-    `delete(key, if_match=info.etag)` work whatever produced `info` (the claim protocol deletes a manifest
-    with the ETag it saw when listing). The price is that list() reads every file it returns; a cheaper
-    size/mtime token was used before, but it never matched head()'s MD5 (so a conditional delete after a
-    listing always failed) and a same-size rewrite within the file system's timestamp granularity would
-    not change it, so it could not be made sound. As on S3, rewriting identical bytes keeps the ETag.
+    ETags are version tokens made from the file's inode, size and nanosecond mtime, and every method
+    (list, head, read_bytes, create, put_bytes) returns the same token for the same version, so
+    `delete(key, if_match=info.etag)` works whatever produced `info`. Every write here lands by renaming a new
+    file into place, so each version has a new inode: a rewrite changes the token even with identical size
+    and timestamp. Content hashes were tried and rejected: listing would read every image in a county to
+    learn that it exists, and the pre-flight lists inputs of many gigabytes. Unlike S3, rewriting identical
+    bytes gives a new token; conditional requests then err on the side of "changed", which is safe.
 
     Conditional deletes are atomic between threads of one process (a lock), not between processes.
     Keys whose segments start with the temporary-file prefix are refused, since listings hide them.
@@ -156,19 +156,20 @@ class LocalStore:
     def url(self, key: str) -> str:
         return self._path(key).as_uri()
 
-    def _info(self, key: str, path: Path) -> ObjectInfo:
-        """Size, mtime and MD5 of one version: all read through one open file, so they cannot mix versions."""
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            digest = hashlib.md5(usedforsecurity=False)
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+    @staticmethod
+    def _stat_info(key: str, st: os.stat_result) -> ObjectInfo:
         return ObjectInfo(
             key=key,
             size=st.st_size,
-            etag=digest.hexdigest(),
+            etag=f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}",
             last_modified=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
         )
+
+    def _info(self, key: str, path: Path) -> ObjectInfo:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(str(path))
+        return self._stat_info(key, st)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.base.is_dir():
@@ -215,12 +216,7 @@ class LocalStore:
                 data = fh.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise self._missing(key) from exc
-        return data, ObjectInfo(
-            key=key,
-            size=len(data),
-            etag=hashlib.md5(data, usedforsecurity=False).hexdigest(),
-            last_modified=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
-        )
+        return data, self._stat_info(key, st)
 
     def _prepare_parent(self, key: str, path: Path) -> None:
         if not self.base.is_dir():
@@ -257,12 +253,7 @@ class LocalStore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        return ObjectInfo(
-            key=key,
-            size=st.st_size,
-            etag=hashlib.md5(data, usedforsecurity=False).hexdigest(),
-            last_modified=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
-        )
+        return self._stat_info(key, st)
 
     def create(self, key: str, data: bytes) -> ObjectInfo:
         return self._write_atomic(key, self._path(key), data, exclusive=True)
@@ -276,9 +267,10 @@ class LocalStore:
             raise ObjectNotFound(f"bucket {self.bucket!r} does not exist (no folder {self.base})")
         with self._lock:
             if if_match is not None:
-                if not path.is_file():
+                current = self.head(key)
+                if current is None:
                     raise PreconditionFailed(f"{self.url(key)} is gone")
-                if _md5_file(path) != if_match:
+                if current.etag != if_match:
                     raise PreconditionFailed(f"{self.url(key)} changed since it was read")
             try:
                 path.unlink()
@@ -308,14 +300,6 @@ class LocalStore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-
-
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------------

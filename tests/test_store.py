@@ -89,10 +89,15 @@ def keys_of(store: ObjectStore, prefix: str = "") -> list[str]:
 # ================================================================================================ contract, both stores
 
 
-def test_put_then_read_returns_the_bytes_and_their_md5(store: ObjectStore) -> None:
-    store.put_bytes("a/b.tif", b"hello")
+def test_put_then_read_returns_the_bytes_and_the_written_version(store: ObjectStore) -> None:
+    written = store.put_bytes("a/b.tif", b"hello")
     data, info = store.read_bytes("a/b.tif")
-    assert (data, info.size, info.etag) == (b"hello", 5, md5(b"hello"))
+    assert (data, info.size, info.etag) == (b"hello", 5, written.etag)
+
+
+def test_s3_etag_is_the_content_md5(s3_store: S3Store) -> None:
+    s3_store.put_bytes("a/b.tif", b"hello")
+    assert s3_store.read_bytes("a/b.tif")[1].etag == md5(b"hello")
 
 
 def test_put_returns_the_same_info_head_gives(store: ObjectStore) -> None:
@@ -118,7 +123,7 @@ def test_read_of_missing_key_is_object_not_found(store: ObjectStore) -> None:
 
 def test_create_writes_a_new_object(store: ObjectStore) -> None:
     info = store.create("m.claim", b"mine")
-    assert (store.read_bytes("m.claim")[0], info.etag) == (b"mine", md5(b"mine"))
+    assert store.read_bytes("m.claim") == (b"mine", info)
 
 
 def test_create_fails_when_the_key_exists_and_keeps_the_old_content(store: ObjectStore) -> None:
@@ -401,9 +406,22 @@ def test_local_list_walks_only_the_folders_the_prefix_can_reach(
     )
 
 
-def test_local_list_etag_is_the_content_md5(local_store: LocalStore) -> None:
-    local_store.put_bytes("x.tif", b"payload")
-    assert [i.etag for i in local_store.list()] == [md5(b"payload")]
+def test_local_list_etag_matches_head_and_changes_on_an_identical_rewrite(local_store: LocalStore) -> None:
+    first = local_store.put_bytes("x.tif", b"payload")
+    assert [i.etag for i in local_store.list()] == [first.etag] == [local_store.head("x.tif").etag]
+    second = local_store.put_bytes("x.tif", b"payload")
+    assert second.etag != first.etag, "a new version must never look like the one a claim read"
+
+
+def test_local_list_does_not_read_file_contents(local_store: LocalStore, monkeypatch) -> None:
+    local_store.put_bytes("big.tif", b"x" * 1024)
+    import builtins
+
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    assert [i.key for i in local_store.list()] == ["big.tif"]
+    assert opened == []
 
 
 def test_local_key_naming_a_folder_is_not_an_object(local_store: LocalStore) -> None:
