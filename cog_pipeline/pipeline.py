@@ -141,6 +141,11 @@ def carry_on(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, ec
     engine = info.engine
     if info.state == CLAIMED:
         settings = WorkflowSettings(**options.workflow) if options.workflow else WorkflowSettings()
+        if engine == "pegasus" and settings.reconcile_command is None:
+            # On Pegasus the END hook also turns the submit directory's jobstate.log into failure reasons.
+            from .engine_pegasus import end_hook_command
+
+            settings.reconcile_command = end_hook_command(run_dir)
         generate(run_dir, input_store, settings)
         info = run_dir.load()
         echo(f"generated workflow in {run_dir.path}")
@@ -165,9 +170,9 @@ def carry_on(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, ec
         if info.state == RUNNING:
             # The workflow is no longer running but the run was never reconciled (its END hook did not run or
             # failed, or the DAG was removed): this tick is the fallback that reconciles it.
-            from .reconcile import reconcile
+            from .engine_pegasus import finish
 
-            result = reconcile(run_dir, input_store=input_store)
+            result = finish(run_dir, input_store=input_store)
             echo(f"reconciled {info.manifest_key}: {result.processed} processed, {result.failed} failed")
             return
         from .engine_pegasus import plan_and_submit
