@@ -428,12 +428,16 @@ class _RasterioBackend:
         return self._call(do)[0]
 
     def info(self, path: str, drivers: Optional[List[str]] = None) -> RasterInfo:
+        import warnings  # noqa: PLC0415
+
         with self._open(path, drivers) as ds:
             ovr = []
             if ds.count:
                 for level in range(len(ds.overviews(1))):
-                    with self.rasterio.open(path, overview_level=level) as o:
-                        ovr.append((o.width, o.height))
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        with self.rasterio.open(path, overview_level=level) as o:
+                            ovr.append((o.width, o.height))
             has_palette = False
             if ds.count:
                 try:
