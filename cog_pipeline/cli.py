@@ -214,3 +214,10 @@ def demo(demo_dir: Path, size: int, quiet: bool) -> None:
             click.echo(f"      {line}")
     for run_dir in report.reconciled:
         click.echo(f"run directory: {run_dir.path}")
+
+
+# The production loop on an HTCondor access point (crondor/commands.py).
+from .crondor.commands import crondor, status  # noqa: E402
+
+main.add_command(crondor)
+main.add_command(status)

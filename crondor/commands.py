@@ -1,0 +1,238 @@
+"""`cog-pipeline crondor start|stop|status` and `cog-pipeline status`: the production loop on an access point.
+
+The Crondor is one local-universe HTCondor job with CronTab scheduling that runs
+`cog-pipeline scan --engine pegasus ...` every 15 minutes and stays queued (`on_exit_remove = false`).
+Every call to HTCondor goes through `cog_pipeline.engine_pegasus.schedd()` (htcondor2, or htcondor on older
+installs); nothing else here talks to HTCondor.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from cog_pipeline import engine_pegasus
+from cog_pipeline.cli import EXIT_ERROR, _fail, _store_config, handle_errors, store_options
+from cog_pipeline.engine_pegasus import PegasusUnavailable
+from cog_pipeline.rundir import CLAIMED, GENERATED, RUNNING, list_run_dirs
+
+from .submit import KEY_ATTRIBUTE, CrondorSpec, build_submit, classad_string, crondor_key, write_description
+
+STATUS_NAMES = {1: "idle (waiting for its next time)", 2: "running a tick", 3: "removed", 4: "completed", 5: "held", 6: "transferring output", 7: "suspended"}
+PROJECTION = ["ClusterId", "ProcId", "JobStatus", "JobBatchName", KEY_ATTRIBUTE, "Iwd", "DeferralTime", "HoldReason", "NumJobStarts"]
+LOCAL_HINT = "without HTCondor, run the same scan by hand or from cron: cog-pipeline scan --engine local ..."
+
+
+def _connect() -> Any:
+    try:
+        return engine_pegasus.schedd()
+    except PegasusUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - HTCondorException and friends: no schedd on this host
+        raise PegasusUnavailable(f"cannot reach an HTCondor schedd on this host ({exc}); the Crondor needs an HTCondor access point; {LOCAL_HINT}") from None
+
+
+def _job_action_remove() -> Any:
+    module = engine_pegasus.htcondor_module()
+    return module.JobAction.Remove
+
+
+def find_crondors(schedd: Any, key: str | None = None) -> list[Any]:
+    """Queued cog-pipeline Crondors (all of them, or the one for `key`), not counting removed ones."""
+    constraint = f"{KEY_ATTRIBUTE} =!= undefined && JobStatus =!= 3"
+    if key is not None:
+        constraint = f"{KEY_ATTRIBUTE} == {classad_string(key)} && JobStatus =!= 3"
+    return list(schedd.query(constraint=constraint, projection=PROJECTION))
+
+
+@contextmanager
+def _start_lock(work_dir: Path) -> Iterator[None]:
+    """Two `start`s for one work directory at the same moment: the second waits, then sees the first's job."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with open(work_dir / ".crondor.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _job_id(ad: Any) -> str:
+    return f"{ad.get('ClusterId')}.{ad.get('ProcId', 0)}"
+
+
+def _next_run(ad: Any) -> str:
+    deferral = ad.get("DeferralTime")
+    try:
+        return datetime.fromtimestamp(int(deferral)).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError):
+        return "not scheduled yet"
+
+
+def _identity_options(func):
+    for option in reversed(
+        [
+            click.option("--input-bucket", required=True, help="Bucket holding the images and the manifests."),
+            click.option("--output-bucket", required=True, help="Bucket receiving the COGs and previews."),
+            click.option("-p", "--pattern", default="*raw.csv", show_default=True, help="Glob matched against full manifest keys."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+@click.group()
+def crondor() -> None:
+    """Run `scan --engine pegasus` every 15 minutes on this HTCondor access point (a Crondor)."""
+
+
+@crondor.command()
+@_identity_options
+@store_options
+@click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where run directories, crondor.sub and the Crondor's logs are kept.")
+@click.option("-m", "--max-running", type=click.IntRange(min=1), default=10000, show_default=True, help="Most conversion jobs running at once per workflow (DAGMan maxjobs).")
+@click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, help="DAGMan retries per job.")
+@click.option("--cluster-size", type=click.IntRange(min=1), help="Cluster N images per HTCondor job.")
+@click.option("--dry-run", is_flag=True, help="Write crondor.sub and print it; submit nothing.")
+@handle_errors
+def start(**kw: Any) -> None:
+    """Submit the Crondor; refuses when one for the same buckets and pattern is already queued."""
+    store = _store_config(kw)  # validates -a/-s (files must exist) without reading them
+    spec = CrondorSpec(
+        input_bucket=kw["input_bucket"],
+        output_bucket=kw["output_bucket"],
+        pattern=kw["pattern"],
+        work_dir=kw["work_dir"].resolve(),
+        endpoint=store.endpoint,
+        access_key_file=store.access_key_file,
+        secret_key_file=store.secret_key_file,
+        region=store.region,
+        retry_mode=store.retry_mode,
+        local_root=store.local_root,
+        max_running=kw["max_running"],
+        retries=kw["retries"],
+        cluster_size=kw.get("cluster_size"),
+    )
+    try:
+        spec.validate()
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    if kw["dry_run"]:
+        path = write_description(spec)
+        click.echo(path.read_text(encoding="utf-8"))
+        click.echo(f"# written to {path}; not submitted (--dry-run)")
+        return
+    schedd = _connect()
+    with _start_lock(spec.work_dir):
+        existing = find_crondors(schedd, spec.key)
+        if existing:
+            ad = existing[0]
+            _fail(
+                f"a Crondor for {spec.input_bucket} -> {spec.output_bucket} ({spec.pattern}) is already queued: job {_job_id(ad)} "
+                f"(work dir {ad.get('Iwd')}). Stop it first: cog-pipeline crondor stop --input-bucket {spec.input_bucket} "
+                f"--output-bucket {spec.output_bucket} -p '{spec.pattern}'",
+                EXIT_ERROR,
+            )
+        path = write_description(spec)
+        result = schedd.submit(build_submit(spec))
+    cluster = result.cluster() if callable(getattr(result, "cluster", None)) else getattr(result, "cluster", result)
+    click.echo(f"Crondor submitted: job {cluster}.0, batch {spec.batch_name}, every 15 minutes")
+    click.echo(f"  description {path}; logs {spec.work_dir}/crondor.{{out,err,log}}")
+    click.echo("  watch: cog-pipeline crondor status   stop: cog-pipeline crondor stop --input-bucket ... --output-bucket ... -p ...")
+
+
+@crondor.command()
+@_identity_options
+@handle_errors
+def stop(input_bucket: str, output_bucket: str, pattern: str) -> None:
+    """Remove the Crondor for these buckets and pattern (workflows already submitted keep running)."""
+    schedd = _connect()
+    key = crondor_key(input_bucket, output_bucket, pattern)
+    jobs = find_crondors(schedd, key)
+    if not jobs:
+        click.echo(f"no Crondor queued for {input_bucket} -> {output_bucket} ({pattern})")
+        return
+    schedd.act(_job_action_remove(), [_job_id(ad) for ad in jobs], reason="cog-pipeline crondor stop")
+    for ad in jobs:
+        click.echo(f"removed Crondor job {_job_id(ad)} ({ad.get('JobBatchName')})")
+    click.echo("workflows already submitted keep running; their END hooks still reconcile them (pegasus-remove SUBMIT_DIR stops one)")
+
+
+@crondor.command("status")
+@click.option("-w", "--work-dir", "work_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path), help="Also list runs in this work directory (default: each Crondor's own).")
+@handle_errors
+def crondor_status(work_dirs: tuple[Path, ...]) -> None:
+    """The queued Crondors (next tick time), then the runs in flight with their pegasus-status."""
+    schedd = _connect()
+    jobs = find_crondors(schedd)
+    if not jobs:
+        click.echo("no cog-pipeline Crondor is queued on this schedd")
+    dirs: list[Path] = [Path(d).resolve() for d in work_dirs]
+    for ad in jobs:
+        status = STATUS_NAMES.get(int(ad.get("JobStatus", 0)), str(ad.get("JobStatus")))
+        click.echo(f"Crondor {_job_id(ad)}  {ad.get('JobBatchName')}  [{ad.get(KEY_ATTRIBUTE)}]")
+        click.echo(f"  state: {status}; next tick: {_next_run(ad)}; ticks so far: {ad.get('NumJobStarts', 0)}")
+        if ad.get("HoldReason") and int(ad.get("JobStatus", 0)) == 5:
+            click.echo(f"  held: {ad.get('HoldReason')} (condor_release {_job_id(ad)})")
+        if ad.get("Iwd") and Path(str(ad.get("Iwd"))) not in dirs:
+            dirs.append(Path(str(ad.get("Iwd"))))
+    for work_dir in dirs:
+        show_runs(work_dir)
+
+
+@click.command("status")
+@click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where workflow-run-<TS>/ directories are kept.")
+@click.option("--long", "long_", is_flag=True, help="pegasus-status -l (per-job detail).")
+@handle_errors
+def status(work_dir: Path, long_: bool) -> None:
+    """Runs in flight under the work directory, with pegasus-status for each submitted workflow."""
+    show_runs(work_dir.resolve(), long_=long_)
+
+
+def show_runs(work_dir: Path, long_: bool = False) -> None:
+    runs = [r for r in list_run_dirs(work_dir) if r.load().state in (CLAIMED, GENERATED, RUNNING)]
+    click.echo(f"runs in flight under {work_dir}: {len(runs)}")
+    have_status = shutil.which("pegasus-status") is not None
+    for run_dir in runs:
+        info = run_dir.load()
+        extra = info.extra
+        click.echo(f"- {run_dir.path.name}  {info.manifest_key}  state={info.state}  engine={info.engine}")
+        if info.state == GENERATED:
+            if extra.get("engine_waiting"):
+                click.echo(f"    waiting: {extra['engine_waiting']} (next tick retries; or: cog-pipeline run {run_dir.path})")
+            if extra.get("plan_error"):
+                click.echo(f"    last pegasus-plan error: {extra['plan_error']} (attempt {extra.get('plan_attempts')}; {extra.get('plan_log')})")
+            if extra.get("planned") and extra.get("plan_dir"):
+                click.echo(f"    planned, not submitted: pegasus-run {extra['plan_dir']}")
+            continue
+        if info.state != RUNNING:
+            continue
+        submit_dir = extra.get("submit_dir")
+        if not submit_dir:
+            click.echo("    running with the local engine" if info.engine == "local" else "    no submit directory recorded")
+            continue
+        running = engine_pegasus.workflow_is_running(run_dir)
+        click.echo(f"    submit dir: {submit_dir}" + ("" if running else "  (workflow ended; the next tick reconciles it)"))
+        if not have_status:
+            click.echo("    (pegasus-status is not installed on this host: cannot show job counts)")
+            continue
+        cmd = ["pegasus-status", *(["-l"] if long_ else []), submit_dir]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        for line in (proc.stdout + proc.stderr).rstrip().splitlines():
+            click.echo(f"    {line}")
+
+
+def main() -> None:  # pragma: no cover - `python -m cog_pipeline.crondor.commands` for debugging
+    crondor(prog_name="cog-pipeline crondor")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
