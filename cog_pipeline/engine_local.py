@@ -16,6 +16,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -250,7 +251,10 @@ def run_job(spec: JobSpec) -> JobRecord:
                 cmd = [spec.executable, *spec.arguments]
                 log.write(f"$ {shlex.join(cmd)}\n")
                 log.flush()
-                env = {**os.environ, **spec.env}
+                # Scripts start with '#!/usr/bin/env python3': give them this environment's interpreter, as the
+                # container gives them its own on a worker.
+                path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+                env = {**os.environ, "PATH": path, **spec.env}
                 proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env, check=False)
                 log.write(proc.stdout)
                 log.write(proc.stderr)
@@ -320,13 +324,14 @@ def run_workflow(
         if todo:
             succeeded, failed = _execute(run_dir, todo, workers, progress)
     finally:
-        scratch = run_dir.path / "scratch"
-        shutil.rmtree(scratch, ignore_errors=True)
-        hook_results: list[tuple[str, int]] = []
-        if run_hooks:
-            for cmd in hooks:
-                proc = subprocess.run(["/bin/sh", "-c", cmd], check=False)
-                hook_results.append((cmd, proc.returncode))
+        shutil.rmtree(run_dir.path / "scratch", ignore_errors=True)
+    # The workflow has ended (every job has its final record): now, and only now, the END hooks. A driver
+    # that dies before this point leaves the run RUNNING, and the next scan resumes the missing jobs.
+    hook_results: list[tuple[str, int]] = []
+    if run_hooks:
+        for cmd in hooks:
+            proc = subprocess.run(["/bin/sh", "-c", cmd], check=False)
+            hook_results.append((cmd, proc.returncode))
     return EngineResult(len(jobs), succeeded, failed, len(jobs) - len(todo), hook_results)
 
 

@@ -75,6 +75,12 @@ def _adopt(run_dir: RunDir) -> None:
     run_dir.set_state(run_dir.load().state, owner_pid=os.getpid(), owner_host=socket.gethostname())
 
 
+def _release(run_dir: RunDir) -> None:
+    info = run_dir.load()
+    if info.extra.get("owner_pid") == os.getpid():
+        run_dir.set_state(info.state, owner_pid=None, owner_host=None)
+
+
 def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
     report = ScanReport()
     input_store = open_store(options.input_bucket, options.store)
@@ -127,7 +133,12 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
             echo(f"warning: {key} has no run directory under {options.work_dir}; another work directory or host owns it")
 
     for run_dir in [*report.claimed, *report.resumed]:
-        carry_on(run_dir, options, input_store, echo)
+        try:
+            carry_on(run_dir, options, input_store, echo)
+        finally:
+            # Whatever happened, this process no longer carries the run: the next tick may (a killed process
+            # is noticed by its pid instead).
+            _release(run_dir)
         if run_dir.load().state == RECONCILED:
             report.reconciled.append(run_dir)
     return report

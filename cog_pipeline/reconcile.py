@@ -75,7 +75,8 @@ def decide(
             note = str(record.get("warning") or "") if record else ""
             return RowOutcome(row.line, row.text, PROCESSED, note=note)
         if record is not None and record.get("status") == "failed":
-            reason = f"{record.get('category')}: {record.get('reason')}".strip()
+            category, detail = str(record.get("category") or ""), str(record.get("reason") or "")
+            reason = detail if detail.split(":")[0] in (category, category.split("_")[0]) else f"{category}: {detail}"
             if record.get("attempts", 1) > 1:
                 reason += f" (after {record['attempts']} attempts)"
             return RowOutcome(row.line, row.text, FAILED, reason)

@@ -258,3 +258,17 @@ def test_demo_command_runs_the_pipeline(tmp_path):
     assert "5 processed, 2 failed" in proc.stdout
     assert "Counties/WI/Wood/4band.jpg" in proc.stdout
     assert "example_failed-" in proc.stdout
+
+
+def test_a_run_owned_by_a_dead_process_is_carried_on(tmp_path):
+    from cog_pipeline.pipeline import run_is_active
+    from cog_pipeline.rundir import CLAIMED, RunDir, RunInfo
+
+    run = RunDir(tmp_path / "workflow-run-20260101-000000")
+    run.save(RunInfo("20260101-000000", "in", "out", "m_raw.csv", "m_processing-20260101-000000.csv", {}, CLAIMED))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run.set_state(CLAIMED, owner_pid=dead.pid, owner_host=os.uname().nodename)
+    assert not run_is_active(run)
+    run.set_state(CLAIMED, owner_pid=os.getpid(), owner_host=os.uname().nodename)
+    assert run_is_active(run)
