@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Benchmark: the original tool's two gdal_translate steps vs transformations/generate_cog.
+
+Not part of the test run. Generates realistic large inputs under benchmarks/data/ (git-ignored)
+by resampling and mirror-tiling the real scenes in ../shared/testdata (Landsat RGB + a NIR-like
+band), striped and uncompressed like the county imagery, then times, side by side in one run
+and on the SAME GDAL build:
+
+  original: gdal_translate IN tmp.tif -of COG -co COMPRESS=LZW
+            gdal_translate tmp.tif OUT.jpg -of JPEG -co QUALITY=80 [-b 1 -b 2 -b 3]
+  ours:     generate_cog IN OUT.tif OUT.jpg --bands N
+
+--gdal system (default): both on the system GDAL (the `gdal_translate` binary and
+/usr/bin/python3 with osgeo.gdal: the stock-container stand-in). --gdal rasterio: both on the
+GDAL bundled with rasterio (the original steps through rasterio.shutil.copy, which is the same
+GDALCreateCopy call gdal_translate makes, with a band-subset VRT for -b 1 -b 2 -b 3).
+
+Each contender runs as its own process; wall time, CPU time (user+sys) and peak RSS come from
+wait4(). Rounds alternate original/ours; the table shows the median per contender. Prints
+timings, never asserts them.
+
+    .venv/bin/python benchmarks/bench_convert.py                 # 4-band 10000x10000, 3 rounds
+    .venv/bin/python benchmarks/bench_convert.py --bands 1 3 4 --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "benchmarks" / "data"
+TESTDATA = REPO.parent / "shared" / "testdata" / "rasterio"
+GENERATE_COG = REPO / "transformations" / "generate_cog"
+VENV_PYTHON = sys.executable
+
+
+def make_input(path: Path, size: int, bands: int) -> Path:
+    """A size x size uint8 striped, uncompressed GeoTIFF built from real imagery."""
+    if path.exists():
+        return path
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.transform import from_origin
+
+    with rasterio.open(TESTDATA / "RGB.byte.tif") as src:  # interior of the Landsat scene, x1.5 cubic
+        rgb = src.read(window=((80, 600), (170, 630)), out_shape=(3, 780, 690), resampling=Resampling.cubic)
+    with rasterio.open(TESTDATA / "rgb1_fake_nir_epsg3857.tif") as src:
+        nir = src.read(1, window=((221, 459), (219, 457)), out_shape=(780, 690), resampling=Resampling.cubic)
+    base = np.maximum(np.concatenate([rgb, nir[None]]), 1)  # no accidental zeros
+    row = np.concatenate([base, base[:, :, ::-1]], axis=2)  # mirror tiling: no seams
+    tile = np.concatenate([row, row[:, ::-1, :]], axis=1)
+    profile = dict(
+        driver="GTiff", width=size, height=size, count=bands, dtype="uint8", crs="EPSG:26916",
+        transform=from_origin(600000.0, 5000000.0, 0.3, 0.3),
+    )
+    if bands == 3:
+        profile.update(photometric="RGB")
+    elif bands == 4:
+        profile.update(photometric="RGB", alpha="UNSPECIFIED")  # RGB + NIR, like county orthos
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        step = 1024
+        for y in range(0, size, step):
+            h = min(step, size - y)
+            rows = np.arange(y, y + h) % tile.shape[1]
+            cols = np.arange(size) % tile.shape[2]
+            block = tile[:bands][:, rows][:, :, cols]
+            dst.write(np.ascontiguousarray(block), window=((y, y + h), (0, size)))
+    tmp.rename(path)
+    return path
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> dict:
+    """Run one process; wall seconds, CPU seconds and peak RSS (MiB) from wait4()."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    proc.stderr.close()
+    if proc.returncode not in (0,):
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip()}")
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss / 1024}
+
+
+RASTERIO_COPY = r"""
+import sys, rasterio.shutil
+src, dst, driver = sys.argv[1:4]
+opts = dict(a.split("=", 1) for a in sys.argv[4:])
+rasterio.shutil.copy(src, dst, driver=driver, strict=False, **opts)
+"""
+
+
+def original(gdal: str, src: Path, bands: int, out: Path) -> dict:
+    cog, jpg = out / "orig.tif", out / "orig.jpg"
+    band_args = [] if bands in (1, 3) else ["-b", "1", "-b", "2", "-b", "3"]
+    if gdal == "system":
+        step1 = ["gdal_translate", "-q", str(src), str(cog), "-of", "COG", "-co", "COMPRESS=LZW"]
+        step2 = ["gdal_translate", "-q", str(cog), str(jpg), "-of", "JPEG", "-co", "QUALITY=80", *band_args]
+    else:
+        step1 = [VENV_PYTHON, "-c", RASTERIO_COPY, str(src), str(cog), "COG", "COMPRESS=LZW"]
+        jpeg_src = cog
+        if band_args:
+            jpeg_src = out / "orig_b123.vrt"
+            jpeg_src.write_text(_band_subset_vrt(cog, src_bands=[1, 2, 3]))
+        step2 = [VENV_PYTHON, "-c", RASTERIO_COPY, str(jpeg_src), str(jpg), "JPEG", "QUALITY=80"]
+    a = run_measured(step1)
+    b = run_measured(step2)
+    return {
+        "wall": a["wall"] + b["wall"], "cpu": a["cpu"] + b["cpu"], "rss": max(a["rss"], b["rss"]),
+        "cog": cog, "jpg": jpg, "steps": f"COG {a['wall']:.1f}s + JPEG {b['wall']:.1f}s",
+    }
+
+
+def _band_subset_vrt(path: Path, src_bands: list[int]) -> str:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        w, h = ds.width, ds.height
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{i}"><SimpleSource><SourceFilename relativeToVRT="0">{path}'
+        f"</SourceFilename><SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>"
+        for i, b in enumerate(src_bands, start=1)
+    )
+    return f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}">{bands}</VRTDataset>'
+
+
+def ours(gdal: str, src: Path, bands: int, out: Path, extra: list[str]) -> dict:
+    cog, jpg = out / "ours.tif", out / "ours.jpg"
+    env = dict(os.environ)
+    if gdal == "system":
+        cmd = ["/usr/bin/python3", str(GENERATE_COG)]
+        env["COG_PIPELINE_GDAL_BACKEND"] = "osgeo"
+    else:
+        cmd = [VENV_PYTHON, str(GENERATE_COG)]
+        env["COG_PIPELINE_GDAL_BACKEND"] = "rasterio"
+    r = run_measured(cmd + [str(src), str(cog), str(jpg), "--bands", str(bands), *extra], env=env)
+    r.update(cog=cog, jpg=jpg, steps="")
+    return r
+
+
+def same_pixels(a: Path, b: Path) -> bool:
+    import rasterio
+
+    with rasterio.open(a) as x, rasterio.open(b) as y:
+        if (x.count, x.width, x.height) != (y.count, y.width, y.height):
+            return False
+        return all(x.checksum(i) == y.checksum(i) for i in range(1, x.count + 1)) and all(
+            np.array_equal(wx, wy)
+            for (_, win) in x.block_windows(1)
+            if win.row_off % 4096 == 0 and win.col_off == 0
+            for wx, wy in [(x.read(window=win), y.read(window=win))]
+        )
+
+
+def gdal_version(gdal: str) -> str:
+    if gdal == "system":
+        return subprocess.run(["gdal_translate", "--version"], capture_output=True, text=True).stdout.strip()
+    import rasterio
+
+    return f"GDAL {rasterio.__gdal_version__} (bundled with rasterio {rasterio.__version__})"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=10000)
+    p.add_argument("--bands", type=int, nargs="+", default=[4])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--gdal", choices=["system", "rasterio"], default="system")
+    p.add_argument("--workdir", type=Path, default=None, help="where outputs go (default: a temp dir beside the data)")
+    p.add_argument("ours_args", nargs="*", help="extra generate_cog options after --, e.g. -- --threads 2")
+    args = p.parse_args()
+
+    print(f"GDAL build for both contenders: {gdal_version(args.gdal)} ({args.gdal}); "
+          f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
+    rows = []
+    for bands in args.bands:
+        src = make_input(DATA / f"bench_{args.size}_{bands}b.tif", args.size, bands)
+        subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL)  # same warm page cache for both
+        workdir = Path(tempfile.mkdtemp(prefix="bench_", dir=args.workdir or DATA))
+        try:
+            runs = {"original": [], "ours": []}
+            for r in range(args.rounds):
+                o = original(args.gdal, src, bands, workdir)
+                n = ours(args.gdal, src, bands, workdir, args.ours_args)
+                runs["original"].append(o)
+                runs["ours"].append(n)
+                print(f"  {bands} bands round {r + 1}: original {o['wall']:.2f}s ({o['steps']}), "
+                      f"ours {n['wall']:.2f}s -> {o['wall'] / n['wall']:.2f}x", flush=True)
+            identical = same_pixels(runs["original"][-1]["cog"], runs["ours"][-1]["cog"])
+            sizes = {k: (v[-1]["cog"].stat().st_size, v[-1]["jpg"].stat().st_size) for k, v in runs.items()}
+            med = {k: {m: statistics.median(x[m] for x in v) for m in ("wall", "cpu", "rss")} for k, v in runs.items()}
+            best = {k: min(x["wall"] for x in v) for k, v in runs.items()}
+            rows.append((bands, med, best, sizes, identical))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    print()
+    print(f"{args.size}x{args.size} uint8, striped uncompressed input; median of {args.rounds} round(s)")
+    head = f"{'bands':>5} {'contender':>9} {'wall s':>7} {'best s':>7} {'CPU s':>6} {'peak RSS MiB':>12} {'COG MB':>8} {'JPEG MB':>8}"
+    print(head)
+    print("-" * len(head))
+    for bands, med, best, sizes, identical in rows:
+        for k in ("original", "ours"):
+            print(f"{bands:>5} {k:>9} {med[k]['wall']:>7.2f} {best[k]:>7.2f} {med[k]['cpu']:>6.2f} "
+                  f"{med[k]['rss']:>12.0f} {sizes[k][0] / 1e6:>8.1f} {sizes[k][1] / 1e6:>8.1f}")
+        print(f"{bands:>5} {'ratio':>9} {med['original']['wall'] / med['ours']['wall']:>6.2f}x "
+              f"{best['original'] / best['ours']:>6.2f}x {med['original']['cpu'] / med['ours']['cpu']:>5.2f}x "
+              f"{med['original']['rss'] / med['ours']['rss']:>11.2f}x "
+              f"{sizes['original'][0] / sizes['ours'][0]:>7.2f}x {sizes['original'][1] / sizes['ours'][1]:>7.2f}x"
+              f"   full-res pixels identical: {identical}")
+    print("\nratio = original / ours (higher is better for ours in every column).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
