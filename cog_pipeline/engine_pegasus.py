@@ -196,7 +196,19 @@ def _dagman_cluster(output: str, submit_dir: Path | None) -> int | None:
 
 
 def plan_and_submit(run_dir: RunDir, submit: bool = True, echo: Echo = print) -> str:
-    """Plan (and submit) one generated run. Returns what happened: reconciled|running|planned|failed|waiting."""
+    """Plan (and submit) one generated run. Returns what happened: reconciled|running|planned|failed.
+
+    Whatever happens, this process stops owning the run when it returns (or raises): DAGMan carries a
+    submitted run on, and a later tick carries on one that is planned, waiting or failed to plan.
+    """
+    try:
+        return _plan_and_submit(run_dir, submit, echo)
+    finally:
+        if run_dir.exists() and run_dir.load().extra.get("owner_pid") is not None:
+            run_dir.set_state(run_dir.load().state, owner_pid=None, owner_host=None)
+
+
+def _plan_and_submit(run_dir: RunDir, submit: bool, echo: Echo) -> str:
     info = run_dir.load()
     if info.state == RECONCILED:
         return "reconciled"
