@@ -112,7 +112,8 @@ _PLACEHOLDER = re.compile(r"\$\{(COG_[A-Z0-9_]+)\}")
 
 
 def default_converter() -> Path:
-    return (Path(cog_pipeline.transformations.__file__).parent / "generate_cog").resolve()
+    # Not resolve(): the PFN must name the executable `generate_cog`, not the module file it links to.
+    return Path(cog_pipeline.transformations.__file__).parent.resolve() / "generate_cog"
 
 
 @dataclass
