@@ -57,6 +57,7 @@ BACKEND_ENV = "COG_PIPELINE_GDAL_BACKEND"
 THREADS_ENV = "COG_PIPELINE_THREADS"
 RESAMPLING_ENV = "COG_PIPELINE_RESAMPLING"
 CACHEMAX_ENV = "COG_PIPELINE_CACHEMAX"
+OVERVIEW_THREADS_ENV = "COG_PIPELINE_OVERVIEW_THREADS"
 
 #: JPEG stores width and height in 16 bits.
 JPEG_MAX_DIMENSION = 65535
@@ -64,7 +65,7 @@ JPEG_QUALITY = 80
 COG_BLOCKSIZE = 512
 #: Default GDAL block cache for one conversion (MB); the original tool used GDAL's
 #: default (5 % of RAM). Bounded so that many jobs can share a worker.
-DEFAULT_CACHEMAX_MB = 256
+DEFAULT_CACHEMAX_MB = 128
 #: Side of the decimated read used to choose the scaling of non-8-bit previews.
 STATS_SAMPLE_SIZE = 1024
 
@@ -1185,8 +1186,11 @@ def convert(
             code = ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
             raise ConversionError(code, f"cannot write in {os.path.dirname(tmp_vrt)}: {exc.strerror}") from None
 
+        # Overviews are computed while the JPEG encoder (one thread) runs beside them.
+        ovr_threads = os.environ.get(OVERVIEW_THREADS_ENV, "").strip()
+        ovr_threads = ovr_threads if ovr_threads.isdigit() else str(max(1, threads - 1))
         config = {
-            "GDAL_NUM_THREADS": str(threads),
+            "GDAL_NUM_THREADS": ovr_threads,
             # The COG driver's temporary overview file is read once and deleted: keeping
             # it uncompressed saves an LZW encode+decode of every overview pixel.
             "COG_TMP_COMPRESSION": "NONE",
