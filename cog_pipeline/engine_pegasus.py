@@ -174,7 +174,7 @@ def _run_logged(cmd: list[str], run_dir: RunDir) -> tuple[int, str]:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {shlex.join(cmd)}\n")
         log.flush()
         start = log.tell()
-        proc = subprocess.run(cmd, cwd=run_dir.path, env=planner_env(run_dir), stdout=log, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run(cmd, cwd=run_dir.path, env=planner_env(run_dir), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, check=False)
     with open(log_path, encoding="utf-8", errors="replace") as fh:
         fh.seek(start)
         output = fh.read()
@@ -416,12 +416,21 @@ def workflow_is_running(run_dir: RunDir) -> bool:
     if info.state != RUNNING:
         return False
     submit_dir = info.extra.get("submit_dir")
+    cluster = info.extra.get("dagman_cluster")
+    if not submit_dir and info.extra.get("submitted_at"):
+        # Submitted, but the planner's output did not name the submit directory: look for it under <run>/submit.
+        found = _find_submit_dir(run_dir, "")
+        if found is not None:
+            submit_dir = str(found)
+            run_dir.set_state(RUNNING, submit_dir=submit_dir)
+        elif cluster is not None:
+            alive = schedd_state(run_dir.path, cluster)
+            return True if alive is None else alive
     if not submit_dir or not Path(submit_dir).is_dir():
         # Not submitted from here (or its submit directory is gone). `cog-pipeline run RUN_DIR` may be running it
         # with the local engine right now; otherwise nothing can finish it but a reconcile.
         return _local_engine_alive(info.extra)
     path = Path(submit_dir)
-    cluster = info.extra.get("dagman_cluster")
     if cluster is None:
         cluster = _cluster_from_files(path)
     alive = schedd_state(path, cluster)

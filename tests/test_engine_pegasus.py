@@ -586,3 +586,11 @@ def test_local_engine_run_that_died_before_reconcile_is_finished_by_the_next_tic
     assert [r.path for r in report.reconciled] == [claim.run_dir.path]
     assert len([k for k in buckets.input_keys() if "processed-" in k]) == 1
     assert not any("processing-" in k for k in buckets.input_keys())
+
+
+def test_submitted_run_whose_submit_dir_was_not_named_is_found_again(submitted_run, monkeypatch):
+    _, _, run_dir, submit_dir, _ = submitted_run
+    run_dir.set_state(RUNNING, submit_dir=None)
+    use_schedd(monkeypatch, [{"ClusterId": CLUSTER, "ProcId": 0, "JobStatus": 2}])
+    assert engine_pegasus.workflow_is_running(run_dir) is True
+    assert run_dir.load().extra["submit_dir"] == str(submit_dir)
