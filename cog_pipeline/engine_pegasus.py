@@ -186,6 +186,12 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+def _plan_error(output: str) -> str:
+    """The planner's most telling line: its last [ERROR]/FATAL line, else its last line."""
+    errors = [line.strip() for line in output.splitlines() if "[ERROR]" in line or "FATAL" in line or line.lstrip().startswith("Error")]
+    return errors[-1] if errors else _last_line(output)
+
+
 def _dagman_cluster(output: str, submit_dir: Path | None) -> int | None:
     found = _SUBMITTED_RE.findall(output)
     if found:
@@ -255,7 +261,7 @@ def _plan_and_submit(run_dir: RunDir, submit: bool, echo: Echo) -> str:
     # the next tick submits that plan instead of planning again.
     complete = submit_dir is not None and any(submit_dir.glob("*.dag"))
     attempts = int(extra.get("plan_attempts") or 0) + 1
-    reason = _last_line(output) or f"exit code {code}"
+    reason = _plan_error(output) or f"exit code {code}"
     run_dir.set_state(
         GENERATED, plan_attempts=attempts, plan_error=reason, plan_log=plan_log,
         **({"plan_dir": str(submit_dir), "planned": True} if complete else {}),
@@ -288,7 +294,7 @@ def _submit_existing_plan(run_dir: RunDir, plan_dir: Path, submit: bool, echo: E
     echo(f"submitting {run_dir.path}: {shlex.join(cmd)}")
     code, output = _run_logged(cmd, run_dir)
     if code != 0:
-        reason = _last_line(output) or f"exit code {code}"
+        reason = _plan_error(output) or f"exit code {code}"
         run_dir.set_state(GENERATED, submit_error=reason)
         echo(f"error: pegasus-run exited {code} for {info.manifest_key}: {reason} (see {run_dir.file(PLAN_LOG)})")
         return "failed"
