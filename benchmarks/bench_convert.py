@@ -197,8 +197,9 @@ def main() -> int:
                 n = ours(args.gdal, src, bands, workdir, args.ours_args)
                 runs["original"].append(o)
                 runs["ours"].append(n)
-                print(f"  {bands} bands round {r + 1}: original {o['wall']:.2f}s ({o['steps']}), "
-                      f"ours {n['wall']:.2f}s -> {o['wall'] / n['wall']:.2f}x", flush=True)
+                print(f"  {bands} bands round {r + 1}: original {o['wall']:.2f}s wall {o['cpu']:.2f}s CPU "
+                      f"({o['steps']}), ours {n['wall']:.2f}s wall {n['cpu']:.2f}s CPU "
+                      f"-> {o['wall'] / n['wall']:.2f}x (load {os.getloadavg()[0]:.1f})", flush=True)
             identical = same_pixels(runs["original"][-1]["cog"], runs["ours"][-1]["cog"])
             sizes = {k: (v[-1]["cog"].stat().st_size, v[-1]["jpg"].stat().st_size) for k, v in runs.items()}
             med = {k: {m: statistics.median(x[m] for x in v) for m in ("wall", "cpu", "rss")} for k, v in runs.items()}
