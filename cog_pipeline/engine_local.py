@@ -42,9 +42,9 @@ EXIT_CATEGORIES = {
     7: "OUT_OF_DISK",
 }
 NOT_RETRIED = {2, 3, 4, 5}
-# BAND_MISMATCH means "converted per the file and verified, but the manifest was wrong": outputs are staged
-# and the row is processed, with the mismatch recorded as a warning in the run's report.
-SUCCESS_CODES = {0, 5}
+# Like DAGMan, only exit 0 succeeds. Generated workflows set COG_PIPELINE_BAND_MISMATCH=warn on the
+# transformation, so a band mismatch exits 0 with a "WARNING BAND_MISMATCH: ..." line: processed, noted.
+SUCCESS_CODES = {0}
 
 
 class WorkflowError(RuntimeError):
@@ -105,6 +105,10 @@ def _profile(profiles: dict[str, Any] | None, namespace: str, key: str) -> Any:
     return None
 
 
+def _env_profile(profiles: dict[str, Any] | None) -> dict[str, str]:
+    return {str(k): str(v) for k, v in ((profiles or {}).get("env") or {}).items()}
+
+
 def _output_url(sites: dict[str, Any], site_name: str) -> str:
     for site in sites.get("sites", []):
         if site.get("name") != site_name:
@@ -129,10 +133,16 @@ def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:
 
     pfn_of = {r["lfn"]: r["pfns"][0]["pfn"] for r in replicas.get("replicas", []) if r.get("pfns")}
     exe_of: dict[str, str] = {}
+    env_of: dict[str, dict[str, str]] = {}
     for tr in transformations.get("transformations", []):
         for site in tr.get("sites", []):
             if site.get("name") == "local" or tr["name"] not in exe_of:
                 exe_of[tr["name"]] = site["pfn"]
+                # Profiles merge as in Pegasus: transformation, then its site entry, then the job.
+                env_of[tr["name"]] = {
+                    **_env_profile(tr.get("profiles")),
+                    **_env_profile(site.get("profiles")),
+                }
     wf_retry = _profile(workflow.get("profiles"), "dagman", "retry")
     scratch_root = run_dir.path / "scratch"
     jobs: list[JobSpec] = []
@@ -154,7 +164,7 @@ def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:
                 outputs[lfn] = f"{output_root}/{lfn}"
         retry = _profile(job.get("profiles"), "dagman", "retry")
         retry = wf_retry if retry is None else retry
-        env = {str(k): str(v) for k, v in ((job.get("profiles") or {}).get("env") or {}).items()}
+        env = {**env_of.get(name, {}), **_env_profile(job.get("profiles"))}
         jobs.append(
             JobSpec(
                 job_id=str(job["id"]),
@@ -273,10 +283,8 @@ def run_job(spec: JobSpec) -> JobRecord:
                     log.write(record.reason + "\n")
                     continue
                 record.status = "succeeded"
-                if proc.returncode != 0:
-                    record.warning = record.reason
-                else:
-                    record.reason = ""
+                record.warning = record.reason if record.reason.startswith("WARNING") else None
+                record.reason = ""
                 break
             except Exception as exc:  # noqa: BLE001 - a crash in one job is that job's failure, with its reason
                 record.category, record.reason = "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"

@@ -294,6 +294,8 @@ def build_transformation_catalog(settings: WorkflowSettings):
         container = Container("gdal", kind, image=image)
         tc.add_containers(container)
     tr = Transformation(TRANSFORMATION, site="local", pfn=str(settings.converter), is_stageable=True, container=container)
+    # The file wins over the manifest's band count: converted, verified, job succeeds, mismatch reported.
+    tr.add_env(COG_PIPELINE_BAND_MISMATCH="warn")
     if settings.cluster_size:
         tr.add_pegasus_profile(clusters_size=settings.cluster_size)
     tc.add_transformations(tr)

@@ -539,6 +539,26 @@ def test_cli_band_mismatch_exit_5_one_line(tmp_path: Path) -> None:
     assert tif.is_file() and jpg.is_file()
 
 
+def test_cli_band_mismatch_in_a_workflow_succeeds_with_a_warning_line(tmp_path: Path, monkeypatch) -> None:
+    """Generated workflows set COG_PIPELINE_BAND_MISMATCH=warn: the file wins and the job succeeds."""
+    monkeypatch.setenv("COG_PIPELINE_BAND_MISMATCH", "warn")
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 64, 64))
+    tif, jpg = outputs(tmp_path)
+    proc = run([src, tif, jpg, "--bands", "4"])
+    assert proc.returncode == 0
+    assert proc.stderr == "WARNING BAND_MISMATCH: band mismatch: manifest says 4 bands, file has 3; converted per file\n"
+    assert_cog_valid(tif)
+    assert jpeg_shape(jpg) == (3, 64, 64)
+
+
+def test_cli_warn_mode_does_not_hide_real_failures(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("COG_PIPELINE_BAND_MISMATCH", "warn")
+    src = _bad_input(tmp_path, "text")
+    tif, jpg = outputs(tmp_path)
+    proc = run([src, tif, jpg, "--bands", "4"])
+    assert proc.returncode == 3 and proc.stderr.startswith("INPUT_UNREADABLE")
+
+
 @pytest.mark.parametrize("kind", ["text", "truncated"])
 def test_cli_bad_input_exit_3_one_line(tmp_path: Path, kind: str) -> None:
     src = _bad_input(tmp_path, kind)

@@ -250,6 +250,7 @@ def test_settings_land_where_pegasus_reads_them(local_run):
     (tr,) = tc["transformations"]
     assert tr["name"] == "generate_cog"
     assert tr["profiles"]["pegasus"]["clusters.size"] == 17
+    assert tr["profiles"]["env"] == {"COG_PIPELINE_BAND_MISMATCH": "warn"}  # the file wins, on every engine
     (tsite,) = tr["sites"]
     assert tsite["pfn"] == str(wg.default_converter()) and Path(tsite["pfn"]).is_absolute()
     assert tsite["pfn"].endswith("transformations/generate_cog")
