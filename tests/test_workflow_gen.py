@@ -274,7 +274,7 @@ def test_defaults_match_the_original(local_run):
     assert props["dagman.maxjobs"] == "10000" and props["dagman.retry"] == "3"
     tc = load(run.file(RunDir.TRANSFORMATIONS))
     assert tc["containers"][0]["image"] == "docker://ghcr.io/osgeo/gdal:ubuntu-small-3.6.3"
-    assert "profiles" not in tc["transformations"][0]  # no clustering unless asked
+    assert "pegasus" not in tc["transformations"][0]["profiles"]  # no clustering unless asked
     pool = next(s for s in load(run.file(RunDir.SITES))["sites"] if s["name"] == "condorpool")
     assert pool["profiles"]["pegasus"] == {"style": "condor", "cores": 1, "memory": 1024, "diskspace": 2048}
     assert run.load().extra["cluster"] is False
