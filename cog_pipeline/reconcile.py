@@ -10,7 +10,10 @@ result, and the processing file is removed only after the result files are safel
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -122,7 +125,25 @@ def reconcile(
     input_store: ObjectStore | None = None,
     output_store: ObjectStore | None = None,
 ) -> ReconcileResult:
-    """Write processed/failed files beside the manifest and retire the processing file. Safe to repeat."""
+    """Write processed/failed files beside the manifest and retire the processing file. Safe to repeat.
+
+    Serialised per run directory: the END hook, a Crondor tick and an operator may all call it at once.
+    """
+    with _run_lock(run_dir):
+        return _reconcile(run_dir, input_store, output_store)
+
+
+@contextmanager
+def _run_lock(run_dir: RunDir) -> Iterator[None]:
+    with open(run_dir.path / ".reconcile.lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _reconcile(run_dir: RunDir, input_store: ObjectStore | None, output_store: ObjectStore | None) -> ReconcileResult:
     info = run_dir.load()
     names = RunNames(info.manifest_key, info.timestamp)
     saved = run_dir.read_json(RunDir.RECONCILE)

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, unquote, urlsplit
@@ -547,10 +548,15 @@ class S3Store:
             resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, key) from exc
-        info = self.head(key)
-        if info is None:  # eventual consistency on some stores: fall back to what the PUT told us
-            return ObjectInfo(key, len(data), self._etag(resp.get("ETag")), datetime.now(timezone.utc))
-        return info
+        # The version we wrote, from the PUT's own answer (a HEAD could see a later writer's version, and
+        # costs a request): its ETag, and the server's clock from the Date header, which reconcile compares
+        # with outputs' LastModified, so the local clock never enters into it.
+        headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        try:
+            written = parsedate_to_datetime(headers["date"])
+        except (KeyError, TypeError, ValueError):
+            written = datetime.now(timezone.utc)
+        return ObjectInfo(key, len(data), self._etag(resp.get("ETag")), written)
 
     def create(self, key: str, data: bytes) -> ObjectInfo:
         # If-None-Match: * is honoured by AWS and most S3-compatible stores; where it is ignored the claim

@@ -190,3 +190,25 @@ def test_reconcile_lists_instead_of_asking_per_row(s3_server, bucket_name, tmp_p
     assert counter.by_operation == {"ListObjectsV2": counter.by_operation["ListObjectsV2"]}
     assert counter.total <= math.ceil(2 * n / 1000) + folders
     assert len(parse_manifest(run.file("manifest.csv").read_bytes()).rows) == n
+
+
+def test_concurrent_reconciles_of_one_run_write_once(buckets, tmp_path):
+    """The END hook, a tick and an operator may reconcile together: one does the work, the others see it done."""
+    import threading
+
+    run = claimed_run(buckets, tmp_path, "A/one.tif,1\n")
+    write_outputs(buckets, "A/one.tif")
+    barrier = threading.Barrier(3)
+    results = []
+
+    def go():
+        barrier.wait(timeout=10)
+        results.append(reconcile(run))
+
+    threads = [threading.Thread(target=go) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.already_done for r in results) == [False, True, True]
+    assert all(r.processed == 1 for r in results)

@@ -560,7 +560,16 @@ def test_request_counter_counts_by_operation(s3_server: str, bucket_name: str) -
     store = open_store(bucket_name, s3_config(s3_server), counter)
     store.put_bytes("a", b"x")
     store.read_bytes("a")
-    assert (counter.by_operation, counter.total) == ({"PutObject": 1, "HeadObject": 1, "GetObject": 1}, 3)
+    assert (counter.by_operation, counter.total) == ({"PutObject": 1, "GetObject": 1}, 2)
+
+
+def test_s3_put_reports_the_written_version_with_the_server_clock(s3_server: str, bucket_name: str) -> None:
+    make_s3_bucket(s3_server, bucket_name)
+    store = open_store(bucket_name, s3_config(s3_server))
+    written = store.put_bytes("a", b"x")
+    head = store.head("a")
+    assert written.etag == head.etag
+    assert abs((written.last_modified - head.last_modified).total_seconds()) < 2
 
 
 # ================================================================================================ S3: errors
