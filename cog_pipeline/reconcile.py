@@ -164,7 +164,9 @@ def _reconcile(run_dir: RunDir, input_store: ObjectStore | None, output_store: O
         result = ReconcileResult(
             processed=n_processed,
             failed=n_failed,
-            processed_key=names.processed_key if n_processed else None,
+            # Each file only when it has rows, as the original; but an empty manifest still gets a (empty)
+            # processed file, so whoever uploaded it sees that it was handled.
+            processed_key=names.processed_key if n_processed or not outcomes else None,
             failed_key=names.failed_key if n_failed else None,
             reasons_key=names.reasons_key if n_failed else None,
         )

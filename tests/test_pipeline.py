@@ -272,3 +272,12 @@ def test_a_run_owned_by_a_dead_process_is_carried_on(tmp_path):
     assert not run_is_active(run)
     run.set_state(CLAIMED, owner_pid=os.getpid(), owner_host=os.uname().nodename)
     assert run_is_active(run)
+
+
+def test_an_empty_manifest_is_claimed_and_answered(buckets, tmp_path):
+    buckets.put_text("empty_raw.csv", "\r\n  \n")
+    report = scan(options(buckets, tmp_path))
+    assert len(report.reconciled) == 1
+    keys = buckets.input_keys()
+    assert [k for k in keys if k.startswith("empty_processed-")] and not [k for k in keys if "failed" in k]
+    assert not any("processing" in k or k == "empty_raw.csv" for k in keys)

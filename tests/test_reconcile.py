@@ -120,6 +120,8 @@ def test_empty_manifest_still_produces_a_result(buckets, tmp_path):
     run = claimed_run(buckets, tmp_path, "\n\n")
     result = reconcile(run)
     assert (result.processed, result.failed) == (0, 0)
+    assert result.processed_key in buckets.input_keys() and lines(buckets, result.processed_key) == []
+    assert result.failed_key is None
     assert not any("processing" in k for k in buckets.input_keys())
     assert run.load().state == RECONCILED
     assert (run.path / "reconcile.json").is_file()
