@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from .rundir import RUNNING, RunDir, write_json_atomic
+from . import atomic
+from .rundir import RUNNING, RunDir, this_host, write_json_atomic
 from .store import ObjectStore, StoreConfig, StoreError, open_store, parse_location
 
 # Exit codes of transformations/generate_cog (see docs/conversion.md). Input problems are deterministic:
@@ -225,11 +226,8 @@ def _stage_out(spec: JobSpec, workdir: Path) -> None:
             raise FileNotFoundError(f"job produced no {lfn}")
         scheme, bucket, key = parse_location(url)
         if scheme == "file":
-            dest = Path(key)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".cog-pipeline-tmp-{dest.name}")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
+            with atomic.replacing(Path(key), 0o644) as tmp:
+                shutil.copyfile(src, tmp)
         else:
             _store_for(spec.store, bucket).upload(src, key)
 
@@ -325,7 +323,7 @@ def run_workflow(
     done = set(run_dir.job_records())
     todo = [job for job in jobs if job.job_id not in done]
     run_dir.jobs_dir.mkdir(parents=True, exist_ok=True)
-    run_dir.set_state(RUNNING, engine_pid=os.getpid(), engine_host=os.uname().nodename)
+    run_dir.set_state(RUNNING, engine_pid=os.getpid(), engine_host=this_host())
     workers = max(1, min(workers or default_workers(), len(todo) or 1))
     succeeded = failed = 0
     try:

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine_local import EXIT_CATEGORIES, SUCCESS_CODES, JobRecord, WorkflowError
-from .rundir import GENERATED, RECONCILED, RUNNING, RunDir, write_json_atomic
+from .rundir import GENERATED, RECONCILED, RUNNING, RunDir, process_alive, write_json_atomic
 
 Echo = Callable[[str], None]
 
@@ -404,16 +404,7 @@ def submit_dir_ended(submit_dir: Path) -> bool:
 
 
 def _local_engine_alive(extra: dict[str, Any]) -> bool:
-    pid, host = extra.get("engine_pid"), extra.get("engine_host")
-    if not isinstance(pid, int) or host != os.uname().nodename:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(extra.get("engine_pid"), extra.get("engine_host"))
 
 
 def workflow_is_running(run_dir: RunDir) -> bool:

@@ -7,14 +7,13 @@ the next one a run directory and nothing else, so a tick that dies anywhere is c
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .claim import Claim, claim_one, look, recover_claims, scan_lock
-from .rundir import CLAIMED, GENERATED, RECONCILED, RUNNING, RunDir, list_run_dirs
+from .rundir import CLAIMED, GENERATED, RECONCILED, RUNNING, RunDir, list_run_dirs, process_alive, this_host
 from .store import ObjectStore, StoreConfig, open_store
 
 Echo = Callable[[str], None]
@@ -47,22 +46,10 @@ class ScanReport:
     orphans: list[str] = field(default_factory=list)
 
 
-def _pid_alive(pid: object, host: object) -> bool:
-    if not isinstance(pid, int) or host != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def run_is_active(run_dir: RunDir) -> bool:
     """Someone is carrying this run on right now: a live scan process here, or a workflow still running."""
     info = run_dir.load()
-    if _pid_alive(info.extra.get("owner_pid"), info.extra.get("owner_host")):
+    if process_alive(info.extra.get("owner_pid"), info.extra.get("owner_host")):
         return True
     if info.engine == "pegasus" and info.state == RUNNING:
         from .engine_pegasus import workflow_is_running
@@ -72,7 +59,7 @@ def run_is_active(run_dir: RunDir) -> bool:
 
 
 def _adopt(run_dir: RunDir) -> None:
-    run_dir.set_state(run_dir.load().state, owner_pid=os.getpid(), owner_host=socket.gethostname())
+    run_dir.set_state(run_dir.load().state, owner_pid=os.getpid(), owner_host=this_host())
 
 
 def _release(run_dir: RunDir) -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import atomic
 from .naming import RUN_DIR_PREFIX
 from .store import StoreConfig
 
@@ -28,19 +29,24 @@ STATES = (CLAIMING, CLAIMED, GENERATED, RUNNING, RECONCILED, ABANDONED)
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a crash leaves either the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    atomic.write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"), 0o644)
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def process_alive(pid: object, host: object) -> bool:
+    """Whether `pid` is a live process on this host: how a run knows its owner died without telling anyone."""
+    if not isinstance(pid, int) or host != this_host():
+        return False
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, unquote, urlsplit
 
+from . import atomic
+
 
 class StoreError(RuntimeError):
     """A bucket operation failed for a reason the caller should report (never contains secrets)."""
@@ -76,7 +78,7 @@ class ObjectStore(Protocol):
         """Copy a local file into the bucket (multipart, parallel on S3)."""
 
 
-TMP_PREFIX = ".cog-pipeline-tmp"
+TMP_PREFIX = atomic.TMP_PREFIX  # temporary files, never listed
 
 
 def _is_control(ch: str) -> bool:
@@ -292,15 +294,8 @@ class LocalStore:
         if not Path(src).is_file():
             raise StoreError(f"cannot upload {src}: not a readable file")
         self._prepare_parent(key, path)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + "-", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic.replacing(path, 0o644) as tmp:
             shutil.copyfile(src, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
 
 
 # ----------------------------------------------------------------------------------------------------------------

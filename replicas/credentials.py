@@ -13,8 +13,8 @@ Pegasus (pegasus-plan, pegasus-transfer, pegasus-s3) reads an INI file named by 
 
 Rules kept here:
 
-* the file is created with mode 0600 from the first byte (``os.open(..., 0o600)`` on a new temporary file in
-  the same folder, then an atomic rename); it is never chmod-ed afterwards and never briefly world-readable;
+* the file is created with mode 0600 from the first byte (``mkstemp`` in the same folder, then an atomic
+  rename: ``cog_pipeline.atomic``); it is never chmod-ed afterwards and never briefly world-readable;
 * key material is read from the key files given on the command line and written only into this file: it is
   never logged, never part of an exception message, never copied into run.json, catalogs or submit files;
 * without key files (or with a local-folder store) no file is written: Pegasus then uses whatever
@@ -25,9 +25,9 @@ Rules kept here:
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
+from cog_pipeline import atomic
 from cog_pipeline.store import normalise_endpoint, read_key_file
 
 from cog_pipeline.replicas.catalog import check_name
@@ -77,23 +77,6 @@ def write_credentials(
     access_key = read_key_file(access_key_file, "access key")
     secret_key = read_key_file(secret_key_file, "secret key")
     text = render_credentials(site, identity, endpoint, region, access_key, secret_key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        os.unlink(tmp)  # a leftover from a crash: never reuse a file someone else may have made readable
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, flags, MODE)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic.write_bytes(path, text.encode("utf-8"), MODE)  # created 0600, never readable by others
     log.info("wrote S3 credentials for %s@%s to %s (mode 0600)", identity, site, path)
     return path
