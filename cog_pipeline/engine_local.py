@@ -232,7 +232,8 @@ def _stage_out(spec: JobSpec, workdir: Path) -> None:
             _store_for(spec.store, bucket).upload(src, key)
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
+    """The one-line reason a tool printed last (generate_cog prints exactly one; planners print many)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
@@ -268,7 +269,7 @@ def run_job(spec: JobSpec) -> JobRecord:
                 log.write(proc.stderr)
                 record.exit_code = proc.returncode
                 record.category = EXIT_CATEGORIES.get(proc.returncode, "INTERNAL_ERROR")
-                record.reason = _last_line(proc.stderr) or f"exit code {proc.returncode}"
+                record.reason = last_line(proc.stderr) or f"exit code {proc.returncode}"
                 if proc.returncode not in SUCCESS_CODES:
                     if proc.returncode in NOT_RETRIED:
                         break

@@ -58,7 +58,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .engine_local import EXIT_CATEGORIES, SUCCESS_CODES, JobRecord, WorkflowError
+from .engine_local import EXIT_CATEGORIES, SUCCESS_CODES, JobRecord, WorkflowError, last_line
 from .rundir import GENERATED, RECONCILED, RUNNING, RunDir, process_alive, write_json_atomic
 
 Echo = Callable[[str], None]
@@ -181,15 +181,10 @@ def _run_logged(cmd: list[str], run_dir: RunDir) -> tuple[int, str]:
     return proc.returncode, output
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
 def _plan_error(output: str) -> str:
     """The planner's most telling line: its last [ERROR]/FATAL line, else its last line."""
     errors = [line.strip() for line in output.splitlines() if "[ERROR]" in line or "FATAL" in line or line.lstrip().startswith("Error")]
-    return errors[-1] if errors else _last_line(output)
+    return errors[-1] if errors else last_line(output)
 
 
 def _dagman_cluster(output: str, submit_dir: Path | None) -> int | None:
