@@ -12,8 +12,8 @@ from collections.abc import Iterable
 
 from .store import ObjectInfo, ObjectStore
 
-# Listing each folder separately costs at least one request per folder; past this many folders one listing
-# of their common prefix is cheaper unless that prefix holds vastly more than the manifest touches.
+# Listing each folder separately costs at least one request per folder; past this many folders, listings of
+# a few shared parent prefixes are cheaper unless those hold vastly more than the manifest touches.
 MAX_FOLDER_LISTINGS = 10
 
 
@@ -36,6 +36,15 @@ def plan_prefixes(keys: Iterable[str], max_listings: int = MAX_FOLDER_LISTINGS) 
             covered.append(folder)
     if len(covered) <= max_listings:
         return covered
+    # Too many folders: group them by their first `depth` path segments, as deep as the budget allows, so
+    # counties spread over two states cost two listings, not one listing of the whole bucket.
+    deepest = max(folder.count("/") for folder in covered)
+    for depth in range(deepest - 1, -1, -1):
+        groups: dict[str, list[str]] = {}
+        for folder in covered:
+            groups.setdefault("/".join(folder.split("/")[:depth]), []).append(folder)
+        if len(groups) <= max_listings:
+            return sorted(os.path.commonprefix(members) for members in groups.values())
     return [os.path.commonprefix(covered)]
 
 

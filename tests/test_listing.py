@@ -153,3 +153,8 @@ def test_find_keys_costs_at_most_max_listings_listings_on_s3(s3_server: str, buc
         # one listing per folder, or one listing of their common prefix past MAX_FOLDER_LISTINGS folders
         {"ListObjectsV2": folders if folders <= MAX_FOLDER_LISTINGS else 1},
     )
+
+
+def test_many_folders_in_two_states_cost_two_listings_not_the_whole_bucket() -> None:
+    keys = [f"Counties/{state}/County{i:02d}/a.tif" for state in ("WI", "MN") for i in range(MAX_FOLDER_LISTINGS)]
+    assert plan_prefixes(keys) == ["Counties/MN/County", "Counties/WI/County"]
