@@ -157,4 +157,4 @@ def test_find_keys_costs_at_most_max_listings_listings_on_s3(s3_server: str, buc
 
 def test_many_folders_in_two_states_cost_two_listings_not_the_whole_bucket() -> None:
     keys = [f"Counties/{state}/County{i:02d}/a.tif" for state in ("WI", "MN") for i in range(MAX_FOLDER_LISTINGS)]
-    assert plan_prefixes(keys) == ["Counties/MN/County", "Counties/WI/County"]
+    assert plan_prefixes(keys) == ["Counties/MN/County0", "Counties/WI/County0"]
