@@ -71,6 +71,9 @@ def _release(run_dir: RunDir) -> None:
 def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
     report = ScanReport()
     input_store = open_store(options.input_bucket, options.store)
+    # Claiming work that could never be delivered would only leave manifests processing: check the output
+    # bucket is reachable first (an empty listing under a name no object has: one cheap request).
+    list(open_store(options.output_bucket, options.store).list(".cog-pipeline-probe/"))
     with scan_lock(options.work_dir):
         view = look(input_store, options.pattern)
         if options.dry_run:

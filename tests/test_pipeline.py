@@ -281,3 +281,16 @@ def test_an_empty_manifest_is_claimed_and_answered(buckets, tmp_path):
     keys = buckets.input_keys()
     assert [k for k in keys if k.startswith("empty_processed-")] and not [k for k in keys if "failed" in k]
     assert not any("processing" in k or k == "empty_raw.csv" for k in keys)
+
+
+def test_a_missing_output_bucket_is_reported_before_anything_is_claimed(tmp_path):
+    root = tmp_path / "buckets"
+    make_example_bucket(root / "in", size=64)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cog_pipeline", "scan", "--local-root", str(root), "--input-bucket", "in",
+         "--output-bucket", "missing-out", "--work-dir", str(tmp_path / "work")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 1 and "missing-out" in proc.stderr and "does not exist" in proc.stderr
+    assert (root / "in" / "example_raw.csv").is_file()
+    assert list_run_dirs(tmp_path / "work") == []
