@@ -142,6 +142,8 @@ def carry_on(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, ec
     engine = info.engine
     if info.state == CLAIMED:
         settings = WorkflowSettings(**options.workflow) if options.workflow else WorkflowSettings()
+        # Only the planner needs key material in a file; the local engine reads the key files itself.
+        settings.write_credentials = settings.write_credentials and engine == "pegasus"
         if engine == "pegasus" and settings.reconcile_command is None:
             # On Pegasus the END hook also turns the submit directory's jobstate.log into failure reasons.
             from .engine_pegasus import end_hook_command

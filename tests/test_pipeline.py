@@ -294,3 +294,56 @@ def test_a_missing_output_bucket_is_reported_before_anything_is_claimed(tmp_path
     assert proc.returncode == 1 and "missing-out" in proc.stderr and "does not exist" in proc.stderr
     assert (root / "in" / "example_raw.csv").is_file()
     assert list_run_dirs(tmp_path / "work") == []
+
+
+def _s3_cli_env(tmp_path: Path) -> dict[str, str]:
+    """An environment where the standard AWS chain finds nothing: only -a/-s can authenticate."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_EC2_METADATA_DISABLED="true", AWS_DEFAULT_REGION="us-east-1")
+    return env
+
+
+@pytest.mark.parametrize("endpoint_form", ["http://{host}", "http://{host}/"])
+def test_cli_scan_on_s3_with_endpoint_and_key_files(s3_server, bucket_name, tmp_path, endpoint_form):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    client.create_bucket(Bucket=f"{bucket_name}-in")
+    client.create_bucket(Bucket=f"{bucket_name}-out")
+    src = tmp_path / "example"
+    make_example_bucket(src, size=64)
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        client.upload_file(str(path), f"{bucket_name}-in", path.relative_to(src).as_posix())
+    access, secret = tmp_path / "access", tmp_path / "secret"
+    access.write_text("CLI-ACCESS-KEY-123\n")
+    secret.write_text("CLI-SECRET-KEY-456\n")
+    endpoint = endpoint_form.format(host=s3_server.removeprefix("http://"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "cog_pipeline", "scan", "-e", endpoint, "-a", str(access), "-s", str(secret),
+         "--input-bucket", f"{bucket_name}-in", "--output-bucket", f"{bucket_name}-out",
+         "--work-dir", str(tmp_path / "work"), "--quiet"],
+        capture_output=True, text=True, env=_s3_cli_env(tmp_path), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=f"{bucket_name}-in")["Contents"]]
+    assert any(k.startswith("example_processed-") for k in keys)
+    outputs = {o["Key"] for o in client.list_objects_v2(Bucket=f"{bucket_name}-out")["Contents"]}
+    assert {f"{k[:-4]}.jpg" for k, _ in EXAMPLE_IMAGES} <= outputs
+    # Key material appears in no output and no file of the run (only the key files hold it); the local
+    # engine needs no credentials.conf (the Pegasus engine's is tested in test_engine_pegasus).
+    assert "CLI-SECRET-KEY-456" not in proc.stdout + proc.stderr
+    assert not list((tmp_path / "work").rglob("credentials.conf"))
+    for path in (tmp_path / "work").rglob("*"):
+        if path.is_file():
+            assert b"CLI-SECRET-KEY-456" not in path.read_bytes(), path
+
+
+def test_cli_scan_on_s3_without_credentials_fails_clearly(s3_server, bucket_name, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cog_pipeline", "scan", "-e", s3_server, "--input-bucket", "x-in",
+         "--output-bucket", "x-out", "--work-dir", str(tmp_path / "work")],
+        capture_output=True, text=True, env=_s3_cli_env(tmp_path), timeout=120,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "credentials" in proc.stderr.lower()
