@@ -19,7 +19,10 @@ from rio_cogeo.cogeo import cog_validate
 from cog_pipeline.transformations.generate_cog import (
     ConversionError,
     ExitCode,
+    _cog_overview_dims,
+    _read_tiff_ifds,
     _validate_cog_structure,
+    assemble_cog,
     backend_name,
     convert,
     validate_cog,
@@ -628,3 +631,97 @@ def test_osgeo_backend_scales_uint16(tmp_path: Path) -> None:
 
 def test_backend_in_this_environment_is_rasterio() -> None:
     assert backend_name() == "rasterio"
+
+
+# ---------------------------------------------------------------- the parallel COG path (overviews || full resolution)
+
+
+def _tile_data(path: Path) -> tuple[list, bytes]:
+    """(per-IFD size, tile offsets and byte counts), and the file from the first tile on."""
+    ifds, _ = _read_tiff_ifds(str(path))
+    first = min(o for d in ifds for o in d.data_offsets if o)
+    with open(path, "rb") as fh:
+        fh.seek(first - 4)
+        return [(d.width, d.height, d.subfile_type, d.data_offsets, d.data_counts) for d in ifds], fh.read()
+
+
+@needs_osgeo
+@pytest.mark.parametrize(
+    "count,width,height,dtype",
+    [(4, 1100, 1100, "uint8"), (3, 2050, 1030, "uint8"), (1, 1300, 700, "uint16"), (1, 1030, 1030, "float32")],
+)
+def test_osgeo_parallel_cog_is_the_cog_drivers_cog(tmp_path: Path, count: int, width: int, height: int, dtype: str) -> None:
+    """The parallel path writes what `gdal_translate -of COG -co COMPRESS=LZW -co PREDICTOR=YES` writes:
+    same overview sizes (odd sizes included: 2050x1030 -> 1025x515 -> 512x257), every tile byte-identical
+    (so identical full-resolution and overview pixels), only the IFD area may be laid out differently."""
+    data = rasters.textured(count, height, width, dtype=dtype)
+    extra = {"photometric": "RGB"} if count == 3 else {"photometric": "RGB", "alpha": "UNSPECIFIED"} if count == 4 else {}
+    src = rasters.write(tmp_path / "in.tif", data, **extra)
+    tif, jpg = outputs(tmp_path)
+    proc = run([src, tif, jpg, "--bands", str(count), "-v", "--verify-pixels"], python=SYSTEM_PYTHON)
+    assert proc.returncode == 0, proc.stderr
+    assert "cog parallel" in proc.stdout
+    reference = tmp_path / "reference.tif"
+    subprocess.run(["gdal_translate", "-q", str(src), str(reference), "-of", "COG", "-co", "COMPRESS=LZW",
+                    "-co", "PREDICTOR=YES"], check=True)
+    assert_cog_valid(tif)
+    assert tif.stat().st_size == reference.stat().st_size
+    assert _tile_data(tif) == _tile_data(reference)
+    np.testing.assert_array_equal(rasters.read(tif), data)
+    with rasters.open_(src) as a, rasters.open_(tif) as b, rasters.open_(reference) as r:
+        assert (b.crs, b.transform, b.colorinterp, b.dtypes) == (a.crs, a.transform, a.colorinterp, a.dtypes)
+        assert b.overviews(1) == r.overviews(1)
+    for level in range(len(_cog_overview_dims(width, height))):
+        with rasters.open_(reference, overview_level=level) as a, rasters.open_(tif, overview_level=level) as b:
+            np.testing.assert_array_equal(b.read(), a.read())
+
+
+@needs_osgeo
+def test_osgeo_inputs_with_nodata_use_the_cog_driver(tmp_path: Path) -> None:
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(1, 700, 700), nodata=0)
+    tif, jpg = outputs(tmp_path)
+    proc = run([src, tif, jpg, "--bands", "1", "-v"], python=SYSTEM_PYTHON)
+    assert proc.returncode == 0, proc.stderr
+    assert "cog driver" in proc.stdout
+
+
+def test_cog_overview_dims_are_the_cog_drivers(tmp_path: Path) -> None:
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(1, 1030, 2050))
+    reference = tmp_path / "reference.tif"
+    rasterio.shutil.copy(src, reference, driver="COG", COMPRESS="LZW")
+    sizes = []
+    for level in range(len(rasters.open_(reference).overviews(1))):
+        with rasters.open_(reference, overview_level=level) as o:
+            sizes.append((o.width, o.height))
+    assert _cog_overview_dims(2050, 1030) == sizes == [(1025, 515), (512, 257)]
+
+
+def test_assemble_cog_from_gdal_parts(tmp_path: Path) -> None:
+    """The assembler on rasterio's GDAL: parts written by the GTiff driver become a valid COG."""
+    data = rasters.textured(3, 1200, 1000)
+    creation = dict(driver="GTiff", tiled=True, blockxsize=512, blockysize=512, compress="LZW", predictor=2,
+                    interleave="pixel", bigtiff="NO")
+    full = rasters.write(tmp_path / "full.tif", data, photometric="RGB", **{k: v for k, v in creation.items() if k != "driver"})
+    parts = []
+    for k, step in enumerate((2, 4), start=1):
+        parts.append(rasters.write(tmp_path / f"ovr{k}.tif", np.ascontiguousarray(data[:, ::step, ::step]), crs=None,
+                                   photometric="RGB", **{k2: v for k2, v in creation.items() if k2 != "driver"}))
+    out = tmp_path / "out.tif"
+    assemble_cog(str(full), [str(p) for p in parts], str(out))
+    assert_cog_valid(out)
+    assert _validate_cog_structure(str(out)) == ([], [])
+    np.testing.assert_array_equal(rasters.read(out), data)
+    with rasters.open_(out) as ds:
+        assert ds.overviews(1) == [2, 4]
+        assert ds.crs == rasters.open_(full).crs
+    with rasters.open_(out, overview_level=1) as o:
+        np.testing.assert_array_equal(o.read(), data[:, ::4, ::4])
+
+
+def test_assemble_cog_rejects_mismatched_parts(tmp_path: Path) -> None:
+    full = rasters.write(tmp_path / "full.tif", rasters.textured(1, 600, 600), tiled=True, blockxsize=512,
+                         blockysize=512, compress="LZW")
+    other = rasters.write(tmp_path / "ovr.tif", rasters.textured(1, 300, 300), tiled=True, blockxsize=512,
+                          blockysize=512, compress="DEFLATE")
+    with pytest.raises(ValueError):
+        assemble_cog(str(full), [str(other)], str(tmp_path / "out.tif"))

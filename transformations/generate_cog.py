@@ -44,7 +44,9 @@ __all__ = [
     "ExitCode",
     "JPEG_MAX_DIMENSION",
     "RasterInfo",
+    "assemble_cog",
     "backend_name",
+    "cog_method",
     "convert",
     "gdal_version",
     "inspect_input",
@@ -184,6 +186,8 @@ class ConversionResult:
     gdal_version: str
     threads: int
     timings: Dict[str, float] = field(default_factory=dict)
+    #: how the COG was built: "parallel" (overviews || full resolution, then assembled) or "driver"
+    cog_method: str = "driver"
     warnings: List[str] = field(default_factory=list)
     exit_code: ExitCode = ExitCode.OK
     reason: str = ""
@@ -338,6 +342,98 @@ class _OsgeoBackend:
             raise _GdalFailure(messages[-1] if messages else f"{driver} CreateCopy failed", messages)
         return messages
 
+    #: The parallel COG path needs GDALRegenerateOverviews (explicit overview sizes).
+    can_cascade_overviews = True
+
+    def cascade_overviews(
+        self,
+        src: str,
+        dims: Sequence[Tuple[int, int]],
+        prefix: str,
+        resampling: str,
+        creation: Dict[str, str],
+        threads: str,
+        temps: List[str],
+    ) -> List[str]:
+        """Compute the COG driver's overview pyramid of ``src`` (sizes ``dims``, largest first),
+        each level from the one before, as the COG driver does, into compressed tiled GTiffs
+        (``creation`` options); returns their paths (all named ``prefix...``, to be deleted
+        by the caller).
+
+        A level of exactly half the size of the level before (both sides even) is made by
+        GDAL's multi-band overview builder, the very code the COG driver runs, writing the
+        compressed tiles directly (an external .ovr of a VRT over the source / of the level
+        before). Every file it creates is first appended to ``temps``. A level whose previous side is odd (the COG driver rounds sizes down, the
+        overview builder would round up) is made band by band with GDALRegenerateOverviews
+        into an uncompressed file of the exact size, then compressed."""
+        gdal = self.gdal
+        local = {
+            "COMPRESS_OVERVIEW": creation["COMPRESS"],
+            "PREDICTOR_OVERVIEW": creation.get("PREDICTOR"),
+            "INTERLEAVE_OVERVIEW": "PIXEL",
+            "GDAL_TIFF_OVR_BLOCKSIZE": creation["BLOCKXSIZE"],
+            "BIGTIFF_OVERVIEW": "NO",
+            "GDAL_NUM_THREADS": threads,
+            "USE_RRD": "NO",
+        }
+        saved = {k: gdal.GetThreadLocalConfigOption(k, None) for k in local}
+        for k, v in local.items():
+            gdal.SetThreadLocalConfigOption(k, v)
+        levels: List[str] = []
+        try:
+            vrt = prefix + "src.vrt"
+            temps.append(vrt)
+            self._call(lambda: gdal.Translate(vrt, self._open(src), format="VRT"))
+            prev = vrt
+            src_ds = self._open(src)
+            pw, ph = src_ds.RasterXSize, src_ds.RasterYSize
+            count, dtype = src_ds.RasterCount, src_ds.GetRasterBand(1).DataType
+            src_ds = None
+            for k, (w, h) in enumerate(dims):
+                if pw % 2 == 0 and ph % 2 == 0 and (w, h) == (pw // 2, ph // 2):
+                    out = prev + ".ovr"
+                    temps.append(out)
+                    ds = self._open(prev)
+
+                    def build(ds: Any = ds) -> Any:
+                        return ds.BuildOverviews(resampling, [2]) == 0
+
+                    ok, messages = self._call(build)
+                    ds = None
+                    if not ok:
+                        raise _GdalFailure(messages[-1] if messages else "overview computation failed", messages)
+                else:
+                    raw = f"{prefix}ovr{k}raw.tif"
+                    out = f"{prefix}ovr{k}.tif"
+                    temps.extend([raw, out])
+                    src_ds = self._open(prev)
+                    drv = gdal.GetDriverByName("GTiff")
+                    opts = ["TILED=YES", "BLOCKXSIZE=512", "BLOCKYSIZE=512", "INTERLEAVE=BAND", "BIGTIFF=IF_NEEDED"]
+
+                    def regen(src_ds: Any = src_ds, raw: str = raw, w: int = w, h: int = h) -> Any:
+                        ds = drv.Create(raw, w, h, count, dtype, options=opts)
+                        if ds is None:
+                            return None
+                        for b in range(1, count + 1):
+                            err = gdal.RegenerateOverviews(src_ds.GetRasterBand(b), [ds.GetRasterBand(b)], resampling)
+                            if err not in (0, None):
+                                return None
+                        ds.FlushCache()
+                        return True
+
+                    ok, messages = self._call(regen)
+                    src_ds = None
+                    if not ok:
+                        raise _GdalFailure(messages[-1] if messages else "overview computation failed", messages)
+                    self.create_copy("GTiff", raw, out, creation)
+                    os.remove(raw)
+                levels.append(out)
+                prev, pw, ph = out, w, h
+            return levels
+        finally:
+            for k, v in saved.items():
+                gdal.SetThreadLocalConfigOption(k, v)
+
     def read(
         self,
         path: str,
@@ -391,6 +487,8 @@ class _RasterioBackend:
     """The GDAL bundled in rasterio's wheels (this project's Python environment)."""
 
     name = "rasterio"
+    #: rasterio exposes no GDALRegenerateOverviews: the COG driver does everything (one pass).
+    can_cascade_overviews = False
 
     def __init__(self) -> None:
         import rasterio  # noqa: PLC0415
@@ -782,6 +880,172 @@ def _validate_cog_structure(path: str) -> Tuple[List[str], List[str]]:
     return errors, warnings_
 
 
+# GDAL's COG ghost area, byte for byte as its COG driver writes it (classic TIFF).
+_COG_GHOST_CONTENT = (
+    b"LAYOUT=IFDS_BEFORE_DATA\n"
+    b"BLOCK_ORDER=ROW_MAJOR\n"
+    b"BLOCK_LEADER=SIZE_AS_UINT4\n"
+    b"BLOCK_TRAILER=LAST_4_BYTES_REPEATED\n"
+    b"KNOWN_INCOMPATIBLE_EDITION=NO\n "
+)
+_COG_GHOST = b"GDAL_STRUCTURAL_METADATA_SIZE=%06d bytes\n" % len(_COG_GHOST_CONTENT) + _COG_GHOST_CONTENT
+#: Tags an overview directory takes over from the full-resolution one (sample layout and coding).
+_OVERVIEW_TAGS = (258, 259, 262, 277, 284, 317, 322, 323, 338, 339)
+_RawEntry = Tuple[int, int, int, bytes]  # tag, TIFF type, count, little-endian value bytes
+
+
+def _tiff_single_ifd(path: str) -> List[_RawEntry]:
+    """All entries of the only IFD of a little-endian classic TIFF written by GDAL (ValueError otherwise)."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if head[:4] != b"II*\x00":
+            raise ValueError(f"{path}: not a little-endian classic TIFF")
+        offset = struct.unpack("<I", head[4:8])[0]
+        fh.seek(offset)
+        n = struct.unpack("<H", fh.read(2))[0]
+        raw = fh.read(n * 12 + 4)
+        if len(raw) < n * 12 + 4:
+            raise ValueError(f"{path}: truncated IFD")
+        if struct.unpack("<I", raw[n * 12 :])[0]:
+            raise ValueError(f"{path}: more than one IFD")
+        entries: List[_RawEntry] = []
+        for k in range(n):
+            tag, typ, count = struct.unpack("<HHI", raw[k * 12 : k * 12 + 8])
+            if typ not in _TIFF_TYPES:
+                raise ValueError(f"{path}: tag {tag} has unknown type {typ}")
+            nbytes = count * _TIFF_TYPES[typ]
+            inline = raw[k * 12 + 8 : k * 12 + 12]
+            if nbytes <= 4:
+                data = inline[:nbytes]
+            else:
+                fh.seek(struct.unpack("<I", inline)[0])
+                data = fh.read(nbytes)
+                if len(data) < nbytes:
+                    raise ValueError(f"{path}: tag {tag} data truncated")
+            entries.append((tag, typ, count, data))
+    return entries
+
+
+def _tile_index(entries: List[_RawEntry]) -> Tuple[List[int], List[int]]:
+    found = {tag: (typ, count, data) for tag, typ, count, data in entries}
+    if 324 not in found or 325 not in found:
+        raise ValueError("not a tiled TIFF")
+    out = []
+    for tag in (324, 325):
+        typ, count, data = found[tag]
+        if typ not in (3, 4):
+            raise ValueError(f"tag {tag} has type {typ}")
+        out.append(list(struct.unpack("<" + ("H" if typ == 3 else "I") * count, data)))
+    return out[0], out[1]
+
+
+def _short_or_long(tag: int, value: int) -> _RawEntry:
+    return (tag, 3, 1, struct.pack("<H", value)) if value < 65536 else (tag, 4, 1, struct.pack("<I", value))
+
+
+def assemble_cog(full_res: str, overviews: Sequence[str], out: str) -> None:
+    """Write a COG from already-compressed parts, copying the compressed tiles verbatim.
+
+    ``full_res`` is a tiled GTiff of the full-resolution image (it carries every tag:
+    georeferencing, metadata, nodata, colour interpretation, compression, predictor) and
+    ``overviews`` are tiled GTiffs of the overview levels, largest first, encoded with the
+    same compression, predictor and sample layout. The result has the layout GDAL's COG
+    driver writes: the ghost area, all IFDs (full resolution first), then the tile data from
+    the smallest overview to the full resolution, row-major, each tile preceded by its size
+    (uint32) and followed by a copy of its last 4 bytes. Classic TIFF only: raises
+    ValueError when a part is not a single-IFD little-endian classic TIFF or the result
+    would reach 4 GB.
+    """
+    main = _tiff_single_ifd(full_res)
+    main_tags = {e[0]: e for e in main}
+    images = [(full_res, [e for e in main if e[0] not in (324, 325)], _tile_index(main))]
+    for path in overviews:
+        entries = _tiff_single_ifd(path)
+        tags = {e[0]: e for e in entries}
+        width = struct.unpack("<H" if tags[256][1] == 3 else "<I", tags[256][3])[0]
+        height = struct.unpack("<H" if tags[257][1] == 3 else "<I", tags[257][3])[0]
+        for tag in (258, 259, 277, 284, 317, 322, 323, 339):
+            if (tag in tags) != (tag in main_tags) or (tag in tags and tags[tag][1:] != main_tags[tag][1:]):
+                raise ValueError(f"overview {path} differs from the full resolution in tag {tag}")
+        own = [(254, 4, 1, struct.pack("<I", 1)), _short_or_long(256, width), _short_or_long(257, height)]
+        own += [main_tags[t] for t in _OVERVIEW_TAGS if t in main_tags]
+        images.append((path, sorted(own), _tile_index(entries)))
+
+    # Directory sizes: entries, then their out-of-line values (word aligned).
+    def ifd_size(entries: List[_RawEntry], ntiles: int) -> int:
+        size = 2 + 12 * (len(entries) + 2) + 4
+        size += sum(len(d) + (len(d) & 1) for _, _, _, d in entries if len(d) > 4)
+        return size + (2 * 4 * ntiles if ntiles > 1 else 0)
+
+    pos = 8 + len(_COG_GHOST)
+    pos += pos & 1
+    ifd_offsets = []
+    for _, entries, (offs, _) in images:
+        ifd_offsets.append(pos)
+        pos += ifd_size(entries, len(offs))
+    # Tile data: smallest overview first, full resolution last.
+    new_offsets: List[List[int]] = [[] for _ in images]
+    for i in reversed(range(len(images))):
+        for count in images[i][2][1]:
+            if count:
+                new_offsets[i].append(pos + 4)
+                pos += 4 + count + 4
+            else:
+                new_offsets[i].append(0)
+    if pos >= 0xFFFFFFFF:
+        raise ValueError("the COG would need BigTIFF")
+
+    with open(out, "wb") as fh:
+        fh.write(b"II*\x00" + struct.pack("<I", ifd_offsets[0]) + _COG_GHOST)
+        if fh.tell() & 1:
+            fh.write(b"\x00")
+        for i, (_, entries, (offs, counts)) in enumerate(images):
+            start = ifd_offsets[i]
+            assert fh.tell() == start
+            full = list(entries)
+            n = len(offs)
+            full.append((324, 4, n, struct.pack("<%dI" % n, *new_offsets[i])))
+            full.append((325, 4, n, struct.pack("<%dI" % n, *counts)))
+            full.sort(key=lambda e: e[0])
+            extra = bytearray()
+            extra_at = start + 2 + 12 * len(full) + 4
+            table = bytearray(struct.pack("<H", len(full)))
+            for tag, typ, count, data in full:
+                if len(data) <= 4:
+                    table += struct.pack("<HHI", tag, typ, count) + data.ljust(4, b"\x00")
+                else:
+                    table += struct.pack("<HHII", tag, typ, count, extra_at + len(extra))
+                    extra += data
+                    if len(extra) & 1:
+                        extra += b"\x00"
+            nxt = ifd_offsets[i + 1] if i + 1 < len(images) else 0
+            table += struct.pack("<I", nxt)
+            fh.write(table)
+            fh.write(extra)
+        buf = bytearray()
+        for i in reversed(range(len(images))):
+            path, _, (offs, counts) = images[i]
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for off, count in zip(offs, counts):
+                    if not count:
+                        continue
+                    data = os.pread(fd, count, off)
+                    if len(data) != count:
+                        raise ValueError(f"{path}: tile data truncated")
+                    buf += struct.pack("<I", count)
+                    buf += data
+                    buf += data[-4:].rjust(4, b"\x00")
+                    if len(buf) >= (16 << 20):
+                        fh.write(buf)
+                        buf = bytearray()
+            finally:
+                os.close(fd)
+        fh.write(buf)
+        if fh.tell() != pos:
+            raise ValueError("internal layout error")
+
+
 def validate_cog(path: str, use_rio_cogeo: Optional[bool] = None) -> Tuple[str, List[str], List[str]]:
     """Validate a COG. Returns (validator name, errors, warnings).
 
@@ -1106,6 +1370,118 @@ def _cog_options(info: RasterInfo, threads: int, resampling: Optional[str]) -> D
     return opts
 
 
+COG_METHOD_ENV = "COG_PIPELINE_COG_METHOD"
+_PARALLEL_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
+def _cog_overview_dims(width: int, height: int) -> List[Tuple[int, int]]:
+    """The overview sizes GDAL's COG driver makes: halve (rounding down) until one tile fits."""
+    dims = []
+    while width > COG_BLOCKSIZE or height > COG_BLOCKSIZE:
+        width, height = max(1, width // 2), max(1, height // 2)
+        dims.append((width, height))
+    return dims
+
+
+def cog_method(info: RasterInfo, resampling: Optional[str] = None) -> str:
+    """``'parallel'`` when the COG can be built as overview pyramid || full-resolution tiles and
+    assembled (see :func:`_parallel_cog`), else ``'driver'`` (GDAL's COG driver in one call).
+
+    The parallel path covers the common case only, where its overviews are proven identical to
+    the COG driver's: the osgeo binding, a GTiff input needing overviews and having none,
+    no nodata, mask, alpha band or palette (those change how GDAL resamples), one data type,
+    the default (cubic) resampling, and an image small enough for a classic TIFF.
+    ``COG_PIPELINE_COG_METHOD=driver`` forces the driver.
+    """
+    wanted = os.environ.get(COG_METHOD_ENV, "").strip().lower()
+    if wanted == "driver":
+        return "driver"
+    be = _backend()
+    itemsize = {"uint8": 1, "int8": 1, "uint16": 2, "int16": 2}.get(info.dtypes[0] if info.dtypes else "", 4)
+    if info.dtypes and info.dtypes[0] in ("float64",):
+        itemsize = 8
+    ok = (
+        getattr(be, "can_cascade_overviews", False)
+        and (not resampling or resampling.lower() == "cubic")
+        and info.driver == "GTiff"
+        and info.count >= 1
+        and not info.overview_sizes
+        and bool(_cog_overview_dims(info.width, info.height))
+        and not info.has_palette
+        and all(f == GMF_ALL_VALID for f in info.mask_flags)
+        and all(n is None for n in info.nodata)
+        and len(set(info.dtypes)) == 1
+        and info.dtypes[0] in _PARALLEL_DTYPES
+        and info.width * info.height * info.count * itemsize <= 1_500_000_000
+    )
+    return "parallel" if ok else "driver"
+
+
+def _parallel_cog(info: RasterInfo, out: str, threads: int, temps: List[str], token: str,
+                  timings: Dict[str, float]) -> None:
+    """Build the COG GDAL's COG driver would build, with its two halves running concurrently.
+
+    The COG driver computes the overviews, then compresses the overview and full-resolution
+    tiles, one after the other. Here a second thread computes the overview pyramid (cubic, level
+    by level, exactly like the COG driver) and LZW-compresses it, while this thread compresses
+    the full-resolution tiles into a plain tiled GTiff with the COG's creation options; then the
+    compressed tiles are copied verbatim into the COG layout (:func:`assemble_cog`). Only tiles
+    are copied: no pixel is decoded or re-encoded, so full-resolution tiles are byte-identical
+    to what the COG driver writes.
+    """
+    be = _backend()
+    predictor = "3" if info.dtypes[0].startswith("float") else "2"
+    gtiff = {
+        "TILED": "YES",
+        "BLOCKXSIZE": str(COG_BLOCKSIZE),
+        "BLOCKYSIZE": str(COG_BLOCKSIZE),
+        "COMPRESS": "LZW",
+        "PREDICTOR": predictor,
+        "INTERLEAVE": "PIXEL",
+        "BIGTIFF": "NO",
+        "NUM_THREADS": str(threads),
+    }
+    dims = _cog_overview_dims(info.width, info.height)
+    full = _temp_name(out, ".full.tif", token)
+    first_temp = len(temps)
+    temps.append(full)
+    prefix = _temp_name(out, ".", token)
+    ovr_threads = os.environ.get(OVERVIEW_THREADS_ENV, "").strip()
+    ovr_threads = ovr_threads if ovr_threads.isdigit() else "1"
+    outcome: Dict[str, Any] = {}
+    levels: List[str] = []
+
+    def overviews() -> None:
+        t0 = time.perf_counter()
+        try:
+            levels.extend(be.cascade_overviews(info.path, dims, prefix, "CUBIC", gtiff, ovr_threads, temps))
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller's thread
+            outcome["error"] = exc
+        outcome["overviews"] = time.perf_counter() - t0
+
+    worker = threading.Thread(target=overviews, name="generate_cog-overviews", daemon=True)
+    worker.start()
+    t0 = time.perf_counter()
+    try:
+        be.create_copy("GTiff", info.path, full, gtiff)
+    finally:
+        timings["cog_full_res"] = time.perf_counter() - t0
+        worker.join()
+    timings["cog_overviews"] = outcome.get("overviews", 0.0)
+    if "error" in outcome:
+        raise outcome["error"]
+    t0 = time.perf_counter()
+    try:
+        assemble_cog(full, levels, out)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _GdalFailure(f"No space left on device while assembling the COG: {exc}") from None
+        raise
+    finally:
+        _remove(*temps[first_temp:])
+    timings["cog_assemble"] = time.perf_counter() - t0
+
+
 class _Config:
     """Set GDAL configuration options for the duration of a conversion, then restore them."""
 
@@ -1189,6 +1565,7 @@ def convert(
             code = ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
             raise ConversionError(code, f"cannot write in {os.path.dirname(tmp_vrt)}: {exc.strerror}") from None
 
+        method = cog_method(info, resampling)
         # Overviews are computed while the JPEG encoder (one thread) runs beside them.
         ovr_threads = os.environ.get(OVERVIEW_THREADS_ENV, "").strip()
         ovr_threads = ovr_threads if ovr_threads.isdigit() else str(max(1, threads - 1))
@@ -1220,7 +1597,13 @@ def convert(
             t0 = time.perf_counter()
             cog_failure: Optional[_GdalFailure] = None
             try:
-                be.create_copy("COG", info.path, tmp_tif, _cog_options(info, threads, resampling))
+                if method == "parallel":
+                    try:
+                        _parallel_cog(info, tmp_tif, threads, temps, token, timings)
+                    except ValueError:  # a part GDAL wrote is not what the assembler expects
+                        method = "driver"
+                if method == "driver":
+                    be.create_copy("COG", info.path, tmp_tif, _cog_options(info, threads, resampling))
             except _GdalFailure as exc:
                 cog_failure = exc
             timings["cog"] = time.perf_counter() - t0
@@ -1292,6 +1675,7 @@ def convert(
         backend=be.name,
         gdal_version=str(be.version),
         threads=threads,
+        cog_method=method,
         timings=timings,
         warnings=list(warns),
         exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK,
@@ -1376,7 +1760,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"{result.cog}: {result.width}x{result.height}x{result.bands} {result.dtype}, overviews "
             f"{result.overview_sizes}, valid ({result.validator}); {result.jpeg}: {result.jpeg_size[0]}x"
             f"{result.jpeg_size[1]}x{result.jpeg_bands} ({result.preview}); {result.backend} GDAL "
-            f"{result.gdal_version}, {result.threads} threads, "
+            f"{result.gdal_version}, {result.threads} threads, cog {result.cog_method}, "
             + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
         )
     except ConversionError as exc:
