@@ -1022,7 +1022,10 @@ def assemble_cog(full_res: str, overviews: Sequence[str], out: str) -> None:
             table += struct.pack("<I", nxt)
             fh.write(table)
             fh.write(extra)
-        buf = bytearray()
+        fh.flush()
+        out_fd = fh.fileno()
+        # The kernel copies the tiles (copy_file_range: no trip through Python) where it can.
+        kernel_copy = getattr(os, "copy_file_range", None)
         for i in reversed(range(len(images))):
             path, _, (offs, counts) = images[i]
             fd = os.open(path, os.O_RDONLY)
@@ -1030,18 +1033,27 @@ def assemble_cog(full_res: str, overviews: Sequence[str], out: str) -> None:
                 for off, count in zip(offs, counts):
                     if not count:
                         continue
-                    data = os.pread(fd, count, off)
-                    if len(data) != count:
-                        raise ValueError(f"{path}: tile data truncated")
-                    buf += struct.pack("<I", count)
-                    buf += data
-                    buf += data[-4:].rjust(4, b"\x00")
-                    if len(buf) >= (16 << 20):
-                        fh.write(buf)
-                        buf = bytearray()
+                    tail = os.pread(fd, 4, off + count - 4) if count >= 4 else os.pread(fd, count, off)
+                    os.write(out_fd, struct.pack("<I", count))
+                    done = 0
+                    while kernel_copy is not None and done < count:
+                        try:
+                            n = kernel_copy(fd, out_fd, count - done, off + done)
+                        except OSError:
+                            kernel_copy = None
+                            break
+                        if n <= 0:
+                            raise ValueError(f"{path}: tile data truncated")
+                        done += n
+                    if done < count:
+                        data = os.pread(fd, count - done, off + done)
+                        if len(data) != count - done:
+                            raise ValueError(f"{path}: tile data truncated")
+                        os.write(out_fd, data)
+                    os.write(out_fd, tail.rjust(4, b"\x00"))
             finally:
                 os.close(fd)
-        fh.write(buf)
+        fh.seek(0, os.SEEK_END)
         if fh.tell() != pos:
             raise ValueError("internal layout error")
 
