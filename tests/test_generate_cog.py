@@ -725,3 +725,77 @@ def test_assemble_cog_rejects_mismatched_parts(tmp_path: Path) -> None:
                           blockysize=512, compress="DEFLATE")
     with pytest.raises(ValueError):
         assemble_cog(str(full), [str(other)], str(tmp_path / "out.tif"))
+
+
+_SCHEDULE_PROBE = r"""
+import json, os, sys, threading
+sys.path.insert(0, sys.argv[1])
+import generate_cog as g
+be = g._backend()
+events = []
+copy, setcache = be.create_copy, be.set_cachemax
+def create_copy(driver, src, dst, options):
+    events.append(["copy", driver, threading.current_thread().name])
+    return copy(driver, src, dst, options)
+def set_cachemax(nbytes):
+    events.append(["cache", nbytes >> 20])
+    return setcache(nbytes)
+be.create_copy, be.set_cachemax = create_copy, set_cachemax
+g._nice_this_thread = lambda nice: events.append(["nice", nice, threading.current_thread().name])
+g._trim_heap = lambda: events.append(["trim"])
+cachemax = int(sys.argv[5]) if len(sys.argv) > 5 else None
+r = g.convert(sys.argv[2], sys.argv[3], sys.argv[4], cachemax_mb=cachemax)
+print(json.dumps({"method": r.cog_method, "events": events}))
+"""
+
+
+def _schedule(tmp_path: Path, count: int, *extra: str) -> dict:
+    import json
+
+    data = rasters.textured(count, 1100, 1100)
+    src = rasters.write(tmp_path / "in.tif", data, **({"photometric": "RGB"} if count == 3 else {}))
+    tif, jpg = outputs(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COG_PIPELINE_")}
+    env["COG_PIPELINE_GDAL_BACKEND"] = "osgeo"
+    proc = subprocess.run([SYSTEM_PYTHON, "-c", _SCHEDULE_PROBE, str(EXECUTABLE.parent), str(src), str(tif), str(jpg),
+                           *extra], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert_cog_valid(tif)
+    np.testing.assert_array_equal(rasters.read(tif), data)
+    assert jpeg_shape(jpg)[0] == count
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@needs_osgeo
+def test_osgeo_parallel_jpeg_runs_at_low_priority_beside_the_cog(tmp_path: Path) -> None:
+    """Multi-band: the JPEG thread is niced (the overview thread is the critical path) and the
+    parallel path's default block cache is 64 MB."""
+    out = _schedule(tmp_path, 3)
+    assert out["method"] == "parallel"
+    events = out["events"]
+    assert ["nice", 19, "generate_cog-jpeg"] in events
+    assert ["copy", "JPEG", "generate_cog-jpeg"] in events
+    assert ["trim"] not in events
+    assert events[0] == ["cache", 64]
+
+
+@needs_osgeo
+def test_osgeo_parallel_single_band_jpeg_runs_after_the_cog(tmp_path: Path) -> None:
+    """1-band: the JPEG is written after the COG (in the calling thread, heap trimmed, 16 MB
+    cache), so libjpeg's whole-image buffer never coexists with the COG threads' buffers."""
+    out = _schedule(tmp_path, 1)
+    assert out["method"] == "parallel"
+    events = out["events"]
+    copies = [e for e in events if e[0] == "copy"]
+    assert copies[-1] == ["copy", "JPEG", "MainThread"]
+    assert all(e[1] == "GTiff" for e in copies[:-1])
+    assert events.index(["trim"]) < events.index(copies[-1])
+    assert [e[1] for e in events if e[0] == "cache"][:2] == [64, 16]
+    assert not [e for e in events if e[0] == "nice"]
+
+
+@needs_osgeo
+def test_osgeo_explicit_cachemax_is_kept(tmp_path: Path) -> None:
+    out = _schedule(tmp_path, 1, "100")
+    assert [e[1] for e in out["events"] if e[0] == "cache"][0] == 100
+    assert 16 not in [e[1] for e in out["events"] if e[0] == "cache"]

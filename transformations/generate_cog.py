@@ -68,6 +68,14 @@ COG_BLOCKSIZE = 512
 #: Default GDAL block cache for one conversion (MB); the original tool used GDAL's
 #: default (5 % of RAM). Bounded so that many jobs can share a worker.
 DEFAULT_CACHEMAX_MB = 128
+#: Default block cache (MB) of the parallel COG path, whose threads each stream through their
+#: own rows: a smaller cache costs no time there and keeps peak memory below the original's.
+PARALLEL_CACHEMAX_MB = 64
+#: Block cache (MB) while a serialised JPEG preview is written (it reads lines in order).
+JPEG_CACHEMAX_MB = 16
+#: Niceness of the JPEG thread beside the parallel COG path (Linux: per thread): the JPEG
+#: fills the cores' idle time instead of slowing the overview thread, the critical path.
+JPEG_THREAD_NICE = 19
 #: Side of the decimated read used to choose the scaling of non-8-bit previews.
 STATS_SAMPLE_SIZE = 1024
 
@@ -1544,9 +1552,11 @@ def convert(
         raise ConversionError(ExitCode.USAGE, "input and outputs must be three different paths")
     threads = int(threads or _default_threads())
     resampling = resampling or os.environ.get(RESAMPLING_ENV) or None
+    cache_default = False
     if cachemax_mb is None:
         env_cache = os.environ.get(CACHEMAX_ENV, "").strip()
-        cachemax_mb = int(env_cache) if env_cache.isdigit() else DEFAULT_CACHEMAX_MB
+        cache_default = not env_cache.isdigit()
+        cachemax_mb = DEFAULT_CACHEMAX_MB if cache_default else int(env_cache)
 
     info = inspect_input(input)
     plan = plan_preview(info)
@@ -1578,6 +1588,12 @@ def convert(
             raise ConversionError(code, f"cannot write in {os.path.dirname(tmp_vrt)}: {exc.strerror}") from None
 
         method = cog_method(info, resampling)
+        # Parallel path: the JPEG runs at low priority beside the COG threads, except for
+        # single-band inputs, where it runs after the COG (libjpeg's whole-image coefficient
+        # buffer on top of the COG threads' buffers would exceed the original tool's memory).
+        jpeg_after = method == "parallel" and info.count == 1
+        if method == "parallel" and cache_default:
+            cachemax_mb = PARALLEL_CACHEMAX_MB
         # Overviews are computed while the JPEG encoder (one thread) runs beside them.
         ovr_threads = os.environ.get(OVERVIEW_THREADS_ENV, "").strip()
         ovr_threads = ovr_threads if ovr_threads.isdigit() else str(max(1, threads - 1))
@@ -1591,8 +1607,10 @@ def convert(
         be.set_cachemax(cachemax_mb << 20)
         jpeg_outcome: Dict[str, Any] = {}
 
-        def make_jpeg() -> None:
+        def make_jpeg(nice: int = 0) -> None:
             t0 = time.perf_counter()
+            if nice:
+                _nice_this_thread(nice)
             try:
                 be.create_copy("JPEG", tmp_vrt, tmp_jpg, {"QUALITY": str(JPEG_QUALITY)})
                 _remove_sidecar(tmp_jpg)
@@ -1604,8 +1622,14 @@ def convert(
             jpeg_outcome["seconds"] = time.perf_counter() - t0
 
         with _Config(config):
-            jpeg_thread = threading.Thread(target=make_jpeg, name="generate_cog-jpeg", daemon=True)
-            jpeg_thread.start()
+            jpeg_thread = threading.Thread(
+                target=make_jpeg,
+                name="generate_cog-jpeg",
+                daemon=True,
+                kwargs={"nice": JPEG_THREAD_NICE if method == "parallel" else 0},
+            )
+            if not jpeg_after:
+                jpeg_thread.start()
             t0 = time.perf_counter()
             cog_failure: Optional[_GdalFailure] = None
             try:
@@ -1619,7 +1643,13 @@ def convert(
             except _GdalFailure as exc:
                 cog_failure = exc
             timings["cog"] = time.perf_counter() - t0
-            jpeg_thread.join()
+            if jpeg_after and cog_failure is None:
+                if cache_default:
+                    be.set_cachemax(JPEG_CACHEMAX_MB << 20)
+                _trim_heap()  # hand the COG threads' freed buffers back before libjpeg's buffer
+                make_jpeg()
+            elif not jpeg_after:
+                jpeg_thread.join()
         be.set_cachemax(saved_cache)
         timings["jpeg"] = jpeg_outcome.get("seconds", 0.0)
 
@@ -1693,6 +1723,27 @@ def convert(
         exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK,
         reason=mismatch,
     )
+
+
+def _nice_this_thread(nice: int) -> None:
+    """Lower the calling thread's CPU priority (Linux: niceness is per thread); best effort."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):
+        pass
+
+
+def _trim_heap() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``); a no-op elsewhere.
+
+    The COG threads' freed buffers stay in glibc's per-thread arenas otherwise and count
+    towards the peak RSS of the serialised JPEG step (1-band 10000x10000: 345 -> 298 MiB)."""
+    try:
+        import ctypes  # noqa: PLC0415
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _remove_sidecar(path: str) -> None:
