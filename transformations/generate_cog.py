@@ -73,9 +73,10 @@ DEFAULT_CACHEMAX_MB = 128
 PARALLEL_CACHEMAX_MB = 64
 #: Block cache (MB) while a serialised JPEG preview is written (it reads lines in order).
 JPEG_CACHEMAX_MB = 16
-#: Niceness of the JPEG thread beside the parallel COG path (Linux: per thread): the JPEG
-#: fills the cores' idle time instead of slowing the overview thread, the critical path.
-JPEG_THREAD_NICE = 19
+#: Niceness of the parallel COG path's full-resolution thread (Linux: per thread, inherited by
+#: the GDAL worker threads it starts): the overview thread, the critical path, keeps a core,
+#: and the full-resolution compression (2 threads) soaks up whatever time is left.
+FULL_RES_THREAD_NICE = 5
 #: Side of the decimated read used to choose the scaling of non-8-bit previews.
 STATS_SAMPLE_SIZE = 1024
 
@@ -1482,11 +1483,24 @@ def _parallel_cog(info: RasterInfo, out: str, threads: int, temps: List[str], to
     worker = threading.Thread(target=overviews, name="generate_cog-overviews", daemon=True)
     worker.start()
     t0 = time.perf_counter()
-    try:
-        be.create_copy("GTiff", info.path, full, gtiff)
-    finally:
-        timings["cog_full_res"] = time.perf_counter() - t0
-        worker.join()
+    full_outcome: Dict[str, Any] = {}
+
+    def full_res() -> None:
+        # its own thread: a thread's priority can be lowered, but not raised back unprivileged
+        _nice_this_thread(FULL_RES_THREAD_NICE)
+        try:
+            be.create_copy("GTiff", info.path, full, gtiff)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller's thread
+            full_outcome["error"] = exc
+        full_outcome["seconds"] = time.perf_counter() - t0
+
+    full_thread = threading.Thread(target=full_res, name="generate_cog-full-res", daemon=True)
+    full_thread.start()
+    full_thread.join()
+    timings["cog_full_res"] = full_outcome.get("seconds", 0.0)
+    worker.join()
+    if "error" in full_outcome:
+        raise full_outcome["error"]
     timings["cog_overviews"] = outcome.get("overviews", 0.0)
     if "error" in outcome:
         raise outcome["error"]
@@ -1588,8 +1602,7 @@ def convert(
             raise ConversionError(code, f"cannot write in {os.path.dirname(tmp_vrt)}: {exc.strerror}") from None
 
         method = cog_method(info, resampling)
-        # Parallel path: the JPEG runs at low priority beside the COG threads, except for
-        # single-band inputs, where it runs after the COG (libjpeg's whole-image coefficient
+        # Parallel path: the JPEG runs beside the COG threads, except for single-band inputs, where it runs after the COG (libjpeg's whole-image coefficient
         # buffer on top of the COG threads' buffers would exceed the original tool's memory).
         jpeg_after = method == "parallel" and info.count == 1
         if method == "parallel" and cache_default:
@@ -1607,10 +1620,8 @@ def convert(
         be.set_cachemax(cachemax_mb << 20)
         jpeg_outcome: Dict[str, Any] = {}
 
-        def make_jpeg(nice: int = 0) -> None:
+        def make_jpeg() -> None:
             t0 = time.perf_counter()
-            if nice:
-                _nice_this_thread(nice)
             try:
                 be.create_copy("JPEG", tmp_vrt, tmp_jpg, {"QUALITY": str(JPEG_QUALITY)})
                 _remove_sidecar(tmp_jpg)
@@ -1622,12 +1633,7 @@ def convert(
             jpeg_outcome["seconds"] = time.perf_counter() - t0
 
         with _Config(config):
-            jpeg_thread = threading.Thread(
-                target=make_jpeg,
-                name="generate_cog-jpeg",
-                daemon=True,
-                kwargs={"nice": JPEG_THREAD_NICE if method == "parallel" else 0},
-            )
+            jpeg_thread = threading.Thread(target=make_jpeg, name="generate_cog-jpeg", daemon=True)
             if not jpeg_after:
                 jpeg_thread.start()
             t0 = time.perf_counter()
