@@ -790,6 +790,8 @@ def test_osgeo_parallel_single_band_jpeg_runs_after_the_cog(tmp_path: Path) -> N
     copies = [e for e in events if e[0] == "copy"]
     assert copies[-1] == ["copy", "JPEG", "MainThread"]
     assert all(e[1] == "GTiff" for e in copies[:-1])
+    assert ["copy", "GTiff", "MainThread"] in copies  # full resolution in the calling thread, not niced
+    assert not [e for e in events if e[0] == "nice"]
     assert events.index(["trim"]) < events.index(copies[-1])
     assert [e[1] for e in events if e[0] == "cache"][:2] == [64, 16]
 
