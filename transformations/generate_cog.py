@@ -1787,7 +1787,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bands", type=int, default=None, help="band count the manifest gives; the file wins (exit 5 on mismatch)")
     p.add_argument("--resampling", default=None, help=f"overview resampling (default: the COG driver's; env {RESAMPLING_ENV})")
     p.add_argument("--threads", type=int, default=None, help=f"GDAL threads (default: env {THREADS_ENV}, OMP_NUM_THREADS, or the CPUs available)")
-    p.add_argument("--cachemax", type=int, default=None, help=f"GDAL block cache in MB (default {DEFAULT_CACHEMAX_MB}; env {CACHEMAX_ENV})")
+    p.add_argument("--cachemax", type=int, default=None, help=f"GDAL block cache in MB (default {DEFAULT_CACHEMAX_MB}, {PARALLEL_CACHEMAX_MB} on the parallel COG path; env {CACHEMAX_ENV})")
     p.add_argument("--verify-pixels", action="store_true", help="also compare full-resolution checksums of input and COG")
     p.add_argument("--verbose", "-v", action="store_true", help="print a summary and GDAL's own messages")
     return p
