@@ -139,6 +139,8 @@ def scan(**kw: Any) -> None:
         return
     if not (report.claimed or report.resumed):
         click.echo("nothing to do: no manifest matches and no run is waiting")
+    if report.errors:
+        sys.exit(EXIT_ERROR)
 
 
 @main.command("reconcile")

@@ -14,7 +14,8 @@ from typing import Any
 
 from .claim import Claim, claim_one, look, recover_claims, scan_lock
 from .rundir import CLAIMED, GENERATED, RECONCILED, RUNNING, RunDir, list_run_dirs, process_alive, this_host
-from .store import ObjectStore, StoreConfig, open_store
+from .engine_local import WorkflowError
+from .store import ObjectStore, StoreConfig, StoreError, open_store
 
 Echo = Callable[[str], None]
 
@@ -44,6 +45,7 @@ class ScanReport:
     reconciled: list[RunDir] = field(default_factory=list)
     in_flight: list[RunDir] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # runs that stopped on an error this tick
 
 
 def run_is_active(run_dir: RunDir) -> bool:
@@ -125,6 +127,11 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
     for run_dir in [*report.claimed, *report.resumed]:
         try:
             carry_on(run_dir, options, input_store, echo)
+        except (StoreError, WorkflowError, OSError) as exc:
+            # One run's trouble (an unreachable bucket, a broken run directory) must not hold up the others;
+            # this run stays where it stopped and the next tick carries it on.
+            report.errors.append(f"{run_dir.path.name}: {exc}")
+            echo(f"error: {run_dir.path.name}: {exc}; left for the next tick")
         finally:
             # Whatever happened, this process no longer carries the run: the next tick may (a killed process
             # is noticed by its pid instead).

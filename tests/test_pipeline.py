@@ -347,3 +347,33 @@ def test_cli_scan_on_s3_without_credentials_fails_clearly(s3_server, bucket_name
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "credentials" in proc.stderr.lower()
+
+
+def test_one_runs_error_does_not_hold_up_the_others(tmp_path, monkeypatch):
+    from cog_pipeline.store import StoreConfig, StoreError
+    from tests.conftest import Buckets
+
+    root = tmp_path / "buckets"
+    (root / "out").mkdir(parents=True)
+    make_example_bucket(root / "in", manifest_name="a_raw.csv", size=64)
+    (root / "in" / "b_raw.csv").write_text((root / "in" / "a_raw.csv").read_text())
+    buckets = Buckets("folder", StoreConfig(local_root=root), "in", "out")
+    opts = options(buckets, tmp_path)
+
+    import cog_pipeline.pegasus.workflow_gen as workflow_gen
+
+    real_generate = workflow_gen.generate
+
+    def generate_fails_for_a(run_dir, *args, **kwargs):
+        if run_dir.load().manifest_key == "a_raw.csv":
+            raise StoreError("s3://in: S3 error SlowDown")
+        return real_generate(run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(workflow_gen, "generate", generate_fails_for_a)
+    report = scan(opts)
+    assert len(report.errors) == 1 and "SlowDown" in report.errors[0]
+    assert [r.load().manifest_key for r in report.reconciled] == ["b_raw.csv"]
+    monkeypatch.undo()
+    report = scan(opts)
+    assert [r.load().manifest_key for r in report.reconciled] == ["a_raw.csv"] and not report.errors
+    assert len(list((root / "in").glob("*_processed-*.csv"))) == 2
