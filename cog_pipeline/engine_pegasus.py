@@ -39,9 +39,13 @@ written by ``pegasus/workflow_gen.py`` and read unchanged by the local engine. T
     What the END hook runs on the pegasus engine (``python -m cog_pipeline.engine_pegasus finish RUN_DIR``)
     and what the tick runs as its fallback. ``collect_job_records`` reads ``jobstate.log`` and writes
     ``jobs/<id>.json`` in the local engine's ``JobRecord`` format (exit code, category, attempts) for every
-    conversion node that reached a final state, so failed rows get a reason. Limitation: the converter's own
-    stderr line is not extracted from kickstart records; the reason names the exit category and points to
-    ``pegasus-analyzer``. Clustered jobs (``--cluster-size``) cannot be mapped to rows and get no record.
+    conversion node that reached a final state, so failed rows get a reason. The reason is the converter's
+    own last stderr line (``INPUT_UNREADABLE: ...``; a success's ``WARNING ...`` line becomes the record's
+    ``warning``), read from the job's latest pegasus-kickstart YAML record in the submit directory
+    (``<submit>/00/00/generate_cog_ID0000001.out.NNN``, rotated by pegasus-exitcode: ``files: stderr: data``
+    of the ``- invocation: True`` record). When that record is missing, truncated or unparsable, the reason
+    names the exit category and points to ``pegasus-analyzer``. Only that one line is copied (never the
+    record's ``environment``). Clustered jobs (``--cluster-size``) cannot be mapped to rows and get no record.
 """
 
 from __future__ import annotations
@@ -73,6 +77,10 @@ JOB_NODE_RE = re.compile(r"^generate_cog_(ID\d+)$")
 _SUBMITTED_RE = re.compile(r"submitted to cluster (\d+)")
 _DIR_IN_OUTPUT_RE = re.compile(r"pegasus-(?:run|status -l|status|remove|analyzer)\s+(/\S+)")
 _EVENT_RE = re.compile(r"^(\d{3}) \((\d+)\.(\d+)\.(\d+)\)")
+# A job's kickstart output in the submit directory: <node>.out while it runs, then <node>.out.000, .001, ...
+# once pegasus-exitcode (the POST script) has rotated it, one per attempt.
+_KICKSTART_OUT_RE = re.compile(r"^generate_cog_(ID\d+)\.out(?:\.(\d{3}))?$")
+_MAX_REASON_CHARS = 500
 
 
 class PegasusUnavailable(WorkflowError):
@@ -465,6 +473,101 @@ def parse_jobstate(submit_dir: Path) -> dict[str, dict[str, Any]]:
     return nodes
 
 
+def _kickstart_outputs(submit_dir: Path) -> dict[str, Path]:
+    """Per conversion job, its latest kickstart output file (the highest .out.NNN; a bare .out is newer still).
+
+    Pegasus' default (Hashed) submit mapper puts the files two levels down (00/00/); Flat puts them at the top.
+    """
+    latest: dict[str, tuple[int, Path]] = {}
+    for path in submit_dir.rglob("generate_cog_ID*.out*"):
+        match = _KICKSTART_OUT_RE.match(path.name)
+        if not match or not path.is_file():
+            continue
+        order = int(match.group(2)) if match.group(2) is not None else 1000
+        if match.group(1) not in latest or order > latest[match.group(1)][0]:
+            latest[match.group(1)] = (order, path)
+    return {job_id: path for job_id, (_, path) in latest.items()}
+
+
+_RECORD_LOADER: type | None = None
+
+
+def _record_loader() -> type:
+    """A SafeLoader that keeps timestamps as text (a record's dates are not needed and must not fail parsing)."""
+    global _RECORD_LOADER
+    if _RECORD_LOADER is None:
+        import yaml
+
+        class RecordLoader(yaml.SafeLoader):
+            pass
+
+        RecordLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.yaml_constructors["tag:yaml.org,2002:str"])
+        _RECORD_LOADER = RecordLoader
+    return _RECORD_LOADER
+
+
+def _invocation_records(text: str) -> list[dict[str, Any]]:
+    """Every parsable ``- invocation: True`` record in a kickstart output (a file may hold several, with
+    ``---------------pegasus-multipart`` or ``[cluster-...]`` parts between them). A record that does not
+    parse (truncated, garbage) is skipped."""
+    import yaml
+
+    chunks: list[list[str]] = []
+    current: list[str] | None = None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("- invocation:"):
+            current = [line]
+            chunks.append(current)
+        elif current is not None and (line[:1] in (" ", "\t") or not line.strip()):
+            current.append(line)
+        else:  # a multipart marker, a cluster line, another top-level item: this record has ended
+            current = None
+    records = []
+    loader = _record_loader()
+    for chunk in chunks:
+        try:
+            doc = yaml.load("".join(chunk), Loader=loader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError:
+            continue
+        if isinstance(doc, list) and doc and isinstance(doc[0], dict) and doc[0].get("invocation") is True:
+            records.append(doc[0])
+    return records
+
+
+def _main_job_stderr(record: dict[str, Any]) -> tuple[str | None, int | None]:
+    """(the main job's captured stderr, its exit code) from one invocation record; None where absent."""
+    files = record.get("files")
+    stderr = files.get("stderr") if isinstance(files, dict) else None
+    data = stderr.get("data") if isinstance(stderr, dict) else None
+    mainjob = record.get("mainjob")
+    status = mainjob.get("status") if isinstance(mainjob, dict) else None
+    code = status.get("regular_exitcode") if isinstance(status, dict) else None
+    return (data if isinstance(data, str) else None), (code if isinstance(code, int) and not isinstance(code, bool) else None)
+
+
+def kickstart_reason(path: Path | None, job_id: str, exit_code: int | None) -> str | None:
+    """The converter's last stderr line from the job's kickstart record, or None (never raises).
+
+    The record used is the last invocation of this job (``derivation``) preferring the ``generate_cog``
+    transformation. A record whose own exit code disagrees with jobstate.log's belongs to another attempt and
+    is not used.
+    """
+    if path is None:
+        return None
+    try:
+        records = [r for r in _invocation_records(path.read_text(encoding="utf-8", errors="replace")) if r.get("derivation") in (None, job_id)]
+        main = [r for r in records if "generate_cog" in str(r.get("transformation") or "")] or records
+        if not main:
+            return None
+        data, code = _main_job_stderr(main[-1])
+        if data is None or (code is not None and exit_code is not None and code != exit_code):
+            return None
+        line = last_line(data)
+        return line[:_MAX_REASON_CHARS] if line else None
+    except Exception:  # noqa: BLE001 - a reason is a nicety: any surprise means "use the exit category"
+        return None
+
+
 def collect_job_records(run_dir: RunDir) -> int:
     """Write jobs/<id>.json for conversion nodes that reached a final state in the submit directory."""
     submit_dir = run_dir.load().extra.get("submit_dir")
@@ -483,6 +586,10 @@ def collect_job_records(run_dir: RunDir) -> int:
     run_dir.jobs_dir.mkdir(parents=True, exist_ok=True)
     written = 0
     hint = f"details: pegasus-analyzer {submit_dir}"
+    try:
+        outputs = _kickstart_outputs(Path(submit_dir))
+    except Exception:  # noqa: BLE001 - without kickstart records the reasons fall back to the exit category
+        outputs = {}
     for job_id, node in nodes.items():
         path = run_dir.jobs_dir / f"{job_id}.json"
         state, code = node["state"], node["exit_code"]
@@ -500,9 +607,14 @@ def collect_job_records(run_dir: RunDir) -> int:
         else:  # JOB_ABORTED, SUBMIT_FAILED
             status, category, reason = "failed", "REMOVED", f"{state.lower().replace('_', ' ')} (condor_rm or DAG abort); {hint}"
         warning = None
+        converter_line = kickstart_reason(outputs.get(job_id), job_id, code) if state in ("JOB_SUCCESS", "JOB_FAILURE", "POST_SCRIPT_SUCCESS", "POST_SCRIPT_FAILURE") else None
         if status == "succeeded":
             category = EXIT_CATEGORIES.get(code or 0, "OK")
             warning = f"exit code {code} ({category})" if code else None
+            if converter_line and converter_line.startswith("WARNING"):
+                warning = converter_line
+        elif converter_line and code not in (None, 0):
+            reason = converter_line
         line = int(job_id[2:]) if job_id[2:].isdigit() else None
         seconds = float(node["last"] - node["first"]) if node["first"] is not None and node["last"] is not None else 0.0
         record = JobRecord(

@@ -594,3 +594,126 @@ def test_submitted_run_whose_submit_dir_was_not_named_is_found_again(submitted_r
     use_schedd(monkeypatch, [{"ClusterId": CLUSTER, "ProcId": 0, "JobStatus": 2}])
     assert engine_pegasus.workflow_is_running(run_dir) is True
     assert run_dir.load().extra["submit_dir"] == str(submit_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The converter's own reason line, from the jobs' pegasus-kickstart YAML records in the submit directory
+
+
+def kickstart_record(job_id: str, exit_code: int, stderr: str, *, transformation: str = "generate_cog") -> str:
+    """One invocation record as pegasus-kickstart 5 writes it to the job's stdout (trimmed to what matters)."""
+    data = textwrap.indent(stderr, " " * 8)
+    failed = exit_code != 0
+    env = '  environment:\n    "AWS_SECRET_ACCESS_KEY": "not-to-be-copied"\n' if failed else ""
+    return (
+        "- invocation: True\n"
+        "  version: 3.0\n"
+        "  start: 2025-03-12T12:39:36.752-07:00\n"
+        "  duration: 1.250\n"
+        f'  transformation: "{transformation}"\n'
+        f'  derivation: "{job_id}"\n'
+        '  resource: "condorpool"\n'
+        "  mainjob:\n"
+        "    start: 2025-03-12T12:39:36.754-07:00\n"
+        "    duration: 1.248\n"
+        "    status:\n"
+        f"      raw: {exit_code * 256}\n"
+        f"      regular_exitcode: {exit_code}\n"
+        "    argument_vector:\n"
+        '      - "--input"\n'
+        "  jobids:\n"
+        "    condor: 4243.0\n"
+        "  files:\n"
+        "    stdout:\n"
+        "      size: 0\n"
+        "    stderr:\n"
+        f"      size: {len(stderr)}\n"
+        "      data_truncated: false\n"
+        "      data: |\n"
+        f"{data}\n"
+        "    metadata:\n"
+        "      size: 0\n"
+        f"{env}"
+    )
+
+
+def write_kickstart(submit_dir: Path, job_id: str, text: str, attempt: int = 0) -> Path:
+    folder = submit_dir / "00" / "00"  # Pegasus' default Hashed submit mapper
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"generate_cog_{job_id}.out.{attempt:03d}"
+    path.write_text(text)
+    return path
+
+
+def finish_and_reasons(buckets: Buckets, run_dir: RunDir, submit_dir: Path, records: dict) -> str:
+    write_jobstate(submit_dir, records)
+    engine_pegasus.finish(run_dir)
+    assert run_dir.load().state == RECONCILED
+    return read_text(buckets, next(k for k in result_keys(buckets) if k.endswith("-reasons.csv")))
+
+
+def job_json(run_dir: RunDir, job_id: str) -> dict:
+    return json.loads((run_dir.jobs_dir / f"{job_id}.json").read_text())
+
+
+def test_kickstart_records_give_the_converter_reason_and_warning(submitted_run):
+    buckets, _, run_dir, submit_dir, records = submitted_run
+    corrupt = "ID0000003"
+    assert records[corrupt].exit_code == 3
+    # Two attempts: the latest record (.out.001) is the one used. Its file also holds a transfer invocation
+    # and a multipart integrity part, as PegasusLite jobs do.
+    write_kickstart(submit_dir, corrupt, kickstart_record(corrupt, 3, "INPUT_UNREADABLE: older attempt\n"), 0)
+    write_kickstart(
+        submit_dir, corrupt,
+        kickstart_record(corrupt, 0, "transfer ok\n", transformation="pegasus::transfer")
+        + kickstart_record(corrupt, 3, "opening the input\nINPUT_UNREADABLE: truncated: not a TIFF file (synthetic)\n\n")
+        + "---------------pegasus-multipart\n- integrity_summary:\n    succeeded: 1\n    failed: 0\n",
+        1,
+    )
+    write_kickstart(submit_dir, "ID0000001", kickstart_record("ID0000001", 0, "WARNING BAND_MISMATCH: manifest says 1 band, file has 2\n"))
+    write_kickstart(submit_dir, "ID0000002", kickstart_record("ID0000002", 0, ""))
+
+    reasons = finish_and_reasons(buckets, run_dir, submit_dir, records)
+    assert "INPUT_UNREADABLE: truncated: not a TIFF file (synthetic)" in reasons
+    assert "older attempt" not in reasons and "exit code 3" not in reasons
+    assert "not-to-be-copied" not in reasons
+    assert "input object does not exist" in reasons  # pre-flight failures are untouched
+    failed = job_json(run_dir, corrupt)
+    assert (failed["status"], failed["category"], failed["reason"]) == ("failed", "INPUT_UNREADABLE", "INPUT_UNREADABLE: truncated: not a TIFF file (synthetic)")
+    assert "not-to-be-copied" not in json.dumps([job_json(run_dir, j) for j in records])
+    warned = job_json(run_dir, "ID0000001")
+    assert (warned["status"], warned["reason"], warned["warning"]) == ("succeeded", "", "WARNING BAND_MISMATCH: manifest says 1 band, file has 2")
+    assert job_json(run_dir, "ID0000002")["warning"] is None
+
+
+@pytest.mark.parametrize("record", ["truncated", "garbage", "empty", "no stderr data", "other attempt", "none"])
+def test_unusable_kickstart_records_fall_back_to_the_exit_category(submitted_run, record):
+    buckets, _, run_dir, submit_dir, records = submitted_run
+    corrupt = "ID0000003"
+    full = kickstart_record(corrupt, 3, "INPUT_UNREADABLE: truncated: from the record\n")
+    text = {
+        "truncated": full[: full.index("  files:") + 40],  # cut inside the files section, before stderr
+        "garbage": "- invocation: True\n  mainjob: [unclosed\n  files: {stderr: {data: 'INPUT_UNREADABLE: x'\n\x00\x01",
+        "empty": "",
+        "no stderr data": full.replace("      data: |\n", "      ignored: |\n"),
+        "other attempt": kickstart_record(corrupt, 4, "INPUT_UNREADABLE: from another attempt\n"),  # jobstate says 3
+        "none": None,
+    }[record]
+    if text is not None:
+        write_kickstart(submit_dir, corrupt, text)
+    write_kickstart(submit_dir, "ID0000001", "- invocation: True\n  files:\n    stderr:\n      data: \"unterminated\n")
+
+    reasons = finish_and_reasons(buckets, run_dir, submit_dir, records)
+    assert "INPUT_UNREADABLE: exit code 3" in reasons and "pegasus-analyzer" in reasons
+    assert "from the record" not in reasons and "another attempt" not in reasons
+    assert job_json(run_dir, "ID0000001")["warning"] is None
+
+
+def test_kickstart_reason_never_raises(tmp_path):
+    assert engine_pegasus.kickstart_reason(None, "ID0000001", 3) is None
+    assert engine_pegasus.kickstart_reason(tmp_path / "missing.out.000", "ID0000001", 3) is None
+    binary = tmp_path / "generate_cog_ID0000001.out.000"
+    binary.write_bytes(b"\xff\xfe- invocation: True\n  files: [1, 2\n")
+    assert engine_pegasus.kickstart_reason(binary, "ID0000001", 3) is None
+    (tmp_path / "a-directory.out.000").mkdir()
+    assert engine_pegasus.kickstart_reason(tmp_path / "a-directory.out.000", "ID0000001", 3) is None
