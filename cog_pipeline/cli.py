@@ -27,6 +27,30 @@ def _fail(message: str, code: int = EXIT_ERROR) -> None:
     sys.exit(code)
 
 
+def _apply(func: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def bucket_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Which buckets and manifests: the identity of a scan, and of the Crondor that runs it."""
+    return _apply(func, [
+        click.option("--input-bucket", required=True, help="Bucket holding the images and the manifests."),
+        click.option("--output-bucket", required=True, help="Bucket receiving the COGs (same keys) and the .jpg previews."),
+        click.option("-p", "--pattern", default="*raw.csv", show_default=True, help="Glob matched against full manifest keys."),
+    ])
+
+
+def workflow_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """How each claimed manifest's workflow is generated (the same for a scan and for the Crondor's ticks)."""
+    return _apply(func, [
+        click.option("-m", "--max-running", type=click.IntRange(min=1), default=10000, show_default=True, help="Most conversion jobs running at once per workflow (DAGMan maxjobs)."),
+        click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, help="Retries per job."),
+        click.option("--cluster-size", type=click.IntRange(min=1), help="pegasus: cluster N images per HTCondor job."),
+    ])
+
+
 def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by every command that reaches buckets."""
     options = [
@@ -37,9 +61,7 @@ def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--retry-mode", type=click.Choice(["standard", "adaptive"]), default="standard", show_default=True, help="botocore retry mode; adaptive also rate-limits the client when the store pushes back."),
         click.option("--local-root", type=click.Path(file_okay=False, path_type=Path), help="Use local folders as buckets: bucket NAME is the folder DIR/NAME (the embedded default; no S3 needed)."),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _apply(func, options)
 
 
 def _store_config(kw: dict[str, Any]) -> StoreConfig:
@@ -90,16 +112,12 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--input-bucket", required=True, help="Bucket holding the images and the manifests.")
-@click.option("--output-bucket", required=True, help="Bucket receiving the COGs (same keys) and the .jpg previews.")
-@click.option("-p", "--pattern", default="*raw.csv", show_default=True, help="Glob matched against full manifest keys.")
+@bucket_options
 @store_options
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where workflow-run-<TS>/ directories are kept.")
 @click.option("--engine", type=click.Choice(["local", "pegasus"]), default="local", show_default=True, help="local: run the workflow here with a process pool; pegasus: pegasus-plan onto HTCondor.")
-@click.option("-m", "--max-running", type=click.IntRange(min=1), default=10000, show_default=True, help="Most conversion jobs running at once (DAGMan maxjobs).")
-@click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, help="Retries per job.")
+@workflow_options
 @click.option("--workers", type=click.IntRange(min=1), help="local engine: worker processes (default: one per CPU).")
-@click.option("--cluster-size", type=click.IntRange(min=1), help="pegasus: cluster N images per HTCondor job.")
 @click.option("--no-submit", is_flag=True, help="pegasus: plan the workflow but do not submit it.")
 @click.option("--dry-run", is_flag=True, help="List what would be claimed; change nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

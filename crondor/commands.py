@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import click
 
 from cog_pipeline import engine_pegasus
-from cog_pipeline.cli import EXIT_ERROR, _fail, _store_config, handle_errors, store_options
+from cog_pipeline.cli import EXIT_ERROR, _fail, _store_config, bucket_options, handle_errors, store_options, workflow_options
 from cog_pipeline.engine_pegasus import PegasusUnavailable
 from cog_pipeline.rundir import CLAIMED, GENERATED, RUNNING, list_run_dirs
 
@@ -77,30 +77,16 @@ def _next_run(ad: Any) -> str:
         return "not scheduled yet"
 
 
-def _identity_options(func):
-    for option in reversed(
-        [
-            click.option("--input-bucket", required=True, help="Bucket holding the images and the manifests."),
-            click.option("--output-bucket", required=True, help="Bucket receiving the COGs and previews."),
-            click.option("-p", "--pattern", default="*raw.csv", show_default=True, help="Glob matched against full manifest keys."),
-        ]
-    ):
-        func = option(func)
-    return func
-
-
 @click.group()
 def crondor() -> None:
     """Run `scan --engine pegasus` every 15 minutes on this HTCondor access point (a Crondor)."""
 
 
 @crondor.command()
-@_identity_options
+@bucket_options
 @store_options
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where run directories, crondor.sub and the Crondor's logs are kept.")
-@click.option("-m", "--max-running", type=click.IntRange(min=1), default=10000, show_default=True, help="Most conversion jobs running at once per workflow (DAGMan maxjobs).")
-@click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, help="DAGMan retries per job.")
-@click.option("--cluster-size", type=click.IntRange(min=1), help="Cluster N images per HTCondor job.")
+@workflow_options
 @click.option("--dry-run", is_flag=True, help="Write crondor.sub and print it; submit nothing.")
 @handle_errors
 def start(**kw: Any) -> None:
@@ -150,7 +136,7 @@ def start(**kw: Any) -> None:
 
 
 @crondor.command()
-@_identity_options
+@bucket_options
 @handle_errors
 def stop(input_bucket: str, output_bucket: str, pattern: str) -> None:
     """Remove the Crondor for these buckets and pattern (workflows already submitted keep running)."""
