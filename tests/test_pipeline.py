@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import rasterio
 
-from cog_pipeline import pipeline
 from cog_pipeline.examples import EXAMPLE_BAD_ROWS, EXAMPLE_IMAGES, make_example_bucket, write_raster
 from cog_pipeline.pipeline import ScanOptions, scan
-from cog_pipeline.rundir import GENERATED, RECONCILED, RUNNING, list_run_dirs
+from cog_pipeline.rundir import RECONCILED, list_run_dirs
 
 
 def options(buckets, tmp_path: Path, **kw) -> ScanOptions:
