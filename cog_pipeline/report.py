@@ -1,0 +1,359 @@
+"""The run report: one self-contained HTML page answering "did it work, what failed and why, how do I fix it".
+
+Built only from what the run directory holds (run.json, manifest.csv, preflight.json, reconcile.json,
+jobs/*.json) plus cheap looks at the buckets: one listing for sizes and, per processed image, a ranged
+read of its COG's smallest overview (a COG keeps it near the front, so GDAL fetches one or two 64 KiB
+blocks instead of the whole file or the full-size JPEG, and it works the same on S3 and folder buckets).
+Every piece may be missing: a report is written for a run in any state. Every key is user data and is
+escaped; the page fetches nothing and needs no JavaScript (one inline line only marks images as loaded).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .naming import RunNames, base_of
+from .store import ObjectStore, StoreError
+
+REPORT_NAME = "report.html"
+THUMB_PX = 192
+
+
+@dataclass
+class ImageRow:
+    """One processed image, as the report shows it."""
+
+    line: int
+    key: str
+    size_in: int | None = None
+    size_out: int | None = None
+    seconds: float | None = None
+    attempts: int | None = None
+    note: str = ""
+    thumbnail: str | None = None  # data: URI
+
+
+@dataclass
+class RunView:
+    """Everything the report shows, read from a run directory (pure data; rendering is separate)."""
+
+    name: str
+    info: dict[str, Any]
+    counts: dict[str, int]
+    failed: list[dict[str, Any]] = field(default_factory=list)  # line, text, reason, category, next_step
+    images: list[ImageRow] = field(default_factory=list)
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # job_id, key, status, seconds, end (epoch)
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def _job_records(run_dir: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted((run_dir / "jobs").glob("*.json")):
+        record = _read_json(path)
+        if isinstance(record, dict):
+            record["_end"] = path.stat().st_mtime  # written when the job ended: the timeline's end point
+            out.append(record)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What failed, and what to do about it
+
+def next_step(reason: str, category: str, resubmit: str) -> tuple[str, str]:
+    """(category, the concrete next step) for one failed row's reason. `resubmit` says how to resubmit."""
+    text = reason.lower()
+    rules: list[tuple[bool, str, str]] = [
+        ("duplicate of line" in text, "DUPLICATE", "Nothing extra: the row is the same image as the line named; fix that one."),
+        ("band count" in text and "malformed" in text, "BAD_ROW", f"Write the band count as a whole number (1-1024) in the row, then {resubmit}."),
+        ("malformed" in text, "BAD_ROW", f"Make the row 'key,bands', then {resubmit}."),
+        ("not valid utf-8" in text, "BAD_ROW", f"Save the manifest as UTF-8, then {resubmit}."),
+        (text.startswith("bad key"), "BAD_KEY", f"Rename the object (and the row) to a key ending in .tif without the problem named, then {resubmit}."),
+        ("input object does not exist" in text, "MISSING_INPUT", f"Upload the image (or correct the key's spelling in the row), then {resubmit}."),
+        (category == "BAND_MISMATCH" or "band_mismatch" in text, "BAND_MISMATCH", f"Fix the band count in the row to match the file, then {resubmit}."),
+        (category == "INPUT_UNREADABLE" or "input_unreadable" in text, "INPUT_UNREADABLE", f"Re-upload the image: it is corrupt or not a GeoTIFF. Then {resubmit}."),
+        (category == "UNSUPPORTED_INPUT" or "unsupported_input" in text, "UNSUPPORTED_INPUT", f"Convert the image to a supported layout (see docs/conversion.md), re-upload it, then {resubmit}."),
+        (category == "OUT_OF_DISK" or "out_of_disk" in text, "OUT_OF_DISK", f"Free disk on the workers (or request more), then {resubmit}."),
+        (category.startswith("STAGE_") or "stage-in" in text or "stage-out" in text, "TRANSFER", f"Check the buckets are reachable with the run's credentials, then {resubmit}."),
+        (category in ("HELD", "REMOVED", "JOB_FAILED"), category, f"Look at pegasus-analyzer's output for the job, then {resubmit}."),
+    ]
+    for matched, cat, step in rules:
+        if matched:
+            return cat, step
+    return (category or "NOT_DELIVERED"), f"Look at the job log in jobs/ and {resubmit}; if it fails again, report it."
+
+
+def _failed_rows(reconciled: dict[str, Any], records: list[dict[str, Any]], resubmit: str) -> list[dict[str, Any]]:
+    category_of = {int(r["line"]): str(r.get("category") or "") for r in records if r.get("line") is not None and r.get("status") == "failed"}
+    rows = []
+    for row in reconciled.get("rows", []):
+        if row.get("status") != "failed":
+            continue
+        line = int(row.get("line", 0))
+        reason = str(row.get("reason") or "")
+        category, step = next_step(reason, category_of.get(line, ""), resubmit)
+        rows.append({"line": line, "text": str(row.get("text", "")), "reason": reason, "category": category, "next_step": step})
+    return rows
+
+
+def _resubmit_hint(manifest_key: str, failed_key: str | None) -> str:
+    if not failed_key:
+        return "resubmit the row in a new manifest"
+    return f"resubmit by renaming {failed_key} to {base_of(manifest_key)}retry_raw.csv"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the run
+
+def load_run(run_dir: Path, *, output_store: ObjectStore | None = None, input_store: ObjectStore | None = None,
+             thumbnails: bool = True) -> RunView:
+    """Read a run directory (and, when stores are given, sizes and thumbnails) into a RunView."""
+    info = _read_json(run_dir / "run.json", {}) or {}
+    reconciled = _read_json(run_dir / "reconcile.json", {}) or {}
+    preflight = _read_json(run_dir / "preflight.json", {}) or {}
+    records = _job_records(run_dir)
+    result = dict(reconciled.get("result") or {})
+    resubmit = _resubmit_hint(str(info.get("manifest_key", "")), result.get("failed_key"))
+    rows = list(reconciled.get("rows", []))
+    counts = {
+        "rows": len(rows) if rows else _manifest_rows(run_dir),
+        "processed": int(result.get("processed", 0)),
+        "failed": int(result.get("failed", 0)),
+        "jobs": int(preflight.get("jobs", len(records))),
+        "job_failures": sum(r.get("status") == "failed" for r in records),
+    }
+    view = RunView(run_dir.name, info, counts, _failed_rows(reconciled, records, resubmit), result=result)
+    by_line = {int(r["line"]): r for r in records if r.get("line") is not None}
+    view.jobs = [
+        {"job_id": str(r.get("job_id", "")), "key": str(r.get("key") or ""), "status": str(r.get("status", "")),
+         "seconds": float(r.get("seconds") or 0.0), "end": float(r["_end"])}
+        for r in records
+    ]
+    keys = [_row_key(row) for row in rows if row.get("status") == "processed" and not str(row.get("note", "")).startswith("duplicate")]
+    sizes_in = _sizes(input_store, [k for _, k in keys if k])
+    sizes_out = _sizes(output_store, [k for _, k in keys if k])
+    for line, key in keys:
+        if not key:
+            continue
+        rec = by_line.get(line, {})
+        image = ImageRow(line, key, (sizes_in.get(key) or (None,))[0], (sizes_out.get(key) or (None,))[0],
+                         rec.get("seconds"), rec.get("attempts"), str(next((r.get("note", "") for r in rows if r.get("line") == line), "")))
+        if thumbnails and output_store is not None and key in sizes_out:
+            image.thumbnail = thumbnail_data_uri(output_store, key, sizes_out[key][0])
+        view.images.append(image)
+    return view
+
+
+def _manifest_rows(run_dir: Path) -> int:
+    try:
+        return sum(1 for line in (run_dir / "manifest.csv").read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
+def _row_key(row: dict[str, Any]) -> tuple[int, str | None]:
+    """A processed row's key, from its text, as the manifest parser reads it (split at the last comma)."""
+    from .manifest import parse_row
+
+    parsed = parse_row(int(row.get("line", 0)), str(row.get("text", "")))
+    return int(row.get("line", 0)), getattr(parsed, "key", None)
+
+
+def _sizes(store: ObjectStore | None, keys: list[str]) -> dict[str, tuple[int]]:
+    if store is None or not keys:
+        return {}
+    from .listing import find_keys
+
+    try:
+        return {k: (o.size,) for k, o in find_keys(store, keys).items()}
+    except StoreError:
+        return {}
+
+
+def thumbnail_data_uri(store: ObjectStore, key: str, size: int | None = None, max_px: int = THUMB_PX) -> str | None:
+    """A small JPEG data: URI of the COG's smallest overview, read by ranges; None when it cannot be read."""
+    import numpy as np
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    from .ranged import OPEN_NAME, opener_for
+
+    try:
+        opener, _ = opener_for(store, key, size)
+        with rasterio.open(OPEN_NAME, opener=opener) as src:
+            scale = max(src.width, src.height) / max_px
+            w, h = max(1, round(src.width / max(scale, 1))), max(1, round(src.height / max(scale, 1)))
+            bands = [1, 2, 3] if src.count >= 3 else [1]
+            data = src.read(bands, out_shape=(len(bands), h, w))
+        if data.dtype != np.uint8:
+            lo, hi = float(data.min()), float(data.max())
+            data = ((data - lo) / ((hi - lo) or 1) * 255).astype(np.uint8)
+        with MemoryFile() as mem:
+            with mem.open(driver="JPEG", width=w, height=h, count=len(bands), dtype="uint8", quality=75) as dst:
+                dst.write(data)
+            encoded = base64.b64encode(mem.read()).decode("ascii")
+        return f"data:image/jpeg;base64,{encoded}"
+    except Exception:  # noqa: BLE001 - a missing picture must never cost the report
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rendering
+
+_CSS = """
+:root{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#1b1f23;background:#fff}
+body{margin:0 auto;max-width:1100px;padding:12px}
+h1{font-size:1.4em;margin:.2em 0}h2{font-size:1.15em;margin:1.2em 0 .4em;border-bottom:1px solid #ddd}
+.counts{display:flex;flex-wrap:wrap;gap:8px}.count{flex:1 1 120px;border:1px solid #ddd;border-radius:6px;padding:8px;text-align:center}
+.count b{display:block;font-size:1.8em}.ok b{color:#1a7f37}.bad b{color:#cf222e}
+.scroll{overflow-x:auto}table{border-collapse:collapse;width:100%;font-size:.9em}
+th,td{border:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}th{background:#f6f8fa}
+td.num{text-align:right;white-space:nowrap}td.key{min-width:11em}code,.key{font-family:ui-monospace,Menlo,monospace;word-break:break-all}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px}
+figure{margin:0;border:1px solid #ddd;border-radius:6px;padding:6px;background:#fafafa}
+figure img{width:100%;height:auto;display:block;image-rendering:auto}figcaption{font-size:.8em;word-break:break-all}
+.bar{position:relative;height:14px;background:#eef}.bar span{position:absolute;top:0;bottom:0;background:#0969da}
+.bar span.failed{background:#cf222e}.meta{color:#57606a;font-size:.9em}
+@media (max-width:600px){body{padding:6px}th,td{padding:3px}.count b{font-size:1.4em}}
+"""
+# Marks the page when every picture has decoded: a browser test (and a person) can tell "thumbnails loaded".
+_SCRIPT = ("window.addEventListener('load',function(){var i=[].slice.call(document.images);"
+           "document.body.setAttribute('data-images-loaded',String(i.every(function(x){return x.complete&&x.naturalWidth>0}))+':'+i.length)})")
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _counts_html(view: RunView) -> str:
+    c = view.counts
+    cells = [("rows", c["rows"], ""), ("processed", c["processed"], "ok"), ("failed", c["failed"], "bad" if c["failed"] else "ok"),
+             ("jobs", c["jobs"], ""), ("job failures", c["job_failures"], "bad" if c["job_failures"] else "")]
+    return '<div class="counts">' + "".join(
+        f'<div class="count {cls}" data-count="{_e(name)}"><b>{value}</b>{_e(name)}</div>' for name, value, cls in cells) + "</div>"
+
+
+def _failed_html(view: RunView) -> str:
+    if not view.failed:
+        return "<p>No failed rows.</p>"
+    body = "".join(
+        f'<tr class="failed-row"><td class="num">{r["line"]}</td><td class="key">{_e(r["text"])}</td><td>{_e(r["category"])}</td>'
+        f'<td>{_e(r["reason"])}</td><td>{_e(r["next_step"])}</td></tr>' for r in view.failed)
+    return ('<div class="scroll"><table id="failed"><thead><tr><th>line</th><th>row</th><th>category</th><th>reason</th>'
+            f"<th>next step</th></tr></thead><tbody>{body}</tbody></table></div>")
+
+
+def _images_html(view: RunView) -> str:
+    if not view.images:
+        return "<p>No processed images.</p>"
+    figures = "".join(
+        f'<figure><img class="thumb" alt="{_e(i.key)}" src="{_e(i.thumbnail)}"><figcaption>{_e(i.key)}</figcaption></figure>'
+        for i in view.images if i.thumbnail)
+    rows = "".join(
+        f'<tr class="image-row"><td class="key">{_e(i.key)}</td><td class="num">{_bytes(i.size_in)}</td><td class="num">{_bytes(i.size_out)}</td>'
+        f'<td class="num">{(f"{i.size_out / i.size_in:.2f}" if i.size_in and i.size_out else "–")}</td>'
+        f'<td class="num">{(f"{i.seconds:.1f} s" if i.seconds is not None else "–")}</td><td class="num">{_e(i.attempts if i.attempts is not None else "–")}</td>'
+        f"<td>{_e(i.note)}</td></tr>" for i in view.images)
+    return (f'<div class="grid">{figures}</div><div class="scroll"><table id="images"><thead><tr><th>key</th><th>in</th>'
+            f'<th>out</th><th>out/in</th><th>conversion</th><th>attempts</th><th>note</th></tr></thead><tbody>{rows}</tbody></table></div>')
+
+
+def _timeline_html(view: RunView) -> str:
+    jobs = [j for j in view.jobs if j["seconds"] >= 0]
+    if not jobs:
+        return "<p>No job records.</p>"
+    start = min(j["end"] - j["seconds"] for j in jobs)
+    span = max(max(j["end"] for j in jobs) - start, 1e-3)
+    rows = []
+    for j in sorted(jobs, key=lambda j: j["end"] - j["seconds"]):
+        left = (j["end"] - j["seconds"] - start) / span * 100
+        width = max(j["seconds"] / span * 100, 0.5)
+        cls = "failed" if j["status"] == "failed" else ""
+        rows.append(f'<tr><td class="key">{_e(j["key"] or j["job_id"])}</td><td class="num">{j["seconds"]:.1f} s</td>'
+                    f'<td style="width:50%"><div class="bar"><span class="{cls}" style="left:{left:.2f}%;width:{width:.2f}%"></span></div></td></tr>')
+    return f'<p class="meta">Span {span:.1f} s from the first job start to the last job end.</p><div class="scroll"><table id="timeline">{"".join(rows)}</table></div>'
+
+
+def _engine_html(view: RunView) -> str:
+    info, extra = view.info, view.info.get("extra") or {}
+    parts = [f"<p>Engine: <b>{_e(info.get('engine', 'unknown'))}</b>; state <b>{_e(info.get('state', 'unknown'))}</b>.</p>"]
+    submit_dir = extra.get("submit_dir")
+    if info.get("engine") == "pegasus":
+        if submit_dir:
+            parts.append(f"<p>Submit directory: <code>{_e(submit_dir)}</code></p><pre><code>pegasus-analyzer {_e(_shell(submit_dir))}\n"
+                         f"pegasus-statistics -s all {_e(_shell(submit_dir))}</code></pre>")
+        else:
+            parts.append("<p>No submit directory recorded (the workflow was not submitted).</p>")
+    return "".join(parts)
+
+
+def _shell(text: str) -> str:
+    import shlex
+
+    return shlex.quote(str(text))
+
+
+def render(view: RunView) -> str:
+    """The whole page as one string: stdlib string building, every user value escaped."""
+    info, result = view.info, view.result
+    files = "".join(f"<li><code>{_e(result[k])}</code></li>" for k in ("processed_key", "failed_key", "reasons_key") if result.get(k))
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>cog-pipeline report: {_e(info.get('manifest_key', view.name))}</title><style>{_CSS}</style></head><body>"
+        f"<h1>Run {_e(view.name)}</h1><p class=\"meta\">Manifest <code>{_e(info.get('manifest_key', '?'))}</code> in "
+        f"<code>{_e(info.get('input_bucket', '?'))}</code> → <code>{_e(info.get('output_bucket', '?'))}</code>; report written {when}.</p>"
+        f"{_counts_html(view)}"
+        + (f"<ul>{files}</ul>" if files else "<p>Not reconciled yet: no result files.</p>")
+        + f"<h2>Failed rows</h2>{_failed_html(view)}<h2>Processed images</h2>{_images_html(view)}"
+        f"<h2>Job timeline</h2>{_timeline_html(view)}<h2>Engine</h2>{_engine_html(view)}"
+        f"<script>{_SCRIPT}</script></body></html>\n"
+    )
+
+
+def write_report(run_dir_path: Path, *, output_store: ObjectStore | None, input_store: ObjectStore | None = None) -> Path:
+    """Write report.html in the run directory (atomically) and return its path. Never needs a bucket."""
+    from . import atomic
+
+    run_dir_path = Path(run_dir_path)
+    page = render(load_run(run_dir_path, output_store=output_store, input_store=input_store))
+    path = run_dir_path / REPORT_NAME
+    atomic.write_bytes(path, page.encode("utf-8"), 0o644)
+    return path
+
+
+def report_key(manifest_key: str, timestamp: str) -> str:
+    """`Counties/test_raw.csv` at TS -> `Counties/test_report-TS.html`, beside the result files."""
+    return f"{RunNames(manifest_key, timestamp).base}report-{timestamp}.html"
+
+
+def upload_report(run_dir_path: Path, input_store: ObjectStore) -> str:
+    """Put the run's report.html beside its result files in the input bucket; returns the key."""
+    run_dir_path = Path(run_dir_path)
+    info = _read_json(run_dir_path / "run.json", {}) or {}
+    key = report_key(str(info["manifest_key"]), str(info["timestamp"]))
+    input_store.put_bytes(key, (run_dir_path / REPORT_NAME).read_bytes())
+    return key

@@ -1,0 +1,180 @@
+"""The run report: built from a real run (the pipeline on folder buckets, real rasters, failing rows), checked
+as HTML and rendered in a real headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from cog_pipeline.pipeline import ScanOptions, scan
+from cog_pipeline.report import next_step, report_key, upload_report, write_report
+from cog_pipeline.rundir import RunDir
+from cog_pipeline.store import LocalStore, StoreConfig
+
+from .conftest import REPO_ROOT
+
+HOSTILE = 'Eau Claire/<script>alert(1)</script> "&\' Ünïcødé.tif'
+GOOD = {
+    "Counties/WI/Wood/rgb.tif": ("rasterio/RGB.byte.tif", 3),
+    "Counties/WI/Wood/shade.tif": ("rasterio/shade.tif", 1),
+    HOSTILE: ("rasterio/RGBA.byte.tif", 4),
+}
+BAD_ROWS = [
+    "Counties/WI/Sauk/corrupt.tif,3",  # uploaded, damaged pixels
+    "Counties/WI/Sauk/not-uploaded.tif,3",
+    "Counties/WI/Sauk/typo.tif,three",
+]
+
+
+@pytest.fixture(scope="module")
+def run(shared_testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, StoreConfig]:
+    """One real scan, shared by this module's tests (converting is the slow part)."""
+    root = tmp_path_factory.mktemp("report") / "buckets"
+    for name in ("in", "out"):
+        (root / name).mkdir(parents=True)
+    for key, (src, _) in GOOD.items():
+        (root / "in" / key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared_testdata / src, root / "in" / key)
+    (root / "in/Counties/WI/Sauk").mkdir(parents=True)
+    shutil.copyfile(shared_testdata / "rasterio/corrupt.tif", root / "in/Counties/WI/Sauk/corrupt.tif")
+    rows = [f"{key},{bands}" for key, (_, bands) in GOOD.items()] + BAD_ROWS
+    (root / "in/batch_raw.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    config = StoreConfig(local_root=root)
+    options = ScanOptions("in", "out", config, root.parent / "work", workers=2, progress=False, workflow={"retries": 0})
+    report = scan(options, echo=lambda _m: None)
+    assert len(report.reconciled) == 1
+    return report.reconciled[0].path, config
+
+
+class _Collect(HTMLParser):
+    """Tags with attributes and text by element id/class: enough to assert on the page's structure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, {k: v or "" for k, v in attrs}))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _parse(page: str) -> _Collect:
+    parser = _Collect()
+    parser.feed(page)
+    return parser
+
+
+@pytest.mark.slow
+def test_report_counts_failures_and_thumbnails(run: tuple[Path, StoreConfig]) -> None:
+    run_dir, config = run
+    path = write_report(run_dir, output_store=LocalStore(config.local_root, "out"), input_store=LocalStore(config.local_root, "in"))
+    page = path.read_text(encoding="utf-8")
+    parsed = _parse(page)
+    counts = re.findall(r'data-count="(\w[\w ]*)"><b>(\d+)</b>', page)
+    assert dict(counts)["processed"] == "3" and dict(counts)["failed"] == "3" and dict(counts)["rows"] == "6"
+    assert page.count('class="failed-row"') == 3
+    text = "".join(parsed.text)
+    assert "Re-upload the image" in text  # corrupt.tif
+    assert "Upload the image (or correct the key" in text  # not-uploaded.tif
+    assert "whole number" in text  # 'three'
+    assert "retry_raw.csv" in text
+    thumbs = [a for t, a in parsed.tags if t == "img"]
+    assert len(thumbs) == 3 and all(a["src"].startswith("data:image/jpeg;base64,") for a in thumbs)
+    assert page.count('class="image-row"') == 3
+    assert "http://" not in page and "https://" not in page  # nothing fetched from anywhere
+
+
+@pytest.mark.slow
+def test_hostile_keys_are_escaped(run: tuple[Path, StoreConfig]) -> None:
+    run_dir, config = run
+    page = write_report(run_dir, output_store=LocalStore(config.local_root, "out")).read_text(encoding="utf-8")
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &quot;&amp;&#x27; Ünïcødé.tif" in page
+    assert page.count("<script>") == 1  # only the page's own image-loaded marker
+
+
+def test_report_of_a_bare_run_dir(tmp_path: Path) -> None:
+    """A run directory holding nothing but run.json (claimed, never run) still gets a report."""
+    (tmp_path / "run.json").write_text('{"manifest_key": "a_raw.csv", "engine": "pegasus", "state": "claimed", "extra": {}}')
+    page = write_report(tmp_path, output_store=None).read_text(encoding="utf-8")
+    assert "Not reconciled yet" in page and "No submit directory recorded" in page
+
+
+def test_pegasus_commands_are_named(tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text('{"manifest_key": "a_raw.csv", "engine": "pegasus", "state": "running", "extra": {"submit_dir": "/s/run 1"}}')
+    page = write_report(tmp_path, output_store=None).read_text(encoding="utf-8")
+    assert "pegasus-analyzer &#x27;/s/run 1&#x27;" in page
+    assert "pegasus-statistics -s all &#x27;/s/run 1&#x27;" in page
+
+
+@pytest.mark.parametrize(
+    ("reason", "category", "expected"),
+    [
+        ("malformed row: band count 'x' is not an integer", "", "BAD_ROW"),
+        ("bad key: key does not end in '.tif'", "", "BAD_KEY"),
+        ("input object does not exist: file:///x", "", "MISSING_INPUT"),
+        ("BAND_MISMATCH: manifest says 3 bands, file has 4", "BAND_MISMATCH", "BAND_MISMATCH"),
+        ("INPUT_UNREADABLE: cannot read", "INPUT_UNREADABLE", "INPUT_UNREADABLE"),
+        ("stage-in failed: boom", "STAGE_IN_FAILED", "TRANSFER"),
+        ("missing from the output bucket: a.tif", "", "NOT_DELIVERED"),
+    ],
+)
+def test_next_step_categories(reason: str, category: str, expected: str) -> None:
+    got, step = next_step(reason, category, "resubmit by renaming X")
+    assert got == expected and step
+
+
+@pytest.mark.slow
+def test_upload_beside_result_files(run: tuple[Path, StoreConfig]) -> None:
+    run_dir, config = run
+    write_report(run_dir, output_store=None)
+    store = LocalStore(config.local_root, "in")
+    key = upload_report(run_dir, store)
+    ts = RunDir(run_dir).timestamp
+    assert key == report_key("batch_raw.csv", ts) == f"batch_report-{ts}.html"
+    assert store.read_bytes(key)[0] == (run_dir / "report.html").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A real browser
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("Chromium is not installed (Debian: apt-get install chromium); the browser test cannot run")
+
+
+def _browser(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
+           "--virtual-time-budget=3000", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.slow
+def test_report_in_headless_chromium(run: tuple[Path, StoreConfig], tmp_path: Path) -> None:
+    run_dir, config = run
+    path = write_report(run_dir, output_store=LocalStore(config.local_root, "out"), input_store=LocalStore(config.local_root, "in"))
+    proc = _browser("--dump-dom", path.as_uri())
+    dom = proc.stdout
+    assert 'data-images-loaded="true:3"' in dom, proc.stderr[-2000:]
+    assert dom.count('class="failed-row"') == 3
+    assert '<b>3</b>processed' in dom
+    assert "<script>alert(1)</script>" not in dom.split("<script>window")[0]
+    shot = tmp_path / "report.png"
+    _browser(f"--screenshot={shot}", "--window-size=1000,1300", "--hide-scrollbars", path.as_uri())
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (REPO_ROOT / "docs").mkdir(exist_ok=True)
+    shutil.copyfile(shot, REPO_ROOT / "docs" / "report.png")
+    phone = tmp_path / "phone.png"
+    _browser(f"--screenshot={phone}", "--window-size=390,2400", path.as_uri())
+    assert phone.is_file()
