@@ -1,0 +1,158 @@
+"""Operator commands (`report`, `provenance`) and pure renderers for `status` (a rich table, or JSON).
+
+Kept apart from cli.py so the main group only has to `main.add_command(report_cmd)` and
+`main.add_command(provenance_cmd)`; the status renderers take plain row dicts so any status source works.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .store import StoreConfig, StoreError, open_store
+
+STATUS_COLUMNS = ("run", "state", "done", "failed", "age", "engine", "where")
+
+
+def _store_flags(func: Any) -> Any:
+    for option in reversed([
+        click.option("-e", "--endpoint", metavar="URL", help="S3-compatible endpoint (default: AWS)."),
+        click.option("-a", "--access-key-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="File holding the S3 access key."),
+        click.option("-s", "--secret-key-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="File holding the S3 secret key."),
+        click.option("--local-root", type=click.Path(file_okay=False, path_type=Path), help="Folders as buckets: bucket NAME is DIR/NAME."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _config(local_root: Path | None, endpoint: str | None, access: Path | None, secret: Path | None) -> StoreConfig:
+    if local_root and (endpoint or access or secret):
+        raise click.UsageError("--local-root uses folders as buckets; do not combine it with -e/-a/-s")
+    if bool(access) != bool(secret):
+        raise click.UsageError("give both -a and -s, or neither")
+    return StoreConfig(local_root=local_root.resolve() if local_root else None, endpoint=endpoint,
+                       access_key_file=access.resolve() if access else None, secret_key_file=secret.resolve() if secret else None)
+
+
+def split_location(location: str) -> tuple[str, str]:
+    """`s3://bucket/key` or `bucket/key` -> (bucket, key), literally: the key is not URL-decoded, and '#', '?',
+    '%' stay part of it (as the AWS CLI reads S3 URIs). Use --bucket/--key to avoid even this split."""
+    rest = location[len("s3://"):] if location.startswith("s3://") else location
+    bucket, sep, key = rest.partition("/")
+    if not sep or not bucket or not key:
+        raise click.UsageError(f"LOCATION must be s3://BUCKET/KEY or BUCKET/KEY, not {location!r}")
+    return bucket, key
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--no-thumbnails", is_flag=True, help="Do not reach the output bucket for thumbnails and sizes.")
+@click.option("--upload", is_flag=True, help="Also put it beside the result files as <base>report-<TS>.html.")
+def report_cmd(run_dir: Path, no_thumbnails: bool, upload: bool) -> None:
+    """(Re)write RUN_DIR/report.html: counts, failed rows with their fixes, thumbnails, timings."""
+    from .report import upload_report, write_report
+
+    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8")) if (run_dir / "run.json").is_file() else {}
+    output_store = input_store = None
+    try:
+        if info and not no_thumbnails:
+            config = StoreConfig.from_json(info.get("store") or {})
+            output_store = open_store(info["output_bucket"], config)
+            input_store = open_store(info["input_bucket"], config)
+        path = write_report(run_dir, output_store=output_store, input_store=input_store)
+        click.echo(str(path))
+        if upload:
+            if input_store is None:
+                input_store = open_store(info["input_bucket"], StoreConfig.from_json(info.get("store") or {}))
+            click.echo(f"uploaded {upload_report(run_dir, input_store)}")
+    except (StoreError, KeyError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+@click.command("provenance")
+@click.argument("location", required=False)
+@click.option("--bucket", help="Output bucket (with --key: no parsing of a location at all).")
+@click.option("--key", help="Object key of the COG, taken literally.")
+@_store_flags
+@click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Where workflow-run-<TS>/ directories are: also print the run record.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def provenance_cmd(location: str | None, bucket: str | None, key: str | None, local_root: Path | None, endpoint: str | None,
+                   access_key_file: Path | None, secret_key_file: Path | None, work_dir: Path | None, as_json: bool) -> None:
+    """Print where the COG at LOCATION (s3://BUCKET/KEY, or BUCKET/KEY with --local-root) came from.
+
+    Reads only the COG's header (ranged reads), never its pixels.
+    """
+    from .provenance import find_run_dir, read_provenance, read_provenance_lines
+
+    if (location is None) == (bucket is None and key is None) or (location is None and not (bucket and key)):
+        raise click.UsageError("give LOCATION, or both --bucket and --key")
+    if location is not None:
+        bucket, key = split_location(location)
+    assert bucket is not None and key is not None
+    try:
+        store = open_store(bucket, _config(local_root, endpoint, access_key_file, secret_key_file))
+        stats: dict[str, int] = {}
+        lineage = read_provenance(store, key, stats=stats)
+    except StoreError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - not a TIFF, damaged header: one clear line
+        click.echo(f"error: cannot read the header of {bucket}/{key}: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+    run: dict[str, Any] | None = None
+    lines: list[dict[str, Any]] = []
+    if work_dir and lineage.get("RUN_ID"):
+        found = find_run_dir(work_dir, lineage["RUN_ID"])
+        if found:
+            run = json.loads((found / "run.json").read_text(encoding="utf-8"))
+            run.pop("store", None)  # paths of key files: not lineage
+            lines = [ln for ln in read_provenance_lines(found) if any(o.get("key") == key for o in ln.get("outputs", []))]
+    if as_json:
+        click.echo(json.dumps({"bucket": bucket, "key": key, "lineage": lineage, "run": run, "provenance": lines,
+                               "header_requests": stats.get("requests")}, ensure_ascii=False, sort_keys=True))
+        return
+    click.echo(f"{bucket}/{key}")
+    if not lineage:
+        click.echo("  no COG_PIPELINE metadata: not written by cog-pipeline with provenance")
+    for name, value in sorted(lineage.items()):
+        click.echo(f"  {name}: {value}")
+    click.echo(f"  (header read in {stats.get('requests')} ranged request(s), {stats.get('bytes')} bytes)")
+    if run is not None:
+        click.echo(f"run {lineage['RUN_ID']}: state={run.get('state')} engine={run.get('engine')} manifest={run.get('manifest_key')}")
+        for line in lines:
+            click.echo(f"  attempts={line.get('attempts')} seconds={line.get('seconds')} host={line.get('host')} "
+                       f"source etag={line.get('source', {}).get('etag')}")
+    elif work_dir:
+        click.echo(f"run directory for {lineage.get('RUN_ID')!r} not found under {work_dir}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# status renderers (pure)
+
+def render_status_table(rows: list[dict[str, Any]], width: int = 120) -> str:
+    """A rich table of runs as plain text (no colour codes): one row per run, columns STATUS_COLUMNS."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"{len(rows)} run(s)", show_lines=False)
+    for column in STATUS_COLUMNS:
+        table.add_column(column, overflow="fold", justify="right" if column in ("done", "failed") else "left")
+    for row in rows:
+        # Text cells, never markup: keys and paths are user data, "[b]" must print as written.
+        table.add_row(*(Text(str(row.get(c, "") if row.get(c) is not None else "")) for c in STATUS_COLUMNS))
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+    console.print(table)
+    return console.export_text()
+
+
+def status_json(rows: list[dict[str, Any]]) -> str:
+    """Machine-readable status: a JSON array of the same rows, keys in a stable order, one line."""
+    return json.dumps([{c: row.get(c) for c in STATUS_COLUMNS} for row in rows], ensure_ascii=False)

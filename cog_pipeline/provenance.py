@@ -1,0 +1,161 @@
+"""Provenance: every COG says where it came from, and every run keeps a line per output.
+
+Three parts, one job each:
+- `provenance_metadata` is what the converter embeds in the COG's own GDAL metadata domain `COG_PIPELINE`
+  (stored in the TIFF's GDAL_METADATA tag, 42112, inside the header: pixels and the COG layout are
+  unchanged). On GDAL >= 3.8 the COG driver copies a source domain with the creation option
+  `SRC_MDD=COG_PIPELINE`; see `embed_with_copy`.
+- `append_provenance` writes `provenance.jsonl` in the run directory (input version -> output versions).
+- `read_provenance` reads that domain back from a bucket by ranged reads: GDAL's TIFF reader through
+  `ranged.opener_for` fetches the header's 64 KiB block(s) only, growing when the IFD or the tag lies
+  further in, and never downloads the pixels. The same code serves S3 (GetObject Range) and folder buckets.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .store import ObjectInfo, ObjectStore
+
+DOMAIN = "COG_PIPELINE"
+PROVENANCE_FILE = "provenance.jsonl"
+
+
+def provenance_metadata(
+    *,
+    source_bucket: str,
+    source_key: str,
+    source_etag: str,
+    source_size: int,
+    manifest_key: str,
+    run_id: str,
+    converter_version: str,
+    creation_options: dict[str, str] | None = None,
+    gdal_version: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, str]:
+    """KEY -> value for the COG_PIPELINE domain. Keys travel as values, never inside a URL."""
+    if gdal_version is None:
+        import rasterio
+
+        gdal_version = rasterio.__gdal_version__
+    options = creation_options or {}
+    return {
+        "SOURCE_BUCKET": source_bucket,
+        "SOURCE_KEY": source_key,
+        "SOURCE_ETAG": source_etag,
+        "SOURCE_SIZE": str(int(source_size)),
+        "MANIFEST_KEY": manifest_key,
+        "RUN_ID": run_id,
+        "CONVERTER_VERSION": converter_version,
+        "GDAL_VERSION": gdal_version,
+        "CREATION_OPTIONS": " ".join(f"{k}={v}" for k, v in sorted(options.items())),
+        "CREATED_UTC": (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def metadata_arguments(metadata: dict[str, str]) -> list[str]:
+    """The converter's command-line form: `--metadata KEY=VALUE` per item (one argv element each, no quoting)."""
+    out: list[str] = []
+    for key, value in metadata.items():
+        out += ["--metadata", f"{key}={value}"]
+    return out
+
+
+def embed_with_copy(src: Path, dst: Path, metadata: dict[str, str], **creation_options: Any) -> None:
+    """Write a COG of `src` at `dst` carrying `metadata` in the COG_PIPELINE domain (GDAL >= 3.8).
+
+    The domain is set on an in-memory VRT of the source and copied by the COG driver (SRC_MDD), so the
+    metadata lands in the header at creation time and the layout stays a valid COG.
+    """
+    import rasterio
+    from rasterio.shutil import copy
+    from rasterio.vrt import WarpedVRT  # noqa: F401 - imported for its side effect of registering VRT support
+
+    with rasterio.open(src) as source, rasterio.MemoryFile() as mem:
+        profile = source.profile | {"driver": "GTiff"}
+        with mem.open(**profile) as tmp:
+            tmp.write(source.read())
+            tmp.update_tags(ns=DOMAIN, **metadata)
+        with mem.open() as tagged:
+            copy(tagged, dst, driver="COG", SRC_MDD=DOMAIN, **({"compress": "LZW"} | creation_options))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# provenance.jsonl
+
+def provenance_line(
+    *,
+    record: dict[str, Any],
+    source: ObjectInfo | None,
+    outputs: dict[str, ObjectInfo],
+    source_bucket: str,
+    output_bucket: str,
+    run_id: str,
+    host: str | None = None,
+) -> dict[str, Any]:
+    """One line of provenance.jsonl from a job record and the listed versions of its input and outputs."""
+    return {
+        "run_id": run_id,
+        "source": {"bucket": source_bucket, "key": source.key if source else record.get("key"),
+                   "etag": source.etag if source else None, "size": source.size if source else None},
+        "outputs": [{"bucket": output_bucket, "key": o.key, "etag": o.etag, "size": o.size} for o in outputs.values()],
+        "status": record.get("status"),
+        "attempts": record.get("attempts"),
+        "seconds": record.get("seconds"),
+        "host": host or socket.gethostname(),
+        "written_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def append_provenance(run_dir: Path, line: dict[str, Any]) -> None:
+    """Append one JSON line, whole: one write() under O_APPEND and an exclusive lock, so lines never interleave."""
+    data = (json.dumps(line, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode("utf-8")
+    fd = os.open(Path(run_dir) / PROVENANCE_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def read_provenance_lines(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / PROVENANCE_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading it back from a bucket
+
+def read_provenance(store: ObjectStore, key: str, *, stats: dict[str, int] | None = None) -> dict[str, str]:
+    """The COG_PIPELINE domain of the object at `key`, by ranged reads of its header ({} when it has none).
+
+    `stats`, when given, receives the number of requests and bytes fetched.
+    """
+    import rasterio
+
+    from .ranged import OPEN_NAME, opener_for
+
+    opener, blocks = opener_for(store, key)
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+        with rasterio.open(OPEN_NAME, opener=opener) as src:
+            tags = dict(src.tags(ns=DOMAIN))
+    if stats is not None:
+        stats.update(requests=blocks.requests, bytes=blocks.bytes_fetched)
+    return tags
+
+
+def find_run_dir(work_dir: Path, run_id: str) -> Path | None:
+    """The run directory a RUN_ID names, under a work directory (run ids are claim timestamps)."""
+    from .naming import RUN_DIR_PREFIX
+
+    candidate = Path(work_dir) / f"{RUN_DIR_PREFIX}{run_id}"
+    return candidate if (candidate / "run.json").is_file() else None
