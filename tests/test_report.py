@@ -178,3 +178,44 @@ def test_report_in_headless_chromium(run: tuple[Path, StoreConfig], tmp_path: Pa
     phone = tmp_path / "phone.png"
     _browser(f"--screenshot={phone}", "--window-size=390,2400", path.as_uri())
     assert phone.is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Commands and status renderers
+
+@pytest.mark.slow
+def test_report_command_rewrites_and_uploads(run: tuple[Path, StoreConfig]) -> None:
+    from click.testing import CliRunner
+
+    from cog_pipeline.operator_cli import report_cmd
+
+    run_dir, config = run
+    (run_dir / "report.html").unlink(missing_ok=True)
+    result = CliRunner().invoke(report_cmd, [str(run_dir), "--upload"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == str(run_dir / "report.html")
+    assert 'data-count="processed"><b>3</b>' in (run_dir / "report.html").read_text(encoding="utf-8")
+    key = f"batch_report-{RunDir(run_dir).timestamp}.html"
+    assert f"uploaded {key}" in result.output and (config.local_root / "in" / key).is_file()
+
+
+def test_status_table_shows_user_text_literally() -> None:
+    from cog_pipeline.operator_cli import render_status_table
+
+    rows = [
+        {"run": "workflow-run-20261201-101500", "state": "running", "done": 7, "failed": 1, "age": "3m", "engine": "pegasus", "where": "/s/[b]x[/b] ü"},
+        {"run": "workflow-run-20261201-101600", "state": "reconciled", "done": 5, "failed": 0, "age": "1h", "engine": "local", "where": None},
+    ]
+    text = render_status_table(rows)
+    assert "2 run(s)" in text and "[b]x[/b] ü" in text and "\x1b[" not in text
+    line = next(ln for ln in text.splitlines() if "101500" in ln)
+    assert "running" in line and " 7 " in line and "pegasus" in line
+
+
+def test_status_json_is_stable() -> None:
+    import json
+
+    from cog_pipeline.operator_cli import STATUS_COLUMNS, status_json
+
+    out = json.loads(status_json([{"run": "r", "state": "running", "done": 1, "extra": "dropped"}]))
+    assert list(out[0]) == list(STATUS_COLUMNS) and out[0]["done"] == 1 and out[0]["failed"] is None
