@@ -186,6 +186,7 @@ def thumbnail_data_uri(store: ObjectStore, key: str, size: int | None = None, ma
     """A small JPEG data: URI of the COG's smallest overview, read by ranges; None when it cannot be read."""
     import numpy as np
     import rasterio
+    import rasterio.errors
     from rasterio.io import MemoryFile
 
     from .ranged import OPEN_NAME, opener_for
@@ -200,7 +201,10 @@ def thumbnail_data_uri(store: ObjectStore, key: str, size: int | None = None, ma
         if data.dtype != np.uint8:
             lo, hi = float(data.min()), float(data.max())
             data = ((data - lo) / ((hi - lo) or 1) * 255).astype(np.uint8)
-        with MemoryFile() as mem:
+        import warnings
+
+        with MemoryFile() as mem, warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a picture, not a map
             with mem.open(driver="JPEG", width=w, height=h, count=len(bands), dtype="uint8", quality=75) as dst:
                 dst.write(data)
             encoded = base64.b64encode(mem.read()).decode("ascii")
