@@ -125,6 +125,44 @@ def append_provenance(run_dir: Path, line: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def record_provenance(
+    run_dir: Path,
+    *,
+    sources: dict[str, ObjectInfo],
+    outputs: dict[str, ObjectInfo],
+    source_bucket: str,
+    output_bucket: str,
+) -> int:
+    """Write provenance.jsonl for every processed row of reconcile.json, whole and atomically; returns the lines.
+
+    For reconcile, which already holds `outputs` (its find_keys listing) and can list `sources` the same way:
+    rewriting the file (not appending) keeps a repeated reconcile from duplicating lines.
+    """
+    from . import atomic
+    from .manifest import parse_row
+
+    run_dir = Path(run_dir)
+    saved = json.loads((run_dir / "reconcile.json").read_text(encoding="utf-8"))
+    records: dict[int, dict[str, Any]] = {}
+    for path in (run_dir / "jobs").glob("*.json"):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("line") is not None:
+            records[int(record["line"])] = record
+    run_id = run_dir.name.rpartition("workflow-run-")[2]
+    lines = []
+    for row in saved.get("rows", []):
+        parsed = parse_row(int(row["line"]), str(row["text"]))
+        if row.get("status") != "processed" or not hasattr(parsed, "key") or str(row.get("note", "")).startswith("duplicate"):
+            continue
+        wanted = {k: outputs[k] for k in (parsed.key, parsed.jpg_key) if k in outputs}
+        record = records.get(parsed.line, {"key": parsed.key})
+        lines.append(provenance_line(record=record, source=sources.get(parsed.key), outputs=wanted,
+                                     source_bucket=source_bucket, output_bucket=output_bucket, run_id=run_id))
+    data = "".join(json.dumps(ln, ensure_ascii=False, sort_keys=True, default=str) + "\n" for ln in lines)
+    atomic.write_bytes(run_dir / PROVENANCE_FILE, data.encode("utf-8"), 0o644)
+    return len(lines)
+
+
 def read_provenance_lines(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / PROVENANCE_FILE
     if not path.is_file():

@@ -133,3 +133,45 @@ def test_lines_never_interleave(tmp_path: Path) -> None:
         p.join()
     lines = read_provenance_lines(tmp_path)
     assert len(lines) == 300 and {(ln["tag"], ln["i"]) for ln in lines} == {(t, i) for t in range(3) for i in range(100)}
+
+
+def _real_run(shared_testdata: Path, tmp_path: Path, key: str):
+    import shutil
+
+    from cog_pipeline.pipeline import ScanOptions, scan
+    from cog_pipeline.store import StoreConfig
+
+    root = tmp_path / "buckets"
+    (root / "out").mkdir(parents=True)
+    (root / "in" / key).parent.mkdir(parents=True)
+    shutil.copyfile(shared_testdata / "rasterio/byte.tif", root / "in" / key)
+    (root / "in" / "m_raw.csv").write_text(f"{key},1\nnope.tif,1\n", encoding="utf-8")
+    report = scan(ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", workers=1, progress=False), echo=lambda _m: None)
+    return root, report.reconciled[0].path
+
+
+@pytest.mark.slow
+def test_record_provenance_from_a_real_run(shared_testdata: Path, tmp_path: Path) -> None:
+    """After a real scan, one line per processed row (input version -> both outputs); a rerun does not duplicate."""
+    from cog_pipeline.listing import find_keys
+    from cog_pipeline.provenance import record_provenance
+    from cog_pipeline.store import LocalStore
+
+    key, jpg = "Eau Claire/a ü 'x' 1.tif", "Eau Claire/a ü 'x' 1.jpg"
+    root, run_dir = _real_run(shared_testdata, tmp_path, key)
+    src, out = LocalStore(root, "in"), LocalStore(root, "out")
+    sources, outputs = find_keys(src, [key]), find_keys(out, [key, jpg])
+    for _ in range(2):
+        assert record_provenance(run_dir, sources=sources, outputs=outputs, source_bucket="in", output_bucket="out") == 1
+    (line,) = read_provenance_lines(run_dir)
+    assert line["source"] == {"bucket": "in", "key": key, "etag": sources[key].etag, "size": sources[key].size}
+    assert sorted((o["key"], o["etag"]) for o in line["outputs"]) == sorted((k, outputs[k].etag) for k in (key, jpg))
+    assert line["attempts"] == 1 and line["status"] == "succeeded" and line["run_id"] == run_dir.name.removeprefix("workflow-run-")
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="engine_local.load_jobs builds f'{output_root}/{lfn}' and parse_location cuts the key at '#': "
+                   "both outputs land at 'Eau Claire/a ' (found while testing provenance; engine_local is not this branch's)")
+def test_local_engine_delivers_keys_with_hash(shared_testdata: Path, tmp_path: Path) -> None:
+    root, _ = _real_run(shared_testdata, tmp_path, "Eau Claire/a #1.tif")
+    assert sorted(p.name for p in (root / "out" / "Eau Claire").iterdir()) == ["a #1.jpg", "a #1.tif"]
