@@ -220,3 +220,36 @@ def test_status_json_is_stable() -> None:
 
     out = json.loads(status_json([{"run": "r", "state": "running", "done": 1, "extra": "dropped"}]))
     assert list(out[0]) == list(STATUS_COLUMNS) and out[0]["done"] == 1 and out[0]["failed"] is None
+
+
+def test_thumbnail_by_ranged_reads_on_both_stores(buckets, shared_testdata: Path, tmp_path: Path) -> None:
+    """The smallest overview, not the whole COG: few GetObject requests, a decodable JPEG of thumbnail size."""
+    import base64
+
+    import rasterio
+    from rasterio.io import MemoryFile
+    from rasterio.shutil import copy
+
+    from cog_pipeline.report import THUMB_PX, thumbnail_data_uri
+
+    cog = tmp_path / "cog.tif"
+    copy(shared_testdata / "rasterio/RGB.byte.tif", cog, driver="COG", compress="LZW", blocksize=256)
+    key = "Eau Claire/a b ü.tif"
+    buckets.output.upload(cog, key)
+    before = buckets.counter.by_operation.get("GetObject", 0)
+    uri = thumbnail_data_uri(buckets.output, key)
+    assert uri is not None and uri.startswith("data:image/jpeg;base64,")
+    with MemoryFile(base64.b64decode(uri.split(",", 1)[1])) as mem, mem.open() as img:
+        assert max(img.width, img.height) == THUMB_PX and img.count == 3
+    if buckets.kind == "s3":
+        assert 1 <= buckets.counter.by_operation["GetObject"] - before <= 3
+    assert rasterio.open(cog).overviews(1)  # the COG has overviews to read from
+
+
+def test_damaged_run_files_are_tolerated(tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text("{not json")
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "ID1.json").write_text('{"job_id": "ID1", "trunc')
+    (tmp_path / "manifest.csv").write_text("a.tif,1\nb.tif,1\n")
+    page = write_report(tmp_path, output_store=None).read_text(encoding="utf-8")
+    assert 'data-count="rows"><b>2</b>' in page and "No job records." in page
