@@ -89,7 +89,9 @@ def provenance_cmd(location: str | None, bucket: str | None, key: str | None, lo
     """
     from .provenance import find_run_dir, read_provenance, read_provenance_lines
 
-    if (location is None) == (bucket is None and key is None) or (location is None and not (bucket and key)):
+    if location is not None and (bucket or key):
+        raise click.UsageError("give LOCATION or --bucket/--key, not both")
+    if location is None and not (bucket and key):
         raise click.UsageError("give LOCATION, or both --bucket and --key")
     if location is not None:
         bucket, key = split_location(location)

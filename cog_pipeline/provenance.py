@@ -71,12 +71,11 @@ def metadata_arguments(metadata: dict[str, str]) -> list[str]:
 def embed_with_copy(src: Path, dst: Path, metadata: dict[str, str], **creation_options: Any) -> None:
     """Write a COG of `src` at `dst` carrying `metadata` in the COG_PIPELINE domain (GDAL >= 3.8).
 
-    The domain is set on an in-memory VRT of the source and copied by the COG driver (SRC_MDD), so the
+    The domain is set on an in-memory GeoTIFF copy of the source and copied by the COG driver (SRC_MDD), so the
     metadata lands in the header at creation time and the layout stays a valid COG.
     """
     import rasterio
     from rasterio.shutil import copy
-    from rasterio.vrt import WarpedVRT  # noqa: F401 - imported for its side effect of registering VRT support
 
     with rasterio.open(src) as source, rasterio.MemoryFile() as mem:
         profile = source.profile | {"driver": "GTiff"}
