@@ -1,14 +1,25 @@
 """Claim manifests: rename `*raw.csv` to `*processing-<TS>.csv` before any work is scheduled.
 
-The claim is the only step that must be exclusive. Its protocol, in order:
+The claim is the only step that must be exclusive, and it is fenced. Its protocol, in order:
 
-1. take a local lock (one scan at a time on this access point) and make `workflow-run-<TS>/`, state *claiming*;
-2. create the marker `<manifest>.claim` with a conditional create (S3 If-None-Match: *, O_EXCL-style on
-   folders): whoever creates it owns the claim, so two scans, even on two hosts, never both claim;
-3. copy the manifest into the run directory and create `<base>processing-<TS>.csv` (again create-if-absent);
-4. record *claimed*, then delete the raw manifest only if it is still the version read (If-Match), so a
-   manifest re-uploaded meanwhile is kept for the next tick, and finally delete the marker.
+1. take a local lock (one scan at a time on this access point) and make `workflow-run-<TS>/`, state *claiming*
+   (TS is the true claim second, `-N` for the N-th run in one second);
+2. create the marker `<manifest>.claim` with a conditional create (S3 If-None-Match: *, link() on folders).
+   Its content names the claimant (ClaimToken: host, pid, random id, time), so a PUT whose answer was lost
+   and whose retry got 412 is recognised as our own by reading the marker back;
+3. read the manifest, copy it into the run directory;
+4. fence: renew the marker (PUT If-Match its last ETag; a locked compare-and-swap on folders);
+5. create `<base>processing-<TS>.csv` (create-if-absent, lost answers recognised the same way);
+6. fence again. If it fails, a scan took the stale marker over while we were between 4 and 5: our
+   processing file is deleted (If-Match its ETag) and the claim is lost. (A scan that instead found our
+   processing file completed our claim: that is told apart by the raw manifest being gone and no other
+   processing file of the manifest existing.)
+7. record *claimed* and the token (with the processing file's ETag, for `fence_check` at reconcile);
+8. fence, delete the raw manifest only if it is still the version read (If-Match), so a manifest re-uploaded
+   meanwhile is kept for the next tick, and delete the marker If-Match our last version.
 
+A takeover of a marker nobody renewed for STALE_MARKER_AGE is a single conditional delete of exactly the
+version judged stale (`recover_claims`): one scan wins it, and the sleeper's next renewal fails.
 A crash between any two steps leaves either a raw manifest (claimed next time; an abandoned marker is
 cleaned up by `recover_claims`) or a processing file with its run directory (carried on next time).
 """

@@ -144,7 +144,7 @@ class Crash(Exception):
 class CrashAfter:
     """Wraps a store; the (n+1)-th mutating call raises Crash before it happens: a crash after n steps."""
 
-    MUTATING = {"create", "put_bytes", "delete", "upload"}
+    MUTATING = {"create", "put_bytes", "delete", "upload", "replace"}
 
     def __init__(self, store, steps: int) -> None:
         self._store = store
@@ -165,7 +165,7 @@ class CrashAfter:
         return wrapped
 
 
-CLAIM_MUTATIONS = 4  # marker create, processing create, raw delete, marker delete
+CLAIM_MUTATIONS = 7  # marker create, renew, processing create, renew, renew, raw delete, marker delete
 
 
 @pytest.mark.parametrize("steps", range(CLAIM_MUTATIONS))
@@ -293,3 +293,11 @@ def test_an_oversized_object_is_not_a_manifest(buckets, monkeypatch):
     buckets.put_text("x_raw.csv", MANIFEST)
     (pending,) = look(buckets.input, "*raw.csv").pending
     assert "too large" in pending.problem
+
+
+def test_the_crash_matrix_covers_every_mutating_step_of_a_claim(buckets, tmp_path):
+    buckets.put_text("batch_raw.csv", MANIFEST)
+    counting = CrashAfter(buckets.input, 100)
+    info = buckets.input.head("batch_raw.csv")
+    assert claim_one(counting, info, work_dir=tmp_path, output_bucket="out", store_config=buckets.config) is not None
+    assert counting.calls == CLAIM_MUTATIONS
