@@ -52,14 +52,18 @@ SCAN = textwrap.dedent(
     claim.STALE_MARKER_AGE = timedelta(seconds=float(sys.argv[5]))
     output_bucket = sys.argv[6]
     store = open_store(bucket, config)
-    if mode == "pause":
+    if mode in ("pause", "pause-after"):
         original = store.create
 
         def create(key, data):
-            if "processing-" in key:
+            if "processing-" in key and mode == "pause":
                 print("paused", flush=True)
                 sys.stdin.readline()
-            return original(key, data)
+            info = original(key, data)
+            if "processing-" in key and mode == "pause-after":
+                print("paused", flush=True)
+                sys.stdin.readline()
+            return info
 
         store.create = create
     with claim.scan_lock(work):
@@ -114,6 +118,36 @@ def test_scan_stalled_past_the_stale_age_never_claims_twice(buckets, tmp_path):
         len([k for k in keys if k.endswith("-reasons.csv")]),
         [k for k in keys if "processing-" in k or "_processed-" in k],
     ) == (1, 1, 1, [])
+
+
+@pytest.mark.slow
+def test_scan_stalled_after_its_processing_file_keeps_the_claim_another_scan_completed(buckets, tmp_path):
+    """A pauses right after creating its processing file; B finds the stale marker *with* that file and
+    completes A's claim (deletes the raw manifest and the marker); A wakes, fails to renew, and must
+    recognise that its claim stands rather than delete its processing file (which would lose the manifest)."""
+    buckets.put_text("batch_raw.csv", MANIFEST)
+    script = tmp_path / "scan.py"
+    script.write_text(SCAN)
+    first = _scan(buckets, script, tmp_path / "host-a", "pause-after")
+    try:
+        assert first.stdout.readline().strip() == "paused"
+        first.send_signal(signal.SIGSTOP)
+        time.sleep(STALE_SECONDS * 2)
+        out_b, _ = _scan(buckets, script, tmp_path / "host-b", "run").communicate(timeout=60)
+        assert "batch_raw.csv" not in buckets.input_keys()  # B completed A's claim
+        first.send_signal(signal.SIGCONT)
+        out_a, _ = first.communicate("\n", timeout=60)
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
+            first.kill()
+            first.wait()
+    keys = buckets.input_keys()
+    (run,) = list_run_dirs(tmp_path / "host-a")
+    assert (out_b.split(), out_a.split(), [k for k in keys if "processing-" in k], run.load().state) == (
+        [], ["claimed"], [run.load().processing_key], CLAIMED
+    )
+    assert not any(k.endswith(".claim") for k in keys) and list_run_dirs(tmp_path / "host-b") == []
 
 
 def _put_loses_first_response(store, key_part: str, seen: list[int]) -> None:
