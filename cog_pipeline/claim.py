@@ -44,7 +44,6 @@ from .naming import (
     PROCESSING_RE,
     RUN_DIR_PREFIX,
     RunNames,
-    format_timestamp,
     listing_prefix,
     matches_pattern,
     unique_timestamp,
