@@ -1,14 +1,25 @@
 """Claim manifests: rename `*raw.csv` to `*processing-<TS>.csv` before any work is scheduled.
 
-The claim is the only step that must be exclusive. Its protocol, in order:
+The claim is the only step that must be exclusive, and it is fenced. Its protocol, in order:
 
-1. take a local lock (one scan at a time on this access point) and make `workflow-run-<TS>/`, state *claiming*;
-2. create the marker `<manifest>.claim` with a conditional create (S3 If-None-Match: *, O_EXCL-style on
-   folders): whoever creates it owns the claim, so two scans, even on two hosts, never both claim;
-3. copy the manifest into the run directory and create `<base>processing-<TS>.csv` (again create-if-absent);
-4. record *claimed*, then delete the raw manifest only if it is still the version read (If-Match), so a
-   manifest re-uploaded meanwhile is kept for the next tick, and finally delete the marker.
+1. take a local lock (one scan at a time on this access point) and make `workflow-run-<TS>/`, state *claiming*
+   (TS is the true claim second, `-N` for the N-th run in one second);
+2. create the marker `<manifest>.claim` with a conditional create (S3 If-None-Match: *, link() on folders).
+   Its content names the claimant (ClaimToken: host, pid, random id, time), so a PUT whose answer was lost
+   and whose retry got 412 is recognised as our own by reading the marker back;
+3. read the manifest, copy it into the run directory;
+4. fence: renew the marker (PUT If-Match its last ETag; a locked compare-and-swap on folders);
+5. create `<base>processing-<TS>.csv` (create-if-absent, lost answers recognised the same way);
+6. fence again. If it fails, a scan took the stale marker over while we were between 4 and 5: our
+   processing file is deleted (If-Match its ETag) and the claim is lost. (A scan that instead found our
+   processing file completed our claim: that is told apart by the raw manifest being gone and no other
+   processing file of the manifest existing.)
+7. record *claimed* and the token (with the processing file's ETag, for `fence_check` at reconcile);
+8. fence, delete the raw manifest only if it is still the version read (If-Match), so a manifest re-uploaded
+   meanwhile is kept for the next tick, and delete the marker If-Match our last version.
 
+A takeover of a marker nobody renewed for STALE_MARKER_AGE is a single conditional delete of exactly the
+version judged stale (`recover_claims`): one scan wins it, and the sleeper's next renewal fails.
 A crash between any two steps leaves either a raw manifest (claimed next time; an abandoned marker is
 cleaned up by `recover_claims`) or a processing file with its run directory (carried on next time).
 """
@@ -21,9 +32,10 @@ import os
 import shutil
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 
@@ -32,17 +44,28 @@ from .naming import (
     PROCESSING_RE,
     RUN_DIR_PREFIX,
     RunNames,
-    format_timestamp,
     listing_prefix,
     matches_pattern,
-    parse_timestamp,
+    unique_timestamp,
 )
 from .rundir import ABANDONED, CLAIMED, CLAIMING, RunDir, RunInfo, list_run_dirs
 from .store import ObjectInfo, ObjectStore, PreconditionFailed, StoreConfig, StoreError
 
 LOCK_NAME = ".cog-pipeline.lock"
-# A marker older than this whose claim never completed is abandoned (a claim takes seconds).
+# A marker not renewed for this long is abandoned (a claim takes seconds and renews at every step).
+# COG_PIPELINE_STALE_MARKER_AGE (seconds) overrides it, for tests that reproduce a stall in seconds.
 STALE_MARKER_AGE = timedelta(minutes=10)
+
+
+def stale_marker_age() -> timedelta:
+    """STALE_MARKER_AGE, or the environment's override (read at each call, so a test can set it)."""
+    value = os.environ.get("COG_PIPELINE_STALE_MARKER_AGE")
+    if value:
+        try:
+            return timedelta(seconds=float(value))
+        except ValueError:
+            pass
+    return STALE_MARKER_AGE
 
 
 class ClaimError(RuntimeError):
@@ -59,6 +82,7 @@ class PendingManifest:
 class Claim:
     run_dir: RunDir
     names: RunNames
+    token: ClaimToken | None = None
 
 
 @contextmanager
@@ -90,6 +114,42 @@ class BucketView:
     processing: list[ObjectInfo]
 
 
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024  # ~5 million rows; anything bigger is not a manifest someone wrote
+SNIFF_BYTES = 1024
+# Magic numbers of files that are certainly not a manifest (TIFF first: the images live in the same bucket).
+_BINARY_MAGIC = {
+    b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image", b"II+\x00": "a BigTIFF image", b"MM\x00+": "a BigTIFF image",
+    b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"PK\x03\x04": "a zip archive",
+    b"\x1f\x8b": "a gzip file", b"%PDF": "a PDF",
+}
+
+
+def manifest_object_problem(store: ObjectStore, info: ObjectInfo) -> str | None:
+    """Why a matched object is not a text CSV manifest, or None. Reads at most its first KiB (a ranged GET).
+
+    A glob can match more than manifests (an image named `x.csv`, an export left in the bucket); such an
+    object is skipped and reported, never renamed or deleted. Text means: no known binary magic (TIFF
+    `II*\\0`/`MM\\0*` first), no NUL byte and few other control bytes. Bytes above 0x7f are allowed: a
+    Latin-1 row is still a row, and fails by itself with its bytes returned.
+    """
+    if info.size > MAX_MANIFEST_BYTES:
+        return f"{info.key} is {info.size} bytes, too large to be a manifest (at most {MAX_MANIFEST_BYTES})"
+    if info.size == 0:
+        return None  # an empty manifest is answered with an empty processed file
+    try:
+        head = store.read_head(info.key, SNIFF_BYTES)
+    except StoreError:
+        return None  # gone since the listing: the claim will notice
+    for magic, what in _BINARY_MAGIC.items():
+        if head.startswith(magic):
+            return f"{info.key} is {what}, not a CSV manifest; it is left in place"
+    controls = sum(b < 32 and b not in (9, 10, 12, 13) for b in head)
+    # One stray control byte is a bad row (it fails by itself); NULs or many control bytes are a binary file.
+    if b"\x00" in head or controls * 10 > len(head):
+        return f"{info.key} holds binary data (NUL or control bytes), not a text CSV manifest; it is left in place"
+    return None
+
+
 def look(store: ObjectStore, pattern: str) -> BucketView:
     """List the bucket once under the pattern's literal prefix and sort what is there."""
     manifests: list[ObjectInfo] = []
@@ -109,8 +169,8 @@ def look(store: ObjectStore, pattern: str) -> BucketView:
     pending = []
     for info in manifests:
         same = by_name[PurePosixPath(info.key).name]
-        problem = None
-        if len(same) > 1:
+        problem = manifest_object_problem(store, info)
+        if problem is None and len(same) > 1:
             problem = (
                 f"manifest base name {PurePosixPath(info.key).name!r} is not unique in the bucket "
                 f"({', '.join(sorted(same))}); rename all but one so results cannot be confused"
@@ -120,29 +180,137 @@ def look(store: ObjectStore, pattern: str) -> BucketView:
 
 
 def allocate_run_dir(work_dir: Path, now: datetime | None = None) -> tuple[str, RunDir]:
-    """A fresh workflow-run-<TS>/ whose TS no other run has used, bumping by a second when needed."""
-    moment = (now or datetime.now(timezone.utc)).replace(microsecond=0)
-    existing = sorted(p.name for p in work_dir.glob(f"{RUN_DIR_PREFIX}*"))
-    if existing:
-        try:
-            latest = parse_timestamp(existing[-1][len(RUN_DIR_PREFIX) :])
-            moment = max(moment, latest + timedelta(seconds=1))
-        except ValueError:
-            pass
+    """A fresh workflow-run-<TS>/ named for the true claim second: the N-th run in one second gets `-N`.
+
+    Earlier versions bumped the time by a second per collision, so a tick claiming many manifests dated
+    them into the future; the suffix keeps every name unique and every timestamp true.
+    """
+    moment = now or datetime.now(timezone.utc)
+    ordinal = 1
     while True:
-        ts = format_timestamp(moment)
+        ts = unique_timestamp(moment, ordinal)
         path = work_dir / f"{RUN_DIR_PREFIX}{ts}"
         try:
             path.mkdir(parents=True)
             return ts, RunDir(path)
         except FileExistsError:
-            moment += timedelta(seconds=1)
+            ordinal = 2 if ordinal == 1 else ordinal + 1
 
 
-def _marker_body(names: RunNames, etag: str) -> bytes:
-    return json.dumps(
-        {"timestamp": names.timestamp, "host": socket.gethostname(), "pid": os.getpid(), "etag": etag}
-    ).encode()
+# ---------------------------------------------------------------------------------------------- fencing
+
+
+class ClaimLost(RuntimeError):
+    """This scan no longer owns the claim (its marker was taken over, or its processing file is not its own)."""
+
+
+@dataclass(frozen=True)
+class ClaimToken:
+    """Who claims: written into the marker so the owner (and only it) recognises the marker as its own."""
+
+    id: str  # random: unique even for two claims by one process in one second
+    host: str
+    pid: int
+    created: str  # ISO time on the claimant's clock, for people reading the marker
+    timestamp: str  # the run's claim timestamp (names the processing file)
+    manifest_etag: str  # the version of the raw manifest being claimed
+    processing_etag: str | None = None  # set once the processing file exists: what fence_check compares
+
+    @classmethod
+    def new(cls, timestamp: str, manifest_etag: str) -> ClaimToken:
+        return cls(
+            uuid.uuid4().hex, socket.gethostname(), os.getpid(),
+            datetime.now(timezone.utc).isoformat(timespec="seconds"), timestamp, manifest_etag,
+        )
+
+    def marker_body(self, renewal: int) -> bytes:
+        """The marker's content; `renewal` makes every renewal a new version (a new ETag) the owner can tell apart."""
+        fields = {k: v for k, v in asdict(self).items() if k != "processing_etag"}
+        # "etag" is the field name older scans wrote the manifest version under; keep it readable for them.
+        return json.dumps({**fields, "etag": self.manifest_etag, "renewal": renewal}, sort_keys=True).encode()
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> ClaimToken:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})  # type: ignore[arg-type]
+
+
+@dataclass
+class _Fence:
+    """The owner's hold on its marker: the marker's current ETag, advanced by each conditional renewal."""
+
+    key: str
+    token: ClaimToken
+    etag: str
+    renewals: int = 0
+
+
+def _write_recognised(store: ObjectStore, key: str, data: bytes, if_match: str | None) -> ObjectInfo:
+    """A conditional write that also succeeds when an earlier attempt of it did.
+
+    If the server applied our PUT but the response was lost, botocore retries and the retry fails its own
+    precondition (412): the object then holds exactly our bytes, so it is ours and we carry on at once.
+    """
+    try:
+        return store.create(key, data) if if_match is None else store.replace(key, data, if_match)
+    except PreconditionFailed:
+        try:
+            current, info = store.read_bytes(key)
+        except StoreError:
+            raise PreconditionFailed(f"{key}: lost the conditional write") from None
+        if current == data:
+            return info
+        raise
+
+
+def _take_marker(store: ObjectStore, key: str, token: ClaimToken) -> _Fence | None:
+    """Create the marker if absent (If-None-Match: *). None when another claimant holds it."""
+    try:
+        info = _write_recognised(store, key, token.marker_body(0), None)
+    except PreconditionFailed:
+        return None
+    return _Fence(key, token, info.etag)
+
+
+def _renew(store: ObjectStore, fence: _Fence) -> None:
+    """The fence: rewrite the marker only if it is still the version we last wrote (If-Match).
+
+    Succeeding proves the claim is ours at this instant and moves the marker to a new version, so a scan
+    that judged the previous version stale can no longer take it over (its If-Match fails); failing means a
+    takeover happened, and nothing more may be published.
+    """
+    body = fence.token.marker_body(fence.renewals + 1)
+    try:
+        info = _write_recognised(store, fence.key, body, fence.etag)
+    except PreconditionFailed as exc:
+        raise ClaimLost(f"the claim marker {fence.key} is no longer ours ({exc})") from None
+    fence.etag, fence.renewals = info.etag, fence.renewals + 1
+
+
+def fence_check(store: ObjectStore, names: RunNames, token: ClaimToken) -> None:
+    """Raise ClaimLost unless this claim's processing file is still the very object the claim created.
+
+    One conditional request (S3 HEAD If-Match on its ETag; an equivalent locked comparison on folders).
+    Reconcile calls it before writing result files: a run whose processing file was removed or replaced
+    (by an operator cancelling it, or another claim) must not answer for the manifest.
+    """
+    if not token.processing_etag:
+        raise ClaimLost(f"the claim of {names.manifest_key} never recorded its processing file")
+    try:
+        store.check(names.processing_key, token.processing_etag)
+    except PreconditionFailed as exc:
+        raise ClaimLost(f"{names.processing_key} is not this claim's processing file any more ({exc})") from None
+
+
+def load_claim_token(run_dir: RunDir) -> ClaimToken | None:
+    """The token a claim recorded in run.json (None for runs claimed before fencing existed)."""
+    data = run_dir.load().extra.get("claim_token")
+    return ClaimToken.from_json(data) if isinstance(data, dict) else None
+
+
+# ---------------------------------------------------------------------------------------------- claiming
 
 
 def claim_one(
@@ -157,6 +325,7 @@ def claim_one(
     """Claim one manifest. None when another scan owns it (nothing of ours is left behind)."""
     ts, run_dir = allocate_run_dir(work_dir)
     names = RunNames(manifest.key, ts)
+    token = ClaimToken.new(ts, manifest.etag)
     info = RunInfo(
         timestamp=ts,
         input_bucket=store.bucket,
@@ -167,34 +336,117 @@ def claim_one(
         state=CLAIMING,
         engine=engine,
     )
+    info.extra["claim_token"] = token.to_json()
     run_dir.save(info)
-    try:
-        store.create(names.claim_marker_key, _marker_body(names, manifest.etag))
-    except PreconditionFailed:
+    fence = _take_marker(store, names.claim_marker_key, token)
+    if fence is None:
         shutil.rmtree(run_dir.path, ignore_errors=True)
         return None
     try:
         data, read = store.read_bytes(manifest.key)
     except StoreError:
         # The manifest vanished between listing and reading: someone else finished a claim, or it was removed.
-        store.delete(names.claim_marker_key)
+        _release_marker(store, fence.key, fence.etag)
         shutil.rmtree(run_dir.path, ignore_errors=True)
         return None
     (run_dir.path / RunDir.MANIFEST).write_bytes(data)
     info.extra["manifest_etag"] = read.etag
     run_dir.save(info)
-    processing = store.create(names.processing_key, data)
-    _finish_claim(store, run_dir, names, processing, read.etag)
-    return Claim(run_dir, names)
+    try:
+        processing = _publish_processing(store, names, data, fence, read.etag)
+    except ClaimLost:
+        run_dir.set_state(ABANDONED)
+        shutil.rmtree(run_dir.path, ignore_errors=True)
+        return None
+    token = replace(token, processing_etag=processing.etag)
+    fence.token = token
+    info = run_dir.load()
+    info.extra["claim_token"] = token.to_json()
+    run_dir.save(info)
+    _finish_claim(store, run_dir, names, processing, read.etag, fence)
+    return Claim(run_dir, names, token)
 
 
-def _finish_claim(store: ObjectStore, run_dir: RunDir, names: RunNames, processing: ObjectInfo, etag: str) -> None:
+def _publish_processing(store: ObjectStore, names: RunNames, data: bytes, fence: _Fence, etag: str) -> ObjectInfo:
+    """Create the processing file between two fences; undo it if the second shows the claim was taken over."""
+    _renew(store, fence)
+    processing = _write_recognised(store, names.processing_key, data, None)
+    try:
+        _renew(store, fence)
+    except ClaimLost:
+        if not _taken_over(store, names, etag):
+            # A scan that found our marker stale *with* our processing file completed our claim for us.
+            return processing
+        try:
+            store.delete(names.processing_key, if_match=processing.etag)
+        except PreconditionFailed:
+            pass
+        raise
+    return processing
+
+
+def _taken_over(store: ObjectStore, names: RunNames, manifest_etag: str) -> bool:
+    """After losing the marker with our processing file published: did another scan take the claim over?
+
+    A takeover claims from the raw manifest and deletes it only after creating its own processing file; a
+    scan completing *our* claim deletes the raw manifest and creates nothing. So: raw still at the version we
+    read, or another processing file of this manifest present -> taken over.
+    """
+    raw = store.head(names.manifest_key)
+    if raw is not None and raw.etag == manifest_etag:
+        return True
+    prefix = f"{names.base}processing-"
+    return any(
+        info.key != names.processing_key and (m := PROCESSING_RE.match(info.key)) and m.group("base") == names.base
+        for info in store.list(prefix)
+    )
+
+
+def _finish_claim(
+    store: ObjectStore, run_dir: RunDir, names: RunNames, processing: ObjectInfo, etag: str, fence: _Fence | None = None
+) -> None:
     info = run_dir.load()
     info.state = CLAIMED
     info.claimed_at = processing.last_modified.isoformat()
     run_dir.save(info)
+    if fence is not None:
+        try:
+            _renew(store, fence)  # the fence before deleting the raw manifest
+        except ClaimLost:
+            # Only a scan that saw our processing file can have removed our marker now: it completed the claim.
+            fence_check(store, names, fence.token)
     _delete_raw(store, names.manifest_key, etag)
-    store.delete(names.claim_marker_key)
+    if fence is not None:
+        _release_marker(store, fence.key, fence.etag)
+    else:
+        _release_own_marker(store, names, info.timestamp)
+
+
+def _release_marker(store: ObjectStore, key: str, etag: str) -> None:
+    """Delete the marker only if it is still the version we hold (a newer claimant's marker stays)."""
+    try:
+        store.delete(key, if_match=etag)
+    except PreconditionFailed:
+        pass
+
+
+def _read_marker(store: ObjectStore, key: str) -> tuple[dict[str, object], ObjectInfo] | None:
+    try:
+        data, info = store.read_bytes(key)
+    except StoreError:
+        return None
+    try:
+        body = json.loads(data.decode())
+    except (ValueError, UnicodeDecodeError):
+        body = {}
+    return (body if isinstance(body, dict) else {}), info
+
+
+def _release_own_marker(store: ObjectStore, names: RunNames, timestamp: str) -> None:
+    """After a crash: remove the marker if it is this run's (by its timestamp), conditionally on its version."""
+    found = _read_marker(store, names.claim_marker_key)
+    if found is not None and found[0].get("timestamp") == timestamp:
+        _release_marker(store, names.claim_marker_key, found[1].etag)
 
 
 def recover_claims(store: ObjectStore, work_dir: Path, view: BucketView, now: datetime | None = None) -> list[str]:
@@ -208,22 +460,19 @@ def recover_claims(store: ObjectStore, work_dir: Path, view: BucketView, now: da
     handled: set[str] = set()
     for marker in view.markers:
         manifest_key = marker.key[: -len(CLAIM_MARKER_SUFFIX)]
-        ts = _marker_timestamp(store, marker.key)
-        run_dir = runs.get(ts or "")
+        found = _read_marker(store, marker.key)
+        if found is None:
+            continue  # gone since the listing
+        body, current = found
+        ts = str(body.get("timestamp") or "")
+        run_dir = runs.get(ts)
         if run_dir is not None and run_dir.load().manifest_key == manifest_key:
             handled.add(run_dir.timestamp)
             actions.extend(_recover_local(store, run_dir))
             continue
-        if now - marker.last_modified < STALE_MARKER_AGE:
-            continue  # another scan may be mid-claim right now
-        if ts and store.head(RunNames(manifest_key, ts).processing_key) is not None:
-            # A claim (not ours) got as far as the processing file: complete its bucket side.
-            etag = _marker_field(store, marker.key, "etag") or ""
-            _delete_raw(store, manifest_key, etag)
-            actions.append(f"completed another host's claim of {manifest_key} (its processing file has no run here)")
-        else:
-            actions.append(f"removed stale claim marker {marker.key}; {manifest_key} stays raw")
-        store.delete(marker.key)
+        if current.etag != marker.etag or now - marker.last_modified < stale_marker_age():
+            continue  # renewed since the listing, or another scan may be mid-claim right now
+        actions.extend(_recover_stale(store, manifest_key, marker.key, body, current))
     for ts, run_dir in runs.items():
         if ts in handled:
             continue
@@ -233,6 +482,30 @@ def recover_claims(store: ObjectStore, work_dir: Path, view: BucketView, now: da
     return actions
 
 
+def _recover_stale(
+    store: ObjectStore, manifest_key: str, marker_key: str, body: dict[str, object], current: ObjectInfo
+) -> list[str]:
+    """Another claimant's marker, unrenewed for STALE_MARKER_AGE. Every step is conditional on the version
+    judged stale, so an owner that wakes and renews meanwhile keeps its claim and we back off."""
+    ts = str(body.get("timestamp") or "")
+    if ts and store.head(RunNames(manifest_key, ts).processing_key) is not None:
+        # That claim got as far as its processing file: it owns the manifest; complete its bucket side.
+        try:
+            store.check(marker_key, current.etag)
+        except PreconditionFailed:
+            return []
+        _delete_raw(store, manifest_key, str(body.get("manifest_etag") or body.get("etag") or ""))
+        _release_marker(store, marker_key, current.etag)
+        return [f"completed another host's claim of {manifest_key} (its processing file has no run here)"]
+    # The takeover is this one conditional delete: exactly one scan can remove this version, and the owner's
+    # next renewal (If-Match on it) then fails, so it publishes nothing more.
+    try:
+        store.delete(marker_key, if_match=current.etag)
+    except PreconditionFailed:
+        return []
+    return [f"removed stale claim marker {marker_key}; {manifest_key} stays raw"]
+
+
 def _recover_local(store: ObjectStore, run_dir: RunDir) -> list[str]:
     info = run_dir.load()
     names = RunNames(info.manifest_key, info.timestamp)
@@ -240,16 +513,19 @@ def _recover_local(store: ObjectStore, run_dir: RunDir) -> list[str]:
     if info.state == CLAIMING:
         processing = store.head(names.processing_key)
         if processing is None:
-            if _marker_timestamp(store, names.claim_marker_key) == info.timestamp:
-                store.delete(names.claim_marker_key)
+            _release_own_marker(store, names, info.timestamp)
             run_dir.set_state(ABANDONED)
             shutil.rmtree(run_dir.path, ignore_errors=True)
             return [f"undid an interrupted claim of {info.manifest_key}; it stays raw"]
+        token = load_claim_token(run_dir)
+        if token is not None and not token.processing_etag:
+            info.extra["claim_token"] = replace(token, processing_etag=processing.etag).to_json()
+            run_dir.save(info)
         _finish_claim(store, run_dir, names, processing, etag)
         return [f"completed an interrupted claim of {info.manifest_key} -> {names.processing_key}"]
     # Claimed, but the raw manifest or the marker outlived a crash.
     _delete_raw(store, names.manifest_key, etag)
-    store.delete(names.claim_marker_key)
+    _release_own_marker(store, names, info.timestamp)
     return [f"cleaned up after the claim of {info.manifest_key} -> {names.processing_key}"]
 
 
@@ -258,15 +534,3 @@ def _delete_raw(store: ObjectStore, key: str, etag: str) -> None:
         store.delete(key, if_match=etag)
     except PreconditionFailed:
         pass  # gone already, or re-uploaded since: then it is new work for the next claim
-
-
-def _marker_field(store: ObjectStore, key: str, field_name: str) -> str | None:
-    try:
-        data, _ = store.read_bytes(key)
-        return str(json.loads(data.decode()).get(field_name) or "") or None
-    except (StoreError, ValueError, UnicodeDecodeError, AttributeError):
-        return None
-
-
-def _marker_timestamp(store: ObjectStore, key: str) -> str | None:
-    return _marker_field(store, key, "timestamp")

@@ -15,7 +15,6 @@ MAX_BANDS = 1024
 
 # Rows end at \n, \r\n or \r (universal newlines) and nowhere else: str.splitlines() would also split a
 # key at U+2028, U+0085, form feed, ..., making two bogus rows and shifting every line number after it.
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # "Surrounding spaces" are spaces and tabs. str.strip() would also eat control characters such as \x1f
 # (Python counts them as whitespace), silently accepting a key that is not the one written.
 _BLANKS = " \t"
@@ -24,12 +23,14 @@ _BANDS = re.compile(r"[0-9]+")
 
 @dataclass(frozen=True)
 class ManifestRow:
-    """One image to convert. `line` is 1-based in the manifest; `text` is the row as written (trimmed)."""
+    """One image to convert. `line` is 1-based in the manifest; `text` is the row as written (trimmed);
+    `raw` the row's exact bytes in the manifest (line ending stripped), which is what the result files get."""
 
     line: int
     key: str
     bands: int
     text: str
+    raw: bytes = field(default=b"", compare=False, repr=False)  # derived from the same line: not identity
 
     @property
     def jpg_key(self) -> str:
@@ -38,11 +39,13 @@ class ManifestRow:
 
 @dataclass(frozen=True)
 class RejectedRow:
-    """A row that cannot be converted; `text` goes to the failed file unchanged so it can be fixed and resubmitted."""
+    """A row that cannot be converted; `raw` goes to the failed file byte for byte so it can be fixed and
+    resubmitted, `text` (a readable rendering: undecodable bytes as \\xNN) goes to the reasons file."""
 
     line: int
     text: str
     reason: str
+    raw: bytes = field(default=b"", compare=False, repr=False)
 
 
 @dataclass
@@ -55,6 +58,13 @@ class Manifest:
     @property
     def row_count(self) -> int:
         return len(self.rows) + len(self.rejected) + len(self.duplicates)
+
+    def raw_by_line(self) -> dict[int, bytes]:
+        """Every row's original bytes by line number: result files return rows exactly as uploaded."""
+        raw = {row.line: row.raw for row in self.rows}
+        raw.update((row.line, row.raw) for row in self.rejected)
+        raw.update((row.line, row.raw) for row, _ in self.duplicates)
+        return raw
 
 
 def check_key(key: str) -> str | None:
@@ -79,52 +89,103 @@ def check_key(key: str) -> str | None:
     return None
 
 
-def parse_row(line_no: int, text: str) -> ManifestRow | RejectedRow:
-    key, sep, bands_text = text.rpartition(",")
-    if not sep:
-        return RejectedRow(line_no, text, "malformed row: expected 'key,bands'")
-    key = key.strip(_BLANKS)
+def _unquote(field: str) -> tuple[str, str | None]:
+    """A field written with CSV quoting (`"a,b.tif"`, `"say ""hi"".tif"`) -> its value; else unchanged.
+
+    Spreadsheets and csv writers quote a key holding a comma or a quote. A key can never *end* in a quote
+    (it ends in `.tif`), so a field that starts and ends in `"` is unambiguously quoted; any other field is
+    taken literally, which keeps keys such as `O'Brien "north"/a.tif` working unquoted.
+    """
+    if len(field) >= 2 and field[0] == '"' and field[-1] == '"':
+        inner = field[1:-1]
+        if '"' in inner.replace('""', ""):
+            return field, "malformed CSV quoting: a '\"' inside a quoted field must be doubled"
+        return inner.replace('""', '"'), None
+    return field, None
+
+
+def _split_row(text: str) -> tuple[str, str] | None:
+    """`key,bands` -> (key, bands). A quoted key may hold commas, so split after its closing quote."""
+    stripped = text.lstrip(_BLANKS)
+    if stripped.startswith('"'):
+        close = stripped.rfind('"')
+        key, sep, bands = stripped[close + 1 :].partition(",")
+        if close > 0 and sep and not key.strip(_BLANKS):
+            return stripped[: close + 1], bands
+    key, sep, bands = text.rpartition(",")
+    return (key, bands) if sep else None
+
+
+def parse_row(line_no: int, text: str, raw: bytes | None = None) -> ManifestRow | RejectedRow:
+    raw = text.encode("utf-8", "surrogateescape") if raw is None else raw
+    split = _split_row(text)
+    if split is None:
+        return RejectedRow(line_no, text, "malformed row: expected 'key,bands'", raw)
+    key, problem = _unquote(split[0].strip(_BLANKS))
+    bands_text, bands_problem = _unquote(split[1].strip(_BLANKS))
+    if problem or bands_problem:
+        return RejectedRow(line_no, text, f"malformed row: {problem or bands_problem}", raw)
     bands_text = bands_text.strip(_BLANKS)
     if not bands_text:
-        return RejectedRow(line_no, text, "malformed row: band count is missing")
+        return RejectedRow(line_no, text, "malformed row: band count is missing", raw)
     # ASCII digits only: int() would also take '1_0', '+3' or non-ASCII digits such as '３'.
     if not _BANDS.fullmatch(bands_text):
-        return RejectedRow(line_no, text, f"malformed row: band count {bands_text!r} is not an integer")
+        return RejectedRow(line_no, text, f"malformed row: band count {bands_text!r} is not an integer", raw)
     bands = int(bands_text)
     if not 1 <= bands <= MAX_BANDS:
-        return RejectedRow(line_no, text, f"malformed row: band count {bands} is out of range 1-{MAX_BANDS}")
+        return RejectedRow(line_no, text, f"malformed row: band count {bands} is out of range 1-{MAX_BANDS}", raw)
     problem = check_key(key)
     if problem:
-        return RejectedRow(line_no, text, f"bad key: {problem}")
-    return ManifestRow(line_no, key, bands, text)
+        return RejectedRow(line_no, text, f"bad key: {problem}", raw)
+    return ManifestRow(line_no, key, bands, text, raw)
 
 
-def decode(data: bytes) -> str:
-    """Manifests come from many tools: strip a UTF-8 BOM and survive stray bytes (the row then fails, not the file)."""
+# Rows end at \n, \r\n or \r in the bytes too: no UTF-8 sequence contains those bytes, so splitting the
+# bytes first is safe and keeps each row's own bytes, whatever its encoding.
+_LINE_BREAK_BYTES = re.compile(rb"\r\n|\r|\n")
+
+
+def split_raw_lines(data: bytes) -> list[bytes]:
+    """The manifest's rows as bytes, line endings stripped (a UTF-8 BOM belongs to the file, not a row)."""
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
-    return data.decode("utf-8", errors="replace")
+    lines = _LINE_BREAK_BYTES.split(data)
+    if lines and lines[-1] == b"":
+        lines.pop()  # the final newline ends the last row; it does not start another
+    return lines
+
+
+def _utf8_problem(raw: bytes) -> str | None:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (
+            f"row is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}): object keys are "
+            "UTF-8; save the manifest as UTF-8 and resubmit the row"
+        )
+    return None
 
 
 def parse_manifest(data: bytes | str) -> Manifest:
-    text = decode(data) if isinstance(data, bytes) else data.lstrip("\ufeff")
-    lines = _LINE_BREAK.split(text)
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline ends the last row; it does not start another
-    return parse_lines(lines)
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    return parse_raw_lines(split_raw_lines(data))
 
 
-def parse_lines(lines: Iterable[str]) -> Manifest:
+def parse_raw_lines(lines: Iterable[bytes]) -> Manifest:
     manifest = Manifest()
     first_line_of: dict[str, int] = {}
     for line_no, raw in enumerate(lines, start=1):
-        text = raw.strip(_BLANKS + "\r\n")  # lines read from a file may keep their line break
+        raw = raw.rstrip(b"\r\n")
+        # Readable form for messages and the reasons file: bytes that are not UTF-8 shown as \xNN, never U+FFFD.
+        text = raw.decode("utf-8", errors="backslashreplace").strip(_BLANKS)
         if not text:
             continue
-        if "\ufffd" in text:
-            manifest.rejected.append(RejectedRow(line_no, text, "row is not valid UTF-8"))
+        problem = _utf8_problem(raw)
+        if problem:
+            manifest.rejected.append(RejectedRow(line_no, text, problem, raw))
             continue
-        parsed = parse_row(line_no, text)
+        parsed = parse_row(line_no, text, raw)
         if isinstance(parsed, RejectedRow):
             manifest.rejected.append(parsed)
         elif parsed.key in first_line_of:
@@ -133,3 +194,8 @@ def parse_lines(lines: Iterable[str]) -> Manifest:
             first_line_of[parsed.key] = line_no
             manifest.rows.append(parsed)
     return manifest
+
+
+def parse_lines(lines: Iterable[str]) -> Manifest:
+    """Rows already decoded (e.g. read from a text file): each may keep its line break."""
+    return parse_raw_lines(line.encode("utf-8", "surrogateescape") for line in lines)

@@ -16,7 +16,9 @@ RAW_SUFFIX = "raw.csv"
 CLAIM_MARKER_SUFFIX = ".claim"
 RUN_DIR_PREFIX = "workflow-run-"
 
-_TS = r"\d{8}-\d{6}"
+# A claim timestamp is the UTC second of the claim, plus `-N` (N >= 2) for the N-th run claimed in the same
+# second on one work dir: names stay unique without pretending a claim happened later than it did.
+_TS = r"\d{8}-\d{6}(?:-[0-9]+)?"
 RESULT_RE = re.compile(rf"(processing|processed|failed)-({_TS})(-reasons)?\.csv\Z")
 PROCESSING_RE = re.compile(rf"^(?P<base>.*)processing-(?P<ts>{_TS})\.csv\Z")
 
@@ -26,7 +28,17 @@ def format_timestamp(moment: datetime) -> str:
 
 
 def parse_timestamp(text: str) -> datetime:
-    return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=timezone.utc)
+    """The claim second of `20261124-213600` or `20261124-213600-2` (the ordinal suffix is not time)."""
+    second, _, ordinal = text[len("YYYYmmdd-HHMMSS") :].partition("-")
+    if second or (ordinal and not ordinal.isdigit()):
+        raise ValueError(f"not a claim timestamp: {text!r}")
+    return datetime.strptime(text[: len("YYYYmmdd-HHMMSS")], TIMESTAMP_FORMAT).replace(tzinfo=timezone.utc)
+
+
+def unique_timestamp(moment: datetime, ordinal: int) -> str:
+    """The claim timestamp of the `ordinal`-th (1-based) run claimed in the second of `moment`."""
+    ts = format_timestamp(moment)
+    return ts if ordinal <= 1 else f"{ts}-{ordinal}"
 
 
 def base_of(manifest_key: str) -> str:
@@ -46,6 +58,59 @@ def is_pipeline_file(key: str) -> bool:
 def matches_pattern(key: str, pattern: str) -> bool:
     """The original matched the glob against the full key; `*` therefore also crosses '/'."""
     return fnmatch.fnmatchcase(key, pattern) and not is_pipeline_file(key)
+
+
+# Names a manifest pattern must never match: images (the inputs) in the forms they are uploaded.
+_IMAGE_SAMPLES = ("x.tif", "a/b.tif", "x.TIF", "x.tiff", "a/b.jpg")
+
+
+def check_pattern(pattern: str) -> str | None:
+    """Why `pattern` cannot be a manifest pattern, or None. The CLI refuses it (exit 2) before any listing.
+
+    The rule: a manifest pattern must end in the literal `.csv`. Only then can no match be an image (or any
+    other object that is not named as a CSV), whatever the rest of the glob says; `*`, `*raw*` or `*.c?v`
+    might match a `.tif` or a `.tif.bak`, so they are refused rather than guessed safe.
+    """
+    if not pattern:
+        return "the manifest pattern is empty; give a glob ending in '.csv', such as '*raw.csv'"
+    images = [name for name in _IMAGE_SAMPLES if fnmatch.fnmatchcase(name, pattern)]
+    if images:
+        return f"manifest pattern {pattern!r} matches images such as {images[0]!r}; give a glob ending in '.csv', such as '*raw.csv'"
+    if not pattern.endswith(".csv"):
+        return f"manifest pattern {pattern!r} does not end in '.csv', so it could match objects that are not manifests; give a glob ending in '.csv', such as '*raw.csv'"
+    return None
+
+
+def check_buckets(input_bucket: str, output_bucket: str, output_prefix: str | None, replace_inputs: bool) -> str | None:
+    """Why outputs could overwrite the source GeoTIFFs, or None. The CLI refuses (exit 2) before claiming.
+
+    A COG is written at the *same key* as its input, so one bucket for both replaces every source image
+    unless the outputs go under a prefix (`--output-prefix`, outputs at PREFIX + key) or the operator says
+    that is what they want (`--replace-inputs`). A prefix that is empty, absolute, not a folder (no final
+    '/') or holds '.'/'..' segments cannot keep outputs apart and is refused too. (Rows whose own key lies
+    under the prefix are refused per row: `key_under_output_prefix`.)
+    """
+    if input_bucket != output_bucket:
+        return None
+    if replace_inputs:
+        return None
+    if output_prefix is None or output_prefix.strip("/ ") == "":
+        return (
+            f"input and output bucket are both {input_bucket!r}: the COGs would overwrite the source GeoTIFFs; "
+            "give --output-prefix PREFIX/ (outputs at PREFIX/<key>) or --replace-inputs"
+        )
+    parts = output_prefix.split("/")
+    if output_prefix.startswith("/") or not output_prefix.endswith("/") or any(p in ("", ".", "..") for p in parts[:-1]):
+        return (
+            f"output prefix {output_prefix!r} must be a folder such as 'cogs/' (no leading '/', ending in '/', "
+            "no empty, '.' or '..' segments) so outputs cannot land on the source GeoTIFFs"
+        )
+    return None
+
+
+def key_under_output_prefix(key: str, output_prefix: str | None) -> bool:
+    """True when an input key lies under the output prefix, so its neighbours' outputs could overwrite it."""
+    return bool(output_prefix) and key.startswith(output_prefix or "")
 
 
 def listing_prefix(pattern: str) -> str:

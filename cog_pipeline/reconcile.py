@@ -105,8 +105,10 @@ def decide(
     return [outcomes[line] for line in sorted(outcomes)]
 
 
-def _csv_rows(outcomes: list[RowOutcome], status: str) -> bytes:
-    return "".join(f"{o.text}\n" for o in outcomes if o.status == status).encode("utf-8")
+def _csv_rows(outcomes: list[RowOutcome], status: str, raw_by_line: dict[int, bytes] | None = None) -> bytes:
+    """The rows with this status, each exactly as the manifest held it (its bytes, whatever the encoding)."""
+    raw_by_line = raw_by_line or {}
+    return b"".join(raw_by_line.get(o.line, o.text.encode("utf-8")) + b"\n" for o in outcomes if o.status == status)
 
 
 def _reasons_csv(outcomes: list[RowOutcome]) -> bytes:
@@ -173,8 +175,8 @@ def _reconcile(run_dir: RunDir, input_store: ObjectStore | None, output_store: O
         results_dir = run_dir.path / RunDir.RESULTS
         results_dir.mkdir(exist_ok=True)
         files = {
-            result.processed_key: _csv_rows(outcomes, PROCESSED),
-            result.failed_key: _csv_rows(outcomes, FAILED),
+            result.processed_key: _csv_rows(outcomes, PROCESSED, manifest.raw_by_line()),
+            result.failed_key: _csv_rows(outcomes, FAILED, manifest.raw_by_line()),
             result.reasons_key: _reasons_csv(outcomes),
         }
         for key, data in files.items():

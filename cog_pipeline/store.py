@@ -7,12 +7,14 @@ claim, workflow and reconcile logic.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import stat
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -68,6 +70,19 @@ class ObjectStore(Protocol):
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         """Write or overwrite an object."""
 
+    def replace(self, key: str, data: bytes, if_match: str) -> ObjectInfo:
+        """Overwrite the object only if its current ETag is if_match (S3 PUT If-Match): a compare-and-swap.
+
+        PreconditionFailed when it changed or is gone. This is what fences a claim: only the holder of the
+        marker's current version can renew it, and a stale marker is taken over by exactly one scan.
+        """
+
+    def check(self, key: str, if_match: str) -> ObjectInfo:
+        """The object's info if its current ETag is if_match (S3 HEAD If-Match), else PreconditionFailed."""
+
+    def read_head(self, key: str, length: int) -> bytes:
+        """The first `length` bytes of the object (a ranged GET on S3), to sniff its type without reading it all."""
+
     def delete(self, key: str, if_match: str | None = None) -> None:
         """Remove an object; with if_match, only the version with that ETag (PreconditionFailed otherwise)."""
 
@@ -79,6 +94,7 @@ class ObjectStore(Protocol):
 
 
 TMP_PREFIX = atomic.TMP_PREFIX  # temporary files, never listed
+LOCK_FILE = f"{TMP_PREFIX}-lock"  # a folder bucket's lock for conditional operations (hidden like temporaries)
 
 
 def _is_control(ch: str) -> bool:
@@ -123,8 +139,10 @@ class LocalStore:
     learn that it exists, and the pre-flight lists inputs of many gigabytes. Unlike S3, rewriting identical
     bytes gives a new token; conditional requests then err on the side of "changed", which is safe.
 
-    Conditional deletes are atomic between threads of one process (a lock), not between processes.
-    Keys whose segments start with the temporary-file prefix are refused, since listings hide them.
+    Conditional operations (create, replace, check, delete with if_match) are atomic between threads (a lock)
+    and between processes (an flock on a hidden lock file in the bucket folder), so a compare-and-swap of a
+    claim marker behaves as S3's If-Match does. Keys whose segments start with the temporary-file prefix are
+    refused, since listings hide them (the lock file is one of those).
     """
 
     def __init__(self, root: Path, bucket: str) -> None:
@@ -259,16 +277,73 @@ class LocalStore:
         return self._stat_info(key, st)
 
     def create(self, key: str, data: bytes) -> ObjectInfo:
-        return self._write_atomic(key, self._path(key), data, exclusive=True)
+        path = self._path(key)
+        self._prepare_parent(key, path)
+        with self._exclusive():  # link() is atomic already; the lock orders it against replace/delete
+            return self._write_atomic(key, path, data, exclusive=True)
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         return self._write_atomic(key, self._path(key), data, exclusive=False)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Serialise conditional operations on this bucket folder across threads and processes."""
+        if not self.base.is_dir():
+            raise ObjectNotFound(f"bucket {self.bucket!r} does not exist (no folder {self.base})")
+        with self._lock, open(self.base / LOCK_FILE, "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def replace(self, key: str, data: bytes, if_match: str) -> ObjectInfo:
+        path = self._path(key)
+        self._prepare_parent(key, path)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + "-", dir=path.parent)
+        try:
+            # Write the new version beside the target first, then swap it in under the lock only if the
+            # current version is still the one the caller holds.
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+                st = os.fstat(fh.fileno())
+            os.chmod(tmp, 0o644)
+            with self._exclusive():
+                current = self.head(key)
+                if current is None:
+                    raise PreconditionFailed(f"{self.url(key)} is gone")
+                if current.etag != if_match:
+                    raise PreconditionFailed(f"{self.url(key)} changed since it was read")
+                os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return self._stat_info(key, st)
+
+    def check(self, key: str, if_match: str) -> ObjectInfo:
+        with self._exclusive():
+            current = self.head(key)
+        if current is None:
+            raise PreconditionFailed(f"{self.url(key)} is gone")
+        if current.etag != if_match:
+            raise PreconditionFailed(f"{self.url(key)} changed since it was read")
+        return current
+
+    def read_head(self, key: str, length: int) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as fh:
+                return fh.read(length)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise self._missing(key) from exc
 
     def delete(self, key: str, if_match: str | None = None) -> None:
         path = self._path(key)
         if not self.base.is_dir():
             raise ObjectNotFound(f"bucket {self.bucket!r} does not exist (no folder {self.base})")
-        with self._lock:
+        with self._exclusive() if if_match is not None else self._lock:
             if if_match is not None:
                 current = self.head(key)
                 if current is None:
@@ -337,26 +412,68 @@ def normalise_endpoint(endpoint: str | None, *, secure: bool = True) -> str | No
     return endpoint
 
 
+MAX_KEY_FILE_BYTES = 64 * 1024  # a key file holds one short line; anything bigger is the wrong file
+
+
+def _key_file_stat(path: Path, what: str) -> str | None:
+    """Why `path` cannot be a key file, judged without reading it (a device such as /dev/urandom never ends)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"cannot read {what} file {path}: no such file"
+    except OSError as exc:
+        return f"cannot read {what} file {path}: {exc.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"cannot read {what} file {path}: it is a folder, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return f"cannot read {what} file {path}: not a regular file (a device, pipe or socket), give the file holding the key"
+    if st.st_size > MAX_KEY_FILE_BYTES:
+        return f"{what} file {path} is {st.st_size} bytes, too large for a key file (at most {MAX_KEY_FILE_BYTES})"
+    return None
+
+
+def key_file_problem(path: Path | str, what: str) -> str | None:
+    """The one-line reason `path` is not a usable key file (missing, not a regular file, unreadable, binary,
+    not UTF-8, empty, too large), or None. For the CLI to check -a/-s before anything else runs.
+
+    The message names the file and never holds any of its bytes.
+    """
+    try:
+        read_key_file(path, what)
+    except StoreError as exc:
+        return str(exc)
+    return None
+
+
 def read_key_file(path: Path | str, what: str) -> str:
     """Read an access/secret key file (first non-blank line) and never echo its content in errors.
 
     A UTF-8 byte order mark (editors on Windows add one) is ignored. A file that is not UTF-8 is an error
-    whose message, like every other one here, names the file but holds none of its bytes.
+    whose message, like every other one here, names the file but holds none of its bytes. Only regular
+    files are read, and at most MAX_KEY_FILE_BYTES of them.
     """
     # Errors are raised outside the except blocks: a UnicodeDecodeError carries the file's bytes, and even a
     # suppressed __context__ keeps it reachable from the StoreError (and shown by some traceback printers).
-    problem: str | None = None
+    path = Path(path)
+    problem = _key_file_stat(path, what)
     text: str | None = None
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        problem = f"cannot read {what} file {path}: {exc.strerror}"
-    else:
+    if problem is None:
         try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            problem = f"{what} file {path} is not UTF-8 text"
-        del raw
+            with open(path, "rb") as fh:
+                raw = fh.read(MAX_KEY_FILE_BYTES + 1)
+        except OSError as exc:
+            problem = f"cannot read {what} file {path}: {exc.strerror}"
+        else:
+            if len(raw) > MAX_KEY_FILE_BYTES:
+                problem = f"{what} file {path} is too large for a key file (over {MAX_KEY_FILE_BYTES} bytes)"
+            elif b"\x00" in raw:
+                problem = f"{what} file {path} is binary (holds NUL bytes), not a text key file"
+            else:
+                try:
+                    text = raw.decode("utf-8-sig")
+                except UnicodeDecodeError:
+                    problem = f"{what} file {path} is not UTF-8 text"
+            del raw
     if text is None:
         raise StoreError(problem)
     for line in text.splitlines():
@@ -562,6 +679,33 @@ class S3Store:
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         return self._put(key, data)
+
+    def replace(self, key: str, data: bytes, if_match: str) -> ObjectInfo:
+        try:
+            return self._put(key, data, IfMatch=f'"{if_match}"')
+        except ObjectNotFound as exc:  # If-Match on a missing key: S3 answers 404
+            raise PreconditionFailed(f"s3://{self.bucket}/{key} is gone") from exc
+
+    def check(self, key: str, if_match: str) -> ObjectInfo:
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=key, IfMatch=f'"{if_match}"')
+        except Exception as exc:  # noqa: BLE001
+            err = self._error(exc, key)
+            if isinstance(err, ObjectNotFound) and not self._is_missing_bucket(exc):
+                raise PreconditionFailed(f"s3://{self.bucket}/{key} is gone") from exc
+            raise err from exc
+        return ObjectInfo(key, int(resp["ContentLength"]), self._etag(resp.get("ETag")), resp["LastModified"])
+
+    def read_head(self, key: str, length: int) -> bytes:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{max(length, 1) - 1}")
+            return resp["Body"].read()[:length]
+        except Exception as exc:  # noqa: BLE001
+            err = self._error(exc, key)
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            if code == "InvalidRange":  # an empty object has no byte 0
+                return b""
+            raise err from exc
 
     def delete(self, key: str, if_match: str | None = None) -> None:
         if if_match is not None:

@@ -144,7 +144,7 @@ class Crash(Exception):
 class CrashAfter:
     """Wraps a store; the (n+1)-th mutating call raises Crash before it happens: a crash after n steps."""
 
-    MUTATING = {"create", "put_bytes", "delete", "upload"}
+    MUTATING = {"create", "put_bytes", "delete", "upload", "replace"}
 
     def __init__(self, store, steps: int) -> None:
         self._store = store
@@ -165,7 +165,7 @@ class CrashAfter:
         return wrapped
 
 
-CLAIM_MUTATIONS = 4  # marker create, processing create, raw delete, marker delete
+CLAIM_MUTATIONS = 7  # marker create, renew, processing create, renew, renew, raw delete, marker delete
 
 
 @pytest.mark.parametrize("steps", range(CLAIM_MUTATIONS))
@@ -230,3 +230,74 @@ def test_interrupted_claim_state_is_visible_in_run_json(buckets, tmp_path):
         claim_one(CrashAfter(buckets.input, 1), info, work_dir=tmp_path, output_bucket="out", store_config=buckets.config)
     (run,) = list_run_dirs(tmp_path)
     assert isinstance(run, RunDir) and run.load().state == CLAIMING
+
+
+# ---------------------------------------------------------------------------------------------- issue 8.4, 8.13
+
+
+def test_run_dirs_claimed_in_one_second_keep_the_true_time_and_stay_unique(tmp_path):
+    from datetime import datetime, timezone
+
+    moment = datetime(2026, 11, 24, 21, 36, 0, tzinfo=timezone.utc)
+    stamps = [allocate_run_dir(tmp_path, now=moment)[0] for _ in range(3)]
+    assert stamps == ["20261124-213600", "20261124-213600-2", "20261124-213600-3"]
+
+
+def test_a_later_run_dir_does_not_push_a_new_claim_into_the_future(tmp_path):
+    from datetime import datetime, timezone
+
+    (tmp_path / "workflow-run-20991231-235959").mkdir()
+    ts, _ = allocate_run_dir(tmp_path, now=datetime(2026, 11, 24, 21, 36, 0, tzinfo=timezone.utc))
+    assert ts == "20261124-213600"
+
+
+def _tiff_bytes(tmp_path) -> bytes:
+    import numpy as np
+
+    from tests import rasters
+
+    return rasters.write(tmp_path / "img.tif", np.zeros((1, 8, 8), dtype="uint8")).read_bytes()
+
+
+def test_a_broad_pattern_never_claims_an_image(buckets, tmp_path):
+    """`-p '*'` at the library level: the image is skipped with a reason and left untouched."""
+    buckets.input.put_bytes("img000.tif", _tiff_bytes(tmp_path))
+    buckets.put_text("batch_raw.csv", MANIFEST)
+    view = look(buckets.input, "*")
+    problems = {p.info.key: p.problem for p in view.pending}
+    assert problems["batch_raw.csv"] is None
+    assert "TIFF image" in problems["img000.tif"] and "left in place" in problems["img000.tif"]
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [(b"II*\x00" + b"\x00" * 64, "TIFF"), (b"MM\x00*" + b"\x00" * 64, "TIFF"), (b"a.tif,1\n\x00\x00\x00", "binary")],
+)
+def test_a_matched_csv_that_is_not_text_is_skipped(buckets, data, why):
+    buckets.input.put_bytes("x_raw.csv", data)
+    (pending,) = look(buckets.input, "*raw.csv").pending
+    assert why in pending.problem
+    assert buckets.input.read_bytes("x_raw.csv")[0] == data
+
+
+def test_a_latin1_manifest_is_still_a_manifest(buckets):
+    buckets.input.put_bytes("x_raw.csv", b"caf\xe9.tif,1\n")
+    (pending,) = look(buckets.input, "*raw.csv").pending
+    assert pending.problem is None
+
+
+def test_an_oversized_object_is_not_a_manifest(buckets, monkeypatch):
+    from cog_pipeline import claim as claim_mod
+
+    monkeypatch.setattr(claim_mod, "MAX_MANIFEST_BYTES", 10)
+    buckets.put_text("x_raw.csv", MANIFEST)
+    (pending,) = look(buckets.input, "*raw.csv").pending
+    assert "too large" in pending.problem
+
+
+def test_the_crash_matrix_covers_every_mutating_step_of_a_claim(buckets, tmp_path):
+    buckets.put_text("batch_raw.csv", MANIFEST)
+    counting = CrashAfter(buckets.input, 100)
+    info = buckets.input.head("batch_raw.csv")
+    assert claim_one(counting, info, work_dir=tmp_path, output_bucket="out", store_config=buckets.config) is not None
+    assert counting.calls == CLAIM_MUTATIONS

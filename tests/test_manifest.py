@@ -130,7 +130,7 @@ def test_invalid_utf8_rejects_only_that_row() -> None:
     manifest = parse_manifest(b"a.tif,1\nb\xff.tif,1\nc.tif,1\n")
     assert ([r.key for r in manifest.rows], [(r.line, r.reason) for r in manifest.rejected]) == (
         ["a.tif", "c.tif"],
-        [(2, "row is not valid UTF-8")],
+        [(2, "row is not valid UTF-8 (byte 0xff at column 2): object keys are UTF-8; save the manifest as UTF-8 and resubmit the row")],
     )
 
 
@@ -166,3 +166,59 @@ def test_empty_manifest_parses_to_an_empty_result(data: bytes | str) -> None:
 
 def test_parse_row_keeps_the_text_as_written() -> None:
     assert parse_row(7, "a.tif, 5") == ManifestRow(7, "a.tif", 5, "a.tif, 5")
+
+
+# ---------------------------------------------------------------------------------------------- original bytes (8.12)
+
+
+def test_latin1_row_keeps_its_exact_bytes_and_fails_naming_the_encoding() -> None:
+    manifest = parse_manifest(b"ok.tif,1\r\ncaf\xe9.tif,1\r\n")
+    (rejected,) = manifest.rejected
+    assert (rejected.raw, "\ufffd" in rejected.text, "0xe9" in rejected.reason) == (b"caf\xe9.tif,1", False, True)
+
+
+def test_every_row_keeps_its_bytes_with_surrounding_blanks_but_without_the_line_ending() -> None:
+    manifest = parse_manifest(b"\xef\xbb\xbf a.tif , 2 \r\nbad row\nb.tif,1")
+    assert manifest.raw_by_line() == {1: b" a.tif , 2 ", 2: b"bad row", 3: b"b.tif,1"}
+
+
+def test_duplicate_rows_keep_their_own_bytes() -> None:
+    manifest = parse_manifest(b"a.tif,1\n a.tif,1\n")
+    assert manifest.raw_by_line()[2] == b" a.tif,1"
+
+
+# ---------------------------------------------------------------------------------------------- CSV quoting (8.13)
+
+
+def test_csv_quoted_key_with_a_comma_is_unquoted() -> None:
+    row = parse_manifest(b'"a,b.tif",1\n').rows[0]
+    assert (row.key, row.bands, row.raw) == ("a,b.tif", 1, b'"a,b.tif",1')
+
+
+def test_csv_quoted_key_with_doubled_quotes_and_quoted_bands() -> None:
+    row = parse_manifest(b'"say ""hi"".tif","3"\n').rows[0]
+    assert (row.key, row.bands) == ('say "hi".tif', 3)
+
+
+def test_badly_quoted_field_gets_the_true_reason() -> None:
+    assert "malformed CSV quoting" in only_rejection(b'"a"b.tif",1\n').reason
+
+
+def test_key_merely_starting_with_a_quote_is_taken_literally() -> None:
+    assert keys(b'"north" a.tif,1\n') == ['"north" a.tif']
+
+
+def test_failed_csv_returns_a_latin1_row_byte_identical(buckets, tmp_path) -> None:
+    """End to end: claim, reconcile (no outputs, so every row fails), read the failed file back."""
+    from cog_pipeline.claim import claim_one
+    from cog_pipeline.reconcile import reconcile
+
+    data = b"Counties/caf\xe9.tif,1\r\n  Counties/ok.tif , 1\r\n"
+    buckets.input.put_bytes("m_raw.csv", data)
+    claim = claim_one(
+        buckets.input, buckets.input.head("m_raw.csv"), work_dir=tmp_path / "w",
+        output_bucket=buckets.output_bucket, store_config=buckets.config,
+    )
+    result = reconcile(claim.run_dir, input_store=buckets.input)
+    failed, _ = buckets.input.read_bytes(result.failed_key)
+    assert failed == b"Counties/caf\xe9.tif,1\n  Counties/ok.tif , 1\n"

@@ -158,3 +158,62 @@ def test_every_key_a_pattern_matches_starts_with_its_listing_prefix(pattern: str
     keys = ["Counties/a_raw.csv", "Counties/WI/b_raw.csv", "Counties/x.tif", "Other/c_raw.csv", "Countiesx"]
     matching = [k for k in keys if matches_pattern(k, pattern)]
     assert matching and all(k.startswith(listing_prefix(pattern)) for k in matching)
+
+
+# ---------------------------------------------------------------------------------------------- issue 8.4, 8.5, 8.13
+
+
+@pytest.mark.parametrize("pattern", ["*", "*.tif", "img*", "*raw*", "*.c?v", "*.CSV", "", "a/b.tif"])
+def test_patterns_that_could_match_an_image_are_refused(pattern):
+    from cog_pipeline.naming import check_pattern
+
+    problem = check_pattern(pattern)
+    assert problem is not None and "'.csv'" in problem and "\n" not in problem
+
+
+@pytest.mark.parametrize("pattern", ["*raw.csv", "*.csv", "Counties/*_raw.csv", "x_raw.csv"])
+def test_patterns_ending_in_csv_are_accepted(pattern):
+    from cog_pipeline.naming import check_pattern
+
+    assert check_pattern(pattern) is None
+
+
+def test_timestamps_with_an_ordinal_parse_to_their_second():
+    from cog_pipeline.naming import PROCESSING_RE, RunNames, parse_timestamp
+
+    names = RunNames("Counties/t_raw.csv", "20261124-213600-2")
+    assert PROCESSING_RE.match(names.processing_key).group("ts") == "20261124-213600-2"
+    assert parse_timestamp("20261124-213600-2") == parse_timestamp("20261124-213600")
+    with pytest.raises(ValueError):
+        parse_timestamp("20261124-213600-x")
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (("in", "out", None, False), False),
+        (("b", "b", None, False), True),
+        (("b", "b", "", False), True),
+        (("b", "b", "/", False), True),
+        (("b", "b", None, True), False),
+        (("b", "b", "cogs/", False), False),
+        (("b", "b", "cogs", False), True),
+        (("b", "b", "/cogs/", False), True),
+        (("b", "b", "a/../", False), True),
+        (("b", "b", "./", False), True),
+    ],
+)
+def test_check_buckets_refuses_outputs_that_could_overwrite_inputs(args, refused):
+    from cog_pipeline.naming import check_buckets
+
+    problem = check_buckets(*args)
+    assert (problem is not None) == refused
+    if problem:
+        assert "\n" not in problem and ("--output-prefix" in problem or "prefix" in problem)
+
+
+def test_key_under_the_output_prefix_is_detected():
+    from cog_pipeline.naming import key_under_output_prefix
+
+    assert (key_under_output_prefix("cogs/a.tif", "cogs/"), key_under_output_prefix("a.tif", "cogs/"),
+            key_under_output_prefix("a.tif", None)) == (True, False, False)

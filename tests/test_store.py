@@ -834,3 +834,83 @@ def test_parse_location_refuses_other_schemes() -> None:
 def test_open_store_refuses_a_bucket_with_a_slash_for_s3_too(s3_server: str) -> None:
     with pytest.raises(StoreError):
         open_store("a/b", s3_config(s3_server))
+
+
+# ================================================================================================ key files (8.13)
+
+
+def test_key_file_problem_names_a_device_without_reading_it() -> None:
+    from cog_pipeline.store import key_file_problem
+
+    problem = key_file_problem("/dev/urandom", "secret key")
+    assert problem is not None and "not a regular file" in problem and "no such file" not in problem
+
+
+def test_key_file_problem_is_none_for_a_good_file(tmp_path: Path) -> None:
+    from cog_pipeline.store import key_file_problem
+
+    (tmp_path / "k").write_text("KEY\n")
+    assert key_file_problem(tmp_path / "k", "access key") is None
+
+
+def test_missing_key_file_says_no_such_file(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no such file"):
+        read_key_file(tmp_path / "absent", "access key")
+
+
+def test_binary_key_file_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    path.write_bytes(b"s3cr3t\x00\x01\x02")
+    with pytest.raises(StoreError, match="binary") as err:
+        read_key_file(path, "secret key")
+    assert "s3cr3t" not in str(err.value)
+
+
+def test_oversized_key_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    path.write_bytes(b"A" * (1024 * 1024))
+    with pytest.raises(StoreError, match="too large"):
+        read_key_file(path, "secret key")
+
+
+def test_unreadable_key_file_is_a_clear_error(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "k"
+    path.write_text("KEY\n")
+    path.chmod(0)
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    with pytest.raises(StoreError, match="cannot read secret key file .*Permission denied"):
+        read_key_file(path, "secret key")
+
+
+def test_read_head_gives_the_first_bytes_only(store: ObjectStore) -> None:
+    store.put_bytes("big.csv", b"x" * 5000)
+    store.put_bytes("empty.csv", b"")
+    assert (len(store.read_head("big.csv", 1024)), store.read_head("empty.csv", 1024)) == (1024, b"")
+
+
+def test_local_conditional_replace_has_one_winner_across_processes(local_store: LocalStore) -> None:
+    """Two processes swap the same version at once: exactly one succeeds (flock, not just a thread lock)."""
+    import multiprocessing
+
+    first = local_store.put_bytes("m.claim", b"v0")
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    start = ctx.Barrier(2)
+
+    def swap(n: int) -> None:
+        start.wait()
+        try:
+            LocalStore(local_store.root, local_store.bucket).replace("m.claim", f"v{n}".encode(), first.etag)
+            results.put("won")
+        except PreconditionFailed:
+            results.put("lost")
+
+    procs = [ctx.Process(target=swap, args=(n,)) for n in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert sorted(results.get(timeout=5) for _ in procs) == ["lost", "won"]

@@ -1,0 +1,282 @@
+"""Fenced claims: a stalled scan, a lost PUT response and a racing takeover never make two claims of one manifest.
+
+Real parts only: folder buckets and moto's threaded HTTP server, real scan processes paused with SIGSTOP,
+and a real HTTP round trip whose response botocore is told to treat as lost.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from cog_pipeline import claim as claim_mod
+from cog_pipeline.claim import (
+    STALE_MARKER_AGE,
+    ClaimLost,
+    _Fence,
+    _renew,
+    claim_one,
+    fence_check,
+    load_claim_token,
+    look,
+    recover_claims,
+)
+from cog_pipeline.naming import RunNames
+from cog_pipeline.reconcile import reconcile
+from cog_pipeline.rundir import CLAIMED, list_run_dirs
+from cog_pipeline.store import PreconditionFailed, open_store
+
+MANIFEST = "Counties/a.tif,1\nCounties/b.tif,3\n"
+STALE_SECONDS = 1.0
+
+# One scan's claim step, as `cog-pipeline scan` runs it, in its own process. With "pause" it stops right
+# before creating its processing file (after it has read the manifest and fenced): the stall of issue 8.2.
+SCAN = textwrap.dedent(
+    """
+    import json, sys
+    from datetime import timedelta
+    from pathlib import Path
+    from cog_pipeline import claim
+    from cog_pipeline.store import StoreConfig, open_store
+
+    config = StoreConfig.from_json(json.loads(sys.argv[1]))
+    bucket, work, mode = sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+    claim.STALE_MARKER_AGE = timedelta(seconds=float(sys.argv[5]))
+    output_bucket = sys.argv[6]
+    store = open_store(bucket, config)
+    if mode in ("pause", "pause-after"):
+        original = store.create
+
+        def create(key, data):
+            if "processing-" in key and mode == "pause":
+                print("paused", flush=True)
+                sys.stdin.readline()
+            info = original(key, data)
+            if "processing-" in key and mode == "pause-after":
+                print("paused", flush=True)
+                sys.stdin.readline()
+            return info
+
+        store.create = create
+    with claim.scan_lock(work):
+        claim.recover_claims(store, work, claim.look(store, "*raw.csv"))
+        for pending in claim.look(store, "*raw.csv").pending:
+            got = claim.claim_one(store, pending.info, work_dir=work, output_bucket=output_bucket, store_config=config)
+            print("claimed" if got else "lost", flush=True)
+    """
+)
+
+
+def _scan(buckets, script: Path, work: Path, mode: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(script), json.dumps(buckets.config.to_json()), buckets.input_bucket, str(work), mode, str(STALE_SECONDS),
+         buckets.output_bucket],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+
+
+@pytest.mark.slow
+def test_scan_stalled_past_the_stale_age_never_claims_twice(buckets, tmp_path):
+    """A pauses (SIGSTOP) before its processing file; B takes the stale marker over; A wakes: one claim."""
+    buckets.put_text("batch_raw.csv", MANIFEST)
+    script = tmp_path / "scan.py"
+    script.write_text(SCAN)
+    first = _scan(buckets, script, tmp_path / "host-a", "pause")
+    try:
+        assert first.stdout.readline().strip() == "paused"
+        first.send_signal(signal.SIGSTOP)
+        time.sleep(STALE_SECONDS * 2)
+        second = _scan(buckets, script, tmp_path / "host-b", "run")
+        out_b, _ = second.communicate(timeout=60)
+        assert out_b.split() == ["claimed"]
+        first.send_signal(signal.SIGCONT)
+        out_a, _ = first.communicate("\n", timeout=60)
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
+            first.kill()
+            first.wait()
+    assert first.returncode == 0 and out_a.split() == ["lost"]
+    keys = buckets.input_keys()
+    assert [k for k in keys if "processing-" in k] != [] and len([k for k in keys if "processing-" in k]) == 1
+    assert "batch_raw.csv" not in keys and not any(k.endswith(".claim") for k in keys)
+    runs = [r for host in ("host-a", "host-b") for r in list_run_dirs(tmp_path / host) if r.load().state == CLAIMED]
+    for run in runs:
+        reconcile(run, input_store=buckets.input)
+    keys = buckets.input_keys()
+    assert (
+        len(runs),
+        len([k for k in keys if "_failed-" in k and not k.endswith("-reasons.csv")]),
+        len([k for k in keys if k.endswith("-reasons.csv")]),
+        [k for k in keys if "processing-" in k or "_processed-" in k],
+    ) == (1, 1, 1, [])
+
+
+@pytest.mark.slow
+def test_scan_stalled_after_its_processing_file_keeps_the_claim_another_scan_completed(buckets, tmp_path):
+    """A pauses right after creating its processing file; B finds the stale marker *with* that file and
+    completes A's claim (deletes the raw manifest and the marker); A wakes, fails to renew, and must
+    recognise that its claim stands rather than delete its processing file (which would lose the manifest)."""
+    buckets.put_text("batch_raw.csv", MANIFEST)
+    script = tmp_path / "scan.py"
+    script.write_text(SCAN)
+    first = _scan(buckets, script, tmp_path / "host-a", "pause-after")
+    try:
+        assert first.stdout.readline().strip() == "paused"
+        first.send_signal(signal.SIGSTOP)
+        time.sleep(STALE_SECONDS * 2)
+        out_b, _ = _scan(buckets, script, tmp_path / "host-b", "run").communicate(timeout=60)
+        assert "batch_raw.csv" not in buckets.input_keys()  # B completed A's claim
+        first.send_signal(signal.SIGCONT)
+        out_a, _ = first.communicate("\n", timeout=60)
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
+            first.kill()
+            first.wait()
+    keys = buckets.input_keys()
+    (run,) = list_run_dirs(tmp_path / "host-a")
+    assert (out_b.split(), out_a.split(), [k for k in keys if "processing-" in k], run.load().state) == (
+        [], ["claimed"], [run.load().processing_key], CLAIMED
+    )
+    assert not any(k.endswith(".claim") for k in keys) and list_run_dirs(tmp_path / "host-b") == []
+
+
+def _put_loses_first_response(store, key_part: str, seen: list[int]) -> None:
+    """Make botocore retry the first PutObject whose key contains key_part, although the server applied it."""
+
+    def handler(response=None, attempts=None, request_dict=None, **_):
+        if response is None or key_part not in request_dict["url_path"]:
+            return None
+        seen.append(response[0].status_code)
+        return 0.01 if len(seen) == 1 and response[0].status_code == 200 else None
+
+    store.client.meta.events.register_first("needs-retry.s3.PutObject", handler)
+
+
+@pytest.mark.parametrize("key_part", [".claim", "processing-"])
+def test_lost_response_on_a_conditional_put_is_recognised_as_our_own(s3_server, bucket_name, tmp_path, key_part):
+    """The server applies the PUT, its answer is 'lost', the retry gets 412: the claim carries on at once."""
+    from cog_pipeline.store import StoreConfig
+
+    config = StoreConfig(endpoint=s3_server, max_attempts=3)
+    store = open_store(bucket_name, config)
+    store.client.create_bucket(Bucket=bucket_name)
+    store.put_bytes("batch_raw.csv", MANIFEST.encode())
+    seen: list[int] = []
+    _put_loses_first_response(store, key_part, seen)
+    claim = claim_one(store, store.head("batch_raw.csv"), work_dir=tmp_path, output_bucket="out", store_config=config)
+    assert seen[:2] == [200, 412]  # moto really got both: it applied the first, refused the retry
+    assert claim is not None
+    keys = [o.key for o in store.list("")]
+    assert keys == [claim.names.processing_key]
+
+
+def test_lost_response_on_a_renewal_is_recognised_as_our_own(s3_server, bucket_name, tmp_path):
+    from cog_pipeline.store import StoreConfig
+
+    config = StoreConfig(endpoint=s3_server, max_attempts=3)
+    store = open_store(bucket_name, config)
+    store.client.create_bucket(Bucket=bucket_name)
+    token = claim_mod.ClaimToken.new("20260101-000000", "etag")
+    created = store.create("m_raw.csv.claim", token.marker_body(0))
+    fence = _Fence("m_raw.csv.claim", token, created.etag)
+    seen: list[int] = []
+    _put_loses_first_response(store, ".claim", seen)
+    _renew(store, fence)
+    assert (seen[:2], fence.renewals, fence.etag == store.head("m_raw.csv.claim").etag) == ([200, 412], 1, True)
+
+
+def test_takeover_loses_when_the_owner_renewed_after_the_listing(buckets, tmp_path):
+    """B lists a stale marker; the owner renews before B acts: B's conditional delete fails, the marker stays."""
+    buckets.put_text("batch_raw.csv", MANIFEST)
+    token = claim_mod.ClaimToken.new("20200101-000000", buckets.input.head("batch_raw.csv").etag)
+    fence = _Fence("batch_raw.csv.claim", token, buckets.input.create("batch_raw.csv.claim", token.marker_body(0)).etag)
+    view = look(buckets.input, "*raw.csv")
+    _renew(buckets.input, fence)
+    later = datetime.now(timezone.utc) + STALE_MARKER_AGE * 2
+    assert recover_claims(buckets.input, tmp_path / "b", view, now=later) == []
+    assert buckets.input.head("batch_raw.csv.claim").etag == fence.etag
+
+
+def test_owner_cannot_renew_after_a_takeover(buckets, tmp_path):
+    buckets.put_text("batch_raw.csv", MANIFEST)
+    token = claim_mod.ClaimToken.new("20200101-000000", buckets.input.head("batch_raw.csv").etag)
+    fence = _Fence("batch_raw.csv.claim", token, buckets.input.create("batch_raw.csv.claim", token.marker_body(0)).etag)
+    later = datetime.now(timezone.utc) + STALE_MARKER_AGE * 2
+    actions = recover_claims(buckets.input, tmp_path / "b", look(buckets.input, "*raw.csv"), now=later)
+    assert any("stale" in a for a in actions)
+    with pytest.raises(ClaimLost):
+        _renew(buckets.input, fence)
+
+
+def test_two_takeovers_of_one_stale_marker_have_one_winner(buckets, tmp_path):
+    buckets.put_text("batch_raw.csv", MANIFEST)
+    buckets.put_text("batch_raw.csv.claim", '{"timestamp": "20200101-000000"}')
+    view = look(buckets.input, "*raw.csv")
+    later = datetime.now(timezone.utc) + STALE_MARKER_AGE * 2
+    first = recover_claims(buckets.input, tmp_path / "b", view, now=later)
+    # A new claimant's marker: its body names a new claimant (S3 ETags are content hashes, so a marker's
+    # unique id is what makes each claimant's version distinct).
+    buckets.input.create("batch_raw.csv.claim", claim_mod.ClaimToken.new("20200101-000001", "e").marker_body(0))
+    second = recover_claims(buckets.input, tmp_path / "c", view, now=later)  # acting on the old listing
+    assert (len(first), second, "batch_raw.csv.claim" in buckets.input_keys()) == (1, [], True)
+
+
+def test_marker_names_its_claimant(buckets, tmp_path):
+    buckets.put_text("batch_raw.csv", MANIFEST)
+    store = buckets.input
+    original = store.create
+    bodies = {}
+
+    def spy(key, data):
+        bodies[key] = data
+        return original(key, data)
+
+    store.create = spy
+    claim = claim_one(store, store.head("batch_raw.csv"), work_dir=tmp_path, output_bucket="out", store_config=buckets.config)
+    body = json.loads(bodies["batch_raw.csv.claim"])
+    assert {"host", "pid", "id", "created", "timestamp"} <= body.keys() and body["id"] == claim.token.id
+
+
+def test_fence_check_passes_for_our_processing_file_and_fails_once_it_is_replaced(buckets, tmp_path):
+    buckets.put_text("batch_raw.csv", MANIFEST)
+    claim = claim_one(
+        buckets.input, buckets.input.head("batch_raw.csv"), work_dir=tmp_path, output_bucket="out", store_config=buckets.config
+    )
+    token = load_claim_token(claim.run_dir)
+    assert token == claim.token and token.processing_etag
+    fence_check(buckets.input, claim.names, token)
+    buckets.input.put_bytes(claim.names.processing_key, b"another claim's bytes\n")
+    with pytest.raises(ClaimLost):
+        fence_check(buckets.input, claim.names, token)
+    buckets.input.delete(claim.names.processing_key)
+    with pytest.raises(ClaimLost):
+        fence_check(buckets.input, RunNames("batch_raw.csv", claim.run_dir.timestamp), token)
+
+
+def test_stale_age_can_be_set_from_the_environment(monkeypatch):
+    monkeypatch.setenv("COG_PIPELINE_STALE_MARKER_AGE", "2.5")
+    assert claim_mod.stale_marker_age().total_seconds() == 2.5
+
+
+def test_conditional_replace_refuses_a_changed_or_missing_object(buckets):
+    store = buckets.input
+    first = store.put_bytes("k", b"one")
+    second = store.replace("k", b"two", first.etag)
+    assert store.read_bytes("k")[0] == b"two" and store.check("k", second.etag).etag == second.etag
+    with pytest.raises(PreconditionFailed):
+        store.replace("k", b"three", first.etag)
+    with pytest.raises(PreconditionFailed):
+        store.check("k", first.etag)
+    with pytest.raises(PreconditionFailed):
+        store.replace("absent", b"x", first.etag)
+    assert store.read_bytes("k")[0] == b"two"
