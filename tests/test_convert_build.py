@@ -52,7 +52,7 @@ def test_built_file_alone_runs_under_the_system_python_without_rasterio(tmp_path
     proc = subprocess.run([str(exe), str(src), "x.tif", "x.jpg", "--bands", "3", "-v"], cwd=alone, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "valid (gdal)" in proc.stdout and "osgeo GDAL" in proc.stdout
+    assert "valid (gdal+builtin)" in proc.stdout and "osgeo GDAL" in proc.stdout
     np.testing.assert_array_equal(rasters.read(alone / "x.tif"), data)
     probe = subprocess.run([SYSTEM_PYTHON, "-c", "import importlib.util as u; print(u.find_spec('rasterio'))"],
                            env=env, capture_output=True, text=True)

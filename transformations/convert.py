@@ -231,6 +231,9 @@ def convert(
                 errors.append(f"COG is {got}, input is {want}")
             if out_info.block_size != (COG_BLOCKSIZE, COG_BLOCKSIZE):
                 errors.append(f"COG blocks are {out_info.block_size}")
+            smallest = out_info.overview_sizes[-1] if out_info.overview_sizes else (info.width, info.height)
+            if max(smallest) > COG_BLOCKSIZE:
+                errors.append(f"COG overviews stop at {smallest[0]}x{smallest[1]}, larger than one tile")
         if errors:
             raise ConversionError(ExitCode.OUTPUT_INVALID, f"COG failed validation ({validator}): {'; '.join(errors)}")
         if verify_pixels:
