@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 from .backend import loaded_backend
 from .convert import convert
 from .exit_codes import BAND_MISMATCH_ENV, ConversionError, ExitCode, one_line
+from .validate import VALIDATOR_ENV, VALIDATORS
 from .settings import CACHEMAX_ENV, DEFAULT_CACHEMAX_MB, PARALLEL_CACHEMAX_MB, RESAMPLING_ENV, THREADS_ENV
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -34,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resampling", default=None, help=f"overview resampling (default: the COG driver's; env {RESAMPLING_ENV})")
     p.add_argument("--threads", type=int, default=None, help=f"GDAL threads (default: env {THREADS_ENV}, OMP_NUM_THREADS, or the CPUs available)")
     p.add_argument("--cachemax", type=int, default=None, help=f"GDAL block cache in MB (default {DEFAULT_CACHEMAX_MB}, {PARALLEL_CACHEMAX_MB} on the parallel COG path; env {CACHEMAX_ENV})")
+    p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
+                   help="provenance to embed in the COG's GDAL metadata, domain COG_PIPELINE (repeatable)")
+    p.add_argument("--validator", choices=VALIDATORS, default=None,
+                   help=f"COG validator (default: env {VALIDATOR_ENV}, else auto: the lightest that proves the same)")
     p.add_argument("--verify-pixels", action="store_true", help="also compare full-resolution checksums of input and COG")
     p.add_argument("--verbose", "-v", action="store_true", help="print a summary and GDAL's own messages")
     return p
@@ -44,6 +49,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.bands is not None and args.bands < 1:
         print("USAGE: --bands must be at least 1", file=sys.stderr)
         return ExitCode.USAGE
+    metadata = {}
+    for pair in args.metadata:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            print(f"USAGE: --metadata {one_line(pair)!r}: expected KEY=VALUE", file=sys.stderr)
+            return ExitCode.USAGE
+        metadata[key] = value
     # GDAL, libtiff and Python warnings may write to the process's stderr from any thread;
     # the contract is ONE line there, so they go to a temporary file (shown with --verbose).
     captured = tempfile.TemporaryFile(mode="w+b")
@@ -70,6 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             threads=args.threads,
             cachemax_mb=args.cachemax,
             verify_pixels=args.verify_pixels,
+            metadata=metadata,
+            validator=args.validator,
         )
         code = result.exit_code
         if code:

@@ -5,18 +5,21 @@ in-process callers (long-lived workers) share.
 from __future__ import annotations
 
 import errno
+import struct
 import os
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import replace
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .backend import get_backend
 from .cog import cog_options, parallel_cog, cog_method
 from .exit_codes import ConversionError, ExitCode, GdalFailure
 from .failures import classify_write_failure, remove_outputs, temp_name
 from .inputs import inspect_input
+from .provenance import embed_metadata
 from .preview import plan_preview, preview_vrt
 from .settings import CACHEMAX_ENV, COG_BLOCKSIZE, DEFAULT_CACHEMAX_MB, JPEG_CACHEMAX_MB, JPEG_QUALITY, OVERVIEW_THREADS_ENV, PARALLEL_CACHEMAX_MB, RESAMPLING_ENV, THREADS_ENV
 from .validate import validate_cog, validate_jpeg
@@ -87,16 +90,39 @@ class _Config:
             be.set_config(k, v)
 
 
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to convert; every field's default is the executable's default (see docs/conversion.md)."""
+
+    resampling: Optional[str] = None
+    threads: Optional[int] = None
+    cachemax_mb: Optional[int] = None
+    verify_pixels: bool = False
+    #: provenance written into the COG's GDAL metadata, domain ``COG_PIPELINE``
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    #: "auto", "rio-cogeo", "gdal" or "builtin" (see validate.validate_cog)
+    validator: Optional[str] = None
+
+
+def check_metadata(items: Mapping[str, str]) -> Dict[str, str]:
+    """The provenance pairs as a dict; ConversionError(USAGE) for a key GDAL could not keep."""
+    out = {}
+    for key, value in items.items():
+        if not isinstance(key, str) or not key or "=" in key or any(c.isspace() for c in key):
+            raise ConversionError(ExitCode.USAGE, f"metadata key {key!r}: must be non-empty, without '=' or spaces")
+        if not isinstance(value, str) or "\x00" in value:
+            raise ConversionError(ExitCode.USAGE, f"metadata value for {key!r} must be a string without NUL")
+        out[key] = value
+    return out
+
+
 def convert(
-    input: str,
-    output_tif: str,
-    output_jpg: str,
+    input: Union[str, os.PathLike],
+    output_tif: Union[str, os.PathLike],
+    output_jpg: Union[str, os.PathLike],
     bands: Optional[int] = None,
-    *,
-    resampling: Optional[str] = None,
-    threads: Optional[int] = None,
-    cachemax_mb: Optional[int] = None,
-    verify_pixels: bool = False,
+    options: Optional[ConvertOptions] = None,
+    **overrides: Any,
 ) -> ConversionResult:
     """Convert ``input`` into a COG at ``output_tif`` and a JPEG preview at ``output_jpg``.
 
@@ -106,7 +132,14 @@ def convert(
     output behind. ``resampling`` overrides the overview resampling (default: the COG
     driver's own default, like the original tool); env ``COG_PIPELINE_RESAMPLING`` too.
     ``verify_pixels`` also compares full-resolution checksums of input and COG.
+
+    This is the executable's code path itself (the CLI only parses arguments and prints), so a
+    long-lived worker calling it in-process gets the same outputs, verification and exit codes.
+    ``overrides`` are :class:`ConvertOptions` fields (``convert(..., threads=1)``).
     """
+    opts = replace(options or ConvertOptions(), **overrides)
+    resampling, threads, cachemax_mb = opts.resampling, opts.threads, opts.cachemax_mb
+    verify_pixels, metadata = opts.verify_pixels, check_metadata(opts.metadata)
     be = get_backend()
     started = time.perf_counter()
     timings: Dict[str, float] = {}
@@ -200,6 +233,8 @@ def convert(
             except GdalFailure as exc:
                 cog_failure = exc
             timings["cog"] = time.perf_counter() - t0
+            if metadata and cog_failure is None:
+                _embed(tmp_tif, metadata, temps, token)
             if jpeg_after and cog_failure is None:
                 if cache_default:
                     be.set_cachemax(JPEG_CACHEMAX_MB << 20)
@@ -218,7 +253,7 @@ def convert(
             raise classify_write_failure(jpeg_outcome["failure"], info, out_dirs, "JPEG")
 
         t0 = time.perf_counter()
-        validator, errors, warns = validate_cog(tmp_tif)
+        validator, errors, warns = validate_cog(tmp_tif, opts.validator)
         try:
             out_info = be.info(tmp_tif)
         except GdalFailure as exc:
@@ -305,3 +340,17 @@ def _remove_sidecar(path: str) -> None:
     except OSError:
         pass
 
+
+
+def _embed(cog: str, metadata: Dict[str, str], temps: List[str], token: str) -> None:
+    """Add the provenance pairs to the finished COG (see provenance.py), in place."""
+    with_md = temp_name(cog, ".md.tif", token)
+    temps.append(with_md)
+    try:
+        embed_metadata(cog, with_md, metadata)
+        os.replace(with_md, cog)
+    except OSError as exc:
+        code = ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
+        raise ConversionError(code, f"cannot write the COG's metadata: {exc.strerror}") from None
+    except (ValueError, struct.error) as exc:
+        raise ConversionError(ExitCode.INTERNAL, f"cannot embed metadata: {exc}") from None
