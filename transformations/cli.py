@@ -10,6 +10,7 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
+from .budget import CACHE_SHARE, DEFAULT_MEMORY_BUDGET_MB, MEMORY_BUDGET_ENV
 from .backend import loaded_backend
 from .convert import convert
 from .exit_codes import BAND_MISMATCH_ENV, ConversionError, ExitCode, one_line
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resampling", default=None, help=f"overview resampling (default: the COG driver's; env {RESAMPLING_ENV})")
     p.add_argument("--threads", type=int, default=None, help=f"GDAL threads (default: env {THREADS_ENV}, OMP_NUM_THREADS, or the CPUs available)")
     p.add_argument("--cachemax", type=int, default=None, help=f"GDAL block cache in MB (default {DEFAULT_CACHEMAX_MB}, {PARALLEL_CACHEMAX_MB} on the parallel COG path; env {CACHEMAX_ENV})")
+    p.add_argument("--memory-budget", type=int, default=None, metavar="MB",
+                   help=f"memory this conversion may use (default: env {MEMORY_BUDGET_ENV}, the HTCondor slot's "
+                   f"RequestMemory, else {DEFAULT_MEMORY_BUDGET_MB}); caps GDAL's block cache at 1/{CACHE_SHARE}")
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
                    help="provenance to embed in the COG's GDAL metadata, domain COG_PIPELINE (repeatable)")
     p.add_argument("--validator", choices=VALIDATORS, default=None,
@@ -46,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.memory_budget is not None and args.memory_budget < 64:
+        print("USAGE: --memory-budget must be at least 64 (MB)", file=sys.stderr)
+        return ExitCode.USAGE
     if args.bands is not None and args.bands < 1:
         print("USAGE: --bands must be at least 1", file=sys.stderr)
         return ExitCode.USAGE
@@ -84,6 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             verify_pixels=args.verify_pixels,
             metadata=metadata,
             validator=args.validator,
+            memory_budget_mb=args.memory_budget,
         )
         code = result.exit_code
         if code:
@@ -96,7 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"{result.cog}: {result.width}x{result.height}x{result.bands} {result.dtype}, overviews "
             f"{result.overview_sizes}, valid ({result.validator}); {result.jpeg}: {result.jpeg_size[0]}x"
             f"{result.jpeg_size[1]}x{result.jpeg_bands} ({result.preview}); {result.backend} GDAL "
-            f"{result.gdal_version}, {result.threads} threads, cog {result.cog_method}, "
+            f"{result.gdal_version}, {result.threads} threads, cog {result.cog_method}, budget "
+            f"{result.memory_budget_mb} MB, cache {result.cachemax_mb} MB, "
             + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
         )
     except ConversionError as exc:

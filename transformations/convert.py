@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .backend import get_backend
+from .budget import cache_cap_mb, memory_budget_mb
 from .cog import cog_options, parallel_cog, cog_method
 from .exit_codes import ConversionError, ExitCode, GdalFailure
 from .failures import classify_write_failure, remove_outputs, temp_name
@@ -49,6 +50,9 @@ class ConversionResult:
     #: how the COG was built: "parallel" (overviews || full resolution, then assembled) or "driver"
     cog_method: str = "driver"
     warnings: List[str] = field(default_factory=list)
+    #: the memory budget the conversion ran under and the GDAL block cache it chose (MB)
+    memory_budget_mb: int = 0
+    cachemax_mb: int = 0
     exit_code: ExitCode = ExitCode.OK
     reason: str = ""
 
@@ -102,6 +106,8 @@ class ConvertOptions:
     metadata: Mapping[str, str] = field(default_factory=dict)
     #: "auto", "rio-cogeo", "gdal" or "builtin" (see validate.validate_cog)
     validator: Optional[str] = None
+    #: MB this conversion may use (default: the HTCondor slot's, else 1024; see budget.py)
+    memory_budget_mb: Optional[int] = None
 
 
 def check_metadata(items: Mapping[str, str]) -> Dict[str, str]:
@@ -140,6 +146,7 @@ def convert(
     opts = replace(options or ConvertOptions(), **overrides)
     resampling, threads, cachemax_mb = opts.resampling, opts.threads, opts.cachemax_mb
     verify_pixels, metadata = opts.verify_pixels, check_metadata(opts.metadata)
+    budget_mb = memory_budget_mb(opts.memory_budget_mb)
     be = get_backend()
     started = time.perf_counter()
     timings: Dict[str, float] = {}
@@ -201,6 +208,8 @@ def convert(
             "COG_TMP_COMPRESSION": "NONE",
         }
         saved_cache = be.get_cachemax()
+        if cache_default:
+            cachemax_mb = min(cachemax_mb, cache_cap_mb(budget_mb))
         be.set_cachemax(cachemax_mb << 20)
         jpeg_outcome: Dict[str, Any] = {}
 
@@ -237,7 +246,7 @@ def convert(
                 _embed(tmp_tif, metadata, temps, token)
             if jpeg_after and cog_failure is None:
                 if cache_default:
-                    be.set_cachemax(JPEG_CACHEMAX_MB << 20)
+                    be.set_cachemax(min(JPEG_CACHEMAX_MB, cachemax_mb) << 20)
                 _trim_heap()  # hand the COG threads' freed buffers back before libjpeg's buffer
                 make_jpeg()
             elif not jpeg_after:
@@ -315,6 +324,8 @@ def convert(
         cog_method=method,
         timings=timings,
         warnings=list(warns),
+        memory_budget_mb=budget_mb,
+        cachemax_mb=cachemax_mb,
         exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK,
         reason=mismatch,
     )
