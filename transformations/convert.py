@@ -18,6 +18,7 @@ from .backend import get_backend
 from .budget import cache_cap_mb, memory_budget_mb
 from .cog import cog_options, parallel_cog, cog_method
 from .exit_codes import ConversionError, ExitCode, GdalFailure
+from .rasterinfo import RasterInfo
 from .failures import classify_write_failure, remove_outputs, temp_name
 from .inputs import inspect_input
 from .provenance import embed_metadata
@@ -225,33 +226,35 @@ def convert(
                 jpeg_outcome["crash"] = exc
             jpeg_outcome["seconds"] = time.perf_counter() - t0
 
-        with _Config(config):
-            jpeg_thread = threading.Thread(target=make_jpeg, name="generate_cog-jpeg", daemon=True)
-            if not jpeg_after:
-                jpeg_thread.start()
-            t0 = time.perf_counter()
-            cog_failure: Optional[GdalFailure] = None
-            try:
-                if method == "parallel":
-                    try:
-                        parallel_cog(info, tmp_tif, threads, temps, token, timings, beside_jpeg=not jpeg_after)
-                    except ValueError:  # a part GDAL wrote is not what the assembler expects
-                        method = "driver"
-                if method == "driver":
-                    be.create_copy("COG", info.path, tmp_tif, cog_options(info, threads, resampling))
-            except GdalFailure as exc:
-                cog_failure = exc
-            timings["cog"] = time.perf_counter() - t0
-            if metadata and cog_failure is None:
-                _embed(tmp_tif, metadata, temps, token)
-            if jpeg_after and cog_failure is None:
-                if cache_default:
-                    be.set_cachemax(min(JPEG_CACHEMAX_MB, cachemax_mb) << 20)
-                _trim_heap()  # hand the COG threads' freed buffers back before libjpeg's buffer
-                make_jpeg()
-            elif not jpeg_after:
-                jpeg_thread.join()
-        be.set_cachemax(saved_cache)
+        try:
+            with _Config(config):
+                jpeg_thread = threading.Thread(target=make_jpeg, name="generate_cog-jpeg", daemon=True)
+                if not jpeg_after:
+                    jpeg_thread.start()
+                t0 = time.perf_counter()
+                cog_failure: Optional[GdalFailure] = None
+                try:
+                    if method == "parallel":
+                        try:
+                            parallel_cog(info, tmp_tif, threads, temps, token, timings, beside_jpeg=not jpeg_after)
+                        except ValueError:  # a part GDAL wrote is not what the assembler expects
+                            method = "driver"
+                    if method == "driver":
+                        be.create_copy("COG", info.path, tmp_tif, cog_options(info, threads, resampling))
+                except GdalFailure as exc:
+                    cog_failure = exc
+                timings["cog"] = time.perf_counter() - t0
+                if metadata and cog_failure is None:
+                    _embed(tmp_tif, metadata, temps, token)
+                if jpeg_after and cog_failure is None:
+                    if cache_default:
+                        be.set_cachemax(min(JPEG_CACHEMAX_MB, cachemax_mb) << 20)
+                    _trim_heap()  # hand the COG threads' freed buffers back before libjpeg's buffer
+                    make_jpeg()
+                elif not jpeg_after:
+                    jpeg_thread.join()
+        finally:
+            be.set_cachemax(saved_cache)  # a library caller keeps its own cache size, whatever happened
         timings["jpeg"] = jpeg_outcome.get("seconds", 0.0)
 
         if cog_failure is not None:
@@ -262,30 +265,7 @@ def convert(
             raise classify_write_failure(jpeg_outcome["failure"], info, out_dirs, "JPEG")
 
         t0 = time.perf_counter()
-        validator, errors, warns = validate_cog(tmp_tif, opts.validator)
-        try:
-            out_info = be.info(tmp_tif)
-        except GdalFailure as exc:
-            errors.append(f"GDAL cannot reopen it: {exc.text}")
-            out_info = None
-        if out_info is not None:
-            got = (out_info.width, out_info.height, out_info.count, out_info.dtypes)
-            want = (info.width, info.height, info.count, info.dtypes)
-            if got != want:
-                errors.append(f"COG is {got}, input is {want}")
-            if out_info.block_size != (COG_BLOCKSIZE, COG_BLOCKSIZE):
-                errors.append(f"COG blocks are {out_info.block_size}")
-            smallest = out_info.overview_sizes[-1] if out_info.overview_sizes else (info.width, info.height)
-            if max(smallest) > COG_BLOCKSIZE:
-                errors.append(f"COG overviews stop at {smallest[0]}x{smallest[1]}, larger than one tile")
-        if errors:
-            raise ConversionError(ExitCode.OUTPUT_INVALID, f"COG failed validation ({validator}): {'; '.join(errors)}")
-        if verify_pixels:
-            try:
-                if be.checksums(info.path) != be.checksums(tmp_tif):
-                    raise ConversionError(ExitCode.OUTPUT_INVALID, "COG pixels differ from the input's")
-            except GdalFailure as exc:
-                raise ConversionError(ExitCode.OUTPUT_INVALID, f"cannot compare pixels: {exc.text}") from None
+        validator, warns, out_info = _verify_cog(tmp_tif, info, opts.validator, verify_pixels)
         jpeg_errors = jpeg_outcome.get("errors", ["JPEG was not produced"])
         if jpeg_errors:
             raise ConversionError(ExitCode.OUTPUT_INVALID, "; ".join(jpeg_errors))
@@ -365,3 +345,36 @@ def _embed(cog: str, metadata: Dict[str, str], temps: List[str], token: str) -> 
         raise ConversionError(code, f"cannot write the COG's metadata: {exc.strerror}") from None
     except (ValueError, struct.error) as exc:
         raise ConversionError(ExitCode.INTERNAL, f"cannot embed metadata: {exc}") from None
+
+
+def _verify_cog(tmp_tif: str, info: RasterInfo, validator: Optional[str], verify_pixels: bool
+                ) -> Tuple[str, List[str], Optional[RasterInfo]]:
+    """Validate the written COG and compare it with the input; ConversionError(OUTPUT_INVALID) if it fails.
+
+    Returns (validator name, its warnings, the COG as GDAL reopens it)."""
+    be = get_backend()
+    validator, errors, warns = validate_cog(tmp_tif, validator)
+    try:
+        out_info = be.info(tmp_tif)
+    except GdalFailure as exc:
+        errors.append(f"GDAL cannot reopen it: {exc.text}")
+        out_info = None
+    if out_info is not None:
+        got = (out_info.width, out_info.height, out_info.count, out_info.dtypes)
+        want = (info.width, info.height, info.count, info.dtypes)
+        if got != want:
+            errors.append(f"COG is {got}, input is {want}")
+        if out_info.block_size != (COG_BLOCKSIZE, COG_BLOCKSIZE):
+            errors.append(f"COG blocks are {out_info.block_size}")
+        smallest = out_info.overview_sizes[-1] if out_info.overview_sizes else (info.width, info.height)
+        if max(smallest) > COG_BLOCKSIZE:
+            errors.append(f"COG overviews stop at {smallest[0]}x{smallest[1]}, larger than one tile")
+    if errors:
+        raise ConversionError(ExitCode.OUTPUT_INVALID, f"COG failed validation ({validator}): {'; '.join(errors)}")
+    if verify_pixels:
+        try:
+            if be.checksums(info.path) != be.checksums(tmp_tif):
+                raise ConversionError(ExitCode.OUTPUT_INVALID, "COG pixels differ from the input's")
+        except GdalFailure as exc:
+            raise ConversionError(ExitCode.OUTPUT_INVALID, f"cannot compare pixels: {exc.text}") from None
+    return validator, warns, out_info
