@@ -726,7 +726,7 @@ print(json.dumps({"method": r.cog_method, "events": events}))
 """
 
 
-def _schedule(tmp_path: Path, count: int, *extra: str) -> dict:
+def _schedule(tmp_path: Path, count: int, *extra: str, env_extra: dict | None = None) -> dict:
     import json
 
     data = rasters.textured(count, 1100, 1100)
@@ -734,6 +734,7 @@ def _schedule(tmp_path: Path, count: int, *extra: str) -> dict:
     tif, jpg = outputs(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("COG_PIPELINE_")}
     env["COG_PIPELINE_GDAL_BACKEND"] = "osgeo"
+    env.update(env_extra or {})
     proc = subprocess.run([SYSTEM_PYTHON, "-c", _SCHEDULE_PROBE, str(EXECUTABLE), str(src), str(tif), str(jpg),
                            *extra], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -778,3 +779,16 @@ def test_osgeo_explicit_cachemax_is_kept(tmp_path: Path) -> None:
     out = _schedule(tmp_path, 1, "100")
     assert [e[1] for e in out["events"] if e[0] == "cache"][0] == 100
     assert 16 not in [e[1] for e in out["events"] if e[0] == "cache"]
+
+
+@needs_osgeo
+@pytest.mark.parametrize("var", ["GDAL_NUM_THREADS", "OMP_NUM_THREADS"])
+def test_osgeo_one_cpu_writes_the_jpeg_after_the_cog(tmp_path: Path, var: str) -> None:
+    """One thread (a CHTC slot): the parallel path still runs, and the JPEG follows the COG in the
+    calling thread instead of competing with it for the one CPU and adding its buffer to the peak."""
+    env = {"GDAL_NUM_THREADS": "", "OMP_NUM_THREADS": "", var: "1"}
+    out = _schedule(tmp_path, 3, env_extra=env)
+    assert out["method"] == "parallel"
+    copies = [e for e in out["events"] if e[0] == "copy"]
+    assert copies[-1] == ["copy", "JPEG", "MainThread"]
+    assert all(e[1] == "GTiff" for e in copies[:-1])

@@ -64,7 +64,8 @@ class ConversionResult:
 
 
 def _default_threads() -> int:
-    for var in (THREADS_ENV, "OMP_NUM_THREADS"):
+    """COG_PIPELINE_THREADS, OMP_NUM_THREADS (HTCondor sets it to the slot's CPUs), GDAL_NUM_THREADS, else the CPUs."""
+    for var in (THREADS_ENV, "OMP_NUM_THREADS", "GDAL_NUM_THREADS"):
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) > 0:
             return int(value)
@@ -196,7 +197,9 @@ def convert(
         method = cog_method(info, resampling)
         # Parallel path: the JPEG runs beside the COG threads, except for single-band inputs, where it runs after the COG (libjpeg's whole-image coefficient
         # buffer on top of the COG threads' buffers would exceed the original tool's memory).
-        jpeg_after = method == "parallel" and info.count == 1
+        # With one thread (one CPU, as in a CHTC slot) running the JPEG beside the COG buys no time, only
+        # memory: it is written after the COG, so the two encoders' buffers never coexist.
+        jpeg_after = (method == "parallel" and info.count == 1) or threads == 1
         if method == "parallel" and cache_default:
             cachemax_mb = PARALLEL_CACHEMAX_MB
         # Overviews are computed while the JPEG encoder (one thread) runs beside them.
