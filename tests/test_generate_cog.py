@@ -607,7 +607,20 @@ def test_osgeo_backend_scales_uint16(tmp_path: Path) -> None:
 
 
 def test_backend_in_this_environment_is_rasterio() -> None:
+    from cog_pipeline.transformations.backend import GdalBackend, get_backend
+
     assert backend_name() == "rasterio"
+    assert isinstance(get_backend(), GdalBackend)
+
+
+@needs_osgeo
+def test_osgeo_backend_has_the_protocols_methods() -> None:
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from generate_cog import backend as b; "
+         "print(b.backend_name(), isinstance(b.get_backend(), b.GdalBackend))", str(EXECUTABLE)],
+        capture_output=True, text=True,
+    )
+    assert probe.stdout.split() == ["osgeo", "True"], probe.stderr
 
 
 # ---------------------------------------------------------------- the parallel COG path (overviews || full resolution)

@@ -9,7 +9,7 @@ binding is loaded on first use, not at import, so importing the package costs no
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from .rasterinfo import RasterInfo
 from .settings import BACKEND_ENV
 
 
+@runtime_checkable
 class GdalBackend(Protocol):
     """The few GDAL operations the converter needs; every failure raises ``GdalFailure``."""
 
@@ -39,10 +40,6 @@ class GdalBackend(Protocol):
              out_shape: Optional[Tuple[int, int]] = None, masks: bool = False) -> np.ndarray: ...
 
     def checksums(self, path: str) -> Tuple[List[int], List[int]]: ...
-
-    def set_metadata(self, path: str, items: Dict[str, str], domain: str) -> None: ...
-
-    def metadata(self, path: str, domain: str) -> Dict[str, str]: ...
 
     def set_config(self, key: str, value: Optional[str]) -> None: ...
 

@@ -106,6 +106,11 @@ class RasterioBackend:
 
         return self._call(do)[1]
 
+    def cascade_overviews(self, src: str, dims: Sequence[Tuple[int, int]], prefix: str, resampling: str,
+                          creation: Dict[str, str], threads: str, temps: List[str]) -> List[str]:
+        """Not available: rasterio has no GDALRegenerateOverviews (``can_cascade_overviews`` is False)."""
+        raise GdalFailure("rasterio's GDAL API has no GDALRegenerateOverviews: use the COG driver")
+
     def read(
         self,
         path: str,
