@@ -81,18 +81,33 @@ def make_input(path: Path, size: int, bands: int) -> Path:
     return path
 
 
+#: Runs one command and reports its own child's usage. A fresh, tiny process (python -S, stdlib only):
+#: a child's ru_maxrss counts the pages it shared with its parent at fork, so measuring from this
+#: benchmark's process (numpy, rasterio, earlier sizes' buffers) inflated the peak-RSS column.
+_MEASURE = r"""
+import json, os, resource, sys, time
+t0 = time.perf_counter()
+pid = os.posix_spawnp(sys.argv[1], sys.argv[1:], os.environ)
+_, status = os.waitpid(pid, 0)
+wall = time.perf_counter() - t0
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"code": os.waitstatus_to_exitcode(status), "wall": wall, "cpu": u.ru_utime + u.ru_stime,
+                  "rss": u.ru_maxrss / 1024}))
+"""
+
+
 def run_measured(cmd: list[str], env: dict | None = None) -> dict:
-    """Run one process; wall seconds, CPU seconds and peak RSS (MiB) from wait4()."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    proc.stderr.close()
-    if proc.returncode not in (0,):
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip()}")
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss / 1024}
+    """Run one process in a fresh measuring process; wall seconds, CPU seconds and peak RSS (MiB)."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-S", "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env)
+    try:
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise SystemExit(f"{' '.join(cmd)}: measuring failed: {proc.stderr.strip()}") from None
+    if r["code"] != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({r['code']}): {proc.stderr.strip()}")
+    return {"wall": r["wall"], "cpu": r["cpu"], "rss": r["rss"]}
 
 
 RASTERIO_COPY = r"""
@@ -139,14 +154,14 @@ def _band_subset_vrt(path: Path, src_bands: list[int]) -> str:
     return f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}">{bands}</VRTDataset>'
 
 
-def ours(gdal: str, src: Path, bands: int, out: Path, extra: list[str]) -> dict:
+def ours(gdal: str, src: Path, bands: int, out: Path, extra: list[str], exe: Path = GENERATE_COG) -> dict:
     cog, jpg = out / "ours.tif", out / "ours.jpg"
     env = dict(os.environ)
     if gdal == "system":
-        cmd = ["/usr/bin/python3", str(GENERATE_COG)]
+        cmd = ["/usr/bin/python3", str(exe)]
         env["COG_PIPELINE_GDAL_BACKEND"] = "osgeo"
     else:
-        cmd = [VENV_PYTHON, str(GENERATE_COG)]
+        cmd = [VENV_PYTHON, str(exe)]
         env["COG_PIPELINE_GDAL_BACKEND"] = "rasterio"
     r = run_measured(cmd + [str(src), str(cog), str(jpg), "--bands", str(bands), *extra], env=env)
     r.update(cog=cog, jpg=jpg, steps="")
@@ -182,6 +197,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--gdal", choices=["system", "rasterio"], default="system")
     p.add_argument("--workdir", type=Path, default=None, help="where outputs go (default: a temp dir beside the data)")
+    p.add_argument("--ours", type=Path, default=GENERATE_COG, help="the converter to time (default: transformations/generate_cog)")
     p.add_argument("ours_args", nargs="*", help="extra generate_cog options after --, e.g. -- --threads 2")
     args = p.parse_args()
 
@@ -196,7 +212,7 @@ def main() -> int:
             runs = {"original": [], "ours": []}
             for r in range(args.rounds):
                 o = original(args.gdal, src, bands, workdir)
-                n = ours(args.gdal, src, bands, workdir, args.ours_args)
+                n = ours(args.gdal, src, bands, workdir, args.ours_args, args.ours)
                 runs["original"].append(o)
                 runs["ours"].append(n)
                 print(f"  {bands} bands round {r + 1}: original {o['wall']:.2f}s wall {o['cpu']:.2f}s CPU "

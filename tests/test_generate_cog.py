@@ -15,37 +15,15 @@ import rasterio.shutil
 from rasterio.enums import ColorInterp, MaskFlags
 from rio_cogeo.cogeo import cog_validate
 
-from cog_pipeline.transformations.generate_cog import (
-    ConversionError,
-    ExitCode,
-    _cog_overview_dims,
-    _read_tiff_ifds,
-    _validate_cog_structure,
-    assemble_cog,
-    backend_name,
-    convert,
-    validate_cog,
-    validate_jpeg,
-)
+from cog_pipeline.transformations.assemble import assemble_cog
+from cog_pipeline.transformations.backend import backend_name
+from cog_pipeline.transformations.cog import cog_overview_dims
+from cog_pipeline.transformations.convert import convert
+from cog_pipeline.transformations.exit_codes import ConversionError, ExitCode
+from cog_pipeline.transformations.tiff import read_tiff_ifds
+from cog_pipeline.transformations.validate import builtin_check, validate_cog, validate_jpeg
 from tests import rasters
-from tests.conftest import REPO_ROOT
-
-EXECUTABLE = REPO_ROOT / "transformations" / "generate_cog"
-SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def _system_python_has_osgeo() -> bool:
-    if not os.path.exists(SYSTEM_PYTHON):
-        return False
-    probe = subprocess.run(
-        [SYSTEM_PYTHON, "-c", "from osgeo import gdal; import numpy"], capture_output=True
-    )
-    return probe.returncode == 0
-
-
-needs_osgeo = pytest.mark.skipif(
-    not _system_python_has_osgeo(), reason="/usr/bin/python3 has no osgeo.gdal (stock GDAL container stand-in)"
-)
+from tests.convert_support import EXECUTABLE, SYSTEM_PYTHON, needs_osgeo
 
 
 def run(args: list[str], python: str = sys.executable, backend: str | None = None) -> subprocess.CompletedProcess:
@@ -455,22 +433,22 @@ def test_out_of_disk(tmp_path: Path, tiny_disk: Path) -> None:
 def test_builtin_validator_accepts_the_cog(tmp_path: Path) -> None:
     src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 1200, 1000), mask=np.full((1200, 1000), 255, "uint8"))
     _, tif, _ = converted(tmp_path, src, 3)
-    assert _validate_cog_structure(str(tif))[0] == []
-    assert validate_cog(str(tif), use_rio_cogeo=False)[0] == "builtin"
+    assert builtin_check(str(tif))[0] == []
+    assert validate_cog(str(tif), validator="builtin")[0] == "builtin"
 
 
 def test_builtin_validator_rejects_striped_tiff_like_rio_cogeo(tmp_path: Path) -> None:
     path = rasters.write(tmp_path / "plain.tif", rasters.textured(1, 1200, 1200))
-    errors, _ = _validate_cog_structure(str(path))
+    errors, _ = builtin_check(str(path))
     assert any("not tiled" in e for e in errors), errors
     assert not cog_validate(str(path), quiet=True)[0]
 
 
-def test_builtin_validator_requires_overviews_where_rio_cogeo_only_warns(tmp_path: Path) -> None:
+def test_builtin_validator_warns_on_missing_overviews_like_rio_cogeo(tmp_path: Path) -> None:
     path = rasters.write(tmp_path / "plain.tif", rasters.textured(1, 1200, 1200), tiled=True,
                          blockxsize=256, blockysize=256)
-    errors, _ = _validate_cog_structure(str(path))
-    assert any("no overviews" in e for e in errors), errors
+    errors, warnings = builtin_check(str(path))
+    assert errors == [] and any("no overviews" in w for w in warnings), (errors, warnings)
     assert cog_validate(str(path), quiet=True)[2]  # a warning there
 
 
@@ -479,7 +457,7 @@ def test_builtin_validator_rejects_overviews_after_data(tmp_path: Path) -> None:
                          blockxsize=512, blockysize=512)
     with rasterio.open(path, "r+") as ds:
         ds.build_overviews([2, 4, 8])
-    errors, _ = _validate_cog_structure(str(path))
+    errors, _ = builtin_check(str(path))
     assert any("before the image data" in e or "ordered" in e for e in errors), errors
 
 
@@ -596,9 +574,9 @@ def test_osgeo_backend_converts_and_validates(tmp_path: Path) -> None:
 @needs_osgeo
 def test_osgeo_backend_runs_without_rasterio(tmp_path: Path) -> None:
     probe = subprocess.run(
-        [SYSTEM_PYTHON, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import generate_cog as g; "
+        [SYSTEM_PYTHON, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from generate_cog import backend as g; "
          "import importlib.util as u; print(g.backend_name(), u.find_spec('rasterio') is None)",
-         str(EXECUTABLE.parent)],
+         str(EXECUTABLE)],
         capture_output=True, text=True,
     )
     assert probe.stdout.split() == ["osgeo", "True"], probe.stderr
@@ -629,7 +607,20 @@ def test_osgeo_backend_scales_uint16(tmp_path: Path) -> None:
 
 
 def test_backend_in_this_environment_is_rasterio() -> None:
+    from cog_pipeline.transformations.backend import GdalBackend, get_backend
+
     assert backend_name() == "rasterio"
+    assert isinstance(get_backend(), GdalBackend)
+
+
+@needs_osgeo
+def test_osgeo_backend_has_the_protocols_methods() -> None:
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from generate_cog import backend as b; "
+         "print(b.backend_name(), isinstance(b.get_backend(), b.GdalBackend))", str(EXECUTABLE)],
+        capture_output=True, text=True,
+    )
+    assert probe.stdout.split() == ["osgeo", "True"], probe.stderr
 
 
 # ---------------------------------------------------------------- the parallel COG path (overviews || full resolution)
@@ -637,7 +628,7 @@ def test_backend_in_this_environment_is_rasterio() -> None:
 
 def _tile_data(path: Path) -> tuple[list, bytes]:
     """(per-IFD size, tile offsets and byte counts), and the file from the first tile on."""
-    ifds, _ = _read_tiff_ifds(str(path))
+    ifds, _ = read_tiff_ifds(str(path))
     first = min(o for d in ifds for o in d.data_offsets if o)
     with open(path, "rb") as fh:
         fh.seek(first - 4)
@@ -670,7 +661,7 @@ def test_osgeo_parallel_cog_is_the_cog_drivers_cog(tmp_path: Path, count: int, w
     with rasters.open_(src) as a, rasters.open_(tif) as b, rasters.open_(reference) as r:
         assert (b.crs, b.transform, b.colorinterp, b.dtypes) == (a.crs, a.transform, a.colorinterp, a.dtypes)
         assert b.overviews(1) == r.overviews(1)
-    for level in range(len(_cog_overview_dims(width, height))):
+    for level in range(len(cog_overview_dims(width, height))):
         with rasters.open_(reference, overview_level=level) as a, rasters.open_(tif, overview_level=level) as b:
             np.testing.assert_array_equal(b.read(), a.read())
 
@@ -684,7 +675,7 @@ def test_osgeo_inputs_with_nodata_use_the_cog_driver(tmp_path: Path) -> None:
     assert "cog driver" in proc.stdout
 
 
-def test_cog_overview_dims_are_the_cog_drivers(tmp_path: Path) -> None:
+def testcog_overview_dims_are_the_cog_drivers(tmp_path: Path) -> None:
     src = rasters.write(tmp_path / "in.tif", rasters.textured(1, 1030, 2050))
     reference = tmp_path / "reference.tif"
     rasterio.shutil.copy(src, reference, driver="COG", COMPRESS="LZW")
@@ -692,7 +683,7 @@ def test_cog_overview_dims_are_the_cog_drivers(tmp_path: Path) -> None:
     for level in range(len(rasters.open_(reference).overviews(1))):
         with rasters.open_(reference, overview_level=level) as o:
             sizes.append((o.width, o.height))
-    assert _cog_overview_dims(2050, 1030) == sizes == [(1025, 515), (512, 257)]
+    assert cog_overview_dims(2050, 1030) == sizes == [(1025, 515), (512, 257)]
 
 
 def test_assemble_cog_from_gdal_parts(tmp_path: Path) -> None:
@@ -708,7 +699,7 @@ def test_assemble_cog_from_gdal_parts(tmp_path: Path) -> None:
     out = tmp_path / "out.tif"
     assemble_cog(str(full), [str(p) for p in parts], str(out))
     assert_cog_valid(out)
-    assert _validate_cog_structure(str(out)) == ([], [])
+    assert builtin_check(str(out)) == ([], [])
     np.testing.assert_array_equal(rasters.read(out), data)
     with rasters.open_(out) as ds:
         assert ds.overviews(1) == [2, 4]
@@ -729,8 +720,8 @@ def test_assemble_cog_rejects_mismatched_parts(tmp_path: Path) -> None:
 _SCHEDULE_PROBE = r"""
 import json, os, sys, threading
 sys.path.insert(0, sys.argv[1])
-import generate_cog as g
-be = g._backend()
+from generate_cog import backend, cog, convert as g
+be = backend.get_backend()
 events = []
 copy, setcache = be.create_copy, be.set_cachemax
 def create_copy(driver, src, dst, options):
@@ -740,7 +731,7 @@ def set_cachemax(nbytes):
     events.append(["cache", nbytes >> 20])
     return setcache(nbytes)
 be.create_copy, be.set_cachemax = create_copy, set_cachemax
-g._nice_this_thread = lambda nice: events.append(["nice", nice, threading.current_thread().name])
+cog._nice_this_thread = lambda nice: events.append(["nice", nice, threading.current_thread().name])
 g._trim_heap = lambda: events.append(["trim"])
 cachemax = int(sys.argv[5]) if len(sys.argv) > 5 else None
 r = g.convert(sys.argv[2], sys.argv[3], sys.argv[4], cachemax_mb=cachemax)
@@ -748,7 +739,7 @@ print(json.dumps({"method": r.cog_method, "events": events}))
 """
 
 
-def _schedule(tmp_path: Path, count: int, *extra: str) -> dict:
+def _schedule(tmp_path: Path, count: int, *extra: str, env_extra: dict | None = None) -> dict:
     import json
 
     data = rasters.textured(count, 1100, 1100)
@@ -756,7 +747,8 @@ def _schedule(tmp_path: Path, count: int, *extra: str) -> dict:
     tif, jpg = outputs(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("COG_PIPELINE_")}
     env["COG_PIPELINE_GDAL_BACKEND"] = "osgeo"
-    proc = subprocess.run([SYSTEM_PYTHON, "-c", _SCHEDULE_PROBE, str(EXECUTABLE.parent), str(src), str(tif), str(jpg),
+    env.update(env_extra or {})
+    proc = subprocess.run([SYSTEM_PYTHON, "-c", _SCHEDULE_PROBE, str(EXECUTABLE), str(src), str(tif), str(jpg),
                            *extra], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert_cog_valid(tif)
@@ -800,3 +792,16 @@ def test_osgeo_explicit_cachemax_is_kept(tmp_path: Path) -> None:
     out = _schedule(tmp_path, 1, "100")
     assert [e[1] for e in out["events"] if e[0] == "cache"][0] == 100
     assert 16 not in [e[1] for e in out["events"] if e[0] == "cache"]
+
+
+@needs_osgeo
+@pytest.mark.parametrize("var", ["GDAL_NUM_THREADS", "OMP_NUM_THREADS"])
+def test_osgeo_one_cpu_writes_the_jpeg_after_the_cog(tmp_path: Path, var: str) -> None:
+    """One thread (a CHTC slot): the parallel path still runs, and the JPEG follows the COG in the
+    calling thread instead of competing with it for the one CPU and adding its buffer to the peak."""
+    env = {"GDAL_NUM_THREADS": "", "OMP_NUM_THREADS": "", var: "1"}
+    out = _schedule(tmp_path, 3, env_extra=env)
+    assert out["method"] == "parallel"
+    copies = [e for e in out["events"] if e[0] == "copy"]
+    assert copies[-1] == ["copy", "JPEG", "MainThread"]
+    assert all(e[1] == "GTiff" for e in copies[:-1])

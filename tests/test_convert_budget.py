@@ -1,0 +1,68 @@
+"""The memory budget: where it comes from (HTCondor's job ad) and what it bounds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cog_pipeline.transformations.budget import condor_memory_mb, memory_budget_mb
+from cog_pipeline.transformations.convert import convert
+from tests import rasters
+from tests.convert_support import EXECUTABLE
+
+
+def _job_ad(tmp_path: Path, text: str) -> Path:
+    ad = tmp_path / ".job.ad"
+    ad.write_text(text)
+    return ad
+
+
+def test_budget_is_the_slots_request_memory(tmp_path: Path, monkeypatch) -> None:
+    ad = _job_ad(tmp_path, 'Cmd = "/bin/generate_cog"\nRequestCpus = 1\nRequestMemory = 2048\nMemoryProvisioned = 4096\n')
+    monkeypatch.setenv("_CONDOR_JOB_AD", str(ad))
+    monkeypatch.delenv("COG_PIPELINE_MEMORY_BUDGET", raising=False)
+    assert memory_budget_mb() == 2048
+    monkeypatch.setenv("COG_PIPELINE_MEMORY_BUDGET", "700")
+    assert memory_budget_mb() == 700
+    assert memory_budget_mb(300) == 300
+
+
+def test_budget_defaults_to_1_gb_outside_a_slot_or_for_an_expression(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("COG_PIPELINE_MEMORY_BUDGET", raising=False)
+    monkeypatch.delenv("_CONDOR_JOB_AD", raising=False)
+    assert memory_budget_mb() == 1024
+    ad = _job_ad(tmp_path, "RequestMemory = ifthenelse(MemoryUsage =?= undefined, 1024, MemoryUsage * 2)\n")
+    assert condor_memory_mb(str(ad)) is None
+    monkeypatch.setenv("_CONDOR_JOB_AD", str(tmp_path / "missing.ad"))
+    assert memory_budget_mb() == 1024
+
+
+def test_budget_caps_the_block_cache(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("COG_PIPELINE_CACHEMAX", raising=False)
+    monkeypatch.setenv("_CONDOR_JOB_AD", str(_job_ad(tmp_path, "RequestMemory = 256\n")))
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 600, 600))
+    result = convert(src, tmp_path / "o.tif", tmp_path / "o.jpg", 3)
+    assert (result.memory_budget_mb, result.cachemax_mb) == (256, 32)
+    assert convert(src, tmp_path / "p.tif", tmp_path / "p.jpg", 3).cachemax_mb == 32
+    assert convert(src, tmp_path / "q.tif", tmp_path / "q.jpg", 3, memory_budget_mb=4096).cachemax_mb == 128
+
+
+_PEAK = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); " \
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+
+
+@pytest.mark.slow
+def test_executable_stays_under_a_small_budget(tmp_path: Path) -> None:
+    """Peak RSS of the converter alone (a tiny parent, so the fork adds nothing) under --memory-budget 300."""
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 3000, 3000), photometric="RGB")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COG_PIPELINE_")}
+    proc = subprocess.run([sys.executable, "-S", "-c", _PEAK, sys.executable, str(EXECUTABLE), str(src),
+                           str(tmp_path / "o.tif"), str(tmp_path / "o.jpg"), "--memory-budget", "300"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    peak_mib = int(proc.stdout.split()[-1]) / 1024
+    assert peak_mib < 300, peak_mib

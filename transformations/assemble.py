@@ -1,0 +1,190 @@
+"""Write a COG from already-compressed parts, copying compressed tiles verbatim.
+
+The parallel COG path compresses the full resolution and the overviews concurrently into plain
+GTiffs; this module lays them out as GDAL's COG driver does, so no pixel is decoded or re-encoded.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import List, Sequence, Tuple
+
+from .tiff import TIFF_TYPE_SIZES, FieldType, TiffTag
+
+_COG_GHOST_CONTENT = (
+    b"LAYOUT=IFDS_BEFORE_DATA\n"
+    b"BLOCK_ORDER=ROW_MAJOR\n"
+    b"BLOCK_LEADER=SIZE_AS_UINT4\n"
+    b"BLOCK_TRAILER=LAST_4_BYTES_REPEATED\n"
+    b"KNOWN_INCOMPATIBLE_EDITION=NO\n "
+)
+_COG_GHOST = b"GDAL_STRUCTURAL_METADATA_SIZE=%06d bytes\n" % len(_COG_GHOST_CONTENT) + _COG_GHOST_CONTENT
+#: Tags an overview directory takes over from the full-resolution one (sample layout and coding).
+_OVERVIEW_TAGS = (TiffTag.BITS_PER_SAMPLE, TiffTag.COMPRESSION, TiffTag.PHOTOMETRIC, TiffTag.SAMPLES_PER_PIXEL, TiffTag.PLANAR_CONFIG, TiffTag.PREDICTOR, TiffTag.TILE_WIDTH, TiffTag.TILE_LENGTH, TiffTag.EXTRA_SAMPLES, TiffTag.SAMPLE_FORMAT)
+_RawEntry = Tuple[int, int, int, bytes]  # tag, TIFF type, count, little-endian value bytes
+
+
+def _tiff_single_ifd(path: str) -> List[_RawEntry]:
+    """All entries of the only IFD of a little-endian classic TIFF written by GDAL (ValueError otherwise)."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if head[:4] != b"II*\x00":
+            raise ValueError(f"{path}: not a little-endian classic TIFF")
+        offset = struct.unpack("<I", head[4:8])[0]
+        fh.seek(offset)
+        n = struct.unpack("<H", fh.read(2))[0]
+        raw = fh.read(n * 12 + 4)
+        if len(raw) < n * 12 + 4:
+            raise ValueError(f"{path}: truncated IFD")
+        if struct.unpack("<I", raw[n * 12 :])[0]:
+            raise ValueError(f"{path}: more than one IFD")
+        entries: List[_RawEntry] = []
+        for k in range(n):
+            tag, typ, count = struct.unpack("<HHI", raw[k * 12 : k * 12 + 8])
+            if typ not in TIFF_TYPE_SIZES:
+                raise ValueError(f"{path}: tag {tag} has unknown type {typ}")
+            nbytes = count * TIFF_TYPE_SIZES[typ]
+            inline = raw[k * 12 + 8 : k * 12 + 12]
+            if nbytes <= 4:
+                data = inline[:nbytes]
+            else:
+                fh.seek(struct.unpack("<I", inline)[0])
+                data = fh.read(nbytes)
+                if len(data) < nbytes:
+                    raise ValueError(f"{path}: tag {tag} data truncated")
+            entries.append((tag, typ, count, data))
+    return entries
+
+
+def _tile_index(entries: List[_RawEntry]) -> Tuple[List[int], List[int]]:
+    found = {tag: (typ, count, data) for tag, typ, count, data in entries}
+    if TiffTag.TILE_OFFSETS not in found or TiffTag.TILE_BYTE_COUNTS not in found:
+        raise ValueError("not a tiled TIFF")
+    out = []
+    for tag in (TiffTag.TILE_OFFSETS, TiffTag.TILE_BYTE_COUNTS):
+        typ, count, data = found[tag]
+        if typ not in (FieldType.SHORT, FieldType.LONG):
+            raise ValueError(f"tag {tag} has type {typ}")
+        out.append(list(struct.unpack("<" + ("H" if typ == FieldType.SHORT else "I") * count, data)))
+    return out[0], out[1]
+
+
+def _short_or_long(tag: int, value: int) -> _RawEntry:
+    return (tag, FieldType.SHORT, 1, struct.pack("<H", value)) if value < 65536 else (tag, FieldType.LONG, 1, struct.pack("<I", value))
+
+
+def assemble_cog(full_res: str, overviews: Sequence[str], out: str) -> None:
+    """Write a COG from already-compressed parts, copying the compressed tiles verbatim.
+
+    ``full_res`` is a tiled GTiff of the full-resolution image (it carries every tag:
+    georeferencing, metadata, nodata, colour interpretation, compression, predictor) and
+    ``overviews`` are tiled GTiffs of the overview levels, largest first, encoded with the
+    same compression, predictor and sample layout. The result has the layout GDAL's COG
+    driver writes: the ghost area, all IFDs (full resolution first), then the tile data from
+    the smallest overview to the full resolution, row-major, each tile preceded by its size
+    (uint32) and followed by a copy of its last 4 bytes. Classic TIFF only: raises
+    ValueError when a part is not a single-IFD little-endian classic TIFF or the result
+    would reach 4 GB.
+    """
+    main = _tiff_single_ifd(full_res)
+    main_tags = {e[0]: e for e in main}
+    images = [(full_res, [e for e in main if e[0] not in (TiffTag.TILE_OFFSETS, TiffTag.TILE_BYTE_COUNTS)], _tile_index(main))]
+    for path in overviews:
+        entries = _tiff_single_ifd(path)
+        tags = {e[0]: e for e in entries}
+        width = struct.unpack("<H" if tags[TiffTag.IMAGE_WIDTH][1] == FieldType.SHORT else "<I", tags[TiffTag.IMAGE_WIDTH][3])[0]
+        height = struct.unpack("<H" if tags[TiffTag.IMAGE_LENGTH][1] == FieldType.SHORT else "<I", tags[TiffTag.IMAGE_LENGTH][3])[0]
+        for tag in (TiffTag.BITS_PER_SAMPLE, TiffTag.COMPRESSION, TiffTag.SAMPLES_PER_PIXEL, TiffTag.PLANAR_CONFIG, TiffTag.PREDICTOR, TiffTag.TILE_WIDTH, TiffTag.TILE_LENGTH, TiffTag.SAMPLE_FORMAT):
+            if (tag in tags) != (tag in main_tags) or (tag in tags and tags[tag][1:] != main_tags[tag][1:]):
+                raise ValueError(f"overview {path} differs from the full resolution in tag {tag}")
+        own = [(TiffTag.NEW_SUBFILE_TYPE, FieldType.LONG, 1, struct.pack("<I", 1)), _short_or_long(TiffTag.IMAGE_WIDTH, width), _short_or_long(TiffTag.IMAGE_LENGTH, height)]
+        own += [main_tags[t] for t in _OVERVIEW_TAGS if t in main_tags]
+        images.append((path, sorted(own), _tile_index(entries)))
+
+    # Directory sizes: entries, then their out-of-line values (word aligned).
+    def ifd_size(entries: List[_RawEntry], ntiles: int) -> int:
+        size = 2 + 12 * (len(entries) + 2) + 4
+        size += sum(len(d) + (len(d) & 1) for _, _, _, d in entries if len(d) > 4)
+        return size + (2 * 4 * ntiles if ntiles > 1 else 0)
+
+    pos = 8 + len(_COG_GHOST)
+    pos += pos & 1
+    ifd_offsets = []
+    for _, entries, (offs, _) in images:
+        ifd_offsets.append(pos)
+        pos += ifd_size(entries, len(offs))
+    # Tile data: smallest overview first, full resolution last.
+    new_offsets: List[List[int]] = [[] for _ in images]
+    for i in reversed(range(len(images))):
+        for count in images[i][2][1]:
+            if count:
+                new_offsets[i].append(pos + 4)
+                pos += 4 + count + 4
+            else:
+                new_offsets[i].append(0)
+    if pos >= 0xFFFFFFFF:
+        raise ValueError("the COG would need BigTIFF")
+
+    with open(out, "wb") as fh:
+        fh.write(b"II*\x00" + struct.pack("<I", ifd_offsets[0]) + _COG_GHOST)
+        if fh.tell() & 1:
+            fh.write(b"\x00")
+        for i, (_, entries, (offs, counts)) in enumerate(images):
+            start = ifd_offsets[i]
+            assert fh.tell() == start
+            full = list(entries)
+            n = len(offs)
+            full.append((TiffTag.TILE_OFFSETS, FieldType.LONG, n, struct.pack("<%dI" % n, *new_offsets[i])))
+            full.append((TiffTag.TILE_BYTE_COUNTS, FieldType.LONG, n, struct.pack("<%dI" % n, *counts)))
+            full.sort(key=lambda e: e[0])
+            extra = bytearray()
+            extra_at = start + 2 + 12 * len(full) + 4
+            table = bytearray(struct.pack("<H", len(full)))
+            for tag, typ, count, data in full:
+                if len(data) <= 4:
+                    table += struct.pack("<HHI", tag, typ, count) + data.ljust(4, b"\x00")
+                else:
+                    table += struct.pack("<HHII", tag, typ, count, extra_at + len(extra))
+                    extra += data
+                    if len(extra) & 1:
+                        extra += b"\x00"
+            nxt = ifd_offsets[i + 1] if i + 1 < len(images) else 0
+            table += struct.pack("<I", nxt)
+            fh.write(table)
+            fh.write(extra)
+        fh.flush()
+        out_fd = fh.fileno()
+        # The kernel copies the tiles (copy_file_range: no trip through Python) where it can.
+        kernel_copy = getattr(os, "copy_file_range", None)
+        for i in reversed(range(len(images))):
+            path, _, (offs, counts) = images[i]
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for off, count in zip(offs, counts):
+                    if not count:
+                        continue
+                    tail = os.pread(fd, 4, off + count - 4) if count >= 4 else os.pread(fd, count, off)
+                    os.write(out_fd, struct.pack("<I", count))
+                    done = 0
+                    while kernel_copy is not None and done < count:
+                        try:
+                            n = kernel_copy(fd, out_fd, count - done, off + done)
+                        except OSError:
+                            kernel_copy = None
+                            break
+                        if n <= 0:
+                            raise ValueError(f"{path}: tile data truncated")
+                        done += n
+                    if done < count:
+                        data = os.pread(fd, count - done, off + done)
+                        if len(data) != count - done:
+                            raise ValueError(f"{path}: tile data truncated")
+                        os.write(out_fd, data)
+                    os.write(out_fd, tail.rjust(4, b"\x00"))
+            finally:
+                os.close(fd)
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() != pos:
+            raise ValueError("internal layout error")
+

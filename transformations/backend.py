@@ -1,0 +1,101 @@
+"""Which GDAL binding this process converts with, and the interface both bindings offer.
+
+The converter runs in two environments: this project's venv (rasterio's wheels bundle GDAL) and
+the stock GDAL container (GDAL's own ``osgeo.gdal``, no rasterio, no pip). Everything else in the
+converter talks to GDAL only through :class:`GdalBackend`, so the two stay interchangeable. The
+binding is loaded on first use, not at import, so importing the package costs no GDAL start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+
+import numpy as np
+
+from .exit_codes import ConversionError, ExitCode
+from .rasterinfo import RasterInfo
+from .settings import BACKEND_ENV
+
+
+@runtime_checkable
+class GdalBackend(Protocol):
+    """The few GDAL operations the converter needs; every failure raises ``GdalFailure``."""
+
+    name: str
+    version: str
+    #: True when ``cascade_overviews`` can compute the COG driver's pyramid with explicit sizes.
+    can_cascade_overviews: bool
+
+    def info(self, path: str, drivers: Optional[List[str]] = None) -> RasterInfo: ...
+
+    def palette(self, path: str) -> List[Tuple[int, int, int, int]]: ...
+
+    def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]: ...
+
+    def cascade_overviews(self, src: str, dims: Sequence[Tuple[int, int]], prefix: str, resampling: str,
+                          creation: Dict[str, str], threads: str, temps: List[str]) -> List[str]: ...
+
+    def read(self, path: str, bands: Sequence[int], window: Optional[Tuple[int, int, int, int]] = None,
+             out_shape: Optional[Tuple[int, int]] = None, masks: bool = False) -> np.ndarray: ...
+
+    def checksums(self, path: str) -> Tuple[List[int], List[int]]: ...
+
+    def set_config(self, key: str, value: Optional[str]) -> None: ...
+
+    def get_config(self, key: str) -> Optional[str]: ...
+
+    def set_cachemax(self, nbytes: int) -> None: ...
+
+    def get_cachemax(self) -> int: ...
+
+    def quiet(self) -> None: ...
+
+
+_loaded: Optional[GdalBackend] = None
+_problem: Optional[str] = None
+
+
+def _load() -> Tuple[Optional[GdalBackend], Optional[str]]:
+    wanted = os.environ.get(BACKEND_ENV, "").strip().lower() or "auto"
+    order = {"auto": ["osgeo", "rasterio"], "osgeo": ["osgeo"], "rasterio": ["rasterio"]}.get(wanted)
+    if order is None:
+        return None, f"{BACKEND_ENV}={wanted!r}: use 'osgeo' or 'rasterio'"
+    problems = []
+    for name in order:
+        try:
+            if name == "osgeo":
+                from .backend_osgeo import OsgeoBackend  # noqa: PLC0415
+
+                return OsgeoBackend(), None
+            from .backend_rasterio import RasterioBackend  # noqa: PLC0415
+
+            return RasterioBackend(), None
+        except ImportError as exc:
+            problems.append(f"{name}: {exc}")
+    return None, "no GDAL Python binding available (" + "; ".join(problems) + ")"
+
+
+def loaded_backend() -> Optional[GdalBackend]:
+    """The backend, loading it on first call; None when no binding is importable."""
+    global _loaded, _problem
+    if _loaded is None and _problem is None:
+        _loaded, _problem = _load()
+    return _loaded
+
+
+def get_backend() -> GdalBackend:
+    """The backend, or ConversionError(INTERNAL) naming why no binding could be loaded."""
+    backend = loaded_backend()
+    if backend is None:
+        raise ConversionError(ExitCode.INTERNAL, _problem or "no GDAL backend")
+    return backend
+
+
+def backend_name() -> str:
+    """``'osgeo'`` or ``'rasterio'``: the GDAL binding this process uses."""
+    return get_backend().name
+
+
+def gdal_version() -> str:
+    return str(get_backend().version)

@@ -1,0 +1,254 @@
+"""GDAL's own Python bindings (``osgeo.gdal``), as in the stock GDAL containers.
+
+The only backend that can compute the COG driver's overview pyramid with explicit sizes
+(``GDALRegenerateOverviews``), which the parallel COG path needs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .exit_codes import GdalFailure
+from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo, numpy_dtype_name
+
+class OsgeoBackend:
+    """GDAL's own Python bindings (the stock GDAL containers)."""
+
+    name = "osgeo"
+
+    def __init__(self) -> None:
+        from osgeo import gdal  # noqa: PLC0415
+
+        self.gdal = gdal
+        self.version = gdal.VersionInfo("RELEASE_NAME")
+
+    def _call(self, fn: Callable[[], Any]) -> Tuple[Any, List[str]]:
+        gdal = self.gdal
+        messages: List[str] = []
+        failed = []
+
+        def handler(err_class: int, err_no: int, msg: str) -> None:
+            messages.append(str(msg))
+            if err_class >= 3:
+                failed.append(msg)
+
+        gdal.PushErrorHandler(handler)
+        try:
+            try:
+                result = fn()
+            except RuntimeError as exc:  # when the host process enabled gdal.UseExceptions()
+                raise GdalFailure(str(exc), messages) from None
+        finally:
+            gdal.PopErrorHandler()
+        if failed:
+            raise GdalFailure(failed[-1], messages)
+        return result, messages
+
+    def _open(self, path: str, drivers: Optional[List[str]] = None) -> Any:
+        gdal = self.gdal
+
+        def do() -> Any:
+            if drivers:
+                return gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY, allowed_drivers=drivers)
+            return gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
+
+        ds, messages = self._call(do)
+        if ds is None:
+            raise GdalFailure(messages[-1] if messages else f"GDAL cannot open {path}", messages)
+        return ds
+
+    def info(self, path: str, drivers: Optional[List[str]] = None) -> RasterInfo:
+        gdal = self.gdal
+        ds = self._open(path, drivers)
+        bands = [ds.GetRasterBand(i + 1) for i in range(ds.RasterCount)]
+        b1 = bands[0] if bands else None
+        ovr = []
+        if b1 is not None:
+            for i in range(b1.GetOverviewCount()):
+                o = b1.GetOverview(i)
+                ovr.append((o.XSize, o.YSize))
+        gt = ds.GetGeoTransform(can_return_null=True)
+        return RasterInfo(
+            path=path,
+            driver=ds.GetDriver().ShortName,
+            width=ds.RasterXSize,
+            height=ds.RasterYSize,
+            count=ds.RasterCount,
+            dtypes=[numpy_dtype_name(gdal.GetDataTypeName(b.DataType)) for b in bands],
+            nodata=[b.GetNoDataValue() for b in bands],
+            colorinterp=[gdal.GetColorInterpretationName(b.GetColorInterpretation()).lower() for b in bands],
+            mask_flags=[b.GetMaskFlags() for b in bands],
+            block_size=tuple(b1.GetBlockSize()) if b1 is not None else (0, 0),
+            overview_sizes=ovr,
+            has_palette=bool(b1 is not None and b1.GetColorTable() is not None),
+            georeferenced=bool(ds.GetProjection() or gt is not None or ds.GetGCPCount()),
+        )
+
+    def palette(self, path: str) -> List[Tuple[int, int, int, int]]:
+        ds = self._open(path)
+        ct = ds.GetRasterBand(1).GetColorTable()
+        return [tuple(ct.GetColorEntry(i)) for i in range(ct.GetCount())] if ct else []
+
+    def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]:
+        gdal = self.gdal
+        src_ds = self._open(src)
+        drv = gdal.GetDriverByName(driver)
+        if drv is None:
+            raise GdalFailure(f"GDAL has no {driver} driver")
+        opts = [f"{k}={v}" for k, v in options.items()]
+
+        def do() -> Any:
+            out = drv.CreateCopy(dst, src_ds, 0, options=opts)
+            if out is None:
+                return None
+            out.FlushCache()
+            out = None  # noqa: F841  (closes and flushes the file)
+            return True
+
+        ok, messages = self._call(do)
+        if not ok:
+            raise GdalFailure(messages[-1] if messages else f"{driver} CreateCopy failed", messages)
+        return messages
+
+    #: The parallel COG path needs GDALRegenerateOverviews (explicit overview sizes).
+    can_cascade_overviews = True
+
+    def cascade_overviews(
+        self,
+        src: str,
+        dims: Sequence[Tuple[int, int]],
+        prefix: str,
+        resampling: str,
+        creation: Dict[str, str],
+        threads: str,
+        temps: List[str],
+    ) -> List[str]:
+        """Compute the COG driver's overview pyramid of ``src`` (sizes ``dims``, largest first),
+        each level from the one before, as the COG driver does, into compressed tiled GTiffs
+        (``creation`` options); returns their paths (all named ``prefix...``, to be deleted
+        by the caller).
+
+        A level of exactly half the size of the level before (both sides even) is made by
+        GDAL's multi-band overview builder, the very code the COG driver runs, writing the
+        compressed tiles directly (an external .ovr of a VRT over the source / of the level
+        before). Every file it creates is first appended to ``temps``. A level whose previous side is odd (the COG driver rounds sizes down, the
+        overview builder would round up) is made band by band with GDALRegenerateOverviews
+        into an uncompressed file of the exact size, then compressed."""
+        gdal = self.gdal
+        local = {
+            "COMPRESS_OVERVIEW": creation["COMPRESS"],
+            "PREDICTOR_OVERVIEW": creation.get("PREDICTOR"),
+            "INTERLEAVE_OVERVIEW": "PIXEL",
+            "GDAL_TIFF_OVR_BLOCKSIZE": creation["BLOCKXSIZE"],
+            "BIGTIFF_OVERVIEW": "NO",
+            "GDAL_NUM_THREADS": threads,
+            "USE_RRD": "NO",
+        }
+        saved = {k: gdal.GetThreadLocalConfigOption(k, None) for k in local}
+        for k, v in local.items():
+            gdal.SetThreadLocalConfigOption(k, v)
+        levels: List[str] = []
+        try:
+            vrt = prefix + "src.vrt"
+            temps.append(vrt)
+            self._call(lambda: gdal.Translate(vrt, self._open(src), format="VRT"))
+            prev = vrt
+            src_ds = self._open(src)
+            pw, ph = src_ds.RasterXSize, src_ds.RasterYSize
+            count, dtype = src_ds.RasterCount, src_ds.GetRasterBand(1).DataType
+            src_ds = None
+            for k, (w, h) in enumerate(dims):
+                if pw % 2 == 0 and ph % 2 == 0 and (w, h) == (pw // 2, ph // 2):
+                    out = prev + ".ovr"
+                    temps.append(out)
+                    ds = self._open(prev)
+
+                    def build(ds: Any = ds) -> Any:
+                        return ds.BuildOverviews(resampling, [2]) == 0
+
+                    ok, messages = self._call(build)
+                    ds = None
+                    if not ok:
+                        raise GdalFailure(messages[-1] if messages else "overview computation failed", messages)
+                else:
+                    raw = f"{prefix}ovr{k}raw.tif"
+                    out = f"{prefix}ovr{k}.tif"
+                    temps.extend([raw, out])
+                    src_ds = self._open(prev)
+                    drv = gdal.GetDriverByName("GTiff")
+                    opts = ["TILED=YES", "BLOCKXSIZE=512", "BLOCKYSIZE=512", "INTERLEAVE=BAND", "BIGTIFF=IF_NEEDED"]
+
+                    def regen(src_ds: Any = src_ds, raw: str = raw, w: int = w, h: int = h) -> Any:
+                        ds = drv.Create(raw, w, h, count, dtype, options=opts)
+                        if ds is None:
+                            return None
+                        for b in range(1, count + 1):
+                            err = gdal.RegenerateOverviews(src_ds.GetRasterBand(b), [ds.GetRasterBand(b)], resampling)
+                            if err not in (0, None):
+                                return None
+                        ds.FlushCache()
+                        return True
+
+                    ok, messages = self._call(regen)
+                    src_ds = None
+                    if not ok:
+                        raise GdalFailure(messages[-1] if messages else "overview computation failed", messages)
+                    self.create_copy("GTiff", raw, out, creation)
+                    os.remove(raw)
+                levels.append(out)
+                prev, pw, ph = out, w, h
+            return levels
+        finally:
+            for k, v in saved.items():
+                gdal.SetThreadLocalConfigOption(k, v)
+
+    def read(
+        self,
+        path: str,
+        bands: Sequence[int],
+        window: Optional[Tuple[int, int, int, int]] = None,
+        out_shape: Optional[Tuple[int, int]] = None,
+        masks: bool = False,
+    ) -> np.ndarray:
+        ds = self._open(path)
+        xoff, yoff, w, h = window or (0, 0, ds.RasterXSize, ds.RasterYSize)
+        bh, bw = out_shape or (h, w)
+        arrays = []
+        for b in bands:
+            band = ds.GetRasterBand(b)
+            if masks:
+                band = band.GetMaskBand()
+            arr, _ = self._call(lambda band=band: band.ReadAsArray(xoff, yoff, w, h, buf_xsize=bw, buf_ysize=bh))
+            if arr is None:
+                raise GdalFailure(f"cannot read band {b} of {path}")
+            arrays.append(arr)
+        return np.stack(arrays)
+
+    def checksums(self, path: str) -> Tuple[List[int], List[int]]:
+        ds = self._open(path)
+        sums, msums = [], []
+        for i in range(ds.RasterCount):
+            band = ds.GetRasterBand(i + 1)
+            sums.append(self._call(band.Checksum)[0])
+            if band.GetMaskFlags() & GMF_PER_DATASET and not band.GetMaskFlags() & GMF_ALPHA:
+                msums.append(self._call(band.GetMaskBand().Checksum)[0])
+        return sums, msums
+
+    def set_config(self, key: str, value: Optional[str]) -> None:
+        self.gdal.SetConfigOption(key, value)
+
+    def get_config(self, key: str) -> Optional[str]:
+        return self.gdal.GetConfigOption(key)
+
+    def set_cachemax(self, nbytes: int) -> None:
+        self.gdal.SetCacheMax(int(nbytes))
+
+    def get_cachemax(self) -> int:
+        return int(self.gdal.GetCacheMax())
+
+    def quiet(self) -> None:
+        """Send GDAL's messages nowhere (the CLI prints its own one-line reason)."""
+        self.gdal.SetErrorHandler("CPLQuietErrorHandler")
+

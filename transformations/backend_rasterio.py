@@ -1,0 +1,183 @@
+"""The GDAL bundled in rasterio's wheels (this project's Python environment).
+"""
+
+from __future__ import annotations
+
+import logging
+import numpy as np
+import threading
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .exit_codes import GdalFailure
+from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo
+
+class RasterioBackend:
+    """The GDAL bundled in rasterio's wheels (this project's Python environment)."""
+
+    name = "rasterio"
+    #: rasterio exposes no GDALRegenerateOverviews: the COG driver does everything (one pass).
+    can_cascade_overviews = False
+
+    def __init__(self) -> None:
+        import rasterio  # noqa: PLC0415
+        import rasterio.shutil  # noqa: PLC0415
+        from rasterio._env import get_gdal_config, set_gdal_config  # noqa: PLC0415
+        from rasterio.windows import Window  # noqa: PLC0415
+
+        self.rasterio = rasterio
+        self._set = set_gdal_config
+        self._get = get_gdal_config
+        self._window = Window
+        self.version = rasterio.__gdal_version__
+        self._records: Dict[int, List[str]] = {}
+        handler = _ThreadLogCapture(self._records)
+        logging.getLogger("rasterio").addHandler(handler)
+
+    def _call(self, fn: Callable[[], Any]) -> Tuple[Any, List[str]]:
+        tid = threading.get_ident()
+        self._records[tid] = []
+        try:
+            try:
+                result = fn()
+            except Exception as exc:  # rasterio turns every GDAL failure into an exception
+                raise GdalFailure(str(exc), self._records.get(tid, [])) from None
+            return result, list(self._records.get(tid, []))
+        finally:
+            self._records.pop(tid, None)
+
+    def _open(self, path: str, drivers: Optional[List[str]] = None) -> Any:
+        import warnings  # noqa: PLC0415
+
+        def do() -> Any:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # NotGeoreferencedWarning and friends
+                if drivers:
+                    return self.rasterio.open(path, driver=drivers[0] if len(drivers) == 1 else None)
+                return self.rasterio.open(path)
+
+        return self._call(do)[0]
+
+    def info(self, path: str, drivers: Optional[List[str]] = None) -> RasterInfo:
+        import warnings  # noqa: PLC0415
+
+        with self._open(path, drivers) as ds:
+            ovr = []
+            if ds.count:
+                for level in range(len(ds.overviews(1))):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        with self.rasterio.open(path, overview_level=level) as o:
+                            ovr.append((o.width, o.height))
+            has_palette = False
+            if ds.count:
+                try:
+                    ds.colormap(1)
+                    has_palette = True
+                except ValueError:
+                    has_palette = False
+            return RasterInfo(
+                path=path,
+                driver=ds.driver,
+                width=ds.width,
+                height=ds.height,
+                count=ds.count,
+                dtypes=list(ds.dtypes),
+                nodata=list(ds.nodatavals),
+                colorinterp=[ci.name.lower() for ci in ds.colorinterp],
+                mask_flags=[sum(int(f.value) for f in flags) for flags in ds.mask_flag_enums],
+                block_size=(ds.block_shapes[0][1], ds.block_shapes[0][0]) if ds.count else (0, 0),
+                overview_sizes=ovr,
+                has_palette=has_palette,
+                georeferenced=bool(ds.crs or not ds.transform.is_identity or ds.gcps[0]),
+            )
+
+    def palette(self, path: str) -> List[Tuple[int, int, int, int]]:
+        with self._open(path) as ds:
+            cmap = ds.colormap(1)
+            return [tuple(cmap[i]) for i in sorted(cmap)]
+
+    def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]:
+        import warnings  # noqa: PLC0415
+
+        def do() -> Any:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.rasterio.shutil.copy(src, dst, driver=driver, strict=False, **options)
+
+        return self._call(do)[1]
+
+    def cascade_overviews(self, src: str, dims: Sequence[Tuple[int, int]], prefix: str, resampling: str,
+                          creation: Dict[str, str], threads: str, temps: List[str]) -> List[str]:
+        """Not available: rasterio has no GDALRegenerateOverviews (``can_cascade_overviews`` is False)."""
+        raise GdalFailure("rasterio's GDAL API has no GDALRegenerateOverviews: use the COG driver")
+
+    def read(
+        self,
+        path: str,
+        bands: Sequence[int],
+        window: Optional[Tuple[int, int, int, int]] = None,
+        out_shape: Optional[Tuple[int, int]] = None,
+        masks: bool = False,
+    ) -> np.ndarray:
+        with self._open(path) as ds:
+            win = self._window(*window) if window else None
+            h, w = (window[3], window[2]) if window else (ds.height, ds.width)
+            shape = (len(bands),) + tuple(out_shape or (h, w))
+
+            def do() -> np.ndarray:
+                if masks:
+                    return np.stack(
+                        [ds.read_masks(b, window=win, out_shape=shape[1:]) for b in bands]
+                    )
+                return ds.read(list(bands), window=win, out_shape=shape)
+
+            return self._call(do)[0]
+
+    def checksums(self, path: str) -> Tuple[List[int], List[int]]:
+        with self._open(path) as ds:
+            sums = [self._call(lambda i=i: ds.checksum(i))[0] for i in range(1, ds.count + 1)]
+            msums = []
+            for i, flags in enumerate(ds.mask_flag_enums, start=1):
+                value = sum(int(f.value) for f in flags)
+                if value & GMF_PER_DATASET and not value & GMF_ALPHA:
+                    m = self._call(lambda i=i: ds.read_masks(i))[0]
+                    msums.append(int(np.count_nonzero(m)) ^ (int(m.astype(np.uint64).sum()) << 1))
+            return sums, msums
+
+    def set_config(self, key: str, value: Optional[str]) -> None:
+        if value is None:
+            from rasterio._env import del_gdal_config  # noqa: PLC0415
+
+            del_gdal_config(key)
+        else:
+            self._set(key, value)
+
+    def get_config(self, key: str) -> Optional[str]:
+        value = self._get(key)
+        return None if value is None else str(value)
+
+    def set_cachemax(self, nbytes: int) -> None:
+        self._set("GDAL_CACHEMAX", int(nbytes))  # rasterio calls GDALSetCacheMax64 (bytes)
+
+    def get_cachemax(self) -> int:
+        return int(self._get("GDAL_CACHEMAX"))
+
+    def quiet(self) -> None:
+        logging.getLogger("rasterio").propagate = False
+
+
+class _ThreadLogCapture(logging.Handler):
+    """Collects rasterio's log records (GDAL warnings and errors) per calling thread."""
+
+    def __init__(self, store: Dict[int, List[str]]):
+        super().__init__(level=logging.DEBUG)
+        self.store = store
+
+    def emit(self, record: logging.LogRecord) -> None:
+        bucket = self.store.get(record.thread)
+        if bucket is not None and record.levelno >= logging.INFO:
+            try:
+                bucket.append(record.getMessage())
+            except Exception:  # noqa: BLE001
+                pass
+

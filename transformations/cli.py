@@ -1,0 +1,143 @@
+"""The ``generate_cog`` command line: arguments in, exit code and at most one stderr line out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+import tempfile
+from typing import Optional, Sequence
+
+from .budget import CACHE_SHARE, DEFAULT_MEMORY_BUDGET_MB, MEMORY_BUDGET_ENV
+from .backend import loaded_backend
+from .convert import convert
+from .exit_codes import BAND_MISMATCH_ENV, ConversionError, ExitCode, one_line
+from .validate import VALIDATOR_ENV, VALIDATORS
+from .settings import CACHEMAX_ENV, DEFAULT_CACHEMAX_MB, PARALLEL_CACHEMAX_MB, RESAMPLING_ENV, THREADS_ENV
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(ExitCode.USAGE, f"USAGE: {one_line(message)} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _ArgumentParser(
+        prog="generate_cog",
+        description="Convert one GeoTIFF into a verified Cloud Optimized GeoTIFF (LZW, 512 tiles, "
+        "internal overviews) and a quality-80 JPEG preview.",
+        epilog="Exit codes: " + ", ".join(f"{c.value} {c.name}" for c in ExitCode),
+    )
+    p.add_argument("input", help="input GeoTIFF")
+    p.add_argument("output_tif", help="COG to write (parent folders are created)")
+    p.add_argument("output_jpg", help="JPEG preview to write (parent folders are created)")
+    p.add_argument("--bands", type=int, default=None, help="band count the manifest gives; the file wins (exit 5 on mismatch)")
+    p.add_argument("--resampling", default=None, help=f"overview resampling (default: the COG driver's; env {RESAMPLING_ENV})")
+    p.add_argument("--threads", type=int, default=None, help=f"GDAL threads (default: env {THREADS_ENV}, OMP_NUM_THREADS, or the CPUs available)")
+    p.add_argument("--cachemax", type=int, default=None, help=f"GDAL block cache in MB (default {DEFAULT_CACHEMAX_MB}, {PARALLEL_CACHEMAX_MB} on the parallel COG path; env {CACHEMAX_ENV})")
+    p.add_argument("--memory-budget", type=int, default=None, metavar="MB",
+                   help=f"memory this conversion may use (default: env {MEMORY_BUDGET_ENV}, the HTCondor slot's "
+                   f"RequestMemory, else {DEFAULT_MEMORY_BUDGET_MB}); caps GDAL's block cache at 1/{CACHE_SHARE}")
+    p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
+                   help="provenance to embed in the COG's GDAL metadata, domain COG_PIPELINE (repeatable)")
+    p.add_argument("--validator", choices=VALIDATORS, default=None,
+                   help=f"COG validator (default: env {VALIDATOR_ENV}, else auto: the lightest that proves the same)")
+    p.add_argument("--verify-pixels", action="store_true", help="also compare full-resolution checksums of input and COG")
+    p.add_argument("--verbose", "-v", action="store_true", help="print a summary and GDAL's own messages")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.memory_budget is not None and args.memory_budget < 64:
+        print("USAGE: --memory-budget must be at least 64 (MB)", file=sys.stderr)
+        return ExitCode.USAGE
+    if args.bands is not None and args.bands < 1:
+        print("USAGE: --bands must be at least 1", file=sys.stderr)
+        return ExitCode.USAGE
+    metadata = {}
+    for pair in args.metadata:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            print(f"USAGE: --metadata {one_line(pair)!r}: expected KEY=VALUE", file=sys.stderr)
+            return ExitCode.USAGE
+        metadata[key] = value
+    # GDAL, libtiff and Python warnings may write to the process's stderr from any thread;
+    # the contract is ONE line there, so they go to a temporary file (shown with --verbose).
+    captured = tempfile.TemporaryFile(mode="w+b")
+    saved_fd = None
+    try:
+        sys.stderr.flush()
+        saved_fd = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+    except OSError:
+        saved_fd = None
+    code: int
+    line = ""
+    summary = ""
+    try:
+        backend = loaded_backend()
+        if backend is not None and not args.verbose:
+            backend.quiet()
+        result = convert(
+            args.input,
+            args.output_tif,
+            args.output_jpg,
+            args.bands,
+            resampling=args.resampling,
+            threads=args.threads,
+            cachemax_mb=args.cachemax,
+            verify_pixels=args.verify_pixels,
+            metadata=metadata,
+            validator=args.validator,
+            memory_budget_mb=args.memory_budget,
+        )
+        code = result.exit_code
+        if code:
+            line = f"{ExitCode(code).name}: {result.reason}"
+        if code == ExitCode.BAND_MISMATCH and os.environ.get(BAND_MISMATCH_ENV, "").lower() == "warn":
+            # Inside a workflow the file wins: the outputs are verified, so the job succeeds (every engine,
+            # DAGMan included, treats non-zero as failure) and the mismatch stays on record as this line.
+            code, line = ExitCode.OK, f"WARNING {line}"
+        summary = (
+            f"{result.cog}: {result.width}x{result.height}x{result.bands} {result.dtype}, overviews "
+            f"{result.overview_sizes}, valid ({result.validator}); {result.jpeg}: {result.jpeg_size[0]}x"
+            f"{result.jpeg_size[1]}x{result.jpeg_bands} ({result.preview}); {result.backend} GDAL "
+            f"{result.gdal_version}, {result.threads} threads, cog {result.cog_method}, budget "
+            f"{result.memory_budget_mb} MB, cache {result.cachemax_mb} MB, "
+            + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+        )
+    except ConversionError as exc:
+        code, line = exc.code, exc.line
+    except KeyboardInterrupt:
+        code, line = ExitCode.INTERNAL, "INTERNAL: interrupted"
+    except MemoryError:
+        code, line = ExitCode.INTERNAL, "INTERNAL: out of memory"
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            code, line = ExitCode.OUT_OF_DISK, f"OUT_OF_DISK: {exc}"
+        else:
+            code, line = ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - the contract is an exit code and one line
+        code, line = ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}"
+    finally:
+        if saved_fd is not None:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+    if args.verbose:
+        captured.seek(0)
+        noise = captured.read().decode("utf-8", "replace").strip()
+        if noise:
+            print(noise, file=sys.stderr)
+        if summary:
+            print(summary, file=sys.stdout)
+    captured.close()
+    if line:
+        print(one_line(line), file=sys.stderr)
+    return int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Building the COG: GDAL's COG driver in one call, or the parallel path that runs the overview
+pyramid beside the full-resolution compression and assembles the same file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from .assemble import assemble_cog
+from .backend import get_backend
+from .exit_codes import GdalFailure
+from .failures import remove_outputs, temp_name
+from .rasterinfo import GMF_ALL_VALID, RasterInfo
+from .settings import COG_BLOCKSIZE, FULL_RES_THREAD_NICE, OVERVIEW_THREADS_ENV
+
+def cog_options(info: RasterInfo, threads: int, resampling: Optional[str]) -> Dict[str, str]:
+    opts = {
+        "COMPRESS": "LZW",
+        "BLOCKSIZE": str(COG_BLOCKSIZE),
+        "PREDICTOR": "YES",  # horizontal differencing (floating-point predictor for floats): lossless
+        "BIGTIFF": "IF_SAFER",
+        "NUM_THREADS": str(threads),
+    }
+    if resampling:
+        opts["RESAMPLING"] = resampling.upper()
+    if info.overview_sizes and max(info.overview_sizes[-1]) > COG_BLOCKSIZE:
+        # The input's own overviews do not reach one tile: compute a complete set instead.
+        opts["OVERVIEWS"] = "IGNORE_EXISTING"
+    return opts
+
+
+COG_METHOD_ENV = "COG_PIPELINE_COG_METHOD"
+_PARALLEL_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
+def cog_overview_dims(width: int, height: int) -> List[Tuple[int, int]]:
+    """The overview sizes GDAL's COG driver makes: halve (rounding down) until one tile fits."""
+    dims = []
+    while width > COG_BLOCKSIZE or height > COG_BLOCKSIZE:
+        width, height = max(1, width // 2), max(1, height // 2)
+        dims.append((width, height))
+    return dims
+
+
+def cog_method(info: RasterInfo, resampling: Optional[str] = None) -> str:
+    """``'parallel'`` when the COG can be built as overview pyramid || full-resolution tiles and
+    assembled (see :func:`parallel_cog`), else ``'driver'`` (GDAL's COG driver in one call).
+
+    The parallel path covers the common case only, where its overviews are proven identical to
+    the COG driver's: the osgeo binding, a GTiff input needing overviews and having none,
+    no nodata, mask, alpha band or palette (those change how GDAL resamples), one data type,
+    the default (cubic) resampling, and an image small enough for a classic TIFF.
+    ``COG_PIPELINE_COG_METHOD=driver`` forces the driver.
+    """
+    wanted = os.environ.get(COG_METHOD_ENV, "").strip().lower()
+    if wanted == "driver":
+        return "driver"
+    be = get_backend()
+    itemsize = {"uint8": 1, "int8": 1, "uint16": 2, "int16": 2}.get(info.dtypes[0] if info.dtypes else "", 4)
+    if info.dtypes and info.dtypes[0] in ("float64",):
+        itemsize = 8
+    ok = (
+        getattr(be, "can_cascade_overviews", False)
+        and (not resampling or resampling.lower() == "cubic")
+        and info.driver == "GTiff"
+        and info.count >= 1
+        and not info.overview_sizes
+        and bool(cog_overview_dims(info.width, info.height))
+        and not info.has_palette
+        and all(f == GMF_ALL_VALID for f in info.mask_flags)
+        and all(n is None for n in info.nodata)
+        and len(set(info.dtypes)) == 1
+        and info.dtypes[0] in _PARALLEL_DTYPES
+        and info.width * info.height * info.count * itemsize <= 1_500_000_000
+    )
+    return "parallel" if ok else "driver"
+
+
+def parallel_cog(info: RasterInfo, out: str, threads: int, temps: List[str], token: str,
+                  timings: Dict[str, float], beside_jpeg: bool = True) -> None:
+    """Build the COG GDAL's COG driver would build, with its two halves running concurrently.
+
+    The COG driver computes the overviews, then compresses the overview and full-resolution
+    tiles, one after the other. Here a second thread computes the overview pyramid (cubic, level
+    by level, exactly like the COG driver) and LZW-compresses it, while this thread compresses
+    the full-resolution tiles into a plain tiled GTiff with the COG's creation options; then the
+    compressed tiles are copied verbatim into the COG layout (:func:`assemble_cog`). Only tiles
+    are copied: no pixel is decoded or re-encoded, so full-resolution tiles are byte-identical
+    to what the COG driver writes.
+    """
+    be = get_backend()
+    predictor = "3" if info.dtypes[0].startswith("float") else "2"
+    gtiff = {
+        "TILED": "YES",
+        "BLOCKXSIZE": str(COG_BLOCKSIZE),
+        "BLOCKYSIZE": str(COG_BLOCKSIZE),
+        "COMPRESS": "LZW",
+        "PREDICTOR": predictor,
+        "INTERLEAVE": "PIXEL",
+        "BIGTIFF": "NO",
+        "NUM_THREADS": str(threads),
+    }
+    dims = cog_overview_dims(info.width, info.height)
+    full = temp_name(out, ".full.tif", token)
+    first_temp = len(temps)
+    temps.append(full)
+    prefix = temp_name(out, ".", token)
+    ovr_threads = os.environ.get(OVERVIEW_THREADS_ENV, "").strip()
+    ovr_threads = ovr_threads if ovr_threads.isdigit() else "1"
+    outcome: Dict[str, Any] = {}
+    levels: List[str] = []
+
+    def overviews() -> None:
+        t0 = time.perf_counter()
+        try:
+            levels.extend(be.cascade_overviews(info.path, dims, prefix, "CUBIC", gtiff, ovr_threads, temps))
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller's thread
+            outcome["error"] = exc
+        outcome["overviews"] = time.perf_counter() - t0
+
+    worker = threading.Thread(target=overviews, name="generate_cog-overviews", daemon=True)
+    worker.start()
+    t0 = time.perf_counter()
+    full_outcome: Dict[str, Any] = {}
+
+    def full_res() -> None:
+        # its own thread: a thread's priority can be lowered, but not raised back unprivileged
+        _nice_this_thread(FULL_RES_THREAD_NICE)
+        try:
+            be.create_copy("GTiff", info.path, full, gtiff)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller's thread
+            full_outcome["error"] = exc
+        full_outcome["seconds"] = time.perf_counter() - t0
+
+    if beside_jpeg:
+        full_thread = threading.Thread(target=full_res, name="generate_cog-full-res", daemon=True)
+        full_thread.start()
+        full_thread.join()
+    else:
+        # No JPEG beside it (single band): the calling thread, un-niced. (Its own thread raised the
+        # 1-band peak RSS from 298 to 354 MiB: that thread's heap arena outlived the COG.)
+        be.create_copy("GTiff", info.path, full, gtiff)
+        full_outcome["seconds"] = time.perf_counter() - t0
+    timings["cog_full_res"] = full_outcome.get("seconds", 0.0)
+    worker.join()
+    if "error" in full_outcome:
+        raise full_outcome["error"]
+    timings["cog_overviews"] = outcome.get("overviews", 0.0)
+    if "error" in outcome:
+        raise outcome["error"]
+    t0 = time.perf_counter()
+    try:
+        assemble_cog(full, levels, out)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise GdalFailure(f"No space left on device while assembling the COG: {exc}") from None
+        raise
+    finally:
+        remove_outputs(*temps[first_temp:])
+    timings["cog_assemble"] = time.perf_counter() - t0
+
+
+
+def _nice_this_thread(nice: int) -> None:
+    """Lower the calling thread's CPU priority (Linux: niceness is per thread); best effort."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):
+        pass
+

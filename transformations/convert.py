@@ -1,0 +1,383 @@
+"""The conversion itself: input -> verified COG + JPEG, the one code path the CLI and
+in-process callers (long-lived workers) share.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from dataclasses import replace
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+from .backend import get_backend
+from .budget import cache_cap_mb, memory_budget_mb
+from .cog import cog_options, parallel_cog, cog_method
+from .exit_codes import ConversionError, ExitCode, GdalFailure
+from .rasterinfo import RasterInfo
+from .failures import classify_write_failure, remove_outputs, temp_name
+from .inputs import inspect_input
+from .provenance import embed_metadata
+from .preview import plan_preview, preview_vrt
+from .settings import CACHEMAX_ENV, COG_BLOCKSIZE, DEFAULT_CACHEMAX_MB, JPEG_CACHEMAX_MB, JPEG_QUALITY, OVERVIEW_THREADS_ENV, PARALLEL_CACHEMAX_MB, RESAMPLING_ENV, THREADS_ENV
+from .validate import validate_cog, validate_jpeg
+
+@dataclass
+class ConversionResult:
+    """Outcome of :func:`convert`: both outputs exist and were verified."""
+
+    input: str
+    cog: str
+    jpeg: str
+    width: int
+    height: int
+    bands: int
+    manifest_bands: Optional[int]
+    dtype: str
+    jpeg_bands: int
+    jpeg_size: Tuple[int, int]
+    jpeg_downsample: int
+    preview: str
+    overview_sizes: List[Tuple[int, int]]
+    validator: str
+    backend: str
+    gdal_version: str
+    threads: int
+    timings: Dict[str, float] = field(default_factory=dict)
+    #: how the COG was built: "parallel" (overviews || full resolution, then assembled) or "driver"
+    cog_method: str = "driver"
+    warnings: List[str] = field(default_factory=list)
+    #: the memory budget the conversion ran under and the GDAL block cache it chose (MB)
+    memory_budget_mb: int = 0
+    cachemax_mb: int = 0
+    exit_code: ExitCode = ExitCode.OK
+    reason: str = ""
+
+    @property
+    def band_mismatch(self) -> bool:
+        return self.exit_code == ExitCode.BAND_MISMATCH
+
+
+
+def _default_threads() -> int:
+    """COG_PIPELINE_THREADS, OMP_NUM_THREADS (HTCondor sets it to the slot's CPUs), GDAL_NUM_THREADS, else the CPUs."""
+    for var in (THREADS_ENV, "OMP_NUM_THREADS", "GDAL_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+
+class _Config:
+    """Set GDAL configuration options for the duration of a conversion, then restore them."""
+
+    def __init__(self, values: Dict[str, Optional[str]]):
+        self.values = values
+        self.saved: Dict[str, Optional[str]] = {}
+
+    def __enter__(self) -> "_Config":
+        be = get_backend()
+        for k, v in self.values.items():
+            self.saved[k] = be.get_config(k)
+            be.set_config(k, v)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        be = get_backend()
+        for k, v in self.saved.items():
+            be.set_config(k, v)
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to convert; every field's default is the executable's default (see docs/conversion.md)."""
+
+    resampling: Optional[str] = None
+    threads: Optional[int] = None
+    cachemax_mb: Optional[int] = None
+    verify_pixels: bool = False
+    #: provenance written into the COG's GDAL metadata, domain ``COG_PIPELINE``
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    #: "auto", "rio-cogeo", "gdal" or "builtin" (see validate.validate_cog)
+    validator: Optional[str] = None
+    #: MB this conversion may use (default: the HTCondor slot's, else 1024; see budget.py)
+    memory_budget_mb: Optional[int] = None
+
+
+def check_metadata(items: Mapping[str, str]) -> Dict[str, str]:
+    """The provenance pairs as a dict; ConversionError(USAGE) for a key GDAL could not keep."""
+    out = {}
+    for key, value in items.items():
+        if not isinstance(key, str) or not key or "=" in key or any(c.isspace() for c in key):
+            raise ConversionError(ExitCode.USAGE, f"metadata key {key!r}: must be non-empty, without '=' or spaces")
+        if not isinstance(value, str) or "\x00" in value:
+            raise ConversionError(ExitCode.USAGE, f"metadata value for {key!r} must be a string without NUL")
+        out[key] = value
+    return out
+
+
+def convert(
+    input: Union[str, os.PathLike],
+    output_tif: Union[str, os.PathLike],
+    output_jpg: Union[str, os.PathLike],
+    bands: Optional[int] = None,
+    options: Optional[ConvertOptions] = None,
+    **overrides: Any,
+) -> ConversionResult:
+    """Convert ``input`` into a COG at ``output_tif`` and a JPEG preview at ``output_jpg``.
+
+    ``bands`` is what the manifest says; the file wins when they differ: both outputs
+    are written per the file and the result has ``exit_code == ExitCode.BAND_MISMATCH``
+    and a ``reason``. Any other problem raises :class:`ConversionError` and leaves no
+    output behind. ``resampling`` overrides the overview resampling (default: the COG
+    driver's own default, like the original tool); env ``COG_PIPELINE_RESAMPLING`` too.
+    ``verify_pixels`` also compares full-resolution checksums of input and COG.
+
+    This is the executable's code path itself (the CLI only parses arguments and prints), so a
+    long-lived worker calling it in-process gets the same outputs, verification and exit codes.
+    ``overrides`` are :class:`ConvertOptions` fields (``convert(..., threads=1)``).
+    """
+    opts = replace(options or ConvertOptions(), **overrides)
+    resampling, threads, cachemax_mb = opts.resampling, opts.threads, opts.cachemax_mb
+    verify_pixels, metadata = opts.verify_pixels, check_metadata(opts.metadata)
+    budget_mb = memory_budget_mb(opts.memory_budget_mb)
+    be = get_backend()
+    started = time.perf_counter()
+    timings: Dict[str, float] = {}
+    input = os.fspath(input)
+    output_tif = os.path.abspath(os.fspath(output_tif))
+    output_jpg = os.path.abspath(os.fspath(output_jpg))
+    if os.path.abspath(input) in (output_tif, output_jpg) or output_tif == output_jpg:
+        raise ConversionError(ExitCode.USAGE, "input and outputs must be three different paths")
+    threads = int(threads or _default_threads())
+    resampling = resampling or os.environ.get(RESAMPLING_ENV) or None
+    cache_default = False
+    if cachemax_mb is None:
+        env_cache = os.environ.get(CACHEMAX_ENV, "").strip()
+        cache_default = not env_cache.isdigit()
+        cachemax_mb = DEFAULT_CACHEMAX_MB if cache_default else int(env_cache)
+
+    info = inspect_input(input)
+    plan = plan_preview(info)
+    timings["inspect"] = time.perf_counter() - started
+
+    mismatch = ""
+    if bands is not None and int(bands) != info.count:
+        mismatch = f"band mismatch: manifest says {int(bands)} bands, file has {info.count}; converted per file"
+
+    out_dirs = sorted({os.path.dirname(output_tif), os.path.dirname(output_jpg)})
+    for d in out_dirs:
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError as exc:
+            code = ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
+            raise ConversionError(code, f"cannot create output folder {d}: {exc.strerror}") from None
+
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp_tif = temp_name(output_tif, ".tif", token)
+    tmp_jpg = temp_name(output_jpg, ".jpg", token)
+    tmp_vrt = temp_name(output_jpg, ".vrt", token)
+    temps = [tmp_tif, tmp_jpg, tmp_vrt]
+    try:
+        try:
+            with open(tmp_vrt, "w", encoding="utf-8") as fh:
+                fh.write(preview_vrt(info, plan))
+        except OSError as exc:
+            code = ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
+            raise ConversionError(code, f"cannot write in {os.path.dirname(tmp_vrt)}: {exc.strerror}") from None
+
+        method = cog_method(info, resampling)
+        # Parallel path: the JPEG runs beside the COG threads, except for single-band inputs, where it runs after the COG (libjpeg's whole-image coefficient
+        # buffer on top of the COG threads' buffers would exceed the original tool's memory).
+        # With one thread (one CPU, as in a CHTC slot) running the JPEG beside the COG buys no time, only
+        # memory: it is written after the COG, so the two encoders' buffers never coexist.
+        jpeg_after = (method == "parallel" and info.count == 1) or threads == 1
+        if method == "parallel" and cache_default:
+            cachemax_mb = PARALLEL_CACHEMAX_MB
+        # Overviews are computed while the JPEG encoder (one thread) runs beside them.
+        ovr_threads = os.environ.get(OVERVIEW_THREADS_ENV, "").strip()
+        ovr_threads = ovr_threads if ovr_threads.isdigit() else str(max(1, threads - 1))
+        config = {
+            "GDAL_NUM_THREADS": ovr_threads,
+            # The COG driver's temporary overview file is read once and deleted: keeping
+            # it uncompressed saves an LZW encode+decode of every overview pixel.
+            "COG_TMP_COMPRESSION": "NONE",
+        }
+        saved_cache = be.get_cachemax()
+        if cache_default:
+            cachemax_mb = min(cachemax_mb, cache_cap_mb(budget_mb))
+        be.set_cachemax(cachemax_mb << 20)
+        jpeg_outcome: Dict[str, Any] = {}
+
+        def make_jpeg() -> None:
+            t0 = time.perf_counter()
+            try:
+                be.create_copy("JPEG", tmp_vrt, tmp_jpg, {"QUALITY": str(JPEG_QUALITY)})
+                _remove_sidecar(tmp_jpg)
+                jpeg_outcome["errors"] = validate_jpeg(tmp_jpg, plan.width, plan.height, plan.band_count)
+            except GdalFailure as exc:
+                jpeg_outcome["failure"] = exc
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                jpeg_outcome["crash"] = exc
+            jpeg_outcome["seconds"] = time.perf_counter() - t0
+
+        try:
+            with _Config(config):
+                jpeg_thread = threading.Thread(target=make_jpeg, name="generate_cog-jpeg", daemon=True)
+                if not jpeg_after:
+                    jpeg_thread.start()
+                t0 = time.perf_counter()
+                cog_failure: Optional[GdalFailure] = None
+                try:
+                    if method == "parallel":
+                        try:
+                            parallel_cog(info, tmp_tif, threads, temps, token, timings, beside_jpeg=not jpeg_after)
+                        except ValueError:  # a part GDAL wrote is not what the assembler expects
+                            method = "driver"
+                    if method == "driver":
+                        be.create_copy("COG", info.path, tmp_tif, cog_options(info, threads, resampling))
+                except GdalFailure as exc:
+                    cog_failure = exc
+                timings["cog"] = time.perf_counter() - t0
+                if metadata and cog_failure is None:
+                    _embed(tmp_tif, metadata, temps, token)
+                if jpeg_after and cog_failure is None:
+                    if cache_default:
+                        be.set_cachemax(min(JPEG_CACHEMAX_MB, cachemax_mb) << 20)
+                    _trim_heap()  # hand the COG threads' freed buffers back before libjpeg's buffer
+                    make_jpeg()
+                elif not jpeg_after:
+                    jpeg_thread.join()
+        finally:
+            be.set_cachemax(saved_cache)  # a library caller keeps its own cache size, whatever happened
+        timings["jpeg"] = jpeg_outcome.get("seconds", 0.0)
+
+        if cog_failure is not None:
+            raise classify_write_failure(cog_failure, info, out_dirs, "COG")
+        if "crash" in jpeg_outcome:
+            raise jpeg_outcome["crash"]
+        if "failure" in jpeg_outcome:
+            raise classify_write_failure(jpeg_outcome["failure"], info, out_dirs, "JPEG")
+
+        t0 = time.perf_counter()
+        validator, warns, out_info = _verify_cog(tmp_tif, info, opts.validator, verify_pixels)
+        jpeg_errors = jpeg_outcome.get("errors", ["JPEG was not produced"])
+        if jpeg_errors:
+            raise ConversionError(ExitCode.OUTPUT_INVALID, "; ".join(jpeg_errors))
+        timings["verify"] = time.perf_counter() - t0
+
+        try:
+            os.replace(tmp_tif, output_tif)
+            os.replace(tmp_jpg, output_jpg)
+        except OSError as exc:
+            remove_outputs(output_tif)
+            code = ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
+            raise ConversionError(code, f"cannot move outputs into place: {exc.strerror}") from None
+    except BaseException:
+        remove_outputs(*temps)
+        raise
+    remove_outputs(tmp_vrt)
+    timings["total"] = time.perf_counter() - started
+    return ConversionResult(
+        input=input,
+        cog=output_tif,
+        jpeg=output_jpg,
+        width=info.width,
+        height=info.height,
+        bands=info.count,
+        manifest_bands=None if bands is None else int(bands),
+        dtype=info.dtypes[0],
+        jpeg_bands=plan.band_count,
+        jpeg_size=(plan.width, plan.height),
+        jpeg_downsample=plan.downsample,
+        preview=plan.description,
+        overview_sizes=list(out_info.overview_sizes) if out_info else [],
+        validator=validator,
+        backend=be.name,
+        gdal_version=str(be.version),
+        threads=threads,
+        cog_method=method,
+        timings=timings,
+        warnings=list(warns),
+        memory_budget_mb=budget_mb,
+        cachemax_mb=cachemax_mb,
+        exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK,
+        reason=mismatch,
+    )
+
+
+
+def _trim_heap() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``); a no-op elsewhere.
+
+    The COG threads' freed buffers stay in glibc's per-thread arenas otherwise and count
+    towards the peak RSS of the serialised JPEG step (1-band 10000x10000: 345 -> 298 MiB)."""
+    try:
+        import ctypes  # noqa: PLC0415
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _remove_sidecar(path: str) -> None:
+    try:
+        os.remove(path + ".aux.xml")
+    except OSError:
+        pass
+
+
+
+def _embed(cog: str, metadata: Dict[str, str], temps: List[str], token: str) -> None:
+    """Add the provenance pairs to the finished COG (see provenance.py), in place."""
+    with_md = temp_name(cog, ".md.tif", token)
+    temps.append(with_md)
+    try:
+        embed_metadata(cog, with_md, metadata)
+        os.replace(with_md, cog)
+    except OSError as exc:
+        code = ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
+        raise ConversionError(code, f"cannot write the COG's metadata: {exc.strerror}") from None
+    except (ValueError, struct.error) as exc:
+        raise ConversionError(ExitCode.INTERNAL, f"cannot embed metadata: {exc}") from None
+
+
+def _verify_cog(tmp_tif: str, info: RasterInfo, validator: Optional[str], verify_pixels: bool
+                ) -> Tuple[str, List[str], Optional[RasterInfo]]:
+    """Validate the written COG and compare it with the input; ConversionError(OUTPUT_INVALID) if it fails.
+
+    Returns (validator name, its warnings, the COG as GDAL reopens it)."""
+    be = get_backend()
+    validator, errors, warns = validate_cog(tmp_tif, validator)
+    try:
+        out_info = be.info(tmp_tif)
+    except GdalFailure as exc:
+        errors.append(f"GDAL cannot reopen it: {exc.text}")
+        out_info = None
+    if out_info is not None:
+        got = (out_info.width, out_info.height, out_info.count, out_info.dtypes)
+        want = (info.width, info.height, info.count, info.dtypes)
+        if got != want:
+            errors.append(f"COG is {got}, input is {want}")
+        if out_info.block_size != (COG_BLOCKSIZE, COG_BLOCKSIZE):
+            errors.append(f"COG blocks are {out_info.block_size}")
+        smallest = out_info.overview_sizes[-1] if out_info.overview_sizes else (info.width, info.height)
+        if max(smallest) > COG_BLOCKSIZE:
+            errors.append(f"COG overviews stop at {smallest[0]}x{smallest[1]}, larger than one tile")
+    if errors:
+        raise ConversionError(ExitCode.OUTPUT_INVALID, f"COG failed validation ({validator}): {'; '.join(errors)}")
+    if verify_pixels:
+        try:
+            if be.checksums(info.path) != be.checksums(tmp_tif):
+                raise ConversionError(ExitCode.OUTPUT_INVALID, "COG pixels differ from the input's")
+        except GdalFailure as exc:
+            raise ConversionError(ExitCode.OUTPUT_INVALID, f"cannot compare pixels: {exc.text}") from None
+    return validator, warns, out_info

@@ -1,0 +1,149 @@
+"""Planning the JPEG preview: which bands, scaling, masking and size, as a VRT over the input.
+
+GDAL streams the VRT line by line, so no whole image is ever held in a numpy array.
+"""
+
+from __future__ import annotations
+
+import math
+import numpy as np
+import os
+from dataclasses import dataclass
+from xml.sax.saxutils import escape as _xml_escape
+from typing import List, Optional, Tuple
+
+from .backend import get_backend
+from .exit_codes import ConversionError, ExitCode
+from .rasterinfo import GMF_ALPHA, GMF_NODATA, GMF_PER_DATASET, RasterInfo
+from .settings import JPEG_MAX_DIMENSION, STATS_SAMPLE_SIZE, COMPLEX_TYPES, SUPPORTED_TYPES
+
+@dataclass
+class PreviewPlan:
+    """How the JPEG preview is derived from the input."""
+
+    bands: List[int]
+    width: int
+    height: int
+    downsample: int = 1
+    scale: Optional[Tuple[float, float]] = None  # (lo, hi) mapped linearly to 0..255
+    masked: bool = False  # alpha/per-dataset mask composited onto black
+    nodata_to_black: bool = False
+    palette_expanded: bool = False
+    description: str = ""
+
+    @property
+    def band_count(self) -> int:
+        return 3 if self.palette_expanded else len(self.bands)
+
+
+
+
+def _preview_scale(info: RasterInfo, bands: List[int]) -> Tuple[float, float]:
+    """(lo, hi) of the valid pixels of ``bands``, from a read of at most STATS_SAMPLE_SIZE pixels a side."""
+    be = get_backend()
+    w, h = info.width, info.height
+    factor = max(1.0, max(w, h) / STATS_SAMPLE_SIZE)
+    shape = (max(1, int(round(h / factor))), max(1, int(round(w / factor))))
+    data = be.read(info.path, bands, out_shape=shape).astype(np.float64)
+    valid = np.isfinite(data)
+    for k, b in enumerate(bands):
+        nd = info.nodata[b - 1]
+        if nd is not None and not math.isnan(nd):
+            valid[k] &= data[k] != nd
+        if info.mask_flags[b - 1] & (GMF_PER_DATASET | GMF_ALPHA):
+            valid[k] &= be.read(info.path, [b], out_shape=shape, masks=True)[0] > 0
+    if not valid.any():
+        return (0.0, 0.0)
+    vals = data[valid]
+    return (float(vals.min()), float(vals.max()))
+
+
+def plan_preview(info: RasterInfo) -> PreviewPlan:
+    """Decide which bands, scaling, masking and size the JPEG preview gets (see docs/conversion.md)."""
+    for b, dt in enumerate(info.dtypes, start=1):
+        if dt in COMPLEX_TYPES or dt not in SUPPORTED_TYPES:
+            raise ConversionError(
+                ExitCode.UNSUPPORTED_INPUT, f"band {b} has data type {dt}; a JPEG preview cannot be made from it"
+            )
+    palette = info.has_palette and info.colorinterp[0] == "palette" and info.dtypes[0] in ("uint8", "uint16")
+    non_alpha = [b for b in range(1, info.count + 1) if info.colorinterp[b - 1] != "alpha"]
+    if not non_alpha:
+        raise ConversionError(ExitCode.UNSUPPORTED_INPUT, "every band is an alpha band")
+    if palette:
+        bands = [1]
+    elif len(non_alpha) >= 3:
+        bands = non_alpha[:3]
+    else:
+        bands = non_alpha[:1]
+    k = max(1, -(-max(info.width, info.height) // JPEG_MAX_DIMENSION))
+    width, height = -(-info.width // k), -(-info.height // k)
+    plan = PreviewPlan(bands=bands, width=width, height=height, downsample=k, palette_expanded=palette)
+    flags = [info.mask_flags[b - 1] for b in bands]
+    plan.masked = any(f & (GMF_PER_DATASET | GMF_ALPHA) for f in flags)
+    plan.nodata_to_black = any(
+        f & GMF_NODATA and not f & (GMF_PER_DATASET | GMF_ALPHA) for f in flags
+    )
+    notes = [f"bands {','.join(map(str, bands))}" if not palette else "palette expanded to RGB"]
+    if not palette and any(info.dtypes[b - 1] != "uint8" for b in bands):
+        plan.scale = _preview_scale(info, bands)
+        notes.append(f"{info.dtypes[bands[0] - 1]} scaled linearly {plan.scale[0]:g}..{plan.scale[1]:g} -> 0..255")
+    if plan.masked:
+        notes.append("masked pixels composited onto black")
+    if plan.nodata_to_black:
+        notes.append("nodata pixels black")
+    if k > 1:
+        notes.append(f"downsampled 1/{k} (JPEG limit {JPEG_MAX_DIMENSION} px)")
+    plan.description = "; ".join(notes)
+    return plan
+
+
+def _source_xml(src: str, band: str, info: RasterInfo, plan: PreviewPlan, extra: str = "", complex_: bool = True) -> str:
+    resampling = ' resampling="average"' if plan.downsample > 1 else ""
+    tag = "ComplexSource" if complex_ else "SimpleSource"
+    return (
+        f"<{tag}{resampling}><SourceFilename relativeToVRT=\"0\">{_xml_escape(src)}</SourceFilename>"
+        f"<SourceBand>{band}</SourceBand>"
+        f'<SrcRect xOff="0" yOff="0" xSize="{info.width}" ySize="{info.height}"/>'
+        f'<DstRect xOff="0" yOff="0" xSize="{plan.width}" ySize="{plan.height}"/>'
+        f"{extra}</{tag}>"
+    )
+
+
+def preview_vrt(info: RasterInfo, plan: PreviewPlan) -> str:
+    """A VRT (XML text) that yields the 8-bit preview bands, streamed by GDAL line by line."""
+    src = os.path.abspath(info.path)
+    out_bands = []
+    names = ["Red", "Green", "Blue"] if plan.band_count == 3 else ["Gray"]
+    for k in range(plan.band_count):
+        b = plan.bands[0] if plan.palette_expanded else plan.bands[k]
+        extra = ""
+        nd = info.nodata[b - 1]
+        if plan.palette_expanded:
+            extra += f"<ColorTableComponent>{k + 1}</ColorTableComponent>"
+        if plan.nodata_to_black and nd is not None and info.mask_flags[b - 1] & GMF_NODATA:
+            extra += f"<NODATA>{'nan' if math.isnan(nd) else repr(float(nd))}</NODATA>"
+        if plan.scale is not None:
+            lo, hi = plan.scale
+            if hi > lo:
+                ratio = 255.0 / (hi - lo)
+                offset = -lo * ratio
+            else:
+                ratio, offset = 0.0, (255.0 if plan.scale != (0.0, 0.0) else 0.0)
+            extra += f"<ScaleOffset>{offset!r}</ScaleOffset><ScaleRatio>{ratio!r}</ScaleRatio>"
+        value = _source_xml(src, str(b), info, plan, extra, complex_=bool(extra))
+        if plan.masked:
+            mask = _source_xml(
+                src, f"mask,{b}", info, plan, "<ScaleOffset>0</ScaleOffset><ScaleRatio>0.00392156862745098</ScaleRatio>"
+            )
+            out_bands.append(
+                f'<VRTRasterBand dataType="Byte" band="{k + 1}" subClass="VRTDerivedRasterBand">'
+                f"<ColorInterp>{names[k]}</ColorInterp><PixelFunctionType>mul</PixelFunctionType>"
+                f"<SourceTransferType>Float64</SourceTransferType>{value}{mask}</VRTRasterBand>"
+            )
+        else:
+            out_bands.append(
+                f'<VRTRasterBand dataType="Byte" band="{k + 1}"><ColorInterp>{names[k]}</ColorInterp>'
+                f"{value}</VRTRasterBand>"
+            )
+    return f'<VRTDataset rasterXSize="{plan.width}" rasterYSize="{plan.height}">' + "".join(out_bands) + "</VRTDataset>"
+

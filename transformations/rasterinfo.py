@@ -1,0 +1,57 @@
+"""What the converter knows about a raster, independent of the GDAL binding that read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+# GDAL mask flags (gdal.h)
+GMF_ALL_VALID = 0x01
+GMF_PER_DATASET = 0x02
+GMF_ALPHA = 0x04
+GMF_NODATA = 0x08
+
+
+@dataclass
+class RasterInfo:
+    """What the converter needs to know about an input raster."""
+
+    path: str
+    driver: str
+    width: int
+    height: int
+    count: int
+    dtypes: List[str]
+    nodata: List[Optional[float]]
+    colorinterp: List[str]
+    mask_flags: List[int]
+    block_size: Tuple[int, int]
+    overview_sizes: List[Tuple[int, int]]
+    has_palette: bool
+    georeferenced: bool
+
+    @property
+    def alpha_bands(self) -> List[int]:
+        return [i + 1 for i, ci in enumerate(self.colorinterp) if ci == "alpha"]
+
+
+
+def numpy_dtype_name(gdal_name: str) -> str:
+    return {
+        "Byte": "uint8",
+        "Int8": "int8",
+        "UInt16": "uint16",
+        "Int16": "int16",
+        "UInt32": "uint32",
+        "Int32": "int32",
+        "UInt64": "uint64",
+        "Int64": "int64",
+        "Float32": "float32",
+        "Float64": "float64",
+        "CInt16": "complex_int16",
+        "CInt32": "complex_int32",
+        "CFloat32": "complex64",
+        "CFloat64": "complex128",
+    }.get(gdal_name, gdal_name.lower())
+

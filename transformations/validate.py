@@ -1,0 +1,207 @@
+"""Verification of the outputs before they are moved into place: the COG and the JPEG.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+from typing import List, Optional, Tuple
+
+from .backend import get_backend
+from .exit_codes import GdalFailure
+from .settings import COG_BLOCKSIZE
+from .tiff import ghost_metadata, read_tiff_ifds
+
+#: rio-cogeo's limit: a reader's first request (a few hundred bytes) must hold the first IFD.
+MAX_FIRST_IFD_OFFSET = 300
+
+
+def builtin_check(path: str) -> Tuple[List[str], List[str]]:
+    """The COG rules rio-cogeo checks, on the TIFF structure itself; returns (errors, warnings).
+
+    Pure Python and no import beyond the standard library, so it costs milliseconds where
+    rio-cogeo's import alone costs ~0.4 s; tests/test_convert_validation.py checks that it
+    reaches rio-cogeo's verdict on every test raster and on deliberately broken files."""
+    errors: List[str] = []
+    warnings_: List[str] = []
+    try:
+        ifds, size = read_tiff_ifds(path)
+    except (ValueError, OSError) as exc:
+        return [f"not a readable TIFF: {exc}"], []
+    images = [d for d in ifds if not d.subfile_type & 4]
+    if not images:
+        return ["no image directory"], []
+    main, overviews = images[0], images[1:]
+    if ifds[0].offset > MAX_FIRST_IFD_OFFSET:
+        errors.append(f"the first image directory is at byte {ifds[0].offset}, not at the start of the file")
+    if os.path.exists(path + ".ovr"):
+        errors.append("overviews are in an external .ovr file")
+    if main.subfile_type & 1:
+        errors.append("the first directory is not the full-resolution image")
+    tile = max(main.tile_size) if main.tiled else 0
+    for label, d in [("full-resolution image", main)] + [(f"overview {i}", o) for i, o in enumerate(overviews)]:
+        if not d.tiled:
+            if max(d.width, d.height) > COG_BLOCKSIZE:  # a small striped image reads in one request anyway
+                errors.append(f"{label} ({d.width}x{d.height}) is not tiled")
+        elif d.tile_size[0] % 16 or d.tile_size[1] % 16:
+            errors.append(f"{label} tile size {d.tile_size} is not a multiple of 16")
+    if max(main.width, main.height) > max(tile, COG_BLOCKSIZE) and not overviews:
+        # rio-cogeo and GDAL's validator warn; convert() itself requires the overviews it made.
+        warnings_.append(f"{main.width}x{main.height} image has no overviews")
+    prev = (main.width, main.height)
+    for i, o in enumerate(overviews):
+        if not o.subfile_type & 1:
+            errors.append(f"overview {i} is not flagged as reduced resolution")
+        if o.width >= prev[0] and o.height >= prev[1]:
+            errors.append(f"overview {i} ({o.width}x{o.height}) is not smaller than the level before")
+        prev = (o.width, o.height)
+    if overviews and max(prev) > max(tile, COG_BLOCKSIZE):
+        warnings_.append(f"smallest overview is {prev[0]}x{prev[1]}, larger than one tile")
+    first_data = [min((x for x in d.data_offsets if x), default=0) for d in images]
+    all_data = [x for d in ifds for x in d.data_offsets if x]
+    if all_data and max(d.offset for d in ifds) > min(all_data):
+        errors.append("image directories are not all before the image data")
+    # Overview data must come before the full-resolution data, smallest overview first.
+    order = [x for x in reversed(first_data) if x]
+    if order != sorted(order):
+        errors.append("tile data is not ordered from the smallest overview to the full resolution")
+    for d in ifds:
+        for off, cnt in zip(d.data_offsets, d.data_counts):
+            if off + cnt > size:
+                errors.append("tile data extends beyond the end of the file")
+                break
+    ghost = ghost_metadata(path)
+    if not ghost:
+        warnings_.append("no GDAL structural metadata (ghost area) at the start of the file")
+    elif ghost.get("LAYOUT") != "IFDS_BEFORE_DATA":
+        errors.append(f"ghost area says LAYOUT={ghost.get('LAYOUT')}")
+    return errors, warnings_
+
+
+
+
+VALIDATOR_ENV = "COG_PIPELINE_VALIDATOR"
+VALIDATORS = ("auto", "rio-cogeo", "gdal", "builtin")
+CogReport = Tuple[str, List[str], List[str]]  # validator name, errors, warnings
+
+
+def validate_cog(path: str, validator: Optional[str] = None) -> CogReport:
+    """Validate a COG; returns (validator name, errors, warnings).
+
+    ``validator`` (or env ``COG_PIPELINE_VALIDATOR``) picks one of rio-cogeo, ``gdal``
+    (GDAL's own ``validate_cloud_optimized_geotiff``, shipped with the osgeo bindings) or
+    ``builtin``. The default ``auto`` takes them in that order of preference, but never pays
+    for an import: rio-cogeo only when the process already loaded it (its pydantic, morecantile
+    and pyproj imports cost ~0.4 s per image otherwise), GDAL's where the osgeo bindings ship
+    it, else the built-in check, which tests/test_convert_validation.py proves equivalent to
+    rio-cogeo on every test raster and on deliberately broken files.
+    """
+    wanted = (validator or os.environ.get(VALIDATOR_ENV, "").strip().lower() or "auto")
+    if wanted not in VALIDATORS:
+        raise ValueError(f"unknown COG validator {wanted!r}: use one of {', '.join(VALIDATORS)}")
+    if wanted == "rio-cogeo" or (wanted == "auto" and "rio_cogeo.cogeo" in sys.modules):
+        return rio_cogeo_check(path)
+    if wanted in ("gdal", "auto"):
+        gdal_report = gdal_check(path, required=wanted == "gdal")
+        if gdal_report is not None:
+            # GDAL's validator lets a striped image > 512 px pass where rio-cogeo fails it (measured on
+            # the test data); the built-in check costs milliseconds and closes that gap.
+            errors, warns = builtin_check(path)
+            return "gdal+builtin", gdal_report[1] + [e for e in errors if e not in gdal_report[1]], gdal_report[2]
+    errors, warns = builtin_check(path)
+    return "builtin", errors, warns
+
+
+def rio_cogeo_check(path: str) -> CogReport:
+    """rio-cogeo's ``cog_validate`` (imports its whole stack; ImportError where it is missing)."""
+    import warnings  # noqa: PLC0415
+
+    from rio_cogeo.cogeo import cog_validate  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        valid, errors, warns = cog_validate(path, quiet=True)
+    errors = list(errors)
+    if not valid and not errors:
+        errors = ["rio-cogeo says the file is not a valid COG"]
+    return "rio-cogeo", errors, list(warns)
+
+
+def gdal_check(path: str, required: bool = False) -> Optional[CogReport]:
+    """GDAL's own COG validator (osgeo_utils.samples), or None where it is not available.
+
+    It needs the osgeo bindings themselves, so it runs only on the osgeo backend (under
+    rasterio's GDAL it would load a second, different libgdal)."""
+    if get_backend().name != "osgeo":
+        if required:
+            raise ImportError("GDAL's COG validator needs the osgeo backend")
+        return None
+    try:
+        from osgeo_utils.samples import validate_cloud_optimized_geotiff as gdal_cog  # noqa: PLC0415
+    except ImportError:
+        if required:
+            raise
+        return None
+    try:
+        warns, errors, _ = gdal_cog.validate(path, check_tiled=True, full_check=False)
+    except gdal_cog.ValidateCloudOptimizedGeoTIFFException as exc:
+        return "gdal", [str(exc)], []
+    return "gdal", list(errors), list(warns)
+
+
+def _jpeg_header(path: str) -> Tuple[int, int, int]:
+    """(width, height, components) from the JPEG markers; ValueError if it is not a complete JPEG."""
+    with open(path, "rb") as fh:
+        data = fh.read(1 << 20)
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 2))
+        tail = fh.read(2)
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("no JPEG start-of-image marker")
+    if tail != b"\xff\xd9":
+        raise ValueError("no JPEG end-of-image marker (truncated?)")
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise ValueError(f"bad JPEG marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        seg_len = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h, w = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return w, h, data[pos + 9]
+        if marker == 0xDA:
+            break
+        pos += 2 + seg_len
+    raise ValueError("no JPEG frame header")
+
+
+def validate_jpeg(path: str, width: int, height: int, bands: int) -> List[str]:
+    """Check that the JPEG is complete, has the expected size and band count, and decodes."""
+    be = get_backend()
+    try:
+        w, h, comps = _jpeg_header(path)
+    except (ValueError, OSError, struct.error) as exc:
+        return [f"JPEG {exc}"]
+    errors = []
+    if (w, h) != (width, height):
+        errors.append(f"JPEG is {w}x{h}, expected {width}x{height}")
+    if comps != bands:
+        errors.append(f"JPEG has {comps} bands, expected {bands}")
+    if errors:
+        return errors
+    try:
+        info = be.info(path)
+        if info.driver != "JPEG" or (info.width, info.height, info.count) != (width, height, bands):
+            return [f"GDAL reads it as {info.driver} {info.width}x{info.height}x{info.count}"]
+        # Decoding at 1/8 scale still entropy-decodes every block, at a fraction of the cost.
+        shape = (max(1, -(-height // 8)), max(1, -(-width // 8)))
+        be.read(path, [1], out_shape=shape)
+    except GdalFailure as exc:
+        return [f"JPEG does not decode: {exc.text}"]
+    return []
+
