@@ -58,6 +58,7 @@ GENERATE_COG = REPO / "transformations" / "generate_cog"
 ALL_CONTENDERS = ["scan", "orig-seq", "orig-xargs", "skilled", "skilled-xargs", "convert"]
 DEFAULT_CONTENDERS = ALL_CONTENDERS[:5]
 ORIGINALS = ["orig-seq", "orig-xargs"]
+BENCH_START = time.monotonic()
 
 
 def original_commands(src: Path, bands: int, out: Path) -> list[list[str]]:
@@ -247,18 +248,25 @@ def run_config(args, contenders: list[str], size: int, bands: int, compress: str
             while fh.read(1 << 24):
                 pass
     runs: dict[str, list[dict]] = {c: [] for c in contenders}
+    started = time.monotonic()
     for rnd in range(args.rounds):
+        per_round = (time.monotonic() - started) / max(rnd, 1)
+        if rnd and args.budget_minutes and (time.monotonic() - BENCH_START) + per_round > args.budget_minutes * 60:
+            print(f"  stopping after {rnd} round(s): another would pass --budget-minutes {args.budget_minutes}")
+            break
         order = contenders[rnd % len(contenders):] + contenders[:rnd % len(contenders)]
         for name in order:
             r = run_one(name, inputs, bands, cores, args.one_cpu, scratch)
             runs[name].append(r)
             print(f"  {size}² {bands}b {compress} round {rnd + 1} {name:<14} {r['wall']:7.2f}s wall {r['cpu']:7.2f} CPU-s "
-                  f"{r['rss_mib']:6.0f} MiB  (load {r['load1']:.2f})", flush=True)
+                  f"{r['rss_mib']:6.0f} MiB {r['bytes_out'] / 1e6:8.1f} MB out  (load {r['load1']:.2f})", flush=True)
+    rounds_done = len(runs[contenders[-1]])
+    runs = {c: r[:rounds_done] for c, r in runs.items()}  # only complete rounds
     summary = {c: summarise(runs[c], args.count) for c in contenders}
     rat = ratios(summary)
     mode = "one CPU (taskset -c 0, GDAL_NUM_THREADS=1)" if args.one_cpu else f"{cores} cores"
-    print_table(f"{size}x{size} {bands}-band uint8, {compress} input, {mode}", args.count, summary, rat, args.rounds)
-    return {"size": size, "bands": bands, "compress": compress, "count": args.count, "inputs": str(inputs),
+    print_table(f"{size}x{size} {bands}-band uint8, {compress} input, {mode}", args.count, summary, rat, rounds_done)
+    return {"size": size, "rounds": rounds_done, "bands": bands, "compress": compress, "count": args.count, "inputs": str(inputs),
             "runs": runs, "summary": summary, "ratios": rat}
 
 
@@ -291,6 +299,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gray-source", choices=["landsat", "shade"], default="landsat", help="content of 1-band images")
     p.add_argument("--cache", type=Path, default=batch_inputs.DEFAULT_CACHE, help="generated inputs (outside the repo)")
     p.add_argument("--scratch", type=Path, default=None, help="where outputs go while a contender runs (default: a temp dir)")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="start no round that would end past this many minutes (a loaded machine: fewer rounds)")
     p.add_argument("--json", type=Path, default=None, help="write every round and the summary here")
     return p.parse_args(argv)
 
