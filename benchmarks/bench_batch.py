@@ -42,8 +42,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -96,7 +97,7 @@ class Plan:
     script: str
     outputs: Path
     expect_files: int
-    check: callable = field(default=None)  # type: ignore[valid-type]
+    check: Optional[Callable[[], None]] = None
 
 
 def _per_image_dirs(work: Path, imgs: list[tuple[str, Path]]) -> list[Path]:
