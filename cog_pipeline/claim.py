@@ -181,7 +181,7 @@ def claim_one(
         shutil.rmtree(run_dir.path, ignore_errors=True)
         return None
     (run_dir.path / RunDir.MANIFEST).write_bytes(data)
-    info.extra["manifest_etag"] = read.etag
+    info.manifest_etag = read.etag
     run_dir.save(info)
     processing = store.create(names.processing_key, data)
     _finish_claim(store, run_dir, names, processing, read.etag)
@@ -236,7 +236,7 @@ def recover_claims(store: ObjectStore, work_dir: Path, view: BucketView, now: da
 def _recover_local(store: ObjectStore, run_dir: RunDir) -> list[str]:
     info = run_dir.load()
     names = RunNames(info.manifest_key, info.timestamp)
-    etag = str(info.extra.get("manifest_etag") or "")
+    etag = str(info.manifest_etag or "")
     if info.state == CLAIMING:
         processing = store.head(names.processing_key)
         if processing is None:

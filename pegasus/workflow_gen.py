@@ -71,7 +71,6 @@ import getpass
 import json
 import logging
 import re
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -83,6 +82,8 @@ import yaml
 
 import cog_pipeline.transformations
 from cog_pipeline import rundir as rundir_mod
+from cog_pipeline.engines.base import end_hook_command, job_id_of
+from cog_pipeline.engines.pegasus.plan import COMPUTE_SITE, default_plan_args
 from cog_pipeline.listing import find_keys
 from cog_pipeline.manifest import ManifestRow, parse_manifest
 from cog_pipeline.replicas.catalog import (
@@ -103,7 +104,6 @@ log = logging.getLogger(__name__)
 
 TRANSFORMATION = "generate_cog"
 CATEGORY = "cog"  # DAGMan category of the conversion jobs: dagman.cog.maxjobs throttles them
-COMPUTE_SITE = "condorpool"
 SITES_TEMPLATE = Path(__file__).resolve().parent / "sites.yml"
 DEFAULT_IMAGE = "ghcr.io/osgeo/gdal:ubuntu-small-3.6.3"
 DATA_CONFIGURATIONS = ("condorio", "nonsharedfs")
@@ -137,7 +137,7 @@ class WorkflowSettings:
     memory_mb: int = 1024
     disk_mb: int = 2048
     converter: Path = field(default_factory=default_converter)
-    reconcile_command: str | None = None  # None: "<python> -m cog_pipeline reconcile <run_dir>"
+    reconcile_command: str | None = None  # None: the END hook "<python> -m cog_pipeline finish <run_dir>"
     local_mode: bool | None = None  # buckets are folders; None: decided from run.json store.local_root
     data_configuration: str = "condorio"  # or "nonsharedfs" with the S3 site as staging site
     scratch_prefix: str = "pegasus-scratch"  # staging area (nonsharedfs) in the output bucket: <prefix>/<ts>
@@ -357,10 +357,6 @@ def _add_row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: st
     return job
 
 
-def job_id_of(line: int) -> str:
-    return f"ID{line:07d}"
-
-
 def _workflow_shell(name: str, settings: WorkflowSettings, hook: str, metadata: dict[str, str]):
     from Pegasus.api import EventType, Workflow
 
@@ -456,8 +452,8 @@ def write_workflow(path: Path, rows: list[ManifestRow], settings: WorkflowSettin
 # Pre-flight and generate()
 
 
-def preflight(manifest, input_store: ObjectStore) -> tuple[list[ManifestRow], list[dict], list[dict], dict[str, str]]:
-    """(rows that get jobs, failed entries, duplicate entries, known sha256 by key)."""
+def preflight(manifest, input_store: ObjectStore) -> tuple[list[ManifestRow], list[dict], list[dict]]:
+    """(rows that get jobs, failed entries, duplicate entries)."""
     found = find_keys(input_store, (row.key for row in manifest.rows))
     failed: list[dict[str, Any]] = [{"line": r.line, "text": r.text, "reason": r.reason} for r in manifest.rejected]
     ok: list[ManifestRow] = []
@@ -469,17 +465,13 @@ def preflight(manifest, input_store: ObjectStore) -> tuple[list[ManifestRow], li
     failed.sort(key=lambda item: item["line"])
     duplicates = [{"line": row.line, "text": row.text, "duplicate_of": first} for row, first in manifest.duplicates]
     duplicates.sort(key=lambda item: item["line"])
-    # ObjectInfo carries no checksum (S3 listings do not return checksum values), so no sha256 is known here.
-    sha256: dict[str, str] = {}
-    for key, info in found.items():
-        digest = getattr(info, "sha256", None)
-        if digest:
-            sha256[key] = digest
-    return ok, failed, duplicates, sha256
+    # No checksum is known: S3 listings return none, and an ETag is not a sha256 (so replicas carry none).
+    return ok, failed, duplicates
 
 
 def default_reconcile_command(run_dir: RunDir) -> str:
-    return shlex.join([sys.executable, "-m", "cog_pipeline", "reconcile", str(run_dir.path.resolve())])
+    """Both engines end with the same hook, so workflow.yml does not depend on who runs it."""
+    return end_hook_command(run_dir.path)
 
 
 def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettings) -> GenerationResult:
@@ -495,12 +487,12 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     local_root = config.local_root if local_mode else None
 
     manifest = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes())
-    rows, failed, duplicates, sha256 = preflight(manifest, input_store)
+    rows, failed, duplicates = preflight(manifest, input_store)
     run_dir.write_json(RunDir.PREFLIGHT, {"failed": failed, "duplicates": duplicates, "jobs": len(rows)})
 
     files = {name: run_dir.file(name) for name in (RunDir.WORKFLOW, RunDir.REPLICAS, RunDir.TRANSFORMATIONS, RunDir.SITES, RunDir.PROPERTIES, RunDir.PREFLIGHT)}
     entries: list[ReplicaEntry] = replica_entries(
-        (row.key for row in rows), info.input_bucket, local_root=local_root, identity=settings.identity, site=settings.s3_site, sha256=sha256
+        (row.key for row in rows), info.input_bucket, local_root=local_root, identity=settings.identity, site=settings.s3_site
     )
     write_replica_catalog(files[RunDir.REPLICAS], entries, header=_x_pegasus())
     del entries
@@ -532,11 +524,10 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
 
     cluster = bool(settings.cluster_size)
     staging_site = settings.s3_site if settings.data_configuration == "nonsharedfs" else "local"
-    plan_args = ["--conf", str(files[RunDir.PROPERTIES].resolve()), "--sites", COMPUTE_SITE, "--output-sites", settings.s3_site]
-    if settings.data_configuration == "nonsharedfs":
-        plan_args += ["--staging-site", f"{COMPUTE_SITE}={settings.s3_site}"]
-    if cluster:
-        plan_args += ["--cluster", "horizontal"]
+    plan_args = default_plan_args(
+        files[RunDir.PROPERTIES], settings.s3_site,
+        staging_site=settings.s3_site if settings.data_configuration == "nonsharedfs" else None, cluster=cluster,
+    )
     plan_args.append(str(files[RunDir.WORKFLOW].resolve()))
     run_dir.set_state(
         GENERATED,

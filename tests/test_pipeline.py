@@ -161,9 +161,9 @@ def test_crash_in_the_middle_of_a_run_is_carried_on_by_the_next_scan(tmp_path, m
     buckets = Buckets("folder", StoreConfig(local_root=root), "in", "out")
     opts = options(buckets, tmp_path)
 
-    import cog_pipeline.engine_local as engine_local
+    import cog_pipeline.engines.local as engine_local
     import cog_pipeline.pegasus.workflow_gen as workflow_gen
-    import cog_pipeline.reconcile as reconcile_mod
+    import cog_pipeline.pipeline as pipeline_mod
 
     if where == "generate":
         monkeypatch.setattr(workflow_gen, "generate", lambda *a, **k: (_ for _ in ()).throw(Crash()))
@@ -178,7 +178,7 @@ def test_crash_in_the_middle_of_a_run_is_carried_on_by_the_next_scan(tmp_path, m
         monkeypatch.setattr(engine_local, "_execute", execute_then_crash)
     else:
         monkeypatch.setattr(engine_local, "run_workflow", _run_without_hooks(engine_local.run_workflow))
-        monkeypatch.setattr(reconcile_mod, "reconcile", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+        monkeypatch.setattr(pipeline_mod, "reconcile", lambda *a, **k: (_ for _ in ()).throw(Crash()))
     with pytest.raises(Crash):
         scan(opts)
     (run,) = list_run_dirs(tmp_path / "work")
@@ -258,6 +258,7 @@ def test_demo_command_runs_the_pipeline(tmp_path):
 
 
 def test_a_run_owned_by_a_dead_process_is_carried_on(tmp_path):
+    from cog_pipeline import lease
     from cog_pipeline.pipeline import run_is_active
     from cog_pipeline.rundir import CLAIMED, RunDir, RunInfo
 
@@ -265,9 +266,10 @@ def test_a_run_owned_by_a_dead_process_is_carried_on(tmp_path):
     run.save(RunInfo("20260101-000000", "in", "out", "m_raw.csv", "m_processing-20260101-000000.csv", {}, CLAIMED))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    run.set_state(CLAIMED, owner_pid=dead.pid, owner_host=os.uname().nodename)
+    mine = lease.mine()
+    run.set_state(CLAIMED, owner={**mine.to_json(), "pid": dead.pid, "started": "1"})
     assert not run_is_active(run)
-    run.set_state(CLAIMED, owner_pid=os.getpid(), owner_host=os.uname().nodename)
+    run.set_state(CLAIMED, owner=mine.to_json())
     assert run_is_active(run)
 
 
