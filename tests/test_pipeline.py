@@ -376,3 +376,33 @@ def test_one_runs_error_does_not_hold_up_the_others(tmp_path, monkeypatch):
     report = scan(opts)
     assert [r.load().manifest_key for r in report.reconciled] == ["a_raw.csv"] and not report.errors
     assert len(list((root / "in").glob("*_processed-*.csv"))) == 2
+
+
+def _workflow_text(work: Path) -> str:
+    (run,) = list_run_dirs(work)
+    lines = run.file("workflow.yml").read_text(encoding="utf-8").splitlines()
+    text = "\n".join(line for line in lines if not line.startswith("x-pegasus:"))  # createdOn/createdBy only
+    return text.replace(str(run.path.resolve()), "RUN").replace(run.timestamp, "TS")
+
+
+@pytest.mark.slow
+def test_workflow_yml_is_the_same_whichever_engine_runs_it(tmp_path):
+    """Both engines end with `cog-pipeline finish RUN_DIR`; the pegasus attempt then fails (no Pegasus here)
+    and a tick with --engine local finishes that very run (issue 8.13: the hint it prints is true)."""
+    from cog_pipeline.store import StoreConfig
+
+    texts = {}
+    for engine in ("pegasus", "local"):
+        root = tmp_path / engine / "buckets"
+        write_raster(root / "in" / "a.tif", 1, size=32)
+        (root / "in" / "m_raw.csv").write_text("a.tif,1\n")
+        (root / "out").mkdir()
+        opts = ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / engine / "work", engine=engine, workers=1, progress=False)
+        report = scan(opts, echo=lambda line: None)
+        texts[engine] = _workflow_text(opts.work_dir)
+        if engine == "pegasus":
+            assert len(report.errors) == 1 and "scan --engine local" in report.errors[0]
+            opts.engine = "local"
+            report = scan(opts, echo=lambda line: None)
+            assert len(report.reconciled) == 1 and list(root.glob("in/m_processed-*.csv"))
+    assert texts["pegasus"] == texts["local"] and "-m cog_pipeline finish RUN" in texts["local"]
