@@ -335,10 +335,10 @@ def build_properties(run_dir: RunDir, settings: WorkflowSettings):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Workflow: Pegasus.api reference and the fast writer
+# Workflow: Pegasus.api objects for one job (the template) and the fast writer
 
 
-def _add_row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: str | None = None, lfn_in=None, lfn_tif=None, lfn_jpg=None, bands=None, key=None, line=None):
+def row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: str | None = None, lfn_in=None, lfn_tif=None, lfn_jpg=None, bands=None, key=None, line=None):
     from Pegasus.api import File, Job
 
     inp = File(lfn_in if lfn_in is not None else input_lfn(row.key))
@@ -357,21 +357,13 @@ def _add_row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: st
     return job
 
 
-def _workflow_shell(name: str, settings: WorkflowSettings, hook: str, metadata: dict[str, str]):
+def workflow_shell(name: str, settings: WorkflowSettings, hook: str, metadata: dict[str, str]):
     from Pegasus.api import EventType, Workflow
 
     wf = Workflow(name, infer_dependencies=False)
     wf.add_shell_hook(EventType.END, hook)
     if metadata:
         wf.add_metadata(**metadata)
-    return wf
-
-
-def build_api_workflow(rows: list[ManifestRow], settings: WorkflowSettings, name: str, hook: str, metadata: dict[str, str]):
-    """The whole workflow as Pegasus.api objects: the reference for small manifests (tests compare)."""
-    wf = _workflow_shell(name, settings, hook, metadata)
-    for row in rows:
-        _add_row_job(wf, row, settings)
     return wf
 
 
@@ -384,7 +376,7 @@ def _job_format(settings: WorkflowSettings) -> str:
 
     token = {slot: f"@@COG_{slot}@@" for slot in _SLOTS}
     dummy = ManifestRow(line=1, key="x.tif", bands=1, text="x.tif,1")
-    job = _add_row_job(
+    job = row_job(
         None, dummy, settings, job_id=token["ID"], lfn_in=token["IN"], lfn_tif=token["TIF"], lfn_jpg=token["JPG"],
         bands=token["BANDS"], key=token["KEY"], line=token["LINE"],
     )
@@ -412,7 +404,7 @@ def write_workflow(path: Path, rows: list[ManifestRow], settings: WorkflowSettin
     """Write workflow.yml fast (see the module docstring). Returns the number of jobs."""
     from Pegasus.api.writable import _CustomEncoder
 
-    header = json.loads(json.dumps(_workflow_shell(name, settings, hook, metadata), cls=_CustomEncoder))
+    header = json.loads(json.dumps(workflow_shell(name, settings, hook, metadata), cls=_CustomEncoder))
     header.pop("jobs", None)
     dependencies = header.pop("jobDependencies", [])
     fmt = _job_format(settings)

@@ -125,6 +125,7 @@ def start_args(work: Path, *extra: str, pattern: str = "*raw.csv") -> list[str]:
 # The description
 
 
+@pytest.mark.slow
 def test_description_through_the_htcondor_bindings(tmp_path, key_files):
     work = tmp_path / "work"
     spec = CrondorSpec(

@@ -254,6 +254,7 @@ def read_text(buckets: Buckets, key: str) -> str:
 # Planning
 
 
+@pytest.mark.slow
 def test_plan_runs_from_the_run_directory_with_its_inputs_and_credentials(tmp_path, fake_pegasus, s3_server, bucket_name, monkeypatch):
     """S3 with key files: pegasus-plan runs in the run dir with PEGASUS_CREDENTIALS = its 0600 credentials.conf."""
     import boto3
@@ -304,6 +305,7 @@ def test_plan_runs_from_the_run_directory_with_its_inputs_and_credentials(tmp_pa
     assert access not in json.dumps(info.to_json()) and secret not in json.dumps(info.to_json())
 
 
+@pytest.mark.slow
 def test_no_submit_plans_and_leaves_the_planner_inputs_valid(tmp_path, fake_pegasus, pegasus_schema_dir, monkeypatch):
     buckets = folder_buckets(tmp_path)
     upload_batch(buckets, tmp_path)
@@ -338,6 +340,7 @@ def test_no_submit_plans_and_leaves_the_planner_inputs_valid(tmp_path, fake_pega
     assert info.state == RUNNING and info.submit_dir == info.plan_dir and info.dagman_cluster == 4343
 
 
+@pytest.mark.slow
 def test_a_plan_submitted_by_hand_is_followed_not_submitted_again(tmp_path, fake_pegasus, monkeypatch):
     buckets = folder_buckets(tmp_path)
     upload_batch(buckets, tmp_path)
@@ -352,6 +355,7 @@ def test_a_plan_submitted_by_hand_is_followed_not_submitted_again(tmp_path, fake
     assert run_dir.load().state == RUNNING and run_dir.load().submit_dir == str(plan_dir)
 
 
+@pytest.mark.slow
 def test_missing_planner_keeps_the_run_and_the_local_engine_finishes_it(tmp_path, no_pegasus):
     buckets = folder_buckets(tmp_path)
     upload_batch(buckets, tmp_path)
@@ -379,6 +383,7 @@ def test_missing_planner_keeps_the_run_and_the_local_engine_finishes_it(tmp_path
     assert "INPUT_UNREADABLE" in read_text(buckets, next(k for k in keys if k.endswith("-reasons.csv")))
 
 
+@pytest.mark.slow
 def test_plan_failures_are_retried_then_reconciled_as_failed_rows(tmp_path, fake_pegasus, monkeypatch):
     buckets = folder_buckets(tmp_path)
     upload_batch(buckets, tmp_path, corrupt=False, missing=False)
@@ -398,6 +403,7 @@ def test_plan_failures_are_retried_then_reconciled_as_failed_rows(tmp_path, fake
     assert reasons.count("PLAN_FAILED") == len(GOOD) and "Unable to load the site catalog" in reasons
 
 
+@pytest.mark.slow
 def test_empty_workflow_is_reconciled_without_planning(tmp_path, fake_pegasus):
     buckets = folder_buckets(tmp_path)
     buckets.put_text("batch_raw.csv", f"{MISSING[0]},1\nnot-a-tif.png,3\n")
@@ -432,6 +438,7 @@ def submitted_run(tmp_path, fake_pegasus, monkeypatch):
     "signal",
     ["schedd: DAGMan job gone", "schedd: removed", "dagman.log: terminated", "dagman.log: aborted by condor_rm", "jobstate: monitord finished", "monitord.done"],
 )
+@pytest.mark.slow
 def test_tick_reconciles_a_workflow_that_ended_without_its_end_hook(submitted_run, monkeypatch, signal):
     buckets, work, run_dir, submit_dir, records = submitted_run
     write_jobstate(submit_dir, records, monitord_finished=signal == "jobstate: monitord finished")
@@ -469,6 +476,7 @@ def test_tick_reconciles_a_workflow_that_ended_without_its_end_hook(submitted_ru
 
 
 @pytest.mark.parametrize("where", ["schedd: idle", "schedd: running", "schedd: held", "files: no end yet"])
+@pytest.mark.slow
 def test_a_workflow_still_running_is_left_alone(submitted_run, monkeypatch, where):
     buckets, work, run_dir, submit_dir, records = submitted_run
     write_jobstate(submit_dir, records, finished=False, monitord_finished=False)
@@ -482,6 +490,7 @@ def test_a_workflow_still_running_is_left_alone(submitted_run, monkeypatch, wher
     assert any("processing-" in k for k in buckets.input_keys())
 
 
+@pytest.mark.slow
 def test_schedd_found_by_submit_dir_when_no_cluster_was_recorded(submitted_run, monkeypatch):
     _, _, run_dir, submit_dir, _ = submitted_run
     run_dir.set_state(RUNNING, dagman_cluster=None)
@@ -492,6 +501,7 @@ def test_schedd_found_by_submit_dir_when_no_cluster_was_recorded(submitted_run, 
     assert monitor.workflow_is_running(run_dir) is False
 
 
+@pytest.mark.slow
 def test_end_hook_reconciles_and_the_next_tick_does_not_redo_it(submitted_run, monkeypatch):
     """The normal path: monitord runs the workflow's END hook (the real command from workflow.yml)."""
     buckets, work, run_dir, submit_dir, records = submitted_run
@@ -511,6 +521,7 @@ def test_end_hook_reconciles_and_the_next_tick_does_not_redo_it(submitted_run, m
     assert proc.returncode == 0 and proc.stdout.startswith("already reconciled")
 
 
+@pytest.mark.slow
 def test_submit_dir_gone_means_not_running(tmp_path):
     run_dir = RunDir(tmp_path / "workflow-run-20240102-030405")
     run_dir.path.mkdir()
@@ -570,6 +581,7 @@ def test_local_engine_reconciles_exactly_once_on_s3(tmp_path, s3_server, bucket_
     _local_exactly_once(buckets, tmp_path, "some fail")
 
 
+@pytest.mark.slow
 def test_local_engine_run_that_died_before_reconcile_is_finished_by_the_next_tick(tmp_path):
     """Jobs ran but the process died before any reconcile (no hook, no in-process step): the next tick finishes it."""
     from cog_pipeline.claim import claim_one
@@ -589,6 +601,7 @@ def test_local_engine_run_that_died_before_reconcile_is_finished_by_the_next_tic
     assert not any("processing-" in k for k in buckets.input_keys())
 
 
+@pytest.mark.slow
 def test_submitted_run_whose_submit_dir_was_not_named_is_found_again(submitted_run, monkeypatch):
     _, _, run_dir, submit_dir, _ = submitted_run
     run_dir.set_state(RUNNING, submit_dir=None)
@@ -657,6 +670,7 @@ def job_json(run_dir: RunDir, job_id: str) -> dict:
     return json.loads((run_dir.jobs_dir / f"{job_id}.json").read_text())
 
 
+@pytest.mark.slow
 def test_kickstart_records_give_the_converter_reason_and_warning(submitted_run):
     buckets, _, run_dir, submit_dir, records = submitted_run
     corrupt = "ID0000003"
@@ -688,6 +702,7 @@ def test_kickstart_records_give_the_converter_reason_and_warning(submitted_run):
 
 
 @pytest.mark.parametrize("record", ["truncated", "garbage", "empty", "no stderr data", "other attempt", "none"])
+@pytest.mark.slow
 def test_unusable_kickstart_records_fall_back_to_the_exit_category(submitted_run, record):
     buckets, _, run_dir, submit_dir, records = submitted_run
     corrupt = "ID0000003"

@@ -55,6 +55,7 @@ def assert_valid_outputs(buckets, key: str, tmp_path: Path, bands: int) -> None:
         assert jpg.driver == "JPEG" and jpg.count in (1, 3)
 
 
+@pytest.mark.slow
 def test_seed_manifest_end_to_end(buckets, tmp_path, shared_testdata):
     """The original tool's sample manifest, its 1-band image placed at every key."""
     manifest = (shared_testdata / "seed" / "test_raw.csv").read_text()
@@ -75,6 +76,7 @@ def test_seed_manifest_end_to_end(buckets, tmp_path, shared_testdata):
     assert notes and all("band" in n.lower() for n in notes)
 
 
+@pytest.mark.slow
 def test_generated_example_data_end_to_end(buckets, tmp_path):
     src = tmp_path / "example"
     make_example_bucket(src, size=256)
@@ -90,6 +92,7 @@ def test_generated_example_data_end_to_end(buckets, tmp_path):
         assert_valid_outputs(buckets, key, tmp_path, bands=bands)
 
 
+@pytest.mark.slow
 def test_bad_images_fail_with_their_reason_and_never_stop_the_others(buckets, tmp_path, shared_testdata):
     good = tmp_path / "good.tif"
     write_raster(good, 3, size=128)
@@ -112,6 +115,7 @@ def test_bad_images_fail_with_their_reason_and_never_stop_the_others(buckets, tm
     assert not any(k.startswith("bad/") for k in buckets.output_keys()), "no partial outputs for failed rows"
 
 
+@pytest.mark.slow
 def test_awkward_keys_survive_the_whole_flow(buckets, tmp_path):
     image = tmp_path / "img.tif"
     write_raster(image, 1, size=96)
@@ -126,6 +130,7 @@ def test_awkward_keys_survive_the_whole_flow(buckets, tmp_path):
         assert key in outputs and key[:-4] + ".jpg" in outputs
 
 
+@pytest.mark.slow
 def test_concurrent_scans_claim_once(tmp_path):
     """Two scans started at once against one folder bucket and one work dir: one claim, one conversion."""
     root = tmp_path / "buckets"
@@ -151,6 +156,7 @@ class Crash(Exception):
 
 
 @pytest.mark.parametrize("where", ["generate", "run_workflow", "reconcile"])
+@pytest.mark.slow
 def test_crash_in_the_middle_of_a_run_is_carried_on_by_the_next_scan(tmp_path, monkeypatch, where):
     from cog_pipeline.store import StoreConfig
     from tests.conftest import Buckets
@@ -208,6 +214,7 @@ def _run_without_hooks(real):
     return run
 
 
+@pytest.mark.slow
 def test_dry_run_lists_and_changes_nothing(tmp_path):
     root = tmp_path / "buckets"
     (root / "out").mkdir(parents=True)
@@ -223,6 +230,7 @@ def test_dry_run_lists_and_changes_nothing(tmp_path):
     assert list_run_dirs(tmp_path / "work") == []
 
 
+@pytest.mark.slow
 def test_cli_refuses_half_a_key_pair(tmp_path):
     key = tmp_path / "access"
     key.write_text("AKIA-SECRET-VALUE\n")
@@ -234,6 +242,7 @@ def test_cli_refuses_half_a_key_pair(tmp_path):
     assert "-s" in proc.stderr and "AKIA-SECRET-VALUE" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_cli_reports_a_missing_bucket_in_one_line(tmp_path):
     (tmp_path / "buckets").mkdir()
     proc = subprocess.run(
@@ -273,6 +282,7 @@ def test_a_run_owned_by_a_dead_process_is_carried_on(tmp_path):
     assert run_is_active(run)
 
 
+@pytest.mark.slow
 def test_an_empty_manifest_is_claimed_and_answered(buckets, tmp_path):
     buckets.put_text("empty_raw.csv", "\r\n  \n")
     report = scan(options(buckets, tmp_path))
@@ -282,6 +292,7 @@ def test_an_empty_manifest_is_claimed_and_answered(buckets, tmp_path):
     assert not any("processing" in k or k == "empty_raw.csv" for k in keys)
 
 
+@pytest.mark.slow
 def test_a_missing_output_bucket_is_reported_before_anything_is_claimed(tmp_path):
     root = tmp_path / "buckets"
     make_example_bucket(root / "in", size=64)
@@ -304,6 +315,7 @@ def _s3_cli_env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("endpoint_form", ["http://{host}", "http://{host}/"])
+@pytest.mark.slow
 def test_cli_scan_on_s3_with_endpoint_and_key_files(s3_server, bucket_name, tmp_path, endpoint_form):
     import boto3
 
@@ -338,6 +350,7 @@ def test_cli_scan_on_s3_with_endpoint_and_key_files(s3_server, bucket_name, tmp_
             assert b"CLI-SECRET-KEY-456" not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_cli_scan_on_s3_without_credentials_fails_clearly(s3_server, bucket_name, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "cog_pipeline", "scan", "-e", s3_server, "--input-bucket", "x-in",
@@ -348,6 +361,7 @@ def test_cli_scan_on_s3_without_credentials_fails_clearly(s3_server, bucket_name
     assert "credentials" in proc.stderr.lower()
 
 
+@pytest.mark.slow
 def test_one_runs_error_does_not_hold_up_the_others(tmp_path, monkeypatch):
     from cog_pipeline.store import StoreConfig, StoreError
     from tests.conftest import Buckets
@@ -385,6 +399,7 @@ def _workflow_text(work: Path) -> str:
     return text.replace(str(run.path.resolve()), "RUN").replace(run.timestamp, "TS")
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_workflow_yml_is_the_same_whichever_engine_runs_it(tmp_path):
     """Both engines end with `cog-pipeline finish RUN_DIR`; the pegasus attempt then fails (no Pegasus here)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.oracles import build_replica_catalog
 from cog_pipeline.replicas.catalog import (
-    build_replica_catalog,
     file_url,
     input_lfn,
     key_of_input_lfn,

@@ -18,6 +18,7 @@ from cog_pipeline.pegasus import workflow_gen as wg
 from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
 from cog_pipeline.replicas.catalog import key_of_input_lfn
 from cog_pipeline.rundir import CLAIMED, GENERATED, RunDir, RunInfo
+from tests.oracles import build_api_workflow
 from tests.urls import parse_location
 from cog_pipeline.store import RequestCounter, StoreConfig, open_store
 
@@ -184,7 +185,7 @@ def test_fast_workflow_writer_equals_pegasus_api_write(tmp_path):
     fast = tmp_path / "fast.yml"
     wg.write_workflow(fast, rows, settings, "cog-test", hook, meta)
     api = tmp_path / "api.yml"
-    wg.build_api_workflow(rows, settings, "cog-test", hook, meta).write(str(api))
+    build_api_workflow(rows, settings, "cog-test", hook, meta).write(str(api))
 
     def normal(doc):
         assert set(doc.pop("x-pegasus")) == {"createdBy", "createdOn", "apiLang"}
