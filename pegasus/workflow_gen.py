@@ -466,6 +466,46 @@ def default_reconcile_command(run_dir: RunDir) -> str:
     return end_hook_command(run_dir.path)
 
 
+def _write_credentials(run_dir: RunDir, settings: WorkflowSettings, config) -> Path | None:
+    """credentials.conf for the planner, only when S3 key files are given (never in folder mode)."""
+    if not settings.write_credentials or config.access_key_file is None or config.secret_key_file is None:
+        return None
+    return write_credentials(
+        run_dir.file(CREDENTIALS_FILE), settings.s3_site, settings.identity, config.endpoint, config.region,
+        config.access_key_file, config.secret_key_file,
+    )
+
+
+def _record_generated(run_dir: RunDir, settings: WorkflowSettings, files: dict[str, Path], hook: str, credentials: Path | None, *, jobs: int, failed: int, duplicates: int) -> None:
+    """Move the run to GENERATED with what the engines and an operator need to know about its files."""
+    cluster = bool(settings.cluster_size)
+    staging_site = settings.s3_site if settings.data_configuration == "nonsharedfs" else "local"
+    plan_args = default_plan_args(
+        files[RunDir.PROPERTIES], settings.s3_site,
+        staging_site=settings.s3_site if settings.data_configuration == "nonsharedfs" else None, cluster=cluster,
+    )
+    plan_args.append(str(files[RunDir.WORKFLOW].resolve()))
+    run_dir.set_state(
+        GENERATED,
+        output_site=settings.s3_site,
+        data_configuration=settings.data_configuration,
+        staging_site=staging_site,
+        cluster=cluster,
+        cluster_size=settings.cluster_size,
+        jobs=jobs,
+        empty=not jobs,
+        preflight_failed=failed,
+        duplicates=duplicates,
+        max_running=settings.max_running,
+        max_transfers=settings.max_transfers,
+        retries=settings.retries,
+        pegasus_files={name: path.name for name, path in files.items()},
+        pegasus_credentials=str(credentials) if credentials else None,
+        plan_args=plan_args,
+        reconcile_command=hook,
+    )
+
+
 def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettings) -> GenerationResult:
     started = time.perf_counter()
     settings.validate()
@@ -501,45 +541,11 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     metadata = {"run": info.timestamp, "manifest_key": info.manifest_key, "input_bucket": info.input_bucket, "output_bucket": info.output_bucket}
     write_workflow(files[RunDir.WORKFLOW], rows, settings, f"cog-{info.timestamp}", hook, metadata)
 
-    credentials = None
-    if (
-        not local_mode
-        and settings.write_credentials
-        and config.access_key_file is not None
-        and config.secret_key_file is not None
-    ):
-        credentials = write_credentials(
-            run_dir.file(CREDENTIALS_FILE), settings.s3_site, settings.identity, config.endpoint, config.region,
-            config.access_key_file, config.secret_key_file,
-        )
+    credentials = None if local_mode else _write_credentials(run_dir, settings, config)
+    if credentials:
         files[CREDENTIALS_FILE] = credentials
-
     cluster = bool(settings.cluster_size)
-    staging_site = settings.s3_site if settings.data_configuration == "nonsharedfs" else "local"
-    plan_args = default_plan_args(
-        files[RunDir.PROPERTIES], settings.s3_site,
-        staging_site=settings.s3_site if settings.data_configuration == "nonsharedfs" else None, cluster=cluster,
-    )
-    plan_args.append(str(files[RunDir.WORKFLOW].resolve()))
-    run_dir.set_state(
-        GENERATED,
-        output_site=settings.s3_site,
-        data_configuration=settings.data_configuration,
-        staging_site=staging_site,
-        cluster=cluster,
-        cluster_size=settings.cluster_size,
-        jobs=len(rows),
-        empty=not rows,
-        preflight_failed=len(failed),
-        duplicates=len(duplicates),
-        max_running=settings.max_running,
-        max_transfers=settings.max_transfers,
-        retries=settings.retries,
-        pegasus_files={name: path.name for name, path in files.items()},
-        pegasus_credentials=str(credentials) if credentials else None,
-        plan_args=plan_args,
-        reconcile_command=hook,
-    )
+    _record_generated(run_dir, settings, files, hook, credentials, jobs=len(rows), failed=len(failed), duplicates=len(duplicates))
     seconds = time.perf_counter() - started
     log.info("%s: %d jobs, %d failed in pre-flight, %d duplicates (%.2f s)", run_dir, len(rows), len(failed), len(duplicates), seconds)
     return GenerationResult(
