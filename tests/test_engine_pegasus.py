@@ -566,11 +566,13 @@ def _local_exactly_once(buckets: Buckets, tmp_path: Path, case: str) -> None:
     assert {k: read_text(buckets, k) for k in buckets.input_keys() if k.endswith(".csv")} == snapshot
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["all succeed", "some fail", "end hook fails"])
 def test_local_engine_reconciles_exactly_once(tmp_path, case):
     _local_exactly_once(folder_buckets(tmp_path), tmp_path, case)
 
 
+@pytest.mark.slow
 def test_local_engine_reconciles_exactly_once_on_s3(tmp_path, s3_server, bucket_name):
     import boto3
 

@@ -255,6 +255,7 @@ def test_cli_reports_a_missing_bucket_in_one_line(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_demo_command_runs_the_pipeline(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "cog_pipeline", "demo", "--dir", str(tmp_path / "demo"), "--size", "128", "--quiet"],

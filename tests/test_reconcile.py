@@ -167,6 +167,7 @@ def test_crash_between_reconcile_steps_then_rerun(buckets, tmp_path, steps):
     assert not any("processing" in k for k in buckets.input_keys())
 
 
+@pytest.mark.slow
 def test_reconcile_lists_instead_of_asking_per_row(s3_server, bucket_name, tmp_path):
     """N rows in a few folders cost about one ListObjectsV2 page per 1000 outputs, not one request per row."""
     import boto3
