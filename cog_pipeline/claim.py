@@ -306,7 +306,7 @@ def fence_check(store: ObjectStore, names: RunNames, token: ClaimToken) -> None:
 
 def load_claim_token(run_dir: RunDir) -> ClaimToken | None:
     """The token a claim recorded in run.json (None for runs claimed before fencing existed)."""
-    data = run_dir.load().extra.get("claim_token")
+    data = run_dir.load().claim_token
     return ClaimToken.from_json(data) if isinstance(data, dict) else None
 
 
@@ -336,7 +336,7 @@ def claim_one(
         state=CLAIMING,
         engine=engine,
     )
-    info.extra["claim_token"] = token.to_json()
+    info.claim_token = token.to_json()
     run_dir.save(info)
     fence = _take_marker(store, names.claim_marker_key, token)
     if fence is None:
@@ -350,7 +350,7 @@ def claim_one(
         shutil.rmtree(run_dir.path, ignore_errors=True)
         return None
     (run_dir.path / RunDir.MANIFEST).write_bytes(data)
-    info.extra["manifest_etag"] = read.etag
+    info.manifest_etag = read.etag
     run_dir.save(info)
     try:
         processing = _publish_processing(store, names, data, fence, read.etag)
@@ -361,7 +361,7 @@ def claim_one(
     token = replace(token, processing_etag=processing.etag)
     fence.token = token
     info = run_dir.load()
-    info.extra["claim_token"] = token.to_json()
+    info.claim_token = token.to_json()
     run_dir.save(info)
     _finish_claim(store, run_dir, names, processing, read.etag, fence)
     return Claim(run_dir, names, token)
@@ -509,7 +509,7 @@ def _recover_stale(
 def _recover_local(store: ObjectStore, run_dir: RunDir) -> list[str]:
     info = run_dir.load()
     names = RunNames(info.manifest_key, info.timestamp)
-    etag = str(info.extra.get("manifest_etag") or "")
+    etag = str(info.manifest_etag or "")
     if info.state == CLAIMING:
         processing = store.head(names.processing_key)
         if processing is None:
@@ -519,7 +519,7 @@ def _recover_local(store: ObjectStore, run_dir: RunDir) -> list[str]:
             return [f"undid an interrupted claim of {info.manifest_key}; it stays raw"]
         token = load_claim_token(run_dir)
         if token is not None and not token.processing_etag:
-            info.extra["claim_token"] = replace(token, processing_etag=processing.etag).to_json()
+            info.claim_token = replace(token, processing_etag=processing.etag).to_json()
             run_dir.save(info)
         _finish_claim(store, run_dir, names, processing, etag)
         return [f"completed an interrupted claim of {info.manifest_key} -> {names.processing_key}"]

@@ -6,99 +6,16 @@ existing Crondor set-ups and muscle memory carry over.
 
 from __future__ import annotations
 
-import functools
 import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .store import StoreConfig, StoreError
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def _apply(func: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def bucket_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Which buckets and manifests: the identity of a scan, and of the Crondor that runs it."""
-    return _apply(func, [
-        click.option("--input-bucket", required=True, help="Bucket holding the images and the manifests."),
-        click.option("--output-bucket", required=True, help="Bucket receiving the COGs (same keys) and the .jpg previews."),
-        click.option("-p", "--pattern", default="*raw.csv", show_default=True, help="Glob matched against full manifest keys."),
-    ])
-
-
-def workflow_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """How each claimed manifest's workflow is generated (the same for a scan and for the Crondor's ticks)."""
-    return _apply(func, [
-        click.option("-m", "--max-running", type=click.IntRange(min=1), default=10000, show_default=True, help="Most conversion jobs running at once per workflow (DAGMan maxjobs)."),
-        click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, help="Retries per job."),
-        click.option("--cluster-size", type=click.IntRange(min=1), help="pegasus: cluster N images per HTCondor job."),
-    ])
-
-
-def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by every command that reaches buckets."""
-    options = [
-        click.option("-e", "--endpoint", metavar="URL", help="S3-compatible endpoint: https://host, host:port or http://host:port. Default: AWS."),
-        click.option("-a", "--access-key-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the S3 access key (as the original tool). Default: the standard AWS credential chain."),
-        click.option("-s", "--secret-key-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the S3 secret key; give it with -a."),
-        click.option("--region", help="S3 region (default: AWS_DEFAULT_REGION or us-east-1)."),
-        click.option("--retry-mode", type=click.Choice(["standard", "adaptive"]), default="standard", show_default=True, help="botocore retry mode; adaptive also rate-limits the client when the store pushes back."),
-        click.option("--local-root", type=click.Path(file_okay=False, path_type=Path), help="Use local folders as buckets: bucket NAME is the folder DIR/NAME (the embedded default; no S3 needed)."),
-    ]
-    return _apply(func, options)
-
-
-def _store_config(kw: dict[str, Any]) -> StoreConfig:
-    if kw.get("local_root") and (kw.get("endpoint") or kw.get("access_key_file")):
-        _fail("--local-root uses folders as buckets; do not combine it with -e/-a/-s", EXIT_USAGE)
-    for name in ("access_key_file", "secret_key_file"):
-        path = kw.get(name)
-        if path is not None and not path.is_file():
-            _fail(f"{'-a' if name == 'access_key_file' else '-s'} {path}: no such file", EXIT_USAGE)
-    if bool(kw.get("access_key_file")) != bool(kw.get("secret_key_file")):
-        _fail("give both -a (access key file) and -s (secret key file), or neither", EXIT_USAGE)
-    local_root = kw.get("local_root")
-    return StoreConfig(
-        local_root=local_root.resolve() if local_root else None,
-        endpoint=kw.get("endpoint"),
-        access_key_file=kw["access_key_file"].resolve() if kw.get("access_key_file") else None,
-        secret_key_file=kw["secret_key_file"].resolve() if kw.get("secret_key_file") else None,
-        region=kw.get("region"),
-        retry_mode=kw.get("retry_mode") or "standard",
-    )
-
-
-def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Known failures become one clear line and exit 1, never a traceback (and never a secret)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .claim import ClaimError
-        from .engine_local import WorkflowError
-
-        try:
-            return func(*args, **kwargs)
-        except (StoreError, ClaimError, WorkflowError, FileNotFoundError) as exc:
-            _fail(str(exc))
-
-    return wrapper
-
+from .crondor.commands import crondor
+from .options import EXIT_ERROR, bucket_options, handle_errors, store_config, store_options, workflow_options
+from .store import StoreConfig
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="cog-pipeline")
@@ -136,7 +53,7 @@ def scan(**kw: Any) -> None:
     options = ScanOptions(
         input_bucket=kw["input_bucket"],
         output_bucket=kw["output_bucket"],
-        store=_store_config(kw),
+        store=store_config(kw),
         work_dir=kw["work_dir"].resolve(),
         pattern=kw["pattern"],
         engine=kw["engine"],
@@ -161,6 +78,18 @@ def scan(**kw: Any) -> None:
         sys.exit(EXIT_ERROR)
 
 
+def _finish(run_dir: Path) -> None:
+    from .pipeline import finish
+    from .rundir import RunDir
+
+    result = finish(RunDir(run_dir), echo=lambda line: click.echo(line, err=True))
+    prefix = "already reconciled: " if result.already_done else ""
+    click.echo(f"{prefix}{result.processed} processed, {result.failed} failed")
+    for key in (result.processed_key, result.failed_key, result.reasons_key):
+        if key:
+            click.echo(f"  {key}")
+
+
 @main.command("reconcile")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @handle_errors
@@ -169,15 +98,15 @@ def reconcile_cmd(run_dir: Path) -> None:
 
     Safe to run any number of times: a reconciled run is reported, not redone.
     """
-    from .reconcile import reconcile
-    from .rundir import RunDir
+    _finish(run_dir)
 
-    result = reconcile(RunDir(run_dir))
-    prefix = "already reconciled: " if result.already_done else ""
-    click.echo(f"{prefix}{result.processed} processed, {result.failed} failed")
-    for key in (result.processed_key, result.failed_key, result.reasons_key):
-        if key:
-            click.echo(f"  {key}")
+
+@main.command("finish")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@handle_errors
+def finish_cmd(run_dir: Path) -> None:
+    """The workflows' END hook (both engines): collect job outcomes, then reconcile RUN_DIR. Safe to repeat."""
+    _finish(run_dir)
 
 
 @main.command("run")
@@ -186,11 +115,19 @@ def reconcile_cmd(run_dir: Path) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @handle_errors
 def run_cmd(run_dir: Path, workers: int | None, quiet: bool) -> None:
-    """Execute RUN_DIR's generated workflow with the local engine (jobs already done are skipped)."""
-    from .engine_local import run_workflow
+    """Execute RUN_DIR's generated workflow with the local engine (jobs already done are skipped).
+
+    A finished run is reported and left exactly as it is.
+    """
+    from .engines.base import RunFinished
+    from .engines.local import run_workflow
     from .rundir import RunDir
 
-    result = run_workflow(RunDir(run_dir), workers=workers, progress=not quiet and sys.stderr.isatty())
+    try:
+        result = run_workflow(RunDir(run_dir), workers=workers, progress=not quiet and sys.stderr.isatty())
+    except RunFinished as exc:
+        click.echo(str(exc))
+        return
     click.echo(f"{result.succeeded} succeeded, {result.failed} failed, {result.skipped} already done")
     for cmd, code in result.hooks:
         if code:
@@ -236,8 +173,16 @@ def demo(demo_dir: Path, size: int, quiet: bool) -> None:
         click.echo(f"run directory: {run_dir.path}")
 
 
-# The production loop on an HTCondor access point (crondor/commands.py).
-from .crondor.commands import crondor, status  # noqa: E402
+@main.command("status")
+@click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where workflow-run-<TS>/ directories are kept.")
+@click.option("--long", "long_", is_flag=True, help="pegasus-status -l (per-job detail).")
+@handle_errors
+def status(work_dir: Path, long_: bool) -> None:
+    """Runs in flight under the work directory, with pegasus-status for each submitted workflow."""
+    from .status import show_runs
 
+    show_runs(work_dir.resolve(), long_=long_)
+
+
+# The production loop on an HTCondor access point (crondor/commands.py).
 main.add_command(crondor)
-main.add_command(status)

@@ -1,20 +1,25 @@
-"""One trigger tick: claim -> generate -> run -> reconcile, for every manifest waiting in the bucket.
+"""One trigger tick: claim -> generate -> engine -> finish, for every manifest waiting in the bucket.
 
 This is what the Crondor runs every 15 minutes and what `cog-pipeline scan` runs by hand. Each step hands
 the next one a run directory and nothing else, so a tick that dies anywhere is carried on by the next.
+`finish` (the engine's job records, then reconcile) is the only way a run is reconciled: the tick calls it,
+and so do both engines' END hook (`cog-pipeline finish RUN_DIR`) and `cog-pipeline reconcile`.
 """
 
 from __future__ import annotations
 
-import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .claim import Claim, claim_one, look, recover_claims, scan_lock
-from .rundir import CLAIMED, GENERATED, RECONCILED, RUNNING, RunDir, list_run_dirs, process_alive, this_host
-from .engine_local import WorkflowError
+from .engines import get_engine
+from .engines.base import WorkflowError
+from .reconcile import ReconcileResult, reconcile
+from .rundir import CLAIMED, GENERATED, RECONCILED, RUNNING, LeaseHeld, RunDir, remove_empty_run_dirs, survey_run_dirs
+from .state import IN_FLIGHT
 from .store import ObjectStore, StoreConfig, StoreError, open_store
 
 Echo = Callable[[str], None]
@@ -46,28 +51,30 @@ class ScanReport:
     in_flight: list[RunDir] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # runs that stopped on an error this tick
+    damaged: list[str] = field(default_factory=list)  # run directories that cannot be read (skipped)
 
 
 def run_is_active(run_dir: RunDir) -> bool:
-    """Someone is carrying this run on right now: a live scan process here, or a workflow still running."""
-    info = run_dir.load()
-    if process_alive(info.extra.get("owner_pid"), info.extra.get("owner_host")):
+    """Someone is carrying this run on right now: a live lease holder, or a workflow still running."""
+    if run_dir.is_owned():
         return True
-    if info.engine == "pegasus" and info.state == RUNNING:
-        from .engine_pegasus import workflow_is_running
-
-        return workflow_is_running(run_dir)
-    return False
-
-
-def _adopt(run_dir: RunDir) -> None:
-    run_dir.set_state(run_dir.load().state, owner_pid=os.getpid(), owner_host=this_host())
-
-
-def _release(run_dir: RunDir) -> None:
     info = run_dir.load()
-    if info.extra.get("owner_pid") == os.getpid():
-        run_dir.set_state(info.state, owner_pid=None, owner_host=None)
+    return info.state == RUNNING and get_engine(info.engine).is_running(run_dir)
+
+
+def finish(run_dir: RunDir, input_store: ObjectStore | None = None, echo: Echo | None = None) -> ReconcileResult:
+    """Every job has ended: the engine's job records (best effort, for reasons), then the one reconcile."""
+    info = run_dir.load()
+    if info.state != RECONCILED:
+        try:
+            get_engine(info.engine).collect_job_records(run_dir)
+        except Exception as exc:  # noqa: BLE001 - reasons are a nicety; never let them block the result files
+            (echo or _stderr)(f"warning: could not read job outcomes of {run_dir.path.name}: {exc}")
+    return reconcile(run_dir, input_store=input_store)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
@@ -77,6 +84,9 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
     # bucket is reachable first (an empty listing under a name no object has: one cheap request).
     list(open_store(options.output_bucket, options.store).list(".cog-pipeline-probe/"))
     with scan_lock(options.work_dir):
+        # Under the lock no claim is half-way: an empty run directory is one a crashed claim left behind.
+        for path in remove_empty_run_dirs(options.work_dir):
+            echo(f"warning: removed {path}: an interrupted claim left it empty")
         view = look(input_store, options.pattern)
         if options.dry_run:
             report.would_claim = [p.info.key for p in view.pending if p.problem is None]
@@ -101,25 +111,11 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
             if claim is None:
                 echo(f"skipped {pending.info.key}: another scan claimed it")
                 continue
-            _adopt(claim.run_dir)
+            claim.run_dir.acquire_lease()
             report.claimed.append(claim.run_dir)
             echo(f"claimed {pending.info.key} -> {claim.names.processing_key} ({claim.run_dir.path})")
         # Runs an earlier tick left unfinished: adopt them under the lock so two scans never both carry one on.
-        claimed_paths = {r.path for r in report.claimed}
-        local_processing = set()
-        for run_dir in list_run_dirs(options.work_dir):
-            info = run_dir.load()
-            if info.input_bucket != options.input_bucket:
-                continue
-            local_processing.add(info.processing_key)
-            if run_dir.path in claimed_paths or info.state not in (CLAIMED, GENERATED, RUNNING):
-                continue
-            if run_is_active(run_dir):
-                report.in_flight.append(run_dir)
-                continue
-            _adopt(run_dir)
-            report.resumed.append(run_dir)
-            echo(f"carrying on {info.processing_key} ({run_dir.path}, was {info.state})")
+        local_processing = _adopt_unfinished(options, report, echo)
         report.orphans = [p.key for p in view.processing if p.key not in local_processing]
         for key in report.orphans:
             echo(f"warning: {key} has no run directory under {options.work_dir}; another work directory or host owns it")
@@ -134,59 +130,72 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
             echo(f"error: {run_dir.path.name}: {exc}; left for the next tick")
         finally:
             # Whatever happened, this process no longer carries the run: the next tick may (a killed process
-            # is noticed by its pid instead).
-            _release(run_dir)
+            # is noticed by its lease instead).
+            run_dir.release_lease()
         if run_dir.load().state == RECONCILED:
             report.reconciled.append(run_dir)
     return report
+
+
+def _adopt_unfinished(options: ScanOptions, report: ScanReport, echo: Echo) -> set[str]:
+    """Take the lease of every unfinished run of this input bucket nobody carries on; returns the processing
+    keys this work directory knows. A damaged run directory is reported once and skipped."""
+    run_dirs, report.damaged = survey_run_dirs(options.work_dir)
+    for problem in report.damaged:
+        echo(f"warning: {problem}")
+    claimed_paths = {r.path for r in report.claimed}
+    local_processing: set[str] = set()
+    for run_dir in run_dirs:
+        info = run_dir.load()
+        if info.input_bucket != options.input_bucket:
+            continue
+        local_processing.add(info.processing_key)
+        if run_dir.path in claimed_paths or info.state not in IN_FLIGHT:
+            continue
+        try:
+            if run_is_active(run_dir) or not run_dir.acquire_lease():
+                report.in_flight.append(run_dir)
+                continue
+        except LeaseHeld:
+            report.in_flight.append(run_dir)
+            continue
+        report.resumed.append(run_dir)
+        echo(f"carrying on {info.processing_key} ({run_dir.path}, was {info.state})")
+    return local_processing
+
+
+def _switch_to_local(run_dir: RunDir, options: ScanOptions, echo: Echo) -> None:
+    """A tick with --engine local finishes a run a Pegasus attempt left unplanned (no Pegasus here, or the
+    plan failed): the workflow files are engine-neutral, so the local engine can run them as they are."""
+    info = run_dir.load()
+    if options.engine == "local" and info.engine != "local" and info.state in (CLAIMED, GENERATED) and not info.planned:
+        run_dir.update(engine="local", engine_waiting=None)
+        echo(f"{info.manifest_key}: was waiting for {info.engine}; running it with the local engine")
 
 
 def carry_on(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, echo: Echo = print) -> None:
     """Take one run from wherever it stopped to the end its engine can reach in this tick."""
     from .pegasus.workflow_gen import WorkflowSettings, generate
 
+    _switch_to_local(run_dir, options, echo)
     info = run_dir.load()
-    engine = info.engine
     if info.state == CLAIMED:
         settings = WorkflowSettings(**options.workflow) if options.workflow else WorkflowSettings()
         # Only the planner needs key material in a file; the local engine reads the key files itself.
-        settings.write_credentials = settings.write_credentials and engine == "pegasus"
-        if engine == "pegasus" and settings.reconcile_command is None:
-            # On Pegasus the END hook also turns the submit directory's jobstate.log into failure reasons.
-            from .engine_pegasus import end_hook_command
-
-            settings.reconcile_command = end_hook_command(run_dir)
+        settings.write_credentials = settings.write_credentials and info.engine == "pegasus"
         generate(run_dir, input_store, settings)
         info = run_dir.load()
         echo(f"generated workflow in {run_dir.path}")
-    if engine == "local":
-        from .engine_local import run_workflow
-        from .reconcile import reconcile
-
-        result = run_workflow(run_dir, workers=options.workers, progress=options.progress)
-        echo(f"jobs: {result.succeeded} succeeded, {result.failed} failed, {result.skipped} already done")
-        if run_dir.load().state != RECONCILED:
-            # The END hook did not finish the run (it failed, or could not start): reconcile here.
-            for cmd, code in result.hooks:
-                if code != 0:
-                    echo(f"warning: end hook exited {code}: {cmd}; reconciling in-process")
-            reconcile(run_dir, input_store=input_store)
-        summary = run_dir.read_json(RunDir.RECONCILE)["result"]
-        echo(
-            f"reconciled {info.manifest_key}: {summary['processed']} processed, {summary['failed']} failed"
-            + (f" -> {summary['failed_key']}" if summary["failed_key"] else "")
-        )
-    elif engine == "pegasus":
-        if info.state == RUNNING:
-            # The workflow is no longer running but the run was never reconciled (its END hook did not run or
-            # failed, or the DAG was removed): this tick is the fallback that reconciles it.
-            from .engine_pegasus import finish
-
-            result = finish(run_dir, input_store=input_store)
-            echo(f"reconciled {info.manifest_key}: {result.processed} processed, {result.failed} failed")
-            return
-        from .engine_pegasus import plan_and_submit
-
-        plan_and_submit(run_dir, submit=options.submit, echo=echo)
+    engine = get_engine(info.engine, workers=options.workers, progress=options.progress, submit=options.submit)
+    if info.state == RUNNING and info.engine != "local":
+        # Adopted, so nothing runs it any more, yet it was never reconciled (its END hook did not run or
+        # failed, or the DAG was removed): this tick finishes it.
+        outcome = "ended"
     else:
-        raise ValueError(f"unknown engine {engine!r}")
+        outcome = engine.submit(run_dir, echo)
+    if outcome == "ended":
+        result = finish(run_dir, input_store=input_store, echo=echo)
+        echo(
+            f"reconciled {info.manifest_key}: {result.processed} processed, {result.failed} failed"
+            + (f" -> {result.failed_key}" if result.failed_key else "")
+        )

@@ -74,6 +74,9 @@ def decide(
         fresh = [
             o for o in (tif, jpg) if o is not None and (claimed_at is None or _second(o.last_modified) >= _second(claimed_at))
         ]
+        foreign = _not_this_jobs(record, ((row.key, tif), (row.jpg_key, jpg)))
+        if len(fresh) == 2 and foreign:
+            return RowOutcome(row.line, row.text, FAILED, "the object at " + ", ".join(foreign) + " is not this row's output (its ETag/size differ from what the job uploaded)")
         if len(fresh) == 2:
             note = str(record.get("warning") or "") if record else ""
             return RowOutcome(row.line, row.text, PROCESSED, note=note)
@@ -103,6 +106,22 @@ def decide(
             duplicate.line, duplicate.text, first.status, reason if first.status == FAILED else "", f"duplicate of line {first_line}, converted once"
         )
     return [outcomes[line] for line in sorted(outcomes)]
+
+
+def _not_this_jobs(record: dict[str, Any] | None, found: tuple[tuple[str, Any], ...]) -> list[str]:
+    """Keys whose listed object differs from what the row's job recorded right after uploading it.
+
+    Jobs that record no outputs (Pegasus stages outputs itself) are trusted on freshness alone.
+    """
+    uploaded = (record or {}).get("outputs") or {}
+    foreign = []
+    for key, info in found:
+        mine = uploaded.get(key)
+        if info is None or not isinstance(mine, dict):
+            continue
+        if str(mine.get("etag")) != str(info.etag) or int(mine.get("size", -1)) != int(info.size):
+            foreign.append(key)
+    return foreign
 
 
 def _csv_rows(outcomes: list[RowOutcome], status: str, raw_by_line: dict[int, bytes] | None = None) -> bytes:

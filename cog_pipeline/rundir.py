@@ -1,30 +1,38 @@
 """The run directory: everything about one claimed manifest, on local disk, in files a person can read.
 
 Each step of the flow (claim -> workflow -> jobs -> reconcile) records what it did here before the next
-step starts, so a crash at any point can be resumed by reading the directory back.
+step starts, so a crash at any point can be resumed by reading the directory back. run.json is a typed,
+versioned record (`RunInfo`); every write of it is checked against the state machine in `state.py`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from . import atomic
+from . import lease as leases
+from .lease import Lease
 from .naming import RUN_DIR_PREFIX
+from .state import RunState, check_transition, parse_state
 from .store import StoreConfig
 
-# The run's life, in order. A run directory's state only ever moves forward.
-CLAIMING = "claiming"  # run directory made, manifest not yet renamed in the bucket
-CLAIMED = "claimed"  # processing file in the bucket, manifest copied here
-GENERATED = "generated"  # Pegasus files written
-RUNNING = "running"  # handed to an engine
-RECONCILED = "reconciled"  # result files written, processing file removed
-ABANDONED = "abandoned"  # the claim lost to another scan; nothing in the bucket belongs to this run
-STATES = (CLAIMING, CLAIMED, GENERATED, RUNNING, RECONCILED, ABANDONED)
+# Kept as names for the modules that compare states (RunState members are also plain strings).
+CLAIMING, CLAIMED, GENERATED, RUNNING, RECONCILED, ABANDONED = (
+    RunState.CLAIMING, RunState.CLAIMED, RunState.GENERATED, RunState.RUNNING, RunState.RECONCILED, RunState.ABANDONED,
+)
+STATES = tuple(RunState)
+RUN_RECORD_VERSION = 2  # 1: the untyped `extra` dict (read and migrated); 2: typed fields
+
+
+class DamagedRunDir(RuntimeError):
+    """run.json cannot be read (truncated, not JSON, missing fields, from a newer version): skip the run."""
+
+
+class LeaseHeld(RuntimeError):
+    """Another live process carries this run on."""
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -32,26 +40,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
     atomic.write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"), 0o644)
 
 
-def this_host() -> str:
-    return socket.gethostname()
-
-
-def process_alive(pid: object, host: object) -> bool:
-    """Whether `pid` is a live process on this host: how a run knows its owner died without telling anyone."""
-    if not isinstance(pid, int) or host != this_host():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass
 class RunInfo:
-    """run.json: what a later step (or a later tick after a crash) needs to carry the run on. Never secrets."""
+    """run.json: what a later step (or a later tick after a crash) needs to carry the run on. Never secrets.
+
+    Fields a newer writer added are kept in `unknown` and written back unchanged.
+    """
 
     timestamp: str
     input_bucket: str
@@ -59,20 +53,85 @@ class RunInfo:
     manifest_key: str
     processing_key: str
     store: dict[str, Any]
-    state: str = CLAIMING
+    state: RunState = RunState.CLAIMING
     engine: str = "local"
     # Server time of the processing object: outputs older than this belong to an earlier run.
     claimed_at: str | None = None
-    # Free-form facts steps add (submit directory, pid of the engine, max_running, ...).
-    extra: dict[str, Any] = field(default_factory=dict)
+    manifest_etag: str | None = None
+    claim_token: dict[str, Any] | None = None  # claim.ClaimToken: names this run's claimant in its fenced marker
+    owner: dict[str, Any] | None = None  # the lease of whoever carries the run on now (lease.Lease)
+    # Written by the workflow generator (pegasus/workflow_gen.py).
+    output_site: str | None = None
+    data_configuration: str | None = None
+    staging_site: str | None = None
+    cluster: bool = False
+    cluster_size: int | None = None
+    jobs: int | None = None
+    empty: bool = False  # no row got a job: nothing to plan or run
+    preflight_failed: int | None = None
+    duplicates: int | None = None
+    max_running: int | None = None
+    max_transfers: int | None = None
+    retries: int | None = None
+    pegasus_files: dict[str, str] = field(default_factory=dict)
+    pegasus_credentials: str | None = None
+    plan_args: list[str] = field(default_factory=list)
+    reconcile_command: str | None = None
+    # Written by the Pegasus engine.
+    engine_waiting: str | None = None
+    planned: bool = False
+    plan_dir: str | None = None
+    plan_log: str | None = None
+    plan_attempts: int = 0
+    plan_error: str | None = None
+    submit_dir: str | None = None
+    submit_error: str | None = None
+    dagman_cluster: int | None = None
+    submitted_at: float | None = None
+    version: int = RUN_RECORD_VERSION
+    unknown: dict[str, Any] = field(default_factory=dict)
 
     @property
     def store_config(self) -> StoreConfig:
         return StoreConfig.from_json(self.store)
 
+    @property
+    def lease(self) -> Lease | None:
+        return Lease.from_json(self.owner)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "unknown"}
+        data["state"] = str(self.state)
+        return {**self.unknown, **data}
+
+    @classmethod
+    def from_json(cls, data: object, where: str = "run.json") -> RunInfo:
+        if not isinstance(data, dict):
+            raise DamagedRunDir(f"{where} does not hold a JSON object")
+        data = dict(data)
+        version = data.get("version", 1)
+        if not isinstance(version, int) or version > RUN_RECORD_VERSION:
+            raise DamagedRunDir(f"{where} is version {version!r}, newer than this cog-pipeline reads ({RUN_RECORD_VERSION}): upgrade cog-pipeline")
+        known = {f.name for f in fields(cls)} - {"unknown"}
+        legacy = data.pop("extra", None)
+        if isinstance(legacy, dict):  # version 1: move the free-form facts into their fields
+            if "owner_pid" in legacy or "engine_pid" in legacy:
+                legacy.pop("owner_pid", None), legacy.pop("owner_host", None)
+                legacy.pop("engine_pid", None), legacy.pop("engine_host", None)
+            for key, value in legacy.items():
+                data.setdefault(key, value)
+        values = {k: v for k, v in data.items() if k in known}
+        unknown = {k: v for k, v in data.items() if k not in known}
+        values["version"] = RUN_RECORD_VERSION
+        try:
+            values["state"] = parse_state(values.get("state", RunState.CLAIMING))
+            return cls(**values, unknown=unknown)
+        except (TypeError, ValueError) as exc:
+            raise DamagedRunDir(f"{where}: {exc}") from None
+
 
 class RunDir:
-    """Paths inside workflow-run-<TS>/ and the run.json state machine."""
+    """Paths inside workflow-run-<TS>/ and the guarded reads and writes of run.json."""
 
     MANIFEST = "manifest.csv"
     RUN_JSON = "run.json"
@@ -107,20 +166,61 @@ class RunDir:
         return (self.path / self.RUN_JSON).is_file()
 
     def load(self) -> RunInfo:
-        data = json.loads((self.path / self.RUN_JSON).read_text(encoding="utf-8"))
-        return RunInfo(**data)
+        """run.json as a RunInfo; DamagedRunDir (one line naming the file) when it cannot be read."""
+        path = self.path / self.RUN_JSON
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DamagedRunDir(f"{self.path} has no {self.RUN_JSON}") from None
+        except (OSError, ValueError) as exc:
+            raise DamagedRunDir(f"{path} is unreadable ({type(exc).__name__}: {exc})") from None
+        return RunInfo.from_json(data, str(path))
 
     def save(self, info: RunInfo) -> None:
-        if info.state not in STATES:
-            raise ValueError(f"unknown run state {info.state!r}")
-        write_json_atomic(self.path / self.RUN_JSON, asdict(info))
+        """Write run.json, refusing any move the state machine does not allow."""
+        old = self.load().state if self.exists() else None
+        check_transition(old, parse_state(info.state), str(self.path))
+        write_json_atomic(self.path / self.RUN_JSON, info.to_json())
 
-    def set_state(self, state: str, **extra: Any) -> RunInfo:
+    def set_state(self, state: RunState | str, **facts: Any) -> RunInfo:
+        """Move to `state` (or stay) and record `facts` (RunInfo field names) in one write."""
         info = self.load()
-        info.state = state
-        info.extra.update(extra)
+        info.state = parse_state(state)
+        for name, value in facts.items():
+            if name == "unknown" or not hasattr(info, name):
+                raise TypeError(f"RunInfo has no field {name!r}")
+            setattr(info, name, value)
         self.save(info)
         return info
+
+    def update(self, **facts: Any) -> RunInfo:
+        """Record facts without moving."""
+        return self.set_state(self.load().state, **facts)
+
+    def acquire_lease(self) -> bool:
+        """Take the run's lease for this process. False when a live owner holds it; True when this process
+        took it now. A lease already ours is renewed and counts as not newly taken (raises nothing)."""
+        info = self.load()
+        if leases.is_mine(info.lease):
+            self.renew_lease()
+            return False
+        if leases.is_alive(info.lease):
+            raise LeaseHeld(f"{self.path} is being carried on by {info.lease.owner_id}; try again later")
+        self.update(owner=leases.mine().to_json())
+        return True
+
+    def renew_lease(self) -> None:
+        if leases.is_mine(self.load().lease):
+            self.update(owner=leases.mine().to_json())
+
+    def release_lease(self) -> None:
+        """Give the lease up, if it is this process's (a lease taken over by another owner stays)."""
+        if self.exists() and leases.is_mine(self.load().lease):
+            self.update(owner=None)
+
+    def is_owned(self) -> bool:
+        """Someone (this process or another live one) holds the run's lease."""
+        return leases.is_alive(self.load().lease)
 
     def read_json(self, name: str, default: Any = None) -> Any:
         path = self.path / name
@@ -132,16 +232,58 @@ class RunDir:
         write_json_atomic(self.path / name, data)
 
     def job_records(self) -> dict[str, dict[str, Any]]:
-        """Outcome of every finished job (jobs/<id>.json), by job id."""
+        """Outcome of every finished job (jobs/<id>.json), by job id. An unreadable record is no record."""
         records: dict[str, dict[str, Any]] = {}
         if self.jobs_dir.is_dir():
             for path in self.jobs_dir.glob("*.json"):
-                data = json.loads(path.read_text(encoding="utf-8"))
-                records[str(data["job_id"])] = data
+                try:
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                    records[str(data["job_id"])] = data
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
         return records
 
 
-def list_run_dirs(work_dir: Path) -> list[RunDir]:
+def _candidates(work_dir: Path) -> list[Path]:
     if not work_dir.is_dir():
         return []
-    return [RunDir(p) for p in sorted(work_dir.glob(f"{RUN_DIR_PREFIX}*")) if (p / RunDir.RUN_JSON).is_file()]
+    return sorted(p for p in work_dir.glob(f"{RUN_DIR_PREFIX}*") if p.is_dir())
+
+
+def list_run_dirs(work_dir: Path) -> list[RunDir]:
+    """Every run directory whose run.json can be read (damaged ones: see `survey_run_dirs`)."""
+    return survey_run_dirs(work_dir)[0]
+
+
+def survey_run_dirs(work_dir: Path) -> tuple[list[RunDir], list[str]]:
+    """(readable run directories, one-line problems of the others). Empty directories are not problems."""
+    good: list[RunDir] = []
+    problems: list[str] = []
+    for path in _candidates(work_dir):
+        run_dir = RunDir(path)
+        if not run_dir.exists():
+            if any(path.iterdir()):
+                problems.append(f"{path} has no {RunDir.RUN_JSON}; skipped")
+            continue
+        try:
+            run_dir.load()
+        except DamagedRunDir as exc:
+            problems.append(f"{exc}; skipped")
+            continue
+        good.append(run_dir)
+    return good, problems
+
+
+def remove_empty_run_dirs(work_dir: Path) -> list[Path]:
+    """Remove run directories a crashed claim left empty (made, but no run.json ever written).
+
+    Call only under the scan lock: then no claim is between its mkdir and its first write.
+    """
+    removed = []
+    for path in _candidates(work_dir):
+        try:
+            path.rmdir()  # only succeeds on an empty directory
+        except OSError:
+            continue
+        removed.append(path)
+    return removed

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 from . import atomic
 
@@ -89,7 +89,7 @@ class ObjectStore(Protocol):
     def download(self, key: str, dest: Path) -> None:
         """Copy the object into a local file (multipart, parallel on S3)."""
 
-    def upload(self, src: Path, key: str) -> None:
+    def upload(self, src: Path, key: str) -> ObjectInfo:
         """Copy a local file into the bucket (multipart, parallel on S3)."""
 
 
@@ -364,13 +364,18 @@ class LocalStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
 
-    def upload(self, src: Path, key: str) -> None:
+    def upload(self, src: Path, key: str) -> ObjectInfo:
         path = self._path(key)
         if not Path(src).is_file():
             raise StoreError(f"cannot upload {src}: not a readable file")
         self._prepare_parent(key, path)
         with atomic.replacing(path, 0o644) as tmp:
             shutil.copyfile(src, tmp)
+        return self._info(key, path)
+
+    def path_of(self, key: str) -> Path:
+        """The file holding `key` (the local engine links inputs instead of copying them)."""
+        return self._path(key)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -736,12 +741,16 @@ class S3Store:
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, key) from exc
 
-    def upload(self, src: Path, key: str) -> None:
+    def upload(self, src: Path, key: str) -> ObjectInfo:
         _validate_key(key)
         try:
             self.client.upload_file(str(src), self.bucket, key)
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, key) from exc
+        info = self.head(key)
+        if info is None:
+            raise StoreError(f"{key}: uploaded, but the store does not list it")
+        return info
 
 
 def open_store(bucket: str, config: StoreConfig, counter: RequestCounter | None = None) -> ObjectStore:
@@ -750,20 +759,3 @@ def open_store(bucket: str, config: StoreConfig, counter: RequestCounter | None 
     if config.local_root is not None:
         return LocalStore(config.local_root, bucket)
     return S3Store(bucket, config.s3_client(counter), counter)
-
-
-def parse_location(url: str) -> tuple[str, str, str]:
-    """Split a replica URL into (scheme, bucket-or-root, key).
-
-    Understands s3://bucket/key, Pegasus' s3://identity@site/bucket/key and file:///abs/path.
-    """
-    parts = urlsplit(url)
-    if parts.scheme == "s3":
-        if "@" in parts.netloc:  # Pegasus: the netloc names identity@site, the bucket is the first path part
-            bucket, _, key = parts.path.lstrip("/").partition("/")
-        else:
-            bucket, key = parts.netloc, parts.path.lstrip("/")
-        return "s3", bucket, unquote(key)
-    if parts.scheme == "file":
-        return "file", "", unquote(parts.path)
-    raise StoreError(f"unsupported replica location {url!r}")

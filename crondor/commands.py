@@ -1,16 +1,14 @@
-"""`cog-pipeline crondor start|stop|status` and `cog-pipeline status`: the production loop on an access point.
+"""`cog-pipeline crondor start|stop|status`: the production loop on an access point.
 
 The Crondor is one local-universe HTCondor job with CronTab scheduling that runs
 `cog-pipeline scan --engine pegasus ...` every 15 minutes and stays queued (`on_exit_remove = false`).
-Every call to HTCondor goes through `cog_pipeline.engine_pegasus.schedd()` (htcondor2, or htcondor on older
+Every call to HTCondor goes through `cog_pipeline.condor.schedd()` (htcondor2, or htcondor on older
 installs); nothing else here talks to HTCondor.
 """
 
 from __future__ import annotations
 
 import fcntl
-import shutil
-import subprocess
 import sys
 from contextlib import contextmanager
 from datetime import datetime
@@ -19,10 +17,10 @@ from typing import Any, Iterator
 
 import click
 
-from cog_pipeline import engine_pegasus
-from cog_pipeline.cli import EXIT_ERROR, _fail, _store_config, bucket_options, handle_errors, store_options, workflow_options
-from cog_pipeline.engine_pegasus import PegasusUnavailable
-from cog_pipeline.rundir import CLAIMED, GENERATED, RUNNING, list_run_dirs
+from cog_pipeline.engines.pegasus import condor
+from cog_pipeline.engines.pegasus.condor import PegasusUnavailable
+from cog_pipeline.options import EXIT_ERROR, bucket_options, fail, handle_errors, store_config, store_options, workflow_options
+from cog_pipeline.status import show_runs
 
 from .submit import KEY_ATTRIBUTE, CrondorSpec, build_submit, classad_string, crondor_key, write_description
 
@@ -33,7 +31,7 @@ LOCAL_HINT = "without HTCondor, run the same scan by hand or from cron: cog-pipe
 
 def _connect() -> Any:
     try:
-        return engine_pegasus.schedd()
+        return condor.schedd()
     except PegasusUnavailable:
         raise
     except Exception as exc:  # noqa: BLE001 - HTCondorException and friends: no schedd on this host
@@ -41,7 +39,7 @@ def _connect() -> Any:
 
 
 def _job_action_remove() -> Any:
-    module = engine_pegasus.htcondor_module()
+    module = condor.htcondor_module()
     return module.JobAction.Remove
 
 
@@ -91,7 +89,7 @@ def crondor() -> None:
 @handle_errors
 def start(**kw: Any) -> None:
     """Submit the Crondor; refuses when one for the same buckets and pattern is already queued."""
-    store = _store_config(kw)  # validates -a/-s (files must exist) without reading them
+    store = store_config(kw)  # validates -a/-s (files must exist) without reading them
     spec = CrondorSpec(
         input_bucket=kw["input_bucket"],
         output_bucket=kw["output_bucket"],
@@ -110,7 +108,7 @@ def start(**kw: Any) -> None:
     try:
         spec.validate()
     except ValueError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     if kw["dry_run"]:
         path = write_description(spec)
         click.echo(path.read_text(encoding="utf-8"))
@@ -121,7 +119,7 @@ def start(**kw: Any) -> None:
         existing = find_crondors(schedd, spec.key)
         if existing:
             ad = existing[0]
-            _fail(
+            fail(
                 f"a Crondor for {spec.input_bucket} -> {spec.output_bucket} ({spec.pattern}) is already queued: job {_job_id(ad)} "
                 f"(work dir {ad.get('Iwd')}). Stop it first: cog-pipeline crondor stop --input-bucket {spec.input_bucket} "
                 f"--output-bucket {spec.output_bucket} -p '{spec.pattern}'",
@@ -172,48 +170,6 @@ def crondor_status(work_dirs: tuple[Path, ...]) -> None:
             dirs.append(Path(str(ad.get("Iwd"))))
     for work_dir in dirs:
         show_runs(work_dir)
-
-
-@click.command("status")
-@click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where workflow-run-<TS>/ directories are kept.")
-@click.option("--long", "long_", is_flag=True, help="pegasus-status -l (per-job detail).")
-@handle_errors
-def status(work_dir: Path, long_: bool) -> None:
-    """Runs in flight under the work directory, with pegasus-status for each submitted workflow."""
-    show_runs(work_dir.resolve(), long_=long_)
-
-
-def show_runs(work_dir: Path, long_: bool = False) -> None:
-    runs = [r for r in list_run_dirs(work_dir) if r.load().state in (CLAIMED, GENERATED, RUNNING)]
-    click.echo(f"runs in flight under {work_dir}: {len(runs)}")
-    have_status = shutil.which("pegasus-status") is not None
-    for run_dir in runs:
-        info = run_dir.load()
-        extra = info.extra
-        click.echo(f"- {run_dir.path.name}  {info.manifest_key}  state={info.state}  engine={info.engine}")
-        if info.state == GENERATED:
-            if extra.get("engine_waiting"):
-                click.echo(f"    waiting: {extra['engine_waiting']} (next tick retries; or: cog-pipeline run {run_dir.path})")
-            if extra.get("plan_error"):
-                click.echo(f"    last pegasus-plan error: {extra['plan_error']} (attempt {extra.get('plan_attempts')}; {extra.get('plan_log')})")
-            if extra.get("planned") and extra.get("plan_dir"):
-                click.echo(f"    planned, not submitted: pegasus-run {extra['plan_dir']}")
-            continue
-        if info.state != RUNNING:
-            continue
-        submit_dir = extra.get("submit_dir")
-        if not submit_dir:
-            click.echo("    running with the local engine" if info.engine == "local" else "    no submit directory recorded")
-            continue
-        running = engine_pegasus.workflow_is_running(run_dir)
-        click.echo(f"    submit dir: {submit_dir}" + ("" if running else "  (workflow ended; the next tick reconciles it)"))
-        if not have_status:
-            click.echo("    (pegasus-status is not installed on this host: cannot show job counts)")
-            continue
-        cmd = ["pegasus-status", *(["-l"] if long_ else []), submit_dir]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        for line in (proc.stdout + proc.stderr).rstrip().splitlines():
-            click.echo(f"    {line}")
 
 
 def main() -> None:  # pragma: no cover - `python -m cog_pipeline.crondor.commands` for debugging

@@ -192,7 +192,7 @@ def submit_commands(text: str) -> dict[str, str]:
 
 
 def htcondor_module() -> Any:
-    from cog_pipeline.engine_pegasus import PegasusUnavailable, htcondor_module as find
+    from cog_pipeline.engines.pegasus.condor import PegasusUnavailable, htcondor_module as find
 
     module = find()
     if module is None:

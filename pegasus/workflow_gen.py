@@ -71,7 +71,6 @@ import getpass
 import json
 import logging
 import re
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -83,6 +82,8 @@ import yaml
 
 import cog_pipeline.transformations
 from cog_pipeline import rundir as rundir_mod
+from cog_pipeline.engines.base import end_hook_command, job_id_of
+from cog_pipeline.engines.pegasus.plan import COMPUTE_SITE, default_plan_args
 from cog_pipeline.listing import find_keys
 from cog_pipeline.manifest import ManifestRow, parse_manifest
 from cog_pipeline.replicas.catalog import (
@@ -103,7 +104,6 @@ log = logging.getLogger(__name__)
 
 TRANSFORMATION = "generate_cog"
 CATEGORY = "cog"  # DAGMan category of the conversion jobs: dagman.cog.maxjobs throttles them
-COMPUTE_SITE = "condorpool"
 SITES_TEMPLATE = Path(__file__).resolve().parent / "sites.yml"
 DEFAULT_IMAGE = "ghcr.io/osgeo/gdal:ubuntu-small-3.6.3"
 DATA_CONFIGURATIONS = ("condorio", "nonsharedfs")
@@ -137,7 +137,7 @@ class WorkflowSettings:
     memory_mb: int = 1024
     disk_mb: int = 2048
     converter: Path = field(default_factory=default_converter)
-    reconcile_command: str | None = None  # None: "<python> -m cog_pipeline reconcile <run_dir>"
+    reconcile_command: str | None = None  # None: the END hook "<python> -m cog_pipeline finish <run_dir>"
     local_mode: bool | None = None  # buckets are folders; None: decided from run.json store.local_root
     data_configuration: str = "condorio"  # or "nonsharedfs" with the S3 site as staging site
     scratch_prefix: str = "pegasus-scratch"  # staging area (nonsharedfs) in the output bucket: <prefix>/<ts>
@@ -335,10 +335,10 @@ def build_properties(run_dir: RunDir, settings: WorkflowSettings):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Workflow: Pegasus.api reference and the fast writer
+# Workflow: Pegasus.api objects for one job (the template) and the fast writer
 
 
-def _add_row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: str | None = None, lfn_in=None, lfn_tif=None, lfn_jpg=None, bands=None, key=None, line=None):
+def row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: str | None = None, lfn_in=None, lfn_tif=None, lfn_jpg=None, bands=None, key=None, line=None):
     from Pegasus.api import File, Job
 
     inp = File(lfn_in if lfn_in is not None else input_lfn(row.key))
@@ -357,25 +357,13 @@ def _add_row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: st
     return job
 
 
-def job_id_of(line: int) -> str:
-    return f"ID{line:07d}"
-
-
-def _workflow_shell(name: str, settings: WorkflowSettings, hook: str, metadata: dict[str, str]):
+def workflow_shell(name: str, settings: WorkflowSettings, hook: str, metadata: dict[str, str]):
     from Pegasus.api import EventType, Workflow
 
     wf = Workflow(name, infer_dependencies=False)
     wf.add_shell_hook(EventType.END, hook)
     if metadata:
         wf.add_metadata(**metadata)
-    return wf
-
-
-def build_api_workflow(rows: list[ManifestRow], settings: WorkflowSettings, name: str, hook: str, metadata: dict[str, str]):
-    """The whole workflow as Pegasus.api objects: the reference for small manifests (tests compare)."""
-    wf = _workflow_shell(name, settings, hook, metadata)
-    for row in rows:
-        _add_row_job(wf, row, settings)
     return wf
 
 
@@ -388,7 +376,7 @@ def _job_format(settings: WorkflowSettings) -> str:
 
     token = {slot: f"@@COG_{slot}@@" for slot in _SLOTS}
     dummy = ManifestRow(line=1, key="x.tif", bands=1, text="x.tif,1")
-    job = _add_row_job(
+    job = row_job(
         None, dummy, settings, job_id=token["ID"], lfn_in=token["IN"], lfn_tif=token["TIF"], lfn_jpg=token["JPG"],
         bands=token["BANDS"], key=token["KEY"], line=token["LINE"],
     )
@@ -416,7 +404,7 @@ def write_workflow(path: Path, rows: list[ManifestRow], settings: WorkflowSettin
     """Write workflow.yml fast (see the module docstring). Returns the number of jobs."""
     from Pegasus.api.writable import _CustomEncoder
 
-    header = json.loads(json.dumps(_workflow_shell(name, settings, hook, metadata), cls=_CustomEncoder))
+    header = json.loads(json.dumps(workflow_shell(name, settings, hook, metadata), cls=_CustomEncoder))
     header.pop("jobs", None)
     dependencies = header.pop("jobDependencies", [])
     fmt = _job_format(settings)
@@ -456,8 +444,8 @@ def write_workflow(path: Path, rows: list[ManifestRow], settings: WorkflowSettin
 # Pre-flight and generate()
 
 
-def preflight(manifest, input_store: ObjectStore) -> tuple[list[ManifestRow], list[dict], list[dict], dict[str, str]]:
-    """(rows that get jobs, failed entries, duplicate entries, known sha256 by key)."""
+def preflight(manifest, input_store: ObjectStore) -> tuple[list[ManifestRow], list[dict], list[dict]]:
+    """(rows that get jobs, failed entries, duplicate entries)."""
     found = find_keys(input_store, (row.key for row in manifest.rows))
     failed: list[dict[str, Any]] = [{"line": r.line, "text": r.text, "reason": r.reason} for r in manifest.rejected]
     ok: list[ManifestRow] = []
@@ -469,17 +457,53 @@ def preflight(manifest, input_store: ObjectStore) -> tuple[list[ManifestRow], li
     failed.sort(key=lambda item: item["line"])
     duplicates = [{"line": row.line, "text": row.text, "duplicate_of": first} for row, first in manifest.duplicates]
     duplicates.sort(key=lambda item: item["line"])
-    # ObjectInfo carries no checksum (S3 listings do not return checksum values), so no sha256 is known here.
-    sha256: dict[str, str] = {}
-    for key, info in found.items():
-        digest = getattr(info, "sha256", None)
-        if digest:
-            sha256[key] = digest
-    return ok, failed, duplicates, sha256
+    # No checksum is known: S3 listings return none, and an ETag is not a sha256 (so replicas carry none).
+    return ok, failed, duplicates
 
 
 def default_reconcile_command(run_dir: RunDir) -> str:
-    return shlex.join([sys.executable, "-m", "cog_pipeline", "reconcile", str(run_dir.path.resolve())])
+    """Both engines end with the same hook, so workflow.yml does not depend on who runs it."""
+    return end_hook_command(run_dir.path)
+
+
+def _write_credentials(run_dir: RunDir, settings: WorkflowSettings, config) -> Path | None:
+    """credentials.conf for the planner, only when S3 key files are given (never in folder mode)."""
+    if not settings.write_credentials or config.access_key_file is None or config.secret_key_file is None:
+        return None
+    return write_credentials(
+        run_dir.file(CREDENTIALS_FILE), settings.s3_site, settings.identity, config.endpoint, config.region,
+        config.access_key_file, config.secret_key_file,
+    )
+
+
+def _record_generated(run_dir: RunDir, settings: WorkflowSettings, files: dict[str, Path], hook: str, credentials: Path | None, *, jobs: int, failed: int, duplicates: int) -> None:
+    """Move the run to GENERATED with what the engines and an operator need to know about its files."""
+    cluster = bool(settings.cluster_size)
+    staging_site = settings.s3_site if settings.data_configuration == "nonsharedfs" else "local"
+    plan_args = default_plan_args(
+        files[RunDir.PROPERTIES], settings.s3_site,
+        staging_site=settings.s3_site if settings.data_configuration == "nonsharedfs" else None, cluster=cluster,
+    )
+    plan_args.append(str(files[RunDir.WORKFLOW].resolve()))
+    run_dir.set_state(
+        GENERATED,
+        output_site=settings.s3_site,
+        data_configuration=settings.data_configuration,
+        staging_site=staging_site,
+        cluster=cluster,
+        cluster_size=settings.cluster_size,
+        jobs=jobs,
+        empty=not jobs,
+        preflight_failed=failed,
+        duplicates=duplicates,
+        max_running=settings.max_running,
+        max_transfers=settings.max_transfers,
+        retries=settings.retries,
+        pegasus_files={name: path.name for name, path in files.items()},
+        pegasus_credentials=str(credentials) if credentials else None,
+        plan_args=plan_args,
+        reconcile_command=hook,
+    )
 
 
 def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettings) -> GenerationResult:
@@ -495,12 +519,12 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     local_root = config.local_root if local_mode else None
 
     manifest = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes())
-    rows, failed, duplicates, sha256 = preflight(manifest, input_store)
+    rows, failed, duplicates = preflight(manifest, input_store)
     run_dir.write_json(RunDir.PREFLIGHT, {"failed": failed, "duplicates": duplicates, "jobs": len(rows)})
 
     files = {name: run_dir.file(name) for name in (RunDir.WORKFLOW, RunDir.REPLICAS, RunDir.TRANSFORMATIONS, RunDir.SITES, RunDir.PROPERTIES, RunDir.PREFLIGHT)}
     entries: list[ReplicaEntry] = replica_entries(
-        (row.key for row in rows), info.input_bucket, local_root=local_root, identity=settings.identity, site=settings.s3_site, sha256=sha256
+        (row.key for row in rows), info.input_bucket, local_root=local_root, identity=settings.identity, site=settings.s3_site
     )
     write_replica_catalog(files[RunDir.REPLICAS], entries, header=_x_pegasus())
     del entries
@@ -517,46 +541,11 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     metadata = {"run": info.timestamp, "manifest_key": info.manifest_key, "input_bucket": info.input_bucket, "output_bucket": info.output_bucket}
     write_workflow(files[RunDir.WORKFLOW], rows, settings, f"cog-{info.timestamp}", hook, metadata)
 
-    credentials = None
-    if (
-        not local_mode
-        and settings.write_credentials
-        and config.access_key_file is not None
-        and config.secret_key_file is not None
-    ):
-        credentials = write_credentials(
-            run_dir.file(CREDENTIALS_FILE), settings.s3_site, settings.identity, config.endpoint, config.region,
-            config.access_key_file, config.secret_key_file,
-        )
+    credentials = None if local_mode else _write_credentials(run_dir, settings, config)
+    if credentials:
         files[CREDENTIALS_FILE] = credentials
-
     cluster = bool(settings.cluster_size)
-    staging_site = settings.s3_site if settings.data_configuration == "nonsharedfs" else "local"
-    plan_args = ["--conf", str(files[RunDir.PROPERTIES].resolve()), "--sites", COMPUTE_SITE, "--output-sites", settings.s3_site]
-    if settings.data_configuration == "nonsharedfs":
-        plan_args += ["--staging-site", f"{COMPUTE_SITE}={settings.s3_site}"]
-    if cluster:
-        plan_args += ["--cluster", "horizontal"]
-    plan_args.append(str(files[RunDir.WORKFLOW].resolve()))
-    run_dir.set_state(
-        GENERATED,
-        output_site=settings.s3_site,
-        data_configuration=settings.data_configuration,
-        staging_site=staging_site,
-        cluster=cluster,
-        cluster_size=settings.cluster_size,
-        jobs=len(rows),
-        empty=not rows,
-        preflight_failed=len(failed),
-        duplicates=len(duplicates),
-        max_running=settings.max_running,
-        max_transfers=settings.max_transfers,
-        retries=settings.retries,
-        pegasus_files={name: path.name for name, path in files.items()},
-        pegasus_credentials=str(credentials) if credentials else None,
-        plan_args=plan_args,
-        reconcile_command=hook,
-    )
+    _record_generated(run_dir, settings, files, hook, credentials, jobs=len(rows), failed=len(failed), duplicates=len(duplicates))
     seconds = time.perf_counter() - started
     log.info("%s: %d jobs, %d failed in pre-flight, %d duplicates (%.2f s)", run_dir, len(rows), len(failed), len(duplicates), seconds)
     return GenerationResult(

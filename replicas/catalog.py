@@ -10,7 +10,7 @@ Conventions (shared with `cog_pipeline.pegasus.workflow_gen` and the local engin
   site name select the ``[identity@site]`` and ``[site]`` sections of ``credentials.conf``. Keys are
   percent-encoded (UTF-8, ``/`` kept) so spaces, quotes, ``#``, ``?``, ``%`` and non-ASCII survive.
 * Folder PFN (embedded/local mode): ``file://<local_root>/<bucket>/<key>`` built with ``Path.as_uri()``.
-* ``cog_pipeline.store.parse_location()`` turns either form back into ``(scheme, bucket-or-"", key-or-path)``.
+* Nothing in the package parses these URLs back: inside, keys travel as (bucket, key) pairs.
 * ``checksum: {sha256: ...}`` only when the digest is actually known; never guessed from an ETag.
 """
 
@@ -125,17 +125,6 @@ def replica_entries(
             raise ValueError(f"sha256 for {key!r} is not 64 lowercase hex digits")
         entries.append(ReplicaEntry(input_lfn(key), pfn, site, digest))
     return entries
-
-
-def build_replica_catalog(entries: Iterable[ReplicaEntry]):
-    """The same entries as a Pegasus.api ReplicaCatalog: the reference the fast writer is tested against."""
-    from Pegasus.api import ReplicaCatalog
-
-    rc = ReplicaCatalog()
-    for entry in entries:
-        checksum = {"sha256": entry.sha256} if entry.sha256 else None
-        rc.add_replica(entry.site, entry.lfn, entry.pfn, checksum=checksum)
-    return rc
 
 
 # Characters that are valid in JSON strings but not printable (or are line breaks) in YAML 1.1: escaped as

@@ -19,7 +19,7 @@ import htcondor2
 import pytest
 from click.testing import CliRunner
 
-from cog_pipeline import engine_pegasus
+from cog_pipeline.engines.pegasus import condor
 from cog_pipeline.cli import main as cli
 from cog_pipeline.crondor import submit as crondor_submit
 from cog_pipeline.crondor.submit import CrondorSpec, build_submit, render_description
@@ -80,7 +80,7 @@ class FakeSchedd:
 @pytest.fixture()
 def schedd(monkeypatch) -> FakeSchedd:
     fake = FakeSchedd()
-    monkeypatch.setattr(engine_pegasus, "schedd", lambda: fake)
+    monkeypatch.setattr(condor, "schedd", lambda: fake)
     return fake
 
 
@@ -125,6 +125,7 @@ def start_args(work: Path, *extra: str, pattern: str = "*raw.csv") -> list[str]:
 # The description
 
 
+@pytest.mark.slow
 def test_description_through_the_htcondor_bindings(tmp_path, key_files):
     work = tmp_path / "work"
     spec = CrondorSpec(
@@ -254,7 +255,7 @@ def _run_dir(work: Path, ts: str, state: str, **extra) -> RunDir:
     run = RunDir(work / f"workflow-run-{ts}")
     run.path.mkdir(parents=True)
     run.save(RunInfo(timestamp=ts, input_bucket="cog-in", output_bucket="cog-out", manifest_key=f"{ts}_raw.csv",
-                     processing_key=f"{ts}_processing-{ts}.csv", store={}, state=state, engine="pegasus", extra=extra))
+                     processing_key=f"{ts}_processing-{ts}.csv", store={}, state=state, engine="pegasus", **extra))
     return run
 
 
@@ -294,7 +295,7 @@ def test_without_a_schedd_the_commands_say_so_in_one_line(tmp_path, monkeypatch)
     def unreachable():
         raise htcondor2.HTCondorException("Unable to locate local daemon.")
 
-    monkeypatch.setattr(engine_pegasus, "schedd", unreachable)
+    monkeypatch.setattr(condor, "schedd", unreachable)
     for args in (start_args(tmp_path / "work"), ["crondor", "stop", "--input-bucket", "a", "--output-bucket", "b"], ["crondor", "status"]):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 1
@@ -304,7 +305,7 @@ def test_without_a_schedd_the_commands_say_so_in_one_line(tmp_path, monkeypatch)
 
 
 def test_dry_run_writes_the_description_without_a_schedd(tmp_path, monkeypatch):
-    monkeypatch.setattr(engine_pegasus, "schedd", lambda: pytest.fail("dry run must not contact the schedd"))
+    monkeypatch.setattr(condor, "schedd", lambda: pytest.fail("dry run must not contact the schedd"))
     work = tmp_path / "work"
     result = CliRunner().invoke(cli, start_args(work, "--dry-run"))
     assert result.exit_code == 0, result.output

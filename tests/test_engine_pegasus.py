@@ -1,10 +1,10 @@
-"""cog_pipeline/engine_pegasus.py and the reconciliation guarantee on both engines.
+"""cog_pipeline/engines/pegasus/ and the reconciliation guarantee on both engines.
 
 HTCondor and the Pegasus planner cannot be installed here, so `pegasus-plan` / `pegasus-run` /
 `condor_submit_dag` are small stand-in scripts that record how they were called and lay out a submit
 directory the way Pegasus does; the DAG's jobs are the REAL converter run through the local engine's job
 runner, and their outcomes are written to jobstate.log in DAGMan's format. The only HTCondor object replaced
-is the schedd (engine_pegasus.schedd), at the boundary.
+is the schedd (engines.pegasus.condor.schedd), at the boundary.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cog_pipeline import engine_pegasus
+from cog_pipeline import lease
+from cog_pipeline.engines.pegasus import condor, monitor, plan, records
 from cog_pipeline.cli import main as cli
-from cog_pipeline.engine_local import load_jobs, run_job
+from cog_pipeline.engines.local import load_jobs, run_job
 from cog_pipeline.examples import write_raster
-from cog_pipeline.pipeline import ScanOptions, scan
+from cog_pipeline.pipeline import finish, ScanOptions, scan
 from cog_pipeline.rundir import GENERATED, RECONCILED, RUNNING, RunDir, list_run_dirs
 from cog_pipeline.store import StoreConfig
 
@@ -168,10 +169,10 @@ def use_schedd(monkeypatch, jobs: list[dict] | None):
         def unreachable():
             raise RuntimeError("Unable to locate local daemon.")
 
-        monkeypatch.setattr(engine_pegasus, "schedd", unreachable)
+        monkeypatch.setattr(condor, "schedd", unreachable)
         return None
     fake = FakeSchedd(jobs)
-    monkeypatch.setattr(engine_pegasus, "schedd", lambda: fake)
+    monkeypatch.setattr(condor, "schedd", lambda: fake)
     return fake
 
 
@@ -253,6 +254,7 @@ def read_text(buckets: Buckets, key: str) -> str:
 # Planning
 
 
+@pytest.mark.slow
 def test_plan_runs_from_the_run_directory_with_its_inputs_and_credentials(tmp_path, fake_pegasus, s3_server, bucket_name, monkeypatch):
     """S3 with key files: pegasus-plan runs in the run dir with PEGASUS_CREDENTIALS = its 0600 credentials.conf."""
     import boto3
@@ -281,7 +283,7 @@ def test_plan_runs_from_the_run_directory_with_its_inputs_and_credentials(tmp_pa
     argv = call["argv"]
     assert argv[argv.index("--conf") + 1] == str(run_dir.file("pegasus.properties").resolve())
     assert argv[argv.index("--sites") + 1] == "condorpool"
-    assert argv[argv.index("--output-sites") + 1] == info.extra["output_site"] == "storage"
+    assert argv[argv.index("--output-sites") + 1] == info.output_site == "storage"
     assert argv[argv.index("--dir") + 1] == str((run_dir.path / "submit").resolve())
     assert argv[argv.index("--cleanup") + 1] == "leaf"
     assert "--submit" in argv and argv[-1] == str(run_dir.file("workflow.yml").resolve())
@@ -290,9 +292,9 @@ def test_plan_runs_from_the_run_directory_with_its_inputs_and_credentials(tmp_pa
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
     assert secret in credentials.read_text()
     # Recorded for the next tick and for operators.
-    submit_dir = Path(info.extra["submit_dir"])
+    submit_dir = Path(info.submit_dir)
     assert (submit_dir / "braindump.yml").is_file() and submit_dir.is_relative_to(run_dir.path / "submit")
-    assert info.extra["dagman_cluster"] == CLUSTER
+    assert info.dagman_cluster == CLUSTER
     assert "submitted to cluster" in run_dir.file("plan.log").read_text()
     # No key material in any file written, except credentials.conf itself.
     leaked = [
@@ -300,9 +302,10 @@ def test_plan_runs_from_the_run_directory_with_its_inputs_and_credentials(tmp_pa
         if p.is_file() and p.name != "credentials.conf" and (access in p.read_text(errors="replace") or secret in p.read_text(errors="replace"))
     ]
     assert not leaked, leaked
-    assert access not in json.dumps(info.extra) and secret not in json.dumps(info.extra)
+    assert access not in json.dumps(info.to_json()) and secret not in json.dumps(info.to_json())
 
 
+@pytest.mark.slow
 def test_no_submit_plans_and_leaves_the_planner_inputs_valid(tmp_path, fake_pegasus, pegasus_schema_dir, monkeypatch):
     buckets = folder_buckets(tmp_path)
     upload_batch(buckets, tmp_path)
@@ -314,43 +317,45 @@ def test_no_submit_plans_and_leaves_the_planner_inputs_valid(tmp_path, fake_pega
     assert result.exit_code == 0, result.output
     (run_dir,) = list_run_dirs(work)
     info = run_dir.load()
-    assert info.state == GENERATED and info.extra["planned"] is True
+    assert info.state == GENERATED and info.planned is True
     assert "--submit" not in fake_pegasus("pegasus-plan")[0]["argv"]
-    assert Path(info.extra["plan_dir"]).is_dir()
+    assert Path(info.plan_dir).is_dir()
     for name, schema in (("workflow.yml", "wf-5.0.yml"), ("replicas.yml", "rc-5.0.yml"), ("transformations.yml", "tc-5.0.yml"), ("sites.yml", "sc-5.0.yml")):
         doc = yaml.safe_load(run_dir.file(name).read_text())
         errors = list(schema_validator(pegasus_schema_dir, schema).iter_errors(doc))
         assert not errors, f"{name}: {errors[0].message}"
     props = run_dir.file("pegasus.properties").read_text()
     assert "pegasus.catalog.site.file" in props and "dagman.maxjobs" in props
-    # The END hook is the engine_pegasus finisher (reasons from the submit dir, then reconcile).
+    # The END hook is the engine-neutral finisher (reasons from the submit dir, then reconcile).
     hook = yaml.safe_load(run_dir.file("workflow.yml").read_text())["hooks"]["shell"][0]["cmd"]
-    assert "cog_pipeline.engine_pegasus finish" in hook and str(run_dir.path.resolve()) in hook
+    assert "-m cog_pipeline finish" in hook and str(run_dir.path.resolve()) in hook
     # A second --no-submit tick does not plan again; a submitting tick submits that plan with pegasus-run.
     scan(options(buckets, work, "pegasus", submit=False), echo=lambda _: None)
     assert len(fake_pegasus("pegasus-plan")) == 1 and not fake_pegasus("pegasus-run")
     use_schedd(monkeypatch, None)
     scan(options(buckets, work, "pegasus"), echo=lambda _: None)
     (run_call,) = fake_pegasus("pegasus-run")
-    assert run_call["argv"] == [info.extra["plan_dir"]]
+    assert run_call["argv"] == [info.plan_dir]
     info = run_dir.load()
-    assert info.state == RUNNING and info.extra["submit_dir"] == info.extra["plan_dir"] and info.extra["dagman_cluster"] == 4343
+    assert info.state == RUNNING and info.submit_dir == info.plan_dir and info.dagman_cluster == 4343
 
 
+@pytest.mark.slow
 def test_a_plan_submitted_by_hand_is_followed_not_submitted_again(tmp_path, fake_pegasus, monkeypatch):
     buckets = folder_buckets(tmp_path)
     upload_batch(buckets, tmp_path)
     work = tmp_path / "work"
     scan(options(buckets, work, "pegasus", submit=False), echo=lambda _: None)
     (run_dir,) = list_run_dirs(work)
-    plan_dir = Path(run_dir.load().extra["plan_dir"])
+    plan_dir = Path(run_dir.load().plan_dir)
     (plan_dir / "monitord.started").write_text("")  # the operator ran pegasus-run by hand
     use_schedd(monkeypatch, [{"ClusterId": CLUSTER, "ProcId": 0, "JobStatus": 2, "JobUniverse": 7, "Iwd": str(plan_dir)}])
     scan(options(buckets, work, "pegasus"), echo=lambda _: None)
     assert not fake_pegasus("pegasus-run")
-    assert run_dir.load().state == RUNNING and run_dir.load().extra["submit_dir"] == str(plan_dir)
+    assert run_dir.load().state == RUNNING and run_dir.load().submit_dir == str(plan_dir)
 
 
+@pytest.mark.slow
 def test_missing_planner_keeps_the_run_and_the_local_engine_finishes_it(tmp_path, no_pegasus):
     buckets = folder_buckets(tmp_path)
     upload_batch(buckets, tmp_path)
@@ -362,7 +367,7 @@ def test_missing_planner_keeps_the_run_and_the_local_engine_finishes_it(tmp_path
     assert message.startswith("error: ") and "pegasus-plan" in message and "--engine local" in message
     assert "Traceback" not in result.output
     (run_dir,) = list_run_dirs(work)
-    assert run_dir.load().state == GENERATED and run_dir.load().extra["engine_waiting"]
+    assert run_dir.load().state == GENERATED and run_dir.load().engine_waiting
     for name in ("workflow.yml", "replicas.yml", "transformations.yml", "sites.yml", "pegasus.properties"):
         assert run_dir.file(name).is_file()
     assert any("processing-" in k for k in buckets.input_keys())
@@ -378,6 +383,7 @@ def test_missing_planner_keeps_the_run_and_the_local_engine_finishes_it(tmp_path
     assert "INPUT_UNREADABLE" in read_text(buckets, next(k for k in keys if k.endswith("-reasons.csv")))
 
 
+@pytest.mark.slow
 def test_plan_failures_are_retried_then_reconciled_as_failed_rows(tmp_path, fake_pegasus, monkeypatch):
     buckets = folder_buckets(tmp_path)
     upload_batch(buckets, tmp_path, corrupt=False, missing=False)
@@ -386,17 +392,18 @@ def test_plan_failures_are_retried_then_reconciled_as_failed_rows(tmp_path, fake
     messages: list[str] = []
     scan(options(buckets, work, "pegasus"), echo=messages.append)
     (run_dir,) = list_run_dirs(work)
-    assert run_dir.load().state == GENERATED and run_dir.load().extra["plan_attempts"] == 1
+    assert run_dir.load().state == GENERATED and run_dir.load().plan_attempts == 1
     assert any("Unable to load the site catalog" in m for m in messages)
-    for _ in range(engine_pegasus.MAX_PLAN_ATTEMPTS - 1):
+    for _ in range(plan.MAX_PLAN_ATTEMPTS - 1):
         scan(options(buckets, work, "pegasus"), echo=messages.append)
     assert run_dir.load().state == RECONCILED
-    assert len(fake_pegasus("pegasus-plan")) == engine_pegasus.MAX_PLAN_ATTEMPTS
+    assert len(fake_pegasus("pegasus-plan")) == plan.MAX_PLAN_ATTEMPTS
     keys = result_keys(buckets)
     reasons = read_text(buckets, next(k for k in keys if k.endswith("-reasons.csv")))
     assert reasons.count("PLAN_FAILED") == len(GOOD) and "Unable to load the site catalog" in reasons
 
 
+@pytest.mark.slow
 def test_empty_workflow_is_reconciled_without_planning(tmp_path, fake_pegasus):
     buckets = folder_buckets(tmp_path)
     buckets.put_text("batch_raw.csv", f"{MISSING[0]},1\nnot-a-tif.png,3\n")
@@ -424,13 +431,14 @@ def submitted_run(tmp_path, fake_pegasus, monkeypatch):
     assert run_dir.load().state == RUNNING
     records = run_dag_jobs(run_dir)
     assert {r.status for r in records.values()} == {"succeeded", "failed"}
-    return buckets, work, run_dir, Path(run_dir.load().extra["submit_dir"]), records
+    return buckets, work, run_dir, Path(run_dir.load().submit_dir), records
 
 
 @pytest.mark.parametrize(
     "signal",
     ["schedd: DAGMan job gone", "schedd: removed", "dagman.log: terminated", "dagman.log: aborted by condor_rm", "jobstate: monitord finished", "monitord.done"],
 )
+@pytest.mark.slow
 def test_tick_reconciles_a_workflow_that_ended_without_its_end_hook(submitted_run, monkeypatch, signal):
     buckets, work, run_dir, submit_dir, records = submitted_run
     write_jobstate(submit_dir, records, monitord_finished=signal == "jobstate: monitord finished")
@@ -439,7 +447,7 @@ def test_tick_reconciles_a_workflow_that_ended_without_its_end_hook(submitted_ru
         (submit_dir / "monitord.done").write_text("")
     jobs = {"schedd: DAGMan job gone": [], "schedd: removed": [{"ClusterId": CLUSTER, "ProcId": 0, "JobStatus": 3}]}
     fake = use_schedd(monkeypatch, jobs.get(signal))
-    assert engine_pegasus.workflow_is_running(run_dir) is False
+    assert monitor.workflow_is_running(run_dir) is False
     if fake is not None:
         assert fake.queries == [f"ClusterId == {CLUSTER}"]
 
@@ -468,29 +476,32 @@ def test_tick_reconciles_a_workflow_that_ended_without_its_end_hook(submitted_ru
 
 
 @pytest.mark.parametrize("where", ["schedd: idle", "schedd: running", "schedd: held", "files: no end yet"])
+@pytest.mark.slow
 def test_a_workflow_still_running_is_left_alone(submitted_run, monkeypatch, where):
     buckets, work, run_dir, submit_dir, records = submitted_run
     write_jobstate(submit_dir, records, finished=False, monitord_finished=False)
     write_dagman_log(submit_dir, None)
     status = {"schedd: idle": 1, "schedd: running": 2, "schedd: held": 5}
     use_schedd(monkeypatch, [{"ClusterId": CLUSTER, "ProcId": 0, "JobStatus": status[where]}] if where in status else None)
-    assert engine_pegasus.workflow_is_running(run_dir) is True
+    assert monitor.workflow_is_running(run_dir) is True
     report = scan(options(buckets, work, "pegasus"), echo=lambda _: None)
     assert [r.path for r in report.in_flight] == [run_dir.path] and not report.reconciled
     assert run_dir.load().state == RUNNING
     assert any("processing-" in k for k in buckets.input_keys())
 
 
+@pytest.mark.slow
 def test_schedd_found_by_submit_dir_when_no_cluster_was_recorded(submitted_run, monkeypatch):
     _, _, run_dir, submit_dir, _ = submitted_run
     run_dir.set_state(RUNNING, dagman_cluster=None)
     fake = use_schedd(monkeypatch, [{"ClusterId": 7, "ProcId": 0, "JobStatus": 2, "JobUniverse": 7, "Iwd": str(submit_dir)}])
-    assert engine_pegasus.workflow_is_running(run_dir) is True
+    assert monitor.workflow_is_running(run_dir) is True
     assert fake.queries[0].startswith("JobUniverse == 7 && Iwd == ")
     fake.jobs[0]["Iwd"] = "/somewhere/else"
-    assert engine_pegasus.workflow_is_running(run_dir) is False
+    assert monitor.workflow_is_running(run_dir) is False
 
 
+@pytest.mark.slow
 def test_end_hook_reconciles_and_the_next_tick_does_not_redo_it(submitted_run, monkeypatch):
     """The normal path: monitord runs the workflow's END hook (the real command from workflow.yml)."""
     buckets, work, run_dir, submit_dir, records = submitted_run
@@ -498,7 +509,7 @@ def test_end_hook_reconciles_and_the_next_tick_does_not_redo_it(submitted_run, m
     hook = yaml.safe_load(run_dir.file("workflow.yml").read_text())["hooks"]["shell"][0]["cmd"]
     proc = subprocess.run(["/bin/sh", "-c", hook], cwd=submit_dir, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert run_dir.load().state == RECONCILED and proc.stdout.strip() == f"{len(GOOD)} processed, 2 failed"
+    assert run_dir.load().state == RECONCILED and proc.stdout.splitlines()[0] == f"{len(GOOD)} processed, 2 failed"
     write_dagman_log(submit_dir, "005")
     use_schedd(monkeypatch, [])
     keys = result_keys(buckets)
@@ -510,6 +521,7 @@ def test_end_hook_reconciles_and_the_next_tick_does_not_redo_it(submitted_run, m
     assert proc.returncode == 0 and proc.stdout.startswith("already reconciled")
 
 
+@pytest.mark.slow
 def test_submit_dir_gone_means_not_running(tmp_path):
     run_dir = RunDir(tmp_path / "workflow-run-20240102-030405")
     run_dir.path.mkdir()
@@ -518,9 +530,9 @@ def test_submit_dir_gone_means_not_running(tmp_path):
         "processing_key": "a_processing-20240102-030405.csv", "store": {}, "state": RUNNING, "engine": "pegasus",
         "extra": {"submit_dir": str(tmp_path / "gone")},
     }))
-    assert engine_pegasus.workflow_is_running(run_dir) is False
-    run_dir.set_state(RUNNING, submit_dir=None, engine_pid=os.getpid(), engine_host=os.uname().nodename)
-    assert engine_pegasus.workflow_is_running(run_dir) is True, "`cog-pipeline run` is executing it here"
+    assert monitor.workflow_is_running(run_dir) is False
+    run_dir.set_state(RUNNING, submit_dir=None, owner=lease.mine().to_json())
+    assert monitor.workflow_is_running(run_dir) is True, "`cog-pipeline run` is executing it here"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -554,11 +566,13 @@ def _local_exactly_once(buckets: Buckets, tmp_path: Path, case: str) -> None:
     assert {k: read_text(buckets, k) for k in buckets.input_keys() if k.endswith(".csv")} == snapshot
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["all succeed", "some fail", "end hook fails"])
 def test_local_engine_reconciles_exactly_once(tmp_path, case):
     _local_exactly_once(folder_buckets(tmp_path), tmp_path, case)
 
 
+@pytest.mark.slow
 def test_local_engine_reconciles_exactly_once_on_s3(tmp_path, s3_server, bucket_name):
     import boto3
 
@@ -569,10 +583,11 @@ def test_local_engine_reconciles_exactly_once_on_s3(tmp_path, s3_server, bucket_
     _local_exactly_once(buckets, tmp_path, "some fail")
 
 
+@pytest.mark.slow
 def test_local_engine_run_that_died_before_reconcile_is_finished_by_the_next_tick(tmp_path):
     """Jobs ran but the process died before any reconcile (no hook, no in-process step): the next tick finishes it."""
     from cog_pipeline.claim import claim_one
-    from cog_pipeline.engine_local import run_workflow
+    from cog_pipeline.engines.local import run_workflow
     from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
 
     buckets = folder_buckets(tmp_path)
@@ -588,12 +603,13 @@ def test_local_engine_run_that_died_before_reconcile_is_finished_by_the_next_tic
     assert not any("processing-" in k for k in buckets.input_keys())
 
 
+@pytest.mark.slow
 def test_submitted_run_whose_submit_dir_was_not_named_is_found_again(submitted_run, monkeypatch):
     _, _, run_dir, submit_dir, _ = submitted_run
     run_dir.set_state(RUNNING, submit_dir=None)
     use_schedd(monkeypatch, [{"ClusterId": CLUSTER, "ProcId": 0, "JobStatus": 2}])
-    assert engine_pegasus.workflow_is_running(run_dir) is True
-    assert run_dir.load().extra["submit_dir"] == str(submit_dir)
+    assert monitor.workflow_is_running(run_dir) is True
+    assert run_dir.load().submit_dir == str(submit_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -647,7 +663,7 @@ def write_kickstart(submit_dir: Path, job_id: str, text: str, attempt: int = 0) 
 
 def finish_and_reasons(buckets: Buckets, run_dir: RunDir, submit_dir: Path, records: dict) -> str:
     write_jobstate(submit_dir, records)
-    engine_pegasus.finish(run_dir)
+    finish(run_dir)
     assert run_dir.load().state == RECONCILED
     return read_text(buckets, next(k for k in result_keys(buckets) if k.endswith("-reasons.csv")))
 
@@ -656,6 +672,7 @@ def job_json(run_dir: RunDir, job_id: str) -> dict:
     return json.loads((run_dir.jobs_dir / f"{job_id}.json").read_text())
 
 
+@pytest.mark.slow
 def test_kickstart_records_give_the_converter_reason_and_warning(submitted_run):
     buckets, _, run_dir, submit_dir, records = submitted_run
     corrupt = "ID0000003"
@@ -687,6 +704,7 @@ def test_kickstart_records_give_the_converter_reason_and_warning(submitted_run):
 
 
 @pytest.mark.parametrize("record", ["truncated", "garbage", "empty", "no stderr data", "other attempt", "none"])
+@pytest.mark.slow
 def test_unusable_kickstart_records_fall_back_to_the_exit_category(submitted_run, record):
     buckets, _, run_dir, submit_dir, records = submitted_run
     corrupt = "ID0000003"
@@ -710,10 +728,10 @@ def test_unusable_kickstart_records_fall_back_to_the_exit_category(submitted_run
 
 
 def test_kickstart_reason_never_raises(tmp_path):
-    assert engine_pegasus.kickstart_reason(None, "ID0000001", 3) is None
-    assert engine_pegasus.kickstart_reason(tmp_path / "missing.out.000", "ID0000001", 3) is None
+    assert records.kickstart_reason(None, "ID0000001", 3) is None
+    assert records.kickstart_reason(tmp_path / "missing.out.000", "ID0000001", 3) is None
     binary = tmp_path / "generate_cog_ID0000001.out.000"
     binary.write_bytes(b"\xff\xfe- invocation: True\n  files: [1, 2\n")
-    assert engine_pegasus.kickstart_reason(binary, "ID0000001", 3) is None
+    assert records.kickstart_reason(binary, "ID0000001", 3) is None
     (tmp_path / "a-directory.out.000").mkdir()
-    assert engine_pegasus.kickstart_reason(tmp_path / "a-directory.out.000", "ID0000001", 3) is None
+    assert records.kickstart_reason(tmp_path / "a-directory.out.000", "ID0000001", 3) is None

@@ -55,6 +55,7 @@ def assert_valid_outputs(buckets, key: str, tmp_path: Path, bands: int) -> None:
         assert jpg.driver == "JPEG" and jpg.count in (1, 3)
 
 
+@pytest.mark.slow
 def test_seed_manifest_end_to_end(buckets, tmp_path, shared_testdata):
     """The original tool's sample manifest, its 1-band image placed at every key."""
     manifest = (shared_testdata / "seed" / "test_raw.csv").read_text()
@@ -75,6 +76,7 @@ def test_seed_manifest_end_to_end(buckets, tmp_path, shared_testdata):
     assert notes and all("band" in n.lower() for n in notes)
 
 
+@pytest.mark.slow
 def test_generated_example_data_end_to_end(buckets, tmp_path):
     src = tmp_path / "example"
     make_example_bucket(src, size=256)
@@ -90,6 +92,7 @@ def test_generated_example_data_end_to_end(buckets, tmp_path):
         assert_valid_outputs(buckets, key, tmp_path, bands=bands)
 
 
+@pytest.mark.slow
 def test_bad_images_fail_with_their_reason_and_never_stop_the_others(buckets, tmp_path, shared_testdata):
     good = tmp_path / "good.tif"
     write_raster(good, 3, size=128)
@@ -112,6 +115,7 @@ def test_bad_images_fail_with_their_reason_and_never_stop_the_others(buckets, tm
     assert not any(k.startswith("bad/") for k in buckets.output_keys()), "no partial outputs for failed rows"
 
 
+@pytest.mark.slow
 def test_awkward_keys_survive_the_whole_flow(buckets, tmp_path):
     image = tmp_path / "img.tif"
     write_raster(image, 1, size=96)
@@ -126,6 +130,7 @@ def test_awkward_keys_survive_the_whole_flow(buckets, tmp_path):
         assert key in outputs and key[:-4] + ".jpg" in outputs
 
 
+@pytest.mark.slow
 def test_concurrent_scans_claim_once(tmp_path):
     """Two scans started at once against one folder bucket and one work dir: one claim, one conversion."""
     root = tmp_path / "buckets"
@@ -151,6 +156,7 @@ class Crash(Exception):
 
 
 @pytest.mark.parametrize("where", ["generate", "run_workflow", "reconcile"])
+@pytest.mark.slow
 def test_crash_in_the_middle_of_a_run_is_carried_on_by_the_next_scan(tmp_path, monkeypatch, where):
     from cog_pipeline.store import StoreConfig
     from tests.conftest import Buckets
@@ -161,9 +167,9 @@ def test_crash_in_the_middle_of_a_run_is_carried_on_by_the_next_scan(tmp_path, m
     buckets = Buckets("folder", StoreConfig(local_root=root), "in", "out")
     opts = options(buckets, tmp_path)
 
-    import cog_pipeline.engine_local as engine_local
+    import cog_pipeline.engines.local as engine_local
     import cog_pipeline.pegasus.workflow_gen as workflow_gen
-    import cog_pipeline.reconcile as reconcile_mod
+    import cog_pipeline.pipeline as pipeline_mod
 
     if where == "generate":
         monkeypatch.setattr(workflow_gen, "generate", lambda *a, **k: (_ for _ in ()).throw(Crash()))
@@ -178,7 +184,7 @@ def test_crash_in_the_middle_of_a_run_is_carried_on_by_the_next_scan(tmp_path, m
         monkeypatch.setattr(engine_local, "_execute", execute_then_crash)
     else:
         monkeypatch.setattr(engine_local, "run_workflow", _run_without_hooks(engine_local.run_workflow))
-        monkeypatch.setattr(reconcile_mod, "reconcile", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+        monkeypatch.setattr(pipeline_mod, "reconcile", lambda *a, **k: (_ for _ in ()).throw(Crash()))
     with pytest.raises(Crash):
         scan(opts)
     (run,) = list_run_dirs(tmp_path / "work")
@@ -208,6 +214,7 @@ def _run_without_hooks(real):
     return run
 
 
+@pytest.mark.slow
 def test_dry_run_lists_and_changes_nothing(tmp_path):
     root = tmp_path / "buckets"
     (root / "out").mkdir(parents=True)
@@ -223,6 +230,7 @@ def test_dry_run_lists_and_changes_nothing(tmp_path):
     assert list_run_dirs(tmp_path / "work") == []
 
 
+@pytest.mark.slow
 def test_cli_refuses_half_a_key_pair(tmp_path):
     key = tmp_path / "access"
     key.write_text("AKIA-SECRET-VALUE\n")
@@ -234,6 +242,7 @@ def test_cli_refuses_half_a_key_pair(tmp_path):
     assert "-s" in proc.stderr and "AKIA-SECRET-VALUE" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_cli_reports_a_missing_bucket_in_one_line(tmp_path):
     (tmp_path / "buckets").mkdir()
     proc = subprocess.run(
@@ -246,6 +255,7 @@ def test_cli_reports_a_missing_bucket_in_one_line(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_demo_command_runs_the_pipeline(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "cog_pipeline", "demo", "--dir", str(tmp_path / "demo"), "--size", "128", "--quiet"],
@@ -258,6 +268,7 @@ def test_demo_command_runs_the_pipeline(tmp_path):
 
 
 def test_a_run_owned_by_a_dead_process_is_carried_on(tmp_path):
+    from cog_pipeline import lease
     from cog_pipeline.pipeline import run_is_active
     from cog_pipeline.rundir import CLAIMED, RunDir, RunInfo
 
@@ -265,12 +276,14 @@ def test_a_run_owned_by_a_dead_process_is_carried_on(tmp_path):
     run.save(RunInfo("20260101-000000", "in", "out", "m_raw.csv", "m_processing-20260101-000000.csv", {}, CLAIMED))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    run.set_state(CLAIMED, owner_pid=dead.pid, owner_host=os.uname().nodename)
+    mine = lease.mine()
+    run.set_state(CLAIMED, owner={**mine.to_json(), "pid": dead.pid, "started": "1"})
     assert not run_is_active(run)
-    run.set_state(CLAIMED, owner_pid=os.getpid(), owner_host=os.uname().nodename)
+    run.set_state(CLAIMED, owner=mine.to_json())
     assert run_is_active(run)
 
 
+@pytest.mark.slow
 def test_an_empty_manifest_is_claimed_and_answered(buckets, tmp_path):
     buckets.put_text("empty_raw.csv", "\r\n  \n")
     report = scan(options(buckets, tmp_path))
@@ -280,6 +293,7 @@ def test_an_empty_manifest_is_claimed_and_answered(buckets, tmp_path):
     assert not any("processing" in k or k == "empty_raw.csv" for k in keys)
 
 
+@pytest.mark.slow
 def test_a_missing_output_bucket_is_reported_before_anything_is_claimed(tmp_path):
     root = tmp_path / "buckets"
     make_example_bucket(root / "in", size=64)
@@ -302,6 +316,7 @@ def _s3_cli_env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("endpoint_form", ["http://{host}", "http://{host}/"])
+@pytest.mark.slow
 def test_cli_scan_on_s3_with_endpoint_and_key_files(s3_server, bucket_name, tmp_path, endpoint_form):
     import boto3
 
@@ -336,6 +351,7 @@ def test_cli_scan_on_s3_with_endpoint_and_key_files(s3_server, bucket_name, tmp_
             assert b"CLI-SECRET-KEY-456" not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_cli_scan_on_s3_without_credentials_fails_clearly(s3_server, bucket_name, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "cog_pipeline", "scan", "-e", s3_server, "--input-bucket", "x-in",
@@ -346,6 +362,7 @@ def test_cli_scan_on_s3_without_credentials_fails_clearly(s3_server, bucket_name
     assert "credentials" in proc.stderr.lower()
 
 
+@pytest.mark.slow
 def test_one_runs_error_does_not_hold_up_the_others(tmp_path, monkeypatch):
     from cog_pipeline.store import StoreConfig, StoreError
     from tests.conftest import Buckets
@@ -374,3 +391,34 @@ def test_one_runs_error_does_not_hold_up_the_others(tmp_path, monkeypatch):
     report = scan(opts)
     assert [r.load().manifest_key for r in report.reconciled] == ["a_raw.csv"] and not report.errors
     assert len(list((root / "in").glob("*_processed-*.csv"))) == 2
+
+
+def _workflow_text(work: Path) -> str:
+    (run,) = list_run_dirs(work)
+    lines = run.file("workflow.yml").read_text(encoding="utf-8").splitlines()
+    text = "\n".join(line for line in lines if not line.startswith("x-pegasus:"))  # createdOn/createdBy only
+    return text.replace(str(run.path.resolve()), "RUN").replace(run.timestamp, "TS")
+
+
+@pytest.mark.slow
+@pytest.mark.slow
+def test_workflow_yml_is_the_same_whichever_engine_runs_it(tmp_path):
+    """Both engines end with `cog-pipeline finish RUN_DIR`; the pegasus attempt then fails (no Pegasus here)
+    and a tick with --engine local finishes that very run (issue 8.13: the hint it prints is true)."""
+    from cog_pipeline.store import StoreConfig
+
+    texts = {}
+    for engine in ("pegasus", "local"):
+        root = tmp_path / engine / "buckets"
+        write_raster(root / "in" / "a.tif", 1, size=32)
+        (root / "in" / "m_raw.csv").write_text("a.tif,1\n")
+        (root / "out").mkdir()
+        opts = ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / engine / "work", engine=engine, workers=1, progress=False)
+        report = scan(opts, echo=lambda line: None)
+        texts[engine] = _workflow_text(opts.work_dir)
+        if engine == "pegasus":
+            assert len(report.errors) == 1 and "scan --engine local" in report.errors[0]
+            opts.engine = "local"
+            report = scan(opts, echo=lambda line: None)
+            assert len(report.reconciled) == 1 and list(root.glob("in/m_processed-*.csv"))
+    assert texts["pegasus"] == texts["local"] and "-m cog_pipeline finish RUN" in texts["local"]

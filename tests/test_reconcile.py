@@ -167,6 +167,7 @@ def test_crash_between_reconcile_steps_then_rerun(buckets, tmp_path, steps):
     assert not any("processing" in k for k in buckets.input_keys())
 
 
+@pytest.mark.slow
 def test_reconcile_lists_instead_of_asking_per_row(s3_server, bucket_name, tmp_path):
     """N rows in a few folders cost about one ListObjectsV2 page per 1000 outputs, not one request per row."""
     import boto3
@@ -214,3 +215,22 @@ def test_concurrent_reconciles_of_one_run_write_once(buckets, tmp_path):
         t.join()
     assert sorted(r.already_done for r in results) == [False, True, True]
     assert all(r.processed == 1 for r in results)
+
+
+def test_an_object_that_is_not_this_jobs_output_fails_the_row(buckets, tmp_path):
+    """Issue 8.1: a fresh object at the key is not enough; it must be the one the row's job uploaded."""
+    run = claimed_run(buckets, tmp_path, "A/one.tif,1\nA/two.tif,1\n")
+    write_outputs(buckets, "A/one.tif", "A/two.tif")
+    uploaded = {k: {"etag": buckets.output.head(k).etag, "size": 1} for k in ("A/one.tif", "A/one.jpg", "A/two.jpg")}
+    uploaded["A/two.tif"] = {"etag": "someone-elses", "size": 1}
+    for line, key in ((1, "A/one"), (2, "A/two")):
+        run.write_json(
+            f"jobs/ID000000{line}.json",
+            {"job_id": f"ID000000{line}", "status": "succeeded", "exit_code": 0, "category": "OK", "reason": "",
+             "attempts": 1, "seconds": 0.1, "key": f"{key}.tif", "line": line,
+             "outputs": {k: v for k, v in uploaded.items() if k.startswith(key)}},
+        )
+    result = reconcile(run)
+    assert (result.processed, result.failed) == (1, 1)
+    assert lines(buckets, result.failed_key) == ["A/two.tif,1"]
+    assert "A/two.tif is not this row's output" in "\n".join(lines(buckets, result.reasons_key))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.oracles import build_replica_catalog
 from cog_pipeline.replicas.catalog import (
-    build_replica_catalog,
     file_url,
     input_lfn,
     key_of_input_lfn,
@@ -23,7 +23,8 @@ from cog_pipeline.replicas.catalog import (
     yaml_json,
 )
 from cog_pipeline.replicas.credentials import render_credentials, write_credentials
-from cog_pipeline.store import LocalStore, parse_location
+from tests.urls import parse_location
+from cog_pipeline.store import LocalStore
 
 AWKWARD_KEYS = [
     "Counties/WI/Wood/1band.tif",

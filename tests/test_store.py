@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.urls import parse_location
 from cog_pipeline.store import (
     LocalStore,
     ObjectNotFound,
@@ -19,7 +20,6 @@ from cog_pipeline.store import (
     StoreError,
     normalise_endpoint,
     open_store,
-    parse_location,
     read_key_file,
 )
 
@@ -812,23 +812,6 @@ def test_store_config_json_round_trip_keeps_paths_not_keys(key_files: tuple[Path
 def test_store_config_json_round_trip_of_local_root(tmp_path: Path) -> None:
     config = StoreConfig(local_root=tmp_path)
     assert StoreConfig.from_json(config.to_json()) == config
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("s3://bucket/Counties/a%20b.tif", ("s3", "bucket", "Counties/a b.tif")),
-        ("s3://me@osn/bucket/Counties/a.tif", ("s3", "bucket", "Counties/a.tif")),
-        ("file:///data/in/Counties/a%2Cb.tif", ("file", "", "/data/in/Counties/a,b.tif")),
-    ],
-)
-def test_parse_location(url: str, expected: tuple[str, str, str]) -> None:
-    assert parse_location(url) == expected
-
-
-def test_parse_location_refuses_other_schemes() -> None:
-    with pytest.raises(StoreError):
-        parse_location("https://example.com/x.tif")
 
 
 def test_open_store_refuses_a_bucket_with_a_slash_for_s3_too(s3_server: str) -> None:

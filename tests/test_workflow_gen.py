@@ -18,7 +18,9 @@ from cog_pipeline.pegasus import workflow_gen as wg
 from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
 from cog_pipeline.replicas.catalog import key_of_input_lfn
 from cog_pipeline.rundir import CLAIMED, GENERATED, RunDir, RunInfo
-from cog_pipeline.store import RequestCounter, StoreConfig, open_store, parse_location
+from tests.oracles import build_api_workflow
+from tests.urls import parse_location
+from cog_pipeline.store import RequestCounter, StoreConfig, open_store
 
 from .test_replicas import schema_validator
 
@@ -164,9 +166,9 @@ def test_replicas_and_output_site_resolve_to_buckets_local(local_run):
         assert Path(path).is_file()
     info = run.load()
     assert info.state == GENERATED
-    assert info.extra["output_site"] == "storage"
-    assert info.extra["data_configuration"] == "condorio"
-    site = next(s for s in load(run.file(RunDir.SITES))["sites"] if s["name"] == info.extra["output_site"])
+    assert info.output_site == "storage"
+    assert info.data_configuration == "condorio"
+    site = next(s for s in load(run.file(RunDir.SITES))["sites"] if s["name"] == info.output_site)
     storage = next(d for d in site["directories"] if d["type"] in ("sharedStorage", "localStorage"))
     url = storage["fileServers"][0]["url"]
     assert url == (root / "out").resolve().as_uri()
@@ -183,7 +185,7 @@ def test_fast_workflow_writer_equals_pegasus_api_write(tmp_path):
     fast = tmp_path / "fast.yml"
     wg.write_workflow(fast, rows, settings, "cog-test", hook, meta)
     api = tmp_path / "api.yml"
-    wg.build_api_workflow(rows, settings, "cog-test", hook, meta).write(str(api))
+    build_api_workflow(rows, settings, "cog-test", hook, meta).write(str(api))
 
     def normal(doc):
         assert set(doc.pop("x-pegasus")) == {"createdBy", "createdOn", "apiLang"}
@@ -212,11 +214,11 @@ def test_reconcile_is_an_end_hook_not_a_job(local_run):
     run, store, _ = local_run
     generate(run, store, WorkflowSettings())
     wf = load(run.file(RunDir.WORKFLOW))
-    assert wf["hooks"] == {"shell": [{"_on": "end", "cmd": f"{sys.executable} -m cog_pipeline reconcile {run.path.resolve()}"}]}
+    assert wf["hooks"] == {"shell": [{"_on": "end", "cmd": f"{sys.executable} -m cog_pipeline finish {run.path.resolve()}"}]}
     assert all(j["name"] == "generate_cog" for j in wf["jobs"])
     generate(run, store, WorkflowSettings(reconcile_command="echo done"))
     assert load(run.file(RunDir.WORKFLOW))["hooks"]["shell"][0]["cmd"] == "echo done"
-    assert run.load().extra["reconcile_command"] == "echo done"
+    assert run.load().reconcile_command == "echo done"
 
 
 def properties(run: RunDir) -> dict[str, str]:
@@ -261,10 +263,10 @@ def test_settings_land_where_pegasus_reads_them(local_run):
     assert pool["profiles"]["pegasus"] == {"style": "condor", "cores": 2, "memory": 3000, "diskspace": 5000}
     assert pool["profiles"]["condor"]["universe"] == "vanilla"
 
-    extra = run.load().extra
-    assert extra["cluster"] is True and extra["cluster_size"] == 17 and result.cluster
-    assert extra["plan_args"][-3:-1] == ["--cluster", "horizontal"]
-    assert extra["max_running"] == 123
+    extra = run.load()
+    assert extra.cluster is True and extra.cluster_size == 17 and result.cluster
+    assert extra.plan_args[-3:-1] == ["--cluster", "horizontal"]
+    assert extra.max_running == 123
 
 
 def test_defaults_match_the_original(local_run):
@@ -277,8 +279,8 @@ def test_defaults_match_the_original(local_run):
     assert "pegasus" not in tc["transformations"][0]["profiles"]  # no clustering unless asked
     pool = next(s for s in load(run.file(RunDir.SITES))["sites"] if s["name"] == "condorpool")
     assert pool["profiles"]["pegasus"] == {"style": "condor", "cores": 1, "memory": 1024, "diskspace": 2048}
-    assert run.load().extra["cluster"] is False
-    assert "--cluster" not in run.load().extra["plan_args"]
+    assert run.load().cluster is False
+    assert "--cluster" not in run.load().plan_args
 
 
 def test_no_container_when_image_is_empty(local_run, pegasus_schema_dir):
@@ -362,16 +364,16 @@ def test_empty_manifest_still_writes_files_and_flags_it(tmp_path):
     wf = load(run.file(RunDir.WORKFLOW))
     assert wf["jobs"] == [] and wf["hooks"]["shell"][0]["_on"] == "end"
     assert load(run.file(RunDir.REPLICAS))["replicas"] == []
-    assert run.load().extra["empty"] is True
+    assert run.load().empty is True
     assert [f["line"] for f in json.loads(run.file(RunDir.PREFLIGHT).read_text())["failed"]] == [1, 2]
 
 
 def test_nonsharedfs_uses_s3_staging_site(local_run):
     run, store, root = local_run
     generate(run, store, WorkflowSettings(data_configuration="nonsharedfs"))
-    extra = run.load().extra
-    assert extra["data_configuration"] == "nonsharedfs" and extra["staging_site"] == "storage"
-    assert "--staging-site" in extra["plan_args"]
+    extra = run.load()
+    assert extra.data_configuration == "nonsharedfs" and extra.staging_site == "storage"
+    assert "--staging-site" in extra.plan_args
     props = properties(run)
     assert props["pegasus.data.configuration"] == "nonsharedfs"
     assert props["pegasus.transfer.bypass.input.staging"] == "true"
@@ -390,7 +392,7 @@ def test_invalid_settings_are_refused(local_run):
 def test_cli_main_and_standalone_script(local_run):
     run, _, _ = local_run
     assert wg.main([str(run.path), "--cluster-size", "3", "--max-running", "50", "--memory", "2048"]) == 0
-    assert run.load().extra["cluster_size"] == 3
+    assert run.load().cluster_size == 3
     assert properties(run)["dagman.maxjobs"] == "50"
     proc = subprocess.run(
         [sys.executable, str(REPO / "pegasus" / "workflow_gen.py"), str(run.path), "--retries", "1"],
@@ -465,7 +467,7 @@ def test_s3_preflight_replicas_sites_and_credentials(s3_run, pegasus_schema_dir)
     ini.read(cred)
     assert ini["storage"]["endpoint"] == config.endpoint
     assert ini["cog@storage"]["access_key"] == ACCESS and ini["cog@storage"]["secret_key"] == SECRET
-    assert run.load().extra["pegasus_credentials"] == str(cred)
+    assert run.load().pegasus_credentials == str(cred)
 
     # No secret anywhere but credentials.conf.
     for path in run.path.rglob("*"):
@@ -478,7 +480,7 @@ def test_s3_without_key_files_writes_no_credentials(s3_run):
     run, config, in_bucket, _ = s3_run
     generate(run, open_store(in_bucket, config), WorkflowSettings(write_credentials=False))
     assert not run.file("credentials.conf").exists()
-    assert run.load().extra["pegasus_credentials"] is None
+    assert run.load().pegasus_credentials is None
 
 
 def test_custom_site_and_identity_flow_into_every_url(s3_run):
@@ -488,7 +490,7 @@ def test_custom_site_and_identity_flow_into_every_url(s3_run):
     assert all(r["pfns"][0]["site"] == "osn" and r["pfns"][0]["pfn"].startswith(f"s3://carto@osn/{in_bucket}/") for r in replicas)
     sites = {s["name"]: s for s in load(run.file(RunDir.SITES))["sites"]}
     assert sites["osn"]["directories"][0]["fileServers"][0]["url"] == f"s3://carto@osn/{out_bucket}"
-    assert run.load().extra["output_site"] == "osn"
+    assert run.load().output_site == "osn"
     ini = configparser.RawConfigParser()
     ini.read(run.file("credentials.conf"))
     assert ini.has_section("osn") and ini.has_section("carto@osn")

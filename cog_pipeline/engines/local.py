@@ -3,11 +3,15 @@
 It reads the same files `pegasus-plan` would (workflow.yml, replicas.yml, transformations.yml, sites.yml)
 and gives each job the same world a Pegasus job sees on a worker: a scratch working directory holding
 every input under its LFN, the transformation run there with the workflow's arguments, outputs picked up
-by LFN and staged to the output site's storage URL + "/" + LFN. Nothing here reads the manifest: if the
-local engine can run a workflow, so can Pegasus, and the other way round.
+by LFN. Locations are (bucket, key) pairs, never URLs: an input LFN ``input/<key>`` is ``key`` in run.json's
+input bucket (it must also have a replica in replicas.yml, as Pegasus requires), and an output LFN is its key
+in the output bucket. Nothing here reads the manifest: if the local engine can run a workflow, so can
+Pegasus, and the other way round.
 
 Each finished job leaves `jobs/<id>.json` (outcome, exit code, one-line reason, attempts) and
-`jobs/<id>.log`; a rerun skips jobs already recorded as succeeded, which is how a crashed run resumes.
+`jobs/<id>.log`, plus each uploaded output's ETag and size (so reconcile can tell this job's object from
+another's); a rerun skips jobs already recorded, which is how a crashed run resumes. The driver renews the
+run's lease (cog_pipeline/lease.py) while it works.
 """
 
 from __future__ import annotations
@@ -19,37 +23,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import atomic
-from .rundir import RUNNING, RunDir, this_host, write_json_atomic
-from .store import ObjectStore, StoreConfig, StoreError, open_store, parse_location
-
-# Exit codes of transformations/generate_cog (see docs/conversion.md). Input problems are deterministic:
-# retrying them only burns time, so the local engine does not (DAGMan retries every failure).
-EXIT_CATEGORIES = {
-    0: "OK",
-    1: "INTERNAL_ERROR",
-    2: "USAGE_ERROR",
-    3: "INPUT_UNREADABLE",
-    4: "UNSUPPORTED_INPUT",
-    5: "BAND_MISMATCH",
-    6: "OUTPUT_INVALID",
-    7: "OUT_OF_DISK",
-}
-NOT_RETRIED = {2, 3, 4, 5}
-# Like DAGMan, only exit 0 succeeds. Generated workflows set COG_PIPELINE_BAND_MISMATCH=warn on the
-# transformation, so a band mismatch exits 0 with a "WARNING BAND_MISMATCH: ..." line: processed, noted.
-SUCCESS_CODES = {0}
-
-
-class WorkflowError(RuntimeError):
-    """The run directory does not hold a workflow this engine can execute."""
+from ..lease import LEASE_SECONDS
+from ..replicas.catalog import key_of_input_lfn
+from ..rundir import RUNNING, RunDir, RunState
+from ..state import FINAL
+from ..store import LocalStore, ObjectStore, StoreConfig, StoreError, open_store
+from .base import NOT_RETRIED, SUCCESS_CODES, ExitCode, JobRecord, RunFinished, WorkflowError, category, last_line, write_record
 
 
 @dataclass(frozen=True)
@@ -59,28 +46,16 @@ class JobSpec:
     job_id: str
     executable: str
     arguments: list[str]
-    inputs: dict[str, str]  # LFN -> PFN
-    outputs: dict[str, str]  # LFN -> destination URL
+    input_bucket: str
+    output_bucket: str
+    inputs: dict[str, str]  # LFN -> key in the input bucket
+    outputs: dict[str, str]  # LFN -> key in the output bucket
     attempts: int
     metadata: dict[str, str]
     store: dict[str, Any]
     scratch_root: str
     log_path: str
     env: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class JobRecord:
-    job_id: str
-    status: str  # "succeeded" | "failed"
-    exit_code: int | None
-    category: str
-    reason: str
-    attempts: int
-    seconds: float
-    key: str | None = None
-    line: int | None = None
-    warning: str | None = None
 
 
 @dataclass
@@ -110,29 +85,13 @@ def _env_profile(profiles: dict[str, Any] | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in ((profiles or {}).get("env") or {}).items()}
 
 
-def _output_url(sites: dict[str, Any], site_name: str) -> str:
-    for site in sites.get("sites", []):
-        if site.get("name") != site_name:
-            continue
-        for directory in site.get("directories", []):
-            if directory.get("type") in ("sharedStorage", "localStorage"):
-                for server in directory.get("fileServers", []):
-                    if server.get("operation", "all") in ("all", "put"):
-                        return str(server["url"]).rstrip("/")
-    raise WorkflowError(f"site {site_name!r} has no storage directory with a put/all file server in sites.yml")
-
-
 def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:
     """Resolve the generated workflow into runnable jobs and the END hook commands."""
     info = run_dir.load()
     workflow = _load_yaml(run_dir.file(RunDir.WORKFLOW))
     replicas = _load_yaml(run_dir.file(RunDir.REPLICAS)) or {}
     transformations = _load_yaml(run_dir.file(RunDir.TRANSFORMATIONS)) or {}
-    sites = _load_yaml(run_dir.file(RunDir.SITES)) or {}
-    output_site = str(info.extra.get("output_site") or "storage")
-    output_root = _output_url(sites, output_site)
-
-    pfn_of = {r["lfn"]: r["pfns"][0]["pfn"] for r in replicas.get("replicas", []) if r.get("pfns")}
+    replicated = {r["lfn"] for r in replicas.get("replicas", []) if r.get("pfns")}
     exe_of: dict[str, str] = {}
     env_of: dict[str, dict[str, str]] = {}
     for tr in transformations.get("transformations", []):
@@ -158,11 +117,14 @@ def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:
         for use in job.get("uses", []):
             lfn = use["lfn"]
             if use["type"] == "input":
-                if lfn not in pfn_of:
+                if lfn not in replicated:
                     raise WorkflowError(f"job {job['id']}: input {lfn!r} has no replica in replicas.yml")
-                inputs[lfn] = pfn_of[lfn]
+                try:
+                    inputs[lfn] = key_of_input_lfn(lfn)
+                except ValueError as exc:
+                    raise WorkflowError(f"job {job['id']}: {exc}") from None
             elif use["type"] == "output" and use.get("stageOut", True):
-                outputs[lfn] = f"{output_root}/{lfn}"
+                outputs[lfn] = lfn
         retry = _profile(job.get("profiles"), "dagman", "retry")
         retry = wf_retry if retry is None else retry
         env = {**env_of.get(name, {}), **_env_profile(job.get("profiles"))}
@@ -170,6 +132,8 @@ def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:
             JobSpec(
                 job_id=str(job["id"]),
                 executable=exe_of[name],
+                input_bucket=info.input_bucket,
+                output_bucket=info.output_bucket,
                 arguments=[str(a) for a in job.get("arguments", [])],
                 inputs=inputs,
                 outputs=outputs,
@@ -207,35 +171,30 @@ def _safe_join(root: Path, lfn: str) -> Path:
 
 
 def _stage_in(spec: JobSpec, workdir: Path) -> None:
-    for lfn, pfn in spec.inputs.items():
+    store = _store_for(spec.store, spec.input_bucket)
+    for lfn, key in spec.inputs.items():
         dest = _safe_join(workdir, lfn)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        scheme, bucket, key = parse_location(pfn)
-        if scheme == "file":
-            if not Path(key).is_file():
-                raise FileNotFoundError(f"input {pfn} does not exist")
-            os.symlink(key, dest)  # Pegasus links local replicas too; the converter only reads it
+        if isinstance(store, LocalStore):
+            src = store.path_of(key)
+            if not src.is_file():
+                raise FileNotFoundError(f"input {key!r} does not exist in bucket {spec.input_bucket}")
+            os.symlink(src, dest)  # Pegasus links local replicas too; the converter only reads it
         else:
-            _store_for(spec.store, bucket).download(key, dest)
+            store.download(key, dest)
 
 
-def _stage_out(spec: JobSpec, workdir: Path) -> None:
-    for lfn, url in spec.outputs.items():
+def _stage_out(spec: JobSpec, workdir: Path) -> dict[str, dict[str, Any]]:
+    """Upload every output to its own key; returns key -> {etag, size} as the store reported them."""
+    store = _store_for(spec.store, spec.output_bucket)
+    uploaded: dict[str, dict[str, Any]] = {}
+    for lfn, key in spec.outputs.items():
         src = _safe_join(workdir, lfn)
         if not src.is_file():
             raise FileNotFoundError(f"job produced no {lfn}")
-        scheme, bucket, key = parse_location(url)
-        if scheme == "file":
-            with atomic.replacing(Path(key), 0o644) as tmp:
-                shutil.copyfile(src, tmp)
-        else:
-            _store_for(spec.store, bucket).upload(src, key)
-
-
-def last_line(text: str) -> str:
-    """The one-line reason a tool printed last (generate_cog prints exactly one; planners print many)."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+        info = store.upload(src, key)
+        uploaded[key] = {"etag": info.etag, "size": info.size}
+    return uploaded
 
 
 def run_job(spec: JobSpec) -> JobRecord:
@@ -243,7 +202,7 @@ def run_job(spec: JobSpec) -> JobRecord:
     started = time.monotonic()
     Path(spec.scratch_root).mkdir(parents=True, exist_ok=True)
     Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
-    record = JobRecord(spec.job_id, "failed", None, "INTERNAL_ERROR", "job did not run", 0, 0.0)
+    record = JobRecord(spec.job_id, "failed", None, ExitCode.INTERNAL.name, "job did not run", 0, 0.0)
     with open(spec.log_path, "a", encoding="utf-8") as log:
         for attempt in range(1, spec.attempts + 1):
             record.attempts = attempt
@@ -268,14 +227,14 @@ def run_job(spec: JobSpec) -> JobRecord:
                 log.write(proc.stdout)
                 log.write(proc.stderr)
                 record.exit_code = proc.returncode
-                record.category = EXIT_CATEGORIES.get(proc.returncode, "INTERNAL_ERROR")
+                record.category = category(proc.returncode)
                 record.reason = last_line(proc.stderr) or f"exit code {proc.returncode}"
                 if proc.returncode not in SUCCESS_CODES:
                     if proc.returncode in NOT_RETRIED:
                         break
                     continue
                 try:
-                    _stage_out(spec, workdir)
+                    record.outputs = _stage_out(spec, workdir)
                 except (StoreError, OSError) as exc:
                     record.category = "STAGE_OUT_FAILED"
                     record.reason = f"stage-out failed: {exc}"
@@ -286,7 +245,7 @@ def run_job(spec: JobSpec) -> JobRecord:
                 record.reason = ""
                 break
             except Exception as exc:  # noqa: BLE001 - a crash in one job is that job's failure, with its reason
-                record.category, record.reason = "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"
+                record.category, record.reason = ExitCode.INTERNAL.name, f"{type(exc).__name__}: {exc}"
                 log.write(record.reason + "\n")
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -318,27 +277,40 @@ def run_workflow(
     """Run every job without a final record, then the END hooks, whatever the jobs' outcomes.
 
     A record is written only when a job has used up its attempts, so a resumed run redoes neither its
-    successes nor its definitive failures.
+    successes nor its definitive failures. A finished run raises RunFinished and is left as it is; a run
+    another live process holds raises LeaseHeld.
     """
+    info = run_dir.load()
+    if info.state in FINAL:
+        raise RunFinished(f"{run_dir.path} is already {info.state}: nothing to do")
+    if info.state not in (RunState.GENERATED, RUNNING):
+        raise WorkflowError(f"{run_dir.path} is {info.state}: generate its workflow first")
+    if info.engine != "local" and info.state == RUNNING:
+        raise WorkflowError(f"{run_dir.path} was submitted to {info.engine}; it cannot also run here")
     jobs, hooks = load_jobs(run_dir)
-    done = set(run_dir.job_records())
-    todo = [job for job in jobs if job.job_id not in done]
-    run_dir.jobs_dir.mkdir(parents=True, exist_ok=True)
-    run_dir.set_state(RUNNING, engine_pid=os.getpid(), engine_host=this_host())
-    workers = max(1, min(workers or default_workers(), len(todo) or 1))
-    succeeded = failed = 0
+    taken = run_dir.acquire_lease()
     try:
-        if todo:
-            succeeded, failed = _execute(run_dir, todo, workers, progress)
+        done = set(run_dir.job_records())
+        todo = [job for job in jobs if job.job_id not in done]
+        run_dir.jobs_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.set_state(RUNNING, engine="local")
+        workers = max(1, min(workers or default_workers(), len(todo) or 1))
+        succeeded = failed = 0
+        try:
+            if todo:
+                succeeded, failed = _execute(run_dir, todo, workers, progress)
+        finally:
+            shutil.rmtree(run_dir.path / "scratch", ignore_errors=True)
+        # The workflow has ended (every job has its final record): now, and only now, the END hooks. A driver
+        # that dies before this point leaves the run RUNNING, and the next scan resumes the missing jobs.
+        hook_results: list[tuple[str, int]] = []
+        if run_hooks:
+            for cmd in hooks:
+                proc = subprocess.run(["/bin/sh", "-c", cmd], check=False)
+                hook_results.append((cmd, proc.returncode))
     finally:
-        shutil.rmtree(run_dir.path / "scratch", ignore_errors=True)
-    # The workflow has ended (every job has its final record): now, and only now, the END hooks. A driver
-    # that dies before this point leaves the run RUNNING, and the next scan resumes the missing jobs.
-    hook_results: list[tuple[str, int]] = []
-    if run_hooks:
-        for cmd in hooks:
-            proc = subprocess.run(["/bin/sh", "-c", cmd], check=False)
-            hook_results.append((cmd, proc.returncode))
+        if taken:
+            run_dir.release_lease()
     return EngineResult(len(jobs), succeeded, failed, len(jobs) - len(todo), hook_results)
 
 
@@ -375,10 +347,12 @@ def _execute(run_dir: RunDir, todo: list[JobSpec], workers: int, show_progress: 
                 if len(pending) >= workers * 4:
                     break
             while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                # Wake at least a few times per lease period to renew it, even while one job runs for long.
+                finished, pending = wait(pending, timeout=LEASE_SECONDS / 4, return_when=FIRST_COMPLETED)
+                run_dir.renew_lease()
                 for future in finished:
                     record = future.result()
-                    write_json_atomic(_record_path(run_dir, record.job_id), asdict(record))
+                    write_record(_record_path(run_dir, record.job_id), record)
                     if record.status == "succeeded":
                         succeeded += 1
                     else:
@@ -389,3 +363,26 @@ def _execute(run_dir: RunDir, todo: list[JobSpec], workers: int, show_progress: 
                 elapsed = max(time.monotonic() - started, 1e-6)
                 bar.update(task, advance=len(finished), rate=f"{(succeeded + failed) / elapsed:.2f}", failed=failed)
     return succeeded, failed
+
+
+class LocalEngine:
+    """The Engine protocol for this machine's process pool (see engines/base.py)."""
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None, progress: bool = True) -> None:
+        self.workers, self.progress = workers, progress
+
+    def submit(self, run_dir: RunDir, echo: Callable[[str], None]) -> str:
+        result = run_workflow(run_dir, workers=self.workers, progress=self.progress, run_hooks=True)
+        echo(f"jobs: {result.succeeded} succeeded, {result.failed} failed, {result.skipped} already done")
+        for cmd, code in result.hooks:
+            if code != 0:
+                echo(f"warning: end hook exited {code}: {cmd}; finishing in-process")
+        return "ended"
+
+    def is_running(self, run_dir: RunDir) -> bool:
+        return run_dir.is_owned()
+
+    def collect_job_records(self, run_dir: RunDir) -> int:
+        return 0  # the driver writes each record as its job ends

@@ -1,0 +1,140 @@
+"""What every engine shares: the Engine protocol, the job record, the exit categories and the job-id convention.
+
+Defined once here so the engines never reach into each other, and so the pipeline tick can drive any engine
+the same way: ``submit`` (start or continue the run), ``is_running`` (someone is still executing it) and
+``collect_job_records`` (turn what the engine left behind into ``jobs/<id>.json``). Reconcile is not an
+engine's business: the tick (``pipeline.finish``) does it once every job has ended.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..rundir import RunDir
+
+
+class ExitCode(IntEnum):
+    """The converter's exit codes (``transformations`` ``ExitCode``; a test keeps the two equal)."""
+
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    INPUT_UNREADABLE = 3
+    UNSUPPORTED_INPUT = 4
+    BAND_MISMATCH = 5
+    OUTPUT_INVALID = 6
+    OUT_OF_DISK = 7
+
+
+# Input problems are deterministic: retrying them only burns time, so the local engine does not.
+NOT_RETRIED = frozenset({ExitCode.USAGE, ExitCode.INPUT_UNREADABLE, ExitCode.UNSUPPORTED_INPUT, ExitCode.BAND_MISMATCH})
+# Like DAGMan, only exit 0 succeeds. Generated workflows set COG_PIPELINE_BAND_MISMATCH=warn, so a band
+# mismatch exits 0 with a "WARNING BAND_MISMATCH: ..." line: processed, noted.
+SUCCESS_CODES = frozenset({ExitCode.OK})
+
+
+def category(code: int | None) -> str:
+    """The exit category's name for a process exit code (unknown codes are internal errors)."""
+    if code is None:
+        return ExitCode.INTERNAL.name
+    try:
+        return ExitCode(code).name
+    except ValueError:
+        return ExitCode.INTERNAL.name
+
+
+def job_id_of(line: int) -> str:
+    """The job id of the manifest row on 1-based `line`: the one convention every part uses."""
+    return f"ID{line:07d}"
+
+
+def line_of_job_id(job_id: str) -> int | None:
+    """The manifest line of a job id made by `job_id_of` (None for anything else)."""
+    digits = job_id[2:]
+    return int(digits) if job_id.startswith("ID") and digits.isdigit() else None
+
+
+class WorkflowError(RuntimeError):
+    """The run directory does not hold a workflow this engine can execute."""
+
+
+class RunFinished(WorkflowError):
+    """The run has reached a final state: there is nothing left to do, and nothing is changed."""
+
+
+@dataclass
+class JobRecord:
+    """jobs/<id>.json: how one job ended, written once its attempts are used up.
+
+    ``outputs`` maps each uploaded output key to ``{"etag": ..., "size": ...}`` as the store reported them
+    right after the upload, so reconcile can prove the object at a key is this job's output.
+    """
+
+    job_id: str
+    status: str  # "succeeded" | "failed"
+    exit_code: int | None
+    category: str
+    reason: str
+    attempts: int
+    seconds: float
+    key: str | None = None
+    line: int | None = None
+    warning: str | None = None
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobRecord:
+        """Tolerant of fields a newer writer added (they are dropped, the rest is kept)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def end_hook_command(run_dir: Path) -> str:
+    """The workflow's END hook, the same for every engine: `cog-pipeline finish RUN_DIR`, spelled with this
+    Python (`-m cog_pipeline`) so it needs no PATH on the submit host."""
+    return shlex.join([sys.executable, "-m", "cog_pipeline", "finish", str(Path(run_dir).resolve())])
+
+
+def last_line(text: str) -> str:
+    """The one-line reason a tool printed last (generate_cog prints exactly one; planners print many)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def write_record(path: Path, record: JobRecord) -> None:
+    from ..rundir import write_json_atomic
+
+    write_json_atomic(path, record.to_json())
+
+
+def read_record(path: Path) -> JobRecord:
+    return JobRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+class Engine(Protocol):
+    """One way to execute a generated run directory. Implementations: engines.local, engines.pegasus."""
+
+    name: str
+
+    def submit(self, run_dir: RunDir, echo: Any) -> str:
+        """Start or continue the run. Returns "ended" (every job has ended: finish it now), "running"
+        (someone else carries it on), "planned" or "waiting" (a later tick carries it on)."""
+        ...
+
+    def is_running(self, run_dir: RunDir) -> bool:
+        """Whether something is still executing this run's jobs (never reconcile while it is)."""
+        ...
+
+    def collect_job_records(self, run_dir: RunDir) -> int:
+        """Write jobs/<id>.json for jobs that ended and have no record yet; returns how many were written."""
+        ...

@@ -1,0 +1,26 @@
+"""Test oracles: the same documents built with Pegasus.api, the reference the fast writers are compared with."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def build_api_workflow(rows, settings, name: str, hook: str, metadata: dict[str, str]):
+    """The whole workflow as Pegasus.api objects (for small manifests)."""
+    from cog_pipeline.pegasus.workflow_gen import row_job, workflow_shell
+
+    wf = workflow_shell(name, settings, hook, metadata)
+    for row in rows:
+        row_job(wf, row, settings)
+    return wf
+
+
+def build_replica_catalog(entries: Iterable):
+    """The same replica entries as a Pegasus.api ReplicaCatalog."""
+    from Pegasus.api import ReplicaCatalog
+
+    rc = ReplicaCatalog()
+    for entry in entries:
+        checksum = {"sha256": entry.sha256} if entry.sha256 else None
+        rc.add_replica(entry.site, entry.lfn, entry.pfn, checksum=checksum)
+    return rc
