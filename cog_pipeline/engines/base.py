@@ -12,7 +12,6 @@ import json
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field, fields
-from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,18 +19,9 @@ if TYPE_CHECKING:
     from ..rundir import RunDir
 
 
-class ExitCode(IntEnum):
-    """The converter's exit codes (``transformations`` ``ExitCode``; a test keeps the two equal)."""
-
-    OK = 0
-    INTERNAL = 1
-    USAGE = 2
-    INPUT_UNREADABLE = 3
-    UNSUPPORTED_INPUT = 4
-    BAND_MISMATCH = 5
-    OUTPUT_INVALID = 6
-    OUT_OF_DISK = 7
-
+# The converter's exit codes, defined once in the converter (it ships as one file to workers, so the
+# dependency points this way): the engines classify what the converter itself declares.
+from ..transformations.exit_codes import ExitCode  # noqa: E402
 
 # Input problems are deterministic: retrying them only burns time, so the local engine does not.
 NOT_RETRIED = frozenset({ExitCode.USAGE, ExitCode.INPUT_UNREADABLE, ExitCode.UNSUPPORTED_INPUT, ExitCode.BAND_MISMATCH})
