@@ -611,15 +611,19 @@ def open_store(bucket: str, config: StoreConfig, counter: RequestCounter | None 
 def parse_location(url: str) -> tuple[str, str, str]:
     """Split a replica URL into (scheme, bucket-or-root, key).
 
-    Understands s3://bucket/key, Pegasus' s3://identity@site/bucket/key and file:///abs/path.
+    Understands s3://bucket/<percent-encoded key>, Pegasus' s3://identity@site/bucket/<raw key> and
+    file:///abs/path.
     """
+    if url.startswith("s3://"):
+        netloc, _, rest = url[len("s3://"):].partition("/")
+        if "@" in netloc:
+            # Pegasus: identity@site, then bucket/key with the key RAW (pegasus-s3 never decodes it), so no
+            # urlsplit: '#', '?' and '%' are part of the key.
+            bucket, _, key = rest.partition("/")
+            return "s3", bucket, key
     parts = urlsplit(url)
-    if parts.scheme == "s3":
-        if "@" in parts.netloc:  # Pegasus: the netloc names identity@site, the bucket is the first path part
-            bucket, _, key = parts.path.lstrip("/").partition("/")
-        else:
-            bucket, key = parts.netloc, parts.path.lstrip("/")
-        return "s3", bucket, unquote(key)
+    if parts.scheme == "s3":  # plain s3://bucket/key, percent-encoded (ObjectStore.url)
+        return "s3", parts.netloc, unquote(parts.path.lstrip("/"))
     if parts.scheme == "file":
         return "file", "", unquote(parts.path)
     raise StoreError(f"unsupported replica location {url!r}")
