@@ -110,3 +110,38 @@ def test_show_prints_effective_settings_and_hides_secrets(tmp_path):
     out = show(config)
     assert "resources.cores = 3" in out and "s3.site = 'osn'" in out and "pegasus.properties.pegasus.mode = 'production'" in out
     assert "s3cr3t-value" not in out and "<hidden>" in out
+
+
+def test_profile_drives_schema_valid_generated_files(tmp_path, pegasus_schema_dir):
+    """The generator, given the config's settings, writes files the Pegasus 5.0 schemas accept and that
+    carry the profile's values (nonsharedfs + bypass, S3 site name, resources, image)."""
+    import yaml
+
+    from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
+    from cog_pipeline.rundir import RunDir
+    from cog_pipeline.store import StoreConfig, open_store
+
+    from .test_replicas import schema_validator
+    from .test_workflow_gen import PRESENT, make_run
+
+    root = tmp_path / "buckets"
+    for key in PRESENT:
+        (root / "in" / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / "in" / key).write_bytes(b"tif")
+    (root / "out").mkdir(parents=True)
+    store_config = StoreConfig(local_root=root)
+    run = make_run(tmp_path, store_config)
+    config = load_config(_write(tmp_path, PROFILE))
+    generate(run, open_store("in", store_config), WorkflowSettings(**workflow_settings_kwargs(config)))
+    for name, schema in [(RunDir.WORKFLOW, "wf-5.0.yml"), (RunDir.REPLICAS, "rc-5.0.yml"),
+                         (RunDir.TRANSFORMATIONS, "tc-5.0.yml"), (RunDir.SITES, "sc-5.0.yml")]:
+        doc = yaml.safe_load(run.file(name).read_text(encoding="utf-8"))
+        errors = list(schema_validator(pegasus_schema_dir, schema).iter_errors(doc))
+        assert not errors, f"{name}: {errors[0].message}"
+    sites = {s["name"]: s for s in yaml.safe_load(run.file(RunDir.SITES).read_text())["sites"]}
+    assert "osn" in sites and sites["condorpool"]["profiles"]["pegasus"]["memory"] == 4096
+    props = run.file(RunDir.PROPERTIES).read_text()
+    assert "pegasus.data.configuration = nonsharedfs" in props and "pegasus.transfer.bypass.input.staging = true" in props
+    tc = run.file(RunDir.TRANSFORMATIONS).read_text()
+    assert "ubuntu-full-3.9.0" in tc
+    assert run.load().extra["plan_args"][:-1][-2:] == ["--staging-site", "condorpool=osn"]
