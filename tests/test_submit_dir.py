@@ -109,3 +109,41 @@ def test_classification_matches_the_real_pegasus_exitcode(samples, tmp_path):
         assert read_kickstart(out).classification == ours
         seen.add(ours)
     assert seen == {"success", "failure"}  # both outcomes were compared
+
+
+# The DAG's event log is not part of the samples; this one follows HTCondor's user-log format for the held
+# job's life (submit, held for a transfer failure, released, terminated) and is parsed by htcondor2 itself.
+HELD_EVENT_LOG = """000 (106.000.000) 2023-03-05 09:10:47 Job submitted from host: <128.9.46.53:9618?addrs=128.9.46.53-9618>
+    DAG Node: chebi_drug_loader_ID0000001
+...
+012 (106.000.000) 2023-03-05 09:11:22 Job was held.
+\tTransfer input files failure
+\tCode 13 Subcode 2
+...
+013 (106.000.000) 2023-03-05 09:11:40 Job was released.
+\tvia condor_release (by user mzalam)
+...
+005 (106.000.000) 2023-03-05 09:12:02 Job terminated.
+\t(1) Normal termination (return value 1)
+\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Run Remote Usage
+\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Run Local Usage
+\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Total Remote Usage
+\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Total Local Usage
+\t0  -  Run Bytes Sent By Job
+\t0  -  Run Bytes Received By Job
+\t0  -  Total Bytes Sent By Job
+\t0  -  Total Bytes Received By Job
+...
+"""
+
+
+def test_condor_event_log_gives_holds_and_releases_per_node(samples):
+    pytest.importorskip("htcondor2", reason="the HTCondor bindings are not installed")
+    from cog_pipeline.engines.pegasus.submit_dir import condor_events, holds_by_node, read_braindump
+
+    submit = samples / "sample_wf_held"
+    (submit / read_braindump(submit)["condor_log"]).write_text(HELD_EVENT_LOG)
+    events = condor_events(submit)
+    assert [e["type"] for e in events] == ["SUBMIT", "JOB_HELD", "JOB_RELEASED", "JOB_TERMINATED"]
+    assert events[-1]["return_value"] == 1 and events[1]["hold_code"] == 13
+    assert holds_by_node(events) == {"chebi_drug_loader_ID0000001": {"held": 1, "released": 1, "last_hold_reason": "Transfer input files failure"}}

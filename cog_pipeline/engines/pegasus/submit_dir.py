@@ -211,10 +211,32 @@ def condor_events(submit_dir: Path) -> list[dict[str, Any]]:
         path = Path(submit_dir) / name
         if not path.is_file():
             continue
+        nodes: dict[tuple[int, int], str] = {}  # DAGMan names the node only in the submit event's notes
         for event in htcondor2.JobEventLog(str(path)).events(stop_after=0):
-            events.append({"log": name, "type": event.type.name, "cluster": event.cluster, "proc": event.proc,
-                           "hold_reason": event.get("HoldReason"), "return_value": event.get("ReturnValue")})
+            notes = event.get("LogNotes") or ""
+            if notes.startswith("DAG Node: "):
+                nodes[(event.cluster, event.proc)] = notes[len("DAG Node: "):].strip()
+            events.append({
+                "log": name, "type": event.type.name, "cluster": event.cluster, "proc": event.proc,
+                "node": nodes.get((event.cluster, event.proc)), "hold_reason": event.get("HoldReason"),
+                "hold_code": event.get("HoldReasonCode"), "return_value": event.get("ReturnValue"),
+            })
     return events
+
+
+def holds_by_node(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per DAG node: how often it was held and released, and the last hold reason (from condor_events)."""
+    out: dict[str, dict[str, Any]] = {}
+    for event in events:
+        if event["node"] is None or event["type"] not in ("JOB_HELD", "JOB_RELEASED"):
+            continue
+        entry = out.setdefault(event["node"], {"held": 0, "released": 0, "last_hold_reason": None})
+        if event["type"] == "JOB_HELD":
+            entry["held"] += 1
+            entry["last_hold_reason"] = event["hold_reason"]
+        else:
+            entry["released"] += 1
+    return out
 
 
 @dataclass
