@@ -239,3 +239,22 @@ def test_refusal_names_the_character_and_the_way_out():
     reason = pegasus_key_problem("Counties/O'Brien/x.tif")
     assert reason is not None and "'" in reason and "rename the object, or run this manifest with --engine local" in reason
     assert pegasus_key_problem("Counties/WI/Eau Claire/x.tif") is None
+
+
+@pytest.mark.slow
+def test_real_cleanup_cannot_remove_a_scratch_key_with_a_space(s3_env, tmp_path):
+    """Measured, not refused: pegasus-s3 ``rm -F`` splits its URL list on whitespace, so a per-file cleanup
+    job (``--cleanup leaf`` on an S3 staging site) fails for keys with spaces, and the scratch copy stays.
+    The outputs are already at their keys by then, so rows are still processed; the planner must not rely on
+    per-file S3 cleanup (plan with ``--cleanup none`` and remove the run's scratch prefix another way)."""
+    client, bucket = s3_env["client"], s3_env["buckets"]["scratch"]
+    outcome = {}
+    for key in ("cleanup/plain.tif", "cleanup/Eau Claire/x.tif"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+        listing = [{"type": "remove", "target": {"site_label": SITE, "url": s3_url(bucket, key, identity=IDENTITY, site=SITE), "recursive": False}}]
+        (tmp_path / "rm.in").write_text(json.dumps(listing))
+        done = subprocess.run(["pegasus-transfer", "-m", "1", "--file", str(tmp_path / "rm.in")],
+                              env=s3_env["env"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        outcome[key] = (done.returncode, key in _keys_in(client, bucket))
+        client.delete_object(Bucket=bucket, Key=key)
+    assert outcome == {"cleanup/plain.tif": (0, False), "cleanup/Eau Claire/x.tif": (1, True)}
