@@ -59,7 +59,9 @@ def test_held_job_is_counted_as_held_then_failed(samples):
 
 
 def test_job_counts_fall_back_to_the_logs(samples, monkeypatch):
-    monkeypatch.setenv("PATH", str(samples))  # no pegasus-status here
+    from cog_pipeline.engines.pegasus import submit_dir
+
+    monkeypatch.setattr(submit_dir, "pegasus_status_command", lambda: None)  # as on a host without pegasus-wms
     source, counts = job_counts(samples / "process_wf_failure")
     assert source == "logs"
     assert counts == {"total": 2, "succeeded": 1, "failed": 1, "held": 0, "running": 0}
@@ -147,3 +149,11 @@ def test_condor_event_log_gives_holds_and_releases_per_node(samples):
     assert [e["type"] for e in events] == ["SUBMIT", "JOB_HELD", "JOB_RELEASED", "JOB_TERMINATED"]
     assert events[-1]["return_value"] == 1 and events[1]["hold_code"] == 13
     assert holds_by_node(events) == {"chebi_drug_loader_ID0000001": {"held": 1, "released": 1, "last_hold_reason": "Transfer input files failure"}}
+
+
+@pytest.mark.slow
+def test_job_counts_from_the_real_pegasus_status(samples):
+    pytest.importorskip("Pegasus.cli", reason="pegasus-wms is not installed")
+    source, root = job_counts(samples / "process_wf_failure")
+    assert source == "pegasus-status"
+    assert (root["succeeded"], root["failed"], root["state"]) == (1, 1, "Failure")

@@ -20,10 +20,10 @@ has at least one invocation record and every ``status: raw`` is 0 (and no ``inte
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,16 +276,32 @@ def job_counts_from_logs(submit_dir: Path) -> dict[str, int]:
     return counts
 
 
-def job_counts(submit_dir: Path, timeout: float = 60) -> tuple[str, dict[str, Any]]:
-    """("pegasus-status", its JSON) when ``pegasus-status --long --jsonrv`` works here, else ("logs", counts)."""
+def pegasus_status_command() -> list[str] | None:
+    """How to run the real pegasus-status here: on PATH, else the script the pegasus-wms wheel ships."""
     tool = shutil.which("pegasus-status")
     if tool is not None:
+        return [tool]
+    try:
+        import Pegasus
+    except ImportError:
+        return None
+    script = Path(Pegasus.__file__).parent / "cli" / "pegasus-status.py"
+    return [sys.executable, str(script)] if script.is_file() else None
+
+
+def job_counts(submit_dir: Path, timeout: float = 60) -> tuple[str, dict[str, Any]]:
+    """("pegasus-status", its root-DAG counts) from ``pegasus-status --long --jsonrv`` when it is installed
+    (``--noqueue`` where condor_q is missing: it would crash), else ("logs", counts from jobstate.log)."""
+    command = pegasus_status_command()
+    if command is not None:
+        command += ["--long", "--jsonrv"] + ([] if shutil.which("condor_q") else ["--noqueue"]) + [str(submit_dir)]
         try:
-            done = subprocess.run([tool, "--long", "--jsonrv", str(submit_dir)], capture_output=True, text=True, timeout=timeout)
-            if done.returncode == 0:
-                return "pegasus-status", json.loads(done.stdout)
-        except (OSError, subprocess.TimeoutExpired, ValueError):
-            pass
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+            root = json.loads(done.stdout)["dags"]["root"]
+            if done.returncode == 0 and isinstance(root, dict):
+                return "pegasus-status", root
+        except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
+            pass  # a crash prints a traceback, not JSON: the logs still know
     return "logs", job_counts_from_logs(submit_dir)
 
 
