@@ -37,7 +37,7 @@ LFN conventions
 
 Where things are
     * Input PFNs: ``replicas.yml``, lfn ``input/<key>`` -> one pfn on site ``storage``:
-      ``s3://<identity>@storage/<input-bucket>/<percent-encoded key>`` or, when buckets are folders,
+      ``s3://<identity>@storage/<input-bucket>/<raw key>`` or, when buckets are folders,
       ``file://<local_root>/<input-bucket>/<key>``. ``cog_pipeline.store.parse_location(pfn)`` gives
       (scheme, bucket, key) for S3 and ("file", "", absolute path) for folders.
     * Outputs: the output site is ``run.json`` ``extra.output_site`` (``storage``); in ``sites.yml`` that site's
