@@ -37,9 +37,9 @@ LFN conventions
 
 Where things are
     * Input PFNs: ``replicas.yml``, lfn ``input/<key>`` -> one pfn on site ``storage``:
-      ``s3://<identity>@storage/<input-bucket>/<percent-encoded key>`` or, when buckets are folders,
-      ``file://<local_root>/<input-bucket>/<key>``. ``cog_pipeline.store.parse_location(pfn)`` gives
-      (scheme, bucket, key) for S3 and ("file", "", absolute path) for folders.
+      ``s3://<identity>@storage/<input-bucket>/<raw key>`` or, when buckets are folders,
+      ``file://<local_root>/<input-bucket>/<key>``. Nothing in the package parses these back: the local
+      engine takes (bucket, key) from the LFN and run.json (the tests' ``tests/urls.py`` checks them).
     * Outputs: the output site is ``run.json`` ``extra.output_site`` (``storage``); in ``sites.yml`` that site's
       ``sharedStorage`` file server URL is the OUTPUT bucket root (``s3://<identity>@storage/<output-bucket>``
       or ``file://<local_root>/<output-bucket>``); an output lands at ``<url> + "/" + <LFN>``.

@@ -6,9 +6,10 @@ Conventions (shared with `cog_pipeline.pegasus.workflow_gen` and the local engin
   both a job's input and its output breaks Pegasus, and input and output keys are identical (``a/b.tif`` in
   the input bucket becomes ``a/b.tif`` in the output bucket), so inputs carry the ``input/`` prefix.
 * Every input replica is on the site ``storage`` (the S3 site of the site catalog, or the folder stand-in).
-* S3 PFN: ``s3://<identity>@<site>/<bucket>/<percent-encoded key>`` -- Pegasus' S3 URL form; the identity and
-  site name select the ``[identity@site]`` and ``[site]`` sections of ``credentials.conf``. Keys are
-  percent-encoded (UTF-8, ``/`` kept) so spaces, quotes, ``#``, ``?``, ``%`` and non-ASCII survive.
+* S3 PFN: ``s3://<identity>@<site>/<bucket>/<raw key>`` -- Pegasus' S3 URL form; the identity and site name
+  select the ``[identity@site]`` and ``[site]`` sections of ``credentials.conf``. Keys are RAW: pegasus-s3
+  passes the path to boto3 undecoded, so ``Eau%20Claire`` would be a different object. Keys the Pegasus tools
+  cannot carry at all (``'``, ``#``, ...) are refused at preflight: ``replicas.pegasus_keys``.
 * Folder PFN (embedded/local mode): ``file://<local_root>/<bucket>/<key>`` built with ``Path.as_uri()``.
 * Nothing in the package parses these URLs back: inside, keys travel as (bucket, key) pairs.
 * ``checksum: {sha256: ...}`` only when the digest is actually known; never guessed from an ETag.
@@ -21,7 +22,6 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 INPUT_LFN_PREFIX = "input/"
 DEFAULT_SITE = "storage"
@@ -56,7 +56,9 @@ def s3_url(bucket: str, key: str = "", *, identity: str = DEFAULT_IDENTITY, site
     if not bucket or "/" in bucket:
         raise ValueError(f"bucket name {bucket!r} must be non-empty and contain no '/'")
     root = f"s3://{identity}@{site}/{bucket}"
-    return f"{root}/{quote(key, safe='/')}" if key else root
+    # Raw key: pegasus-s3 passes the URL's path to boto3 as the key without decoding it (Pegasus 5.1,
+    # measured in tests/test_pegasus_transfer.py), so "%20" would name a different object than " ".
+    return f"{root}/{key}" if key else root
 
 
 def file_url(local_root: Path | str, bucket: str, key: str = "") -> str:
@@ -119,7 +121,7 @@ def replica_entries(
         if local_root is not None:
             pfn = (base / key).as_uri()
         else:
-            pfn = f"{root_uri}/{quote(key, safe='/')}"
+            pfn = f"{root_uri}/{key}"  # raw, as s3_url() (kept inline: 100,000 rows)
         digest = sha256.get(key)
         if digest is not None and not _SHA256_RE.match(digest):
             raise ValueError(f"sha256 for {key!r} is not 64 lowercase hex digits")

@@ -170,8 +170,6 @@ def test_record_provenance_from_a_real_run(shared_testdata: Path, tmp_path: Path
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="engine_local.load_jobs builds f'{output_root}/{lfn}' and parse_location cuts the key at '#': "
-                   "both outputs land at 'Eau Claire/a ' (found while testing provenance; engine_local is not this branch's)")
 def test_local_engine_delivers_keys_with_hash(shared_testdata: Path, tmp_path: Path) -> None:
     root, _ = _real_run(shared_testdata, tmp_path, "Eau Claire/a #1.tif")
     assert sorted(p.name for p in (root / "out" / "Eau Claire").iterdir()) == ["a #1.jpg", "a #1.tif"]

@@ -53,8 +53,8 @@ def schema_validator(schema_dir: Path, name: str):
 def test_s3_url_round_trips_through_parse_location(key):
     url = s3_url("input-bucket", key, identity="cog", site="storage")
     assert url.startswith("s3://cog@storage/input-bucket/")
-    assert " " not in url and '"' not in url and "#" not in url and "?" not in url
-    assert url.isascii()
+    # Raw: pegasus-s3 hands the URL path to boto3 as the key without decoding (tests/test_pegasus_transfer.py).
+    assert url == "s3://cog@storage/input-bucket/" + key
     assert parse_location(url) == ("s3", "input-bucket", key)
 
 

@@ -14,13 +14,14 @@ def parse_location(url: str) -> tuple[str, str, str]:
 
     Understands s3://bucket/key, Pegasus' s3://identity@site/bucket/key and file:///abs/path.
     """
+    if url.startswith("s3://"):
+        netloc, _, rest = url[len("s3://"):].partition("/")
+        if "@" in netloc:  # Pegasus: identity@site, then bucket/key with the key RAW, as pegasus-s3 reads it
+            bucket, _, key = rest.partition("/")
+            return "s3", bucket, key
+        parts = urlsplit(url)  # plain s3://bucket/<percent-encoded key> (ObjectStore.url, for log lines)
+        return "s3", parts.netloc, unquote(parts.path.lstrip("/"))
     parts = urlsplit(url)
-    if parts.scheme == "s3":
-        if "@" in parts.netloc:  # Pegasus: the netloc names identity@site, the bucket is the first path part
-            bucket, _, key = parts.path.lstrip("/").partition("/")
-        else:
-            bucket, key = parts.netloc, parts.path.lstrip("/")
-        return "s3", bucket, unquote(key)
     if parts.scheme == "file":
         return "file", "", unquote(parts.path)
     raise ValueError(f"unsupported replica location {url!r}")

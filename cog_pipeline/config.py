@@ -1,0 +1,331 @@
+"""One production configuration file: every setting the Pegasus path needs, declared once.
+
+A TOML profile (stdlib ``tomllib``), in the spirit of rio-cogeo's profiles: named sections of plain values,
+every one with a default, so an empty file (or none) is the documented default configuration::
+
+    [container]
+    image = "ghcr.io/osgeo/gdal:ubuntu-small-3.6.3"   # "" or enabled = false: run without a container
+    type = "singularity"
+
+    [resources]
+    cores = 1
+    memory_mb = 1024
+    disk_mb = 2048
+    wall_time_s = 0          # 0: no limit; else jobs running longer are removed (condor periodic_remove)
+
+    [data]
+    configuration = "nonsharedfs"   # or "condorio"
+    bypass_input_staging = true     # nonsharedfs: workers read inputs straight from S3
+
+    [s3]
+    site = "storage"
+    identity = "cog"
+
+    [dagman]
+    retries = 3
+    max_running = 10000
+
+    [transfers]
+    max_transfers = 40
+    threads = 4
+    attempts = 3
+
+    [backoff]
+    base_s = 60
+    max_s = 3600
+    releases = 3
+
+    [clustering]
+    size = 0                 # 0: no clustering
+
+    [pegasus.properties]     # extra properties, written as given
+    "pegasus.mode" = "production"
+
+    [condor.profiles]        # extra condor profiles for the conversion jobs
+    "+ProjectName" = '"cog"'
+
+Command-line flags override the file (``load_config(path, overrides)``). A bad value is a one-line
+``ConfigError`` naming the setting. Secrets never belong here (key files are CLI options), so ``show()`` can
+print everything; it still masks any key that looks like a secret in the free-form tables.
+Why nonsharedfs is the default: with condorio each image crosses the access point twice (S3 -> access point
+-> worker); with nonsharedfs + bypass the worker's PegasusLite reads it from S3 and the access point holds no
+image bytes (issue 9).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the same parser as a package
+    import tomli as tomllib  # type: ignore[no-redef]
+
+DEFAULT_IMAGE = "ghcr.io/osgeo/gdal:ubuntu-small-3.6.3"
+DATA_CONFIGURATIONS = ("nonsharedfs", "condorio")
+CONTAINER_TYPES = ("singularity", "docker")
+COMPUTE_SITE = "condorpool"
+# pegasus-transfer finds the bucket of an S3 URL with s3://\w+@\w+/ : anything else breaks mkdir.
+_WORD = re.compile(r"\w+", re.ASCII)
+_SECRET_HINT = re.compile(r"secret|password|passwd|token|access[_-]?key|credential", re.IGNORECASE)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line and names the setting."""
+
+
+@dataclass(frozen=True)
+class Container:
+    enabled: bool = True
+    image: str = DEFAULT_IMAGE
+    type: str = "singularity"
+
+
+@dataclass(frozen=True)
+class Resources:
+    cores: int = 1
+    memory_mb: int = 1024
+    disk_mb: int = 2048
+    wall_time_s: int = 0
+
+
+@dataclass(frozen=True)
+class Data:
+    configuration: str = "nonsharedfs"
+    bypass_input_staging: bool = True
+
+
+@dataclass(frozen=True)
+class S3:
+    site: str = "storage"
+    identity: str = "cog"
+
+
+@dataclass(frozen=True)
+class Dagman:
+    retries: int = 3
+    max_running: int = 10000
+
+
+@dataclass(frozen=True)
+class Transfers:
+    max_transfers: int = 40
+    threads: int = 4
+    attempts: int = 3
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base_s: int = 60
+    max_s: int = 3600
+    releases: int = 3
+
+
+@dataclass(frozen=True)
+class Clustering:
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    container: Container = field(default_factory=Container)
+    resources: Resources = field(default_factory=Resources)
+    data: Data = field(default_factory=Data)
+    s3: S3 = field(default_factory=S3)
+    dagman: Dagman = field(default_factory=Dagman)
+    transfers: Transfers = field(default_factory=Transfers)
+    backoff: Backoff = field(default_factory=Backoff)
+    clustering: Clustering = field(default_factory=Clustering)
+    pegasus_properties: dict[str, str] = field(default_factory=dict)
+    condor_profiles: dict[str, str] = field(default_factory=dict)
+    source: str | None = None  # the file it was read from (None: defaults only)
+
+    @property
+    def container_image(self) -> str:
+        """The image to run conversions in, or "" for none."""
+        return self.container.image if self.container.enabled else ""
+
+
+_SECTION_TYPES = {"container": Container, "resources": Resources, "data": Data, "s3": S3, "dagman": Dagman,
+                  "transfers": Transfers, "backoff": Backoff, "clustering": Clustering}
+# (section, field) -> smallest allowed value for integers
+_MINIMUM = {
+    ("resources", "cores"): 1, ("resources", "memory_mb"): 1, ("resources", "disk_mb"): 1, ("resources", "wall_time_s"): 0,
+    ("dagman", "retries"): 0, ("dagman", "max_running"): 1, ("transfers", "max_transfers"): 1, ("transfers", "threads"): 1,
+    ("transfers", "attempts"): 1, ("backoff", "base_s"): 1, ("backoff", "max_s"): 1, ("backoff", "releases"): 0,
+    ("clustering", "size"): 0,
+}
+
+
+def _check_value(section: str, name: str, value: Any, expected: Any) -> Any:
+    setting = f"{section}.{name}"
+    if expected is bool or expected == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{setting} must be true or false, not {value!r}")
+        return value
+    if expected is int or expected == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{setting} must be a whole number, not {value!r}")
+        low = _MINIMUM.get((section, name), 0)
+        if value < low:
+            raise ConfigError(f"{setting} must be >= {low}, not {value}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{setting} must be a string, not {value!r}")
+    return value
+
+
+def _section(name: str, table: Any, overrides: dict[str, Any]) -> Any:
+    cls = _SECTION_TYPES[name]
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{name}.{key} is not a setting (known: {', '.join(known)})")
+        values[key] = value
+    for dotted, value in overrides.items():
+        sec, _, key = dotted.partition(".")
+        if sec == name and value is not None:
+            if key not in known:
+                raise ConfigError(f"{dotted} is not a setting")
+            values[key] = value
+    checked = {k: _check_value(name, k, v, known[k].type) for k, v in values.items()}
+    return cls(**checked)
+
+
+def _string_table(name: str, table: Any) -> dict[str, str]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table of strings")
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"{name}.{key} must be a value, not a table (quote dotted names: \"{key}.x\" = ...)")
+        out[str(key)] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
+
+
+def _validate(config: PipelineConfig) -> None:
+    for name in ("site", "identity"):
+        value = getattr(config.s3, name)
+        if not _WORD.fullmatch(value):
+            raise ConfigError(f"s3.{name} {value!r} must be word characters only (letters, digits, _): pegasus-transfer matches s3://\\w+@\\w+/")
+    if config.s3.site in ("local", COMPUTE_SITE):
+        raise ConfigError(f"s3.site must not reuse the site name {config.s3.site!r}")
+    if config.data.configuration not in DATA_CONFIGURATIONS:
+        raise ConfigError(f"data.configuration must be one of {', '.join(DATA_CONFIGURATIONS)}, not {config.data.configuration!r}")
+    if config.container.type not in CONTAINER_TYPES:
+        raise ConfigError(f"container.type must be one of {', '.join(CONTAINER_TYPES)}, not {config.container.type!r}")
+    if config.backoff.max_s < config.backoff.base_s:
+        raise ConfigError(f"backoff.max_s ({config.backoff.max_s}) must be >= backoff.base_s ({config.backoff.base_s})")
+
+
+def load_config(path: Path | str | None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """The effective configuration: defaults, then the TOML file at `path`, then `overrides` (CLI flags).
+
+    `overrides` maps dotted settings to values (``{"resources.memory_mb": 4096, "container.enabled": False}``);
+    a None value means "flag not given" and leaves the file's value.
+    """
+    overrides = dict(overrides or {})
+    doc: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    unknown = set(doc) - set(_SECTION_TYPES) - {"pegasus", "condor"}
+    if unknown:
+        raise ConfigError(f"unknown section [{sorted(unknown)[0]}] (known: {', '.join([*_SECTION_TYPES, 'pegasus.properties', 'condor.profiles'])})")
+    for dotted in overrides:
+        if dotted.partition(".")[0] not in _SECTION_TYPES:
+            raise ConfigError(f"{dotted} is not a setting")
+    sections = {name: _section(name, doc.get(name, {}), overrides) for name in _SECTION_TYPES}
+    extras = {}
+    for outer, inner in (("pegasus", "properties"), ("condor", "profiles")):
+        table = doc.get(outer, {})
+        if not isinstance(table, dict) or set(table) - {inner}:
+            raise ConfigError(f"[{outer}] only holds the table [{outer}.{inner}]")
+        extras[f"{outer}_{inner}"] = _string_table(f"{outer}.{inner}", table.get(inner, {}))
+    config = PipelineConfig(**sections, **extras, source=str(path) if path is not None else None)
+    _validate(config)
+    return config
+
+
+def _masked(key: str, value: str) -> str:
+    return "<hidden>" if _SECRET_HINT.search(key) else value
+
+
+def show(config: PipelineConfig) -> str:
+    """The effective settings, one `section.name = value` per line (what `cog-pipeline config show` prints)."""
+    lines = [f"# configuration: {config.source or 'built-in defaults'}"]
+    for name in _SECTION_TYPES:
+        for f in dataclasses.fields(_SECTION_TYPES[name]):
+            lines.append(f"{name}.{f.name} = {getattr(getattr(config, name), f.name)!r}")
+    for label, table in (("pegasus.properties", config.pegasus_properties), ("condor.profiles", config.condor_profiles)):
+        for key, value in sorted(table.items()):
+            lines.append(f"{label}.{key} = {_masked(key, value)!r}")
+    return "\n".join(lines)
+
+
+def workflow_settings_kwargs(config: PipelineConfig) -> dict[str, Any]:
+    """Keyword arguments for ``pegasus.workflow_gen.WorkflowSettings``: the generator's view of the config."""
+    return {
+        "retries": config.dagman.retries,
+        "max_running": config.dagman.max_running,
+        "max_transfers": config.transfers.max_transfers,
+        "transfer_threads": config.transfers.threads,
+        "transfer_attempts": config.transfers.attempts,
+        "backoff_base": config.backoff.base_s,
+        "backoff_max": config.backoff.max_s,
+        "backoff_releases": config.backoff.releases,
+        "cluster_size": config.clustering.size or None,
+        "s3_site": config.s3.site,
+        "identity": config.s3.identity,
+        "container_image": config.container_image,
+        "container_type": config.container.type,
+        "cpus": config.resources.cores,
+        "memory_mb": config.resources.memory_mb,
+        "disk_mb": config.resources.disk_mb,
+        "data_configuration": config.data.configuration,
+    }
+
+
+def pegasus_properties(config: PipelineConfig) -> dict[str, str]:
+    """Properties the generator adds on top of its own: the data flow and the operator's extra properties.
+
+    nonsharedfs + bypass: PegasusLite on the worker pulls each input straight from s3://.../<key>, so no image
+    crosses the access point; the planner then needs ``--staging-site condorpool=<s3 site>`` (plan_args()).
+    """
+    props = {"pegasus.data.configuration": config.data.configuration}
+    if config.data.configuration == "nonsharedfs":
+        props["pegasus.transfer.bypass.input.staging"] = "true" if config.data.bypass_input_staging else "false"
+    props.update(config.pegasus_properties)  # the operator's word wins
+    return props
+
+
+def condor_profiles(config: PipelineConfig) -> dict[str, str]:
+    """Extra condor profiles for the conversion jobs (condorpool site): wall-time limit and the operator's own."""
+    profiles: dict[str, str] = {}
+    if config.resources.wall_time_s:
+        # Remove a conversion running longer than the limit; DAGMan counts it as a failure and retries it.
+        profiles["periodic_remove"] = f"(JobStatus == 2) && ((time() - EnteredCurrentStatus) > {config.resources.wall_time_s})"
+    profiles.update(config.condor_profiles)
+    return profiles
+
+
+def plan_args(config: PipelineConfig) -> list[str]:
+    """The pegasus-plan site arguments the data configuration needs (condorio: staging site must stay local)."""
+    args = ["--sites", COMPUTE_SITE, "--output-sites", config.s3.site]
+    if config.data.configuration == "nonsharedfs":
+        args += ["--staging-site", f"{COMPUTE_SITE}={config.s3.site}"]
+    if config.clustering.size:
+        args += ["--cluster", "horizontal"]
+    return args
