@@ -144,4 +144,4 @@ def test_profile_drives_schema_valid_generated_files(tmp_path, pegasus_schema_di
     assert "pegasus.data.configuration = nonsharedfs" in props and "pegasus.transfer.bypass.input.staging = true" in props
     tc = run.file(RunDir.TRANSFORMATIONS).read_text()
     assert "ubuntu-full-3.9.0" in tc
-    assert run.load().extra["plan_args"][:-1][-2:] == ["--staging-site", "condorpool=osn"]
+    assert run.load().plan_args[:-1][-2:] == ["--staging-site", "condorpool=osn"]
