@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cog_pipeline.transformations.budget import condor_memory_mb, memory_budget_mb
@@ -66,3 +67,23 @@ def test_executable_stays_under_a_small_budget(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     peak_mib = int(proc.stdout.split()[-1]) / 1024
     assert peak_mib < 300, peak_mib
+
+
+@pytest.mark.parametrize("count,height,width", [(3, 300, 410), (1, 700, 910), (4, 257, 1030)])
+def test_preview_over_the_budget_is_written_in_strips_with_the_drivers_pixels(
+        tmp_path: Path, count: int, height: int, width: int) -> None:
+    """A preview whose coefficient buffer exceeds a third of the budget is joined from baseline strips:
+    a valid JPEG (restart markers between strips, odd sizes with a partial last strip and MCU
+    padding) that decodes to exactly the pixels GDAL's JPEG driver writes."""
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(count, height, width),
+                        **({"photometric": "RGB"} if count >= 3 else {}))
+    driver = convert(src, tmp_path / "d.tif", tmp_path / "d.jpg", count)
+    strips = convert(src, tmp_path / "s.tif", tmp_path / "s.jpg", count, memory_budget_mb=1)
+    assert (driver.jpeg_method, strips.jpeg_method) == ("driver", "strips")
+    assert not strips.warnings
+    with rasters.open_(tmp_path / "s.jpg") as ds:
+        assert (ds.driver, ds.count, ds.width, ds.height) == ("JPEG", min(count, 3), width, height)
+    assert np.array_equal(rasters.read(tmp_path / "s.jpg"), rasters.read(tmp_path / "d.jpg"))
+    data = (tmp_path / "s.jpg").read_bytes()
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9" and b"\xff\xdd" in data  # SOI, EOI, DRI
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no strip temp left

@@ -34,6 +34,9 @@ def cog_options(info: RasterInfo, threads: int, resampling: Optional[str]) -> Di
 
 
 COG_METHOD_ENV = "COG_PIPELINE_COG_METHOD"
+#: Largest uncompressed image the parallel path takes: its parts and the assembled COG are classic
+#: TIFFs (< 4 GB), and LZW with the predictor expands incompressible data by at most ~1.5x.
+PARALLEL_MAX_BYTES = 2_600_000_000
 _PARALLEL_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
 
@@ -75,7 +78,7 @@ def cog_method(info: RasterInfo, resampling: Optional[str] = None) -> str:
         and all(n is None for n in info.nodata)
         and len(set(info.dtypes)) == 1
         and info.dtypes[0] in _PARALLEL_DTYPES
-        and info.width * info.height * info.count * itemsize <= 1_500_000_000
+        and info.width * info.height * info.count * itemsize <= PARALLEL_MAX_BYTES
     )
     return "parallel" if ok else "driver"
 

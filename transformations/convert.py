@@ -21,6 +21,7 @@ from .exit_codes import ConversionError, ExitCode, GdalFailure
 from .rasterinfo import RasterInfo
 from .failures import classify_write_failure, remove_outputs, temp_name
 from .inputs import inspect_input
+from .jpeg_strips import coefficient_buffer_bytes, write_streamed_jpeg
 from .provenance import embed_metadata
 from .preview import plan_preview, preview_vrt
 from .settings import CACHEMAX_ENV, COG_BLOCKSIZE, DEFAULT_CACHEMAX_MB, JPEG_CACHEMAX_MB, JPEG_QUALITY, OVERVIEW_THREADS_ENV, PARALLEL_CACHEMAX_MB, RESAMPLING_ENV, THREADS_ENV
@@ -50,6 +51,8 @@ class ConversionResult:
     timings: Dict[str, float] = field(default_factory=dict)
     #: how the COG was built: "parallel" (overviews || full resolution, then assembled) or "driver"
     cog_method: str = "driver"
+    #: how the JPEG was written: "driver" (GDAL's JPEG driver) or "strips" (bounded memory, jpeg_strips.py)
+    jpeg_method: str = "driver"
     warnings: List[str] = field(default_factory=list)
     #: the memory budget the conversion ran under and the GDAL block cache it chose (MB)
     memory_budget_mb: int = 0
@@ -217,10 +220,16 @@ def convert(
         be.set_cachemax(cachemax_mb << 20)
         jpeg_outcome: Dict[str, Any] = {}
 
+        # GDAL's JPEG driver holds the whole preview's DCT coefficients (optimised Huffman tables);
+        # above a third of the budget the preview is written strip by strip instead (jpeg_strips.py).
+        jpeg_streamed = coefficient_buffer_bytes(plan.width, plan.height, plan.band_count) > (budget_mb << 20) // 3
+        tmp_strips = temp_name(output_jpg, ".strips.tif", token)
+        temps.append(tmp_strips)
+
         def make_jpeg() -> None:
             t0 = time.perf_counter()
             try:
-                be.create_copy("JPEG", tmp_vrt, tmp_jpg, {"QUALITY": str(JPEG_QUALITY)})
+                _write_jpeg(tmp_vrt, tmp_jpg, tmp_strips, plan.band_count, jpeg_streamed, jpeg_outcome)
                 _remove_sidecar(tmp_jpg)
                 jpeg_outcome["errors"] = validate_jpeg(tmp_jpg, plan.width, plan.height, plan.band_count)
             except GdalFailure as exc:
@@ -305,8 +314,10 @@ def convert(
         gdal_version=str(be.version),
         threads=threads,
         cog_method=method,
+        jpeg_method=jpeg_outcome.get("method", "driver"),
         timings=timings,
-        warnings=list(warns),
+        warnings=list(warns) + ([f"JPEG strips not joinable ({jpeg_outcome['strips_problem']}): GDAL's JPEG driver used"]
+                                if "strips_problem" in jpeg_outcome else []),
         memory_budget_mb=budget_mb,
         cachemax_mb=cachemax_mb,
         exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK,
@@ -326,6 +337,22 @@ def _trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def _write_jpeg(vrt: str, jpg: str, strips: str, bands: int, streamed: bool, outcome: Dict[str, Any]) -> None:
+    """The preview: GDAL's JPEG driver, or (``streamed``) baseline strips joined in bounded memory."""
+    be = get_backend()
+    if streamed:
+        try:
+            write_streamed_jpeg(vrt, strips, jpg, bands, JPEG_QUALITY)
+            outcome["method"] = "strips"
+            return
+        except ValueError as exc:  # strips not as expected (another libtiff/libjpeg): the driver, unbounded
+            outcome["strips_problem"] = str(exc)
+        finally:
+            remove_outputs(strips)
+    be.create_copy("JPEG", vrt, jpg, {"QUALITY": str(JPEG_QUALITY)})
+    outcome["method"] = "driver"
 
 
 def _remove_sidecar(path: str) -> None:
