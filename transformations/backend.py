@@ -9,9 +9,10 @@ binding is loaded on first use, not at import, so importing the package costs no
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import TYPE_CHECKING, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported only where pixels are read: its import costs ~0.2 CPU-s per process
+    import numpy as np
 
 from .exit_codes import ConversionError, ExitCode
 from .rasterinfo import RasterInfo
@@ -40,6 +41,8 @@ class GdalBackend(Protocol):
              out_shape: Optional[Tuple[int, int]] = None, masks: bool = False) -> np.ndarray: ...
 
     def checksums(self, path: str) -> Tuple[List[int], List[int]]: ...
+
+    def decode_check(self, path: str) -> None: ...
 
     def set_config(self, key: str, value: Optional[str]) -> None: ...
 
