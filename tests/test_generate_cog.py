@@ -731,6 +731,11 @@ def set_cachemax(nbytes):
     events.append(["cache", nbytes >> 20])
     return setcache(nbytes)
 be.create_copy, be.set_cachemax = create_copy, set_cachemax
+cascade = be.cascade_overviews
+def cascade_overviews(*args):
+    events.append(["overviews", threading.current_thread().name])
+    return cascade(*args)
+be.cascade_overviews = cascade_overviews
 cog._nice_this_thread = lambda nice: events.append(["nice", nice, threading.current_thread().name])
 g._trim_heap = lambda: events.append(["trim"])
 cachemax = int(sys.argv[5]) if len(sys.argv) > 5 else None
@@ -767,6 +772,7 @@ def test_osgeo_parallel_full_res_thread_is_niced_and_jpeg_runs_beside(tmp_path: 
     assert [e for e in events if e[0] == "nice"] == [["nice", 5, "generate_cog-full-res"]]
     assert ["copy", "GTiff", "generate_cog-full-res"] in events
     assert ["copy", "JPEG", "generate_cog-jpeg"] in events
+    assert ["overviews", "generate_cog-overviews"] in events
     assert ["trim"] not in events
     assert events[0] == ["cache", 64]
 
@@ -805,3 +811,6 @@ def test_osgeo_one_cpu_writes_the_jpeg_after_the_cog(tmp_path: Path, var: str) -
     copies = [e for e in out["events"] if e[0] == "copy"]
     assert copies[-1] == ["copy", "JPEG", "MainThread"]
     assert all(e[1] == "GTiff" for e in copies[:-1])
+    # and the overview pyramid follows the full resolution in the same thread: no second heap arena
+    assert [e for e in out["events"] if e[0] == "overviews"] == [["overviews", "MainThread"]]
+    assert {e[2] for e in copies} == {"MainThread"}

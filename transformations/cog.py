@@ -125,8 +125,12 @@ def parallel_cog(info: RasterInfo, out: str, threads: int, temps: List[str], tok
             outcome["error"] = exc
         outcome["overviews"] = time.perf_counter() - t0
 
+    # One CPU (a CHTC slot): the two halves run one after the other in this thread. Threads would
+    # only take turns on the core, and each would grow its own heap arena (peak RSS).
+    sequential = threads == 1
     worker = threading.Thread(target=overviews, name="generate_cog-overviews", daemon=True)
-    worker.start()
+    if not sequential:
+        worker.start()
     t0 = time.perf_counter()
     full_outcome: Dict[str, Any] = {}
 
@@ -149,7 +153,10 @@ def parallel_cog(info: RasterInfo, out: str, threads: int, temps: List[str], tok
         be.create_copy("GTiff", info.path, full, gtiff)
         full_outcome["seconds"] = time.perf_counter() - t0
     timings["cog_full_res"] = full_outcome.get("seconds", 0.0)
-    worker.join()
+    if sequential:
+        overviews()
+    else:
+        worker.join()
     if "error" in full_outcome:
         raise full_outcome["error"]
     timings["cog_overviews"] = outcome.get("overviews", 0.0)
