@@ -44,6 +44,7 @@ def test_budget_defaults_to_1_gb_outside_a_slot_or_for_an_expression(tmp_path: P
 
 def test_budget_caps_the_block_cache(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("COG_PIPELINE_CACHEMAX", raising=False)
+    monkeypatch.setenv("COG_PIPELINE_COG_METHOD", "driver")  # the parallel path's own default is 64 MB
     monkeypatch.setenv("_CONDOR_JOB_AD", str(_job_ad(tmp_path, "RequestMemory = 256\n")))
     src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 600, 600))
     result = convert(src, tmp_path / "o.tif", tmp_path / "o.jpg", 3)

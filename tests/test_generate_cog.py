@@ -666,6 +666,36 @@ def test_osgeo_parallel_cog_is_the_cog_drivers_cog(tmp_path: Path, count: int, w
             np.testing.assert_array_equal(b.read(), a.read())
 
 
+@pytest.mark.parametrize(
+    "count,width,height,dtype",
+    [(4, 1100, 1100, "uint8"), (3, 2050, 1030, "uint8"), (1, 1300, 700, "uint16"), (1, 1030, 1030, "float32")],
+)
+def test_rasterio_parallel_cog_is_the_cog_drivers_cog(tmp_path: Path, count: int, width: int, height: int,
+                                                      dtype: str) -> None:
+    """Under rasterio's GDAL (no GDALRegenerateOverviews) the parallel path writes, tile for tile, what
+    rasterio's own COG driver writes: halvings by the overview builder, the levels after an odd size
+    (2050x1030 -> 1025x515 -> 512x257) by the COG driver run on the level before."""
+    data = rasters.textured(count, height, width, dtype=dtype)
+    extra = {"photometric": "RGB"} if count == 3 else {"photometric": "RGB", "alpha": "UNSPECIFIED"} if count == 4 else {}
+    src = rasters.write(tmp_path / "in.tif", data, **extra)
+    tif, jpg = outputs(tmp_path)
+    result = convert(src, tif, jpg, count, verify_pixels=True)
+    assert (result.backend, result.cog_method) == ("rasterio", "parallel")
+    reference = tmp_path / "reference.tif"
+    rasterio.shutil.copy(src, reference, driver="COG", COMPRESS="LZW", PREDICTOR="YES")
+    assert_cog_valid(tif)
+    assert tif.stat().st_size == reference.stat().st_size
+    assert _tile_data(tif) == _tile_data(reference)
+    np.testing.assert_array_equal(rasters.read(tif), data)
+    assert sorted(p.name for p in tif.parent.iterdir()) == ["out.jpg", "out.tif"]  # every part deleted
+
+
+def test_rasterio_odd_sized_input_uses_the_cog_driver(tmp_path: Path) -> None:
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(1, 701, 1300))
+    tif, jpg = outputs(tmp_path)
+    assert convert(src, tif, jpg, 1).cog_method == "driver"
+
+
 @needs_osgeo
 def test_osgeo_inputs_with_nodata_use_the_cog_driver(tmp_path: Path) -> None:
     src = rasters.write(tmp_path / "in.tif", rasters.textured(1, 700, 700), nodata=0)

@@ -114,8 +114,9 @@ class OsgeoBackend:
             raise GdalFailure(messages[-1] if messages else f"{driver} CreateCopy failed", messages)
         return messages
 
-    #: The parallel COG path needs GDALRegenerateOverviews (explicit overview sizes).
+    #: GDALRegenerateOverviews makes any level at its exact size, odd sizes included.
     can_cascade_overviews = True
+    regenerates_exact_sizes = True
 
     def cascade_overviews(
         self,

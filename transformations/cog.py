@@ -68,6 +68,7 @@ def cog_method(info: RasterInfo, resampling: Optional[str] = None) -> str:
         itemsize = 8
     ok = (
         getattr(be, "can_cascade_overviews", False)
+        and (getattr(be, "regenerates_exact_sizes", False) or (info.width % 2 == 0 and info.height % 2 == 0))
         and (not resampling or resampling.lower() == "cubic")
         and info.driver == "GTiff"
         and info.count >= 1
