@@ -13,7 +13,7 @@ import pytest
 from cog_pipeline.transformations.budget import condor_memory_mb, memory_budget_mb
 from cog_pipeline.transformations.convert import convert
 from tests import rasters
-from tests.convert_support import EXECUTABLE
+from tests.convert_support import EXECUTABLE, SYSTEM_PYTHON, needs_osgeo
 
 
 def _job_ad(tmp_path: Path, text: str) -> Path:
@@ -88,3 +88,19 @@ def test_preview_over_the_budget_is_written_in_strips_with_the_drivers_pixels(
     data = (tmp_path / "s.jpg").read_bytes()
     assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9" and b"\xff\xdd" in data  # SOI, EOI, DRI
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no strip temp left
+
+
+@needs_osgeo
+def test_osgeo_preview_strips_decode_to_the_drivers_pixels(tmp_path: Path) -> None:
+    """The same on the stock-container stand-in (system GDAL 3.6, libtiff + libjpeg-turbo)."""
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 300, 410), photometric="RGB")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COG_PIPELINE_")}
+    outs = {}
+    for name, budget in (("d", "1024"), ("s", "1")):  # the CLI refuses < 64 MB; the environment does not
+        proc = subprocess.run([SYSTEM_PYTHON, str(EXECUTABLE), str(src), str(tmp_path / f"{name}.tif"),
+                               str(tmp_path / f"{name}.jpg"), "-v"], capture_output=True, text=True,
+                              env={**env, "COG_PIPELINE_MEMORY_BUDGET": budget}, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        outs[name] = proc.stdout
+    assert "osgeo GDAL" in outs["s"] and "jpeg strips" in outs["s"] and "jpeg driver" in outs["d"]
+    assert np.array_equal(rasters.read(tmp_path / "s.jpg"), rasters.read(tmp_path / "d.jpg"))
