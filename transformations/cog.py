@@ -54,7 +54,8 @@ def cog_method(info: RasterInfo, resampling: Optional[str] = None) -> str:
     assembled (see :func:`parallel_cog`), else ``'driver'`` (GDAL's COG driver in one call).
 
     The parallel path covers the common case only, where its overviews are proven identical to
-    the COG driver's: the osgeo binding, a GTiff input needing overviews and having none,
+    the COG driver's: a binding that can cascade the pyramid (osgeo: any size; rasterio: an
+    even-sized input), a GTiff input needing overviews and having none,
     no nodata, mask, alpha band or palette (those change how GDAL resamples), one data type,
     the default (cubic) resampling, and an image small enough for a classic TIFF.
     ``COG_PIPELINE_COG_METHOD=driver`` forces the driver.
