@@ -690,6 +690,25 @@ def test_rasterio_parallel_cog_is_the_cog_drivers_cog(tmp_path: Path, count: int
     assert sorted(p.name for p in tif.parent.iterdir()) == ["out.jpg", "out.tif"]  # every part deleted
 
 
+def test_compressed_input_is_decoded_once_into_the_same_cog(tmp_path: Path) -> None:
+    """An LZW input is decoded once into an uncompressed temporary that the full resolution, the overview
+    builder and the JPEG all read: the COG's tiles and the JPEG equal those made from the plain input."""
+    data = rasters.textured(3, 1100, 1100)
+    plain = rasters.write(tmp_path / "plain.tif", data, photometric="RGB")
+    packed = rasters.write(tmp_path / "packed.tif", data, photometric="RGB", compress="LZW")
+    a_tif, a_jpg = outputs(tmp_path, "a")
+    b_tif, b_jpg = outputs(tmp_path, "b")
+    a = convert(plain, a_tif, a_jpg, 3)
+    b = convert(packed, b_tif, b_jpg, 3)
+    assert "decompress" not in a.timings and "decompress" in b.timings
+    assert b.cog_method == "parallel"
+    assert _tile_data(b_tif) == _tile_data(a_tif)
+    np.testing.assert_array_equal(rasters.read(b_jpg), rasters.read(a_jpg))
+    with rasters.open_(b_tif) as ds:
+        assert (ds.crs, ds.transform) == (rasters.open_(packed).crs, rasters.open_(packed).transform)
+    assert sorted(p.name for p in a_tif.parent.iterdir()) == ["a.jpg", "a.tif", "b.jpg", "b.tif"]
+
+
 def test_rasterio_odd_sized_input_uses_the_cog_driver(tmp_path: Path) -> None:
     src = rasters.write(tmp_path / "in.tif", rasters.textured(1, 701, 1300))
     tif, jpg = outputs(tmp_path)

@@ -21,6 +21,7 @@ from .exit_codes import ConversionError, ExitCode, GdalFailure
 from .rasterinfo import RasterInfo
 from .failures import classify_write_failure, remove_outputs, temp_name
 from .inputs import inspect_input
+from .tiff import TiffTag, read_tiff_ifds
 from .jpeg_strips import coefficient_buffer_bytes, write_streamed_jpeg
 from .provenance import embed_metadata
 from .preview import plan_preview, preview_vrt
@@ -240,15 +241,31 @@ def convert(
 
         try:
             with _Config(config):
+                cog_failure: Optional[GdalFailure] = None
+                work = info
+                if method == "parallel" and _compressed(info.path):
+                    # The full resolution, the overview builder and the JPEG each read the input: decode a
+                    # compressed input once into an uncompressed temporary and let all three read that.
+                    t0 = time.perf_counter()
+                    raw = temp_name(output_tif, ".raw.tif", token)
+                    temps.append(raw)
+                    try:
+                        be.create_copy("GTiff", info.path, raw, {"COMPRESS": "NONE", "INTERLEAVE": "PIXEL",
+                                                                 "BIGTIFF": "IF_SAFER"})
+                        work = replace(info, path=raw)
+                        with open(tmp_vrt, "w", encoding="utf-8") as fh:
+                            fh.write(preview_vrt(work, plan))
+                    except GdalFailure as exc:
+                        cog_failure = exc
+                    timings["decompress"] = time.perf_counter() - t0
                 jpeg_thread = threading.Thread(target=make_jpeg, name="generate_cog-jpeg", daemon=True)
-                if not jpeg_after:
+                if not jpeg_after and cog_failure is None:
                     jpeg_thread.start()
                 t0 = time.perf_counter()
-                cog_failure: Optional[GdalFailure] = None
                 try:
-                    if method == "parallel":
+                    if method == "parallel" and cog_failure is None:
                         try:
-                            parallel_cog(info, tmp_tif, threads, temps, token, timings, beside_jpeg=not jpeg_after)
+                            parallel_cog(work, tmp_tif, threads, temps, token, timings, beside_jpeg=not jpeg_after)
                         except ValueError:  # a part GDAL wrote is not what the assembler expects
                             method = "driver"
                     if method == "driver":
@@ -263,8 +280,10 @@ def convert(
                         be.set_cachemax(min(JPEG_CACHEMAX_MB, cachemax_mb) << 20)
                     _trim_heap()  # hand the COG threads' freed buffers back before libjpeg's buffer
                     make_jpeg()
-                elif not jpeg_after:
+                elif not jpeg_after and jpeg_thread.is_alive():
                     jpeg_thread.join()
+                if work is not info:
+                    remove_outputs(work.path)
         finally:
             be.set_cachemax(saved_cache)  # a library caller keeps its own cache size, whatever happened
         timings["jpeg"] = jpeg_outcome.get("seconds", 0.0)
@@ -324,6 +343,15 @@ def convert(
         reason=mismatch,
     )
 
+
+
+def _compressed(path: str) -> bool:
+    """True when the TIFF's first image is compressed (its pixels cost a decode on every read)."""
+    try:
+        ifds, _ = read_tiff_ifds(path)
+    except (OSError, ValueError):
+        return False
+    return bool(ifds) and ifds[0].tags.get(TiffTag.COMPRESSION, [1])[0] != 1
 
 
 def _trim_heap() -> None:
