@@ -250,7 +250,8 @@ def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     print()
-    print(f"{args.size}x{args.size} uint8, striped uncompressed input; median of {args.rounds} round(s)")
+    print(f"{args.size}x{args.size} uint8, striped {'uncompressed' if args.compress == 'none' else args.compress.upper()} input; "
+          f"{'one CPU (taskset -c 0, GDAL_NUM_THREADS=1); ' if args.one_cpu else ''}median of {args.rounds} round(s)")
     head = f"{'bands':>5} {'contender':>9} {'wall s':>7} {'best s':>7} {'CPU s':>6} {'peak RSS MiB':>12} {'COG MB':>8} {'JPEG MB':>8}"
     print(head)
     print("-" * len(head))
