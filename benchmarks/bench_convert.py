@@ -38,14 +38,15 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "benchmarks" / "data"
+#: Inputs are cached outside the repository (a 40000x40000 4-band input is several GB).
+DATA = Path(os.environ.get("COG_BENCH_DATA", "/tmp/cog-bench-data"))
 TESTDATA = REPO.parent / "shared" / "testdata" / "rasterio"
 GENERATE_COG = REPO / "transformations" / "generate_cog"
 VENV_PYTHON = sys.executable
 
 
-def make_input(path: Path, size: int, bands: int) -> Path:
-    """A size x size uint8 striped, uncompressed GeoTIFF built from real imagery."""
+def make_input(path: Path, size: int, bands: int, compress: str = "none") -> Path:
+    """A size x size uint8 striped GeoTIFF (uncompressed, or LZW) built from real imagery."""
     if path.exists():
         return path
     import rasterio
@@ -63,6 +64,8 @@ def make_input(path: Path, size: int, bands: int) -> Path:
         driver="GTiff", width=size, height=size, count=bands, dtype="uint8", crs="EPSG:26916",
         transform=from_origin(600000.0, 5000000.0, 0.3, 0.3),
     )
+    if compress != "none":
+        profile.update(compress=compress.upper(), bigtiff="IF_SAFER")
     if bands == 3:
         profile.update(photometric="RGB")
     elif bands == 4:
@@ -96,10 +99,19 @@ print(json.dumps({"code": os.waitstatus_to_exitcode(status), "wall": wall, "cpu"
 """
 
 
+#: --one-cpu: every contender pinned to CPU 0 with one GDAL thread, standing in for an HTCondor slot
+#: with request_cpus = 1.
+ONE_CPU = {"on": False}
+
+
 def run_measured(cmd: list[str], env: dict | None = None) -> dict:
     """Run one process in a fresh measuring process; wall seconds, CPU seconds and peak RSS (MiB)."""
     import json
 
+    env = dict(os.environ if env is None else env)
+    if ONE_CPU["on"]:
+        cmd = ["taskset", "-c", "0", *cmd]
+        env.update(GDAL_NUM_THREADS="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-S", "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env)
     try:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -198,26 +210,37 @@ def main() -> int:
     p.add_argument("--gdal", choices=["system", "rasterio"], default="system")
     p.add_argument("--workdir", type=Path, default=None, help="where outputs go (default: a temp dir beside the data)")
     p.add_argument("--ours", type=Path, default=GENERATE_COG, help="the converter to time (default: transformations/generate_cog)")
+    p.add_argument("--compress", choices=["none", "lzw"], default="none", help="input compression")
+    p.add_argument("--one-cpu", action="store_true", help="taskset -c 0 and GDAL_NUM_THREADS=1 for every contender")
+    p.add_argument("--skip-original", action="store_true", help="time only ours (e.g. once at 40000x40000)")
     p.add_argument("ours_args", nargs="*", help="extra generate_cog options after --, e.g. -- --threads 2")
     args = p.parse_args()
+    ONE_CPU["on"] = args.one_cpu
 
     print(f"GDAL build for both contenders: {gdal_version(args.gdal)} ({args.gdal}); "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
     rows = []
     for bands in args.bands:
-        src = make_input(DATA / f"bench_{args.size}_{bands}b.tif", args.size, bands)
+        src = make_input(DATA / f"bench_{args.size}_{bands}b_{args.compress}.tif", args.size, bands, args.compress)
         subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL)  # same warm page cache for both
         workdir = Path(tempfile.mkdtemp(prefix="bench_", dir=args.workdir or DATA))
         try:
             runs = {"original": [], "ours": []}
+            if args.skip_original:
+                for r in range(args.rounds):
+                    n = ours(args.gdal, src, bands, workdir, args.ours_args, args.ours)
+                    print(f"  {bands} bands round {r + 1}: ours {n['wall']:.2f}s wall {n['cpu']:.2f}s CPU "
+                          f"{n['rss']:.0f} MiB peak, COG {n['cog'].stat().st_size / 1e6:.1f} MB, JPEG "
+                          f"{n['jpg'].stat().st_size / 1e6:.2f} MB (load {os.getloadavg()[0]:.1f})", flush=True)
+                continue
             for r in range(args.rounds):
                 o = original(args.gdal, src, bands, workdir)
                 n = ours(args.gdal, src, bands, workdir, args.ours_args, args.ours)
                 runs["original"].append(o)
                 runs["ours"].append(n)
                 print(f"  {bands} bands round {r + 1}: original {o['wall']:.2f}s wall {o['cpu']:.2f}s CPU "
-                      f"({o['steps']}), ours {n['wall']:.2f}s wall {n['cpu']:.2f}s CPU "
-                      f"-> {o['wall'] / n['wall']:.2f}x (load {os.getloadavg()[0]:.1f})", flush=True)
+                      f"{o['rss']:.0f} MiB ({o['steps']}), ours {n['wall']:.2f}s wall {n['cpu']:.2f}s CPU "
+                      f"{n['rss']:.0f} MiB -> {o['wall'] / n['wall']:.2f}x (load {os.getloadavg()[0]:.1f})", flush=True)
             identical = same_pixels(runs["original"][-1]["cog"], runs["ours"][-1]["cog"])
             sizes = {k: (v[-1]["cog"].stat().st_size, v[-1]["jpg"].stat().st_size) for k, v in runs.items()}
             med = {k: {m: statistics.median(x[m] for x in v) for m in ("wall", "cpu", "rss")} for k, v in runs.items()}
@@ -227,7 +250,8 @@ def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     print()
-    print(f"{args.size}x{args.size} uint8, striped uncompressed input; median of {args.rounds} round(s)")
+    print(f"{args.size}x{args.size} uint8, striped {'uncompressed' if args.compress == 'none' else args.compress.upper()} input; "
+          f"{'one CPU (taskset -c 0, GDAL_NUM_THREADS=1); ' if args.one_cpu else ''}median of {args.rounds} round(s)")
     head = f"{'bands':>5} {'contender':>9} {'wall s':>7} {'best s':>7} {'CPU s':>6} {'peak RSS MiB':>12} {'COG MB':>8} {'JPEG MB':>8}"
     print(head)
     print("-" * len(head))

@@ -7,12 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cog_pipeline.transformations.budget import condor_memory_mb, memory_budget_mb
 from cog_pipeline.transformations.convert import convert
 from tests import rasters
-from tests.convert_support import EXECUTABLE
+from tests.convert_support import EXECUTABLE, SYSTEM_PYTHON, needs_osgeo
 
 
 def _job_ad(tmp_path: Path, text: str) -> Path:
@@ -43,6 +44,7 @@ def test_budget_defaults_to_1_gb_outside_a_slot_or_for_an_expression(tmp_path: P
 
 def test_budget_caps_the_block_cache(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("COG_PIPELINE_CACHEMAX", raising=False)
+    monkeypatch.setenv("COG_PIPELINE_COG_METHOD", "driver")  # the parallel path's own default is 64 MB
     monkeypatch.setenv("_CONDOR_JOB_AD", str(_job_ad(tmp_path, "RequestMemory = 256\n")))
     src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 600, 600))
     result = convert(src, tmp_path / "o.tif", tmp_path / "o.jpg", 3)
@@ -66,3 +68,39 @@ def test_executable_stays_under_a_small_budget(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     peak_mib = int(proc.stdout.split()[-1]) / 1024
     assert peak_mib < 300, peak_mib
+
+
+@pytest.mark.parametrize("count,height,width", [(3, 300, 410), (1, 700, 910), (4, 257, 1030)])
+def test_preview_over_the_budget_is_written_in_strips_with_the_drivers_pixels(
+        tmp_path: Path, count: int, height: int, width: int) -> None:
+    """A preview whose coefficient buffer exceeds a third of the budget is joined from baseline strips:
+    a valid JPEG (restart markers between strips, odd sizes with a partial last strip and MCU
+    padding) that decodes to exactly the pixels GDAL's JPEG driver writes."""
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(count, height, width),
+                        **({"photometric": "RGB"} if count >= 3 else {}))
+    driver = convert(src, tmp_path / "d.tif", tmp_path / "d.jpg", count)
+    strips = convert(src, tmp_path / "s.tif", tmp_path / "s.jpg", count, memory_budget_mb=1)
+    assert (driver.jpeg_method, strips.jpeg_method) == ("driver", "strips")
+    assert not strips.warnings
+    with rasters.open_(tmp_path / "s.jpg") as ds:
+        assert (ds.driver, ds.count, ds.width, ds.height) == ("JPEG", min(count, 3), width, height)
+    assert np.array_equal(rasters.read(tmp_path / "s.jpg"), rasters.read(tmp_path / "d.jpg"))
+    data = (tmp_path / "s.jpg").read_bytes()
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9" and b"\xff\xdd" in data  # SOI, EOI, DRI
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no strip temp left
+
+
+@needs_osgeo
+def test_osgeo_preview_strips_decode_to_the_drivers_pixels(tmp_path: Path) -> None:
+    """The same on the stock-container stand-in (system GDAL 3.6, libtiff + libjpeg-turbo)."""
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 300, 410), photometric="RGB")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COG_PIPELINE_")}
+    outs = {}
+    for name, budget in (("d", "1024"), ("s", "1")):  # the CLI refuses < 64 MB; the environment does not
+        proc = subprocess.run([SYSTEM_PYTHON, str(EXECUTABLE), str(src), str(tmp_path / f"{name}.tif"),
+                               str(tmp_path / f"{name}.jpg"), "-v"], capture_output=True, text=True,
+                              env={**env, "COG_PIPELINE_MEMORY_BUDGET": budget}, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        outs[name] = proc.stdout
+    assert "osgeo GDAL" in outs["s"] and "jpeg strips" in outs["s"] and "jpeg driver" in outs["d"]
+    assert np.array_equal(rasters.read(tmp_path / "s.jpg"), rasters.read(tmp_path / "d.jpg"))

@@ -666,6 +666,55 @@ def test_osgeo_parallel_cog_is_the_cog_drivers_cog(tmp_path: Path, count: int, w
             np.testing.assert_array_equal(b.read(), a.read())
 
 
+@pytest.mark.parametrize(
+    "count,width,height,dtype",
+    [(4, 1100, 1100, "uint8"), (3, 2050, 1030, "uint8"), (1, 1300, 700, "uint16"), (1, 1030, 1030, "float32")],
+)
+def test_rasterio_parallel_cog_is_the_cog_drivers_cog(tmp_path: Path, count: int, width: int, height: int,
+                                                      dtype: str) -> None:
+    """Under rasterio's GDAL (no GDALRegenerateOverviews) the parallel path writes, tile for tile, what
+    rasterio's own COG driver writes: halvings by the overview builder, the levels after an odd size
+    (2050x1030 -> 1025x515 -> 512x257) by the COG driver run on the level before."""
+    data = rasters.textured(count, height, width, dtype=dtype)
+    extra = {"photometric": "RGB"} if count == 3 else {"photometric": "RGB", "alpha": "UNSPECIFIED"} if count == 4 else {}
+    src = rasters.write(tmp_path / "in.tif", data, **extra)
+    tif, jpg = outputs(tmp_path)
+    result = convert(src, tif, jpg, count, verify_pixels=True)
+    assert (result.backend, result.cog_method) == ("rasterio", "parallel")
+    reference = tmp_path / "reference.tif"
+    rasterio.shutil.copy(src, reference, driver="COG", COMPRESS="LZW", PREDICTOR="YES")
+    assert_cog_valid(tif)
+    assert tif.stat().st_size == reference.stat().st_size
+    assert _tile_data(tif) == _tile_data(reference)
+    np.testing.assert_array_equal(rasters.read(tif), data)
+    assert sorted(p.name for p in tif.parent.iterdir()) == ["out.jpg", "out.tif"]  # every part deleted
+
+
+def test_compressed_input_is_decoded_once_into_the_same_cog(tmp_path: Path) -> None:
+    """An LZW input is decoded once into an uncompressed temporary that the full resolution, the overview
+    builder and the JPEG all read: the COG's tiles and the JPEG equal those made from the plain input."""
+    data = rasters.textured(3, 1100, 1100)
+    plain = rasters.write(tmp_path / "plain.tif", data, photometric="RGB")
+    packed = rasters.write(tmp_path / "packed.tif", data, photometric="RGB", compress="LZW")
+    a_tif, a_jpg = outputs(tmp_path, "a")
+    b_tif, b_jpg = outputs(tmp_path, "b")
+    a = convert(plain, a_tif, a_jpg, 3)
+    b = convert(packed, b_tif, b_jpg, 3)
+    assert "decompress" not in a.timings and "decompress" in b.timings
+    assert b.cog_method == "parallel"
+    assert _tile_data(b_tif) == _tile_data(a_tif)
+    np.testing.assert_array_equal(rasters.read(b_jpg), rasters.read(a_jpg))
+    with rasters.open_(b_tif) as ds:
+        assert (ds.crs, ds.transform) == (rasters.open_(packed).crs, rasters.open_(packed).transform)
+    assert sorted(p.name for p in a_tif.parent.iterdir()) == ["a.jpg", "a.tif", "b.jpg", "b.tif"]
+
+
+def test_rasterio_odd_sized_input_uses_the_cog_driver(tmp_path: Path) -> None:
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(1, 701, 1300))
+    tif, jpg = outputs(tmp_path)
+    assert convert(src, tif, jpg, 1).cog_method == "driver"
+
+
 @needs_osgeo
 def test_osgeo_inputs_with_nodata_use_the_cog_driver(tmp_path: Path) -> None:
     src = rasters.write(tmp_path / "in.tif", rasters.textured(1, 700, 700), nodata=0)
@@ -731,6 +780,11 @@ def set_cachemax(nbytes):
     events.append(["cache", nbytes >> 20])
     return setcache(nbytes)
 be.create_copy, be.set_cachemax = create_copy, set_cachemax
+cascade = be.cascade_overviews
+def cascade_overviews(*args):
+    events.append(["overviews", threading.current_thread().name])
+    return cascade(*args)
+be.cascade_overviews = cascade_overviews
 cog._nice_this_thread = lambda nice: events.append(["nice", nice, threading.current_thread().name])
 g._trim_heap = lambda: events.append(["trim"])
 cachemax = int(sys.argv[5]) if len(sys.argv) > 5 else None
@@ -767,6 +821,7 @@ def test_osgeo_parallel_full_res_thread_is_niced_and_jpeg_runs_beside(tmp_path: 
     assert [e for e in events if e[0] == "nice"] == [["nice", 5, "generate_cog-full-res"]]
     assert ["copy", "GTiff", "generate_cog-full-res"] in events
     assert ["copy", "JPEG", "generate_cog-jpeg"] in events
+    assert ["overviews", "generate_cog-overviews"] in events
     assert ["trim"] not in events
     assert events[0] == ["cache", 64]
 
@@ -805,3 +860,6 @@ def test_osgeo_one_cpu_writes_the_jpeg_after_the_cog(tmp_path: Path, var: str) -
     copies = [e for e in out["events"] if e[0] == "copy"]
     assert copies[-1] == ["copy", "JPEG", "MainThread"]
     assert all(e[1] == "GTiff" for e in copies[:-1])
+    # and the overview pyramid follows the full resolution in the same thread: no second heap arena
+    assert [e for e in out["events"] if e[0] == "overviews"] == [["overviews", "MainThread"]]
+    assert {e[2] for e in copies} == {"MainThread"}

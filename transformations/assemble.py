@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 from .tiff import TIFF_TYPE_SIZES, FieldType, TiffTag
 
@@ -25,19 +25,27 @@ _OVERVIEW_TAGS = (TiffTag.BITS_PER_SAMPLE, TiffTag.COMPRESSION, TiffTag.PHOTOMET
 _RawEntry = Tuple[int, int, int, bytes]  # tag, TIFF type, count, little-endian value bytes
 
 
-def _tiff_single_ifd(path: str) -> List[_RawEntry]:
-    """All entries of the only IFD of a little-endian classic TIFF written by GDAL (ValueError otherwise)."""
+def _tiff_single_ifd(path: str, index: Optional[int] = None) -> List[_RawEntry]:
+    """All entries of the only IFD of a little-endian classic TIFF written by GDAL, or (``index``)
+    of its index-th IFD, e.g. an overview of a COG; ValueError otherwise."""
     with open(path, "rb") as fh:
         head = fh.read(8)
         if head[:4] != b"II*\x00":
             raise ValueError(f"{path}: not a little-endian classic TIFF")
         offset = struct.unpack("<I", head[4:8])[0]
+        for _ in range(index or 0):
+            fh.seek(offset)
+            n = struct.unpack("<H", fh.read(2))[0]
+            fh.seek(offset + 2 + 12 * n)
+            offset = struct.unpack("<I", fh.read(4))[0]
+            if not offset:
+                raise ValueError(f"{path}: has no IFD {index}")
         fh.seek(offset)
         n = struct.unpack("<H", fh.read(2))[0]
         raw = fh.read(n * 12 + 4)
         if len(raw) < n * 12 + 4:
             raise ValueError(f"{path}: truncated IFD")
-        if struct.unpack("<I", raw[n * 12 :])[0]:
+        if index is None and struct.unpack("<I", raw[n * 12 :])[0]:
             raise ValueError(f"{path}: more than one IFD")
         entries: List[_RawEntry] = []
         for k in range(n):
@@ -74,12 +82,13 @@ def _short_or_long(tag: int, value: int) -> _RawEntry:
     return (tag, FieldType.SHORT, 1, struct.pack("<H", value)) if value < 65536 else (tag, FieldType.LONG, 1, struct.pack("<I", value))
 
 
-def assemble_cog(full_res: str, overviews: Sequence[str], out: str) -> None:
+def assemble_cog(full_res: str, overviews: Sequence[Union[str, Tuple[str, int]]], out: str) -> None:
     """Write a COG from already-compressed parts, copying the compressed tiles verbatim.
 
     ``full_res`` is a tiled GTiff of the full-resolution image (it carries every tag:
     georeferencing, metadata, nodata, colour interpretation, compression, predictor) and
-    ``overviews`` are tiled GTiffs of the overview levels, largest first, encoded with the
+    ``overviews`` are tiled GTiffs of the overview levels (or ``(path, index)``: the index-th directory
+    of a file with several, e.g. an overview of a COG), largest first, encoded with the
     same compression, predictor and sample layout. The result has the layout GDAL's COG
     driver writes: the ghost area, all IFDs (full resolution first), then the tile data from
     the smallest overview to the full resolution, row-major, each tile preceded by its size
@@ -90,8 +99,9 @@ def assemble_cog(full_res: str, overviews: Sequence[str], out: str) -> None:
     main = _tiff_single_ifd(full_res)
     main_tags = {e[0]: e for e in main}
     images = [(full_res, [e for e in main if e[0] not in (TiffTag.TILE_OFFSETS, TiffTag.TILE_BYTE_COUNTS)], _tile_index(main))]
-    for path in overviews:
-        entries = _tiff_single_ifd(path)
+    for part in overviews:
+        path, index = (part, None) if isinstance(part, str) else part
+        entries = _tiff_single_ifd(path, index)
         tags = {e[0]: e for e in entries}
         width = struct.unpack("<H" if tags[TiffTag.IMAGE_WIDTH][1] == FieldType.SHORT else "<I", tags[TiffTag.IMAGE_WIDTH][3])[0]
         height = struct.unpack("<H" if tags[TiffTag.IMAGE_LENGTH][1] == FieldType.SHORT else "<I", tags[TiffTag.IMAGE_LENGTH][3])[0]

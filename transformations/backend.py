@@ -9,9 +9,10 @@ binding is loaded on first use, not at import, so importing the package costs no
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import TYPE_CHECKING, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported only where pixels are read: its import costs ~0.2 CPU-s per process
+    import numpy as np
 
 from .exit_codes import ConversionError, ExitCode
 from .rasterinfo import RasterInfo
@@ -24,8 +25,11 @@ class GdalBackend(Protocol):
 
     name: str
     version: str
-    #: True when ``cascade_overviews`` can compute the COG driver's pyramid with explicit sizes.
+    #: True when ``cascade_overviews`` can compute the COG driver's pyramid level by level.
     can_cascade_overviews: bool
+    #: True when it can also start from an odd-sized input (the rounded-down sizes need
+    #: GDALRegenerateOverviews); else the parallel path needs an even-sized input.
+    regenerates_exact_sizes: bool
 
     def info(self, path: str, drivers: Optional[List[str]] = None) -> RasterInfo: ...
 
@@ -34,12 +38,14 @@ class GdalBackend(Protocol):
     def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]: ...
 
     def cascade_overviews(self, src: str, dims: Sequence[Tuple[int, int]], prefix: str, resampling: str,
-                          creation: Dict[str, str], threads: str, temps: List[str]) -> List[str]: ...
+                          creation: Dict[str, str], threads: str, temps: List[str]) -> List[Union[str, Tuple[str, int]]]: ...
 
     def read(self, path: str, bands: Sequence[int], window: Optional[Tuple[int, int, int, int]] = None,
              out_shape: Optional[Tuple[int, int]] = None, masks: bool = False) -> np.ndarray: ...
 
     def checksums(self, path: str) -> Tuple[List[int], List[int]]: ...
+
+    def decode_check(self, path: str) -> None: ...
 
     def set_config(self, key: str, value: Optional[str]) -> None: ...
 

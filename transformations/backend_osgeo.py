@@ -6,9 +6,11 @@ The only backend that can compute the COG driver's overview pyramid with explici
 
 from __future__ import annotations
 
-import numpy as np
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from .exit_codes import GdalFailure
 from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo, numpy_dtype_name
@@ -112,8 +114,9 @@ class OsgeoBackend:
             raise GdalFailure(messages[-1] if messages else f"{driver} CreateCopy failed", messages)
         return messages
 
-    #: The parallel COG path needs GDALRegenerateOverviews (explicit overview sizes).
+    #: GDALRegenerateOverviews makes any level at its exact size, odd sizes included.
     can_cascade_overviews = True
+    regenerates_exact_sizes = True
 
     def cascade_overviews(
         self,
@@ -212,6 +215,8 @@ class OsgeoBackend:
         out_shape: Optional[Tuple[int, int]] = None,
         masks: bool = False,
     ) -> np.ndarray:
+        import numpy as np  # noqa: PLC0415 - only where pixels are read (uint8 conversions never import it)
+
         ds = self._open(path)
         xoff, yoff, w, h = window or (0, 0, ds.RasterXSize, ds.RasterYSize)
         bh, bw = out_shape or (h, w)
@@ -235,6 +240,16 @@ class OsgeoBackend:
             if band.GetMaskFlags() & GMF_PER_DATASET and not band.GetMaskFlags() & GMF_ALPHA:
                 msums.append(self._call(band.GetMaskBand().Checksum)[0])
         return sums, msums
+
+    def decode_check(self, path: str) -> None:
+        """Decode band 1 at its smallest overview (a JPEG's 1/8 scale still entropy-decodes every
+        block), in C: GdalFailure if it does not decode. No numpy needed."""
+        ds = self._open(path)  # kept referenced: a band outliving its dataset crashes the bindings
+        band = ds.GetRasterBand(1)
+        n = band.GetOverviewCount()
+        target = band.GetOverview(n - 1) if n else band
+        self._call(target.Checksum)
+        del target, band, ds
 
     def set_config(self, key: str, value: Optional[str]) -> None:
         self.gdal.SetConfigOption(key, value)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import numpy as np
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .exit_codes import GdalFailure
 from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo
@@ -15,8 +15,12 @@ class RasterioBackend:
     """The GDAL bundled in rasterio's wheels (this project's Python environment)."""
 
     name = "rasterio"
-    #: rasterio exposes no GDALRegenerateOverviews: the COG driver does everything (one pass).
-    can_cascade_overviews = False
+    #: The overview pyramid level by level without GDALRegenerateOverviews (which rasterio does not
+    #: expose): halvings by GDAL's overview builder, the rest by the COG driver (see cascade_overviews).
+    can_cascade_overviews = True
+    #: Without GDALRegenerateOverviews a level of an exact (rounded-down) size cannot be made from an
+    #: odd-sized level except by the COG driver, so the parallel path needs an even-sized input.
+    regenerates_exact_sizes = False
 
     def __init__(self) -> None:
         import rasterio  # noqa: PLC0415
@@ -107,9 +111,77 @@ class RasterioBackend:
         return self._call(do)[1]
 
     def cascade_overviews(self, src: str, dims: Sequence[Tuple[int, int]], prefix: str, resampling: str,
-                          creation: Dict[str, str], threads: str, temps: List[str]) -> List[str]:
-        """Not available: rasterio has no GDALRegenerateOverviews (``can_cascade_overviews`` is False)."""
-        raise GdalFailure("rasterio's GDAL API has no GDALRegenerateOverviews: use the COG driver")
+                          creation: Dict[str, str], threads: str, temps: List[str]) -> List[Union[str, Tuple[str, int]]]:
+        """The COG driver's overview pyramid of ``src`` (sizes ``dims``, largest first), each level from
+        the one before, into compressed tiled GTiffs; returns the parts for ``assemble_cog``.
+
+        A level of exactly half the level before is an external .ovr built by GDAL's multi-band
+        overview builder (the code the COG driver runs) over a VRT of the level before, compressed
+        directly, as on the osgeo backend. From the first level after an odd size on, GDAL's COG
+        driver itself runs on the level before: its overviews are the remaining levels, computed as
+        in the whole-image run, and are returned as ``(cog_path, ifd_index)``. The COG driver also
+        re-compresses that level before (at most a quarter of the previous level's pixels, usually a
+        few hundred pixels square), which is the only work done twice."""
+        from rasterio.enums import Resampling  # noqa: PLC0415
+
+        local = {
+            "COMPRESS_OVERVIEW": creation["COMPRESS"],
+            "PREDICTOR_OVERVIEW": creation.get("PREDICTOR"),
+            "INTERLEAVE_OVERVIEW": "PIXEL",
+            "GDAL_TIFF_OVR_BLOCKSIZE": creation["BLOCKXSIZE"],
+            "BIGTIFF_OVERVIEW": "NO",
+            "GDAL_NUM_THREADS": threads,
+            "USE_RRD": "NO",
+        }
+        saved = {k: self.get_config(k) for k in local}
+        for k, v in local.items():
+            self.set_config(k, v)
+        levels: List[Union[str, Tuple[str, int]]] = []
+        try:
+            with self._open(src) as ds:
+                pw, ph = ds.width, ds.height
+            prev = src
+            for k, (w, h) in enumerate(dims):
+                if pw % 2 or ph % 2 or (w, h) != (pw // 2, ph // 2):
+                    return levels + self._cog_driver_levels(prev, dims[k:], f"{prefix}cog{k}.tif", resampling,
+                                                            creation, temps)
+                vrt = f"{prefix}l{k}.vrt"
+                temps.extend([vrt, vrt + ".ovr"])
+                self.create_copy("VRT", prev, vrt, {})
+
+                def build(vrt: str = vrt) -> None:
+                    with self.rasterio.open(vrt, "r+") as ds:
+                        ds.build_overviews([2], getattr(Resampling, resampling.lower()))
+
+                self._call(build)
+                levels.append(vrt + ".ovr")
+                prev, pw, ph = vrt + ".ovr", w, h
+            return levels
+        finally:
+            for k, v in saved.items():
+                self.set_config(k, v)
+
+    def _cog_driver_levels(self, prev: str, dims: Sequence[Tuple[int, int]], out: str, resampling: str,
+                           creation: Dict[str, str], temps: List[str]) -> List[Tuple[str, int]]:
+        """The COG driver on ``prev``; its overview directories (1..) are the levels ``dims``."""
+        temps.append(out)
+        self.create_copy("COG", prev, out, {
+            "COMPRESS": creation["COMPRESS"], "PREDICTOR": "YES", "BLOCKSIZE": creation["BLOCKXSIZE"],
+            "BIGTIFF": "NO", "RESAMPLING": resampling, "NUM_THREADS": creation.get("NUM_THREADS", "1"),
+        })
+        import warnings  # noqa: PLC0415
+
+        sizes = []
+        with self._open(out) as ds:
+            n = len(ds.overviews(1))
+        for level in range(n):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with self.rasterio.open(out, overview_level=level) as o:
+                    sizes.append((o.width, o.height))
+        if sizes != list(dims):
+            raise ValueError(f"the COG driver made overviews {sizes}, expected {list(dims)}")
+        return [(out, i) for i in range(1, n + 1)]
 
     def read(
         self,
@@ -143,6 +215,12 @@ class RasterioBackend:
                     m = self._call(lambda i=i: ds.read_masks(i))[0]
                     msums.append(int(np.count_nonzero(m)) ^ (int(m.astype(np.uint64).sum()) << 1))
             return sums, msums
+
+    def decode_check(self, path: str) -> None:
+        """Decode band 1 at 1/8 scale (for a JPEG, libjpeg's scaled decoding of every block)."""
+        with self._open(path) as ds:
+            shape = (max(1, -(-ds.height // 8)), max(1, -(-ds.width // 8)))
+        self.read(path, [1], out_shape=shape)
 
     def set_config(self, key: str, value: Optional[str]) -> None:
         if value is None:

@@ -104,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"{result.cog}: {result.width}x{result.height}x{result.bands} {result.dtype}, overviews "
             f"{result.overview_sizes}, valid ({result.validator}); {result.jpeg}: {result.jpeg_size[0]}x"
             f"{result.jpeg_size[1]}x{result.jpeg_bands} ({result.preview}); {result.backend} GDAL "
-            f"{result.gdal_version}, {result.threads} threads, cog {result.cog_method}, budget "
+            f"{result.gdal_version}, {result.threads} threads, cog {result.cog_method}, jpeg {result.jpeg_method}, budget "
             f"{result.memory_budget_mb} MB, cache {result.cachemax_mb} MB, "
             + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
         )

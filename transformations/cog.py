@@ -34,6 +34,9 @@ def cog_options(info: RasterInfo, threads: int, resampling: Optional[str]) -> Di
 
 
 COG_METHOD_ENV = "COG_PIPELINE_COG_METHOD"
+#: Largest uncompressed image the parallel path takes: its parts and the assembled COG are classic
+#: TIFFs (< 4 GB), and LZW with the predictor expands incompressible data by at most ~1.5x.
+PARALLEL_MAX_BYTES = 2_600_000_000
 _PARALLEL_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
 
@@ -51,7 +54,8 @@ def cog_method(info: RasterInfo, resampling: Optional[str] = None) -> str:
     assembled (see :func:`parallel_cog`), else ``'driver'`` (GDAL's COG driver in one call).
 
     The parallel path covers the common case only, where its overviews are proven identical to
-    the COG driver's: the osgeo binding, a GTiff input needing overviews and having none,
+    the COG driver's: a binding that can cascade the pyramid (osgeo: any size; rasterio: an
+    even-sized input), a GTiff input needing overviews and having none,
     no nodata, mask, alpha band or palette (those change how GDAL resamples), one data type,
     the default (cubic) resampling, and an image small enough for a classic TIFF.
     ``COG_PIPELINE_COG_METHOD=driver`` forces the driver.
@@ -65,6 +69,7 @@ def cog_method(info: RasterInfo, resampling: Optional[str] = None) -> str:
         itemsize = 8
     ok = (
         getattr(be, "can_cascade_overviews", False)
+        and (getattr(be, "regenerates_exact_sizes", False) or (info.width % 2 == 0 and info.height % 2 == 0))
         and (not resampling or resampling.lower() == "cubic")
         and info.driver == "GTiff"
         and info.count >= 1
@@ -75,7 +80,7 @@ def cog_method(info: RasterInfo, resampling: Optional[str] = None) -> str:
         and all(n is None for n in info.nodata)
         and len(set(info.dtypes)) == 1
         and info.dtypes[0] in _PARALLEL_DTYPES
-        and info.width * info.height * info.count * itemsize <= 1_500_000_000
+        and info.width * info.height * info.count * itemsize <= PARALLEL_MAX_BYTES
     )
     return "parallel" if ok else "driver"
 
@@ -122,8 +127,12 @@ def parallel_cog(info: RasterInfo, out: str, threads: int, temps: List[str], tok
             outcome["error"] = exc
         outcome["overviews"] = time.perf_counter() - t0
 
+    # One CPU (a CHTC slot): the two halves run one after the other in this thread. Threads would
+    # only take turns on the core, and each would grow its own heap arena (peak RSS).
+    sequential = threads == 1
     worker = threading.Thread(target=overviews, name="generate_cog-overviews", daemon=True)
-    worker.start()
+    if not sequential:
+        worker.start()
     t0 = time.perf_counter()
     full_outcome: Dict[str, Any] = {}
 
@@ -146,7 +155,10 @@ def parallel_cog(info: RasterInfo, out: str, threads: int, temps: List[str], tok
         be.create_copy("GTiff", info.path, full, gtiff)
         full_outcome["seconds"] = time.perf_counter() - t0
     timings["cog_full_res"] = full_outcome.get("seconds", 0.0)
-    worker.join()
+    if sequential:
+        overviews()
+    else:
+        worker.join()
     if "error" in full_outcome:
         raise full_outcome["error"]
     timings["cog_overviews"] = outcome.get("overviews", 0.0)

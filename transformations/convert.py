@@ -9,7 +9,6 @@ import struct
 import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from dataclasses import replace
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -21,6 +20,8 @@ from .exit_codes import ConversionError, ExitCode, GdalFailure
 from .rasterinfo import RasterInfo
 from .failures import classify_write_failure, remove_outputs, temp_name
 from .inputs import inspect_input
+from .tiff import TiffTag, read_tiff_ifds
+from .jpeg_strips import coefficient_buffer_bytes, write_streamed_jpeg
 from .provenance import embed_metadata
 from .preview import plan_preview, preview_vrt
 from .settings import CACHEMAX_ENV, COG_BLOCKSIZE, DEFAULT_CACHEMAX_MB, JPEG_CACHEMAX_MB, JPEG_QUALITY, OVERVIEW_THREADS_ENV, PARALLEL_CACHEMAX_MB, RESAMPLING_ENV, THREADS_ENV
@@ -50,6 +51,8 @@ class ConversionResult:
     timings: Dict[str, float] = field(default_factory=dict)
     #: how the COG was built: "parallel" (overviews || full resolution, then assembled) or "driver"
     cog_method: str = "driver"
+    #: how the JPEG was written: "driver" (GDAL's JPEG driver) or "strips" (bounded memory, jpeg_strips.py)
+    jpeg_method: str = "driver"
     warnings: List[str] = field(default_factory=list)
     #: the memory budget the conversion ran under and the GDAL block cache it chose (MB)
     memory_budget_mb: int = 0
@@ -181,7 +184,7 @@ def convert(
             code = ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
             raise ConversionError(code, f"cannot create output folder {d}: {exc.strerror}") from None
 
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    token = f"{os.getpid()}-{os.urandom(4).hex()}"  # not uuid: its import loads platform (~10 ms)
     tmp_tif = temp_name(output_tif, ".tif", token)
     tmp_jpg = temp_name(output_jpg, ".jpg", token)
     tmp_vrt = temp_name(output_jpg, ".vrt", token)
@@ -217,10 +220,16 @@ def convert(
         be.set_cachemax(cachemax_mb << 20)
         jpeg_outcome: Dict[str, Any] = {}
 
+        # GDAL's JPEG driver holds the whole preview's DCT coefficients (optimised Huffman tables);
+        # above a third of the budget the preview is written strip by strip instead (jpeg_strips.py).
+        jpeg_streamed = coefficient_buffer_bytes(plan.width, plan.height, plan.band_count) > (budget_mb << 20) // 3
+        tmp_strips = temp_name(output_jpg, ".strips.tif", token)
+        temps.append(tmp_strips)
+
         def make_jpeg() -> None:
             t0 = time.perf_counter()
             try:
-                be.create_copy("JPEG", tmp_vrt, tmp_jpg, {"QUALITY": str(JPEG_QUALITY)})
+                _write_jpeg(tmp_vrt, tmp_jpg, tmp_strips, plan.band_count, jpeg_streamed, jpeg_outcome)
                 _remove_sidecar(tmp_jpg)
                 jpeg_outcome["errors"] = validate_jpeg(tmp_jpg, plan.width, plan.height, plan.band_count)
             except GdalFailure as exc:
@@ -231,15 +240,31 @@ def convert(
 
         try:
             with _Config(config):
+                cog_failure: Optional[GdalFailure] = None
+                work = info
+                if method == "parallel" and _compressed(info.path):
+                    # The full resolution, the overview builder and the JPEG each read the input: decode a
+                    # compressed input once into an uncompressed temporary and let all three read that.
+                    t0 = time.perf_counter()
+                    raw = temp_name(output_tif, ".raw.tif", token)
+                    temps.append(raw)
+                    try:
+                        be.create_copy("GTiff", info.path, raw, {"COMPRESS": "NONE", "INTERLEAVE": "PIXEL",
+                                                                 "BIGTIFF": "IF_SAFER"})
+                        work = replace(info, path=raw)
+                        with open(tmp_vrt, "w", encoding="utf-8") as fh:
+                            fh.write(preview_vrt(work, plan))
+                    except GdalFailure as exc:
+                        cog_failure = exc
+                    timings["decompress"] = time.perf_counter() - t0
                 jpeg_thread = threading.Thread(target=make_jpeg, name="generate_cog-jpeg", daemon=True)
-                if not jpeg_after:
+                if not jpeg_after and cog_failure is None:
                     jpeg_thread.start()
                 t0 = time.perf_counter()
-                cog_failure: Optional[GdalFailure] = None
                 try:
-                    if method == "parallel":
+                    if method == "parallel" and cog_failure is None:
                         try:
-                            parallel_cog(info, tmp_tif, threads, temps, token, timings, beside_jpeg=not jpeg_after)
+                            parallel_cog(work, tmp_tif, threads, temps, token, timings, beside_jpeg=not jpeg_after)
                         except ValueError:  # a part GDAL wrote is not what the assembler expects
                             method = "driver"
                     if method == "driver":
@@ -254,8 +279,10 @@ def convert(
                         be.set_cachemax(min(JPEG_CACHEMAX_MB, cachemax_mb) << 20)
                     _trim_heap()  # hand the COG threads' freed buffers back before libjpeg's buffer
                     make_jpeg()
-                elif not jpeg_after:
+                elif not jpeg_after and jpeg_thread.is_alive():
                     jpeg_thread.join()
+                if work is not info:
+                    remove_outputs(work.path)
         finally:
             be.set_cachemax(saved_cache)  # a library caller keeps its own cache size, whatever happened
         timings["jpeg"] = jpeg_outcome.get("seconds", 0.0)
@@ -305,14 +332,25 @@ def convert(
         gdal_version=str(be.version),
         threads=threads,
         cog_method=method,
+        jpeg_method=jpeg_outcome.get("method", "driver"),
         timings=timings,
-        warnings=list(warns),
+        warnings=list(warns) + ([f"JPEG strips not joinable ({jpeg_outcome['strips_problem']}): GDAL's JPEG driver used"]
+                                if "strips_problem" in jpeg_outcome else []),
         memory_budget_mb=budget_mb,
         cachemax_mb=cachemax_mb,
         exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK,
         reason=mismatch,
     )
 
+
+
+def _compressed(path: str) -> bool:
+    """True when the TIFF's first image is compressed (its pixels cost a decode on every read)."""
+    try:
+        ifds, _ = read_tiff_ifds(path)
+    except (OSError, ValueError):
+        return False
+    return bool(ifds) and ifds[0].tags.get(TiffTag.COMPRESSION, [1])[0] != 1
 
 
 def _trim_heap() -> None:
@@ -326,6 +364,22 @@ def _trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def _write_jpeg(vrt: str, jpg: str, strips: str, bands: int, streamed: bool, outcome: Dict[str, Any]) -> None:
+    """The preview: GDAL's JPEG driver, or (``streamed``) baseline strips joined in bounded memory."""
+    be = get_backend()
+    if streamed:
+        try:
+            write_streamed_jpeg(vrt, strips, jpg, bands, JPEG_QUALITY)
+            outcome["method"] = "strips"
+            return
+        except ValueError as exc:  # strips not as expected (another libtiff/libjpeg): the driver, unbounded
+            outcome["strips_problem"] = str(exc)
+        finally:
+            remove_outputs(strips)
+    be.create_copy("JPEG", vrt, jpg, {"QUALITY": str(JPEG_QUALITY)})
+    outcome["method"] = "driver"
 
 
 def _remove_sidecar(path: str) -> None:

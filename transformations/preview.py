@@ -6,15 +6,14 @@ GDAL streams the VRT line by line, so no whole image is ever held in a numpy arr
 from __future__ import annotations
 
 import math
-import numpy as np
 import os
 from dataclasses import dataclass
-from xml.sax.saxutils import escape as _xml_escape
 from typing import List, Optional, Tuple
 
 from .backend import get_backend
 from .exit_codes import ConversionError, ExitCode
 from .rasterinfo import GMF_ALPHA, GMF_NODATA, GMF_PER_DATASET, RasterInfo
+from .xmltext import escape as _xml_escape
 from .settings import JPEG_MAX_DIMENSION, STATS_SAMPLE_SIZE, COMPLEX_TYPES, SUPPORTED_TYPES
 
 @dataclass
@@ -40,6 +39,8 @@ class PreviewPlan:
 
 def _preview_scale(info: RasterInfo, bands: List[int]) -> Tuple[float, float]:
     """(lo, hi) of the valid pixels of ``bands``, from a read of at most STATS_SAMPLE_SIZE pixels a side."""
+    import numpy as np  # noqa: PLC0415 - only for non-8-bit previews
+
     be = get_backend()
     w, h = info.width, info.height
     factor = max(1.0, max(w, h) / STATS_SAMPLE_SIZE)

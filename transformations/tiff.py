@@ -36,6 +36,7 @@ class TiffTag(IntEnum):
     TILE_BYTE_COUNTS = 325
     EXTRA_SAMPLES = 338
     SAMPLE_FORMAT = 339
+    JPEG_TABLES = 347
 
 
 class FieldType(IntEnum):
@@ -46,8 +47,8 @@ class FieldType(IntEnum):
 
 
 TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
-TIFF_FORMATS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q", 17: "q", 18: "Q"}
-_WANTED_TAGS = {TiffTag.NEW_SUBFILE_TYPE, TiffTag.IMAGE_WIDTH, TiffTag.IMAGE_LENGTH, TiffTag.STRIP_OFFSETS, TiffTag.ROWS_PER_STRIP, TiffTag.STRIP_BYTE_COUNTS, TiffTag.TILE_WIDTH, TiffTag.TILE_LENGTH, TiffTag.TILE_OFFSETS, TiffTag.TILE_BYTE_COUNTS, TiffTag.EXTRA_SAMPLES}
+TIFF_FORMATS = {1: "B", 3: "H", 7: "B", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q", 17: "q", 18: "Q"}
+_WANTED_TAGS = {TiffTag.NEW_SUBFILE_TYPE, TiffTag.IMAGE_WIDTH, TiffTag.IMAGE_LENGTH, TiffTag.COMPRESSION, TiffTag.STRIP_OFFSETS, TiffTag.ROWS_PER_STRIP, TiffTag.STRIP_BYTE_COUNTS, TiffTag.TILE_WIDTH, TiffTag.TILE_LENGTH, TiffTag.TILE_OFFSETS, TiffTag.TILE_BYTE_COUNTS, TiffTag.EXTRA_SAMPLES, TiffTag.JPEG_TABLES}
 
 
 @dataclass
