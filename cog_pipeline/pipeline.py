@@ -35,6 +35,8 @@ class ScanOptions:
     engine: str = "local"  # local | pegasus
     dry_run: bool = False
     workers: int | None = None
+    job_timeout: float | None = None  # local engine: seconds per job attempt (None: env, else default; 0: none)
+    max_pixels: int | None = None  # local engine: size guard, width*height*bands*bytes (None: env/default; 0: none)
     progress: bool = True
     submit: bool = True  # pegasus: plan and submit; False: plan only
     workflow: dict[str, Any] = field(default_factory=dict)  # WorkflowSettings overrides (retries, max_running, ...)
@@ -186,7 +188,10 @@ def carry_on(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, ec
         generate(run_dir, input_store, settings)
         info = run_dir.load()
         echo(f"generated workflow in {run_dir.path}")
-    engine = get_engine(info.engine, workers=options.workers, progress=options.progress, submit=options.submit)
+    engine = get_engine(
+        info.engine, workers=options.workers, progress=options.progress, submit=options.submit,
+        job_timeout=options.job_timeout, max_pixels=options.max_pixels,
+    )
     if info.state == RUNNING and info.engine != "local":
         # Adopted, so nothing runs it any more, yet it was never reconciled (its END hook did not run or
         # failed, or the DAG was removed): this tick finishes it.
