@@ -196,3 +196,42 @@ def test_threads_and_workers_fit_the_cores():
     assert threads_for(2, running=0, waiting=0) == 2  # one huge image alone: every core
     assert threads_for(8, running=1, waiting=0) == 4
     assert threads_for(1, running=0, waiting=0) == 1
+
+
+@pytest.mark.slow
+def test_a_small_manifest_does_not_wait_behind_a_huge_image_of_another(tmp_path):
+    """Two manifests claimed in one tick share one pool: with one worker the order is the scheduler's alone,
+    and the small manifest's jobs finish before the other's big image (the old tick ran them in turn)."""
+    root = _buckets(tmp_path)
+    write_raster(root / "in" / "big.tif", 3, size=600)
+    (root / "in" / "a_raw.csv").write_text("big.tif,3\n")  # claimed first
+    for i in range(2):
+        write_raster(root / "in" / f"tiny{i}.tif", 1, size=24)
+    (root / "in" / "b_raw.csv").write_text("tiny0.tif,1\ntiny1.tif,1\n")
+    report = scan(_options(root, tmp_path, workers=1), echo=lambda line: None)
+    assert len(report.reconciled) == 2 and not report.errors
+    finished = []
+    for run in list_run_dirs(tmp_path / "work"):
+        finished += [(p.stat().st_mtime_ns, run.load().manifest_key) for p in run.jobs_dir.glob("*.json")]
+    assert [key for _, key in sorted(finished)] == ["b_raw.csv", "b_raw.csv", "a_raw.csv"]
+    assert sorted(_results(root, "processed")) == ["big.tif,3", "tiny0.tif,1", "tiny1.tif,1"]
+    assert not _results(root, "failed")
+
+
+def test_fair_queue_serves_the_run_with_fewest_running_then_least_left():
+    from cog_pipeline.engines.local_pool import FairQueue
+
+    class Spec:
+        def __init__(self, run: str, job_id: str) -> None:
+            self.scratch_root, self.job_id = run, job_id
+
+    a = [Spec("A", "ID1"), Spec("A", "ID2")]
+    b = [Spec("B", "ID1")]
+    q = FairQueue([*a, *b], {("A", "ID1"): 1000, ("A", "ID2"): 900, ("B", "ID1"): 10})
+    first, _ = q.pop({})
+    assert (first.scratch_root, first.job_id) == ("B", "ID1")  # least input left
+    second, _ = q.pop({"B": 1})
+    assert (second.scratch_root, second.job_id) == ("A", "ID1")
+    q.retry(second, 2)
+    again, attempt = q.pop({})
+    assert again is second and attempt == 2 and len(q) == 1

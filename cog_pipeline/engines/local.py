@@ -330,7 +330,10 @@ class LocalEngine:
         self.workers, self.progress, self.limits = workers, progress, limits
 
     def submit(self, run_dir: RunDir, echo: Callable[[str], None]) -> str:
-        result = run_workflow(run_dir, workers=self.workers, progress=self.progress, run_hooks=True, limits=self.limits)
+        try:
+            result = run_workflow(run_dir, workers=self.workers, progress=self.progress, run_hooks=True, limits=self.limits)
+        except RunFinished:
+            return "ended"  # its END hook already reconciled it (local_tick runs a tick's runs together)
         echo(f"jobs: {result.succeeded} succeeded, {result.failed} failed, {result.skipped} already done")
         for cmd, code in result.hooks:
             if code != 0:

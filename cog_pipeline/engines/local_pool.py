@@ -82,6 +82,42 @@ def cores_available() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def run_of(spec: JobSpec) -> str:
+    """Which run a job belongs to (job ids repeat across runs; each run has its own scratch folder)."""
+    return spec.scratch_root
+
+
+class FairQueue:
+    """Jobs of several runs (manifests claimed in one tick) sharing one pool, so that a small manifest never
+    waits behind another's huge image: the next job comes from the run with the fewest attempts running,
+    ties going to the run with the least input left to convert (the smaller manifest finishes first);
+    within a run, jobs keep their order (biggest first, see plan_order). One run: plain FIFO."""
+
+    def __init__(self, todo: Sequence[JobSpec], sizes: dict[tuple[str, str], int] | None = None) -> None:
+        self.sizes = sizes or {}
+        self.runs: dict[str, deque[tuple[JobSpec, int]]] = {}
+        self.left: dict[str, int] = {}
+        for spec in todo:
+            self.runs.setdefault(run_of(spec), deque()).append((spec, 1))
+            self.left[run_of(spec)] = self.left.get(run_of(spec), 0) + self._size(spec)
+
+    def _size(self, spec: JobSpec) -> int:
+        return self.sizes.get((run_of(spec), spec.job_id), 0)
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.runs.values())
+
+    def pop(self, running: dict[str, int]) -> tuple[JobSpec, int]:
+        run = min((r for r, q in self.runs.items() if q), key=lambda r: (running.get(r, 0), self.left[r]))
+        spec, attempt = self.runs[run].popleft()
+        if attempt == 1:
+            self.left[run] -= self._size(spec)
+        return spec, attempt
+
+    def retry(self, spec: JobSpec, attempt: int) -> None:
+        self.runs[run_of(spec)].appendleft((spec, attempt))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The pool
 
@@ -143,22 +179,26 @@ def execute(
     settings: PoolSettings,
     on_final: Callable[[JobSpec, AttemptOutcome, int, float], None],
     on_tick: Callable[[], None] = lambda: None,
+    sizes: dict[tuple[str, str], int] | None = None,
 ) -> None:
-    """Run every job's attempts through the pool; `on_final(spec, outcome, attempts, seconds)` once per job."""
+    """Run every job's attempts through the pool; `on_final(spec, outcome, attempts, seconds)` once per job.
+    `todo` may hold several runs' jobs (see FairQueue); `sizes` maps (run_of(spec), job id) to input bytes."""
     ctx = multiprocessing.get_context("spawn")
-    queue: deque[tuple[JobSpec, int]] = deque((spec, 1) for spec in todo)
-    first_start: dict[str, float] = {}
+    queue = FairQueue(todo, sizes)
+    first_start: dict[tuple[str, str], float] = {}
     workers = [_Worker(ctx) for _ in range(max(1, min(settings.workers, len(todo) or 1)))]
     last_tick = time.monotonic()
     try:
         while queue or any(w.job for w in workers):
             for i, worker in enumerate(workers):
                 if worker.job is None and queue:
-                    spec, attempt = queue.popleft()
-                    running = sum(1 for w in workers if w.job)
-                    threads = threads_for(settings.cores, running, len(queue))
-                    now = time.monotonic()
-                    first_start.setdefault(spec.job_id, now)
+                    per_run: dict[str, int] = {}
+                    for w in workers:
+                        if w.job:
+                            per_run[run_of(w.job.spec)] = per_run.get(run_of(w.job.spec), 0) + 1
+                    spec, attempt = queue.pop(per_run)
+                    threads = threads_for(settings.cores, sum(per_run.values()), len(queue))
+                    first_start.setdefault((run_of(spec), spec.job_id), time.monotonic())
                     try:
                         worker.conn.send((spec, attempt, threads, settings.max_pixels))
                     except (OSError, ValueError):  # died while idle: replace it and try again
@@ -186,9 +226,10 @@ def execute(
                 else:
                     worker.job = None
                 if outcome.status != "succeeded" and outcome.retry and job.attempt < job.spec.attempts:
-                    queue.appendleft((job.spec, job.attempt + 1))
+                    queue.retry(job.spec, job.attempt + 1)
                 else:
-                    on_final(job.spec, outcome, job.attempt, time.monotonic() - first_start[job.spec.job_id])
+                    seconds = time.monotonic() - first_start[(run_of(job.spec), job.spec.job_id)]
+                    on_final(job.spec, outcome, job.attempt, seconds)
             if time.monotonic() - last_tick >= settings.tick / 4:
                 on_tick()
                 last_tick = time.monotonic()
