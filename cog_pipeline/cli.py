@@ -35,6 +35,8 @@ def main() -> None:
 @click.option("--engine", type=click.Choice(["local", "pegasus"]), default="local", show_default=True, help="local: run the workflow here with a process pool; pegasus: pegasus-plan onto HTCondor.")
 @workflow_options
 @click.option("--workers", type=click.IntRange(min=1), help="local engine: worker processes (default: one per CPU).")
+@click.option("--job-timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="local engine: kill a job attempt after this long and fail its row (default: env COG_PIPELINE_JOB_TIMEOUT, else 3600; 0: no limit).")
+@click.option("--max-pixels", type=click.IntRange(min=0), metavar="N", help="local engine: fail a row whose width*height*bands*bytes-per-sample exceeds N before converting (default: env COG_PIPELINE_MAX_PIXELS, else 6400000000; 0: no limit).")
 @click.option("--no-submit", is_flag=True, help="pegasus: plan the workflow but do not submit it.")
 @click.option("--dry-run", is_flag=True, help="List what would be claimed; change nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -59,6 +61,8 @@ def scan(**kw: Any) -> None:
         engine=kw["engine"],
         dry_run=kw["dry_run"],
         workers=kw.get("workers"),
+        job_timeout=kw.get("job_timeout"),
+        max_pixels=kw.get("max_pixels"),
         progress=not kw["quiet"] and sys.stderr.isatty(),
         submit=not kw["no_submit"],
         workflow=workflow,

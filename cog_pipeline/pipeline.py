@@ -18,7 +18,7 @@ from .claim import Claim, claim_one, look, recover_claims, scan_lock
 from .engines import get_engine
 from .engines.base import WorkflowError
 from .reconcile import ReconcileResult, reconcile
-from .rundir import CLAIMED, GENERATED, RECONCILED, RUNNING, LeaseHeld, RunDir, remove_empty_run_dirs, survey_run_dirs
+from .rundir import CLAIMED, GENERATED, RECONCILED, RUNNING, LeaseHeld, RunDir, RunInfo, remove_empty_run_dirs, survey_run_dirs
 from .state import IN_FLIGHT
 from .store import ObjectStore, StoreConfig, StoreError, open_store
 
@@ -35,6 +35,8 @@ class ScanOptions:
     engine: str = "local"  # local | pegasus
     dry_run: bool = False
     workers: int | None = None
+    job_timeout: float | None = None  # local engine: seconds per job attempt (None: env, else default; 0: none)
+    max_pixels: int | None = None  # local engine: size guard, width*height*bands*bytes (None: env/default; 0: none)
     progress: bool = True
     submit: bool = True  # pegasus: plan and submit; False: plan only
     workflow: dict[str, Any] = field(default_factory=dict)  # WorkflowSettings overrides (retries, max_running, ...)
@@ -120,7 +122,13 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
         for key in report.orphans:
             echo(f"warning: {key} has no run directory under {options.work_dir}; another work directory or host owns it")
 
-    for run_dir in [*report.claimed, *report.resumed]:
+    runs = [*report.claimed, *report.resumed]
+    if options.engine == "local" and len(runs) > 1:
+        # One shared pool for the tick's runs, so no manifest waits behind another's huge image (issue 8.10).
+        from .engines.local_tick import run_together
+
+        run_together(runs, options, input_store, echo)
+    for run_dir in runs:
         try:
             carry_on(run_dir, options, input_store, echo)
         except (StoreError, WorkflowError, OSError) as exc:
@@ -173,8 +181,8 @@ def _switch_to_local(run_dir: RunDir, options: ScanOptions, echo: Echo) -> None:
         echo(f"{info.manifest_key}: was waiting for {info.engine}; running it with the local engine")
 
 
-def carry_on(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, echo: Echo = print) -> None:
-    """Take one run from wherever it stopped to the end its engine can reach in this tick."""
+def prepare(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, echo: Echo = print) -> RunInfo:
+    """The run, switched to the local engine if it may be, with its workflow generated (if it was not)."""
     from .pegasus.workflow_gen import WorkflowSettings, generate
 
     _switch_to_local(run_dir, options, echo)
@@ -186,7 +194,16 @@ def carry_on(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, ec
         generate(run_dir, input_store, settings)
         info = run_dir.load()
         echo(f"generated workflow in {run_dir.path}")
-    engine = get_engine(info.engine, workers=options.workers, progress=options.progress, submit=options.submit)
+    return info
+
+
+def carry_on(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, echo: Echo = print) -> None:
+    """Take one run from wherever it stopped to the end its engine can reach in this tick."""
+    info = prepare(run_dir, options, input_store, echo)
+    engine = get_engine(
+        info.engine, workers=options.workers, progress=options.progress, submit=options.submit,
+        job_timeout=options.job_timeout, max_pixels=options.max_pixels,
+    )
     if info.state == RUNNING and info.engine != "local":
         # Adopted, so nothing runs it any more, yet it was never reconciled (its END hook did not run or
         # failed, or the DAG was removed): this tick finishes it.

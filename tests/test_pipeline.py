@@ -177,8 +177,8 @@ def test_crash_in_the_middle_of_a_run_is_carried_on_by_the_next_scan(tmp_path, m
         # Jobs run in pool workers; crash the driver once two jobs are recorded.
         real_execute = engine_local._execute
 
-        def execute_then_crash(run_dir, todo, workers, progress):
-            real_execute(run_dir, todo[:2], 1, progress)
+        def execute_then_crash(run_dir, todo, workers, progress, **kw):
+            real_execute(run_dir, todo[:2], 1, progress, **kw)
             raise Crash()
 
         monkeypatch.setattr(engine_local, "_execute", execute_then_crash)

@@ -11,12 +11,16 @@ if TYPE_CHECKING:
 ENGINES = ("local", "pegasus")
 
 
-def get_engine(name: str, *, workers: int | None = None, progress: bool = True, submit: bool = True) -> Engine:
-    """The engine called `name` (imported on demand: the local engine never loads the HTCondor bindings)."""
+def get_engine(
+    name: str, *, workers: int | None = None, progress: bool = True, submit: bool = True,
+    job_timeout: float | None = None, max_pixels: int | None = None,
+) -> Engine:
+    """The engine called `name` (imported on demand: the local engine never loads the HTCondor bindings).
+    `job_timeout` and `max_pixels` are the local engine's per-job limits (None: env, else defaults)."""
     if name == "local":
-        from .local import LocalEngine
+        from .local import LocalEngine, LocalLimits
 
-        return LocalEngine(workers=workers, progress=progress)
+        return LocalEngine(workers=workers, progress=progress, limits=LocalLimits(job_timeout, max_pixels))
     if name == "pegasus":
         from .pegasus.engine import PegasusEngine
 

@@ -17,14 +17,10 @@ run's lease (cog_pipeline/lease.py) while it works.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +31,10 @@ from ..lease import LEASE_SECONDS
 from ..replicas.catalog import key_of_input_lfn
 from ..rundir import RUNNING, RunDir, RunState
 from ..state import FINAL
-from ..store import LocalStore, ObjectStore, StoreConfig, StoreError, open_store
-from .base import NOT_RETRIED, SUCCESS_CODES, ExitCode, JobRecord, RunFinished, WorkflowError, category, last_line, write_record
+from ..store import LocalStore, StoreError, open_store
+from .base import ExitCode, JobRecord, RunFinished, WorkflowError, write_record
+from .local_pool import PoolSettings, cores_available, execute, job_timeout_setting, plan_order, plan_workers
+from .local_worker import AttemptOutcome, max_pixels_setting, run_attempt
 
 
 @dataclass(frozen=True)
@@ -150,109 +148,37 @@ def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Inside a pool worker
-
-_stores: dict[tuple[str, str], ObjectStore] = {}
+# One job in this process (the pool runs attempts in its workers: local_pool.py)
 
 
-def _store_for(store_json: dict[str, Any], bucket: str) -> ObjectStore:
-    config = StoreConfig.from_json(store_json)
-    cache_key = (repr(sorted(store_json.items())), bucket)
-    if cache_key not in _stores:
-        _stores[cache_key] = open_store(bucket, config)
-    return _stores[cache_key]
-
-
-def _safe_join(root: Path, lfn: str) -> Path:
-    path = (root / lfn).resolve()
-    if root.resolve() not in path.parents:
-        raise WorkflowError(f"LFN {lfn!r} escapes the job's working directory")
-    return path
-
-
-def _stage_in(spec: JobSpec, workdir: Path) -> None:
-    store = _store_for(spec.store, spec.input_bucket)
-    for lfn, key in spec.inputs.items():
-        dest = _safe_join(workdir, lfn)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(store, LocalStore):
-            src = store.path_of(key)
-            if not src.is_file():
-                raise FileNotFoundError(f"input {key!r} does not exist in bucket {spec.input_bucket}")
-            os.symlink(src, dest)  # Pegasus links local replicas too; the converter only reads it
-        else:
-            store.download(key, dest)
-
-
-def _stage_out(spec: JobSpec, workdir: Path) -> dict[str, dict[str, Any]]:
-    """Upload every output to its own key; returns key -> {etag, size} as the store reported them."""
-    store = _store_for(spec.store, spec.output_bucket)
-    uploaded: dict[str, dict[str, Any]] = {}
-    for lfn, key in spec.outputs.items():
-        src = _safe_join(workdir, lfn)
-        if not src.is_file():
-            raise FileNotFoundError(f"job produced no {lfn}")
-        info = store.upload(src, key)
-        uploaded[key] = {"etag": info.etag, "size": info.size}
-    return uploaded
-
-
-def run_job(spec: JobSpec) -> JobRecord:
-    """Run one job with its retries; never raises, so one image can never stop the others."""
+def run_job(spec: JobSpec, *, max_pixels: int | None = None) -> JobRecord:
+    """Run one job with its retries in this process; never raises, so one image can never stop the others."""
     started = time.monotonic()
     Path(spec.scratch_root).mkdir(parents=True, exist_ok=True)
-    Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
-    record = JobRecord(spec.job_id, "failed", None, ExitCode.INTERNAL.name, "job did not run", 0, 0.0)
-    with open(spec.log_path, "a", encoding="utf-8") as log:
-        for attempt in range(1, spec.attempts + 1):
-            record.attempts = attempt
-            workdir = Path(tempfile.mkdtemp(prefix=f"{spec.job_id}-", dir=spec.scratch_root))
-            try:
-                log.write(f"--- attempt {attempt}/{spec.attempts} in {workdir}\n")
-                try:
-                    _stage_in(spec, workdir)
-                except (StoreError, OSError) as exc:
-                    record.exit_code, record.category = None, "STAGE_IN_FAILED"
-                    record.reason = f"stage-in failed: {exc}"
-                    log.write(record.reason + "\n")
-                    continue
-                cmd = [spec.executable, *spec.arguments]
-                log.write(f"$ {shlex.join(cmd)}\n")
-                log.flush()
-                # Scripts start with '#!/usr/bin/env python3': give them this environment's interpreter, as the
-                # container gives them its own on a worker.
-                path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-                env = {**os.environ, "PATH": path, **spec.env}
-                proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env, check=False)
-                log.write(proc.stdout)
-                log.write(proc.stderr)
-                record.exit_code = proc.returncode
-                record.category = category(proc.returncode)
-                record.reason = last_line(proc.stderr) or f"exit code {proc.returncode}"
-                if proc.returncode not in SUCCESS_CODES:
-                    if proc.returncode in NOT_RETRIED:
-                        break
-                    continue
-                try:
-                    record.outputs = _stage_out(spec, workdir)
-                except (StoreError, OSError) as exc:
-                    record.category = "STAGE_OUT_FAILED"
-                    record.reason = f"stage-out failed: {exc}"
-                    log.write(record.reason + "\n")
-                    continue
-                record.status = "succeeded"
-                record.warning = record.reason if record.reason.startswith("WARNING") else None
-                record.reason = ""
-                break
-            except Exception as exc:  # noqa: BLE001 - a crash in one job is that job's failure, with its reason
-                record.category, record.reason = ExitCode.INTERNAL.name, f"{type(exc).__name__}: {exc}"
-                log.write(record.reason + "\n")
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
-    record.seconds = round(time.monotonic() - started, 3)
-    record.key = spec.metadata.get("key")
-    record.line = int(spec.metadata["line"]) if spec.metadata.get("line", "").isdigit() else None
-    return record
+    outcome = AttemptOutcome("failed", None, ExitCode.INTERNAL.name, "job did not run")
+    attempt = 0
+    for attempt in range(1, spec.attempts + 1):
+        outcome = run_attempt(spec, attempt, max_pixels=max_pixels)
+        if outcome.status == "succeeded" or not outcome.retry:
+            break
+    return make_record(spec, outcome, attempt, time.monotonic() - started)
+
+
+def make_record(spec: JobSpec, outcome: AttemptOutcome, attempts: int, seconds: float) -> JobRecord:
+    """jobs/<id>.json from the job's last attempt."""
+    return JobRecord(
+        job_id=spec.job_id,
+        status=outcome.status,
+        exit_code=outcome.exit_code,
+        category=outcome.category,
+        reason=outcome.reason,
+        attempts=attempts,
+        seconds=round(seconds, 3),
+        key=spec.metadata.get("key"),
+        line=int(spec.metadata["line"]) if spec.metadata.get("line", "").isdigit() else None,
+        warning=outcome.warning,
+        outputs=outcome.outputs,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,7 +190,40 @@ def _record_path(run_dir: RunDir, job_id: str) -> Path:
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return cores_available()
+
+
+@dataclass(frozen=True)
+class LocalLimits:
+    """Per-job limits of the local engine (issue 8.10). None: the env setting, else the default."""
+
+    job_timeout: float | None = None  # seconds per attempt; 0: no limit (local_pool.job_timeout_setting)
+    max_pixels: int | None = None  # width*height*bands*bytes per sample; 0: no limit (local_worker)
+
+
+def input_sizes(run_dir: RunDir, jobs: list[JobSpec]) -> dict[str, int]:
+    """Each job's input size in bytes, to start big images first: preflight.json's "sizes" when the generator
+    recorded them, else one listing (folder buckets: a stat per key). Unknown sizes count as 0."""
+    recorded = (run_dir.read_json(RunDir.PREFLIGHT, {}) or {}).get("sizes") or {}
+    keys = {job.job_id: next(iter(job.inputs.values()), "") for job in jobs}
+    if not recorded and jobs:
+        info = run_dir.load()
+        try:
+            store = open_store(info.input_bucket, info.store_config)
+            if isinstance(store, LocalStore):
+                recorded = {}
+                for key in keys.values():
+                    try:
+                        recorded[key] = store.path_of(key).stat().st_size
+                    except (OSError, StoreError):
+                        continue
+            else:
+                from ..listing import find_keys
+
+                recorded = {k: o.size for k, o in find_keys(store, keys.values()).items()}
+        except (StoreError, OSError):
+            recorded = {}
+    return {job_id: int(recorded.get(key) or 0) for job_id, key in keys.items()}
 
 
 def run_workflow(
@@ -273,6 +232,7 @@ def run_workflow(
     workers: int | None = None,
     progress: bool = True,
     run_hooks: bool = True,
+    limits: LocalLimits | None = None,
 ) -> EngineResult:
     """Run every job without a final record, then the END hooks, whatever the jobs' outcomes.
 
@@ -294,11 +254,12 @@ def run_workflow(
         todo = [job for job in jobs if job.job_id not in done]
         run_dir.jobs_dir.mkdir(parents=True, exist_ok=True)
         run_dir.set_state(RUNNING, engine="local")
-        workers = max(1, min(workers or default_workers(), len(todo) or 1))
         succeeded = failed = 0
         try:
             if todo:
-                succeeded, failed = _execute(run_dir, todo, workers, progress)
+                todo = plan_order(todo, input_sizes(run_dir, todo))
+                workers = plan_workers(default_workers(), len(todo), workers)
+                succeeded, failed = _execute(run_dir, todo, workers, progress, limits=limits)
         finally:
             shutil.rmtree(run_dir.path / "scratch", ignore_errors=True)
         # The workflow has ended (every job has its final record): now, and only now, the END hooks. A driver
@@ -314,7 +275,7 @@ def run_workflow(
     return EngineResult(len(jobs), succeeded, failed, len(jobs) - len(todo), hook_results)
 
 
-def _execute(run_dir: RunDir, todo: list[JobSpec], workers: int, show_progress: bool) -> tuple[int, int]:
+def _execute(run_dir: RunDir, todo: list[JobSpec], workers: int, show_progress: bool, *, limits: LocalLimits | None = None) -> tuple[int, int]:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -324,7 +285,8 @@ def _execute(run_dir: RunDir, todo: list[JobSpec], workers: int, show_progress: 
         TimeRemainingColumn,
     )
 
-    succeeded = failed = 0
+    limits = limits or LocalLimits()
+    counts = {"succeeded": 0, "failed": 0}
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -336,33 +298,27 @@ def _execute(run_dir: RunDir, todo: list[JobSpec], workers: int, show_progress: 
         TimeRemainingColumn(),
     )
     started = time.monotonic()
+    settings = PoolSettings(
+        workers=workers,
+        cores=default_workers(),
+        timeout=job_timeout_setting(limits.job_timeout),
+        max_pixels=max_pixels_setting(limits.max_pixels),
+        tick=LEASE_SECONDS / 4,
+    )
     with Progress(*columns, disable=not show_progress, transient=False) as bar:
         task = bar.add_task(f"converting ({workers} workers)", total=len(todo), rate="-", failed=0)
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            pending: set[Future[JobRecord]] = set()
-            queue = iter(todo)
-            # Keep a bounded number of jobs in flight so 100,000-row manifests do not fill memory with futures.
-            for job in queue:
-                pending.add(pool.submit(run_job, job))
-                if len(pending) >= workers * 4:
-                    break
-            while pending:
-                # Wake at least a few times per lease period to renew it, even while one job runs for long.
-                finished, pending = wait(pending, timeout=LEASE_SECONDS / 4, return_when=FIRST_COMPLETED)
-                run_dir.renew_lease()
-                for future in finished:
-                    record = future.result()
-                    write_record(_record_path(run_dir, record.job_id), record)
-                    if record.status == "succeeded":
-                        succeeded += 1
-                    else:
-                        failed += 1
-                    nxt = next(queue, None)
-                    if nxt is not None:
-                        pending.add(pool.submit(run_job, nxt))
-                elapsed = max(time.monotonic() - started, 1e-6)
-                bar.update(task, advance=len(finished), rate=f"{(succeeded + failed) / elapsed:.2f}", failed=failed)
-    return succeeded, failed
+
+        def on_final(spec: JobSpec, outcome: AttemptOutcome, attempts: int, seconds: float) -> None:
+            record = make_record(spec, outcome, attempts, seconds)
+            write_record(_record_path(run_dir, record.job_id), record)
+            counts["succeeded" if record.status == "succeeded" else "failed"] += 1
+            done = counts["succeeded"] + counts["failed"]
+            rate = f"{done / max(time.monotonic() - started, 1e-6):.2f}"
+            bar.update(task, advance=1, rate=rate, failed=counts["failed"])
+
+        # The pool wakes at least a few times per lease period to renew it, even while one job runs for long.
+        execute(todo, settings, on_final, on_tick=run_dir.renew_lease)
+    return counts["succeeded"], counts["failed"]
 
 
 class LocalEngine:
@@ -370,11 +326,14 @@ class LocalEngine:
 
     name = "local"
 
-    def __init__(self, workers: int | None = None, progress: bool = True) -> None:
-        self.workers, self.progress = workers, progress
+    def __init__(self, workers: int | None = None, progress: bool = True, limits: LocalLimits | None = None) -> None:
+        self.workers, self.progress, self.limits = workers, progress, limits
 
     def submit(self, run_dir: RunDir, echo: Callable[[str], None]) -> str:
-        result = run_workflow(run_dir, workers=self.workers, progress=self.progress, run_hooks=True)
+        try:
+            result = run_workflow(run_dir, workers=self.workers, progress=self.progress, run_hooks=True, limits=self.limits)
+        except RunFinished:
+            return "ended"  # its END hook already reconciled it (local_tick runs a tick's runs together)
         echo(f"jobs: {result.succeeded} succeeded, {result.failed} failed, {result.skipped} already done")
         for cmd, code in result.hooks:
             if code != 0:

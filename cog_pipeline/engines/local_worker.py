@@ -1,0 +1,317 @@
+"""One job attempt, as a long-lived local pool worker runs it: stage in, guard the size, convert, stage out.
+
+Why in-process: spawning the `generate_cog` executable costs ~0.8-1 CPU-s of interpreter and GDAL/rasterio
+imports per image before a pixel is read (issue 10.2). A worker imports once and then calls the converter's
+own command-line entry point (`transformations.cli.main`, which calls `convert()`) in-process, so arguments,
+verification, exit codes, the one reason line and the band-mismatch warn mode are exactly the executable's.
+A transformation whose PFN is not the bundled converter (or env COG_PIPELINE_LOCAL_INPROCESS=0) still runs
+as a subprocess, as Pegasus would run it, so workflow.yml stays engine-neutral.
+
+Workers die with their parent (issue 8.9): `PR_SET_PDEATHSIG` plus a parent-pid watchdog thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..store import LocalStore, ObjectStore, StoreConfig, StoreError, open_store
+from .base import NOT_RETRIED, SUCCESS_CODES, ExitCode, WorkflowError, category, last_line
+
+if TYPE_CHECKING:
+    from .local import JobSpec
+
+INPROCESS_ENV = "COG_PIPELINE_LOCAL_INPROCESS"  # "0": always run the executable as a subprocess
+MAX_PIXELS_ENV = "COG_PIPELINE_MAX_PIXELS"
+THREADS_ENV = "COG_PIPELINE_THREADS"  # the converter's own thread setting (transformations/settings.py)
+# The largest input the converter's memory budget is specified for (issue 10.4: 1-4 bands up to 40000² in a
+# 1 GB slot), counted as width x height x bands x bytes per sample. A 100000² image is refused before any read.
+DEFAULT_MAX_PIXELS = 40000 * 40000 * 4
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class AttemptOutcome:
+    """What one attempt ended with; the driver turns the last one into the job's record."""
+
+    status: str  # "succeeded" | "failed"
+    exit_code: int | None
+    category: str
+    reason: str
+    retry: bool = True  # False: the failure is deterministic, another attempt only burns time
+    warning: str | None = None
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def max_pixels_setting(explicit: int | None = None) -> int:
+    """--max-pixels, else env COG_PIPELINE_MAX_PIXELS, else DEFAULT_MAX_PIXELS; 0 disables the guard."""
+    if explicit is not None:
+        return int(explicit)
+    env = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    return int(env) if env.isdigit() else DEFAULT_MAX_PIXELS
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dying with the parent
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> bool:
+    """Ask Linux to send `sig` to this process when its parent (thread) dies. False where unsupported."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def die_with_parent(parent_pid: int, interval: float = 1.0) -> None:
+    """PR_SET_PDEATHSIG, then a watchdog thread (the fallback where prctl is missing): a worker whose parent
+    is gone exits at once instead of converting jobs that the next scan also runs."""
+    set_pdeathsig()
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def worker_main(conn: Any, parent_pid: int) -> None:
+    """A pool worker's life: import the converter once, then run one attempt per message until told to stop."""
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    try:
+        from ..transformations import cli  # noqa: F401 - pays the imports once per worker
+        from ..transformations.backend import get_backend
+
+        get_backend()
+    except Exception:  # noqa: BLE001 - a missing GDAL shows up as each job's reason instead
+        pass
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        spec, attempt, threads, max_pixels = message
+        conn.send("started")  # the wall-time limit counts from here, not from the worker's own start-up
+        conn.send(run_attempt(spec, attempt, threads=threads, max_pixels=max_pixels))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Staging
+
+
+_stores: dict[tuple[str, str], ObjectStore] = {}
+
+
+def _store_for(store_json: dict[str, Any], bucket: str) -> ObjectStore:
+    config = StoreConfig.from_json(store_json)
+    cache_key = (repr(sorted(store_json.items())), bucket)
+    if cache_key not in _stores:
+        _stores[cache_key] = open_store(bucket, config)
+    return _stores[cache_key]
+
+
+def _safe_join(root: Path, lfn: str) -> Path:
+    path = (root / lfn).resolve()
+    if root.resolve() not in path.parents:
+        raise WorkflowError(f"LFN {lfn!r} escapes the job's working directory")
+    return path
+
+
+def stage_in(spec: JobSpec, workdir: Path) -> None:
+    store = _store_for(spec.store, spec.input_bucket)
+    for lfn, key in spec.inputs.items():
+        dest = _safe_join(workdir, lfn)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(store, LocalStore):
+            src = store.path_of(key)
+            if not src.is_file():
+                raise FileNotFoundError(f"input {key!r} does not exist in bucket {spec.input_bucket}")
+            os.symlink(src, dest)  # Pegasus links local replicas too; the converter only reads it
+        else:
+            store.download(key, dest)
+
+
+def stage_out(spec: JobSpec, workdir: Path) -> dict[str, dict[str, Any]]:
+    """Upload every output to its own key; returns key -> {etag, size} as the store reported them."""
+    store = _store_for(spec.store, spec.output_bucket)
+    uploaded: dict[str, dict[str, Any]] = {}
+    for lfn, key in spec.outputs.items():
+        src = _safe_join(workdir, lfn)
+        if not src.is_file():
+            raise FileNotFoundError(f"job produced no {lfn}")
+        info = store.upload(src, key)
+        uploaded[key] = {"etag": info.etag, "size": info.size}
+    return uploaded
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The size guard
+
+
+def size_problem(path: Path, max_pixels: int) -> str | None:
+    """A one-line reason when the input's uncompressed size exceeds the limit (header only; None if it fits or
+    the header cannot be read: the converter then reports that problem itself)."""
+    if max_pixels <= 0:
+        return None
+    try:
+        import numpy as np
+
+        from ..transformations.backend import get_backend
+
+        info = get_backend().info(str(path), drivers=["GTiff"])
+        itemsize = max((np.dtype(d).itemsize for d in info.dtypes), default=1)
+    except Exception:  # noqa: BLE001 - unreadable: not this guard's business
+        return None
+    weight = info.width * info.height * max(info.count, 1) * itemsize
+    if weight <= max_pixels:
+        return None
+    return (
+        f"TOO_LARGE: {info.width}x{info.height}x{info.count} {info.dtypes[0] if info.dtypes else ''} is "
+        f"{weight:,} pixel-bytes uncompressed, over the limit of {max_pixels:,} "
+        f"(--max-pixels / {MAX_PIXELS_ENV}; 0 disables the check)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running the converter
+
+
+def bundled_converter() -> Path:
+    from .. import transformations
+
+    return Path(transformations.__file__).resolve().parent / "generate_cog"
+
+
+def runs_in_process(executable: str) -> bool:
+    """The bundled converter runs in-process unless COG_PIPELINE_LOCAL_INPROCESS=0; anything else is a
+    subprocess, exactly as Pegasus would run it."""
+    if os.environ.get(INPROCESS_ENV, "1").strip() == "0":
+        return False
+    try:
+        return os.path.samefile(executable, bundled_converter())
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _job_environment(env: dict[str, str], workdir: Path):
+    """The job's environment and working directory for the duration of one in-process call (a worker runs
+    one job at a time, so changing the process-wide state is safe)."""
+    saved = {k: os.environ.get(k) for k in env}
+    cwd = os.getcwd()
+    os.environ.update(env)
+    os.chdir(workdir)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def convert_in_process(arguments: list[str], env: dict[str, str], workdir: Path) -> tuple[int, str]:
+    """(exit code, what the executable would have printed on stderr) from the converter's own CLI entry."""
+    from ..transformations import cli
+
+    err = io.StringIO()
+    with _job_environment(env, workdir), contextlib.redirect_stderr(err), contextlib.redirect_stdout(err):
+        try:
+            code = int(cli.main(arguments))
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+    return code, err.getvalue()
+
+
+def _pdeathsig_preexec() -> None:
+    set_pdeathsig()
+
+
+def convert_subprocess(executable: str, arguments: list[str], env: dict[str, str], workdir: Path) -> tuple[int, str, str]:
+    # Scripts start with '#!/usr/bin/env python3': give them this environment's interpreter, as the
+    # container gives them its own on a worker.
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    full_env = {**os.environ, "PATH": path, **env}
+    proc = subprocess.run(
+        [executable, *arguments], cwd=workdir, capture_output=True, text=True, env=full_env, check=False,
+        preexec_fn=_pdeathsig_preexec,  # noqa: PLW1509 - only a prctl; the grandchild dies with this worker
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def attempt_dir(spec: JobSpec, attempt: int) -> Path:
+    """Deterministic, so the driver can clean up after a worker that died mid-attempt."""
+    return Path(spec.scratch_root) / f"{spec.job_id}.{attempt}"
+
+
+def run_attempt(spec: JobSpec, attempt: int, *, threads: int | None = None, max_pixels: int | None = None) -> AttemptOutcome:
+    """One attempt of one job; never raises, so one image can never stop the others."""
+    workdir = attempt_dir(spec, attempt)
+    shutil.rmtree(workdir, ignore_errors=True)
+    Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
+    env = dict(spec.env)
+    if threads and THREADS_ENV not in env:
+        env[THREADS_ENV] = str(threads)
+    limit = max_pixels_setting(max_pixels)
+    with open(spec.log_path, "a", encoding="utf-8") as log:
+        try:
+            workdir.mkdir(parents=True)
+            log.write(f"--- attempt {attempt}/{spec.attempts} in {workdir} (worker pid {os.getpid()}, {threads or 'default'} threads)\n")
+            log.flush()
+            try:
+                stage_in(spec, workdir)
+            except (StoreError, OSError) as exc:
+                return _logged(log, AttemptOutcome("failed", None, "STAGE_IN_FAILED", f"stage-in failed: {exc}"))
+            for lfn in spec.inputs:
+                problem = size_problem(workdir / lfn, limit)
+                if problem:
+                    return _logged(log, AttemptOutcome("failed", None, "TOO_LARGE", problem, retry=False))
+            log.write(f"$ {shlex.join([spec.executable, *spec.arguments])}\n")
+            log.flush()
+            if runs_in_process(spec.executable):
+                code, err = convert_in_process(spec.arguments, env, workdir)
+                log.write(err)
+            else:
+                code, out, err = convert_subprocess(spec.executable, spec.arguments, env, workdir)
+                log.write(out)
+                log.write(err)
+            reason = last_line(err) or f"exit code {code}"
+            if code not in SUCCESS_CODES:
+                return AttemptOutcome("failed", code, category(code), reason, retry=code not in NOT_RETRIED)
+            try:
+                outputs = stage_out(spec, workdir)
+            except (StoreError, OSError) as exc:
+                return _logged(log, AttemptOutcome("failed", code, "STAGE_OUT_FAILED", f"stage-out failed: {exc}"))
+            warning = reason if reason.startswith("WARNING") else None
+            return AttemptOutcome("succeeded", code, category(code), "", warning=warning, outputs=outputs)
+        except Exception as exc:  # noqa: BLE001 - a crash in one job is that job's failure, with its reason
+            return _logged(log, AttemptOutcome("failed", None, ExitCode.INTERNAL.name, f"{type(exc).__name__}: {exc}"))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _logged(log: Any, outcome: AttemptOutcome) -> AttemptOutcome:
+    log.write(outcome.reason + "\n")
+    return outcome

@@ -1,0 +1,237 @@
+"""The local engine's long-lived in-process workers: crash isolation, wall-time limit, size guard, ordering.
+
+Real parts only: folder buckets, real rasters, the real converter in real worker processes, real signals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from cog_pipeline.engines.local_pool import plan_order, plan_workers, threads_for
+from cog_pipeline.examples import write_raster
+from cog_pipeline.pipeline import ScanOptions, scan
+from cog_pipeline.rundir import list_run_dirs
+from cog_pipeline.store import StoreConfig
+
+
+def _buckets(tmp_path: Path) -> Path:
+    root = tmp_path / "buckets"
+    (root / "in").mkdir(parents=True)
+    (root / "out").mkdir(parents=True)
+    return root
+
+
+def _options(root: Path, tmp_path: Path, **kw) -> ScanOptions:
+    kw.setdefault("workers", 2)
+    return ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", progress=False, workflow={"retries": 0}, **kw)
+
+
+def _records(tmp_path: Path) -> dict[str, dict]:
+    (run,) = list_run_dirs(tmp_path / "work")
+    return {rec["key"]: rec for rec in run.job_records().values()}
+
+
+def _results(root: Path, kind: str) -> list[str]:
+    rows: list[str] = []
+    for path in sorted((root / "in").glob(f"*_{kind}-*.csv")):
+        if not path.name.endswith("-reasons.csv"):
+            rows += path.read_text().splitlines()
+    return rows
+
+
+def sparse_tiff(path: Path, size: int, bands: int = 1) -> Path:
+    """A huge tiled GeoTIFF with no tile written: a few MB on disk, size x size pixels to GDAL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = dict(driver="GTiff", width=size, height=size, count=bands, dtype="uint8", tiled=True,
+                   blockxsize=512, blockysize=512, sparse_ok=True)
+    with rasterio.open(path, "w", **profile):
+        pass
+    return path
+
+
+def _kill_when_running(work: Path, job_id: str, sig: int, found: dict) -> None:
+    """Send `sig` to the worker that logs it started `job_id` (polls the job's log for its pid)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for log in work.glob(f"workflow-run-*/jobs/{job_id}.log"):
+            text = log.read_text(errors="replace")
+            if "worker pid " in text:
+                pid = int(text.split("worker pid ")[1].split(",")[0])
+                os.kill(pid, sig)
+                found["pid"] = pid
+                return
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGKILL])
+def test_a_worker_that_dies_fails_only_its_image(tmp_path, sig):
+    root = _buckets(tmp_path)
+    # The victim is the biggest, so it starts first, and it takes long enough to be killed mid-conversion.
+    write_raster(root / "in" / "victim.tif", 3, size=3000)
+    for i in range(3):
+        write_raster(root / "in" / f"small{i}.tif", 1, size=48)
+    rows = ["victim.tif,3", *(f"small{i}.tif,1" for i in range(3))]
+    (root / "in" / "m_raw.csv").write_text("\n".join(rows) + "\n")
+    found: dict = {}
+    killer = threading.Thread(target=_kill_when_running, args=(tmp_path / "work", "ID0000001", sig, found))
+    killer.start()
+    report = scan(_options(root, tmp_path), echo=lambda line: None)
+    killer.join()
+    assert found, "the victim's worker was never seen"
+    assert len(report.reconciled) == 1 and not report.errors
+    assert sorted(_results(root, "processed")) == sorted(rows[1:])
+    assert _results(root, "failed") == ["victim.tif,3"]
+    record = _records(tmp_path)["victim.tif"]
+    assert record["category"] == "WORKER_DIED" and signal.Signals(sig).name in record["reason"]
+    reasons = next((root / "in").glob("*-reasons.csv")).read_text()
+    assert "WORKER_DIED" in reasons and signal.Signals(sig).name in reasons
+
+
+@pytest.mark.slow
+def test_a_job_over_the_wall_time_limit_is_killed_and_the_others_go_on(tmp_path):
+    root = _buckets(tmp_path)
+    sparse_tiff(root / "in" / "slow.tif", 30000)  # minutes of work: the size guard is off for this test
+    write_raster(root / "in" / "small.tif", 1, size=48)
+    (root / "in" / "m_raw.csv").write_text("slow.tif,1\nsmall.tif,1\n")
+    started = time.monotonic()
+    scan(_options(root, tmp_path, job_timeout=3, max_pixels=0), echo=lambda line: None)
+    assert time.monotonic() - started < 90
+    assert _results(root, "processed") == ["small.tif,1"]
+    assert _results(root, "failed") == ["slow.tif,1"]
+    record = _records(tmp_path)["slow.tif"]
+    assert record["category"] == "TIMEOUT" and "3 s" in record["reason"] and "--job-timeout" in record["reason"]
+    assert record["attempts"] == 1
+
+
+def test_a_huge_sparse_image_fails_fast_naming_its_size_and_the_setting(tmp_path):
+    root = _buckets(tmp_path)
+    huge = sparse_tiff(root / "in" / "huge.tif", 100000)
+    assert huge.stat().st_size < 3_000_000
+    write_raster(root / "in" / "small.tif", 1, size=32)
+    (root / "in" / "m_raw.csv").write_text("huge.tif,1\nsmall.tif,1\n")
+    started = time.monotonic()
+    scan(_options(root, tmp_path), echo=lambda line: None)
+    assert time.monotonic() - started < 60
+    assert _results(root, "failed") == ["huge.tif,1"] and _results(root, "processed") == ["small.tif,1"]
+    record = _records(tmp_path)["huge.tif"]
+    assert record["category"] == "TOO_LARGE"
+    assert "100000x100000x1" in record["reason"] and "--max-pixels" in record["reason"]
+    assert "COG_PIPELINE_MAX_PIXELS" in record["reason"]
+    assert not (root / "out" / "huge.tif").exists()
+
+
+def test_max_pixels_is_configurable(tmp_path):
+    root = _buckets(tmp_path)
+    write_raster(root / "in" / "a.tif", 1, size=64)  # 4096 pixel-bytes
+    (root / "in" / "m_raw.csv").write_text("a.tif,1\n")
+    scan(_options(root, tmp_path, max_pixels=4000, workers=1), echo=lambda line: None)
+    assert _results(root, "failed") == ["a.tif,1"]
+    assert "over the limit of 4,000" in _records(tmp_path)["a.tif"]["reason"]
+
+
+def test_in_process_outputs_match_the_executable(tmp_path, monkeypatch):
+    """Same bytes of pixels, same band-mismatch warning, same record, with and without the subprocess."""
+    outs = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("COG_PIPELINE_LOCAL_INPROCESS", mode)
+        sub = tmp_path / mode
+        root = _buckets(sub)
+        write_raster(root / "in" / "x y#1.tif", 3, size=96)
+        (root / "in" / "m_raw.csv").write_text("x y#1.tif,4\n")
+        scan(_options(root, sub, workers=1), echo=lambda line: None)
+        assert _results(root, "processed") == ["x y#1.tif,4"]
+        record = _records(sub)["x y#1.tif"]
+        assert record["status"] == "succeeded" and "BAND_MISMATCH" in (record["warning"] or "")
+        assert set(record["outputs"]) == {"x y#1.tif", "x y#1.jpg"}
+        assert record["outputs"]["x y#1.tif"]["size"] == (root / "out" / "x y#1.tif").stat().st_size
+        with rasterio.open(root / "out" / "x y#1.tif") as cog:
+            outs[mode] = (cog.read(), cog.overviews(1))
+        log = next((sub / "work").glob("workflow-run-*/jobs/*.log")).read_text()
+        assert "worker pid" in log
+    assert np.array_equal(outs["1"][0], outs["0"][0]) and outs["1"][1] == outs["0"][1]
+
+
+def test_big_images_start_first(tmp_path):
+    """One worker: completion order is start order, which must be biggest input first, and the last job,
+    alone, gets every core's thread."""
+    root = _buckets(tmp_path)
+    for name, size in (("small", 32), ("big", 160), ("medium", 96)):
+        write_raster(root / "in" / f"{name}.tif", 1, size=size)
+    (root / "in" / "m_raw.csv").write_text("small.tif,1\nbig.tif,1\nmedium.tif,1\n")
+    scan(_options(root, tmp_path, workers=1), echo=lambda line: None)
+    (run,) = list_run_dirs(tmp_path / "work")
+    finished = sorted(run.jobs_dir.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    keys = [run.job_records()[p.stem]["key"] for p in finished]
+    assert keys == ["big.tif", "medium.tif", "small.tif"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scheduling as pure functions
+
+
+class _Job:
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+
+
+def test_plan_order_is_biggest_first_and_stable():
+    jobs = [_Job(f"ID{i}") for i in range(5)]
+    sizes = {"ID0": 10, "ID1": 500, "ID2": 10, "ID3": 90}
+    assert [j.job_id for j in plan_order(jobs, sizes)] == ["ID1", "ID3", "ID0", "ID2", "ID4"]
+
+
+def test_threads_and_workers_fit_the_cores():
+    assert plan_workers(2, 24) == 2 and plan_workers(8, 3) == 3 and plan_workers(2, 10, requested=5) == 5
+    assert threads_for(2, running=0, waiting=23) == 1  # many small images: N workers x 1 thread
+    assert threads_for(2, running=1, waiting=0) == 1  # the other core is busy
+    assert threads_for(2, running=0, waiting=0) == 2  # one huge image alone: every core
+    assert threads_for(8, running=1, waiting=0) == 4
+    assert threads_for(1, running=0, waiting=0) == 1
+
+
+@pytest.mark.slow
+def test_a_small_manifest_does_not_wait_behind_a_huge_image_of_another(tmp_path):
+    """Two manifests claimed in one tick share one pool: with one worker the order is the scheduler's alone,
+    and the small manifest's jobs finish before the other's big image (the old tick ran them in turn)."""
+    root = _buckets(tmp_path)
+    write_raster(root / "in" / "big.tif", 3, size=600)
+    (root / "in" / "a_raw.csv").write_text("big.tif,3\n")  # claimed first
+    for i in range(2):
+        write_raster(root / "in" / f"tiny{i}.tif", 1, size=24)
+    (root / "in" / "b_raw.csv").write_text("tiny0.tif,1\ntiny1.tif,1\n")
+    report = scan(_options(root, tmp_path, workers=1), echo=lambda line: None)
+    assert len(report.reconciled) == 2 and not report.errors
+    finished = []
+    for run in list_run_dirs(tmp_path / "work"):
+        finished += [(p.stat().st_mtime_ns, run.load().manifest_key) for p in run.jobs_dir.glob("*.json")]
+    assert [key for _, key in sorted(finished)] == ["b_raw.csv", "b_raw.csv", "a_raw.csv"]
+    assert sorted(_results(root, "processed")) == ["big.tif,3", "tiny0.tif,1", "tiny1.tif,1"]
+    assert not _results(root, "failed")
+
+
+def test_fair_queue_serves_the_run_with_fewest_running_then_least_left():
+    from cog_pipeline.engines.local_pool import FairQueue
+
+    class Spec:
+        def __init__(self, run: str, job_id: str) -> None:
+            self.scratch_root, self.job_id = run, job_id
+
+    a = [Spec("A", "ID1"), Spec("A", "ID2")]
+    b = [Spec("B", "ID1")]
+    q = FairQueue([*a, *b], {("A", "ID1"): 1000, ("A", "ID2"): 900, ("B", "ID1"): 10})
+    first, _ = q.pop({})
+    assert (first.scratch_root, first.job_id) == ("B", "ID1")  # least input left
+    second, _ = q.pop({"B": 1})
+    assert (second.scratch_root, second.job_id) == ("A", "ID1")
+    q.retry(second, 2)
+    again, attempt = q.pop({})
+    assert again is second and attempt == 2 and len(q) == 1
