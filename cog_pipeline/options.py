@@ -87,13 +87,15 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .claim import ClaimError
+        from .claim import ClaimError, ClaimLost
         from .engines.base import WorkflowError
         from .rundir import DamagedRunDir, LeaseHeld
         from .state import IllegalTransition
 
         try:
             return func(*args, **kwargs)
+        except ClaimLost as exc:
+            fail(f"claim lost: {exc}")
         except (StoreError, ClaimError, WorkflowError, DamagedRunDir, LeaseHeld, IllegalTransition, FileNotFoundError) as exc:
             fail(str(exc))
 

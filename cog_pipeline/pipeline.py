@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .claim import Claim, claim_one, look, recover_claims, scan_lock
+from .claim import Claim, ClaimLost, claim_one, look, recover_claims, scan_lock
 from .engines import get_engine
 from .engines.base import WorkflowError
 from .reconcile import ReconcileResult, reconcile
@@ -52,6 +52,7 @@ class ScanReport:
     orphans: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # runs that stopped on an error this tick
     damaged: list[str] = field(default_factory=list)  # run directories that cannot be read (skipped)
+    lost: list[str] = field(default_factory=list)  # claims a fence found taken over (nothing published)
 
 
 def run_is_active(run_dir: RunDir) -> bool:
@@ -100,14 +101,19 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
                 report.refused.append(pending.problem)
                 echo(f"not claimed: {pending.problem}")
                 continue
-            claim: Claim | None = claim_one(
-                input_store,
-                pending.info,
-                work_dir=options.work_dir,
-                output_bucket=options.output_bucket,
-                store_config=options.store,
-                engine=options.engine,
-            )
+            try:
+                claim: Claim | None = claim_one(
+                    input_store,
+                    pending.info,
+                    work_dir=options.work_dir,
+                    output_bucket=options.output_bucket,
+                    store_config=options.store,
+                    engine=options.engine,
+                )
+            except ClaimLost as exc:
+                report.lost.append(f"{pending.info.key}: {exc}")
+                echo(f"claim lost: {pending.info.key}: {exc}; the scan that took it over answers for it")
+                continue
             if claim is None:
                 echo(f"skipped {pending.info.key}: another scan claimed it")
                 continue
@@ -123,6 +129,11 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
     for run_dir in [*report.claimed, *report.resumed]:
         try:
             carry_on(run_dir, options, input_store, echo)
+        except ClaimLost as exc:
+            # Reconcile's fence: the processing file is no longer this claim's. The run is ABANDONED and wrote
+            # no result file; whoever holds the manifest now answers for it.
+            report.lost.append(f"{run_dir.path.name}: {exc}")
+            echo(f"claim lost: {run_dir.path.name}: {exc}; no result file written, run abandoned")
         except (StoreError, WorkflowError, OSError) as exc:
             # One run's trouble (an unreachable bucket, a broken run directory) must not hold up the others;
             # this run stays where it stopped and the next tick carries it on.

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .claim import fence_before_results
 from .listing import find_keys
 from .manifest import Manifest, ManifestRow, parse_manifest
 from .naming import RunNames
@@ -209,9 +210,10 @@ def _reconcile(run_dir: RunDir, input_store: ObjectStore | None, output_store: O
 
     result = ReconcileResult(**saved["result"])
     results_dir = run_dir.path / RunDir.RESULTS
-    for key in (result.processed_key, result.failed_key, result.reasons_key):
-        if key:
-            input_store.put_bytes(key, (results_dir / key.rpartition("/")[2]).read_bytes())
+    publish = {k: results_dir / k.rpartition("/")[2] for k in (result.processed_key, result.failed_key, result.reasons_key) if k}
+    fence_before_results(input_store, run_dir, names, publish)  # ClaimLost: the run is ABANDONED, nothing written
+    for key, path in publish.items():
+        input_store.put_bytes(key, path.read_bytes())
     input_store.delete(names.processing_key)
     run_dir.set_state(RECONCILED)
     return result
