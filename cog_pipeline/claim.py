@@ -357,6 +357,7 @@ def claim_one(
     output_bucket: str,
     store_config: StoreConfig,
     engine: str = "local",
+    output_prefix: str | None = None,
 ) -> Claim | None:
     """Claim one manifest. None when another scan owns it (nothing of ours is left behind); ClaimLost when
     we held its marker but a scan took it over while we stalled (nothing of ours is left behind either)."""
@@ -372,6 +373,7 @@ def claim_one(
         store=store_config.to_json(),
         state=CLAIMING,
         engine=engine,
+        output_prefix=output_prefix or None,
     )
     info.claim_token = token.to_json()
     run_dir.save(info)

@@ -38,6 +38,7 @@ class ScanOptions:
     progress: bool = True
     submit: bool = True  # pegasus: plan and submit; False: plan only
     workflow: dict[str, Any] = field(default_factory=dict)  # WorkflowSettings overrides (retries, max_running, ...)
+    output_prefix: str | None = None  # outputs at <prefix><key> in the output bucket (same-bucket mode)
 
 
 @dataclass
@@ -109,6 +110,7 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
                     output_bucket=options.output_bucket,
                     store_config=options.store,
                     engine=options.engine,
+                    output_prefix=options.output_prefix,
                 )
             except ClaimLost as exc:
                 report.lost.append(f"{pending.info.key}: {exc}")

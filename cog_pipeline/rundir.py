@@ -60,6 +60,8 @@ class RunInfo:
     manifest_etag: str | None = None
     claim_token: dict[str, Any] | None = None  # claim.ClaimToken: names this run's claimant in its fenced marker
     owner: dict[str, Any] | None = None  # the lease of whoever carries the run on now (lease.Lease)
+    # Same-bucket mode: every output at <output_prefix><key> (naming.check_buckets); None: at <key>.
+    output_prefix: str | None = None
     # Written by the workflow generator (pegasus/workflow_gen.py).
     output_site: str | None = None
     data_configuration: str | None = None
