@@ -107,6 +107,29 @@ def store_config(kw: dict[str, Any]) -> StoreConfig:
     )
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line (YAML and JSON errors span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def os_error_line(exc: OSError) -> str:
+    """`Read-only file system: /path` rather than `[Errno 30] ...`; paths only, never file contents."""
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or one_line(exc)}{where}" if exc.strerror else one_line(exc)
+
+
+def _run_file_errors() -> tuple[type[BaseException], ...]:
+    import json
+
+    import yaml
+
+    # A damaged run file (reconcile.json, workflow.yml, ...): JSON and YAML parse errors, undecodable bytes.
+    return (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError)
+
+
+RUN_FILE_ERRORS = _run_file_errors()
+
+
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Known failures become one clear line and exit 1, never a traceback (and never a secret)."""
 
@@ -121,8 +144,12 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except ClaimLost as exc:
             fail(f"claim lost: {exc}")
-        except (StoreError, ClaimError, WorkflowError, DamagedRunDir, LeaseHeld, IllegalTransition, FileNotFoundError) as exc:
+        except (StoreError, ClaimError, WorkflowError, DamagedRunDir, LeaseHeld, IllegalTransition) as exc:
             fail(str(exc))
+        except OSError as exc:  # a read-only or full disk, a missing file: the path and the reason, one line
+            fail(os_error_line(exc))
+        except RUN_FILE_ERRORS as exc:
+            fail(f"a run file cannot be read: {one_line(exc)}")
 
     return wrapper
 

@@ -17,8 +17,9 @@ from typing import Any
 from .claim import Claim, ClaimLost, claim_one, look, recover_claims, scan_lock
 from .engines import get_engine
 from .engines.base import WorkflowError
+from .options import RUN_FILE_ERRORS, one_line, os_error_line
 from .reconcile import ReconcileResult, reconcile
-from .rundir import CLAIMED, GENERATED, RECONCILED, RUNNING, LeaseHeld, RunDir, remove_empty_run_dirs, survey_run_dirs
+from .rundir import CLAIMED, GENERATED, RECONCILED, RUNNING, DamagedRunDir, LeaseHeld, RunDir, remove_empty_run_dirs, survey_run_dirs
 from .state import IN_FLIGHT
 from .store import ObjectStore, StoreConfig, StoreError, open_store
 
@@ -136,11 +137,12 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
             # no result file; whoever holds the manifest now answers for it.
             report.lost.append(f"{run_dir.path.name}: {exc}")
             echo(f"claim lost: {run_dir.path.name}: {exc}; no result file written, run abandoned")
-        except (StoreError, WorkflowError, OSError) as exc:
-            # One run's trouble (an unreachable bucket, a broken run directory) must not hold up the others;
-            # this run stays where it stopped and the next tick carries it on.
-            report.errors.append(f"{run_dir.path.name}: {exc}")
-            echo(f"error: {run_dir.path.name}: {exc}; left for the next tick")
+        except (StoreError, WorkflowError, OSError, DamagedRunDir, *RUN_FILE_ERRORS) as exc:
+            # One run's trouble (an unreachable bucket, a read-only or full disk, a damaged run file) must not
+            # hold up the others; this run stays where it stopped and the next tick carries it on.
+            line = os_error_line(exc) if isinstance(exc, OSError) else one_line(exc)
+            report.errors.append(f"{run_dir.path.name}: {line}")
+            echo(f"error: {run_dir.path.name}: {line}; left for the next tick")
         finally:
             # Whatever happened, this process no longer carries the run: the next tick may (a killed process
             # is noticed by its lease instead).

@@ -167,10 +167,21 @@ def _run_lock(run_dir: RunDir) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def _saved_decisions(run_dir: RunDir) -> dict[str, Any] | None:
+    """reconcile.json, or None when it is absent or damaged: decisions are recomputed from the bucket (the
+    same outputs, the same claim time give the same decisions), so a damaged file never wedges the run."""
+    try:
+        saved = run_dir.read_json(RunDir.RECONCILE)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    ok = isinstance(saved, dict) and isinstance(saved.get("result"), dict) and isinstance(saved.get("rows"), list)
+    return saved if ok else None
+
+
 def _reconcile(run_dir: RunDir, input_store: ObjectStore | None, output_store: ObjectStore | None) -> ReconcileResult:
     info = run_dir.load()
     names = RunNames(info.manifest_key, info.timestamp)
-    saved = run_dir.read_json(RunDir.RECONCILE)
+    saved = _saved_decisions(run_dir)
     if info.state == RECONCILED and saved is not None:
         return ReconcileResult(**{**saved["result"], "already_done": True})
     config = info.store_config
