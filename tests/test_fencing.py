@@ -363,3 +363,42 @@ def test_a_scan_says_claim_lost_and_leaves_the_other_claims_processing_file(tmp_
     assert len(lines) == 1 and "another scan claimed it" not in result.output
     assert [o.key for o in store.list("") if "_processed-" in o.key or "_failed-" in o.key] == []
     assert claim.run_dir.load().state == "abandoned"
+
+
+class _TakenOverWhileCreating:
+    """The real input store; right before our processing file is created, another scan takes the marker
+    over exactly as `recover_claims` does after STALE_MARKER_AGE (one conditional delete of that version)."""
+
+    def __init__(self, store, other_work: Path) -> None:
+        self._store, self._other_work = store, other_work
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def create(self, key, data):
+        if "processing-" in key:
+            later = datetime.now(timezone.utc) + STALE_MARKER_AGE * 2
+            actions = recover_claims(self._store, self._other_work, look(self._store, "*raw.csv"), now=later)
+            assert any("stale" in a for a in actions), actions
+        return self._store.create(key, data)
+
+
+def test_a_scan_whose_marker_is_taken_over_mid_claim_says_claim_lost(tmp_path, monkeypatch):
+    """Issue 8.2/8.3: not "another scan claimed it" (that is a marker we never held), and nothing is left."""
+    from cog_pipeline import pipeline
+    from cog_pipeline.pipeline import ScanOptions, scan
+    from cog_pipeline.store import StoreConfig
+
+    root = tmp_path / "buckets"
+    (root / "in").mkdir(parents=True)
+    (root / "out").mkdir()
+    config = StoreConfig(local_root=root)
+    real_open = pipeline.open_store
+    monkeypatch.setattr(pipeline, "open_store", lambda bucket, cfg: _TakenOverWhileCreating(real_open(bucket, cfg), tmp_path / "other-host") if bucket == "in" else real_open(bucket, cfg))
+    open_store("in", config).put_bytes("batch_raw.csv", MANIFEST.encode())
+    lines: list[str] = []
+    report = scan(ScanOptions("in", "out", config, tmp_path / "work", progress=False), echo=lines.append)
+    assert [line for line in lines if line.startswith("claim lost: batch_raw.csv")] and not any("another scan" in line for line in lines)
+    assert (len(report.lost), report.claimed) == (1, [])
+    keys = [o.key for o in open_store("in", config).list("")]
+    assert keys == ["batch_raw.csv"] and list_run_dirs(tmp_path / "work") == []

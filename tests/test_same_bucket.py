@@ -127,3 +127,26 @@ def test_crondor_start_refuses_one_bucket_and_passes_the_prefix_on(tmp_path):
     assert result.exit_code == 0, result.output
     (arguments,) = [line for line in result.output.splitlines() if line.startswith("arguments")]
     assert "--output-prefix cogs/ " in arguments
+
+
+def test_the_generated_workflow_names_prefixed_outputs_for_both_engines(tmp_path):
+    """Pegasus stages an output to <output site URL>/<LFN>, the local engine to <LFN> in the output bucket:
+    with a prefix both LFNs are <prefix><key>; the input LFN and the job's key metadata stay the row's key."""
+    import yaml
+
+    from cog_pipeline.claim import claim_one
+    from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
+    from cog_pipeline.store import StoreConfig, open_store
+
+    bucket = _bucket(tmp_path)
+    config = StoreConfig(local_root=tmp_path)
+    store = open_store("one", config)
+    claim = claim_one(store, store.head("m_raw.csv"), work_dir=tmp_path / "w", output_bucket="one", store_config=config, output_prefix="cogs/")
+    generate(claim.run_dir, store, WorkflowSettings(write_credentials=False))
+    jobs = yaml.safe_load(claim.run_dir.file("workflow.yml").read_text())["jobs"]
+    for job, key in zip(jobs, KEYS):
+        outputs = sorted(u["lfn"] for u in job["uses"] if u["type"] == "output")
+        assert outputs == sorted(["cogs/" + key, "cogs/" + key[: -len(".tif")] + ".jpg"])
+        assert job["arguments"][:3] == ["input/" + key, "cogs/" + key, "cogs/" + key[: -len(".tif")] + ".jpg"]
+        assert job["metadata"]["key"] == key
+    assert bucket.is_dir()
