@@ -29,7 +29,6 @@ from cog_pipeline.store import StoreConfig, open_store
 pytestmark = pytest.mark.slow
 
 HOOK_DIR = Path(__file__).resolve().parent / "crash_hook"
-CLI = Path(sys.executable).with_name("cog-pipeline")
 # Sizes differ so an image at another row's key is caught by its pixels, not only by its name.
 IMAGES = {"X/a b.tif": 20, "X/a%20b.tif": 28, "Weird/hash#tag.tif": 24}
 ROWS = [*(f"{k},1" for k in IMAGES), "missing.tif,1"]
@@ -65,7 +64,7 @@ class Site:
             where = ["--local-root", str(self.config.local_root)]
         else:
             where = ["-e", str(self.config.endpoint)]
-        return [str(CLI), "scan", *where, "--input-bucket", self.input.bucket, "--output-bucket", self.output.bucket,
+        return [sys.executable, "-m", "cog_pipeline", "scan", *where, "--input-bucket", self.input.bucket, "--output-bucket", self.output.bucket,
                 "-w", str(work), "--workers", "1", "--quiet"]
 
 
