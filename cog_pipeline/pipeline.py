@@ -145,8 +145,11 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
             echo(f"error: {run_dir.path.name}: {line}; left for the next tick")
         finally:
             # Whatever happened, this process no longer carries the run: the next tick may (a killed process
-            # is noticed by its lease instead).
-            run_dir.release_lease()
+            # is noticed by its lease instead; so is a lease that a read-only run directory keeps).
+            try:
+                run_dir.release_lease()
+            except OSError:
+                pass
         if run_dir.load().state == RECONCILED:
             report.reconciled.append(run_dir)
     return report
@@ -173,6 +176,10 @@ def _adopt_unfinished(options: ScanOptions, report: ScanReport, echo: Echo) -> s
                 continue
         except LeaseHeld:
             report.in_flight.append(run_dir)
+            continue
+        except OSError as exc:  # its run directory is read-only or its disk full: the other runs go on
+            report.errors.append(f"{run_dir.path.name}: {os_error_line(exc)}")
+            echo(f"error: {run_dir.path.name}: {os_error_line(exc)}; left for the next tick")
             continue
         report.resumed.append(run_dir)
         echo(f"carrying on {info.processing_key} ({run_dir.path}, was {info.state})")

@@ -144,10 +144,12 @@ def test_run_dir_made_read_only_mid_run_is_one_line_and_the_next_tick_finishes(t
     store = open_store("in", StoreConfig(local_root=root))
     claim = claim_one(store, store.head("m_raw.csv"), work_dir=tmp_path / "w", output_bucket="out", store_config=StoreConfig(local_root=root))
     mounts.read_only(claim.run_dir.path)  # the tick that carries it on finds its run directory read-only
+    (root / "in" / "n_raw.csv").write_text("missing.tif,1\n")
     result = _scan(root, tmp_path / "w")
     assert result.exit_code == 1, result.output
     (line,) = _error_lines(result.output)
     assert claim.run_dir.path.name in line and "Read-only file system" in line
+    assert list((root / "in").glob("n_failed-*[0-9].csv"))  # the other manifest of the tick went on
     assert [p.name for p in (root / "in").glob("*processing-*")] == [claim.names.processing_key]
     mounts.undo(claim.run_dir.path)
     again = _scan(root, tmp_path / "w")
