@@ -310,6 +310,42 @@ def load_claim_token(run_dir: RunDir) -> ClaimToken | None:
     return ClaimToken.from_json(data) if isinstance(data, dict) else None
 
 
+def _results_in_place(store: ObjectStore, results: dict[str, Path]) -> bool:
+    """Every result file is already in the bucket with this run's bytes: a reconcile that crashed after
+    publishing (and after removing its processing file) is being repeated, not a claim lost."""
+    if not results:
+        return False
+    for key, path in results.items():
+        try:
+            data, _ = store.read_bytes(key)
+        except StoreError:
+            return False
+        if data != path.read_bytes():
+            return False
+    return True
+
+
+def fence_before_results(store: ObjectStore, run_dir: RunDir, names: RunNames, results: dict[str, Path]) -> None:
+    """The fence reconcile passes before it writes any result file (`results`: key -> local copy).
+
+    Runs claimed before fencing existed carry no token and pass. A repeated reconcile whose result files
+    are all in place passes too (its processing file is gone because it removed it). Otherwise the
+    processing file must still be this claim's (`fence_check`); if not, the run is marked ABANDONED (no
+    result file of it is ever written, so the manifest is answered once, by whoever holds it now) and
+    ClaimLost is raised.
+    """
+    token = load_claim_token(run_dir)
+    if token is None:
+        return
+    try:
+        fence_check(store, names, token)
+    except ClaimLost:
+        if _results_in_place(store, results):
+            return
+        run_dir.set_state(ABANDONED)
+        raise
+
+
 # ---------------------------------------------------------------------------------------------- claiming
 
 
@@ -321,8 +357,10 @@ def claim_one(
     output_bucket: str,
     store_config: StoreConfig,
     engine: str = "local",
+    output_prefix: str | None = None,
 ) -> Claim | None:
-    """Claim one manifest. None when another scan owns it (nothing of ours is left behind)."""
+    """Claim one manifest. None when another scan owns it (nothing of ours is left behind); ClaimLost when
+    we held its marker but a scan took it over while we stalled (nothing of ours is left behind either)."""
     ts, run_dir = allocate_run_dir(work_dir)
     names = RunNames(manifest.key, ts)
     token = ClaimToken.new(ts, manifest.etag)
@@ -335,6 +373,7 @@ def claim_one(
         store=store_config.to_json(),
         state=CLAIMING,
         engine=engine,
+        output_prefix=output_prefix or None,
     )
     info.claim_token = token.to_json()
     run_dir.save(info)
@@ -355,9 +394,10 @@ def claim_one(
     try:
         processing = _publish_processing(store, names, data, fence, read.etag)
     except ClaimLost:
+        # Not "another scan claimed it": we held the marker and a takeover (after a stall) took it.
         run_dir.set_state(ABANDONED)
         shutil.rmtree(run_dir.path, ignore_errors=True)
-        return None
+        raise
     token = replace(token, processing_etag=processing.etag)
     fence.token = token
     info = run_dir.load()

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .crondor.commands import crondor
-from .options import EXIT_ERROR, bucket_options, handle_errors, store_config, store_options, workflow_options
+from .options import EXIT_ERROR, bucket_options, check_scan_args, handle_errors, output_options, store_config, store_options, workflow_options
 from .store import StoreConfig
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -30,6 +30,7 @@ def main() -> None:
 
 @main.command()
 @bucket_options
+@output_options
 @store_options
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where workflow-run-<TS>/ directories are kept.")
 @click.option("--engine", type=click.Choice(["local", "pegasus"]), default="local", show_default=True, help="local: run the workflow here with a process pool; pegasus: pegasus-plan onto HTCondor.")
@@ -49,6 +50,7 @@ def scan(**kw: Any) -> None:
     from .pipeline import ScanOptions
     from .pipeline import scan as run_scan
 
+    check_scan_args(kw)
     workflow: dict[str, Any] = {"retries": kw["retries"], "max_running": kw["max_running"]}
     if kw.get("cluster_size"):
         workflow["cluster_size"] = kw["cluster_size"]
@@ -66,6 +68,7 @@ def scan(**kw: Any) -> None:
         progress=not kw["quiet"] and sys.stderr.isatty(),
         submit=not kw["no_submit"],
         workflow=workflow,
+        output_prefix=kw.get("output_prefix"),
     )
     report = run_scan(options, echo=click.echo)
     if options.dry_run:

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .store import StoreConfig, StoreError
+from .store import StoreConfig, StoreError, key_file_problem
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -40,6 +40,30 @@ def bucket_options(func: Callable[..., Any]) -> Callable[..., Any]:
     ])
 
 
+def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Where outputs go when the input and output bucket are one (issue 8.5): never over the source images."""
+    return _apply(func, [
+        click.option("--output-prefix", metavar="PREFIX", help="Write outputs at PREFIX<key> in the output bucket (e.g. 'cogs/'); needed when it is the input bucket."),
+        click.option("--replace-inputs", is_flag=True, help="Input bucket = output bucket without a prefix: let the COGs replace the source GeoTIFFs."),
+    ])
+
+
+def check_scan_args(kw: dict[str, Any]) -> None:
+    """Refuse, before anything is listed or claimed, a pattern that could claim images and a bucket set-up
+    whose outputs would overwrite the inputs: one line, exit 2."""
+    from .naming import check_buckets, check_pattern
+
+    prefix = kw.get("output_prefix")
+    problem = check_pattern(kw["pattern"]) or check_buckets(
+        kw["input_bucket"], kw["output_bucket"], prefix, bool(kw.get("replace_inputs"))
+    )
+    if problem is None and prefix is not None:
+        # A prefix must be a clean folder whatever the buckets: judge its form as check_buckets does for one bucket.
+        problem = check_buckets(kw["input_bucket"], kw["input_bucket"], prefix, False)
+    if problem:
+        fail(problem, EXIT_USAGE)
+
+
 def workflow_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """How each claimed manifest's workflow is generated (the same for a scan and for the Crondor's ticks)."""
     return _apply(func, [
@@ -53,8 +77,8 @@ def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by every command that reaches buckets."""
     options = [
         click.option("-e", "--endpoint", metavar="URL", help="S3-compatible endpoint: https://host, host:port or http://host:port. Default: AWS."),
-        click.option("-a", "--access-key-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the S3 access key (as the original tool). Default: the standard AWS credential chain."),
-        click.option("-s", "--secret-key-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the S3 secret key; give it with -a."),
+        click.option("-a", "--access-key-file", type=click.Path(path_type=Path), help="File holding the S3 access key (as the original tool). Default: the standard AWS credential chain."),
+        click.option("-s", "--secret-key-file", type=click.Path(path_type=Path), help="File holding the S3 secret key; give it with -a."),
         click.option("--region", help="S3 region (default: AWS_DEFAULT_REGION or us-east-1)."),
         click.option("--retry-mode", type=click.Choice(["standard", "adaptive"]), default="standard", show_default=True, help="botocore retry mode; adaptive also rate-limits the client when the store pushes back."),
         click.option("--local-root", type=click.Path(file_okay=False, path_type=Path), help="Use local folders as buckets: bucket NAME is the folder DIR/NAME (the embedded default; no S3 needed)."),
@@ -65,10 +89,11 @@ def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def store_config(kw: dict[str, Any]) -> StoreConfig:
     if kw.get("local_root") and (kw.get("endpoint") or kw.get("access_key_file")):
         fail("--local-root uses folders as buckets; do not combine it with -e/-a/-s", EXIT_USAGE)
-    for name in ("access_key_file", "secret_key_file"):
+    for name, what in (("access_key_file", "access key"), ("secret_key_file", "secret key")):
         path = kw.get(name)
-        if path is not None and not path.is_file():
-            fail(f"{'-a' if name == 'access_key_file' else '-s'} {path}: no such file", EXIT_USAGE)
+        problem = key_file_problem(path, what) if path is not None else None
+        if problem:  # missing, a folder, a device such as /dev/urandom, binary, empty: named, never echoed
+            fail(f"{'-a' if name == 'access_key_file' else '-s'}: {problem}", EXIT_USAGE)
     if bool(kw.get("access_key_file")) != bool(kw.get("secret_key_file")):
         fail("give both -a (access key file) and -s (secret key file), or neither", EXIT_USAGE)
     local_root = kw.get("local_root")
@@ -82,20 +107,49 @@ def store_config(kw: dict[str, Any]) -> StoreConfig:
     )
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line (YAML and JSON errors span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def os_error_line(exc: OSError) -> str:
+    """`Read-only file system: /path` rather than `[Errno 30] ...`; paths only, never file contents."""
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or one_line(exc)}{where}" if exc.strerror else one_line(exc)
+
+
+def _run_file_errors() -> tuple[type[BaseException], ...]:
+    import json
+
+    import yaml
+
+    # A damaged run file (reconcile.json, workflow.yml, ...): JSON and YAML parse errors, undecodable bytes.
+    return (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError)
+
+
+RUN_FILE_ERRORS = _run_file_errors()
+
+
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Known failures become one clear line and exit 1, never a traceback (and never a secret)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .claim import ClaimError
+        from .claim import ClaimError, ClaimLost
         from .engines.base import WorkflowError
         from .rundir import DamagedRunDir, LeaseHeld
         from .state import IllegalTransition
 
         try:
             return func(*args, **kwargs)
-        except (StoreError, ClaimError, WorkflowError, DamagedRunDir, LeaseHeld, IllegalTransition, FileNotFoundError) as exc:
+        except ClaimLost as exc:
+            fail(f"claim lost: {exc}")
+        except (StoreError, ClaimError, WorkflowError, DamagedRunDir, LeaseHeld, IllegalTransition) as exc:
             fail(str(exc))
+        except OSError as exc:  # a read-only or full disk, a missing file: the path and the reason, one line
+            fail(os_error_line(exc))
+        except RUN_FILE_ERRORS as exc:
+            fail(f"a run file cannot be read: {one_line(exc)}")
 
     return wrapper
 

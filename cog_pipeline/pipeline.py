@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .claim import Claim, claim_one, look, recover_claims, scan_lock
+from .claim import Claim, ClaimLost, claim_one, look, recover_claims, scan_lock
 from .engines import get_engine
 from .engines.base import WorkflowError
+from .options import RUN_FILE_ERRORS, one_line, os_error_line
 from .reconcile import ReconcileResult, reconcile
-from .rundir import CLAIMED, GENERATED, RECONCILED, RUNNING, LeaseHeld, RunDir, RunInfo, remove_empty_run_dirs, survey_run_dirs
+from .rundir import (
+    CLAIMED, GENERATED, RECONCILED, RUNNING, DamagedRunDir, LeaseHeld, RunDir, RunInfo, remove_empty_run_dirs, survey_run_dirs,
+)
 from .state import IN_FLIGHT
 from .store import ObjectStore, StoreConfig, StoreError, open_store
 
@@ -40,6 +43,7 @@ class ScanOptions:
     progress: bool = True
     submit: bool = True  # pegasus: plan and submit; False: plan only
     workflow: dict[str, Any] = field(default_factory=dict)  # WorkflowSettings overrides (retries, max_running, ...)
+    output_prefix: str | None = None  # outputs at <prefix><key> in the output bucket (same-bucket mode)
 
 
 @dataclass
@@ -54,6 +58,7 @@ class ScanReport:
     orphans: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # runs that stopped on an error this tick
     damaged: list[str] = field(default_factory=list)  # run directories that cannot be read (skipped)
+    lost: list[str] = field(default_factory=list)  # claims a fence found taken over (nothing published)
 
 
 def run_is_active(run_dir: RunDir) -> bool:
@@ -102,14 +107,20 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
                 report.refused.append(pending.problem)
                 echo(f"not claimed: {pending.problem}")
                 continue
-            claim: Claim | None = claim_one(
-                input_store,
-                pending.info,
-                work_dir=options.work_dir,
-                output_bucket=options.output_bucket,
-                store_config=options.store,
-                engine=options.engine,
-            )
+            try:
+                claim: Claim | None = claim_one(
+                    input_store,
+                    pending.info,
+                    work_dir=options.work_dir,
+                    output_bucket=options.output_bucket,
+                    store_config=options.store,
+                    engine=options.engine,
+                    output_prefix=options.output_prefix,
+                )
+            except ClaimLost as exc:
+                report.lost.append(f"{pending.info.key}: {exc}")
+                echo(f"claim lost: {pending.info.key}: {exc}; the scan that took it over answers for it")
+                continue
             if claim is None:
                 echo(f"skipped {pending.info.key}: another scan claimed it")
                 continue
@@ -131,15 +142,24 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
     for run_dir in runs:
         try:
             carry_on(run_dir, options, input_store, echo)
-        except (StoreError, WorkflowError, OSError) as exc:
-            # One run's trouble (an unreachable bucket, a broken run directory) must not hold up the others;
-            # this run stays where it stopped and the next tick carries it on.
-            report.errors.append(f"{run_dir.path.name}: {exc}")
-            echo(f"error: {run_dir.path.name}: {exc}; left for the next tick")
+        except ClaimLost as exc:
+            # Reconcile's fence: the processing file is no longer this claim's. The run is ABANDONED and wrote
+            # no result file; whoever holds the manifest now answers for it.
+            report.lost.append(f"{run_dir.path.name}: {exc}")
+            echo(f"claim lost: {run_dir.path.name}: {exc}; no result file written, run abandoned")
+        except (StoreError, WorkflowError, OSError, DamagedRunDir, *RUN_FILE_ERRORS) as exc:
+            # One run's trouble (an unreachable bucket, a read-only or full disk, a damaged run file) must not
+            # hold up the others; this run stays where it stopped and the next tick carries it on.
+            line = os_error_line(exc) if isinstance(exc, OSError) else one_line(exc)
+            report.errors.append(f"{run_dir.path.name}: {line}")
+            echo(f"error: {run_dir.path.name}: {line}; left for the next tick")
         finally:
             # Whatever happened, this process no longer carries the run: the next tick may (a killed process
-            # is noticed by its lease instead).
-            run_dir.release_lease()
+            # is noticed by its lease instead; so is a lease that a read-only run directory keeps).
+            try:
+                run_dir.release_lease()
+            except OSError:
+                pass
         if run_dir.load().state == RECONCILED:
             report.reconciled.append(run_dir)
     return report
@@ -166,6 +186,10 @@ def _adopt_unfinished(options: ScanOptions, report: ScanReport, echo: Echo) -> s
                 continue
         except LeaseHeld:
             report.in_flight.append(run_dir)
+            continue
+        except OSError as exc:  # its run directory is read-only or its disk full: the other runs go on
+            report.errors.append(f"{run_dir.path.name}: {os_error_line(exc)}")
+            echo(f"error: {run_dir.path.name}: {os_error_line(exc)}; left for the next tick")
             continue
         report.resumed.append(run_dir)
         echo(f"carrying on {info.processing_key} ({run_dir.path}, was {info.state})")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .claim import fence_before_results
 from .listing import find_keys
 from .manifest import Manifest, ManifestRow, parse_manifest
 from .naming import RunNames
@@ -57,8 +58,9 @@ def decide(
     claimed_at: datetime | None,
     preflight: dict[str, Any],
     records: dict[str, dict[str, Any]],
+    output_prefix: str = "",
 ) -> list[RowOutcome]:
-    """Pure decision logic: every row of the manifest gets exactly one outcome."""
+    """Pure decision logic: every row of the manifest gets exactly one outcome (outputs at output_prefix + key)."""
     pre_failed = {int(item["line"]): str(item["reason"]) for item in preflight.get("failed", [])}
     record_by_line = {int(r["line"]): r for r in records.values() if r.get("line") is not None}
     outcomes: dict[int, RowOutcome] = {}
@@ -70,11 +72,12 @@ def decide(
         if row.line in pre_failed:
             return RowOutcome(row.line, row.text, FAILED, pre_failed[row.line])
         record = record_by_line.get(row.line)
-        tif, jpg = outputs.get(row.key), outputs.get(row.jpg_key)
+        tif_key, jpg_key = output_prefix + row.key, output_prefix + row.jpg_key
+        tif, jpg = outputs.get(tif_key), outputs.get(jpg_key)
         fresh = [
             o for o in (tif, jpg) if o is not None and (claimed_at is None or _second(o.last_modified) >= _second(claimed_at))
         ]
-        foreign = _not_this_jobs(record, ((row.key, tif), (row.jpg_key, jpg)))
+        foreign = _not_this_jobs(record, ((tif_key, tif), (jpg_key, jpg)))
         if len(fresh) == 2 and foreign:
             return RowOutcome(row.line, row.text, FAILED, "the object at " + ", ".join(foreign) + " is not this row's output (its ETag/size differ from what the job uploaded)")
         if len(fresh) == 2:
@@ -86,8 +89,8 @@ def decide(
             if record.get("attempts", 1) > 1:
                 reason += f" (after {record['attempts']} attempts)"
             return RowOutcome(row.line, row.text, FAILED, reason)
-        missing = [k for k, o in ((row.key, tif), (row.jpg_key, jpg)) if o is None]
-        stale = [k for k, o in ((row.key, tif), (row.jpg_key, jpg)) if o is not None and o not in fresh]
+        missing = [k for k, o in ((tif_key, tif), (jpg_key, jpg)) if o is None]
+        stale = [k for k, o in ((tif_key, tif), (jpg_key, jpg)) if o is not None and o not in fresh]
         parts = []
         if missing:
             parts.append("missing from the output bucket: " + ", ".join(missing))
@@ -164,10 +167,21 @@ def _run_lock(run_dir: RunDir) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def _saved_decisions(run_dir: RunDir) -> dict[str, Any] | None:
+    """reconcile.json, or None when it is absent or damaged: decisions are recomputed from the bucket (the
+    same outputs, the same claim time give the same decisions), so a damaged file never wedges the run."""
+    try:
+        saved = run_dir.read_json(RunDir.RECONCILE)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    ok = isinstance(saved, dict) and isinstance(saved.get("result"), dict) and isinstance(saved.get("rows"), list)
+    return saved if ok else None
+
+
 def _reconcile(run_dir: RunDir, input_store: ObjectStore | None, output_store: ObjectStore | None) -> ReconcileResult:
     info = run_dir.load()
     names = RunNames(info.manifest_key, info.timestamp)
-    saved = run_dir.read_json(RunDir.RECONCILE)
+    saved = _saved_decisions(run_dir)
     if info.state == RECONCILED and saved is not None:
         return ReconcileResult(**{**saved["result"], "already_done": True})
     config = info.store_config
@@ -176,10 +190,11 @@ def _reconcile(run_dir: RunDir, input_store: ObjectStore | None, output_store: O
     if saved is None:
         output_store = output_store or open_store(info.output_bucket, config)
         manifest = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes())
-        wanted = [k for row in manifest.rows for k in (row.key, row.jpg_key)]
+        prefix = info.output_prefix or ""  # same-bucket mode: outputs at <prefix><key>
+        wanted = [prefix + k for row in manifest.rows for k in (row.key, row.jpg_key)]
         outputs = find_keys(output_store, wanted)
         claimed_at = datetime.fromisoformat(info.claimed_at) if info.claimed_at else None
-        outcomes = decide(manifest, outputs, claimed_at, run_dir.read_json(RunDir.PREFLIGHT, {}), run_dir.job_records())
+        outcomes = decide(manifest, outputs, claimed_at, run_dir.read_json(RunDir.PREFLIGHT, {}), run_dir.job_records(), output_prefix=prefix)
         n_processed = sum(o.status == PROCESSED for o in outcomes)
         n_failed = len(outcomes) - n_processed
         result = ReconcileResult(
@@ -209,9 +224,10 @@ def _reconcile(run_dir: RunDir, input_store: ObjectStore | None, output_store: O
 
     result = ReconcileResult(**saved["result"])
     results_dir = run_dir.path / RunDir.RESULTS
-    for key in (result.processed_key, result.failed_key, result.reasons_key):
-        if key:
-            input_store.put_bytes(key, (results_dir / key.rpartition("/")[2]).read_bytes())
+    publish = {k: results_dir / k.rpartition("/")[2] for k in (result.processed_key, result.failed_key, result.reasons_key) if k}
+    fence_before_results(input_store, run_dir, names, publish)  # ClaimLost: the run is ABANDONED, nothing written
+    for key, path in publish.items():
+        input_store.put_bytes(key, path.read_bytes())
     input_store.delete(names.processing_key)
     run_dir.set_state(RECONCILED)
     return result

@@ -60,6 +60,8 @@ class RunInfo:
     manifest_etag: str | None = None
     claim_token: dict[str, Any] | None = None  # claim.ClaimToken: names this run's claimant in its fenced marker
     owner: dict[str, Any] | None = None  # the lease of whoever carries the run on now (lease.Lease)
+    # Same-bucket mode: every output at <output_prefix><key> (naming.check_buckets); None: at <key>.
+    output_prefix: str | None = None
     # Written by the workflow generator (pegasus/workflow_gen.py).
     output_site: str | None = None
     data_configuration: str | None = None
@@ -123,11 +125,21 @@ class RunInfo:
         values = {k: v for k, v in data.items() if k in known}
         unknown = {k: v for k, v in data.items() if k not in known}
         values["version"] = RUN_RECORD_VERSION
+        _check_required(values, where)
         try:
             values["state"] = parse_state(values.get("state", RunState.CLAIMING))
             return cls(**values, unknown=unknown)
         except (TypeError, ValueError) as exc:
             raise DamagedRunDir(f"{where}: {exc}") from None
+
+
+def _check_required(values: dict[str, Any], where: str) -> None:
+    """The fields every step needs must have their type (`store: null` would fail deep inside a tick)."""
+    for name in ("timestamp", "input_bucket", "output_bucket", "manifest_key", "processing_key"):
+        if not isinstance(values.get(name), str) or not values.get(name):
+            raise DamagedRunDir(f"{where}: {name} is {values.get(name)!r}, not a name")
+    if not isinstance(values.get("store"), dict):
+        raise DamagedRunDir(f"{where}: store is {values.get('store')!r}, not the bucket settings")
 
 
 class RunDir:

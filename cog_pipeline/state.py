@@ -25,16 +25,18 @@ class RunState(StrEnum):
     GENERATED = "generated"  # Pegasus files written (planned, maybe, but not submitted)
     RUNNING = "running"  # handed to an engine
     RECONCILED = "reconciled"  # result files written, processing file removed (final)
-    ABANDONED = "abandoned"  # the claim lost to another scan; nothing in the bucket is this run's (final)
+    ABANDONED = "abandoned"  # the claim was lost (to another scan, or cancelled): no result file is this run's (final)
 
 
 S = RunState
 # Where each state may go next. Nothing leaves a final state.
 TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     S.CLAIMING: frozenset({S.CLAIMED, S.ABANDONED}),
-    S.CLAIMED: frozenset({S.GENERATED, S.RECONCILED}),  # reconcile is the way out of every live state
-    S.GENERATED: frozenset({S.RUNNING, S.RECONCILED}),
-    S.RUNNING: frozenset({S.RECONCILED}),
+    # Reconcile is the way out of every live state; ABANDONED when reconcile's fence finds the claim lost
+    # (the processing file is no longer this claim's), so the run publishes no result file.
+    S.CLAIMED: frozenset({S.GENERATED, S.RECONCILED, S.ABANDONED}),
+    S.GENERATED: frozenset({S.RUNNING, S.RECONCILED, S.ABANDONED}),
+    S.RUNNING: frozenset({S.RECONCILED, S.ABANDONED}),
     S.RECONCILED: frozenset(),
     S.ABANDONED: frozenset(),
 }

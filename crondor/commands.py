@@ -19,7 +19,7 @@ import click
 
 from cog_pipeline.engines.pegasus import condor
 from cog_pipeline.engines.pegasus.condor import PegasusUnavailable
-from cog_pipeline.options import EXIT_ERROR, bucket_options, fail, handle_errors, store_config, store_options, workflow_options
+from cog_pipeline.options import EXIT_ERROR, bucket_options, check_scan_args, fail, handle_errors, output_options, store_config, store_options, workflow_options
 from cog_pipeline.status import show_runs
 
 from .submit import KEY_ATTRIBUTE, CrondorSpec, build_submit, classad_string, crondor_key, write_description
@@ -82,6 +82,7 @@ def crondor() -> None:
 
 @crondor.command()
 @bucket_options
+@output_options
 @store_options
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where run directories, crondor.sub and the Crondor's logs are kept.")
 @workflow_options
@@ -89,7 +90,8 @@ def crondor() -> None:
 @handle_errors
 def start(**kw: Any) -> None:
     """Submit the Crondor; refuses when one for the same buckets and pattern is already queued."""
-    store = store_config(kw)  # validates -a/-s (files must exist) without reading them
+    check_scan_args(kw)  # the tick would refuse these every 15 minutes: refuse them now
+    store = store_config(kw)  # validates -a/-s (regular, readable key files; their bytes never echoed)
     spec = CrondorSpec(
         input_bucket=kw["input_bucket"],
         output_bucket=kw["output_bucket"],
@@ -104,6 +106,8 @@ def start(**kw: Any) -> None:
         max_running=kw["max_running"],
         retries=kw["retries"],
         cluster_size=kw.get("cluster_size"),
+        output_prefix=kw.get("output_prefix"),
+        replace_inputs=bool(kw.get("replace_inputs")),
     )
     try:
         spec.validate()

@@ -52,6 +52,8 @@ class CrondorSpec:
     max_running: int = 10000
     retries: int = 3
     cluster_size: int | None = None
+    output_prefix: str | None = None  # outputs at <prefix><key> (same-bucket mode)
+    replace_inputs: bool = False  # same bucket, no prefix: the operator accepts COGs replacing the sources
     cron_minute: str = CRON_MINUTE
     command: list[str] = field(default_factory=lambda: default_command())
     environment: dict[str, str] = field(default_factory=lambda: default_environment())
@@ -130,6 +132,10 @@ def scan_arguments(spec: CrondorSpec) -> list[str]:
     args += ["--work-dir", str(spec.work_dir), "-m", str(spec.max_running), "--retries", str(spec.retries)]
     if spec.cluster_size:
         args += ["--cluster-size", str(spec.cluster_size)]
+    if spec.output_prefix:
+        args += ["--output-prefix", spec.output_prefix]
+    if spec.replace_inputs:
+        args.append("--replace-inputs")
     args.append("--quiet")
     return args
 

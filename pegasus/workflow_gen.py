@@ -86,6 +86,7 @@ from cog_pipeline.engines.base import end_hook_command, job_id_of
 from cog_pipeline.engines.pegasus.plan import COMPUTE_SITE, default_plan_args
 from cog_pipeline.listing import find_keys
 from cog_pipeline.manifest import ManifestRow, parse_manifest
+from cog_pipeline.naming import key_under_output_prefix
 from cog_pipeline.replicas.catalog import (
     INPUT_LFN_PREFIX,
     ReplicaEntry,
@@ -400,8 +401,11 @@ def _x_pegasus() -> dict[str, str]:
     return {"createdBy": user, "createdOn": datetime.now().strftime(r"%m-%d-%yT%H:%M:%SZ"), "apiLang": "python"}
 
 
-def write_workflow(path: Path, rows: list[ManifestRow], settings: WorkflowSettings, name: str, hook: str, metadata: dict[str, str]) -> int:
-    """Write workflow.yml fast (see the module docstring). Returns the number of jobs."""
+def write_workflow(path: Path, rows: list[ManifestRow], settings: WorkflowSettings, name: str, hook: str, metadata: dict[str, str], output_prefix: str = "") -> int:
+    """Write workflow.yml fast (see the module docstring). Returns the number of jobs.
+
+    Output LFNs are the output keys: ``<output_prefix><key>`` (same-bucket mode puts them under a prefix).
+    """
     from Pegasus.api.writable import _CustomEncoder
 
     header = json.loads(json.dumps(workflow_shell(name, settings, hook, metadata), cls=_CustomEncoder))
@@ -424,8 +428,8 @@ def write_workflow(path: Path, rows: list[ManifestRow], settings: WorkflowSettin
                 % {
                     "ID": f'"{job_id_of(row.line)}"',
                     "IN": in_prefix + key_json[1:],
-                    "TIF": key_json,
-                    "JPG": dumps(row.jpg_key),
+                    "TIF": dumps(output_prefix + row.key) if output_prefix else key_json,
+                    "JPG": dumps(output_prefix + row.jpg_key),
                     "BANDS": f'"{row.bands}"',
                     "KEY": key_json,
                     "LINE": f'"{row.line}"',
@@ -444,13 +448,19 @@ def write_workflow(path: Path, rows: list[ManifestRow], settings: WorkflowSettin
 # Pre-flight and generate()
 
 
-def preflight(manifest, input_store: ObjectStore) -> tuple[list[ManifestRow], list[dict], list[dict]]:
-    """(rows that get jobs, failed entries, duplicate entries)."""
+def preflight(manifest, input_store: ObjectStore, guarded_prefix: str | None = None) -> tuple[list[ManifestRow], list[dict], list[dict]]:
+    """(rows that get jobs, failed entries, duplicate entries).
+
+    `guarded_prefix`: the output prefix when outputs share the input bucket; a row whose key lies under it
+    fails, because another row's output could land on it (naming.key_under_output_prefix).
+    """
     found = find_keys(input_store, (row.key for row in manifest.rows))
     failed: list[dict[str, Any]] = [{"line": r.line, "text": r.text, "reason": r.reason} for r in manifest.rejected]
     ok: list[ManifestRow] = []
     for row in manifest.rows:
-        if row.key in found:
+        if key_under_output_prefix(row.key, guarded_prefix):
+            failed.append({"line": row.line, "text": row.text, "reason": f"input key is under the output prefix {guarded_prefix!r} of this bucket, where outputs are written"})
+        elif row.key in found:
             ok.append(row)
         else:
             failed.append({"line": row.line, "text": row.text, "reason": f"input object does not exist: {input_store.url(row.key)}"})
@@ -519,7 +529,8 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     local_root = config.local_root if local_mode else None
 
     manifest = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes())
-    rows, failed, duplicates = preflight(manifest, input_store)
+    prefix = info.output_prefix or ""
+    rows, failed, duplicates = preflight(manifest, input_store, prefix if info.input_bucket == info.output_bucket else None)
     run_dir.write_json(RunDir.PREFLIGHT, {"failed": failed, "duplicates": duplicates, "jobs": len(rows)})
 
     files = {name: run_dir.file(name) for name in (RunDir.WORKFLOW, RunDir.REPLICAS, RunDir.TRANSFORMATIONS, RunDir.SITES, RunDir.PROPERTIES, RunDir.PREFLIGHT)}
@@ -539,7 +550,7 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
 
     hook = settings.reconcile_command or default_reconcile_command(run_dir)
     metadata = {"run": info.timestamp, "manifest_key": info.manifest_key, "input_bucket": info.input_bucket, "output_bucket": info.output_bucket}
-    write_workflow(files[RunDir.WORKFLOW], rows, settings, f"cog-{info.timestamp}", hook, metadata)
+    write_workflow(files[RunDir.WORKFLOW], rows, settings, f"cog-{info.timestamp}", hook, metadata, output_prefix=prefix)
 
     credentials = None if local_mode else _write_credentials(run_dir, settings, config)
     if credentials:

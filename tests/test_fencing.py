@@ -69,7 +69,10 @@ SCAN = textwrap.dedent(
     with claim.scan_lock(work):
         claim.recover_claims(store, work, claim.look(store, "*raw.csv"))
         for pending in claim.look(store, "*raw.csv").pending:
-            got = claim.claim_one(store, pending.info, work_dir=work, output_bucket=output_bucket, store_config=config)
+            try:
+                got = claim.claim_one(store, pending.info, work_dir=work, output_bucket=output_bucket, store_config=config)
+            except claim.ClaimLost:
+                got = None
             print("claimed" if got else "lost", flush=True)
     """
 )
@@ -280,3 +283,122 @@ def test_conditional_replace_refuses_a_changed_or_missing_object(buckets):
     with pytest.raises(PreconditionFailed):
         store.replace("absent", b"x", first.etag)
     assert store.read_bytes("k")[0] == b"two"
+
+
+# ------------------------------------------------------------------------------------ the fence at reconcile
+
+
+def _claimed(buckets, tmp_path):
+    buckets.put_text("batch_raw.csv", MANIFEST)
+    return claim_one(
+        buckets.input, buckets.input.head("batch_raw.csv"), work_dir=tmp_path / "work", output_bucket=buckets.output_bucket,
+        store_config=buckets.config,
+    )
+
+
+def _result_keys(buckets):
+    return [k for k in buckets.input_keys() if "_processed-" in k or "_failed-" in k]
+
+
+def test_reconcile_of_a_claim_whose_processing_file_was_replaced_writes_nothing(buckets, tmp_path):
+    """Issue 8.2: a run whose processing file is another claim's must not answer for the manifest."""
+    from cog_pipeline.rundir import ABANDONED
+
+    claim = _claimed(buckets, tmp_path)
+    buckets.input.put_bytes(claim.names.processing_key, b"another claim's bytes\n")
+    with pytest.raises(ClaimLost):
+        reconcile(claim.run_dir, input_store=buckets.input)
+    assert (_result_keys(buckets), claim.run_dir.load().state) == ([], ABANDONED)
+    assert buckets.input.read_bytes(claim.names.processing_key)[0] == b"another claim's bytes\n"
+
+
+class _CrashAfterDeleting:
+    """The input store, but the process 'dies' right after the processing file is deleted (before run.json)."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def delete(self, key, if_match=None):
+        self._store.delete(key, if_match=if_match)
+        raise KeyboardInterrupt("crash after deleting " + key)
+
+
+def test_a_reconcile_repeated_after_it_removed_its_processing_file_passes_the_fence(buckets, tmp_path):
+    claim = _claimed(buckets, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        reconcile(claim.run_dir, input_store=_CrashAfterDeleting(buckets.input))
+    assert claim.names.processing_key not in buckets.input_keys()
+    result = reconcile(claim.run_dir, input_store=buckets.input)
+    assert (result.failed, claim.run_dir.load().state, len(_result_keys(buckets))) == (2, "reconciled", 2)
+
+
+def test_a_run_claimed_before_fencing_existed_reconciles(buckets, tmp_path):
+    claim = _claimed(buckets, tmp_path)
+    claim.run_dir.update(claim_token=None)
+    buckets.input.put_bytes(claim.names.processing_key, b"rewritten by hand\n")
+    assert reconcile(claim.run_dir, input_store=buckets.input).failed == 2
+    assert claim.names.processing_key not in buckets.input_keys()
+
+
+def test_a_scan_says_claim_lost_and_leaves_the_other_claims_processing_file(tmp_path):
+    """The tick carries an unfinished run on; its fence fails: one 'claim lost:' line, exit 0, nothing written."""
+    from click.testing import CliRunner
+
+    from cog_pipeline.cli import main as cli
+    from cog_pipeline.store import StoreConfig
+
+    root = tmp_path / "buckets"
+    (root / "in").mkdir(parents=True)
+    (root / "out").mkdir()
+    store = open_store("in", StoreConfig(local_root=root))
+    store.put_bytes("batch_raw.csv", MANIFEST.encode())
+    claim = claim_one(store, store.head("batch_raw.csv"), work_dir=tmp_path / "work", output_bucket="out", store_config=StoreConfig(local_root=root))
+    store.put_bytes(claim.names.processing_key, b"another claim's bytes\n")
+    result = CliRunner().invoke(cli, ["scan", "--local-root", str(root), "--input-bucket", "in", "--output-bucket", "out", "-w", str(tmp_path / "work"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("claim lost:")]
+    assert len(lines) == 1 and "another scan claimed it" not in result.output
+    assert [o.key for o in store.list("") if "_processed-" in o.key or "_failed-" in o.key] == []
+    assert claim.run_dir.load().state == "abandoned"
+
+
+class _TakenOverWhileCreating:
+    """The real input store; right before our processing file is created, another scan takes the marker
+    over exactly as `recover_claims` does after STALE_MARKER_AGE (one conditional delete of that version)."""
+
+    def __init__(self, store, other_work: Path) -> None:
+        self._store, self._other_work = store, other_work
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def create(self, key, data):
+        if "processing-" in key:
+            later = datetime.now(timezone.utc) + STALE_MARKER_AGE * 2
+            actions = recover_claims(self._store, self._other_work, look(self._store, "*raw.csv"), now=later)
+            assert any("stale" in a for a in actions), actions
+        return self._store.create(key, data)
+
+
+def test_a_scan_whose_marker_is_taken_over_mid_claim_says_claim_lost(tmp_path, monkeypatch):
+    """Issue 8.2/8.3: not "another scan claimed it" (that is a marker we never held), and nothing is left."""
+    from cog_pipeline import pipeline
+    from cog_pipeline.pipeline import ScanOptions, scan
+    from cog_pipeline.store import StoreConfig
+
+    root = tmp_path / "buckets"
+    (root / "in").mkdir(parents=True)
+    (root / "out").mkdir()
+    config = StoreConfig(local_root=root)
+    real_open = pipeline.open_store
+    monkeypatch.setattr(pipeline, "open_store", lambda bucket, cfg: _TakenOverWhileCreating(real_open(bucket, cfg), tmp_path / "other-host") if bucket == "in" else real_open(bucket, cfg))
+    open_store("in", config).put_bytes("batch_raw.csv", MANIFEST.encode())
+    lines: list[str] = []
+    report = scan(ScanOptions("in", "out", config, tmp_path / "work", progress=False), echo=lines.append)
+    assert [line for line in lines if line.startswith("claim lost: batch_raw.csv")] and not any("another scan" in line for line in lines)
+    assert (len(report.lost), report.claimed) == (1, [])
+    keys = [o.key for o in open_store("in", config).list("")]
+    assert keys == ["batch_raw.csv"] and list_run_dirs(tmp_path / "work") == []
