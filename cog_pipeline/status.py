@@ -84,6 +84,10 @@ def show_runs(work_dir: Path, long_: bool = False) -> None:
     click.echo(f"runs in flight under {work_dir}: {len(runs)}")
     for problem in problems:
         click.echo(f"warning: {problem}")
+    if runs:
+        from .operator_cli import render_status_table
+
+        click.echo(render_status_table([status_row(r) for r in runs]).rstrip())
     on_path = shutil.which("pegasus-status") is not None
     for run_dir in runs:
         info = run_dir.load()

@@ -108,3 +108,10 @@ def test_crondor_tick_with_config_is_a_command_line_scan_accepts(tmp_path):
     argv = condor_argv(submit_commands(render_description(spec))["arguments"])
     result = CliRunner().invoke(cli, [*argv, "--dry-run"])
     assert result.exit_code == 0, result.output
+
+
+def test_the_committed_example_config_is_valid_and_shown(tmp_path):
+    example = Path(__file__).resolve().parent.parent / "pegasus" / "cog-pipeline.toml"
+    result = CliRunner().invoke(cli, ["config", "show", "--config", str(example)])
+    assert result.exit_code == 0, result.output
+    assert "resources.wall_time_s = 7200" in result.output and "condor.profiles.+ProjectName = '\"cog\"'" in result.output

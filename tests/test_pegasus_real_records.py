@@ -124,3 +124,15 @@ def test_an_event_log_htcondor_cannot_read_does_not_lose_the_reasons(tmp_path, s
     assert [e["type"] for e in condor_events(submit)] == ["SUBMIT"]  # what was readable is kept
     run = hand_planned_run(tmp_path)
     assert collect_job_records(run, env={"PEGASUS_SUBMIT_DIR": str(submit)}) == 1
+
+
+@pytest.mark.slow
+def test_status_table_is_the_shared_renderer_fed_with_pegasus_facts(tmp_path, samples):
+    from cog_pipeline.operator_cli import render_status_table
+
+    run = hand_planned_run(tmp_path)
+    run.update(submit_dir=str(samples / "process_wf_failure"))
+    table = render_status_table([status_row(run)], width=400)
+    assert run.path.name in table and str(samples / "process_wf_failure") in table and "pegasus" in table
+    result = CliRunner().invoke(cli, ["status", "-w", str(tmp_path)])
+    assert run.path.name in result.output.split("- ")[0]  # the table comes before the per-run details

@@ -224,3 +224,28 @@ def test_local_engine_still_gives_those_keys_jobs(tmp_path):
     run, store = folder_run(tmp_path, REFUSED, engine="local")
     result = generate(run, store, WorkflowSettings())
     assert result.jobs == len(REFUSED) and result.failed == []
+
+
+@pytest.mark.slow
+def test_local_engine_converts_keys_the_pegasus_engine_refuses(tmp_path):
+    """The way out the refusal names: the same manifest with --engine local converts every row."""
+    import rasterio
+
+    from cog_pipeline.pipeline import ScanOptions, scan
+    from cog_pipeline.store import StoreConfig
+
+    from . import rasters
+
+    root = tmp_path / "buckets"
+    (root / "out").mkdir(parents=True)
+    keys = ["O'Brien/x.tif", "a$HOME/y.tif", "trail\u00a0nbsp/z.tif"]
+    for i, key in enumerate(keys):
+        assert pegasus_key_problem(key) is not None
+        rasters.write(root / "in" / key, rasters.textured(1, 16, 16, seed=i + 1))
+    (root / "in" / "odd_raw.csv").write_text("".join(f"{k},1\n" for k in keys), encoding="utf-8")
+    report = scan(ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", engine="local", workers=1, progress=False))
+    assert len(report.reconciled) == 1 and not report.errors
+    for key in keys:
+        with rasterio.open(root / "out" / key) as cog:
+            assert cog.count == 1, key
+    assert not list((root / "in").glob("odd_failed-*.csv"))
