@@ -16,7 +16,15 @@ Pre-flight (before any job exists)
     ``<run>/preflight.json`` = ``{"failed": [...], "duplicates": [...], "jobs": N}`` where
     ``failed`` holds ``{"line": int, "text": str, "reason": str}`` for the manifest's rejected rows and for rows
     whose input object does not exist, sorted by line; ``duplicates`` holds
-    ``{"line": int, "text": str, "duplicate_of": first_line}``. Only existing inputs get jobs.
+    ``{"line": int, "text": str, "duplicate_of": first_line}``. Only existing inputs get jobs. On a run whose
+    engine is ``pegasus``, a key the Pegasus transfer tools cannot carry
+    (``replicas.pegasus_keys.pegasus_key_problem``) fails here with that reason, before any listing.
+
+Data configuration and configuration file
+    ``WorkflowSettings.data_configuration`` None: nonsharedfs for S3 buckets (staging site = the S3 site,
+    bypassed input staging, ``--cleanup none`` and ``<run>/scratch.json`` naming the scratch prefix the engine
+    removes with boto3), condorio for folder buckets. ``settings_from_config`` / ``--config FILE`` build the
+    settings from ``cog_pipeline.config`` (flags override the file); see docs/workflow.md.
 
 Files written into the run directory (Pegasus' default names)
     ``workflow.yml``, ``replicas.yml``, ``transformations.yml``, ``sites.yml`` (rendered from the template

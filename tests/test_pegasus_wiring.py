@@ -166,7 +166,11 @@ def test_s3_buckets_default_to_nonsharedfs_with_the_output_site_as_staging(tmp_p
     from cog_pipeline.config import plan_args
 
     assert all(a in args for a in plan_args(load_config(None)))
-    assert not list(schema_validator(pegasus_schema_dir, "sc-5.0.yml").iter_errors(load(run.file(RunDir.SITES))))
+    for name, schema in ((RunDir.SITES, "sc-5.0.yml"), (RunDir.WORKFLOW, "wf-5.0.yml"), (RunDir.TRANSFORMATIONS, "tc-5.0.yml"), (RunDir.REPLICAS, "rc-5.0.yml")):
+        assert not list(schema_validator(pegasus_schema_dir, schema).iter_errors(load(run.file(name)))), name
+    # the input PFN keeps the key raw (the real pegasus-s3 takes it literally)
+    (pfn,) = [r["pfns"][0]["pfn"] for r in load(run.file(RunDir.REPLICAS))["replicas"]]
+    assert pfn.endswith("/Counties/WI/Eau Claire/x.tif")
 
 
 def test_condorio_stays_selectable_for_s3(tmp_path, s3_buckets):
