@@ -175,6 +175,10 @@ class WorkflowSettings:
             raise ValueError(f"data_configuration must be one of {DATA_CONFIGURATIONS}")
         if self.container_type not in CONTAINER_TYPES:
             raise ValueError(f"container_type must be one of {CONTAINER_TYPES}")
+        for name in ("s3_site", "identity"):
+            # pegasus-transfer finds an S3 URL's bucket with s3://\w+@\w+/: anything else breaks mkdir.
+            if not re.fullmatch(r"\w+", getattr(self, name), re.ASCII):
+                raise ValueError(f"{name} {getattr(self, name)!r} must be word characters only (letters, digits, _)")
         if self.s3_site in ("local", COMPUTE_SITE):
             raise ValueError(f"s3_site must not reuse the site name {self.s3_site!r}")
         if not self.scratch_prefix or self.scratch_prefix.startswith("/"):

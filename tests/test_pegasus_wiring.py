@@ -253,3 +253,10 @@ def test_local_engine_converts_keys_the_pegasus_engine_refuses(tmp_path):
         with rasterio.open(root / "out" / key) as cog:
             assert cog.count == 1, key
     assert not list((root / "in").glob("odd_failed-*.csv"))
+
+
+@pytest.mark.parametrize("bad", [{"s3_site": "s3-site"}, {"identity": "my.id"}, {"s3_site": "Stöö"}])
+def test_site_and_identity_names_must_be_word_characters(tmp_path, bad):
+    run, store = folder_run(tmp_path, ["a/x.tif"])
+    with pytest.raises(ValueError, match="word characters"):
+        generate(run, store, WorkflowSettings(**bad))
