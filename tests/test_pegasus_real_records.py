@@ -136,3 +136,17 @@ def test_status_table_is_the_shared_renderer_fed_with_pegasus_facts(tmp_path, sa
     assert run.path.name in table and str(samples / "process_wf_failure") in table and "pegasus" in table
     result = CliRunner().invoke(cli, ["status", "-w", str(tmp_path)])
     assert run.path.name in result.output.split("- ")[0]  # the table comes before the per-run details
+
+
+def test_held_reason_from_the_event_log_reaches_the_record(tmp_path, samples):
+    pytest.importorskip("htcondor2", reason="the HTCondor bindings are not installed")
+    from cog_pipeline.engines.pegasus.submit_dir import read_braindump
+
+    from .test_submit_dir import HELD_EVENT_LOG
+
+    submit = samples / "sample_wf_held"
+    (submit / read_braindump(submit)["condor_log"]).write_text(HELD_EVENT_LOG)
+    run = hand_planned_run(tmp_path)
+    assert collect_job_records(run, env={"PEGASUS_SUBMIT_DIR": str(submit)}) == 1
+    record = json.loads((run.jobs_dir / "ID0000001.json").read_text())
+    assert record["category"] == "HELD" and "(Transfer input files failure)" in record["reason"]
