@@ -16,6 +16,8 @@ import click
 from .crondor.commands import crondor
 from .options import EXIT_ERROR, bucket_options, check_scan_args, handle_errors, output_options, store_config, store_options, workflow_options
 from .store import StoreConfig
+from .config import workflow_settings_kwargs
+from .config_cli import config_group, config_option, effective_config, resource_options
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="cog-pipeline")
@@ -35,6 +37,8 @@ def main() -> None:
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where workflow-run-<TS>/ directories are kept.")
 @click.option("--engine", type=click.Choice(["local", "pegasus"]), default="local", show_default=True, help="local: run the workflow here with a process pool; pegasus: pegasus-plan onto HTCondor.")
 @workflow_options
+@config_option
+@resource_options
 @click.option("--workers", type=click.IntRange(min=1), help="local engine: worker processes (default: one per CPU).")
 @click.option("--job-timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="local engine: kill a job attempt after this long and fail its row (default: env COG_PIPELINE_JOB_TIMEOUT, else 3600; 0: no limit).")
 @click.option("--max-pixels", type=click.IntRange(min=0), metavar="N", help="local engine: fail a row whose width*height*bands*bytes-per-sample exceeds N before converting (default: env COG_PIPELINE_MAX_PIXELS, else 6400000000; 0: no limit).")
@@ -51,9 +55,7 @@ def scan(**kw: Any) -> None:
     from .pipeline import scan as run_scan
 
     check_scan_args(kw)
-    workflow: dict[str, Any] = {"retries": kw["retries"], "max_running": kw["max_running"]}
-    if kw.get("cluster_size"):
-        workflow["cluster_size"] = kw["cluster_size"]
+    workflow = workflow_settings_kwargs(effective_config(kw))  # the --config file, then the flags
     options = ScanOptions(
         input_bucket=kw["input_bucket"],
         output_bucket=kw["output_bucket"],
@@ -193,3 +195,5 @@ def status(work_dir: Path, long_: bool) -> None:
 
 # The production loop on an HTCondor access point (crondor/commands.py).
 main.add_command(crondor)
+# `cog-pipeline config show`: the effective production settings (config_cli.py).
+main.add_command(config_group)

@@ -14,7 +14,7 @@ every one with a default, so an empty file (or none) is the documented default c
     wall_time_s = 0          # 0: no limit; else jobs running longer are removed (condor periodic_remove)
 
     [data]
-    configuration = "nonsharedfs"   # or "condorio"
+    configuration = "auto"   # nonsharedfs for S3 buckets, condorio for folder buckets; or either by name
     bypass_input_staging = true     # nonsharedfs: workers read inputs straight from S3
 
     [s3]
@@ -66,7 +66,7 @@ except ImportError:  # Python 3.10: the same parser as a package
     import tomli as tomllib  # type: ignore[no-redef]
 
 DEFAULT_IMAGE = "ghcr.io/osgeo/gdal:ubuntu-small-3.6.3"
-DATA_CONFIGURATIONS = ("nonsharedfs", "condorio")
+DATA_CONFIGURATIONS = ("auto", "nonsharedfs", "condorio")
 CONTAINER_TYPES = ("singularity", "docker")
 COMPUTE_SITE = "condorpool"
 # pegasus-transfer finds the bucket of an S3 URL with s3://\w+@\w+/ : anything else breaks mkdir.
@@ -95,7 +95,7 @@ class Resources:
 
 @dataclass(frozen=True)
 class Data:
-    configuration: str = "nonsharedfs"
+    configuration: str = "auto"
     bypass_input_staging: bool = True
 
 
@@ -294,18 +294,38 @@ def workflow_settings_kwargs(config: PipelineConfig) -> dict[str, Any]:
         "cpus": config.resources.cores,
         "memory_mb": config.resources.memory_mb,
         "disk_mb": config.resources.disk_mb,
-        "data_configuration": config.data.configuration,
+        "data_configuration": None if config.data.configuration == "auto" else config.data.configuration,
+        "wall_time_s": config.resources.wall_time_s,
+        "extra_properties": extra_pegasus_properties(config),
+        "pool_condor_profiles": condor_profiles(config),
     }
 
 
-def pegasus_properties(config: PipelineConfig) -> dict[str, str]:
+def data_configuration(config: PipelineConfig, local_mode: bool = False) -> str:
+    """"auto" resolved: nonsharedfs for S3 buckets, condorio for folder buckets (one machine, no S3 to read)."""
+    if config.data.configuration != "auto":
+        return config.data.configuration
+    return "condorio" if local_mode else "nonsharedfs"
+
+
+def extra_pegasus_properties(config: PipelineConfig) -> dict[str, str]:
+    """The operator's [pegasus.properties], plus bypass=false when they turned input bypass off."""
+    props = {}
+    if not config.data.bypass_input_staging:
+        props["pegasus.transfer.bypass.input.staging"] = "false"
+    props.update(config.pegasus_properties)
+    return props
+
+
+def pegasus_properties(config: PipelineConfig, local_mode: bool = False) -> dict[str, str]:
     """Properties the generator adds on top of its own: the data flow and the operator's extra properties.
 
     nonsharedfs + bypass: PegasusLite on the worker pulls each input straight from s3://.../<key>, so no image
     crosses the access point; the planner then needs ``--staging-site condorpool=<s3 site>`` (plan_args()).
     """
-    props = {"pegasus.data.configuration": config.data.configuration}
-    if config.data.configuration == "nonsharedfs":
+    configuration = data_configuration(config, local_mode)
+    props = {"pegasus.data.configuration": configuration}
+    if configuration == "nonsharedfs":
         props["pegasus.transfer.bypass.input.staging"] = "true" if config.data.bypass_input_staging else "false"
     props.update(config.pegasus_properties)  # the operator's word wins
     return props
@@ -313,19 +333,45 @@ def pegasus_properties(config: PipelineConfig) -> dict[str, str]:
 
 def condor_profiles(config: PipelineConfig) -> dict[str, str]:
     """Extra condor profiles for the conversion jobs (condorpool site): wall-time limit and the operator's own."""
-    profiles: dict[str, str] = {}
+    profiles: dict[str, str] = dict(config.condor_profiles)
     if config.resources.wall_time_s:
         # Remove a conversion running longer than the limit; DAGMan counts it as a failure and retries it.
-        profiles["periodic_remove"] = f"(JobStatus == 2) && ((time() - EnteredCurrentStatus) > {config.resources.wall_time_s})"
-    profiles.update(config.condor_profiles)
+        # One periodic_remove per job: the operator's own (if any) is kept, joined with ||.
+        wall = f"(JobStatus == 2) && ((time() - EnteredCurrentStatus) > {config.resources.wall_time_s})"
+        own = profiles.get("periodic_remove")
+        profiles["periodic_remove"] = f"({own}) || ({wall})" if own else wall
     return profiles
 
 
-def plan_args(config: PipelineConfig) -> list[str]:
+def plan_args(config: PipelineConfig, local_mode: bool = False) -> list[str]:
     """The pegasus-plan site arguments the data configuration needs (condorio: staging site must stay local)."""
     args = ["--sites", COMPUTE_SITE, "--output-sites", config.s3.site]
-    if config.data.configuration == "nonsharedfs":
+    if data_configuration(config, local_mode) == "nonsharedfs":
         args += ["--staging-site", f"{COMPUTE_SITE}={config.s3.site}"]
     if config.clustering.size:
         args += ["--cluster", "horizontal"]
     return args
+
+
+# CLI flag (click / argparse destination name) -> dotted setting. Flags left at None are "not given".
+FLAG_SETTINGS = {
+    "retries": "dagman.retries", "max_running": "dagman.max_running", "cluster_size": "clustering.size",
+    "max_transfers": "transfers.max_transfers", "transfer_threads": "transfers.threads",
+    "transfer_attempts": "transfers.attempts", "backoff_base": "backoff.base_s", "backoff_max": "backoff.max_s",
+    "backoff_releases": "backoff.releases", "s3_site": "s3.site", "identity": "s3.identity",
+    "container_image": "container.image", "container_type": "container.type", "cpus": "resources.cores",
+    "memory": "resources.memory_mb", "disk": "resources.disk_mb", "wall_time": "resources.wall_time_s",
+    "data_configuration": "data.configuration",
+}
+
+
+def overrides_from_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The dotted overrides for the flags that were given (``--no-container`` -> container.enabled = false;
+    ``--container-image ''`` likewise)."""
+    overrides = {FLAG_SETTINGS[name]: value for name, value in flags.items() if name in FLAG_SETTINGS and value is not None}
+    if overrides.get("container.image") == "":
+        del overrides["container.image"]
+        overrides["container.enabled"] = False
+    if flags.get("no_container"):
+        overrides["container.enabled"] = False
+    return overrides

@@ -67,8 +67,9 @@ def check_scan_args(kw: dict[str, Any]) -> None:
 def workflow_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """How each claimed manifest's workflow is generated (the same for a scan and for the Crondor's ticks)."""
     return _apply(func, [
-        click.option("-m", "--max-running", type=click.IntRange(min=1), default=10000, show_default=True, help="Most conversion jobs running at once per workflow (DAGMan maxjobs)."),
-        click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, help="Retries per job."),
+        # No click defaults: a flag not given leaves the --config file's value (defaults: 10000 and 3).
+        click.option("-m", "--max-running", type=click.IntRange(min=1), help="Most conversion jobs running at once per workflow (DAGMan maxjobs; default 10000)."),
+        click.option("--retries", type=click.IntRange(min=0), help="Retries per job (default 3)."),
         click.option("--cluster-size", type=click.IntRange(min=1), help="pegasus: cluster N images per HTCondor job."),
     ])
 

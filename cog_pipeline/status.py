@@ -1,15 +1,80 @@
-"""What `cog-pipeline status` (and `crondor status`) shows: the runs in flight under a work directory."""
+"""What `cog-pipeline status` (and `crondor status`) shows: the runs in flight under a work directory.
+
+For each submitted Pegasus run: its submit directory, DAGMan's state and the job counts (from the real
+``pegasus-status`` when installed, else from jobstate.log: ``submit_dir.job_counts``), and for a run with
+failures the exact ``pegasus-analyzer <submit dir>`` command. ``status_rows`` gives the same facts as rows
+for ``operator_cli.render_status_table`` / ``status_json`` (keys run, state, done, failed, age, engine, where,
+plus submit_dir, dagman, counts_from, analyzer).
+"""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
-from .rundir import GENERATED, RUNNING, survey_run_dirs
+from .rundir import GENERATED, RUNNING, RunDir, survey_run_dirs
 from .state import IN_FLIGHT
+
+
+def analyzer_command(submit_dir: str | Path) -> str:
+    """The exact command an operator runs to see why jobs failed."""
+    return shlex.join(["pegasus-analyzer", str(submit_dir)])
+
+
+def dagman_facts(submit_dir: Path) -> dict[str, Any]:
+    """DAGMan state and job counts of one submit directory (never raises: a damaged dir says "unknown")."""
+    from .engines.pegasus.submit_dir import job_counts, read_jobstate
+
+    try:
+        source, counts = job_counts(submit_dir)
+        _, end = read_jobstate(submit_dir)
+    except Exception as exc:  # noqa: BLE001 - status must show every other run
+        return {"dagman": f"unknown ({exc})", "counts_from": None, "counts": {}, "done": None, "failed": None}
+    if source == "pegasus-status" and counts.get("state"):
+        dagman = str(counts["state"])
+    elif end.ended:
+        dagman = "Success" if end.status == 0 else f"Failure (DAGMan exit {end.status})"
+    else:
+        dagman = "Running" if (submit_dir / "jobstate.log").is_file() else "not started"
+    return {"dagman": dagman, "counts_from": source, "counts": counts,
+            "done": counts.get("succeeded"), "failed": counts.get("failed")}
+
+
+def status_row(run_dir: RunDir, now: float | None = None) -> dict[str, Any]:
+    """One run's row: what render_status_table shows, plus the Pegasus facts for the detail lines."""
+    info = run_dir.load()
+    try:
+        age_s = (now or time.time()) - run_dir.file("run.json").stat().st_mtime
+        age = f"{int(age_s // 3600)}h{int(age_s % 3600 // 60):02d}m"
+    except OSError:
+        age = None
+    row: dict[str, Any] = {"run": run_dir.path.name, "state": str(info.state), "done": None, "failed": None, "age": age,
+                           "engine": info.engine, "where": info.submit_dir or str(run_dir.path), "submit_dir": info.submit_dir,
+                           "dagman": None, "counts_from": None, "analyzer": None, "manifest": info.manifest_key}
+    if info.state == RUNNING and info.submit_dir and Path(info.submit_dir).is_dir():
+        facts = dagman_facts(Path(info.submit_dir))
+        row.update({k: facts[k] for k in ("dagman", "counts_from", "done", "failed")})
+        row["counts"] = facts["counts"]
+        if facts["failed"]:
+            row["analyzer"] = analyzer_command(info.submit_dir)
+    return row
+
+
+def status_rows(work_dir: Path) -> list[dict[str, Any]]:
+    """Rows for every run in flight under `work_dir` (damaged run directories are left to show_runs)."""
+    run_dirs, _ = survey_run_dirs(work_dir)
+    return [status_row(r) for r in run_dirs if r.load().state in IN_FLIGHT]
+
+
+def _counts_text(counts: dict[str, Any]) -> str:
+    names = ("total", "succeeded", "failed", "held", "running", "queued", "unready", "ready")
+    return ", ".join(f"{counts[n]} {n}" for n in names if isinstance(counts.get(n), int))
 
 
 def show_runs(work_dir: Path, long_: bool = False) -> None:
@@ -19,7 +84,11 @@ def show_runs(work_dir: Path, long_: bool = False) -> None:
     click.echo(f"runs in flight under {work_dir}: {len(runs)}")
     for problem in problems:
         click.echo(f"warning: {problem}")
-    have_status = shutil.which("pegasus-status") is not None
+    if runs:
+        from .operator_cli import render_status_table
+
+        click.echo(render_status_table([status_row(r) for r in runs]).rstrip())
+    on_path = shutil.which("pegasus-status") is not None
     for run_dir in runs:
         info = run_dir.load()
         click.echo(f"- {run_dir.path.name}  {info.manifest_key}  state={info.state}  engine={info.engine}")
@@ -37,14 +106,23 @@ def show_runs(work_dir: Path, long_: bool = False) -> None:
         if not submit_dir:
             click.echo("    running with the local engine" if info.engine == "local" else "    no submit directory recorded")
             continue
-        from .engines.pegasus.monitor import workflow_is_running
+        _show_submitted(run_dir, submit_dir, long_, on_path)
 
-        running = workflow_is_running(run_dir)
-        click.echo(f"    submit dir: {submit_dir}" + ("" if running else "  (workflow ended; the next tick reconciles it)"))
-        if not have_status:
-            click.echo("    (pegasus-status is not installed on this host: cannot show job counts)")
-            continue
-        cmd = ["pegasus-status", *(["-l"] if long_ else []), submit_dir]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+def _show_submitted(run_dir: RunDir, submit_dir: str, long_: bool, on_path: bool) -> None:
+    from .engines.pegasus.monitor import workflow_is_running
+
+    running = workflow_is_running(run_dir)
+    click.echo(f"    submit dir: {submit_dir}" + ("" if running else "  (workflow ended; the next tick reconciles it)"))
+    if not Path(submit_dir).is_dir():
+        return
+    row = status_row(run_dir)
+    source = row["counts_from"]
+    note = "" if source != "logs" or on_path else " (pegasus-status is not installed on this host: counts from jobstate.log)"
+    click.echo(f"    DAGMan: {row['dagman']}; jobs: {_counts_text(row.get('counts') or {}) or 'none yet'}{note}")
+    if row["analyzer"]:
+        click.echo(f"    failures: {row['analyzer']}")
+    if long_ and on_path:
+        proc = subprocess.run(["pegasus-status", "-l", submit_dir], capture_output=True, text=True, check=False)
         for line in (proc.stdout + proc.stderr).rstrip().splitlines():
             click.echo(f"    {line}")

@@ -20,6 +20,7 @@ import click
 from cog_pipeline.engines.pegasus import condor
 from cog_pipeline.engines.pegasus.condor import PegasusUnavailable
 from cog_pipeline.options import EXIT_ERROR, bucket_options, check_scan_args, fail, handle_errors, output_options, store_config, store_options, workflow_options
+from cog_pipeline.config_cli import config_option, effective_config
 from cog_pipeline.status import show_runs
 
 from .submit import KEY_ATTRIBUTE, CrondorSpec, build_submit, classad_string, crondor_key, write_description
@@ -86,12 +87,19 @@ def crondor() -> None:
 @store_options
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where run directories, crondor.sub and the Crondor's logs are kept.")
 @workflow_options
+@config_option
 @click.option("--dry-run", is_flag=True, help="Write crondor.sub and print it; submit nothing.")
 @handle_errors
 def start(**kw: Any) -> None:
-    """Submit the Crondor; refuses when one for the same buckets and pattern is already queued."""
+    """Submit the Crondor; refuses when one for the same buckets and pattern is already queued.
+
+    With --config FILE the Crondor's ticks read that file (its path is in the arguments), so editing it
+    changes the next tick; it is checked now, so a bad value fails here rather than every 15 minutes.
+    """
     check_scan_args(kw)  # the tick would refuse these every 15 minutes: refuse them now
     store = store_config(kw)  # validates -a/-s (regular, readable key files; their bytes never echoed)
+    effective_config(kw)  # one line naming the setting, exit 2
+    config_path = kw.get("config_path")
     spec = CrondorSpec(
         input_bucket=kw["input_bucket"],
         output_bucket=kw["output_bucket"],
@@ -108,6 +116,7 @@ def start(**kw: Any) -> None:
         cluster_size=kw.get("cluster_size"),
         output_prefix=kw.get("output_prefix"),
         replace_inputs=bool(kw.get("replace_inputs")),
+        config=Path(config_path).resolve() if config_path else None,
     )
     try:
         spec.validate()

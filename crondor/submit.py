@@ -49,11 +49,13 @@ class CrondorSpec:
     region: str | None = None
     retry_mode: str = "standard"
     local_root: Path | None = None
-    max_running: int = 10000
-    retries: int = 3
+    # Flags given to `start` (None: not given; the tick takes the value from `config`, else the default).
+    max_running: int | None = None
+    retries: int | None = None
     cluster_size: int | None = None
     output_prefix: str | None = None  # outputs at <prefix><key> (same-bucket mode)
     replace_inputs: bool = False  # same bucket, no prefix: the operator accepts COGs replacing the sources
+    config: Path | None = None  # the production configuration file: the tick reads it, flags are not copied out
     cron_minute: str = CRON_MINUTE
     command: list[str] = field(default_factory=lambda: default_command())
     environment: dict[str, str] = field(default_factory=lambda: default_environment())
@@ -65,6 +67,8 @@ class CrondorSpec:
                 raise CrondorSpecError(f"{name} must be non-empty without line breaks or '|': {value!r}")
         if not self.work_dir.is_absolute():
             raise CrondorSpecError("work_dir must be an absolute path")
+        if self.config is not None and not self.config.is_absolute():
+            raise CrondorSpecError("config must be an absolute path (the tick runs in the work directory)")
 
     @property
     def key(self) -> str:
@@ -129,7 +133,14 @@ def scan_arguments(spec: CrondorSpec) -> list[str]:
         args += ["--retry-mode", spec.retry_mode]
     if spec.local_root is not None:
         args += ["--local-root", str(spec.local_root)]
-    args += ["--work-dir", str(spec.work_dir), "-m", str(spec.max_running), "--retries", str(spec.retries)]
+    args += ["--work-dir", str(spec.work_dir)]
+    if spec.config is not None:
+        # The path, not its settings: editing the file changes the next tick, and the description stays short.
+        args += ["--config", str(spec.config)]
+    if spec.max_running is not None:
+        args += ["-m", str(spec.max_running)]
+    if spec.retries is not None:
+        args += ["--retries", str(spec.retries)]
     if spec.cluster_size:
         args += ["--cluster-size", str(spec.cluster_size)]
     if spec.output_prefix:

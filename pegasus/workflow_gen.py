@@ -16,7 +16,15 @@ Pre-flight (before any job exists)
     ``<run>/preflight.json`` = ``{"failed": [...], "duplicates": [...], "jobs": N}`` where
     ``failed`` holds ``{"line": int, "text": str, "reason": str}`` for the manifest's rejected rows and for rows
     whose input object does not exist, sorted by line; ``duplicates`` holds
-    ``{"line": int, "text": str, "duplicate_of": first_line}``. Only existing inputs get jobs.
+    ``{"line": int, "text": str, "duplicate_of": first_line}``. Only existing inputs get jobs. On a run whose
+    engine is ``pegasus``, a key the Pegasus transfer tools cannot carry
+    (``replicas.pegasus_keys.pegasus_key_problem``) fails here with that reason, before any listing.
+
+Data configuration and configuration file
+    ``WorkflowSettings.data_configuration`` None: nonsharedfs for S3 buckets (staging site = the S3 site,
+    bypassed input staging, ``--cleanup none`` and ``<run>/scratch.json`` naming the scratch prefix the engine
+    removes with boto3), condorio for folder buckets. ``settings_from_config`` / ``--config FILE`` build the
+    settings from ``cog_pipeline.config`` (flags override the file); see docs/workflow.md.
 
 Files written into the run directory (Pegasus' default names)
     ``workflow.yml``, ``replicas.yml``, ``transformations.yml``, ``sites.yml`` (rendered from the template
@@ -67,6 +75,7 @@ Speed
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import logging
@@ -77,6 +86,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from collections.abc import Callable
 
 import yaml
 
@@ -98,6 +108,8 @@ from cog_pipeline.replicas.catalog import (
     yaml_json,
 )
 from cog_pipeline.replicas.credentials import CREDENTIALS_FILE, write_credentials
+from cog_pipeline.replicas.pegasus_keys import pegasus_key_problem
+from cog_pipeline.engines.pegasus.scratch import record_scratch
 from cog_pipeline.rundir import GENERATED, RunDir
 from cog_pipeline.store import ObjectStore, open_store
 
@@ -140,7 +152,12 @@ class WorkflowSettings:
     converter: Path = field(default_factory=default_converter)
     reconcile_command: str | None = None  # None: the END hook "<python> -m cog_pipeline finish <run_dir>"
     local_mode: bool | None = None  # buckets are folders; None: decided from run.json store.local_root
-    data_configuration: str = "condorio"  # or "nonsharedfs" with the S3 site as staging site
+    # None: nonsharedfs for S3 buckets (workers read S3 themselves; no image crosses the access point), condorio
+    # for folder buckets (one machine: today's behaviour). Either may be chosen explicitly.
+    data_configuration: str | None = None
+    wall_time_s: int = 0  # 0: no limit; else a conversion running longer is removed (and retried by DAGMan)
+    extra_properties: dict[str, str] = field(default_factory=dict)  # the config's [pegasus.properties]
+    pool_condor_profiles: dict[str, str] = field(default_factory=dict)  # the config's condor profiles (condorpool)
     scratch_prefix: str = "pegasus-scratch"  # staging area (nonsharedfs) in the output bucket: <prefix>/<ts>
     write_credentials: bool = True  # write <run>/credentials.conf when the store is S3 with key files
 
@@ -153,14 +170,26 @@ class WorkflowSettings:
                 raise ValueError(f"{name} must be >= 1")
         if self.cluster_size is not None and self.cluster_size < 1:
             raise ValueError("cluster_size must be >= 1")
-        if self.data_configuration not in DATA_CONFIGURATIONS:
+        if self.wall_time_s < 0:
+            raise ValueError("wall_time_s must be >= 0")
+        if self.data_configuration is not None and self.data_configuration not in DATA_CONFIGURATIONS:
             raise ValueError(f"data_configuration must be one of {DATA_CONFIGURATIONS}")
         if self.container_type not in CONTAINER_TYPES:
             raise ValueError(f"container_type must be one of {CONTAINER_TYPES}")
+        for name in ("s3_site", "identity"):
+            # pegasus-transfer finds an S3 URL's bucket with s3://\w+@\w+/: anything else breaks mkdir.
+            if not re.fullmatch(r"\w+", getattr(self, name), re.ASCII):
+                raise ValueError(f"{name} {getattr(self, name)!r} must be word characters only (letters, digits, _)")
         if self.s3_site in ("local", COMPUTE_SITE):
             raise ValueError(f"s3_site must not reuse the site name {self.s3_site!r}")
         if not self.scratch_prefix or self.scratch_prefix.startswith("/"):
             raise ValueError("scratch_prefix must be a relative key prefix")
+
+    def data_configuration_for(self, local_mode: bool) -> str:
+        """The data configuration this run plans with (see the field's comment for the automatic choice)."""
+        if self.data_configuration is not None:
+            return self.data_configuration
+        return "condorio" if local_mode else "nonsharedfs"
 
     @property
     def transfer_jobs(self) -> int:
@@ -210,6 +239,29 @@ def backoff_profiles(settings: WorkflowSettings) -> dict[str, dict[str, str]]:
     }
 
 
+def pool_condor_profiles(settings: WorkflowSettings) -> dict[str, str]:
+    """The conversion jobs' condor profiles: backoff, then the operator's, with every periodic_remove kept.
+
+    HTCondor takes one periodic_remove per job, so the backoff's (held too often / too long) and the
+    configuration's (the wall-time limit, or the operator's own) are joined with ``||``: either removes it.
+    """
+    profiles = dict(backoff_profiles(settings)[COMPUTE_SITE])
+    extra = dict(settings.pool_condor_profiles)
+    if settings.wall_time_s and "periodic_remove" not in extra:
+        extra["periodic_remove"] = wall_time_remove(settings.wall_time_s)
+    for name, value in extra.items():
+        if name == "periodic_remove":
+            profiles[name] = f"({profiles[name]}) || ({value})"
+        else:
+            profiles[name] = value
+    return profiles
+
+
+def wall_time_remove(seconds: int) -> str:
+    """Remove a conversion that has been running (JobStatus 2) longer than `seconds`; DAGMan retries it."""
+    return f"(JobStatus == 2) && ((time() - EnteredCurrentStatus) > {int(seconds)})"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Sites
 
@@ -246,19 +298,20 @@ def render_sites(values: dict[str, Any], template: Path = SITES_TEMPLATE) -> dic
 
 def site_values(run_dir: RunDir, info, settings: WorkflowSettings, local_root: Path | None) -> dict[str, Any]:
     out_bucket = info.output_bucket
-    scratch_key = f"{settings.scratch_prefix.strip('/')}/{info.timestamp}"
+    scratch = scratch_key(settings, info.timestamp)
     if local_root is not None:
         out_path = (Path(local_root).resolve() / out_bucket).as_posix()
         output_url = file_url(local_root, out_bucket)
-        scratch_path = f"{out_path}/{scratch_key}"
-        scratch_url = file_url(local_root, out_bucket, scratch_key)
+        scratch_path = f"{out_path}/{scratch}"
+        scratch_url = file_url(local_root, out_bucket, scratch)
     else:
         out_path = f"/{out_bucket}"
         output_url = s3_url(out_bucket, identity=settings.identity, site=settings.s3_site)
-        scratch_path = f"/{out_bucket}/{scratch_key}"
-        scratch_url = s3_url(out_bucket, scratch_key, identity=settings.identity, site=settings.s3_site)
+        scratch_path = f"/{out_bucket}/{scratch}"
+        scratch_url = s3_url(out_bucket, scratch, identity=settings.identity, site=settings.s3_site)
     base = run_dir.path.resolve()
     profiles = backoff_profiles(settings)
+    pool = pool_condor_profiles(settings)
     return {
         "COG_LOCAL_SCRATCH_PATH": str(base / "scratch"),
         "COG_LOCAL_SCRATCH_URL": (base / "scratch").as_uri(),
@@ -270,14 +323,32 @@ def site_values(run_dir: RunDir, info, settings: WorkflowSettings, local_root: P
         "COG_CPUS": settings.cpus,
         "COG_MEMORY_MB": settings.memory_mb,
         "COG_DISK_MB": settings.disk_mb,
-        "COG_POOL_PERIODIC_RELEASE": profiles[COMPUTE_SITE]["periodic_release"],
-        "COG_POOL_PERIODIC_REMOVE": profiles[COMPUTE_SITE]["periodic_remove"],
+        "COG_POOL_PERIODIC_RELEASE": pool["periodic_release"],
+        "COG_POOL_PERIODIC_REMOVE": pool["periodic_remove"],
         "COG_STORAGE_SITE": settings.s3_site,
         "COG_OUTPUT_PATH": out_path,
         "COG_OUTPUT_URL": output_url,
         "COG_SCRATCH_PATH": scratch_path,
         "COG_SCRATCH_URL": scratch_url,
     }
+
+
+def scratch_key(settings: WorkflowSettings, timestamp: str) -> str:
+    """The run's staging prefix in the output bucket (nonsharedfs): <scratch_prefix>/<run timestamp>."""
+    return f"{settings.scratch_prefix.strip('/')}/{timestamp}"
+
+
+def add_pool_limits(sites: dict[str, Any], settings: WorkflowSettings) -> dict[str, Any]:
+    """The condorpool site's wall-time limit as a Pegasus ``maxwalltime`` profile (minutes, rounded up), and
+    the operator's condor profiles besides periodic_remove (that one is joined in site_values)."""
+    pool = next(site for site in sites["sites"] if site["name"] == COMPUTE_SITE)
+    profiles = pool.setdefault("profiles", {})
+    if settings.wall_time_s:
+        profiles.setdefault("pegasus", {})["maxwalltime"] = -(-settings.wall_time_s // 60)
+    condor = profiles.setdefault("condor", {})
+    for name, value in pool_condor_profiles(settings).items():
+        condor[name] = value
+    return sites
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -332,6 +403,8 @@ def build_properties(run_dir: RunDir, settings: WorkflowSettings):
     if settings.data_configuration == "nonsharedfs":
         # Workers read inputs straight from the input bucket instead of a copy on the staging site.
         props["pegasus.transfer.bypass.input.staging"] = "true"
+    for name, value in settings.extra_properties.items():  # the operator's [pegasus.properties] win
+        props[name] = value
     return props
 
 
@@ -448,19 +521,33 @@ def write_workflow(path: Path, rows: list[ManifestRow], settings: WorkflowSettin
 # Pre-flight and generate()
 
 
-def preflight(manifest, input_store: ObjectStore, guarded_prefix: str | None = None) -> tuple[list[ManifestRow], list[dict], list[dict]]:
+def preflight(
+    manifest,
+    input_store: ObjectStore,
+    guarded_prefix: str | None = None,
+    refuse: Callable[[str], str | None] | None = None,
+) -> tuple[list[ManifestRow], list[dict], list[dict]]:
     """(rows that get jobs, failed entries, duplicate entries).
 
     `guarded_prefix`: the output prefix when outputs share the input bucket; a row whose key lies under it
     fails, because another row's output could land on it (naming.key_under_output_prefix).
+    `refuse(key)` (the pegasus engine: ``replicas.pegasus_keys.pegasus_key_problem``) fails a row here, with
+    its reason, when its key cannot be carried: one such key in a stage-in job would fail every image in it.
     """
-    found = find_keys(input_store, (row.key for row in manifest.rows))
     failed: list[dict[str, Any]] = [{"line": r.line, "text": r.text, "reason": r.reason} for r in manifest.rejected]
-    ok: list[ManifestRow] = []
+    candidates: list[ManifestRow] = []
     for row in manifest.rows:
+        problem = refuse(row.key) if refuse is not None else None
         if key_under_output_prefix(row.key, guarded_prefix):
             failed.append({"line": row.line, "text": row.text, "reason": f"input key is under the output prefix {guarded_prefix!r} of this bucket, where outputs are written"})
-        elif row.key in found:
+        elif problem:
+            failed.append({"line": row.line, "text": row.text, "reason": problem})
+        else:
+            candidates.append(row)
+    found = find_keys(input_store, (row.key for row in candidates))
+    ok: list[ManifestRow] = []
+    for row in candidates:
+        if row.key in found:
             ok.append(row)
         else:
             failed.append({"line": row.line, "text": row.text, "reason": f"input object does not exist: {input_store.url(row.key)}"})
@@ -486,7 +573,7 @@ def _write_credentials(run_dir: RunDir, settings: WorkflowSettings, config) -> P
     )
 
 
-def _record_generated(run_dir: RunDir, settings: WorkflowSettings, files: dict[str, Path], hook: str, credentials: Path | None, *, jobs: int, failed: int, duplicates: int) -> None:
+def _record_generated(run_dir: RunDir, settings: WorkflowSettings, files: dict[str, Path], hook: str, credentials: Path | None, *, jobs: int, failed: int, duplicates: int, s3_scratch: bool = False) -> None:
     """Move the run to GENERATED with what the engines and an operator need to know about its files."""
     cluster = bool(settings.cluster_size)
     staging_site = settings.s3_site if settings.data_configuration == "nonsharedfs" else "local"
@@ -494,6 +581,10 @@ def _record_generated(run_dir: RunDir, settings: WorkflowSettings, files: dict[s
         files[RunDir.PROPERTIES], settings.s3_site,
         staging_site=settings.s3_site if settings.data_configuration == "nonsharedfs" else None, cluster=cluster,
     )
+    if s3_scratch:
+        # Pegasus' cleanup jobs delete the S3 scratch prefix with `pegasus-s3 rm -F`, which fails on keys with
+        # spaces; the engine removes the prefix with boto3 when the run finishes instead (engines/pegasus/scratch.py).
+        plan_args += ["--cleanup", "none"]
     plan_args.append(str(files[RunDir.WORKFLOW].resolve()))
     run_dir.set_state(
         GENERATED,
@@ -527,10 +618,16 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     if local_mode and config.local_root is None:
         raise ValueError("local_mode needs run.json store.local_root (the folder holding the buckets)")
     local_root = config.local_root if local_mode else None
+    settings = dataclasses.replace(settings, data_configuration=settings.data_configuration_for(local_mode))
 
     manifest = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes())
     prefix = info.output_prefix or ""
-    rows, failed, duplicates = preflight(manifest, input_store, prefix if info.input_bucket == info.output_bucket else None)
+    rows, failed, duplicates = preflight(
+        manifest,
+        input_store,
+        prefix if info.input_bucket == info.output_bucket else None,
+        refuse=pegasus_key_problem if info.engine == "pegasus" else None,
+    )
     run_dir.write_json(RunDir.PREFLIGHT, {"failed": failed, "duplicates": duplicates, "jobs": len(rows)})
 
     files = {name: run_dir.file(name) for name in (RunDir.WORKFLOW, RunDir.REPLICAS, RunDir.TRANSFORMATIONS, RunDir.SITES, RunDir.PROPERTIES, RunDir.PREFLIGHT)}
@@ -542,7 +639,7 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
 
     build_transformation_catalog(settings).write(str(files[RunDir.TRANSFORMATIONS]))
 
-    sites = render_sites(site_values(run_dir, info, settings, local_root))
+    sites = add_pool_limits(render_sites(site_values(run_dir, info, settings, local_root)), settings)
     with open(files[RunDir.SITES], "w", encoding="utf-8") as fh:
         yaml.safe_dump(sites, fh, sort_keys=False, allow_unicode=True, width=1 << 20)
 
@@ -556,7 +653,10 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     if credentials:
         files[CREDENTIALS_FILE] = credentials
     cluster = bool(settings.cluster_size)
-    _record_generated(run_dir, settings, files, hook, credentials, jobs=len(rows), failed=len(failed), duplicates=len(duplicates))
+    s3_scratch = not local_mode and settings.data_configuration == "nonsharedfs"
+    if s3_scratch:
+        record_scratch(run_dir, info.output_bucket, scratch_key(settings, info.timestamp))
+    _record_generated(run_dir, settings, files, hook, credentials, jobs=len(rows), failed=len(failed), duplicates=len(duplicates), s3_scratch=s3_scratch)
     seconds = time.perf_counter() - started
     log.info("%s: %d jobs, %d failed in pre-flight, %d duplicates (%.2f s)", run_dir, len(rows), len(failed), len(duplicates), seconds)
     return GenerationResult(
@@ -577,57 +677,55 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = WorkflowSettings()
+    """Flags override the configuration file (``--config``); a flag not given leaves the file's value."""
     p = argparse.ArgumentParser(prog="workflow_gen", description="Write a run directory's Pegasus workflow, catalogs and properties.")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--retries", type=int, default=d.retries, help="DAGMan retries per job (default %(default)s)")
-    p.add_argument("--max-running", type=int, default=d.max_running, help="most jobs DAGMan runs at once (default %(default)s)")
-    p.add_argument("--max-transfers", type=int, default=d.max_transfers, help="most concurrent S3 transfers (default %(default)s)")
-    p.add_argument("--transfer-threads", type=int, default=d.transfer_threads)
-    p.add_argument("--transfer-attempts", type=int, default=d.transfer_attempts)
-    p.add_argument("--backoff-base", type=int, default=d.backoff_base, help="seconds before the first release of a held transfer job")
-    p.add_argument("--backoff-max", type=int, default=d.backoff_max)
-    p.add_argument("--backoff-releases", type=int, default=d.backoff_releases)
+    p.add_argument("--config", type=Path, default=None, help="the production configuration file (TOML; docs/chtc.md)")
+    p.add_argument("--retries", type=int, help="DAGMan retries per job (default 3)")
+    p.add_argument("--max-running", type=int, help="most jobs DAGMan runs at once (default 10000)")
+    p.add_argument("--max-transfers", type=int, help="most concurrent S3 transfers (default 40)")
+    p.add_argument("--transfer-threads", type=int)
+    p.add_argument("--transfer-attempts", type=int)
+    p.add_argument("--backoff-base", type=int, help="seconds before the first release of a held transfer job")
+    p.add_argument("--backoff-max", type=int)
+    p.add_argument("--backoff-releases", type=int)
     p.add_argument("--cluster-size", type=int, default=None, help="cluster N conversion jobs into one (horizontal clustering)")
-    p.add_argument("--s3-site", default=d.s3_site)
-    p.add_argument("--identity", default=d.identity)
-    p.add_argument("--container-image", default=d.container_image, help="'' to run without a container")
-    p.add_argument("--container-type", choices=CONTAINER_TYPES, default=d.container_type)
-    p.add_argument("--cpus", type=int, default=d.cpus)
-    p.add_argument("--memory", type=int, default=d.memory_mb, help="MB (default %(default)s)")
-    p.add_argument("--disk", type=int, default=d.disk_mb, help="MB (default %(default)s)")
-    p.add_argument("--converter", type=Path, default=d.converter)
+    p.add_argument("--s3-site")
+    p.add_argument("--identity")
+    p.add_argument("--container-image", help="'' to run without a container")
+    p.add_argument("--no-container", action="store_true", help="run the converter without a container")
+    p.add_argument("--container-type", choices=CONTAINER_TYPES)
+    p.add_argument("--cpus", type=int)
+    p.add_argument("--memory", type=int, help="MB (default 1024)")
+    p.add_argument("--disk", type=int, help="MB (default 2048)")
+    p.add_argument("--wall-time", type=int, help="seconds a conversion may run before it is removed (0: no limit)")
+    p.add_argument("--converter", type=Path, default=None)
     p.add_argument("--reconcile-command", default=None)
-    p.add_argument("--data-configuration", choices=DATA_CONFIGURATIONS, default=d.data_configuration)
-    p.add_argument("--scratch-prefix", default=d.scratch_prefix)
+    p.add_argument("--data-configuration", choices=("auto", *DATA_CONFIGURATIONS))
+    p.add_argument("--scratch-prefix", default=WorkflowSettings.scratch_prefix)
     p.add_argument("--no-credentials", action="store_true", help="do not write <run>/credentials.conf")
     return p
 
 
+def settings_from_config(config, **fixed: Any) -> WorkflowSettings:
+    """WorkflowSettings from a loaded ``cog_pipeline.config.PipelineConfig`` (plus fields the file has not)."""
+    from cog_pipeline.config import workflow_settings_kwargs
+
+    return WorkflowSettings(**workflow_settings_kwargs(config), **fixed)
+
+
 def settings_from_args(args: argparse.Namespace) -> WorkflowSettings:
-    return WorkflowSettings(
-        retries=args.retries,
-        max_running=args.max_running,
-        max_transfers=args.max_transfers,
-        transfer_threads=args.transfer_threads,
-        transfer_attempts=args.transfer_attempts,
-        backoff_base=args.backoff_base,
-        backoff_max=args.backoff_max,
-        backoff_releases=args.backoff_releases,
-        cluster_size=args.cluster_size,
-        s3_site=args.s3_site,
-        identity=args.identity,
-        container_image=args.container_image,
-        container_type=args.container_type,
-        cpus=args.cpus,
-        memory_mb=args.memory,
-        disk_mb=args.disk,
-        converter=args.converter.resolve(),
-        reconcile_command=args.reconcile_command,
-        data_configuration=args.data_configuration,
-        scratch_prefix=args.scratch_prefix,
-        write_credentials=not args.no_credentials,
-    )
+    """Raises cog_pipeline.config.ConfigError (one line, naming the setting) for a bad file or flag."""
+    from cog_pipeline.config import load_config, overrides_from_flags
+
+    config = load_config(args.config, overrides_from_flags(vars(args)))
+    fixed: dict[str, Any] = {
+        "reconcile_command": args.reconcile_command, "scratch_prefix": args.scratch_prefix,
+        "write_credentials": not args.no_credentials,
+    }
+    if args.converter is not None:
+        fixed["converter"] = args.converter.resolve()
+    return settings_from_config(config, **fixed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -637,9 +735,17 @@ def main(argv: list[str] | None = None) -> int:
     if not run_dir.exists():
         print(f"error: {run_dir.path} has no run.json", file=sys.stderr)
         return 2
+    from cog_pipeline.config import ConfigError
+
+    try:
+        settings = settings_from_args(args)
+        settings.validate()
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     info = run_dir.load()
     store = open_store(info.input_bucket, info.store_config)
-    result = generate(run_dir, store, settings_from_args(args))
+    result = generate(run_dir, store, settings)
     summary = asdict(result)
     summary["files"] = {k: str(v) for k, v in result.files.items()}
     summary["credentials"] = str(result.credentials) if result.credentials else None

@@ -49,7 +49,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_defaults_read_from_s3_on_the_workers():
     config = load_config(None)
-    assert config.data.configuration == "nonsharedfs" and config.data.bypass_input_staging
+    assert config.data.configuration == "auto" and config.data.bypass_input_staging  # S3 buckets: nonsharedfs
     assert pegasus_properties(config) == {"pegasus.data.configuration": "nonsharedfs", "pegasus.transfer.bypass.input.staging": "true"}
     assert plan_args(config) == ["--sites", "condorpool", "--output-sites", "storage", "--staging-site", "condorpool=storage"]
 
@@ -141,7 +141,9 @@ def test_profile_drives_schema_valid_generated_files(tmp_path, pegasus_schema_di
     sites = {s["name"]: s for s in yaml.safe_load(run.file(RunDir.SITES).read_text())["sites"]}
     assert "osn" in sites and sites["condorpool"]["profiles"]["pegasus"]["memory"] == 4096
     props = run.file(RunDir.PROPERTIES).read_text()
-    assert "pegasus.data.configuration = nonsharedfs" in props and "pegasus.transfer.bypass.input.staging = true" in props
+    # folder buckets (one machine) keep condorio under "auto"; S3 buckets get nonsharedfs (test_pegasus_wiring.py)
+    assert "pegasus.data.configuration = condorio" in props and "pegasus.mode = production" in props
     tc = run.file(RunDir.TRANSFORMATIONS).read_text()
     assert "ubuntu-full-3.9.0" in tc
-    assert run.load().plan_args[:-1][-2:] == ["--staging-site", "condorpool=osn"]
+    args = run.load().plan_args
+    assert args[args.index("--output-sites") + 1] == "osn" and "--staging-site" not in args

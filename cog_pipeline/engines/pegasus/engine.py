@@ -8,6 +8,7 @@ from ...rundir import RunDir
 from .monitor import workflow_is_running
 from .plan import plan_and_submit
 from .records import collect_job_records
+from .scratch import remove_scratch
 
 
 class PegasusEngine:
@@ -23,4 +24,9 @@ class PegasusEngine:
         return workflow_is_running(run_dir)
 
     def collect_job_records(self, run_dir: RunDir) -> int:
-        return collect_job_records(run_dir)
+        """Every job has ended: per-row reasons from the submit directory, then the S3 scratch prefix goes."""
+        try:
+            return collect_job_records(run_dir)
+        finally:
+            # --cleanup none (nonsharedfs on S3): pegasus-s3 rm cannot delete keys with spaces; boto3 can.
+            remove_scratch(run_dir)

@@ -1,10 +1,16 @@
-"""Job records from a Pegasus submit directory: jobstate.log outcomes plus the converter's own reason line.
+"""Job records from a Pegasus submit directory, read with ``submit_dir.read_submit_dir``.
 
-``collect_job_records`` writes ``jobs/<id>.json`` (the shared ``JobRecord``) for every conversion node that
-reached a final state. The reason is the converter's last stderr line from the job's latest
-pegasus-kickstart YAML record (``<submit>/00/00/generate_cog_ID0000001.out.NNN``); when that record is
-missing, truncated or unparsable, the reason names the exit category and points to ``pegasus-analyzer``.
-Only that one line is copied (never the record's ``environment``). Clustered jobs get no record.
+``collect_job_records`` writes ``jobs/<id>.json`` (the shared ``JobRecord``) for every conversion node of
+workflow.yml that reached a final state. What a record says comes from the real files Pegasus and DAGMan
+leave (submit_dir.py reads them): jobstate.log for the final state, attempts and exit code; the latest
+attempt's kickstart record (``<node>.out.NNN``) for the converter's last stderr line and for pegasus-exitcode's
+classification; the HTCondor event log for holds. When no usable record exists the reason names the exit
+category and points to ``pegasus-analyzer``. Only that one line is copied (never the record's
+``environment``). A conversion node is ``<transformation>_<job id>`` (``generate_cog_ID0000001``); clustered
+jobs (``merge_...``) get no record.
+
+The submit directory is the END hook's ``PEGASUS_SUBMIT_DIR`` when pegasus-monitord set it (a workflow planned
+by hand still gets its reasons), else the one run.json recorded (``submit_dir.submit_dir_for_hook``).
 """
 
 from __future__ import annotations
@@ -15,11 +21,9 @@ from typing import Any
 
 from ...rundir import RunDir
 from ..base import SUCCESS_CODES, JobRecord, category, last_line, line_of_job_id, write_record
+from .submit_dir import JobState, KickstartRecord, _invocations, holds_by_node, main_invocation, read_submit_dir, submit_dir_for_hook
 
-JOB_NODE_RE = re.compile(r"^generate_cog_(ID\d+)$")
-# A job's kickstart output in the submit directory: <node>.out while it runs, then <node>.out.000, .001, ...
-# once pegasus-exitcode (the POST script) has rotated it, one per attempt.
-_KICKSTART_OUT_RE = re.compile(r"^generate_cog_(ID\d+)\.out(?:\.(\d{3}))?$")
+JOB_NODE_RE = re.compile(r"^\w+?_(ID\d{7})$")
 _MAX_REASON_CHARS = 500
 
 
@@ -46,124 +50,25 @@ def write_plan_failure_records(run_dir: RunDir, reason: str) -> None:
 
 
 
-def parse_jobstate(submit_dir: Path) -> dict[str, dict[str, Any]]:
-    """Per conversion node: final state, last exit code, number of submissions, from jobstate.log."""
-    nodes: dict[str, dict[str, Any]] = {}
-    jobstate = submit_dir / "jobstate.log"
-    if not jobstate.is_file():
-        return nodes
-    final_events = {"JOB_SUCCESS", "JOB_FAILURE", "POST_SCRIPT_SUCCESS", "POST_SCRIPT_FAILURE", "JOB_ABORTED", "SUBMIT_FAILED", "JOB_HELD"}
-    with open(jobstate, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            parts = line.split()
-            if len(parts) < 3:
-                continue
-            match = JOB_NODE_RE.match(parts[1])
-            if not match:
-                continue
-            node = nodes.setdefault(match.group(1), {"state": None, "exit_code": None, "submits": 0, "first": None, "last": None})
-            stamp = int(parts[0]) if parts[0].isdigit() else None
-            node["first"] = node["first"] if node["first"] is not None else stamp
-            node["last"] = stamp
-            event = parts[2]
-            if event == "SUBMIT":
-                node["submits"] += 1
-                node["state"] = "SUBMIT"
-            elif event in final_events:
-                node["state"] = event
-                if event in ("JOB_SUCCESS", "JOB_FAILURE") and len(parts) > 3 and parts[3].lstrip("-").isdigit():
-                    node["exit_code"] = int(parts[3])
-    return nodes
-
-
-def _kickstart_outputs(submit_dir: Path) -> dict[str, Path]:
-    """Per conversion job, its latest kickstart output file (the highest .out.NNN; a bare .out is newer still).
-
-    Pegasus' default (Hashed) submit mapper puts the files two levels down (00/00/); Flat puts them at the top.
-    """
-    latest: dict[str, tuple[int, Path]] = {}
-    for path in submit_dir.rglob("generate_cog_ID*.out*"):
-        match = _KICKSTART_OUT_RE.match(path.name)
-        if not match or not path.is_file():
-            continue
-        order = int(match.group(2)) if match.group(2) is not None else 1000
-        if match.group(1) not in latest or order > latest[match.group(1)][0]:
-            latest[match.group(1)] = (order, path)
-    return {job_id: path for job_id, (_, path) in latest.items()}
-
-
-_RECORD_LOADER: type | None = None
-
-
-def _record_loader() -> type:
-    """A SafeLoader that keeps timestamps as text (a record's dates are not needed and must not fail parsing)."""
-    global _RECORD_LOADER
-    if _RECORD_LOADER is None:
-        import yaml
-
-        class RecordLoader(yaml.SafeLoader):
-            pass
-
-        RecordLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.yaml_constructors["tag:yaml.org,2002:str"])
-        _RECORD_LOADER = RecordLoader
-    return _RECORD_LOADER
-
-
-def _invocation_records(text: str) -> list[dict[str, Any]]:
-    """Every parsable ``- invocation: True`` record in a kickstart output (a file may hold several, with
-    ``---------------pegasus-multipart`` or ``[cluster-...]`` parts between them). A record that does not
-    parse (truncated, garbage) is skipped."""
-    import yaml
-
-    chunks: list[list[str]] = []
-    current: list[str] | None = None
-    for line in text.splitlines(keepends=True):
-        if line.startswith("- invocation:"):
-            current = [line]
-            chunks.append(current)
-        elif current is not None and (line[:1] in (" ", "\t") or not line.strip()):
-            current.append(line)
-        else:  # a multipart marker, a cluster line, another top-level item: this record has ended
-            current = None
-    records = []
-    loader = _record_loader()
-    for chunk in chunks:
-        try:
-            doc = yaml.load("".join(chunk), Loader=loader)  # noqa: S506 - a SafeLoader subclass
-        except yaml.YAMLError:
-            continue
-        if isinstance(doc, list) and doc and isinstance(doc[0], dict) and doc[0].get("invocation") is True:
-            records.append(doc[0])
-    return records
-
-
-def _main_job_stderr(record: dict[str, Any]) -> tuple[str | None, int | None]:
-    """(the main job's captured stderr, its exit code) from one invocation record; None where absent."""
-    files = record.get("files")
-    stderr = files.get("stderr") if isinstance(files, dict) else None
-    data = stderr.get("data") if isinstance(stderr, dict) else None
-    mainjob = record.get("mainjob")
-    status = mainjob.get("status") if isinstance(mainjob, dict) else None
-    code = status.get("regular_exitcode") if isinstance(status, dict) else None
-    return (data if isinstance(data, str) else None), (code if isinstance(code, int) and not isinstance(code, bool) else None)
-
-
 def kickstart_reason(path: Path | None, job_id: str, exit_code: int | None) -> str | None:
-    """The converter's last stderr line from the job's kickstart record, or None (never raises).
+    """The converter's last stderr line from one kickstart output, or None (never raises).
 
-    The record used is the last invocation of this job (``derivation``) preferring the ``generate_cog``
-    transformation. A record whose own exit code disagrees with jobstate.log's belongs to another attempt and
-    is not used.
+    A record whose own exit code disagrees with jobstate.log's belongs to another attempt and is not used.
     """
     if path is None:
         return None
     try:
-        records = [r for r in _invocation_records(path.read_text(encoding="utf-8", errors="replace")) if r.get("derivation") in (None, job_id)]
-        main = [r for r in records if "generate_cog" in str(r.get("transformation") or "")] or records
-        if not main:
+        records = [r for r in _invocations(path.read_text(encoding="utf-8", errors="replace")) if r.get("derivation") in (None, job_id)]
+        if not records:
             return None
-        data, code = _main_job_stderr(main[-1])
-        if data is None or (code is not None and exit_code is not None and code != exit_code):
+        main = main_invocation(records)
+        files = main.get("files")
+        stderr = files.get("stderr") if isinstance(files, dict) else None
+        data = stderr.get("data") if isinstance(stderr, dict) else None
+        status = (main.get("mainjob") or {}).get("status") if isinstance(main.get("mainjob"), dict) else None
+        code = status.get("regular_exitcode") if isinstance(status, dict) else None
+        code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        if not isinstance(data, str) or (code is not None and exit_code is not None and code != exit_code):
             return None
         line = last_line(data)
         return line[:_MAX_REASON_CHARS] if line else None
@@ -171,64 +76,72 @@ def kickstart_reason(path: Path | None, job_id: str, exit_code: int | None) -> s
         return None
 
 
-def collect_job_records(run_dir: RunDir) -> int:
-    """Write jobs/<id>.json for conversion nodes that reached a final state in the submit directory."""
-    submit_dir = run_dir.load().submit_dir
-    if not submit_dir or not Path(submit_dir).is_dir():
-        return 0
-    nodes = parse_jobstate(Path(submit_dir))
-    if not nodes:
-        return 0
-    keys: dict[int, str] = {}
+def _run_keys(run_dir: RunDir) -> dict[str, tuple[int | None, str | None]]:
+    """job id -> (manifest line, key) for every job of workflow.yml (the nodes a record may be written for)."""
     try:
-        from ...manifest import parse_manifest
+        return {job_id: (line, key) for job_id, line, key in _workflow_jobs(run_dir)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
-        keys = {row.line: row.key for row in parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes()).rows}
-    except (OSError, ValueError):
-        pass
+
+def collect_job_records(run_dir: RunDir, env: dict[str, str] | None = None) -> int:
+    """Write jobs/<id>.json for conversion nodes that reached a final state in the submit directory."""
+    import os
+
+    recorded = run_dir.load().submit_dir
+    submit_dir = submit_dir_for_hook(os.environ if env is None else env, Path(recorded) if recorded else None)
+    if submit_dir is None or not submit_dir.is_dir():
+        return 0
+    found = read_submit_dir(submit_dir)
+    if not found.jobs:
+        return 0
+    workflow = _run_keys(run_dir)
+    holds = holds_by_node(found.events)
+    hint = f"details: pegasus-analyzer {submit_dir}"
     run_dir.jobs_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        outputs = _kickstart_outputs(Path(submit_dir))
-    except Exception:  # noqa: BLE001 - without kickstart records the reasons fall back to the exit category
-        outputs = {}
     written = 0
-    for job_id, node in nodes.items():
-        path = run_dir.jobs_dir / f"{job_id}.json"
-        if path.exists() or node["state"] in (None, "SUBMIT"):
+    for node, job in found.jobs.items():
+        match = JOB_NODE_RE.match(node)
+        # A node still held when the DAG ended (condor_rm, DAG abort) is over too: it failed, held.
+        over = job.finished is not None or (found.end.ended and job.state == "JOB_HELD")
+        if not match or match.group(1) not in workflow or not over:
             continue
-        record = node_record(job_id, node, outputs.get(job_id), f"details: pegasus-analyzer {submit_dir}")
-        line = line_of_job_id(job_id)
-        record.key = keys.get(line) if line else None
+        job_id = match.group(1)
+        path = run_dir.jobs_dir / f"{job_id}.json"
+        if path.exists():
+            continue
+        record = job_record(job_id, job, found.kickstart.get(node), holds.get(node), hint)
+        record.line, record.key = workflow[job_id]
         write_record(path, record)
         written += 1
     return written
 
 
-_RAN = ("JOB_SUCCESS", "JOB_FAILURE", "POST_SCRIPT_SUCCESS", "POST_SCRIPT_FAILURE")
-
-
-def node_record(job_id: str, node: dict[str, Any], kickstart: Path | None, hint: str) -> JobRecord:
-    """The JobRecord of one conversion node that reached a final state (see `parse_jobstate`)."""
-    state, code = node["state"], node["exit_code"]
+def job_record(job_id: str, job: JobState, kickstart: KickstartRecord | None, hold: dict[str, Any] | None, hint: str) -> JobRecord:
+    """The JobRecord of one conversion node that reached a final state (JobState.finished is not None)."""
+    code = job.exit_code
     cat = category(code)
-    if state == "POST_SCRIPT_SUCCESS" or (state == "JOB_SUCCESS" and code in SUCCESS_CODES):
-        status, reason = "succeeded", ""
-    elif state == "POST_SCRIPT_FAILURE" and code == 0:
-        status, cat, reason = "failed", "JOB_FAILED", f"the job exited 0 but pegasus-exitcode rejected it; {hint}"
-    elif state in ("JOB_FAILURE", "POST_SCRIPT_FAILURE"):
-        status, reason = "failed", f"exit code {code}; {hint}" if code is not None else f"job failed; {hint}"
-    elif state == "JOB_HELD":
-        status, cat, reason = "failed", "HELD", f"held when the workflow ended (removed); {hint}"
-    else:  # JOB_ABORTED, SUBMIT_FAILED
-        status, cat, reason = "failed", "REMOVED", f"{state.lower().replace('_', ' ')} (condor_rm or DAG abort); {hint}"
+    converter_line = kickstart_reason(kickstart.path, job_id, code) if kickstart is not None else None
+    was_held = job.held > 0 or (hold is not None and hold["held"] > 0)
     warning = None
-    converter_line = kickstart_reason(kickstart, job_id, code) if state in _RAN else None
-    if status == "succeeded":
-        cat = category(code or 0)
-        warning = f"exit code {code} ({cat})" if code else None
+    if job.finished:
+        status, reason, cat = "succeeded", "", category(code or 0)
+        warning = f"exit code {code} ({cat})" if code and code not in SUCCESS_CODES else None
         if converter_line and converter_line.startswith("WARNING"):
             warning = converter_line
-    elif converter_line and code not in (None, 0):
-        reason = converter_line
-    seconds = float(node["last"] - node["first"]) if node["first"] is not None and node["last"] is not None else 0.0
-    return JobRecord(job_id, status, code, cat, reason, max(1, node["submits"]), seconds, line=line_of_job_id(job_id), warning=warning)
+    elif code is None and was_held:
+        # Held, then removed (periodic_remove after the backoff, or condor_rm): no exit code exists.
+        why = (hold or {}).get("last_hold_reason")
+        status, cat = "failed", "HELD"
+        reason = f"held{f' ({why})' if why else ''} and removed after {job.attempts} attempt(s); {hint}"
+    elif code is None:
+        status, cat, reason = "failed", "REMOVED", f"{job.state.lower().replace('_', ' ')} (condor_rm or DAG abort); {hint}"
+    elif code == 0:
+        why = kickstart.reason if kickstart is not None and kickstart.classification == "failure" else None
+        status, cat = "failed", "JOB_FAILED"
+        reason = f"the job exited 0 but pegasus-exitcode rejected it{f' ({why})' if why else ''}; {hint}"
+    else:
+        status = "failed"
+        reason = converter_line or f"exit code {code} after {job.attempts} attempt(s); {hint}"
+    seconds = float(job.last - job.first) if job.first is not None and job.last is not None else 0.0
+    return JobRecord(job_id, status, code, cat, reason, max(1, job.attempts), seconds, line=line_of_job_id(job_id), warning=warning)

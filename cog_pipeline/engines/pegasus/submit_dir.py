@@ -24,7 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ class JobState:
     held: int = 0
     released: int = 0
     site: str | None = None
+    first: int | None = None  # epoch seconds of its first and last line (how long the node took)
+    last: int | None = None
 
     @property
     def finished(self) -> bool | None:
@@ -78,6 +80,7 @@ class KickstartRecord:
     stderr: str | None
     classification: str  # "success" or "failure", as pegasus-exitcode decides
     reason: str | None = None  # why it is a failure (pegasus-exitcode's wording)
+    transformation: str | None = None
 
 
 def read_braindump(submit_dir: Path) -> dict[str, Any]:
@@ -108,6 +111,9 @@ def read_jobstate(submit_dir: Path) -> tuple[dict[str, JobState], DagEnd]:
                 end = DagEnd(ended=True, status=int(m.group(1)))
             continue
         job = jobs.setdefault(parts[1], JobState(parts[1]))
+        if parts[0].isdigit():
+            job.first = int(parts[0]) if job.first is None else job.first
+            job.last = int(parts[0])
         state = parts[2]
         if state == "SUBMIT":
             job.attempts += 1
@@ -138,14 +144,52 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
+def kickstart_outputs(submit_dir: Path) -> dict[str, Path]:
+    """Every job's newest rotated kickstart output, from one walk of the directory (not one per job)."""
+    best: dict[str, tuple[int, Path]] = {}
+    for path in Path(submit_dir).rglob("*.out.[0-9][0-9][0-9]"):
+        m = _KICKSTART_OUT.match(path.name)
+        if m and path.is_file() and (m.group("job") not in best or int(m.group("n")) > best[m.group("job")][0]):
+            best[m.group("job")] = (int(m.group("n")), path)
+    return {job: path for job, (_, path) in best.items()}
+
+
+class _TextDates(yaml.SafeLoader):
+    """Keeps timestamps as text: a record's dates are not needed and must not fail parsing."""
+
+
+_TextDates.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.yaml_constructors["tag:yaml.org,2002:str"])
+
+
 def _invocations(text: str) -> list[dict[str, Any]]:
-    try:
-        docs = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return []
-    if not isinstance(docs, list):
-        return []
-    return [d for d in docs if isinstance(d, dict) and d.get("invocation") is True]
+    """Every parsable ``- invocation: True`` record. A PegasusLite job's output holds several (transfers,
+    the main job) with ``---------------pegasus-multipart`` parts between them, so each record is parsed on
+    its own; one that does not parse (truncated, garbage) is skipped."""
+    chunks: list[list[str]] = []
+    current: list[str] | None = None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("- invocation:"):
+            current = [line]
+            chunks.append(current)
+        elif current is not None and (line[:1] in (" ", "\t") or not line.strip()):
+            current.append(line)
+        else:  # a multipart marker, a cluster line, another top-level item: this record has ended
+            current = None
+    records = []
+    for chunk in chunks:
+        try:
+            doc = yaml.load("".join(chunk), Loader=_TextDates)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError:
+            continue
+        if isinstance(doc, list) and doc and isinstance(doc[0], dict) and doc[0].get("invocation") is True:
+            records.append(doc[0])
+    return records
+
+
+def main_invocation(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The job's own invocation: the last one that is not a Pegasus helper (``pegasus::transfer`` ...)."""
+    own = [r for r in records if not str(r.get("transformation") or "").startswith("pegasus::")]
+    return (own or records or [{}])[-1]
 
 
 def classify(text: str) -> tuple[str, str | None]:
@@ -182,8 +226,7 @@ def read_kickstart(path: Path) -> KickstartRecord:
     """The main job's outcome from one kickstart .out file (the last invocation record wins)."""
     text = Path(path).read_text(encoding="utf-8", errors="replace")
     classification, reason = classify(text)
-    records = _invocations(text)
-    rec = records[-1] if records else {}
+    rec = main_invocation(_invocations(text))
     main = rec.get("mainjob") or {}
     status = main.get("status") or {} if isinstance(main, Mapping) else {}
     raw = status.get("raw") if isinstance(status, Mapping) else None
@@ -195,6 +238,7 @@ def read_kickstart(path: Path) -> KickstartRecord:
         host=rec.get("hostname") if isinstance(rec.get("hostname"), str) else None,
         stdout=_captured(rec, "stdout"), stderr=_captured(rec, "stderr"),
         classification=classification, reason=reason,
+        transformation=str(rec["transformation"]) if rec.get("transformation") else None,
     )
 
 
@@ -212,16 +256,24 @@ def condor_events(submit_dir: Path) -> list[dict[str, Any]]:
         if not path.is_file():
             continue
         nodes: dict[tuple[int, int], str] = {}  # DAGMan names the node only in the submit event's notes
-        for event in htcondor2.JobEventLog(str(path)).events(stop_after=0):
-            notes = event.get("LogNotes") or ""
-            if notes.startswith("DAG Node: "):
-                nodes[(event.cluster, event.proc)] = notes[len("DAG Node: "):].strip()
-            events.append({
-                "log": name, "type": event.type.name, "cluster": event.cluster, "proc": event.proc,
-                "node": nodes.get((event.cluster, event.proc)), "hold_reason": event.get("HoldReason"),
-                "hold_code": event.get("HoldReasonCode"), "return_value": event.get("ReturnValue"),
-            })
+        try:
+            events.extend(_log_events(htcondor2, path, name, nodes))
+        except Exception:  # noqa: BLE001 - ULOG_RD_ERROR on a damaged/partial event: keep what was read
+            continue
     return events
+
+
+def _log_events(htcondor2: Any, path: Path, name: str, nodes: dict[tuple[int, int], str]) -> Iterator[dict[str, Any]]:
+    """One event log's events, as dicts (a generator: events read before a bad one are kept)."""
+    for event in htcondor2.JobEventLog(str(path)).events(stop_after=0):
+        notes = event.get("LogNotes") or ""
+        if notes.startswith("DAG Node: "):
+            nodes[(event.cluster, event.proc)] = notes[len("DAG Node: "):].strip()
+        yield {
+            "log": name, "type": event.type.name, "cluster": event.cluster, "proc": event.proc,
+            "node": nodes.get((event.cluster, event.proc)), "hold_reason": event.get("HoldReason"),
+            "hold_code": event.get("HoldReasonCode"), "return_value": event.get("ReturnValue"),
+        }
 
 
 def holds_by_node(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -254,10 +306,14 @@ def read_submit_dir(submit_dir: Path) -> SubmitDir:
     submit_dir = Path(submit_dir)
     jobs, end = read_jobstate(submit_dir)
     kickstart = {}
+    outputs = kickstart_outputs(submit_dir)
     for name in jobs:
-        out = latest_kickstart_out(submit_dir, name)
+        out = outputs.get(name)
         if out is not None:
-            kickstart[name] = read_kickstart(out)
+            try:
+                kickstart[name] = read_kickstart(out)
+            except OSError:
+                continue  # unreadable: the job is still known from jobstate.log
     return SubmitDir(submit_dir, read_braindump(submit_dir), jobs, end, kickstart, condor_events(submit_dir))
 
 
