@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import publish
 from .claim import Claim, claim_one, look, recover_claims, scan_lock
 from .engines import get_engine
 from .engines.base import WorkflowError
@@ -38,6 +39,8 @@ class ScanOptions:
     progress: bool = True
     submit: bool = True  # pegasus: plan and submit; False: plan only
     workflow: dict[str, Any] = field(default_factory=dict)  # WorkflowSettings overrides (retries, max_running, ...)
+    stac: bool = False  # runs claimed by this tick also get STAC records at reconcile (recorded in run.json)
+    on_phase: Callable[[str], None] | None = None  # told "claim", "preflight", "convert", "reconcile" (progress.py)
 
 
 @dataclass
@@ -70,7 +73,15 @@ def finish(run_dir: RunDir, input_store: ObjectStore | None = None, echo: Echo |
             get_engine(info.engine).collect_job_records(run_dir)
         except Exception as exc:  # noqa: BLE001 - reasons are a nicety; never let them block the result files
             (echo or _stderr)(f"warning: could not read job outcomes of {run_dir.path.name}: {exc}")
-    return reconcile(run_dir, input_store=input_store)
+    result = reconcile(run_dir, input_store=input_store)
+    if publish.needs_publishing(run_dir):  # provenance, STAC, report: best effort, never fails the reconcile
+        publish.after_reconcile(run_dir, input_store=input_store, echo=echo)
+    return result
+
+
+def _phase(options: ScanOptions, name: str) -> None:
+    if options.on_phase is not None:
+        options.on_phase(name)
 
 
 def _stderr(message: str) -> None:
@@ -83,6 +94,7 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
     # Claiming work that could never be delivered would only leave manifests processing: check the output
     # bucket is reachable first (an empty listing under a name no object has: one cheap request).
     list(open_store(options.output_bucket, options.store).list(".cog-pipeline-probe/"))
+    _phase(options, "claim")
     with scan_lock(options.work_dir):
         # Under the lock no claim is half-way: an empty run directory is one a crashed claim left behind.
         for path in remove_empty_run_dirs(options.work_dir):
@@ -112,6 +124,8 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
                 echo(f"skipped {pending.info.key}: another scan claimed it")
                 continue
             claim.run_dir.acquire_lease()
+            if options.stac:
+                claim.run_dir.update(stac=True)
             report.claimed.append(claim.run_dir)
             echo(f"claimed {pending.info.key} -> {claim.names.processing_key} ({claim.run_dir.path})")
         # Runs an earlier tick left unfinished: adopt them under the lock so two scans never both carry one on.
@@ -180,6 +194,7 @@ def carry_on(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, ec
     _switch_to_local(run_dir, options, echo)
     info = run_dir.load()
     if info.state == CLAIMED:
+        _phase(options, "preflight")
         settings = WorkflowSettings(**options.workflow) if options.workflow else WorkflowSettings()
         # Only the planner needs key material in a file; the local engine reads the key files itself.
         settings.write_credentials = settings.write_credentials and info.engine == "pegasus"
@@ -187,6 +202,7 @@ def carry_on(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, ec
         info = run_dir.load()
         echo(f"generated workflow in {run_dir.path}")
     engine = get_engine(info.engine, workers=options.workers, progress=options.progress, submit=options.submit)
+    _phase(options, "convert")
     if info.state == RUNNING and info.engine != "local":
         # Adopted, so nothing runs it any more, yet it was never reconciled (its END hook did not run or
         # failed, or the DAG was removed): this tick finishes it.
@@ -194,6 +210,7 @@ def carry_on(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, ec
     else:
         outcome = engine.submit(run_dir, echo)
     if outcome == "ended":
+        _phase(options, "reconcile")
         result = finish(run_dir, input_store=input_store, echo=echo)
         echo(
             f"reconciled {info.manifest_key}: {result.processed} processed, {result.failed} failed"
