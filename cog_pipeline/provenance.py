@@ -147,12 +147,19 @@ def job_metadata_encoder(*, source_bucket: str, listed: dict[str, ObjectInfo], m
     base = provenance_metadata(source_bucket=source_bucket, source_key="", source_etag="", source_size=0,
                                manifest_key=manifest_key, run_id=run_id, converter_version=converter_version(converter),
                                creation_options=converter_creation_options(), gdal_version="")
-    del base["GDAL_VERSION"], base["CREATED_UTC"]
+    for name in ("GDAL_VERSION", "CREATED_UTC", "SOURCE_KEY", "SOURCE_ETAG", "SOURCE_SIZE"):
+        del base[name]
+    # 100,000 jobs: encode the run-wide part once. JSON allows spaces before a comma, so the head is padded to a
+    # multiple of 3 bytes, where base64 of a concatenation is the concatenation of the base64s.
+    head = json.dumps(base, ensure_ascii=False, separators=(",", ":"), sort_keys=True)[:-1].encode("utf-8")
+    head += b" " * (-len(head) % 3)
+    prefix = base64.urlsafe_b64encode(head).decode("ascii")
 
     def encode(key: str) -> str:
         info = listed.get(key)
-        return encode_metadata(base | {"SOURCE_KEY": key, "SOURCE_ETAG": info.etag if info else "",
-                                       "SOURCE_SIZE": str(info.size) if info else ""})
+        tail = json.dumps({"SOURCE_ETAG": info.etag if info else "", "SOURCE_KEY": key,
+                           "SOURCE_SIZE": str(info.size) if info else ""}, ensure_ascii=False, separators=(",", ":"))
+        return prefix + base64.urlsafe_b64encode(b"," + tail[1:].encode("utf-8")).rstrip(b"=").decode("ascii")
 
     return encode
 
