@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from .crondor.commands import crondor
+from .operator_cli import provenance_cmd, report_cmd
 from .options import EXIT_ERROR, bucket_options, check_scan_args, handle_errors, output_options, store_config, store_options, workflow_options
 from .store import StoreConfig
 from .config import workflow_settings_kwargs
@@ -44,17 +45,24 @@ def main() -> None:
 @click.option("--max-pixels", type=click.IntRange(min=0), metavar="N", help="local engine: fail a row whose width*height*bands*bytes-per-sample exceeds N before converting (default: env COG_PIPELINE_MAX_PIXELS, else 6400000000; 0: no limit).")
 @click.option("--no-submit", is_flag=True, help="pegasus: plan the workflow but do not submit it.")
 @click.option("--dry-run", is_flag=True, help="List what would be claimed; change nothing.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress display (it only shows when stdout is a terminal anyway).")
+@click.option("--stac", is_flag=True, help="Also write a STAC Item beside each COG and a Collection per manifest (needs cog-pipeline[stac]).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the tick (messages go to stderr).")
 @handle_errors
 def scan(**kw: Any) -> None:
     """One trigger tick: claim waiting manifests, run their workflows, reconcile.
 
     Also carries on runs an earlier tick left unfinished (after a crash), so running it again is always safe.
     """
+    from .operator_cli import require_stac, scan_json
     from .pipeline import ScanOptions
     from .pipeline import scan as run_scan
+    from .progress import ScanProgress
 
     check_scan_args(kw)
+    if kw["stac"]:
+        require_stac()
+    shown = ScanProgress(not kw["quiet"] and not kw["as_json"] and sys.stdout.isatty())
     workflow = workflow_settings_kwargs(effective_config(kw))  # the --config file, then the flags
     options = ScanOptions(
         input_bucket=kw["input_bucket"],
@@ -67,12 +75,20 @@ def scan(**kw: Any) -> None:
         workers=kw.get("workers"),
         job_timeout=kw.get("job_timeout"),
         max_pixels=kw.get("max_pixels"),
-        progress=not kw["quiet"] and sys.stderr.isatty(),
+        progress=shown.enabled,
         submit=not kw["no_submit"],
         workflow=workflow,
         output_prefix=kw.get("output_prefix"),
+        stac=kw["stac"],
+        on_phase=shown.phase,
     )
-    report = run_scan(options, echo=click.echo)
+    try:
+        report = run_scan(options, echo=(lambda m: click.echo(m, err=True)) if kw["as_json"] else shown.echo)
+    finally:
+        shown.close()
+    if kw["as_json"]:
+        click.echo(scan_json(report))
+        sys.exit(EXIT_ERROR if report.errors else 0)
     if options.dry_run:
         for key in report.would_claim:
             click.echo(f"would claim {key}")
@@ -180,16 +196,25 @@ def demo(demo_dir: Path, size: int, quiet: bool) -> None:
             click.echo(f"      {line}")
     for run_dir in report.reconciled:
         click.echo(f"run directory: {run_dir.path}")
+    for run_dir in report.reconciled:  # last, so it is what the operator sees: open it in a browser
+        click.echo(f"report: {run_dir.path / 'report.html'}")
 
 
 @main.command("status")
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where workflow-run-<TS>/ directories are kept.")
 @click.option("--long", "long_", is_flag=True, help="pegasus-status -l (per-job detail).")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as a JSON array (one object per run).")
 @handle_errors
-def status(work_dir: Path, long_: bool) -> None:
-    """Runs in flight under the work directory, with pegasus-status for each submitted workflow."""
+def status(work_dir: Path, long_: bool, as_json: bool) -> None:
+    """A table of the runs under the work directory, then pegasus-status for each workflow in flight."""
+    from .operator_cli import render_status_table, status_json, status_rows
     from .status import show_runs
 
+    rows = status_rows(work_dir.resolve())
+    if as_json:
+        click.echo(status_json(rows))
+        return
+    click.echo(render_status_table(rows, width=shutil.get_terminal_size((120, 24)).columns), nl=False)
     show_runs(work_dir.resolve(), long_=long_)
 
 
@@ -197,3 +222,6 @@ def status(work_dir: Path, long_: bool) -> None:
 main.add_command(crondor)
 # `cog-pipeline config show`: the effective production settings (config_cli.py).
 main.add_command(config_group)
+# What an operator reads after a run (operator_cli.py).
+main.add_command(report_cmd)
+main.add_command(provenance_cmd)

@@ -158,3 +158,79 @@ def render_status_table(rows: list[dict[str, Any]], width: int = 120) -> str:
 def status_json(rows: list[dict[str, Any]]) -> str:
     """Machine-readable status: a JSON array of the same rows, keys in a stable order, one line."""
     return json.dumps([{c: row.get(c) for c in STATUS_COLUMNS} for row in rows], ensure_ascii=False)
+
+
+def _age(seconds: float) -> str:
+    """A person's age of a run: 45s, 12m, 3h, 2d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(max(seconds, 0))}s"
+
+
+def _claimed_epoch(info: Any, name: str) -> float | None:
+    from datetime import datetime, timezone
+
+    try:
+        if info.claimed_at:
+            return datetime.fromisoformat(info.claimed_at).timestamp()
+        return datetime.strptime(name.rpartition("workflow-run-")[2][:15], "%Y%m%d-%H%M%S").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+def status_row(run_dir: Any, now: float | None = None) -> dict[str, Any]:
+    """One run as the status table shows it: rows done/failed from reconcile.json, else from the job records
+    and the pre-flight; where to look: the report, the Pegasus submit directory, or the run directory."""
+    import time
+
+    from .report import REPORT_NAME
+
+    info = run_dir.load()
+    saved = run_dir.read_json(run_dir.RECONCILE) or {}
+    if saved.get("result"):
+        done, failed = saved["result"].get("processed"), saved["result"].get("failed")
+    else:
+        records = run_dir.job_records().values()
+        preflight = run_dir.read_json(run_dir.PREFLIGHT) or {}
+        done = sum(r.get("status") == "succeeded" for r in records)
+        failed = sum(r.get("status") == "failed" for r in records) + len(preflight.get("failed", []))
+    report = run_dir.path / REPORT_NAME
+    where = report if report.is_file() else (info.submit_dir or run_dir.path)
+    claimed = _claimed_epoch(info, run_dir.path.name)
+    return {"run": run_dir.path.name, "state": str(info.state), "done": done, "failed": failed,
+            "age": _age((now or time.time()) - claimed) if claimed else None, "engine": info.engine, "where": str(where)}
+
+
+def status_rows(work_dir: Path, now: float | None = None) -> list[dict[str, Any]]:
+    """Every readable run under the work directory, oldest first (damaged ones are `show_runs`' warnings)."""
+    from .rundir import survey_run_dirs
+
+    return [status_row(r, now) for r in survey_run_dirs(work_dir)[0]]
+
+
+def require_stac() -> None:
+    """`--stac` needs the optional extra: say so before anything is claimed."""
+    try:
+        import pystac  # noqa: F401
+        import rio_stac  # noqa: F401
+    except ImportError:
+        raise click.UsageError("--stac needs pystac and rio-stac: pip install 'cog-pipeline[stac]'") from None
+
+
+def scan_json(report: Any) -> str:
+    """A scan tick for scripts: every list of the ScanReport, run directories as paths, and for each
+    reconciled run its counts, result keys and report."""
+    from .report import REPORT_NAME
+
+    def reconciled(run_dir: Any) -> dict[str, Any]:
+        saved = run_dir.read_json(run_dir.RECONCILE) or {}
+        report_path = run_dir.path / REPORT_NAME
+        return {"run_dir": str(run_dir.path), "manifest_key": run_dir.load().manifest_key, **(saved.get("result") or {}),
+                "report": str(report_path) if report_path.is_file() else None}
+
+    out: dict[str, Any] = {name: list(getattr(report, name)) for name in ("would_claim", "refused", "recovered", "orphans", "errors", "damaged")}
+    for name in ("claimed", "resumed", "in_flight"):
+        out[name] = [str(r.path) for r in getattr(report, name)]
+    out["reconciled"] = [reconciled(r) for r in report.reconciled]
+    return json.dumps(out, ensure_ascii=False, sort_keys=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import publish
 from .claim import Claim, ClaimLost, claim_one, look, recover_claims, scan_lock
 from .engines import get_engine
 from .engines.base import WorkflowError
@@ -44,6 +45,8 @@ class ScanOptions:
     submit: bool = True  # pegasus: plan and submit; False: plan only
     workflow: dict[str, Any] = field(default_factory=dict)  # WorkflowSettings overrides (retries, max_running, ...)
     output_prefix: str | None = None  # outputs at <prefix><key> in the output bucket (same-bucket mode)
+    stac: bool = False  # runs claimed by this tick also get STAC records at reconcile (recorded in run.json)
+    on_phase: Callable[[str], None] | None = None  # told "claim", "preflight", "convert", "reconcile" (progress.py)
 
 
 @dataclass
@@ -77,7 +80,15 @@ def finish(run_dir: RunDir, input_store: ObjectStore | None = None, echo: Echo |
             get_engine(info.engine).collect_job_records(run_dir)
         except Exception as exc:  # noqa: BLE001 - reasons are a nicety; never let them block the result files
             (echo or _stderr)(f"warning: could not read job outcomes of {run_dir.path.name}: {exc}")
-    return reconcile(run_dir, input_store=input_store)
+    result = reconcile(run_dir, input_store=input_store)
+    if publish.needs_publishing(run_dir):  # provenance, STAC, report: best effort, never fails the reconcile
+        publish.after_reconcile(run_dir, input_store=input_store, echo=echo)
+    return result
+
+
+def _phase(options: ScanOptions, name: str) -> None:
+    if options.on_phase is not None:
+        options.on_phase(name)
 
 
 def _stderr(message: str) -> None:
@@ -90,6 +101,7 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
     # Claiming work that could never be delivered would only leave manifests processing: check the output
     # bucket is reachable first (an empty listing under a name no object has: one cheap request).
     list(open_store(options.output_bucket, options.store).list(".cog-pipeline-probe/"))
+    _phase(options, "claim")
     with scan_lock(options.work_dir):
         # Under the lock no claim is half-way: an empty run directory is one a crashed claim left behind.
         for path in remove_empty_run_dirs(options.work_dir):
@@ -125,6 +137,8 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
                 echo(f"skipped {pending.info.key}: another scan claimed it")
                 continue
             claim.run_dir.acquire_lease()
+            if options.stac:
+                claim.run_dir.update(stac=True)
             report.claimed.append(claim.run_dir)
             echo(f"claimed {pending.info.key} -> {claim.names.processing_key} ({claim.run_dir.path})")
         # Runs an earlier tick left unfinished: adopt them under the lock so two scans never both carry one on.
@@ -212,6 +226,7 @@ def prepare(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, ech
     _switch_to_local(run_dir, options, echo)
     info = run_dir.load()
     if info.state == CLAIMED:
+        _phase(options, "preflight")
         settings = WorkflowSettings(**options.workflow) if options.workflow else WorkflowSettings()
         # Only the planner needs key material in a file; the local engine reads the key files itself.
         settings.write_credentials = settings.write_credentials and info.engine == "pegasus"
@@ -228,6 +243,7 @@ def carry_on(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, ec
         info.engine, workers=options.workers, progress=options.progress, submit=options.submit,
         job_timeout=options.job_timeout, max_pixels=options.max_pixels,
     )
+    _phase(options, "convert")
     if info.state == RUNNING and info.engine != "local":
         # Adopted, so nothing runs it any more, yet it was never reconciled (its END hook did not run or
         # failed, or the DAG was removed): this tick finishes it.
@@ -235,6 +251,7 @@ def carry_on(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, ec
     else:
         outcome = engine.submit(run_dir, echo)
     if outcome == "ended":
+        _phase(options, "reconcile")
         result = finish(run_dir, input_store=input_store, echo=echo)
         echo(
             f"reconciled {info.manifest_key}: {result.processed} processed, {result.failed} failed"

@@ -13,11 +13,13 @@ Three parts, one job each:
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
 import socket
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,82 @@ def embed_with_copy(src: Path, dst: Path, metadata: dict[str, str], **creation_o
             tmp.update_tags(ns=DOMAIN, **metadata)
         with mem.open() as tagged:
             copy(tagged, dst, driver="COG", SRC_MDD=DOMAIN, **({"compress": "LZW"} | creation_options))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per job, from the workflow generator: one argument, safe through HTCondor and pegasus-cluster
+
+METADATA_B64 = "--metadata-b64"  # the converter's option: a base64url JSON object of KEY -> value
+
+
+def encode_metadata(metadata: dict[str, str]) -> str:
+    """base64url of compact JSON, unpadded: only [A-Za-z0-9_-], so no quoting layer (HTCondor's arguments,
+    pegasus-cluster's whitespace split, a shell) can change it, whatever the keys hold."""
+    data = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def decode_metadata(text: str) -> dict[str, str]:
+    """The inverse of `encode_metadata` (the converter has its own copy of these few lines)."""
+    value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8"))
+    if not isinstance(value, dict):
+        raise ValueError("metadata must be a JSON object")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def converter_version(converter: Path) -> str:
+    """`cog-pipeline X.Y.Z, generate_cog sha256:<12 hex>`: the package and the exact converter build staged."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version("cog-pipeline")
+    except PackageNotFoundError:
+        package = "unknown"
+    try:
+        digest = "sha256:" + hashlib.sha256(Path(converter).read_bytes()).hexdigest()[:12]
+    except OSError:
+        digest = "unreadable"
+    return f"cog-pipeline {package}, {Path(converter).name} {digest}"
+
+
+def converter_creation_options() -> dict[str, str]:
+    """The COG creation options every conversion uses (from the converter's own table; the thread count varies
+    per worker and is left out) and the JPEG preview's quality."""
+    from types import SimpleNamespace
+
+    from .transformations.cog import cog_options
+    from .transformations.settings import JPEG_QUALITY
+
+    options = {k: v for k, v in cog_options(SimpleNamespace(overview_sizes=[]), 1, None).items() if k != "NUM_THREADS"}  # type: ignore[arg-type]
+    return options | {"JPEG_QUALITY": str(JPEG_QUALITY)}
+
+
+def job_metadata_encoder(*, source_bucket: str, listed: dict[str, ObjectInfo], manifest_key: str, run_id: str,
+                         converter: Path) -> Callable[[str], str]:
+    """key -> the encoded `--metadata-b64` value for that input, from the pre-flight listing's ETag and size.
+
+    GDAL_VERSION and CREATED_UTC are left to the converter: it knows the GDAL it converted with (the
+    container's, not this host's) and when it wrote the COG.
+    """
+    base = provenance_metadata(source_bucket=source_bucket, source_key="", source_etag="", source_size=0,
+                               manifest_key=manifest_key, run_id=run_id, converter_version=converter_version(converter),
+                               creation_options=converter_creation_options(), gdal_version="")
+    for name in ("GDAL_VERSION", "CREATED_UTC", "SOURCE_KEY", "SOURCE_ETAG", "SOURCE_SIZE"):
+        del base[name]
+    # 100,000 jobs: encode the run-wide part once. JSON allows spaces before a comma, so the head is padded to a
+    # multiple of 3 bytes, where base64 of a concatenation is the concatenation of the base64s.
+    head = json.dumps(base, ensure_ascii=False, separators=(",", ":"), sort_keys=True)[:-1].encode("utf-8")
+    head += b" " * (-len(head) % 3)
+    prefix = base64.urlsafe_b64encode(head).decode("ascii")
+
+    def encode(key: str) -> str:
+        info = listed.get(key)
+        tail = json.dumps({"SOURCE_ETAG": info.etag if info else "", "SOURCE_KEY": key,
+                           "SOURCE_SIZE": str(info.size) if info else ""}, ensure_ascii=False, separators=(",", ":"))
+        return prefix + base64.urlsafe_b64encode(b"," + tail[1:].encode("utf-8")).rstrip(b"=").decode("ascii")
+
+    return encode
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -303,7 +303,7 @@ def _timeline_html(view: RunView) -> str:
 def _engine_html(view: RunView) -> str:
     info, extra = view.info, view.info.get("extra") or {}
     parts = [f"<p>Engine: <b>{_e(info.get('engine', 'unknown'))}</b>; state <b>{_e(info.get('state', 'unknown'))}</b>.</p>"]
-    submit_dir = extra.get("submit_dir")
+    submit_dir = info.get("submit_dir") or extra.get("submit_dir")  # run.json v2 types it; v1 kept it in extra
     if info.get("engine") == "pegasus":
         if submit_dir:
             parts.append(f"<p>Submit directory: <code>{_e(submit_dir)}</code></p><pre><code>pegasus-analyzer {_e(_shell(submit_dir))}\n"

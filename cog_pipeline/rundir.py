@@ -90,6 +90,7 @@ class RunInfo:
     submit_error: str | None = None
     dagman_cluster: int | None = None
     submitted_at: float | None = None
+    stac: bool = False  # scan --stac: reconcile also writes STAC Items and a Collection (publish.py)
     version: int = RUN_RECORD_VERSION
     unknown: dict[str, Any] = field(default_factory=dict)
 

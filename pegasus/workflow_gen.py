@@ -33,7 +33,8 @@ Files written into the run directory (Pegasus' default names)
 
 Jobs (one per valid manifest row)
     id ``ID{line:07d}`` (line = 1-based manifest line), transformation ``generate_cog``, arguments exactly
-    ``[<input LFN>, <row.key>, <row.jpg_key>, "--bands", str(bands)]``; uses: the input LFN (``input``), and
+    ``[<input LFN>, <row.key>, <row.jpg_key>, "--bands", str(bands)]``, then ``"--metadata-b64", <provenance>``
+    (``settings.provenance``, default on: the row's lineage as base64url JSON, see ``cog_pipeline.provenance``); uses: the input LFN (``input``), and
     ``row.key`` / ``row.jpg_key`` (``output``, ``stageOut: true``, ``registerReplica: false``);
     metadata ``key`` (the manifest key) and ``line`` (as a string, as Pegasus.api stores metadata);
     profiles ``dagman: {RETRY: <retries>, CATEGORY: "cog"}`` (Pegasus.api writes DAGMan keys upper-case;
@@ -82,6 +83,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -97,6 +99,7 @@ from cog_pipeline.engines.pegasus.plan import COMPUTE_SITE, default_plan_args
 from cog_pipeline.listing import find_keys
 from cog_pipeline.manifest import ManifestRow, parse_manifest
 from cog_pipeline.naming import key_under_output_prefix
+from cog_pipeline.provenance import METADATA_B64, job_metadata_encoder
 from cog_pipeline.replicas.catalog import (
     INPUT_LFN_PREFIX,
     ReplicaEntry,
@@ -160,6 +163,7 @@ class WorkflowSettings:
     pool_condor_profiles: dict[str, str] = field(default_factory=dict)  # the config's condor profiles (condorpool)
     scratch_prefix: str = "pegasus-scratch"  # staging area (nonsharedfs) in the output bucket: <prefix>/<ts>
     write_credentials: bool = True  # write <run>/credentials.conf when the store is S3 with key files
+    provenance: bool = True  # each job passes its provenance to the converter (--metadata-b64, cog_pipeline.provenance)
 
     def validate(self) -> None:
         for name in ("retries", "transfer_attempts", "backoff_releases"):
@@ -412,7 +416,7 @@ def build_properties(run_dir: RunDir, settings: WorkflowSettings):
 # Workflow: Pegasus.api objects for one job (the template) and the fast writer
 
 
-def row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: str | None = None, lfn_in=None, lfn_tif=None, lfn_jpg=None, bands=None, key=None, line=None):
+def row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: str | None = None, lfn_in=None, lfn_tif=None, lfn_jpg=None, bands=None, key=None, line=None, meta=None):
     from Pegasus.api import File, Job
 
     inp = File(lfn_in if lfn_in is not None else input_lfn(row.key))
@@ -420,7 +424,7 @@ def row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: str | N
     jpg = File(lfn_jpg if lfn_jpg is not None else row.jpg_key)
     job = (
         Job(TRANSFORMATION, _id=job_id if job_id is not None else job_id_of(row.line))
-        .add_args(inp, tif, jpg, "--bands", bands if bands is not None else str(row.bands))
+        .add_args(inp, tif, jpg, "--bands", bands if bands is not None else str(row.bands), *((METADATA_B64, meta) if meta is not None else ()))
         .add_inputs(inp)
         .add_outputs(tif, jpg, stage_out=True, register_replica=False)
         .add_dagman_profile(retry=settings.retries, category=CATEGORY)
@@ -444,21 +448,22 @@ def workflow_shell(name: str, settings: WorkflowSettings, hook: str, metadata: d
 _SLOTS = ("ID", "IN", "TIF", "JPG", "BANDS", "KEY", "LINE")
 
 
-def _job_format(settings: WorkflowSettings) -> str:
+def _job_format(settings: WorkflowSettings, with_meta: bool = False) -> str:
     """A %-format string of one job's JSON, derived from a Pegasus.api Job with placeholder values."""
     from Pegasus.api.writable import _CustomEncoder
 
-    token = {slot: f"@@COG_{slot}@@" for slot in _SLOTS}
+    slots = (*_SLOTS, "META") if with_meta else _SLOTS
+    token = {slot: f"@@COG_{slot}@@" for slot in slots}
     dummy = ManifestRow(line=1, key="x.tif", bands=1, text="x.tif,1")
     job = row_job(
         None, dummy, settings, job_id=token["ID"], lfn_in=token["IN"], lfn_tif=token["TIF"], lfn_jpg=token["JPG"],
-        bands=token["BANDS"], key=token["KEY"], line=token["LINE"],
+        bands=token["BANDS"], key=token["KEY"], line=token["LINE"], meta=token.get("META"),
     )
     doc = json.loads(json.dumps(job, cls=_CustomEncoder))
     order = [token["IN"], token["TIF"], token["JPG"]]
     doc["uses"].sort(key=lambda use: order.index(use["lfn"]))  # a set in Pegasus.api: make the order stable
     text = json.dumps(doc, ensure_ascii=False).replace("%", "%%")
-    for slot in _SLOTS:
+    for slot in slots:
         quoted = json.dumps(token[slot])
         if quoted not in text:
             raise RuntimeError(f"Pegasus.api job structure changed: placeholder {slot} not found")
@@ -474,17 +479,27 @@ def _x_pegasus() -> dict[str, str]:
     return {"createdBy": user, "createdOn": datetime.now().strftime(r"%m-%d-%yT%H:%M:%SZ"), "apiLang": "python"}
 
 
-def write_workflow(path: Path, rows: list[ManifestRow], settings: WorkflowSettings, name: str, hook: str, metadata: dict[str, str], output_prefix: str = "") -> int:
+def write_workflow(
+    path: Path,
+    rows: list[ManifestRow],
+    settings: WorkflowSettings,
+    name: str,
+    hook: str,
+    metadata: dict[str, str],
+    provenance: Callable[[str], str] | None = None,
+    output_prefix: str = "",
+) -> int:
     """Write workflow.yml fast (see the module docstring). Returns the number of jobs.
 
-    Output LFNs are the output keys: ``<output_prefix><key>`` (same-bucket mode puts them under a prefix).
+    `provenance` (key -> base64url text) adds each job's `--metadata-b64` argument. Output LFNs are the output
+    keys: ``<output_prefix><key>`` (same-bucket mode puts them under a prefix).
     """
     from Pegasus.api.writable import _CustomEncoder
 
     header = json.loads(json.dumps(workflow_shell(name, settings, hook, metadata), cls=_CustomEncoder))
     header.pop("jobs", None)
     dependencies = header.pop("jobDependencies", [])
-    fmt = _job_format(settings)
+    fmt = _job_format(settings, provenance is not None)
     dumps = yaml_json
     in_prefix = '"' + json.dumps(INPUT_LFN_PREFIX)[1:-1]
     with open(path, "w", encoding="utf-8") as fh:
@@ -506,6 +521,7 @@ def write_workflow(path: Path, rows: list[ManifestRow], settings: WorkflowSettin
                     "BANDS": f'"{row.bands}"',
                     "KEY": key_json,
                     "LINE": f'"{row.line}"',
+                    **({"META": f'"{provenance(row.key)}"'} if provenance is not None else {}),
                 }
             )
             if len(chunk) >= 4096:
@@ -526,6 +542,7 @@ def preflight(
     input_store: ObjectStore,
     guarded_prefix: str | None = None,
     refuse: Callable[[str], str | None] | None = None,
+    listed: dict | None = None,
 ) -> tuple[list[ManifestRow], list[dict], list[dict]]:
     """(rows that get jobs, failed entries, duplicate entries).
 
@@ -533,6 +550,7 @@ def preflight(
     fails, because another row's output could land on it (naming.key_under_output_prefix).
     `refuse(key)` (the pegasus engine: ``replicas.pegasus_keys.pegasus_key_problem``) fails a row here, with
     its reason, when its key cannot be carried: one such key in a stage-in job would fail every image in it.
+    `listed`, when given, receives the listing (each input's ETag and size: its provenance).
     """
     failed: list[dict[str, Any]] = [{"line": r.line, "text": r.text, "reason": r.reason} for r in manifest.rejected]
     candidates: list[ManifestRow] = []
@@ -545,6 +563,8 @@ def preflight(
         else:
             candidates.append(row)
     found = find_keys(input_store, (row.key for row in candidates))
+    if listed is not None:
+        listed.update(found)
     ok: list[ManifestRow] = []
     for row in candidates:
         if row.key in found:
@@ -622,11 +642,13 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
 
     manifest = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes())
     prefix = info.output_prefix or ""
+    listed: dict = {}
     rows, failed, duplicates = preflight(
         manifest,
         input_store,
         prefix if info.input_bucket == info.output_bucket else None,
         refuse=pegasus_key_problem if info.engine == "pegasus" else None,
+        listed=listed,
     )
     run_dir.write_json(RunDir.PREFLIGHT, {"failed": failed, "duplicates": duplicates, "jobs": len(rows)})
 
@@ -647,7 +669,9 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
 
     hook = settings.reconcile_command or default_reconcile_command(run_dir)
     metadata = {"run": info.timestamp, "manifest_key": info.manifest_key, "input_bucket": info.input_bucket, "output_bucket": info.output_bucket}
-    write_workflow(files[RunDir.WORKFLOW], rows, settings, f"cog-{info.timestamp}", hook, metadata, output_prefix=prefix)
+    provenance = job_metadata_encoder(source_bucket=info.input_bucket, listed=listed, manifest_key=info.manifest_key,
+                                      run_id=info.timestamp, converter=settings.converter) if settings.provenance else None
+    write_workflow(files[RunDir.WORKFLOW], rows, settings, f"cog-{info.timestamp}", hook, metadata, provenance, output_prefix=prefix)
 
     credentials = None if local_mode else _write_credentials(run_dir, settings, config)
     if credentials:

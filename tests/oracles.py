@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
-def build_api_workflow(rows, settings, name: str, hook: str, metadata: dict[str, str]):
-    """The whole workflow as Pegasus.api objects (for small manifests)."""
+def build_api_workflow(rows, settings, name: str, hook: str, metadata: dict[str, str], provenance=None):
+    """The whole workflow as Pegasus.api objects (for small manifests); `provenance`: key -> --metadata-b64 value."""
     from cog_pipeline.pegasus.workflow_gen import row_job, workflow_shell
 
     wf = workflow_shell(name, settings, hook, metadata)
     for row in rows:
-        row_job(wf, row, settings)
+        row_job(wf, row, settings, meta=provenance(row.key) if provenance else None)
     return wf
 
 

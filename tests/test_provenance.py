@@ -173,3 +173,155 @@ def test_record_provenance_from_a_real_run(shared_testdata: Path, tmp_path: Path
 def test_local_engine_delivers_keys_with_hash(shared_testdata: Path, tmp_path: Path) -> None:
     root, _ = _real_run(shared_testdata, tmp_path, "Eau Claire/a #1.tif")
     assert sorted(p.name for p in (root / "out" / "Eau Claire").iterdir()) == ["a #1.jpg", "a #1.tif"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Wired: the generator gives every job its provenance; a real run embeds it; reconcile writes provenance.jsonl
+
+def _job_provenance(job: dict) -> dict[str, str]:
+    from cog_pipeline.provenance import METADATA_B64, decode_metadata
+
+    args = job["arguments"]
+    return decode_metadata(args[args.index(METADATA_B64) + 1])
+
+
+def test_generated_jobs_carry_their_provenance(tmp_path: Path) -> None:
+    """One base64url argument per job: only [A-Za-z0-9_-], whatever the key holds; it decodes to the row's lineage
+    with the pre-flight listing's ETag and size."""
+    import re
+
+    import yaml
+
+    from cog_pipeline.listing import find_keys
+    from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
+    from cog_pipeline.rundir import RunDir
+
+    from cog_pipeline.store import StoreConfig, open_store
+
+    from .test_workflow_gen import PRESENT, TS, make_run
+
+    root = tmp_path / "buckets"
+    for i, key in enumerate(PRESENT):
+        (root / "in" / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / "in" / key).write_bytes(b"tif" * (i + 1))
+    (root / "out").mkdir(parents=True)
+    config = StoreConfig(local_root=root)
+    run, store = make_run(tmp_path, config), open_store("in", config)
+    generate(run, store, WorkflowSettings())
+    listed = find_keys(store, PRESENT)
+    jobs = yaml.safe_load(run.file(RunDir.WORKFLOW).read_text(encoding="utf-8"))["jobs"]
+    assert len(jobs) == 3
+    for job in jobs:
+        key = job["metadata"]["key"]
+        value = job["arguments"][job["arguments"].index("--metadata-b64") + 1]
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", value)
+        meta = _job_provenance(job)
+        assert meta["SOURCE_KEY"] == key and meta["SOURCE_BUCKET"] == "in"
+        assert (meta["SOURCE_ETAG"], meta["SOURCE_SIZE"]) == (listed[key].etag, str(listed[key].size))
+        assert meta["MANIFEST_KEY"] == "Counties/batch_raw.csv" and meta["RUN_ID"] == TS
+        assert meta["CONVERTER_VERSION"].startswith("cog-pipeline ") and "generate_cog sha256:" in meta["CONVERTER_VERSION"]
+        assert "COMPRESS=LZW" in meta["CREATION_OPTIONS"] and "JPEG_QUALITY=80" in meta["CREATION_OPTIONS"]
+        assert "GDAL_VERSION" not in meta and "CREATED_UTC" not in meta  # the converter adds what only it knows
+
+
+def test_fast_writer_with_provenance_equals_pegasus_api(tmp_path: Path) -> None:
+    import yaml
+
+    from cog_pipeline.manifest import parse_manifest
+    from cog_pipeline.pegasus import workflow_gen as wg
+    from cog_pipeline.provenance import encode_metadata
+
+    from .oracles import build_api_workflow
+    from .test_workflow_gen import MANIFEST
+
+    rows = parse_manifest(MANIFEST).rows
+    settings = wg.WorkflowSettings()
+
+    def prov(key: str) -> str:
+        return encode_metadata({"SOURCE_KEY": key})
+
+    wg.write_workflow(tmp_path / "fast.yml", rows, settings, "w", "true", {}, prov)
+    build_api_workflow(rows, settings, "w", "true", {}, prov).write(str(tmp_path / "api.yml"))
+
+    def normal(path: Path) -> dict:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc.pop("x-pegasus")
+        for job in doc["jobs"]:
+            job["uses"].sort(key=lambda u: u["lfn"])
+        return doc
+
+    assert normal(tmp_path / "fast.yml") == normal(tmp_path / "api.yml")
+
+
+def test_encoding_round_trips_any_text() -> None:
+    from cog_pipeline.provenance import decode_metadata, encode_metadata
+
+    meta = {"SOURCE_KEY": KEY + ' \n\t"&<>=%?#\\', "EMPTY": ""}
+    assert decode_metadata(encode_metadata(meta)) == meta
+
+
+def test_converter_refuses_a_damaged_metadata_argument(tmp_path: Path, shared_testdata: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "cog_pipeline.transformations.cli", str(shared_testdata / "rasterio/byte.tif"),
+                           str(tmp_path / "o.tif"), str(tmp_path / "o.jpg"), "--metadata-b64", "not*base64"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "USAGE: --metadata-b64: expected base64url of a JSON object"
+    assert not (tmp_path / "o.tif").exists()
+
+
+def _scan(config, work: Path, input_bucket: str, output_bucket: str):
+    from cog_pipeline.pipeline import ScanOptions, scan
+
+    report = scan(ScanOptions(input_bucket, output_bucket, config, work, workers=1, progress=False), echo=lambda _m: None)
+    assert len(report.reconciled) == 1, report
+    return report.reconciled[0].path
+
+
+@pytest.mark.slow
+def test_real_run_embeds_provenance_in_the_cog(shared_testdata: Path, tmp_path: Path) -> None:
+    """The local engine runs the built converter: the COG's COG_PIPELINE domain holds the row's lineage; pixels are
+    the source's and the COG is valid; reconcile wrote provenance.jsonl."""
+    from datetime import datetime
+
+    from rio_cogeo.cogeo import cog_validate
+
+    from cog_pipeline.listing import find_keys
+    from cog_pipeline.store import LocalStore
+
+    key = "Eau Claire/a #1 ü 'x' %20.tif"
+    root, run_dir = _real_run(shared_testdata, tmp_path, key)
+    listed = find_keys(LocalStore(root, "in"), [key])[key]
+    cog = root / "out" / key
+    with rasterio.open(cog) as out, rasterio.open(shared_testdata / "rasterio/byte.tif") as src:
+        tags = out.tags(ns="COG_PIPELINE")
+        assert np.array_equal(out.read(), src.read())
+    assert cog_validate(str(cog))[0]
+    assert {k: tags[k] for k in ("SOURCE_BUCKET", "SOURCE_KEY", "SOURCE_ETAG", "SOURCE_SIZE", "MANIFEST_KEY", "RUN_ID")} == {
+        "SOURCE_BUCKET": "in", "SOURCE_KEY": key, "SOURCE_ETAG": listed.etag, "SOURCE_SIZE": str(listed.size),
+        "MANIFEST_KEY": "m_raw.csv", "RUN_ID": run_dir.name.removeprefix("workflow-run-")}
+    assert tags["GDAL_VERSION"] and tags["CONVERTER_VERSION"].startswith("cog-pipeline ")
+    assert "COMPRESS=LZW" in tags["CREATION_OPTIONS"]
+    assert datetime.strptime(tags["CREATED_UTC"], "%Y-%m-%dT%H:%M:%SZ")
+    (line,) = read_provenance_lines(run_dir)
+    assert line["source"]["key"] == key and line["source"]["etag"] == listed.etag
+
+
+@pytest.mark.slow
+def test_provenance_command_after_a_real_run(buckets, shared_testdata: Path, tmp_path: Path) -> None:
+    """Through the real pipeline on folder and S3 buckets: `cog-pipeline provenance` reads the COG's header and finds
+    the run's record and its provenance.jsonl line."""
+    key = "Eau Claire/b #2 ü?.tif"
+    buckets.put_file(key, shared_testdata / "rasterio/byte.tif")
+    buckets.put_text("m_raw.csv", f"{key},1\n")
+    run_dir = _scan(buckets.config, tmp_path / "work", buckets.input_bucket, buckets.output_bucket)
+    where = ["--local-root", str(buckets.config.local_root)] if buckets.kind == "folder" else ["-e", buckets.config.endpoint]
+    result = CliRunner().invoke(provenance_cmd, [*where, "--bucket", buckets.output_bucket, "--key", key, "-w", str(tmp_path / "work"), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["lineage"]["SOURCE_KEY"] == key and out["lineage"]["RUN_ID"] == run_dir.name.removeprefix("workflow-run-")
+    assert out["run"]["state"] == "reconciled" and "store" not in out["run"]
+    (line,) = out["provenance"]
+    assert line["source"]["etag"] == out["lineage"]["SOURCE_ETAG"] and line["status"] == "succeeded"
+    assert out["header_requests"] <= 2

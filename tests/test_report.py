@@ -253,3 +253,59 @@ def test_damaged_run_files_are_tolerated(tmp_path: Path) -> None:
     (tmp_path / "manifest.csv").write_text("a.tif,1\nb.tif,1\n")
     page = write_report(tmp_path, output_store=None).read_text(encoding="utf-8")
     assert 'data-count="rows"><b>2</b>' in page and "No job records." in page
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Wired into the pipeline: reconcile writes and uploads the report; the demo ends by naming it
+
+@pytest.mark.slow
+def test_reconcile_wrote_and_uploaded_the_report(run: tuple[Path, StoreConfig]) -> None:
+    """The module's scan went through pipeline.finish: report.html is there and beside the result files."""
+    run_dir, config = run
+    key = f"batch_report-{RunDir(run_dir).timestamp}.html"
+    uploaded = (config.local_root / "in" / key).read_text(encoding="utf-8")
+    assert 'data-count="processed"><b>3</b>' in uploaded and uploaded.count('class="failed-row"') == 3
+    assert (run_dir / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_a_report_error_never_fails_the_reconcile(run: tuple[Path, StoreConfig]) -> None:
+    """report.html cannot be written (a directory stands there): finish still answers, with one warning line."""
+    from cog_pipeline.pipeline import finish
+
+    run_dir, _ = run
+    (run_dir / "report.html").unlink()
+    (run_dir / "report.html").mkdir()
+    (run_dir / "report.html" / "in-the-way").write_text("x")
+    lines: list[str] = []
+    try:
+        result = finish(RunDir(run_dir), echo=lines.append)
+    finally:
+        shutil.rmtree(run_dir / "report.html")
+    assert result.already_done and (result.processed, result.failed) == (3, 3)
+    warnings = [ln for ln in lines if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "report not written" in warnings[0] and "\n" not in warnings[0]
+    write_report(run_dir, output_store=None)  # leave the shared run as the other tests expect it
+
+
+@pytest.mark.slow
+def test_demo_ends_with_its_report(tmp_path: Path) -> None:
+    """`cog-pipeline demo` prints the report's path last; the page shows the five images and both failed rows."""
+    from click.testing import CliRunner
+
+    from cog_pipeline.cli import main
+    from cog_pipeline.examples import EXAMPLE_BAD_ROWS, EXAMPLE_IMAGES
+
+    result = CliRunner().invoke(main, ["demo", "--dir", str(tmp_path / "demo"), "--size", "64", "--quiet"])
+    assert result.exit_code == 0, result.output
+    last = result.output.splitlines()[-1]
+    assert last.startswith("report: ") and last.endswith("report.html")
+    page = Path(last.removeprefix("report: ")).read_text(encoding="utf-8")
+    parsed = _parse(page)
+    thumbs = [a for t, a in parsed.tags if t == "img" and a.get("class") == "thumb"]
+    assert sorted(a["alt"] for a in thumbs) == sorted(k for k, _ in EXAMPLE_IMAGES)
+    assert all(a["src"].startswith("data:image/jpeg;base64,") for a in thumbs)
+    assert page.count('class="failed-row"') == len(EXAMPLE_BAD_ROWS) == 2
+    text = "".join(parsed.text)
+    assert "Upload the image (or correct the key" in text and "whole number" in text and "example_retry_raw.csv" in text
+    assert list((tmp_path / "demo/buckets/cog-input").glob("example_report-*.html"))

@@ -59,3 +59,37 @@ def test_validation_rejects_a_broken_item(tmp_path: Path, cog: Path) -> None:
     del item["geometry"]
     with pytest.raises(pystac.STACValidationError):
         validate(item)
+
+
+@pytest.mark.slow
+def test_scan_with_stac_publishes_valid_items_and_a_collection(buckets, shared_testdata: Path, tmp_path: Path) -> None:
+    """`--stac` is recorded in run.json at the claim; reconcile then puts an Item beside each processed COG and the
+    manifest's Collection, all valid per pystac (extensions: checked when their schema host answers)."""
+    from cog_pipeline.pipeline import ScanOptions, scan
+    from cog_pipeline.rundir import RunDir
+
+    keys = ["Eau Claire/a #1 ü.tif", "b/rgb.tif"]
+    buckets.put_file(keys[0], shared_testdata / "rasterio/byte.tif")
+    buckets.put_file(keys[1], shared_testdata / "rasterio/RGB.byte.tif")
+    buckets.put_text("Counties/m_raw.csv", f"{keys[0]},1\n{keys[1]},3\nmissing.tif,1\n")
+    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", workers=1, progress=False, stac=True)
+    (run_dir,) = scan(options, echo=lambda _m: None).reconciled
+    assert RunDir(run_dir.path).load().stac is True
+    for key in keys:
+        item = json.loads(buckets.output.read_bytes(item_key(key))[0])
+        assert item["assets"]["data"]["href"] == buckets.output.url(key)
+        assert any(s.endswith("item.json") for s in validate(item)["valid"])
+    collection = json.loads(buckets.output.read_bytes(collection_key("Counties/m_raw.csv"))[0])
+    assert any(s.endswith("collection.json") for s in validate(collection)["valid"])
+    assert sorted(ln["href"] for ln in collection["links"] if ln["rel"] == "item") == sorted(buckets.output.url(item_key(k)) for k in keys)
+    assert item_key("missing.tif") not in buckets.output_keys()
+
+
+@pytest.mark.slow
+def test_scan_without_stac_writes_none(buckets, shared_testdata: Path, tmp_path: Path) -> None:
+    from cog_pipeline.pipeline import ScanOptions, scan
+
+    buckets.put_file("a.tif", shared_testdata / "rasterio/byte.tif")
+    buckets.put_text("m_raw.csv", "a.tif,1\n")
+    scan(ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", workers=1, progress=False), echo=lambda _m: None)
+    assert sorted(buckets.output_keys()) == ["a.jpg", "a.tif"]

@@ -122,14 +122,15 @@ def test_jobs_match_manifest_rows(local_run):
     for job in jobs:
         row = rows[int(job["id"][2:])]
         assert job["type"] == "job" and job["name"] == "generate_cog"
-        assert job["arguments"] == [f"input/{row.key}", row.key, row.jpg_key, "--bands", str(row.bands)]
+        assert job["arguments"][:5] == [f"input/{row.key}", row.key, row.jpg_key, "--bands", str(row.bands)]
+        assert job["arguments"][5] == "--metadata-b64" and len(job["arguments"]) == 7  # provenance: test_provenance.py
         uses = {u["lfn"]: u for u in job["uses"]}
         assert uses[f"input/{row.key}"] == {"lfn": f"input/{row.key}", "type": "input"}
         for out in (row.key, row.jpg_key):
             assert uses[out] == {"lfn": out, "type": "output", "stageOut": True, "registerReplica": False}
         assert job["metadata"] == {"key": row.key, "line": str(row.line)}
         assert job["profiles"]["dagman"] == {"RETRY": 5, "CATEGORY": "cog"}
-    assert jobs[2]["arguments"][-1] == "4"  # ' 4' in the manifest: the parsed band count
+    assert jobs[2]["arguments"][4] == "4"  # ' 4' in the manifest: the parsed band count
     assert wf["jobDependencies"] == []
     assert wf["name"] == f"cog-{TS}"
 

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import errno
+import json
 import os
 import sys
 import tempfile
+import time
 from typing import Optional, Sequence
 
 from .budget import CACHE_SHARE, DEFAULT_MEMORY_BUDGET_MB, MEMORY_BUDGET_ENV
@@ -41,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                    f"RequestMemory, else {DEFAULT_MEMORY_BUDGET_MB}); caps GDAL's block cache at 1/{CACHE_SHARE}")
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
                    help="provenance to embed in the COG's GDAL metadata, domain COG_PIPELINE (repeatable)")
+    p.add_argument("--metadata-b64", default=None, metavar="B64",
+                   help="provenance as one base64url JSON object (safe through any argument quoting); adds GDAL_VERSION and CREATED_UTC")
     p.add_argument("--validator", choices=VALIDATORS, default=None,
                    help=f"COG validator (default: env {VALIDATOR_ENV}, else auto: the lightest that proves the same)")
     p.add_argument("--verify-pixels", action="store_true", help="also compare full-resolution checksums of input and COG")
@@ -63,6 +69,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"USAGE: --metadata {one_line(pair)!r}: expected KEY=VALUE", file=sys.stderr)
             return ExitCode.USAGE
         metadata[key] = value
+    if args.metadata_b64 is not None:
+        try:
+            items = json.loads(base64.urlsafe_b64decode(args.metadata_b64 + "=" * (-len(args.metadata_b64) % 4)))
+            metadata.update({str(k): str(v) for k, v in items.items()})
+        except (ValueError, AttributeError, binascii.Error):
+            print("USAGE: --metadata-b64: expected base64url of a JSON object", file=sys.stderr)
+            return ExitCode.USAGE
     # GDAL, libtiff and Python warnings may write to the process's stderr from any thread;
     # the contract is ONE line there, so they go to a temporary file (shown with --verbose).
     captured = tempfile.TemporaryFile(mode="w+b")
@@ -80,6 +93,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         backend = loaded_backend()
         if backend is not None and not args.verbose:
             backend.quiet()
+        if args.metadata_b64 is not None:  # what only the worker knows: its GDAL, and when it wrote the COG
+            metadata.setdefault("GDAL_VERSION", str(getattr(backend, "version", "unknown")))
+            metadata.setdefault("CREATED_UTC", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         result = convert(
             args.input,
             args.output_tif,
