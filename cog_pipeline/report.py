@@ -50,6 +50,7 @@ class RunView:
     images: list[ImageRow] = field(default_factory=list)
     jobs: list[dict[str, Any]] = field(default_factory=list)  # job_id, key, status, seconds, end (epoch)
     result: dict[str, Any] = field(default_factory=dict)
+    provenance_lines: int = 0  # lines of provenance.jsonl (written at reconcile, before the report)
 
 
 def _read_json(path: Path, default: Any = None) -> Any:
@@ -135,6 +136,12 @@ def load_run(run_dir: Path, *, output_store: ObjectStore | None = None, input_st
         "job_failures": sum(r.get("status") == "failed" for r in records),
     }
     view = RunView(run_dir.name, info, counts, _failed_rows(reconciled, records, resubmit), result=result)
+    try:
+        from .provenance import read_provenance_lines
+
+        view.provenance_lines = len(read_provenance_lines(run_dir))
+    except (OSError, ValueError):
+        pass
     by_line = {int(r["line"]): r for r in records if r.get("line") is not None}
     view.jobs = [
         {"job_id": str(r.get("job_id", "")), "key": str(r.get("key") or ""), "status": str(r.get("status", "")),
@@ -319,6 +326,19 @@ def _shell(text: str) -> str:
     return shlex.quote(str(text))
 
 
+def _lineage_html(view: RunView) -> str:
+    """Where an output's history is: the COG's own metadata, provenance.jsonl, and STAC when the run made it."""
+    parts = [f"<p>Each COG carries its lineage in its <code>COG_PIPELINE</code> metadata domain "
+             f"(<code>cog-pipeline provenance BUCKET/KEY</code>); <code>provenance.jsonl</code> in the run directory has "
+             f"{view.provenance_lines} line(s), one per output.</p>"]
+    if view.info.get("stac"):
+        from .stac import collection_key
+
+        parts.append(f"<p>STAC: an Item beside each COG and the Collection <code>{_e(collection_key(str(view.info.get('manifest_key', ''))))}</code> "
+                     f"in <code>{_e(view.info.get('output_bucket', '?'))}</code>.</p>")
+    return "".join(parts)
+
+
 def render(view: RunView) -> str:
     """The whole page as one string: stdlib string building, every user value escaped."""
     info, result = view.info, view.result
@@ -333,7 +353,7 @@ def render(view: RunView) -> str:
         f"{_counts_html(view)}"
         + (f"<ul>{files}</ul>" if files else "<p>Not reconciled yet: no result files.</p>")
         + f"<h2>Failed rows</h2>{_failed_html(view)}<h2>Processed images</h2>{_images_html(view)}"
-        f"<h2>Job timeline</h2>{_timeline_html(view)}<h2>Engine</h2>{_engine_html(view)}"
+        f"<h2>Job timeline</h2>{_timeline_html(view)}<h2>Engine</h2>{_engine_html(view)}<h2>Lineage</h2>{_lineage_html(view)}"
         f"<script>{_SCRIPT}</script></body></html>\n"
     )
 

@@ -172,7 +172,7 @@ def test_report_in_headless_chromium(run: tuple[Path, StoreConfig], tmp_path: Pa
     assert '<b>3</b>processed' in dom
     assert "<script>alert(1)</script>" not in dom.split("<script>window")[0]
     shot = tmp_path / "report.png"
-    _browser(f"--screenshot={shot}", "--window-size=1000,1300", "--hide-scrollbars", path.as_uri())
+    _browser(f"--screenshot={shot}", "--window-size=1000,1420", "--hide-scrollbars", path.as_uri())
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("COG_REPORT_SCREENSHOT"):  # refresh the README's picture: COG_REPORT_SCREENSHOT=1 pytest -k chromium
         shutil.copyfile(shot, REPO_ROOT / "docs" / "report.png")
@@ -266,6 +266,7 @@ def test_reconcile_wrote_and_uploaded_the_report(run: tuple[Path, StoreConfig]) 
     uploaded = (config.local_root / "in" / key).read_text(encoding="utf-8")
     assert 'data-count="processed"><b>3</b>' in uploaded and uploaded.count('class="failed-row"') == 3
     assert (run_dir / "report.html").is_file()
+    assert "provenance.jsonl</code> in the run directory has 3 line(s)" in uploaded  # written before the report
 
 
 @pytest.mark.slow
