@@ -252,3 +252,18 @@ def test_in_process_jobs_record_the_uploaded_outputs_etag_and_size(buckets, tmp_
     for key in ("d/a b#1.tif", "d/a b#1.jpg"):
         head = buckets.output.head(key)
         assert head is not None and record["outputs"][key] == {"etag": head.etag, "size": head.size}
+
+
+def test_a_worker_is_replaced_after_its_share_of_jobs(tmp_path, monkeypatch):
+    import cog_pipeline.engines.local_pool as pool
+
+    monkeypatch.setattr(pool, "JOBS_PER_WORKER", 2)
+    root = _buckets(tmp_path)
+    for i in range(3):
+        write_raster(root / "in" / f"t{i}.tif", 1, size=16 + i)
+    (root / "in" / "m_raw.csv").write_text("t0.tif,1\nt1.tif,1\nt2.tif,1\n")
+    scan(_options(root, tmp_path, workers=1), echo=lambda line: None)
+    assert len(_results(root, "processed")) == 3
+    logs = [p.read_text() for p in (tmp_path / "work").glob("workflow-run-*/jobs/*.log")]
+    pids = {log.split("worker pid ")[1].split(",")[0] for log in logs}
+    assert len(pids) == 2
