@@ -235,3 +235,35 @@ def test_fair_queue_serves_the_run_with_fewest_running_then_least_left():
     q.retry(second, 2)
     again, attempt = q.pop({})
     assert again is second and attempt == 2 and len(q) == 1
+
+
+def test_in_process_jobs_record_the_uploaded_outputs_etag_and_size(buckets, tmp_path):
+    """Folder bucket and moto's HTTP S3 server: the record names exactly the objects the job uploaded."""
+    image = tmp_path / "img.tif"
+    write_raster(image, 3, size=64)
+    buckets.put_file("d/a b#1.tif", image)
+    buckets.put_text("m_raw.csv", "d/a b#1.tif,3\n")
+    report = scan(ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work",
+                              workers=1, progress=False), echo=lambda line: None)
+    assert len(report.reconciled) == 1
+    (run,) = list_run_dirs(tmp_path / "work")
+    (record,) = run.job_records().values()
+    assert record["status"] == "succeeded" and record["attempts"] == 1
+    for key in ("d/a b#1.tif", "d/a b#1.jpg"):
+        head = buckets.output.head(key)
+        assert head is not None and record["outputs"][key] == {"etag": head.etag, "size": head.size}
+
+
+def test_a_worker_is_replaced_after_its_share_of_jobs(tmp_path, monkeypatch):
+    import cog_pipeline.engines.local_pool as pool
+
+    monkeypatch.setattr(pool, "JOBS_PER_WORKER", 2)
+    root = _buckets(tmp_path)
+    for i in range(3):
+        write_raster(root / "in" / f"t{i}.tif", 1, size=16 + i)
+    (root / "in" / "m_raw.csv").write_text("t0.tif,1\nt1.tif,1\nt2.tif,1\n")
+    scan(_options(root, tmp_path, workers=1), echo=lambda line: None)
+    assert len(_results(root, "processed")) == 3
+    logs = [p.read_text() for p in (tmp_path / "work").glob("workflow-run-*/jobs/*.log")]
+    pids = {log.split("worker pid ")[1].split(",")[0] for log in logs}
+    assert len(pids) == 2

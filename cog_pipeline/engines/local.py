@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..lease import LEASE_SECONDS
 from ..replicas.catalog import key_of_input_lfn
 from ..rundir import RUNNING, RunDir, RunState
@@ -34,6 +32,7 @@ from ..state import FINAL
 from ..store import LocalStore, StoreError, open_store
 from .base import ExitCode, JobRecord, RunFinished, WorkflowError, write_record
 from .local_pool import PoolSettings, cores_available, execute, job_timeout_setting, plan_order, plan_workers
+from .local_workflow import read_document
 from .local_worker import AttemptOutcome, max_pixels_setting, run_attempt
 
 
@@ -68,8 +67,7 @@ class EngineResult:
 def _load_yaml(path: Path) -> Any:
     if not path.is_file():
         raise WorkflowError(f"{path} is missing: generate the workflow first")
-    with open(path, encoding="utf-8") as fh:
-        return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return read_document(path)  # the generator's line format fast, anything else as YAML
 
 
 def _profile(profiles: dict[str, Any] | None, namespace: str, key: str) -> Any:
@@ -102,7 +100,8 @@ def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:
                     **_env_profile(site.get("profiles")),
                 }
     wf_retry = _profile(workflow.get("profiles"), "dagman", "retry")
-    scratch_root = run_dir.path / "scratch"
+    scratch_root = str(run_dir.path / "scratch")
+    jobs_dir = str(run_dir.jobs_dir)  # plain strings: 50,000 Path joins cost seconds
     jobs: list[JobSpec] = []
     for job in workflow.get("jobs", []):
         if job.get("type", "job") != "job":
@@ -138,8 +137,8 @@ def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:
                 attempts=1 + int(retry or 0),
                 metadata={str(k): str(v) for k, v in (job.get("metadata") or {}).items()},
                 store=info.store,
-                scratch_root=str(scratch_root),
-                log_path=str(run_dir.jobs_dir / f"{job['id']}.log"),
+                scratch_root=scratch_root,
+                log_path=os.path.join(jobs_dir, f"{job['id']}.log"),
                 env=env,
             )
         )

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 TIMEOUT_ENV = "COG_PIPELINE_JOB_TIMEOUT"
 DEFAULT_JOB_TIMEOUT = 3600.0  # seconds per attempt; a 10000² 4-band image takes ~20 s on one core
+# A worker is replaced after this many attempts, so heap fragmentation or a leak in a library cannot grow
+# one process's memory without bound; start-up then costs ~1 CPU-s per this many images.
+JOBS_PER_WORKER = 200
 
 
 def job_timeout_setting(explicit: float | None = None) -> float | None:
@@ -136,6 +139,7 @@ class _Worker:
         self.proc.start()
         child.close()
         self.job: _Running | None = None
+        self.done = 0
 
     def stop(self, grace: float = 5.0) -> None:
         try:
@@ -225,6 +229,10 @@ def execute(
                     workers[i] = _Worker(ctx)
                 else:
                     worker.job = None
+                    worker.done += 1
+                    if worker.done >= JOBS_PER_WORKER:
+                        worker.stop()
+                        workers[i] = _Worker(ctx)
                 if outcome.status != "succeeded" and outcome.retry and job.attempt < job.spec.attempts:
                     queue.retry(job.spec, job.attempt + 1)
                 else:
