@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from .errors import RUN_FILE_ERRORS, one_line, os_error_line
 from .store import StoreConfig, StoreError, key_file_problem
 
 EXIT_OK = 0
@@ -108,27 +109,6 @@ def store_config(kw: dict[str, Any]) -> StoreConfig:
     )
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception as one line (YAML and JSON errors span several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def os_error_line(exc: OSError) -> str:
-    """`Read-only file system: /path` rather than `[Errno 30] ...`; paths only, never file contents."""
-    where = f": {exc.filename}" if exc.filename else ""
-    return f"{exc.strerror or one_line(exc)}{where}" if exc.strerror else one_line(exc)
-
-
-def _run_file_errors() -> tuple[type[BaseException], ...]:
-    import json
-
-    import yaml
-
-    # A damaged run file (reconcile.json, workflow.yml, ...): JSON and YAML parse errors, undecodable bytes.
-    return (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError)
-
-
-RUN_FILE_ERRORS = _run_file_errors()
 
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:

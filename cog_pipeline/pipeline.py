@@ -18,7 +18,7 @@ from . import publish
 from .claim import Claim, ClaimLost, claim_one, look, recover_claims, scan_lock
 from .engines import get_engine
 from .engines.base import WorkflowError
-from .options import RUN_FILE_ERRORS, one_line, os_error_line
+from .errors import RUN_FILE_ERRORS, one_line, os_error_line
 from .reconcile import ReconcileResult, reconcile
 from .rundir import (
     CLAIMED, GENERATED, RECONCILED, RUNNING, DamagedRunDir, LeaseHeld, RunDir, RunInfo, remove_empty_run_dirs, survey_run_dirs,
