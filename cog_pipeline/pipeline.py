@@ -9,6 +9,7 @@ and so do both engines' END hook (`cog-pipeline finish RUN_DIR`) and `cog-pipeli
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from . import publish
 from .claim import Claim, ClaimLost, claim_one, look, recover_claims, scan_lock
 from .engines import get_engine
 from .engines.base import WorkflowError
+from .engines.local import LocalLimits
 from .errors import RUN_FILE_ERRORS, one_line, os_error_line
 from .reconcile import ReconcileResult, reconcile
 from .rundir import (
@@ -96,12 +98,25 @@ def _stderr(message: str) -> None:
 
 
 def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
+    """One tick: claim and adopt under the scan lock, then carry every run this tick holds as far as it goes."""
     report = ScanReport()
     input_store = open_store(options.input_bucket, options.store)
     # Claiming work that could never be delivered would only leave manifests processing: check the output
     # bucket is reachable first (an empty listing under a name no object has: one cheap request).
     list(open_store(options.output_bucket, options.store).list(".cog-pipeline-probe/"))
     _phase(options, "claim")
+    if not _claim_and_adopt(options, report, input_store, echo):
+        return report  # a dry run: nothing was claimed
+    runs = [*report.claimed, *report.resumed]
+    if options.engine == "local" and len(runs) > 1:
+        _run_together(runs, options, input_store, echo)
+    for run_dir in runs:
+        _carry_on_reporting(run_dir, options, input_store, report, echo)
+    return report
+
+
+def _claim_and_adopt(options: ScanOptions, report: ScanReport, input_store: ObjectStore, echo: Echo) -> bool:
+    """Claim every waiting manifest and adopt unfinished runs, under the scan lock; False for a dry run."""
     with scan_lock(options.work_dir):
         # Under the lock no claim is half-way: an empty run directory is one a crashed claim left behind.
         for path in remove_empty_run_dirs(options.work_dir):
@@ -110,7 +125,7 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
         if options.dry_run:
             report.would_claim = [p.info.key for p in view.pending if p.problem is None]
             report.refused = [p.problem for p in view.pending if p.problem]
-            return report
+            return False
         report.recovered = recover_claims(input_store, options.work_dir, view)
         if report.recovered:
             view = look(input_store, options.pattern)
@@ -147,36 +162,55 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
         for key in report.orphans:
             echo(f"warning: {key} has no run directory under {options.work_dir}; another work directory or host owns it")
 
-    runs = [*report.claimed, *report.resumed]
-    if options.engine == "local" and len(runs) > 1:
-        # One shared pool for the tick's runs, so no manifest waits behind another's huge image (issue 8.10).
-        from .engines.local_tick import run_together
+    return True
 
-        run_together(runs, options, input_store, echo)
+
+def _run_together(runs: list[RunDir], options: ScanOptions, input_store: ObjectStore, echo: Echo) -> None:
+    """Generate each run (as the tick would), then run all local ones through one shared pool, so no manifest
+    waits behind another's huge image (issue 8.10). Never raises for one run's trouble: the tick's loop meets
+    that run again and reports it."""
+    from .engines.local_tick import run_workflows
+
+    ready = []
     for run_dir in runs:
         try:
-            carry_on(run_dir, options, input_store, echo)
-        except ClaimLost as exc:
-            # Reconcile's fence: the processing file is no longer this claim's. The run is ABANDONED and wrote
-            # no result file; whoever holds the manifest now answers for it.
-            report.lost.append(f"{run_dir.path.name}: {exc}")
-            echo(f"claim lost: {run_dir.path.name}: {exc}; no result file written, run abandoned")
-        except (StoreError, WorkflowError, OSError, DamagedRunDir, *RUN_FILE_ERRORS) as exc:
-            # One run's trouble (an unreachable bucket, a read-only or full disk, a damaged run file) must not
-            # hold up the others; this run stays where it stopped and the next tick carries it on.
-            line = os_error_line(exc) if isinstance(exc, OSError) else one_line(exc)
-            report.errors.append(f"{run_dir.path.name}: {line}")
-            echo(f"error: {run_dir.path.name}: {line}; left for the next tick")
-        finally:
-            # Whatever happened, this process no longer carries the run: the next tick may (a killed process
-            # is noticed by its lease instead; so is a lease that a read-only run directory keeps).
-            try:
-                run_dir.release_lease()
-            except OSError:
-                pass
-        if run_dir.load().state == RECONCILED:
-            report.reconciled.append(run_dir)
-    return report
+            info = prepare(run_dir, options, input_store, echo)
+        except Exception:  # noqa: BLE001 - reported by the tick's loop, which carries this run on itself
+            continue
+        if info.engine == "local":
+            ready.append(run_dir)
+    if len(ready) > 1:
+        started = time.monotonic()
+        limits = LocalLimits(options.job_timeout, options.max_pixels)
+        for problem in run_workflows(ready, workers=options.workers, limits=limits):
+            echo(f"warning: {problem}")
+        echo(f"ran {len(ready)} runs' jobs through one pool in {time.monotonic() - started:.1f} s")
+
+
+def _carry_on_reporting(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, report: ScanReport, echo: Echo) -> None:
+    """Carry one run on; its trouble goes into the report and never stops the tick's other runs."""
+    try:
+        carry_on(run_dir, options, input_store, echo)
+    except ClaimLost as exc:
+        # Reconcile's fence: the processing file is no longer this claim's. The run is ABANDONED and wrote
+        # no result file; whoever holds the manifest now answers for it.
+        report.lost.append(f"{run_dir.path.name}: {exc}")
+        echo(f"claim lost: {run_dir.path.name}: {exc}; no result file written, run abandoned")
+    except (StoreError, WorkflowError, OSError, DamagedRunDir, *RUN_FILE_ERRORS) as exc:
+        # One run's trouble (an unreachable bucket, a read-only or full disk, a damaged run file) must not
+        # hold up the others; this run stays where it stopped and the next tick carries it on.
+        line = os_error_line(exc) if isinstance(exc, OSError) else one_line(exc)
+        report.errors.append(f"{run_dir.path.name}: {line}")
+        echo(f"error: {run_dir.path.name}: {line}; left for the next tick")
+    finally:
+        # Whatever happened, this process no longer carries the run: the next tick may (a killed process
+        # is noticed by its lease instead; so is a lease that a read-only run directory keeps).
+        try:
+            run_dir.release_lease()
+        except OSError:
+            pass
+    if run_dir.load().state == RECONCILED:
+        report.reconciled.append(run_dir)
 
 
 def _adopt_unfinished(options: ScanOptions, report: ScanReport, echo: Echo) -> set[str]:

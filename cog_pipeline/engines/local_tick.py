@@ -15,10 +15,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..rundir import RUNNING, LeaseHeld, RunDir, RunState
 from ..state import FINAL
@@ -113,23 +111,3 @@ def run_workflows(run_dirs: list[RunDir], *, workers: int | None = None, limits:
             if run.taken:
                 run.run_dir.release_lease()
     return problems
-
-
-def run_together(run_dirs: list[RunDir], options: Any, input_store: Any, echo: Echo) -> None:
-    """Generate each run (as the tick would), then run all local ones through one pool. Never raises for one
-    run's trouble: the tick's own loop meets that run again and reports it."""
-    from ..pipeline import prepare
-
-    ready = []
-    for run_dir in run_dirs:
-        try:
-            info = prepare(run_dir, options, input_store, echo)
-        except Exception:  # noqa: BLE001 - reported by the tick's loop, which carries this run on itself
-            continue
-        if info.engine == "local":
-            ready.append(run_dir)
-    if len(ready) > 1:
-        started = time.monotonic()
-        for problem in run_workflows(ready, workers=options.workers, limits=LocalLimits(options.job_timeout, options.max_pixels)):
-            echo(f"warning: {problem}")
-        echo(f"ran {len(ready)} runs' jobs through one pool in {time.monotonic() - started:.1f} s")
