@@ -139,73 +139,82 @@ class OsgeoBackend:
         before). Every file it creates is first appended to ``temps``. A level whose previous side is odd (the COG driver rounds sizes down, the
         overview builder would round up) is made band by band with GDALRegenerateOverviews
         into an uncompressed file of the exact size, then compressed."""
-        gdal = self.gdal
-        local = {
-            "COMPRESS_OVERVIEW": creation["COMPRESS"],
-            "PREDICTOR_OVERVIEW": creation.get("PREDICTOR"),
-            "INTERLEAVE_OVERVIEW": "PIXEL",
-            "GDAL_TIFF_OVR_BLOCKSIZE": creation["BLOCKXSIZE"],
-            "BIGTIFF_OVERVIEW": "NO",
-            "GDAL_NUM_THREADS": threads,
-            "USE_RRD": "NO",
-        }
-        saved = {k: gdal.GetThreadLocalConfigOption(k, None) for k in local}
-        for k, v in local.items():
-            gdal.SetThreadLocalConfigOption(k, v)
+        saved = self._set_thread_local(_overview_config(creation, threads))
         levels: List[str] = []
         try:
-            vrt = prefix + "src.vrt"
-            temps.append(vrt)
-            self._call(lambda: gdal.Translate(vrt, self._open(src), format="VRT"))
-            prev = vrt
+            prev = prefix + "src.vrt"
+            temps.append(prev)
+            self._call(lambda: self.gdal.Translate(prev, self._open(src), format="VRT"))
             src_ds = self._open(src)
             pw, ph = src_ds.RasterXSize, src_ds.RasterYSize
             count, dtype = src_ds.RasterCount, src_ds.GetRasterBand(1).DataType
             src_ds = None
             for k, (w, h) in enumerate(dims):
                 if pw % 2 == 0 and ph % 2 == 0 and (w, h) == (pw // 2, ph // 2):
-                    out = prev + ".ovr"
-                    temps.append(out)
-                    ds = self._open(prev)
-
-                    def build(ds: Any = ds) -> Any:
-                        return ds.BuildOverviews(resampling, [2]) == 0
-
-                    ok, messages = self._call(build)
-                    ds = None
-                    if not ok:
-                        raise GdalFailure(messages[-1] if messages else "overview computation failed", messages)
+                    out = self._halve_level(prev, resampling, temps)
                 else:
-                    raw = f"{prefix}ovr{k}raw.tif"
-                    out = f"{prefix}ovr{k}.tif"
-                    temps.extend([raw, out])
-                    src_ds = self._open(prev)
-                    drv = gdal.GetDriverByName("GTiff")
-                    opts = ["TILED=YES", "BLOCKXSIZE=512", "BLOCKYSIZE=512", "INTERLEAVE=BAND", "BIGTIFF=IF_NEEDED"]
-
-                    def regen(src_ds: Any = src_ds, raw: str = raw, w: int = w, h: int = h) -> Any:
-                        ds = drv.Create(raw, w, h, count, dtype, options=opts)
-                        if ds is None:
-                            return None
-                        for b in range(1, count + 1):
-                            err = gdal.RegenerateOverviews(src_ds.GetRasterBand(b), [ds.GetRasterBand(b)], resampling)
-                            if err not in (0, None):
-                                return None
-                        ds.FlushCache()
-                        return True
-
-                    ok, messages = self._call(regen)
-                    src_ds = None
-                    if not ok:
-                        raise GdalFailure(messages[-1] if messages else "overview computation failed", messages)
-                    self.create_copy("GTiff", raw, out, creation)
-                    os.remove(raw)
+                    out = self._regenerate_level(prev, (w, h), count, dtype, f"{prefix}ovr{k}", resampling,
+                                                 creation, temps)
                 levels.append(out)
                 prev, pw, ph = out, w, h
             return levels
         finally:
-            for k, v in saved.items():
-                gdal.SetThreadLocalConfigOption(k, v)
+            self._set_thread_local(saved)
+
+    def _set_thread_local(self, values: Dict[str, Optional[str]]) -> Dict[str, Optional[str]]:
+        """Set GDAL config options for this thread only (the JPEG thread keeps its own); returns the old values."""
+        gdal = self.gdal
+        saved = {k: gdal.GetThreadLocalConfigOption(k, None) for k in values}
+        for k, v in values.items():
+            gdal.SetThreadLocalConfigOption(k, v)
+        return saved
+
+    def _halve_level(self, prev: str, resampling: str, temps: List[str]) -> str:
+        """The level of half ``prev``'s size, by GDAL's overview builder (the COG driver's own code)
+        into the external ``prev.ovr``, compressed directly; returns its path."""
+        out = prev + ".ovr"
+        temps.append(out)
+        ds = self._open(prev)
+
+        def build(ds: Any = ds) -> Any:
+            return ds.BuildOverviews(resampling, [2]) == 0
+
+        ok, messages = self._call(build)
+        ds = None
+        if not ok:
+            raise GdalFailure(messages[-1] if messages else "overview computation failed", messages)
+        return out
+
+    def _regenerate_level(self, prev: str, size: Tuple[int, int], count: int, dtype: int, stem: str,
+                          resampling: str, creation: Dict[str, str], temps: List[str]) -> str:
+        """A level of exactly ``size`` (the overview builder would round an odd side up), band by band
+        with GDALRegenerateOverviews into ``stem``raw.tif, then compressed into ``stem``.tif."""
+        gdal = self.gdal
+        raw, out = f"{stem}raw.tif", f"{stem}.tif"
+        w, h = size
+        temps.extend([raw, out])
+        src_ds = self._open(prev)
+        drv = gdal.GetDriverByName("GTiff")
+        opts = ["TILED=YES", "BLOCKXSIZE=512", "BLOCKYSIZE=512", "INTERLEAVE=BAND", "BIGTIFF=IF_NEEDED"]
+
+        def regen(src_ds: Any = src_ds, raw: str = raw, w: int = w, h: int = h) -> Any:
+            ds = drv.Create(raw, w, h, count, dtype, options=opts)
+            if ds is None:
+                return None
+            for b in range(1, count + 1):
+                err = gdal.RegenerateOverviews(src_ds.GetRasterBand(b), [ds.GetRasterBand(b)], resampling)
+                if err not in (0, None):
+                    return None
+            ds.FlushCache()
+            return True
+
+        ok, messages = self._call(regen)
+        src_ds = None
+        if not ok:
+            raise GdalFailure(messages[-1] if messages else "overview computation failed", messages)
+        self.create_copy("GTiff", raw, out, creation)
+        os.remove(raw)
+        return out
 
     def read(
         self,
@@ -267,3 +276,16 @@ class OsgeoBackend:
         """Send GDAL's messages nowhere (the CLI prints its own one-line reason)."""
         self.gdal.SetErrorHandler("CPLQuietErrorHandler")
 
+
+def _overview_config(creation: Dict[str, str], threads: str) -> Dict[str, Optional[str]]:
+    """The config that makes GDAL's overview builder write tiles as the COG's parts need them:
+    the parts' compression, predictor and tile size, pixel interleaved, classic TIFF, no .aux RRD."""
+    return {
+        "COMPRESS_OVERVIEW": creation["COMPRESS"],
+        "PREDICTOR_OVERVIEW": creation.get("PREDICTOR"),
+        "INTERLEAVE_OVERVIEW": "PIXEL",
+        "GDAL_TIFF_OVR_BLOCKSIZE": creation["BLOCKXSIZE"],
+        "BIGTIFF_OVERVIEW": "NO",
+        "GDAL_NUM_THREADS": threads,
+        "USE_RRD": "NO",
+    }

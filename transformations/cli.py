@@ -12,11 +12,11 @@ import os
 import sys
 import tempfile
 import time
-from typing import Optional, Sequence
+from typing import IO, Dict, Optional, Sequence, Tuple
 
 from .budget import CACHE_SHARE, DEFAULT_MEMORY_BUDGET_MB, MEMORY_BUDGET_ENV
 from .backend import loaded_backend
-from .convert import convert
+from .convert import ConversionResult, convert
 from .exit_codes import BAND_MISMATCH_ENV, ConversionError, ExitCode, one_line
 from .validate import VALIDATOR_ENV, VALIDATORS
 from .settings import CACHEMAX_ENV, DEFAULT_CACHEMAX_MB, PARALLEL_CACHEMAX_MB, RESAMPLING_ENV, THREADS_ENV
@@ -54,105 +54,147 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _UsageError(Exception):
+    """A bad argument argparse cannot see; main() prints it as one USAGE line and exits 2."""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the executable: exit code, at most one line on stderr (a summary on stdout with --verbose)."""
     args = _parser().parse_args(argv)
+    try:
+        _check_args(args)
+        metadata = _metadata_from_args(args)
+    except _UsageError as exc:
+        print(f"USAGE: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    # GDAL, libtiff and Python warnings may write to the process's stderr from any thread;
+    # the contract is ONE line there, so they go to a temporary file (shown with --verbose).
+    captured = tempfile.TemporaryFile(mode="w+b")
+    saved_fd = _redirect_stderr(captured.fileno())
+    try:
+        code, line, summary = _run_conversion(args, metadata)
+    finally:
+        _restore_stderr(saved_fd)
+    if args.verbose:
+        _print_verbose(captured, summary)
+    captured.close()
+    if line:
+        print(one_line(line), file=sys.stderr)
+    return int(code)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """_UsageError for a number argparse accepts but the conversion cannot honour."""
     if args.memory_budget is not None and args.memory_budget < 64:
-        print("USAGE: --memory-budget must be at least 64 (MB)", file=sys.stderr)
-        return ExitCode.USAGE
+        raise _UsageError("--memory-budget must be at least 64 (MB)")
     if args.bands is not None and args.bands < 1:
-        print("USAGE: --bands must be at least 1", file=sys.stderr)
-        return ExitCode.USAGE
+        raise _UsageError("--bands must be at least 1")
+
+
+def _metadata_from_args(args: argparse.Namespace) -> Dict[str, str]:
+    """The provenance pairs of --metadata KEY=VALUE, then --metadata-b64's JSON object on top."""
     metadata = {}
     for pair in args.metadata:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            print(f"USAGE: --metadata {one_line(pair)!r}: expected KEY=VALUE", file=sys.stderr)
-            return ExitCode.USAGE
+            raise _UsageError(f"--metadata {one_line(pair)!r}: expected KEY=VALUE")
         metadata[key] = value
     if args.metadata_b64 is not None:
         try:
             items = json.loads(base64.urlsafe_b64decode(args.metadata_b64 + "=" * (-len(args.metadata_b64) % 4)))
             metadata.update({str(k): str(v) for k, v in items.items()})
         except (ValueError, AttributeError, binascii.Error):
-            print("USAGE: --metadata-b64: expected base64url of a JSON object", file=sys.stderr)
-            return ExitCode.USAGE
-    # GDAL, libtiff and Python warnings may write to the process's stderr from any thread;
-    # the contract is ONE line there, so they go to a temporary file (shown with --verbose).
-    captured = tempfile.TemporaryFile(mode="w+b")
-    saved_fd = None
+            raise _UsageError("--metadata-b64: expected base64url of a JSON object") from None
+    return metadata
+
+
+def _redirect_stderr(fd: int) -> Optional[int]:
+    """Point file descriptor 2 at ``fd``; the saved original, or None when it cannot be redirected."""
     try:
         sys.stderr.flush()
         saved_fd = os.dup(2)
-        os.dup2(captured.fileno(), 2)
+        os.dup2(fd, 2)
     except OSError:
-        saved_fd = None
-    code: int
-    line = ""
-    summary = ""
+        return None
+    return saved_fd
+
+
+def _restore_stderr(saved_fd: Optional[int]) -> None:
+    """Undo :func:`_redirect_stderr`, so our one line reaches the real stderr."""
+    if saved_fd is not None:
+        sys.stderr.flush()
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+
+
+def _run_conversion(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[int, str, str]:
+    """(exit code, the stderr line, the verbose summary): every failure becomes a code and one line."""
     try:
-        backend = loaded_backend()
-        if backend is not None and not args.verbose:
-            backend.quiet()
-        if args.metadata_b64 is not None:  # what only the worker knows: its GDAL, and when it wrote the COG
-            metadata.setdefault("GDAL_VERSION", str(getattr(backend, "version", "unknown")))
-            metadata.setdefault("CREATED_UTC", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        result = convert(
-            args.input,
-            args.output_tif,
-            args.output_jpg,
-            args.bands,
-            resampling=args.resampling,
-            threads=args.threads,
-            cachemax_mb=args.cachemax,
-            verify_pixels=args.verify_pixels,
-            metadata=metadata,
-            validator=args.validator,
-            memory_budget_mb=args.memory_budget,
-        )
-        code = result.exit_code
-        if code:
-            line = f"{ExitCode(code).name}: {result.reason}"
-        if code == ExitCode.BAND_MISMATCH and os.environ.get(BAND_MISMATCH_ENV, "").lower() == "warn":
-            # Inside a workflow the file wins: the outputs are verified, so the job succeeds (every engine,
-            # DAGMan included, treats non-zero as failure) and the mismatch stays on record as this line.
-            code, line = ExitCode.OK, f"WARNING {line}"
-        summary = (
-            f"{result.cog}: {result.width}x{result.height}x{result.bands} {result.dtype}, overviews "
-            f"{result.overview_sizes}, valid ({result.validator}); {result.jpeg}: {result.jpeg_size[0]}x"
-            f"{result.jpeg_size[1]}x{result.jpeg_bands} ({result.preview}); {result.backend} GDAL "
-            f"{result.gdal_version}, {result.threads} threads, cog {result.cog_method}, jpeg {result.jpeg_method}, budget "
-            f"{result.memory_budget_mb} MB, cache {result.cachemax_mb} MB, "
-            + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
-        )
+        return _convert_args(args, metadata)
     except ConversionError as exc:
-        code, line = exc.code, exc.line
+        return exc.code, exc.line, ""
     except KeyboardInterrupt:
-        code, line = ExitCode.INTERNAL, "INTERNAL: interrupted"
+        return ExitCode.INTERNAL, "INTERNAL: interrupted", ""
     except MemoryError:
-        code, line = ExitCode.INTERNAL, "INTERNAL: out of memory"
+        return ExitCode.INTERNAL, "INTERNAL: out of memory", ""
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            code, line = ExitCode.OUT_OF_DISK, f"OUT_OF_DISK: {exc}"
-        else:
-            code, line = ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}"
+            return ExitCode.OUT_OF_DISK, f"OUT_OF_DISK: {exc}", ""
+        return ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}", ""
     except Exception as exc:  # noqa: BLE001 - the contract is an exit code and one line
-        code, line = ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}"
-    finally:
-        if saved_fd is not None:
-            sys.stderr.flush()
-            os.dup2(saved_fd, 2)
-            os.close(saved_fd)
-    if args.verbose:
-        captured.seek(0)
-        noise = captured.read().decode("utf-8", "replace").strip()
-        if noise:
-            print(noise, file=sys.stderr)
-        if summary:
-            print(summary, file=sys.stdout)
-    captured.close()
-    if line:
-        print(one_line(line), file=sys.stderr)
-    return int(code)
+        return ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}", ""
+
+
+def _convert_args(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[int, str, str]:
+    """Convert as the arguments say; (exit code, the stderr line, the verbose summary)."""
+    backend = loaded_backend()
+    if backend is not None and not args.verbose:
+        backend.quiet()
+    if args.metadata_b64 is not None:  # what only the worker knows: its GDAL, and when it wrote the COG
+        metadata.setdefault("GDAL_VERSION", str(getattr(backend, "version", "unknown")))
+        metadata.setdefault("CREATED_UTC", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    result = convert(
+        args.input,
+        args.output_tif,
+        args.output_jpg,
+        args.bands,
+        resampling=args.resampling,
+        threads=args.threads,
+        cachemax_mb=args.cachemax,
+        verify_pixels=args.verify_pixels,
+        metadata=metadata,
+        validator=args.validator,
+        memory_budget_mb=args.memory_budget,
+    )
+    code: int = result.exit_code
+    line = f"{ExitCode(code).name}: {result.reason}" if code else ""
+    if code == ExitCode.BAND_MISMATCH and os.environ.get(BAND_MISMATCH_ENV, "").lower() == "warn":
+        # Inside a workflow the file wins: the outputs are verified, so the job succeeds (every engine,
+        # DAGMan included, treats non-zero as failure) and the mismatch stays on record as this line.
+        code, line = ExitCode.OK, f"WARNING {line}"
+    return code, line, _summary(result)
+
+
+def _summary(result: ConversionResult) -> str:
+    """The --verbose line on stdout: what was written, how, and where the time went."""
+    return (
+        f"{result.cog}: {result.width}x{result.height}x{result.bands} {result.dtype}, overviews "
+        f"{result.overview_sizes}, valid ({result.validator}); {result.jpeg}: {result.jpeg_size[0]}x"
+        f"{result.jpeg_size[1]}x{result.jpeg_bands} ({result.preview}); {result.backend} GDAL "
+        f"{result.gdal_version}, {result.threads} threads, cog {result.cog_method}, jpeg {result.jpeg_method}, budget "
+        f"{result.memory_budget_mb} MB, cache {result.cachemax_mb} MB, "
+        + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    )
+
+
+def _print_verbose(captured: IO[bytes], summary: str) -> None:
+    """With --verbose: GDAL's captured messages on stderr, then the summary on stdout."""
+    captured.seek(0)
+    noise = captured.read().decode("utf-8", "replace").strip()
+    if noise:
+        print(noise, file=sys.stderr)
+    if summary:
+        print(summary, file=sys.stdout)
 
 
 if __name__ == "__main__":

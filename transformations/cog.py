@@ -8,6 +8,7 @@ import errno
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from .assemble import assemble_cog
@@ -97,84 +98,115 @@ def parallel_cog(info: RasterInfo, out: str, threads: int, temps: List[str], tok
     are copied: no pixel is decoded or re-encoded, so full-resolution tiles are byte-identical
     to what the COG driver writes.
     """
-    be = get_backend()
-    predictor = "3" if info.dtypes[0].startswith("float") else "2"
-    gtiff = {
+    gtiff = _part_options(info, threads)
+    full = temp_name(out, ".full.tif", token)
+    first_temp = len(temps)
+    temps.append(full)
+    ovr_threads = os.environ.get(OVERVIEW_THREADS_ENV, "").strip()
+    pyramid = _OverviewPyramid(info.path, cog_overview_dims(info.width, info.height), temp_name(out, ".", token),
+                               gtiff, ovr_threads if ovr_threads.isdigit() else "1", temps)
+    # One CPU (a CHTC slot): the two halves run one after the other in this thread. Threads would
+    # only take turns on the core, and each would grow its own heap arena (peak RSS).
+    sequential = threads == 1
+    worker = threading.Thread(target=pyramid.build, name="generate_cog-overviews", daemon=True)
+    if not sequential:
+        worker.start()
+    timings["cog_full_res"], full_error = _compress_full_res(info.path, full, gtiff, beside_jpeg)
+    if sequential:
+        pyramid.build()
+    else:
+        worker.join()
+    if full_error is not None:
+        raise full_error
+    timings["cog_overviews"] = pyramid.seconds
+    if pyramid.error is not None:
+        raise pyramid.error
+    t0 = time.perf_counter()
+    try:
+        _assemble(full, pyramid.levels, out)
+    finally:
+        remove_outputs(*temps[first_temp:])
+    timings["cog_assemble"] = time.perf_counter() - t0
+
+
+def _part_options(info: RasterInfo, threads: int) -> Dict[str, str]:
+    """GTiff creation options for the parts: the COG's tiling, compression and predictor, so their
+    tiles can be copied into the COG unchanged; classic TIFF because the assembler reads only that."""
+    return {
         "TILED": "YES",
         "BLOCKXSIZE": str(COG_BLOCKSIZE),
         "BLOCKYSIZE": str(COG_BLOCKSIZE),
         "COMPRESS": "LZW",
-        "PREDICTOR": predictor,
+        "PREDICTOR": "3" if info.dtypes[0].startswith("float") else "2",
         "INTERLEAVE": "PIXEL",
         "BIGTIFF": "NO",
         "NUM_THREADS": str(threads),
     }
-    dims = cog_overview_dims(info.width, info.height)
-    full = temp_name(out, ".full.tif", token)
-    first_temp = len(temps)
-    temps.append(full)
-    prefix = temp_name(out, ".", token)
-    ovr_threads = os.environ.get(OVERVIEW_THREADS_ENV, "").strip()
-    ovr_threads = ovr_threads if ovr_threads.isdigit() else "1"
-    outcome: Dict[str, Any] = {}
-    levels: List[str] = []
 
-    def overviews() -> None:
+
+@dataclass
+class _OverviewPyramid:
+    """The overview half: computes and compresses every level, keeping (not raising) its error
+    because it may run in a worker thread and the caller re-raises it in its own."""
+
+    source: str
+    dims: List[Tuple[int, int]]
+    prefix: str
+    gtiff: Dict[str, str]
+    threads: str
+    temps: List[str]
+    levels: List[str] = field(default_factory=list)
+    error: Optional[BaseException] = None
+    seconds: float = 0.0
+
+    def build(self) -> None:
+        """Cascade the pyramid (cubic, like the COG driver) into ``levels``; time it in ``seconds``."""
         t0 = time.perf_counter()
         try:
-            levels.extend(be.cascade_overviews(info.path, dims, prefix, "CUBIC", gtiff, ovr_threads, temps))
+            self.levels.extend(get_backend().cascade_overviews(self.source, self.dims, self.prefix, "CUBIC",
+                                                               self.gtiff, self.threads, self.temps))
         except BaseException as exc:  # noqa: BLE001 - re-raised by the caller's thread
-            outcome["error"] = exc
-        outcome["overviews"] = time.perf_counter() - t0
+            self.error = exc
+        self.seconds = time.perf_counter() - t0
 
-    # One CPU (a CHTC slot): the two halves run one after the other in this thread. Threads would
-    # only take turns on the core, and each would grow its own heap arena (peak RSS).
-    sequential = threads == 1
-    worker = threading.Thread(target=overviews, name="generate_cog-overviews", daemon=True)
-    if not sequential:
-        worker.start()
+
+def _compress_full_res(source: str, full: str, gtiff: Dict[str, str], beside_jpeg: bool
+                       ) -> Tuple[float, Optional[BaseException]]:
+    """Compress the full resolution into ``full``; (seconds, the error to re-raise after the overviews).
+
+    Beside the JPEG it runs in its own, niced thread (a thread's priority can be lowered, but not
+    raised back unprivileged). Without a JPEG beside it (single band) it runs in the calling thread,
+    un-niced, and a failure raises at once. (Its own thread raised the 1-band peak RSS from 298 to
+    354 MiB: that thread's heap arena outlived the COG.)"""
+    be = get_backend()
     t0 = time.perf_counter()
-    full_outcome: Dict[str, Any] = {}
+    if not beside_jpeg:
+        be.create_copy("GTiff", source, full, gtiff)
+        return time.perf_counter() - t0, None
+    outcome: Dict[str, Any] = {}
 
     def full_res() -> None:
-        # its own thread: a thread's priority can be lowered, but not raised back unprivileged
         _nice_this_thread(FULL_RES_THREAD_NICE)
         try:
-            be.create_copy("GTiff", info.path, full, gtiff)
+            be.create_copy("GTiff", source, full, gtiff)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the caller's thread
-            full_outcome["error"] = exc
-        full_outcome["seconds"] = time.perf_counter() - t0
+            outcome["error"] = exc
+        outcome["seconds"] = time.perf_counter() - t0
 
-    if beside_jpeg:
-        full_thread = threading.Thread(target=full_res, name="generate_cog-full-res", daemon=True)
-        full_thread.start()
-        full_thread.join()
-    else:
-        # No JPEG beside it (single band): the calling thread, un-niced. (Its own thread raised the
-        # 1-band peak RSS from 298 to 354 MiB: that thread's heap arena outlived the COG.)
-        be.create_copy("GTiff", info.path, full, gtiff)
-        full_outcome["seconds"] = time.perf_counter() - t0
-    timings["cog_full_res"] = full_outcome.get("seconds", 0.0)
-    if sequential:
-        overviews()
-    else:
-        worker.join()
-    if "error" in full_outcome:
-        raise full_outcome["error"]
-    timings["cog_overviews"] = outcome.get("overviews", 0.0)
-    if "error" in outcome:
-        raise outcome["error"]
-    t0 = time.perf_counter()
+    full_thread = threading.Thread(target=full_res, name="generate_cog-full-res", daemon=True)
+    full_thread.start()
+    full_thread.join()
+    return outcome.get("seconds", 0.0), outcome.get("error")
+
+
+def _assemble(full: str, levels: List[str], out: str) -> None:
+    """:func:`assemble_cog`, with a full disk reported as GDAL reports it (so it is classified OUT_OF_DISK)."""
     try:
         assemble_cog(full, levels, out)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise GdalFailure(f"No space left on device while assembling the COG: {exc}") from None
         raise
-    finally:
-        remove_outputs(*temps[first_temp:])
-    timings["cog_assemble"] = time.perf_counter() - t0
-
 
 
 def _nice_this_thread(nice: int) -> None:

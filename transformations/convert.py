@@ -23,7 +23,7 @@ from .inputs import inspect_input
 from .tiff import TiffTag, read_tiff_ifds
 from .jpeg_strips import coefficient_buffer_bytes, write_streamed_jpeg
 from .provenance import embed_metadata
-from .preview import plan_preview, preview_vrt
+from .preview import PreviewPlan, plan_preview, preview_vrt
 from .settings import CACHEMAX_ENV, COG_BLOCKSIZE, DEFAULT_CACHEMAX_MB, JPEG_CACHEMAX_MB, JPEG_QUALITY, OVERVIEW_THREADS_ENV, PARALLEL_CACHEMAX_MB, RESAMPLING_ENV, THREADS_ENV
 from .validate import validate_cog, validate_jpeg
 
@@ -127,6 +127,41 @@ def check_metadata(items: Mapping[str, str]) -> Dict[str, str]:
     return out
 
 
+def _disk_code(exc: OSError) -> ExitCode:
+    """OUT_OF_DISK for a full disk or quota (the caller may retry elsewhere), else INTERNAL."""
+    return ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
+
+
+@dataclass
+class _Run:
+    """What one conversion carries between its steps, so each step can be a small function."""
+
+    info: RasterInfo
+    plan: PreviewPlan
+    token: str
+    output_tif: str
+    tmp_tif: str
+    tmp_jpg: str
+    tmp_vrt: str
+    tmp_strips: str
+    #: every temporary that may exist; all are removed if the conversion fails
+    temps: List[str]
+    timings: Dict[str, float]
+    threads: int
+    resampling: Optional[str]
+    cachemax_mb: int
+    #: True when neither the caller nor the environment chose the cache size, so it may be tuned
+    cache_default: bool
+    budget_mb: int
+    method: str = "driver"
+    jpeg_after: bool = False
+    jpeg_streamed: bool = False
+    #: GDAL's complaint when decompressing the input or writing the COG failed
+    cog_failure: Optional[GdalFailure] = None
+    #: the JPEG step's report: "method", "errors", "failure", "crash", "strips_problem", "seconds"
+    jpeg_outcome: Dict[str, Any] = field(default_factory=dict)
+
+
 def convert(
     input: Union[str, os.PathLike],
     output_tif: Union[str, os.PathLike],
@@ -149,170 +184,260 @@ def convert(
     ``overrides`` are :class:`ConvertOptions` fields (``convert(..., threads=1)``).
     """
     opts = replace(options or ConvertOptions(), **overrides)
-    resampling, threads, cachemax_mb = opts.resampling, opts.threads, opts.cachemax_mb
-    verify_pixels, metadata = opts.verify_pixels, check_metadata(opts.metadata)
+    metadata = check_metadata(opts.metadata)
     budget_mb = memory_budget_mb(opts.memory_budget_mb)
-    be = get_backend()
     started = time.perf_counter()
-    timings: Dict[str, float] = {}
     input = os.fspath(input)
-    output_tif = os.path.abspath(os.fspath(output_tif))
-    output_jpg = os.path.abspath(os.fspath(output_jpg))
-    if os.path.abspath(input) in (output_tif, output_jpg) or output_tif == output_jpg:
-        raise ConversionError(ExitCode.USAGE, "input and outputs must be three different paths")
-    threads = int(threads or _default_threads())
-    resampling = resampling or os.environ.get(RESAMPLING_ENV) or None
-    cache_default = False
-    if cachemax_mb is None:
-        env_cache = os.environ.get(CACHEMAX_ENV, "").strip()
-        cache_default = not env_cache.isdigit()
-        cachemax_mb = DEFAULT_CACHEMAX_MB if cache_default else int(env_cache)
-
+    output_tif, output_jpg = _output_paths(input, output_tif, output_jpg)
+    threads = int(opts.threads or _default_threads())
+    resampling = opts.resampling or os.environ.get(RESAMPLING_ENV) or None
+    cachemax_mb, cache_default = _requested_cachemax(opts.cachemax_mb)
     info = inspect_input(input)
+    run = _start_run(info, output_tif, output_jpg, threads, resampling, cachemax_mb, cache_default, budget_mb)
+    run.timings["inspect"] = time.perf_counter() - started
+    mismatch = _band_mismatch(bands, info)
+    out_dirs = _make_output_dirs(output_tif, output_jpg)
+    try:
+        _write_vrt(run.tmp_vrt, info, run.plan)
+        _build_outputs(run, metadata)
+        _raise_build_failures(run, out_dirs)
+        t0 = time.perf_counter()
+        verified = _verify_cog(run.tmp_tif, info, opts.validator, opts.verify_pixels)
+        _check_jpeg(run)
+        run.timings["verify"] = time.perf_counter() - t0
+        _move_into_place(run, output_tif, output_jpg)
+    except BaseException:
+        remove_outputs(*run.temps)
+        raise
+    remove_outputs(run.tmp_vrt)
+    run.timings["total"] = time.perf_counter() - started
+    return _conversion_result(run, input, output_tif, output_jpg, bands, mismatch, verified)
+
+
+def _output_paths(input: str, output_tif: Union[str, os.PathLike], output_jpg: Union[str, os.PathLike]
+                  ) -> Tuple[str, str]:
+    """The outputs as absolute paths; ConversionError(USAGE) if any two of the three paths coincide,
+    because writing over the input (or one output over the other) would destroy data."""
+    tif = os.path.abspath(os.fspath(output_tif))
+    jpg = os.path.abspath(os.fspath(output_jpg))
+    if os.path.abspath(input) in (tif, jpg) or tif == jpg:
+        raise ConversionError(ExitCode.USAGE, "input and outputs must be three different paths")
+    return tif, jpg
+
+
+def _requested_cachemax(cachemax_mb: Optional[int]) -> Tuple[int, bool]:
+    """(cache MB, whether it is the default): the caller's, else env COG_PIPELINE_CACHEMAX, else the default.
+
+    Only a default cache is tuned later (parallel path, memory budget, JPEG step): a size someone
+    chose is respected as given."""
+    if cachemax_mb is not None:
+        return cachemax_mb, False
+    env_cache = os.environ.get(CACHEMAX_ENV, "").strip()
+    cache_default = not env_cache.isdigit()
+    return (DEFAULT_CACHEMAX_MB if cache_default else int(env_cache)), cache_default
+
+
+def _start_run(info: RasterInfo, output_tif: str, output_jpg: str, threads: int, resampling: Optional[str],
+               cachemax_mb: int, cache_default: bool, budget_mb: int) -> _Run:
+    """Plan the conversion: the preview, the temporary names and how the COG and JPEG will be built."""
     plan = plan_preview(info)
-    timings["inspect"] = time.perf_counter() - started
+    token = f"{os.getpid()}-{os.urandom(4).hex()}"  # not uuid: its import loads platform (~10 ms)
+    tmp_tif = temp_name(output_tif, ".tif", token)
+    tmp_jpg = temp_name(output_jpg, ".jpg", token)
+    tmp_vrt = temp_name(output_jpg, ".vrt", token)
+    tmp_strips = temp_name(output_jpg, ".strips.tif", token)
+    return _Run(
+        info=info, plan=plan, token=token, output_tif=output_tif, tmp_tif=tmp_tif, tmp_jpg=tmp_jpg, tmp_vrt=tmp_vrt,
+        tmp_strips=tmp_strips, temps=[tmp_tif, tmp_jpg, tmp_vrt, tmp_strips], timings={},
+        threads=threads, resampling=resampling, cachemax_mb=cachemax_mb, cache_default=cache_default, budget_mb=budget_mb,
+    )
 
-    mismatch = ""
+
+def _band_mismatch(bands: Optional[int], info: RasterInfo) -> str:
+    """The reason to report when the manifest's band count is not the file's ("" when they agree)."""
     if bands is not None and int(bands) != info.count:
-        mismatch = f"band mismatch: manifest says {int(bands)} bands, file has {info.count}; converted per file"
+        return f"band mismatch: manifest says {int(bands)} bands, file has {info.count}; converted per file"
+    return ""
 
+
+def _make_output_dirs(output_tif: str, output_jpg: str) -> List[str]:
+    """Create the output folders (the temporaries live beside the outputs) and return them."""
     out_dirs = sorted({os.path.dirname(output_tif), os.path.dirname(output_jpg)})
     for d in out_dirs:
         try:
             os.makedirs(d, exist_ok=True)
         except OSError as exc:
-            code = ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
-            raise ConversionError(code, f"cannot create output folder {d}: {exc.strerror}") from None
+            raise ConversionError(_disk_code(exc), f"cannot create output folder {d}: {exc.strerror}") from None
+    return out_dirs
 
-    token = f"{os.getpid()}-{os.urandom(4).hex()}"  # not uuid: its import loads platform (~10 ms)
-    tmp_tif = temp_name(output_tif, ".tif", token)
-    tmp_jpg = temp_name(output_jpg, ".jpg", token)
-    tmp_vrt = temp_name(output_jpg, ".vrt", token)
-    temps = [tmp_tif, tmp_jpg, tmp_vrt]
+
+def _write_vrt(path: str, info: RasterInfo, plan: PreviewPlan) -> None:
+    """Write the preview's VRT; the first write in the output folder, so it reports a full disk clearly."""
     try:
-        try:
-            with open(tmp_vrt, "w", encoding="utf-8") as fh:
-                fh.write(preview_vrt(info, plan))
-        except OSError as exc:
-            code = ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
-            raise ConversionError(code, f"cannot write in {os.path.dirname(tmp_vrt)}: {exc.strerror}") from None
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(preview_vrt(info, plan))
+    except OSError as exc:
+        raise ConversionError(_disk_code(exc), f"cannot write in {os.path.dirname(path)}: {exc.strerror}") from None
 
-        method = cog_method(info, resampling)
-        # Parallel path: the JPEG runs beside the COG threads, except for single-band inputs, where it runs after the COG (libjpeg's whole-image coefficient
-        # buffer on top of the COG threads' buffers would exceed the original tool's memory).
-        # With one thread (one CPU, as in a CHTC slot) running the JPEG beside the COG buys no time, only
-        # memory: it is written after the COG, so the two encoders' buffers never coexist.
-        jpeg_after = (method == "parallel" and info.count == 1) or threads == 1
-        if method == "parallel" and cache_default:
-            cachemax_mb = PARALLEL_CACHEMAX_MB
-        # Overviews are computed while the JPEG encoder (one thread) runs beside them.
-        ovr_threads = os.environ.get(OVERVIEW_THREADS_ENV, "").strip()
-        ovr_threads = ovr_threads if ovr_threads.isdigit() else str(max(1, threads - 1))
-        config = {
-            "GDAL_NUM_THREADS": ovr_threads,
-            # The COG driver's temporary overview file is read once and deleted: keeping
-            # it uncompressed saves an LZW encode+decode of every overview pixel.
-            "COG_TMP_COMPRESSION": "NONE",
-        }
-        saved_cache = be.get_cachemax()
-        if cache_default:
-            cachemax_mb = min(cachemax_mb, cache_cap_mb(budget_mb))
-        be.set_cachemax(cachemax_mb << 20)
-        jpeg_outcome: Dict[str, Any] = {}
 
-        # GDAL's JPEG driver holds the whole preview's DCT coefficients (optimised Huffman tables);
-        # above a third of the budget the preview is written strip by strip instead (jpeg_strips.py).
-        jpeg_streamed = coefficient_buffer_bytes(plan.width, plan.height, plan.band_count) > (budget_mb << 20) // 3
-        tmp_strips = temp_name(output_jpg, ".strips.tif", token)
-        temps.append(tmp_strips)
+def _plan_build(run: _Run) -> Dict[str, Optional[str]]:
+    """Choose the COG method, whether the JPEG waits for the COG and the cache; return GDAL's config.
 
-        def make_jpeg() -> None:
-            t0 = time.perf_counter()
+    Parallel path: the JPEG runs beside the COG threads, except for single-band inputs, where it runs
+    after the COG (libjpeg's whole-image coefficient buffer on top of the COG threads' buffers would
+    exceed the original tool's memory). With one thread (one CPU, as in a CHTC slot) running the JPEG
+    beside the COG buys no time, only memory: it is written after the COG, so the two encoders' buffers
+    never coexist. GDAL's JPEG driver holds the whole preview's DCT coefficients (optimised Huffman
+    tables); above a third of the budget the preview is written strip by strip instead (jpeg_strips.py).
+    """
+    info, plan = run.info, run.plan
+    run.method = cog_method(info, run.resampling)
+    run.jpeg_after = (run.method == "parallel" and info.count == 1) or run.threads == 1
+    if run.method == "parallel" and run.cache_default:
+        run.cachemax_mb = PARALLEL_CACHEMAX_MB
+    if run.cache_default:
+        run.cachemax_mb = min(run.cachemax_mb, cache_cap_mb(run.budget_mb))
+    run.jpeg_streamed = coefficient_buffer_bytes(plan.width, plan.height, plan.band_count) > (run.budget_mb << 20) // 3
+    # Overviews are computed while the JPEG encoder (one thread) runs beside them.
+    ovr_threads = os.environ.get(OVERVIEW_THREADS_ENV, "").strip()
+    ovr_threads = ovr_threads if ovr_threads.isdigit() else str(max(1, run.threads - 1))
+    return {
+        "GDAL_NUM_THREADS": ovr_threads,
+        # The COG driver's temporary overview file is read once and deleted: keeping
+        # it uncompressed saves an LZW encode+decode of every overview pixel.
+        "COG_TMP_COMPRESSION": "NONE",
+    }
+
+
+def _build_outputs(run: _Run, metadata: Dict[str, str]) -> None:
+    """Write the COG and the JPEG into their temporaries under the chosen config and cache.
+
+    Failures are recorded (``run.cog_failure``, ``run.jpeg_outcome``), not raised, so the JPEG
+    thread is always joined and the caller's GDAL cache size is always restored."""
+    be = get_backend()
+    config = _plan_build(run)
+    saved_cache = be.get_cachemax()
+    be.set_cachemax(run.cachemax_mb << 20)
+    try:
+        with _Config(config):
+            work, run.cog_failure = _decompressed_input(run)
+            jpeg_thread = threading.Thread(target=_make_jpeg, args=(run,), name="generate_cog-jpeg", daemon=True)
+            if not run.jpeg_after and run.cog_failure is None:
+                jpeg_thread.start()
+            failure = _write_cog(run, work)
+            if run.cog_failure is None:
+                run.cog_failure = failure
+            if metadata and run.cog_failure is None:
+                _embed(run.tmp_tif, metadata, run.temps, run.token)
+            if run.jpeg_after and run.cog_failure is None:
+                if run.cache_default:
+                    be.set_cachemax(min(JPEG_CACHEMAX_MB, run.cachemax_mb) << 20)
+                _trim_heap()  # hand the COG threads' freed buffers back before libjpeg's buffer
+                _make_jpeg(run)
+            elif not run.jpeg_after and jpeg_thread.is_alive():
+                jpeg_thread.join()
+            if work is not run.info:
+                remove_outputs(work.path)
+    finally:
+        be.set_cachemax(saved_cache)  # a library caller keeps its own cache size, whatever happened
+    run.timings["jpeg"] = run.jpeg_outcome.get("seconds", 0.0)
+
+
+def _decompressed_input(run: _Run) -> Tuple[RasterInfo, Optional[GdalFailure]]:
+    """The raster the COG and JPEG read: for the parallel path a compressed input is decoded once.
+
+    The full resolution, the overview builder and the JPEG each read the input: decoding a
+    compressed input once into an uncompressed temporary lets all three read that instead."""
+    info = run.info
+    if run.method != "parallel" or not _compressed(info.path):
+        return info, None
+    t0 = time.perf_counter()
+    raw = temp_name(run.output_tif, ".raw.tif", run.token)
+    run.temps.append(raw)
+    work, failure = info, None
+    try:
+        get_backend().create_copy("GTiff", info.path, raw, {"COMPRESS": "NONE", "INTERLEAVE": "PIXEL",
+                                                           "BIGTIFF": "IF_SAFER"})
+        work = replace(info, path=raw)
+        with open(run.tmp_vrt, "w", encoding="utf-8") as fh:
+            fh.write(preview_vrt(work, run.plan))
+    except GdalFailure as exc:
+        failure = exc
+    run.timings["decompress"] = time.perf_counter() - t0
+    return work, failure
+
+
+def _write_cog(run: _Run, work: RasterInfo) -> Optional[GdalFailure]:
+    """Write the COG (parallel path, falling back to GDAL's COG driver); the GDAL failure, if any.
+
+    Skips the parallel build when decompressing already failed (``run.cog_failure``)."""
+    t0 = time.perf_counter()
+    failure: Optional[GdalFailure] = None
+    try:
+        if run.method == "parallel" and run.cog_failure is None:
             try:
-                _write_jpeg(tmp_vrt, tmp_jpg, tmp_strips, plan.band_count, jpeg_streamed, jpeg_outcome)
-                _remove_sidecar(tmp_jpg)
-                jpeg_outcome["errors"] = validate_jpeg(tmp_jpg, plan.width, plan.height, plan.band_count)
-            except GdalFailure as exc:
-                jpeg_outcome["failure"] = exc
-            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-                jpeg_outcome["crash"] = exc
-            jpeg_outcome["seconds"] = time.perf_counter() - t0
+                parallel_cog(work, run.tmp_tif, run.threads, run.temps, run.token, run.timings,
+                             beside_jpeg=not run.jpeg_after)
+            except ValueError:  # a part GDAL wrote is not what the assembler expects
+                run.method = "driver"
+        if run.method == "driver":
+            get_backend().create_copy("COG", run.info.path, run.tmp_tif,
+                                      cog_options(run.info, run.threads, run.resampling))
+    except GdalFailure as exc:
+        failure = exc
+    run.timings["cog"] = time.perf_counter() - t0
+    return failure
 
-        try:
-            with _Config(config):
-                cog_failure: Optional[GdalFailure] = None
-                work = info
-                if method == "parallel" and _compressed(info.path):
-                    # The full resolution, the overview builder and the JPEG each read the input: decode a
-                    # compressed input once into an uncompressed temporary and let all three read that.
-                    t0 = time.perf_counter()
-                    raw = temp_name(output_tif, ".raw.tif", token)
-                    temps.append(raw)
-                    try:
-                        be.create_copy("GTiff", info.path, raw, {"COMPRESS": "NONE", "INTERLEAVE": "PIXEL",
-                                                                 "BIGTIFF": "IF_SAFER"})
-                        work = replace(info, path=raw)
-                        with open(tmp_vrt, "w", encoding="utf-8") as fh:
-                            fh.write(preview_vrt(work, plan))
-                    except GdalFailure as exc:
-                        cog_failure = exc
-                    timings["decompress"] = time.perf_counter() - t0
-                jpeg_thread = threading.Thread(target=make_jpeg, name="generate_cog-jpeg", daemon=True)
-                if not jpeg_after and cog_failure is None:
-                    jpeg_thread.start()
-                t0 = time.perf_counter()
-                try:
-                    if method == "parallel" and cog_failure is None:
-                        try:
-                            parallel_cog(work, tmp_tif, threads, temps, token, timings, beside_jpeg=not jpeg_after)
-                        except ValueError:  # a part GDAL wrote is not what the assembler expects
-                            method = "driver"
-                    if method == "driver":
-                        be.create_copy("COG", info.path, tmp_tif, cog_options(info, threads, resampling))
-                except GdalFailure as exc:
-                    cog_failure = exc
-                timings["cog"] = time.perf_counter() - t0
-                if metadata and cog_failure is None:
-                    _embed(tmp_tif, metadata, temps, token)
-                if jpeg_after and cog_failure is None:
-                    if cache_default:
-                        be.set_cachemax(min(JPEG_CACHEMAX_MB, cachemax_mb) << 20)
-                    _trim_heap()  # hand the COG threads' freed buffers back before libjpeg's buffer
-                    make_jpeg()
-                elif not jpeg_after and jpeg_thread.is_alive():
-                    jpeg_thread.join()
-                if work is not info:
-                    remove_outputs(work.path)
-        finally:
-            be.set_cachemax(saved_cache)  # a library caller keeps its own cache size, whatever happened
-        timings["jpeg"] = jpeg_outcome.get("seconds", 0.0)
 
-        if cog_failure is not None:
-            raise classify_write_failure(cog_failure, info, out_dirs, "COG")
-        if "crash" in jpeg_outcome:
-            raise jpeg_outcome["crash"]
-        if "failure" in jpeg_outcome:
-            raise classify_write_failure(jpeg_outcome["failure"], info, out_dirs, "JPEG")
+def _make_jpeg(run: _Run) -> None:
+    """Write and check the JPEG, recording the outcome instead of raising: it may run in a thread,
+    and the main thread reports its failure only after the COG's."""
+    plan, outcome = run.plan, run.jpeg_outcome
+    t0 = time.perf_counter()
+    try:
+        _write_jpeg(run.tmp_vrt, run.tmp_jpg, run.tmp_strips, plan.band_count, run.jpeg_streamed, outcome)
+        _remove_sidecar(run.tmp_jpg)
+        outcome["errors"] = validate_jpeg(run.tmp_jpg, plan.width, plan.height, plan.band_count)
+    except GdalFailure as exc:
+        outcome["failure"] = exc
+    except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        outcome["crash"] = exc
+    outcome["seconds"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        validator, warns, out_info = _verify_cog(tmp_tif, info, opts.validator, verify_pixels)
-        jpeg_errors = jpeg_outcome.get("errors", ["JPEG was not produced"])
-        if jpeg_errors:
-            raise ConversionError(ExitCode.OUTPUT_INVALID, "; ".join(jpeg_errors))
-        timings["verify"] = time.perf_counter() - t0
 
-        try:
-            os.replace(tmp_tif, output_tif)
-            os.replace(tmp_jpg, output_jpg)
-        except OSError as exc:
-            remove_outputs(output_tif)
-            code = ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
-            raise ConversionError(code, f"cannot move outputs into place: {exc.strerror}") from None
-    except BaseException:
-        remove_outputs(*temps)
-        raise
-    remove_outputs(tmp_vrt)
-    timings["total"] = time.perf_counter() - started
+def _raise_build_failures(run: _Run, out_dirs: List[str]) -> None:
+    """Raise what went wrong writing the outputs, the COG's problem first (it is the product)."""
+    if run.cog_failure is not None:
+        raise classify_write_failure(run.cog_failure, run.info, out_dirs, "COG")
+    if "crash" in run.jpeg_outcome:
+        raise run.jpeg_outcome["crash"]
+    if "failure" in run.jpeg_outcome:
+        raise classify_write_failure(run.jpeg_outcome["failure"], run.info, out_dirs, "JPEG")
+
+
+def _check_jpeg(run: _Run) -> None:
+    """ConversionError(OUTPUT_INVALID) unless the JPEG was produced and passed validation."""
+    jpeg_errors = run.jpeg_outcome.get("errors", ["JPEG was not produced"])
+    if jpeg_errors:
+        raise ConversionError(ExitCode.OUTPUT_INVALID, "; ".join(jpeg_errors))
+
+
+def _move_into_place(run: _Run, output_tif: str, output_jpg: str) -> None:
+    """Rename the verified temporaries onto the outputs; never leave a COG without its JPEG."""
+    try:
+        os.replace(run.tmp_tif, output_tif)
+        os.replace(run.tmp_jpg, output_jpg)
+    except OSError as exc:
+        remove_outputs(output_tif)
+        raise ConversionError(_disk_code(exc), f"cannot move outputs into place: {exc.strerror}") from None
+
+
+def _conversion_result(run: _Run, input: str, output_tif: str, output_jpg: str, bands: Optional[int],
+                       mismatch: str, verified: Tuple[str, List[str], Optional[RasterInfo]]) -> ConversionResult:
+    """The :class:`ConversionResult` of a finished run (``verified`` is :func:`_verify_cog`'s answer)."""
+    be, info, plan = get_backend(), run.info, run.plan
+    validator, warns, out_info = verified
+    strips_problem = run.jpeg_outcome.get("strips_problem")
     return ConversionResult(
         input=input,
         cog=output_tif,
@@ -330,18 +455,17 @@ def convert(
         validator=validator,
         backend=be.name,
         gdal_version=str(be.version),
-        threads=threads,
-        cog_method=method,
-        jpeg_method=jpeg_outcome.get("method", "driver"),
-        timings=timings,
-        warnings=list(warns) + ([f"JPEG strips not joinable ({jpeg_outcome['strips_problem']}): GDAL's JPEG driver used"]
-                                if "strips_problem" in jpeg_outcome else []),
-        memory_budget_mb=budget_mb,
-        cachemax_mb=cachemax_mb,
+        threads=run.threads,
+        cog_method=run.method,
+        jpeg_method=run.jpeg_outcome.get("method", "driver"),
+        timings=run.timings,
+        warnings=list(warns) + ([f"JPEG strips not joinable ({strips_problem}): GDAL's JPEG driver used"]
+                                if "strips_problem" in run.jpeg_outcome else []),
+        memory_budget_mb=run.budget_mb,
+        cachemax_mb=run.cachemax_mb,
         exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK,
         reason=mismatch,
     )
-
 
 
 def _compressed(path: str) -> bool:
@@ -398,8 +522,7 @@ def _embed(cog: str, metadata: Dict[str, str], temps: List[str], token: str) -> 
         embed_metadata(cog, with_md, metadata)
         os.replace(with_md, cog)
     except OSError as exc:
-        code = ExitCode.OUT_OF_DISK if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.INTERNAL
-        raise ConversionError(code, f"cannot write the COG's metadata: {exc.strerror}") from None
+        raise ConversionError(_disk_code(exc), f"cannot write the COG's metadata: {exc.strerror}") from None
     except (ValueError, struct.error) as exc:
         raise ConversionError(ExitCode.INTERNAL, f"cannot embed metadata: {exc}") from None
 
