@@ -125,6 +125,20 @@ def _validate_bucket(bucket: str) -> str:
 # Local folder
 
 
+def _durable_temp(path: Path, data: bytes) -> tuple[str, os.stat_result]:
+    """A fsynced temporary beside `path` holding `data`, and its stat (the same inode a rename keeps)."""
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + "-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+            return tmp, os.fstat(fh.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 class LocalStore:
     """A folder standing in for a bucket: the bucket is ROOT/<bucket>, a key is a path relative to it.
 
@@ -251,13 +265,8 @@ class LocalStore:
     def _write_atomic(self, key: str, path: Path, data: bytes, exclusive: bool) -> ObjectInfo:
         """Write one version and return its info, taken from the temporary file (same inode as the result)."""
         self._prepare_parent(key, path)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + "-", dir=path.parent)
+        tmp, st = _durable_temp(path, data)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-                st = os.fstat(fh.fileno())
             if exclusive:
                 # link() fails when the target exists: an atomic create-if-absent, like If-None-Match.
                 try:
@@ -300,15 +309,10 @@ class LocalStore:
     def replace(self, key: str, data: bytes, if_match: str) -> ObjectInfo:
         path = self._path(key)
         self._prepare_parent(key, path)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + "-", dir=path.parent)
+        # Write the new version beside the target first, then swap it in under the lock only if the
+        # current version is still the one the caller holds.
+        tmp, st = _durable_temp(path, data)
         try:
-            # Write the new version beside the target first, then swap it in under the lock only if the
-            # current version is still the one the caller holds.
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-                st = os.fstat(fh.fileno())
             os.chmod(tmp, 0o644)
             with self._exclusive():
                 current = self.head(key)
