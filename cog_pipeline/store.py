@@ -315,11 +315,7 @@ class LocalStore:
         try:
             os.chmod(tmp, 0o644)
             with self._exclusive():
-                current = self.head(key)
-                if current is None:
-                    raise PreconditionFailed(f"{self.url(key)} is gone")
-                if current.etag != if_match:
-                    raise PreconditionFailed(f"{self.url(key)} changed since it was read")
+                self._current_version(key, if_match)
                 os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -328,7 +324,11 @@ class LocalStore:
 
     def check(self, key: str, if_match: str) -> ObjectInfo:
         with self._exclusive():
-            current = self.head(key)
+            return self._current_version(key, if_match)
+
+    def _current_version(self, key: str, if_match: str) -> ObjectInfo:
+        """The object's info if it is still the version `if_match` names (call under `_exclusive`)."""
+        current = self.head(key)
         if current is None:
             raise PreconditionFailed(f"{self.url(key)} is gone")
         if current.etag != if_match:
