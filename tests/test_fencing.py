@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -86,20 +87,19 @@ def _scan(buckets, script: Path, work: Path, mode: str) -> subprocess.Popen:
     )
 
 
-@pytest.mark.slow
-def test_scan_stalled_past_the_stale_age_never_claims_twice(buckets, tmp_path):
-    """A pauses (SIGSTOP) before its processing file; B takes the stale marker over; A wakes: one claim."""
+def _stall_a_while_b_scans(buckets, tmp_path: Path, a_mode: str, check_b: Callable[[str], None]) -> tuple[int, str, str]:
+    """Scan A pauses at `a_mode` and is SIGSTOPped past the stale age; scan B runs to the end and `check_b`
+    judges its output; then A wakes and finishes. Returns (A's exit code, A's output, B's output)."""
     buckets.put_text("batch_raw.csv", MANIFEST)
     script = tmp_path / "scan.py"
     script.write_text(SCAN)
-    first = _scan(buckets, script, tmp_path / "host-a", "pause")
+    first = _scan(buckets, script, tmp_path / "host-a", a_mode)
     try:
         assert first.stdout.readline().strip() == "paused"
         first.send_signal(signal.SIGSTOP)
         time.sleep(STALE_SECONDS * 2)
-        second = _scan(buckets, script, tmp_path / "host-b", "run")
-        out_b, _ = second.communicate(timeout=60)
-        assert out_b.split() == ["claimed"]
+        out_b, _ = _scan(buckets, script, tmp_path / "host-b", "run").communicate(timeout=60)
+        check_b(out_b)
         first.send_signal(signal.SIGCONT)
         out_a, _ = first.communicate("\n", timeout=60)
     finally:
@@ -107,7 +107,17 @@ def test_scan_stalled_past_the_stale_age_never_claims_twice(buckets, tmp_path):
             first.send_signal(signal.SIGCONT)
             first.kill()
             first.wait()
-    assert first.returncode == 0 and out_a.split() == ["lost"]
+    return first.returncode, out_a, out_b
+
+
+@pytest.mark.slow
+def test_scan_stalled_past_the_stale_age_never_claims_twice(buckets, tmp_path):
+    """A pauses (SIGSTOP) before its processing file; B takes the stale marker over; A wakes: one claim."""
+    def b_took_it_over(out_b: str) -> None:
+        assert out_b.split() == ["claimed"]
+
+    returncode, out_a, _ = _stall_a_while_b_scans(buckets, tmp_path, "pause", b_took_it_over)
+    assert returncode == 0 and out_a.split() == ["lost"]
     keys = buckets.input_keys()
     assert [k for k in keys if "processing-" in k] != [] and len([k for k in keys if "processing-" in k]) == 1
     assert "batch_raw.csv" not in keys and not any(k.endswith(".claim") for k in keys)
@@ -128,23 +138,10 @@ def test_scan_stalled_after_its_processing_file_keeps_the_claim_another_scan_com
     """A pauses right after creating its processing file; B finds the stale marker *with* that file and
     completes A's claim (deletes the raw manifest and the marker); A wakes, fails to renew, and must
     recognise that its claim stands rather than delete its processing file (which would lose the manifest)."""
-    buckets.put_text("batch_raw.csv", MANIFEST)
-    script = tmp_path / "scan.py"
-    script.write_text(SCAN)
-    first = _scan(buckets, script, tmp_path / "host-a", "pause-after")
-    try:
-        assert first.stdout.readline().strip() == "paused"
-        first.send_signal(signal.SIGSTOP)
-        time.sleep(STALE_SECONDS * 2)
-        out_b, _ = _scan(buckets, script, tmp_path / "host-b", "run").communicate(timeout=60)
-        assert "batch_raw.csv" not in buckets.input_keys()  # B completed A's claim
-        first.send_signal(signal.SIGCONT)
-        out_a, _ = first.communicate("\n", timeout=60)
-    finally:
-        if first.poll() is None:
-            first.send_signal(signal.SIGCONT)
-            first.kill()
-            first.wait()
+    def b_completed_a_claim(_out_b: str) -> None:
+        assert "batch_raw.csv" not in buckets.input_keys()
+
+    _, out_a, out_b = _stall_a_while_b_scans(buckets, tmp_path, "pause-after", b_completed_a_claim)
     keys = buckets.input_keys()
     (run,) = list_run_dirs(tmp_path / "host-a")
     assert (out_b.split(), out_a.split(), [k for k in keys if "processing-" in k], run.load().state) == (
