@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,17 @@ def shared_testdata() -> Path:
         pytest.skip("../shared/testdata is not present beside this checkout")
     return SHARED_TESTDATA
 
+
+
+@pytest.fixture()
+def samples(shared_testdata: Path, tmp_path: Path) -> Path:
+    """A private copy of the real Pegasus submit directories: nothing may write into the shared samples."""
+    source = shared_testdata / "pegasus-submit-samples"
+    if not source.is_dir():
+        pytest.skip("../shared/testdata/pegasus-submit-samples is not present")
+    target = tmp_path / "samples"
+    shutil.copytree(source, target)
+    return target
 
 @pytest.fixture(scope="session")
 def pegasus_schema_dir() -> Path:

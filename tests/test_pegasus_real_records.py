@@ -8,7 +8,6 @@ sample's node ``ls_ID0000001`` is that job (conversion nodes are ``<transformati
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,6 @@ from cog_pipeline.status import status_row
 from .test_pegasus_wiring import folder_run
 
 
-@pytest.fixture()
-def samples(shared_testdata, tmp_path) -> Path:
-    source = shared_testdata / "pegasus-submit-samples"
-    if not source.is_dir():
-        pytest.skip("../shared/testdata/pegasus-submit-samples is not present")
-    target = tmp_path / "samples"
-    shutil.copytree(source, target)
-    return target
 
 
 def hand_planned_run(tmp_path: Path) -> RunDir:

@@ -18,15 +18,6 @@ from cog_pipeline.engines.pegasus.submit_dir import (
 )
 
 
-@pytest.fixture()
-def samples(shared_testdata, tmp_path) -> Path:
-    """A private copy: nothing here may write into the shared samples."""
-    source = shared_testdata / "pegasus-submit-samples"
-    if not source.is_dir():
-        pytest.skip("../shared/testdata/pegasus-submit-samples is not present")
-    target = tmp_path / "samples"
-    shutil.copytree(source, target)
-    return target
 
 
 def test_successful_run_every_job_succeeded_and_the_dag_ended_0(samples):
