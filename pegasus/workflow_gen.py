@@ -649,7 +649,10 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
         refuse=pegasus_key_problem if info.engine == "pegasus" else None,
         listed=listed,
     )
-    run_dir.write_json(RunDir.PREFLIGHT, {"failed": failed, "duplicates": duplicates, "jobs": len(rows)})
+    # The inputs' sizes, from the listing preflight made anyway: the local engine starts big images first
+    # without listing the bucket a second time.
+    sizes = {row.key: listed[row.key].size for row in rows if row.key in listed}
+    run_dir.write_json(RunDir.PREFLIGHT, {"failed": failed, "duplicates": duplicates, "jobs": len(rows), "sizes": sizes})
 
     files = {name: run_dir.file(name) for name in (RunDir.WORKFLOW, RunDir.REPLICAS, RunDir.TRANSFORMATIONS, RunDir.SITES, RunDir.PROPERTIES, RunDir.PREFLIGHT)}
     entries: list[ReplicaEntry] = replica_entries(

@@ -139,7 +139,7 @@ def test_preflight_json_lists_bad_missing_and_duplicate_rows(local_run):
     run, store, root = local_run
     result = generate(run, store, WorkflowSettings())
     pre = json.loads(run.file(RunDir.PREFLIGHT).read_text())
-    assert set(pre) == {"failed", "duplicates", "jobs"}
+    assert set(pre) == {"failed", "duplicates", "jobs", "sizes"}
     assert pre["jobs"] == 3
     assert [f["line"] for f in pre["failed"]] == [3, 4]
     assert pre["failed"][0]["text"] == "Counties/WI/notatif.png,3"
@@ -153,6 +153,20 @@ def test_preflight_json_lists_bad_missing_and_duplicate_rows(local_run):
     assert result.failed == pre["failed"] and result.duplicates == pre["duplicates"]
     # Missing rows get no job and no replica.
     assert all("gone" not in r["lfn"] for r in load(run.file(RunDir.REPLICAS))["replicas"])
+
+
+def test_preflight_records_each_job_inputs_size_from_its_listing(local_run):
+    """The local engine orders jobs by these sizes; recorded here, it never lists the input bucket again."""
+    from cog_pipeline.engines.local import input_sizes, load_jobs
+
+    run, store, root = local_run
+    generate(run, store, WorkflowSettings())
+    sizes = json.loads(run.file(RunDir.PREFLIGHT).read_text())["sizes"]
+    jobs, _ = load_jobs(run)
+    assert sizes == {key: (root / "in" / key).stat().st_size for key in {next(iter(j.inputs.values())) for j in jobs}}
+    for key in sizes:  # gone from the bucket: the recorded sizes are what the engine uses
+        (root / "in" / key).unlink()
+    assert input_sizes(run, jobs) == {j.job_id: sizes[next(iter(j.inputs.values()))] for j in jobs}
 
 
 def test_replicas_and_output_site_resolve_to_buckets_local(local_run):

@@ -36,6 +36,7 @@ class _Run:
     hooks: list[str]
     taken: bool
     left: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)  # job id -> input bytes (the order's weights)
     hook_thread: threading.Thread | None = None
     hook_codes: list[tuple[str, int]] = field(default_factory=list)
 
@@ -59,7 +60,8 @@ def _start(run_dir: RunDir) -> _Run | None:
     todo = [job for job in jobs if job.job_id not in done]
     run_dir.jobs_dir.mkdir(parents=True, exist_ok=True)
     run_dir.set_state(RUNNING, engine="local")
-    return _Run(run_dir, plan_order(todo, input_sizes(run_dir, todo)), hooks, taken, left=len(todo))
+    sizes = input_sizes(run_dir, todo)
+    return _Run(run_dir, plan_order(todo, sizes), hooks, taken, left=len(todo), sizes=sizes)
 
 
 def run_workflows(run_dirs: list[RunDir], *, workers: int | None = None, limits: LocalLimits | None = None) -> list[str]:
@@ -79,7 +81,7 @@ def run_workflows(run_dirs: list[RunDir], *, workers: int | None = None, limits:
     todo = [spec for run in runs for spec in run.todo]
     sizes: dict[tuple[str, str], int] = {}
     for run in runs:
-        sizes.update({(run_of(s), s.job_id): n for s, n in zip(run.todo, input_sizes(run.run_dir, run.todo).values())})
+        sizes.update({(run_of(s), s.job_id): run.sizes.get(s.job_id, 0) for s in run.todo})
 
     def on_final(spec: JobSpec, outcome: AttemptOutcome, attempts: int, seconds: float) -> None:
         run = by_key[run_of(spec)]
