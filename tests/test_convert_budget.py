@@ -72,10 +72,12 @@ def test_executable_stays_under_a_small_budget(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("count,height,width", [(3, 300, 410), (1, 700, 910), (4, 257, 1030)])
 def test_preview_over_the_budget_is_written_in_strips_with_the_drivers_pixels(
-        tmp_path: Path, count: int, height: int, width: int) -> None:
+        tmp_path: Path, count: int, height: int, width: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """A preview whose coefficient buffer exceeds a third of the budget is joined from baseline strips:
     a valid JPEG (restart markers between strips, odd sizes with a partial last strip and MCU
-    padding) that decodes to exactly the pixels GDAL's JPEG driver writes."""
+    padding) that decodes to exactly the pixels GDAL's JPEG driver writes (with the same libjpeg:
+    the strips are GDAL's, so the reference is GDAL's driver, not Pillow)."""
+    monkeypatch.setenv("COG_PIPELINE_JPEG_ENCODER", "gdal")
     src = rasters.write(tmp_path / "in.tif", rasters.textured(count, height, width),
                         **({"photometric": "RGB"} if count >= 3 else {}))
     driver = convert(src, tmp_path / "d.tif", tmp_path / "d.jpg", count)

@@ -21,6 +21,7 @@ from .rasterinfo import RasterInfo
 from .failures import classify_write_failure, remove_outputs, temp_name
 from .inputs import inspect_input
 from .tiff import TiffTag, read_tiff_ifds
+from .jpeg_pillow import stored_pixels, use_pillow, write_jpeg_pillow
 from .jpeg_strips import coefficient_buffer_bytes, write_streamed_jpeg
 from .provenance import embed_metadata
 from .preview import PreviewPlan, plan_preview, preview_vrt
@@ -51,7 +52,8 @@ class ConversionResult:
     timings: Dict[str, float] = field(default_factory=dict)
     #: how the COG was built: "parallel" (overviews || full resolution, then assembled) or "driver"
     cog_method: str = "driver"
-    #: how the JPEG was written: "driver" (GDAL's JPEG driver) or "strips" (bounded memory, jpeg_strips.py)
+    #: how the JPEG was written: "driver" (GDAL's JPEG driver), "pillow" (libjpeg-turbo, jpeg_pillow.py)
+    #: or "strips" (bounded memory, jpeg_strips.py)
     jpeg_method: str = "driver"
     warnings: List[str] = field(default_factory=list)
     #: the memory budget the conversion ran under and the GDAL block cache it chose (MB)
@@ -156,6 +158,8 @@ class _Run:
     method: str = "driver"
     jpeg_after: bool = False
     jpeg_streamed: bool = False
+    #: the raster the COG and JPEG read (the input, or its decoded temporary); None until decided
+    pixels: Optional[RasterInfo] = None
     #: GDAL's complaint when decompressing the input or writing the COG failed
     cog_failure: Optional[GdalFailure] = None
     #: the JPEG step's report: "method", "errors", "failure", "crash", "strips_problem", "seconds"
@@ -321,6 +325,7 @@ def _build_outputs(run: _Run, metadata: Dict[str, str]) -> None:
     try:
         with _Config(config):
             work, run.cog_failure = _decompressed_input(run)
+            run.pixels = work
             jpeg_thread = threading.Thread(target=_make_jpeg, args=(run,), name="generate_cog-jpeg", daemon=True)
             if not run.jpeg_after and run.cog_failure is None:
                 jpeg_thread.start()
@@ -395,7 +400,10 @@ def _make_jpeg(run: _Run) -> None:
     plan, outcome = run.plan, run.jpeg_outcome
     t0 = time.perf_counter()
     try:
-        _write_jpeg(run.tmp_vrt, run.tmp_jpg, run.tmp_strips, plan.band_count, run.jpeg_streamed, outcome)
+        if use_pillow(plan.width, plan.height, plan.band_count, run.budget_mb) and not run.jpeg_streamed:
+            _write_pillow_jpeg(run, outcome)
+        else:
+            _write_jpeg(run.tmp_vrt, run.tmp_jpg, run.tmp_strips, plan.band_count, run.jpeg_streamed, outcome)
         _remove_sidecar(run.tmp_jpg)
         outcome["errors"] = validate_jpeg(run.tmp_jpg, plan.width, plan.height, plan.band_count)
     except GdalFailure as exc:
@@ -488,6 +496,16 @@ def _trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def _write_pillow_jpeg(run: _Run, outcome: Dict[str, Any]) -> None:
+    """The preview through Pillow (jpeg_pillow.py), from the stored pixels of the file the COG reads
+    when they are exactly the preview's, else from the VRT."""
+    work = run.pixels or run.info
+    stored = stored_pixels(work, run.plan)
+    write_jpeg_pillow(run.tmp_vrt, run.tmp_jpg, run.plan.band_count, JPEG_QUALITY, stored,
+                      (work.width, work.height), work.count)
+    outcome["method"] = "pillow-stored" if stored is not None else "pillow"
 
 
 def _write_jpeg(vrt: str, jpg: str, strips: str, bands: int, streamed: bool, outcome: Dict[str, Any]) -> None:

@@ -9,6 +9,8 @@ THREADS_ENV = "COG_PIPELINE_THREADS"
 RESAMPLING_ENV = "COG_PIPELINE_RESAMPLING"
 CACHEMAX_ENV = "COG_PIPELINE_CACHEMAX"
 OVERVIEW_THREADS_ENV = "COG_PIPELINE_OVERVIEW_THREADS"
+#: "gdal" (GDAL's JPEG driver), "pillow" or "auto" (Pillow with libjpeg-turbo when the preview fits; jpeg_pillow.py)
+JPEG_ENCODER_ENV = "COG_PIPELINE_JPEG_ENCODER"
 
 #: JPEG stores width and height in 16 bits.
 JPEG_MAX_DIMENSION = 65535

@@ -1,0 +1,130 @@
+"""The preview through Pillow's libjpeg-turbo (transformations/jpeg_pillow.py): the original tool's bytes, faster.
+
+The reference is the original tool's own JPEG step, Debian's ``gdal_translate -of JPEG -co QUALITY=80``
+(GDAL 3.6 on libjpeg-turbo, as in the GDAL container), run on the same pixels."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cog_pipeline.transformations import jpeg_pillow
+from cog_pipeline.transformations.convert import convert
+from cog_pipeline.transformations.inputs import inspect_input
+from cog_pipeline.transformations.preview import plan_preview
+
+from . import rasters
+
+needs_gdal_translate = pytest.mark.skipif(shutil.which("gdal_translate") is None,
+                                          reason="Debian's gdal_translate (gdal-bin) is the reference encoder")
+needs_turbo = pytest.mark.skipif(not jpeg_pillow.pillow_turbo_available(),
+                                 reason="Pillow with libjpeg-turbo is not installed")
+
+REAL_RGB = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "rasterio" / "RGB.byte.tif"
+
+
+def _original_jpeg(src: Path, out: Path, bands: int) -> bytes:
+    """The original tool's JPEG step on ``src`` (bands 1-3 of a 4-band image)."""
+    picks = [a for b in range(1, 4) for a in ("-b", str(b))] if bands == 4 else []
+    subprocess.run(["gdal_translate", "-q", str(src), str(out), "-of", "JPEG", "-co", "QUALITY=80", *picks],
+                   check=True, capture_output=True)
+    return out.read_bytes()
+
+
+def _real_content(count: int, height: int, width: int) -> np.ndarray:
+    """Pixels of the real Landsat scene when the test data is there (else the textured fixture)."""
+    if not REAL_RGB.exists():
+        return rasters.textured(count, height, width)
+    scene = rasters.read(REAL_RGB)[:, 200:200 + height, 200:200 + width]
+    bands = [scene[k % 3] for k in range(count)]
+    return np.stack(bands).astype("uint8")
+
+
+@needs_turbo
+@needs_gdal_translate
+@pytest.mark.parametrize("count", [1, 3, 4])
+def test_pillow_preview_is_byte_identical_to_the_original_tools_jpeg(tmp_path: Path, count: int) -> None:
+    data = _real_content(count, 301, 415)  # odd sizes: partial MCUs on both edges
+    src = rasters.write(tmp_path / "in.tif", data, **({"photometric": "RGB"} if count >= 3 else {}))
+    result = convert(src, tmp_path / "o.tif", tmp_path / "o.jpg", count)
+    assert result.jpeg_method.startswith("pillow")
+    assert (tmp_path / "o.jpg").read_bytes() == _original_jpeg(src, tmp_path / "ref.jpg", count)
+
+
+@needs_turbo
+@needs_gdal_translate
+def test_pillow_reads_scaled_previews_through_the_vrt(tmp_path: Path) -> None:
+    """A uint16 image is scaled by the VRT; Pillow encodes what the VRT yields, as GDAL's driver would."""
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(1, 200, 260, dtype="uint16"))
+    result = convert(src, tmp_path / "o.tif", tmp_path / "o.jpg", 1)
+    assert result.jpeg_method == "pillow"  # not stored: the file's bytes are not the preview's
+    vrts = [p for p in tmp_path.iterdir() if p.suffix == ".vrt"]
+    assert vrts == []  # the VRT is a temporary
+    info = inspect_input(str(src))
+    plan = plan_preview(info)
+    from cog_pipeline.transformations.preview import preview_vrt
+
+    vrt = tmp_path / "p.vrt"
+    vrt.write_text(preview_vrt(info, plan))
+    assert (tmp_path / "o.jpg").read_bytes() == _original_jpeg(vrt, tmp_path / "ref.jpg", 1)
+
+
+def test_gdal_encoder_can_be_forced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COG_PIPELINE_JPEG_ENCODER", "gdal")
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 64, 80), photometric="RGB")
+    assert convert(src, tmp_path / "o.tif", tmp_path / "o.jpg", 3).jpeg_method == "driver"
+
+
+@needs_turbo
+def test_preview_too_large_for_the_budget_keeps_gdals_encoder(tmp_path: Path) -> None:
+    """Pillow holds about 10 bytes per RGB pixel; past a quarter of the budget GDAL's driver writes it."""
+    assert jpeg_pillow.use_pillow(2500, 2500, 3, 1024)
+    assert not jpeg_pillow.use_pillow(10000, 10000, 3, 1024)
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 1400, 1400), photometric="RGB")
+    # 1400² x 10 bytes = 18.7 MiB > 64 MiB / 4: the driver (its coefficient buffer still fits a third)
+    result = convert(src, tmp_path / "o.tif", tmp_path / "o.jpg", 3, memory_budget_mb=64)
+    assert result.jpeg_method == "driver"
+
+
+@pytest.mark.parametrize("layout,expected", [
+    ({}, True),                                   # uncompressed, striped, pixel-interleaved
+    ({"compress": "lzw"}, False),                 # compressed: GDAL decodes it
+    ({"tiled": True, "blockxsize": 64, "blockysize": 64}, False),
+    ({"interleave": "band"}, False),              # planar: bands are apart in the file
+])
+def test_stored_pixels_only_when_the_file_holds_the_preview_bytes(tmp_path: Path, layout: dict, expected: bool) -> None:
+    data = rasters.textured(4, 90, 70)
+    src = rasters.write(tmp_path / "in.tif", data, photometric="RGB", **layout)
+    info = inspect_input(str(src))
+    stored = jpeg_pillow.stored_pixels(info, plan_preview(info))
+    assert (stored is not None) is expected
+    if stored is not None:
+        pixels = np.frombuffer(stored, dtype="uint8").reshape(90, 70, 4)
+        np.testing.assert_array_equal(np.moveaxis(pixels, -1, 0), data)
+
+
+def test_stored_pixels_refused_when_the_preview_is_not_the_bytes(tmp_path: Path) -> None:
+    """Nodata, uint16 and alpha all change the preview's pixels: those read through the VRT."""
+    cases = {
+        "nodata": rasters.write(tmp_path / "nd.tif", rasters.textured(3, 40, 50), photometric="RGB", nodata=0),
+        "uint16": rasters.write(tmp_path / "u16.tif", rasters.textured(1, 40, 50, dtype="uint16")),
+        "alpha": rasters.write(tmp_path / "a.tif", rasters.textured(4, 40, 50), photometric="RGB", alpha="YES"),
+    }
+    for name, src in cases.items():
+        info = inspect_input(str(src))
+        assert jpeg_pillow.stored_pixels(info, plan_preview(info)) is None, name
+
+
+@needs_turbo
+def test_stored_and_vrt_reads_encode_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = rasters.textured(4, 130, 150)
+    plain = rasters.write(tmp_path / "plain.tif", data, photometric="RGB")
+    tiled = rasters.write(tmp_path / "tiled.tif", data, photometric="RGB", tiled=True, blockxsize=64, blockysize=64)
+    a = convert(plain, tmp_path / "a.tif", tmp_path / "a.jpg", 4)
+    b = convert(tiled, tmp_path / "b.tif", tmp_path / "b.jpg", 4)
+    assert (a.jpeg_method, b.jpeg_method) == ("pillow-stored", "pillow")
+    assert (tmp_path / "a.jpg").read_bytes() == (tmp_path / "b.jpg").read_bytes()

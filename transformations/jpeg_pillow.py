@@ -1,0 +1,119 @@
+"""The JPEG preview through Pillow's libjpeg-turbo, where Pillow is importable and the preview fits the budget.
+
+Why: rasterio's wheels bundle IJG libjpeg 9, whose encoder is about 2.5x slower than libjpeg-turbo (its
+16x16 scaled DCT for subsampled chroma) and whose pixels differ from those of the GDAL the original tool
+runs (Debian's and the GDAL container's, both built on libjpeg-turbo). Pillow's wheels bundle libjpeg-turbo;
+at the same quality with optimised Huffman tables (what GDAL's JPEG driver asks libjpeg for) it writes
+the same bytes as GDAL's JPEG driver on libjpeg-turbo, so the venv now writes the original tool's JPEG
+(tested against ``gdal_translate``). The stock GDAL container has no Pillow: there GDAL's driver writes it.
+
+The pixels come from the same VRT the driver would read, so band choice, scaling, masking and
+downsampling (preview.py) are unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Optional
+
+from .backend import get_backend
+from .settings import JPEG_ENCODER_ENV
+from .tiff import TiffTag, read_tiff_ifds
+
+if TYPE_CHECKING:
+    from .preview import PreviewPlan
+    from .rasterinfo import RasterInfo
+
+#: Bytes per preview pixel the Pillow path holds at its peak, per preview band count: the bands as read
+#: (1 per band), Pillow's image (1 for gray, 4 for RGB: Pillow keeps RGB in 32 bits) and libjpeg's
+#: whole-image coefficient buffer for optimised Huffman tables (2 bytes per coefficient; 4:2:0 chroma).
+PEAK_BYTES_PER_PIXEL = {1: 1 + 1 + 2, 3: 3 + 4 + 3}
+#: The Pillow path may use at most this share of the memory budget (the rest: interpreter, GDAL).
+BUDGET_SHARE = 4
+
+_turbo: Optional[bool] = None
+
+
+def pillow_turbo_available() -> bool:
+    """True when Pillow imports and its JPEG codec is libjpeg-turbo (whose output matches GDAL's on turbo)."""
+    global _turbo
+    if _turbo is None:
+        try:
+            from PIL import features  # noqa: PLC0415 - only where a preview is written
+
+            _turbo = bool(features.check_feature("libjpeg_turbo"))
+        except Exception:  # noqa: BLE001 - no Pillow, or a build without JPEG: GDAL's driver writes it
+            _turbo = False
+    return _turbo
+
+
+def use_pillow(width: int, height: int, bands: int, budget_mb: int) -> bool:
+    """Whether this preview is written by Pillow: env ``COG_PIPELINE_JPEG_ENCODER`` ("gdal" forces GDAL's
+    driver, "pillow" asks for Pillow whatever the size), else Pillow when it has libjpeg-turbo and the
+    preview's peak buffers fit a quarter of the budget (larger previews keep GDAL's driver or the strips)."""
+    wanted = os.environ.get(JPEG_ENCODER_ENV, "").strip().lower() or "auto"
+    if wanted == "gdal" or bands not in PEAK_BYTES_PER_PIXEL or not pillow_turbo_available():
+        return False
+    if wanted == "pillow":
+        return True
+    return width * height * PEAK_BYTES_PER_PIXEL[bands] <= (budget_mb << 20) // BUDGET_SHARE
+
+
+def stored_pixels(info: "RasterInfo", plan: "PreviewPlan") -> Optional[memoryview]:
+    """The preview's pixels straight from the file, when the file stores exactly them; else None.
+
+    Why: GDAL de-interleaves a pixel-interleaved input into per-band blocks and back (0.13 CPU-s for a
+    2500² 4-band image, as long as the JPEG encode itself). An uncompressed, contiguous, 8-bit TIFF
+    whose preview is its first 1 or 3 bands as they are (no scaling, mask, nodata, palette or
+    downsampling: see preview.py) holds the preview's pixels as one block of bytes. That is every input
+    of the parallel path once a compressed one has been decoded into its uncompressed temporary."""
+    wanted = list(range(1, plan.band_count + 1))
+    if (plan.bands != wanted or plan.scale is not None or plan.masked or plan.nodata_to_black
+            or plan.palette_expanded or plan.downsample != 1 or info.count not in (1, 3, 4)
+            or any(dt != "uint8" for dt in info.dtypes) or (plan.width, plan.height) != (info.width, info.height)):
+        return None
+    try:
+        ifds, size = read_tiff_ifds(info.path, max_ifds=1)
+    except (OSError, ValueError):
+        return None
+    tags = ifds[0].tags if ifds else {}
+    offsets, counts = tags.get(TiffTag.STRIP_OFFSETS, []), tags.get(TiffTag.STRIP_BYTE_COUNTS, [])
+    plain = (tags.get(TiffTag.COMPRESSION, [1]) == [1] and not ifds[0].tiled
+             and tags.get(TiffTag.PLANAR_CONFIG, [1]) == [1] and tags.get(TiffTag.FILL_ORDER, [1]) == [1]
+             and set(tags.get(TiffTag.BITS_PER_SAMPLE, [0])) == {8} and tags.get(TiffTag.SAMPLE_FORMAT, [1])[0] == 1
+             and tags.get(TiffTag.SAMPLES_PER_PIXEL, [1]) == [info.count]
+             and tags.get(TiffTag.PHOTOMETRIC, [0])[0] in (0, 1, 2)  # gray or RGB, never YCbCr/CMYK/palette
+             and (ifds[0].width, ifds[0].height) == (info.width, info.height))
+    nbytes = info.width * info.height * info.count
+    if not plain or not offsets or len(offsets) != len(counts) or sum(counts) != nbytes:
+        return None
+    if any(offsets[k] + counts[k] != offsets[k + 1] for k in range(len(offsets) - 1)) or offsets[0] + nbytes > size:
+        return None
+    import mmap  # noqa: PLC0415
+
+    with open(info.path, "rb") as fh:
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    return memoryview(mapped)[offsets[0]:offsets[0] + nbytes]
+
+
+def write_jpeg_pillow(vrt: str, jpg: str, bands: int, quality: int, stored: Optional[memoryview] = None,
+                      size: Optional[tuple] = None, samples: int = 0) -> None:
+    """Encode the preview's 8-bit bands as a baseline JPEG, libjpeg defaults plus optimised Huffman
+    tables, as GDAL's JPEG driver does. ``stored`` (from :func:`stored_pixels`, ``samples`` per pixel,
+    ``size`` (width, height)) replaces the read of the VRT. Read failures raise ``GdalFailure``."""
+    from PIL import Image  # noqa: PLC0415
+
+    if stored is not None and size is not None:
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[samples]
+        image = Image.frombuffer(mode, size, stored, "raw", mode, 0, 1)
+        if samples == 4:
+            image = image.convert("RGB")  # bands 1-3; the fourth is not alpha here (plan.masked is False)
+        image.save(jpg, format="JPEG", quality=quality, optimize=True)
+        return
+    pixels = get_backend().read(vrt, list(range(1, bands + 1)))
+    height, width = pixels.shape[1], pixels.shape[2]
+    planes = [Image.frombuffer("L", (width, height), pixels[k].tobytes() if not pixels[k].flags.c_contiguous
+                               else pixels[k], "raw", "L", 0, 1) for k in range(bands)]
+    image = planes[0] if bands == 1 else Image.merge("RGB", planes)
+    del planes, pixels
+    image.save(jpg, format="JPEG", quality=quality, optimize=True)
