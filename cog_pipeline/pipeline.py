@@ -99,6 +99,20 @@ def _stderr(message: str) -> None:
 
 def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
     """One tick: claim and adopt under the scan lock, then carry every run this tick holds as far as it goes."""
+    if options.engine != "local" or options.dry_run:
+        return _scan(options, echo)
+    from .engines.local import default_workers
+    from .engines.local_pool import prestart, release_prestarted
+
+    # The local pool's workers start now: their imports overlap the listing, the claims and the workflows.
+    prestart(min(default_workers(), options.workers or default_workers()))
+    try:
+        return _scan(options, echo)
+    finally:
+        release_prestarted()
+
+
+def _scan(options: ScanOptions, echo: Echo) -> ScanReport:
     report = ScanReport()
     input_store = open_store(options.input_bucket, options.store)
     # Claiming work that could never be delivered would only leave manifests processing: check the output

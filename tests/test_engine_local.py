@@ -267,3 +267,78 @@ def test_a_worker_is_replaced_after_its_share_of_jobs(tmp_path, monkeypatch):
     logs = [p.read_text() for p in (tmp_path / "work").glob("workflow-run-*/jobs/*.log")]
     pids = {log.split("worker pid ")[1].split(",")[0] for log in logs}
     assert len(pids) == 2
+
+
+def test_the_scan_prestarts_its_workers_and_the_jobs_run_on_them(tmp_path, monkeypatch):
+    """The pool's workers start before the claim (their imports overlap it) and are the ones that convert."""
+    import cog_pipeline.engines.local_pool as pool
+
+    started: list[int] = []
+    real_prestart = pool.prestart
+
+    def spy(count: int) -> None:
+        real_prestart(count)
+        started.extend(w.proc.pid for w in pool._prestarted)
+
+    monkeypatch.setattr(pool, "prestart", spy)
+    root = _buckets(tmp_path)
+    write_raster(root / "in" / "a.tif", 1, size=16)
+    (root / "in" / "m_raw.csv").write_text("a.tif,1\n")
+    scan(_options(root, tmp_path, workers=1), echo=lambda line: None)
+    assert _results(root, "processed") == ["a.tif,1"]
+    log = next((tmp_path / "work").glob("workflow-run-*/jobs/*.log")).read_text()
+    assert started and f"worker pid {started[0]}," in log
+    assert pool._prestarted == []  # released: nothing left running after the scan
+    assert not any(os.path.exists(f"/proc/{pid}") and "cog-worker" in _comm(pid) for pid in started)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_prestarted_workers_are_released_when_nothing_is_claimed(tmp_path):
+    import cog_pipeline.engines.local_pool as pool
+
+    root = _buckets(tmp_path)
+    report = scan(_options(root, tmp_path, workers=1), echo=lambda line: None)
+    assert report.claimed == [] and pool._prestarted == []
+
+
+def test_the_engines_own_end_hook_runs_in_this_process(tmp_path, monkeypatch):
+    """`cog-pipeline finish RUN_DIR` is called, not spawned: a second interpreter would cost ~0.5 s a scan.
+    With COG_PIPELINE_LOCAL_INPROCESS=0 it is a /bin/sh command again, as DAGMan runs it."""
+    import subprocess
+
+    import cog_pipeline.engines.base as base
+
+    spawned: list[list[str]] = []
+    real_run = subprocess.run
+
+    def record(cmd, *a, **kw):
+        spawned.append(list(cmd))
+        return real_run(cmd, *a, **kw)
+
+    monkeypatch.setattr(subprocess, "run", record)
+    for mode in ("1", "0"):
+        monkeypatch.setenv("COG_PIPELINE_LOCAL_INPROCESS", mode)
+        sub = tmp_path / mode
+        root = _buckets(sub)
+        write_raster(root / "in" / "a.tif", 1, size=16)
+        (root / "in" / "m_raw.csv").write_text("a.tif,1\n")
+        spawned.clear()
+        scan(_options(root, sub, workers=1), echo=lambda line: None)
+        assert _results(root, "processed") == ["a.tif,1"]
+        (run,) = list_run_dirs(sub / "work")
+        hook = base.end_hook_command(run.path)
+        assert (["/bin/sh", "-c", hook] in spawned) is (mode == "0")
+
+
+def test_a_foreign_end_hook_still_runs_in_a_shell(tmp_path):
+    from cog_pipeline.engines.base import run_end_hook
+
+    marker = tmp_path / "ran"
+    assert run_end_hook(f"touch '{marker}'; exit 3", tmp_path) == 3
+    assert marker.exists()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from ..replicas.catalog import key_of_input_lfn
 from ..rundir import RUNNING, RunDir, RunState
 from ..state import FINAL
 from ..store import LocalStore, StoreError, open_store
-from .base import ExitCode, JobRecord, RunFinished, WorkflowError, write_record
+from .base import ExitCode, JobRecord, RunFinished, WorkflowError, run_end_hook, write_record
 from .local_pool import PoolSettings, cores_available, execute, job_timeout_setting, plan_order, plan_workers
 from .local_workflow import read_document
 from .local_worker import AttemptOutcome, max_pixels_setting, run_attempt
@@ -266,8 +265,7 @@ def run_workflow(
         hook_results: list[tuple[str, int]] = []
         if run_hooks:
             for cmd in hooks:
-                proc = subprocess.run(["/bin/sh", "-c", cmd], check=False)
-                hook_results.append((cmd, proc.returncode))
+                hook_results.append((cmd, run_end_hook(cmd, run_dir.path)))
     finally:
         if taken:
             run_dir.release_lease()

@@ -13,7 +13,6 @@ smaller manifest first.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from ..rundir import RUNNING, LeaseHeld, RunDir, RunState
 from ..state import FINAL
 from ..store import StoreError
-from .base import WorkflowError, write_record
+from .base import WorkflowError, run_end_hook, write_record
 from .local import JobSpec, LocalLimits, default_workers, input_sizes, load_jobs, make_record
 from .local_pool import PoolSettings, execute, job_timeout_setting, plan_order, plan_workers, run_of
 from .local_worker import AttemptOutcome, max_pixels_setting
@@ -43,7 +42,7 @@ class _Run:
     def start_hooks(self) -> None:
         def run() -> None:
             for cmd in self.hooks:
-                self.hook_codes.append((cmd, subprocess.run(["/bin/sh", "-c", cmd], check=False).returncode))
+                self.hook_codes.append((cmd, run_end_hook(cmd, self.run_dir.path)))
 
         self.hook_thread = threading.Thread(target=run, name=f"end-hook {self.run_dir.path.name}")
         self.hook_thread.start()

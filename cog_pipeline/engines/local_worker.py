@@ -92,10 +92,22 @@ def die_with_parent(parent_pid: int, interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
+#: Thread pools numpy's BLAS would otherwise start, one per core, in every worker: their threads spin after
+#: each call (measured 1 % of a batch's CPU) and the pool already runs one worker per core.
+_BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # not OMP_NUM_THREADS: it sizes GDAL threads
+
+
+def single_threaded_numerics() -> None:
+    """Give numpy's BLAS one thread, unless the user chose otherwise; must run before numpy is imported."""
+    for name in _BLAS_THREAD_VARS:
+        os.environ.setdefault(name, "1")
+
+
 def worker_main(conn: Any, parent_pid: int) -> None:
     """A pool worker's life: import the converter once, then run one attempt per message until told to stop."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    single_threaded_numerics()
     try:
         from ..transformations import cli  # noqa: F401 - pays the imports once per worker
         from ..transformations.backend import get_backend
