@@ -101,3 +101,19 @@ def test_api_bad_metadata_key_is_usage_and_writes_nothing(tmp_path: Path) -> Non
         convert(src, tmp_path / "out" / "o.tif", tmp_path / "out" / "o.jpg", metadata={"A KEY": "x"})
     assert info.value.code == ExitCode.USAGE
     assert not (tmp_path / "out").exists()
+
+
+def test_the_rasterio_backend_loads_without_importing_boto3() -> None:
+    """Pool workers convert local files only: boto3 (~19 MiB, ~0.3 CPU-s) is left to the stores that need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from cog_pipeline.transformations.backend_rasterio import RasterioBackend\n"
+            "RasterioBackend()\n"
+            "assert 'rasterio' in sys.modules and 'boto3' not in sys.modules, sorted(sys.modules)\n"
+            "import boto3, rasterio.session\n"
+            "print('ok', boto3.__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ok", "boto3"]
