@@ -102,20 +102,30 @@ def run_end_hook(cmd: str, run_dir: Path) -> int:
     COG_PIPELINE_LOCAL_INPROCESS=0, runs in ``/bin/sh`` as DAGMan would run it."""
     import os
     import subprocess
+    import sys
 
     if cmd == end_hook_command(run_dir) and os.environ.get("COG_PIPELINE_LOCAL_INPROCESS", "1").strip() != "0":
         return _finish_in_process(Path(run_dir))
-    return subprocess.run(["/bin/sh", "-c", cmd], check=False).returncode
+    try:
+        to_stderr: int | None = sys.stderr.fileno()  # the caller's stdout stays its own (scan --json)
+    except (AttributeError, OSError, ValueError):
+        to_stderr = None
+    return subprocess.run(["/bin/sh", "-c", cmd], check=False, stdout=to_stderr).returncode
 
 
 def _finish_in_process(run_dir: Path) -> int:
-    """``cog-pipeline finish RUN_DIR`` as a call: its exit code, its one-line errors on stderr."""
+    """``cog-pipeline finish RUN_DIR`` as a call: its exit code; everything it prints goes to stderr, so a
+    caller's stdout stays its own (``scan --json`` prints only the JSON there)."""
+    import contextlib
+    import sys
+
     import click
 
     from ..cli import main
 
     try:
-        main(["finish", str(run_dir)], standalone_mode=False)
+        with contextlib.redirect_stdout(sys.stderr):
+            main(["finish", str(run_dir)], standalone_mode=False)
     except SystemExit as exc:  # handle_errors' one-line failures
         return exc.code if isinstance(exc.code, int) else 1
     except click.exceptions.Exit as exc:
