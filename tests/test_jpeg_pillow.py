@@ -81,11 +81,12 @@ def test_gdal_encoder_can_be_forced(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 @needs_turbo
 def test_preview_too_large_for_the_budget_keeps_gdals_encoder(tmp_path: Path) -> None:
-    """Pillow holds about 10 bytes per RGB pixel; past a quarter of the budget GDAL's driver writes it."""
+    """Pillow holds about 7 bytes per RGB pixel read through the VRT; past a quarter of the budget GDAL's
+    driver writes it."""
     assert jpeg_pillow.use_pillow(2500, 2500, 3, 1024)
     assert not jpeg_pillow.use_pillow(10000, 10000, 3, 1024)
-    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 1400, 1400), photometric="RGB")
-    # 1400² x 10 bytes = 18.7 MiB > 64 MiB / 4: the driver (its coefficient buffer still fits a third)
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 1600, 1600), photometric="RGB")
+    # 1600² x 7 bytes = 17.1 MiB > 64 MiB / 4: the driver (its coefficient buffer still fits a third)
     result = convert(src, tmp_path / "o.tif", tmp_path / "o.jpg", 3, memory_budget_mb=64)
     assert result.jpeg_method == "driver"
 
@@ -128,3 +129,20 @@ def test_stored_and_vrt_reads_encode_the_same_bytes(tmp_path: Path, monkeypatch:
     b = convert(tiled, tmp_path / "b.tif", tmp_path / "b.jpg", 4)
     assert (a.jpeg_method, b.jpeg_method) == ("pillow-stored", "pillow")
     assert (tmp_path / "a.jpg").read_bytes() == (tmp_path / "b.jpg").read_bytes()
+
+
+@needs_turbo
+@needs_gdal_translate
+def test_large_previews_use_standard_tables_with_the_original_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past OPTIMIZE_MAX_BYTES libjpeg's whole-image buffers are skipped: standard Huffman tables, so the bytes
+    differ a little, but the decoded pixels are the original tool's."""
+    monkeypatch.setattr(jpeg_pillow, "OPTIMIZE_MAX_BYTES", 1000)
+    data = _real_content(3, 240, 330)
+    src = rasters.write(tmp_path / "in.tif", data, photometric="RGB")
+    result = convert(src, tmp_path / "o.tif", tmp_path / "o.jpg", 3)
+    assert result.jpeg_method == "pillow-stored+std-tables"
+    reference = _original_jpeg(src, tmp_path / "ref.jpg", 3)
+    ours = (tmp_path / "o.jpg").read_bytes()
+    assert ours != reference
+    assert len(ours) < len(reference) * 1.05
+    np.testing.assert_array_equal(rasters.read(tmp_path / "o.jpg"), rasters.read(tmp_path / "ref.jpg"))

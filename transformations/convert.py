@@ -21,7 +21,7 @@ from .rasterinfo import RasterInfo
 from .failures import classify_write_failure, remove_outputs, temp_name
 from .inputs import inspect_input
 from .tiff import TiffTag, read_tiff_ifds
-from .jpeg_pillow import stored_pixels, use_pillow, write_jpeg_pillow
+from .jpeg_pillow import optimize_tables, stored_pixels, use_pillow, write_jpeg_pillow
 from .jpeg_strips import coefficient_buffer_bytes, write_streamed_jpeg
 from .provenance import embed_metadata
 from .preview import PreviewPlan, plan_preview, preview_vrt
@@ -501,11 +501,12 @@ def _trim_heap() -> None:
 def _write_pillow_jpeg(run: _Run, outcome: Dict[str, Any]) -> None:
     """The preview through Pillow (jpeg_pillow.py), from the stored pixels of the file the COG reads
     when they are exactly the preview's, else from the VRT."""
-    work = run.pixels or run.info
-    stored = stored_pixels(work, run.plan)
-    write_jpeg_pillow(run.tmp_vrt, run.tmp_jpg, run.plan.band_count, JPEG_QUALITY, stored,
-                      (work.width, work.height), work.count)
-    outcome["method"] = "pillow-stored" if stored is not None else "pillow"
+    work, plan = run.pixels or run.info, run.plan
+    stored = stored_pixels(work, plan)
+    optimize = optimize_tables(plan.width, plan.height, plan.band_count)
+    write_jpeg_pillow(run.tmp_vrt, run.tmp_jpg, plan.band_count, JPEG_QUALITY, stored,
+                      (work.width, work.height), work.count, optimize)
+    outcome["method"] = ("pillow-stored" if stored is not None else "pillow") + ("" if optimize else "+std-tables")
 
 
 def _write_jpeg(vrt: str, jpg: str, strips: str, bands: int, streamed: bool, outcome: Dict[str, Any]) -> None:

@@ -24,12 +24,18 @@ if TYPE_CHECKING:
     from .preview import PreviewPlan
     from .rasterinfo import RasterInfo
 
-#: Bytes per preview pixel the Pillow path holds at its peak, per preview band count: the bands as read
-#: (1 per band), Pillow's image (1 for gray, 4 for RGB: Pillow keeps RGB in 32 bits) and libjpeg's
-#: whole-image coefficient buffer for optimised Huffman tables (2 bytes per coefficient; 4:2:0 chroma).
-PEAK_BYTES_PER_PIXEL = {1: 1 + 1 + 2, 3: 3 + 4 + 3}
-#: The Pillow path may use at most this share of the memory budget (the rest: interpreter, GDAL).
+#: Bytes per preview pixel the Pillow path holds for the pixels: the bands as read (1 per band) and
+#: Pillow's image (1 for gray, 4 for RGB: Pillow keeps RGB in 32 bits); from a mapped file, 1 or 4.
+PIXEL_BYTES = {1: 1 + 1, 3: 3 + 4}
+#: What optimised Huffman tables add per pixel: libjpeg's whole-image coefficient buffer (2 bytes per
+#: coefficient; 4:2:0 chroma) and Pillow's whole-image output buffer (1 byte per pixel).
+OPTIMIZE_BYTES = {1: 2 + 1, 3: 3 + 1}
+#: The Pillow path may use at most this share of the memory budget for the pixels.
 BUDGET_SHARE = 4
+#: Optimised tables (the original tool's exact bytes) while their buffers stay within this: about what the
+#: COG half itself adds at ~3000² (measured +67 MiB at 2500² 4-band), so the JPEG never sets the peak.
+#: Larger previews get libjpeg's standard tables: the same pixels, ~0.4 % more bytes, streamed.
+OPTIMIZE_MAX_BYTES = 64 << 20
 
 _turbo: Optional[bool] = None
 
@@ -50,13 +56,19 @@ def pillow_turbo_available() -> bool:
 def use_pillow(width: int, height: int, bands: int, budget_mb: int) -> bool:
     """Whether this preview is written by Pillow: env ``COG_PIPELINE_JPEG_ENCODER`` ("gdal" forces GDAL's
     driver, "pillow" asks for Pillow whatever the size), else Pillow when it has libjpeg-turbo and the
-    preview's peak buffers fit a quarter of the budget (larger previews keep GDAL's driver or the strips)."""
+    preview's pixels fit a quarter of the budget (larger previews keep GDAL's driver or the strips)."""
     wanted = os.environ.get(JPEG_ENCODER_ENV, "").strip().lower() or "auto"
-    if wanted == "gdal" or bands not in PEAK_BYTES_PER_PIXEL or not pillow_turbo_available():
+    if wanted == "gdal" or bands not in PIXEL_BYTES or not pillow_turbo_available():
         return False
     if wanted == "pillow":
         return True
-    return width * height * PEAK_BYTES_PER_PIXEL[bands] <= (budget_mb << 20) // BUDGET_SHARE
+    return width * height * PIXEL_BYTES[bands] <= (budget_mb << 20) // BUDGET_SHARE
+
+
+def optimize_tables(width: int, height: int, bands: int) -> bool:
+    """Optimised Huffman tables (GDAL's JPEG driver's choice, so the original tool's bytes) when their
+    whole-image buffers fit OPTIMIZE_MAX_BYTES; else standard tables, decoded pixels unchanged."""
+    return width * height * OPTIMIZE_BYTES.get(bands, 4) <= OPTIMIZE_MAX_BYTES
 
 
 def stored_pixels(info: "RasterInfo", plan: "PreviewPlan") -> Optional[memoryview]:
@@ -97,10 +109,10 @@ def stored_pixels(info: "RasterInfo", plan: "PreviewPlan") -> Optional[memoryvie
 
 
 def write_jpeg_pillow(vrt: str, jpg: str, bands: int, quality: int, stored: Optional[memoryview] = None,
-                      size: Optional[tuple] = None, samples: int = 0) -> None:
-    """Encode the preview's 8-bit bands as a baseline JPEG, libjpeg defaults plus optimised Huffman
-    tables, as GDAL's JPEG driver does. ``stored`` (from :func:`stored_pixels`, ``samples`` per pixel,
-    ``size`` (width, height)) replaces the read of the VRT. Read failures raise ``GdalFailure``."""
+                      size: Optional[tuple] = None, samples: int = 0, optimize: bool = True) -> None:
+    """Encode the preview's 8-bit bands as a baseline JPEG, libjpeg defaults plus (``optimize``) optimised
+    Huffman tables, as GDAL's JPEG driver does. ``stored`` (from :func:`stored_pixels`, ``samples`` per
+    pixel, ``size`` (width, height)) replaces the read of the VRT. Read failures raise ``GdalFailure``."""
     from PIL import Image  # noqa: PLC0415
 
     if stored is not None and size is not None:
@@ -108,7 +120,7 @@ def write_jpeg_pillow(vrt: str, jpg: str, bands: int, quality: int, stored: Opti
         # band is no alpha here: plan.masked is False); same bytes as GDAL's driver on bands 1-3 (tested).
         mode = {1: "L", 3: "RGB", 4: "RGBX"}[samples]
         image = Image.frombuffer(mode, size, stored, "raw", mode, 0, 1)
-        image.save(jpg, format="JPEG", quality=quality, optimize=True)
+        image.save(jpg, format="JPEG", quality=quality, optimize=optimize)
         return
     pixels = get_backend().read(vrt, list(range(1, bands + 1)))
     height, width = pixels.shape[1], pixels.shape[2]
@@ -116,4 +128,4 @@ def write_jpeg_pillow(vrt: str, jpg: str, bands: int, quality: int, stored: Opti
                                else pixels[k], "raw", "L", 0, 1) for k in range(bands)]
     image = planes[0] if bands == 1 else Image.merge("RGB", planes)
     del planes, pixels
-    image.save(jpg, format="JPEG", quality=quality, optimize=True)
+    image.save(jpg, format="JPEG", quality=quality, optimize=optimize)
