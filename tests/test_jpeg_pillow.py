@@ -146,3 +146,13 @@ def test_large_previews_use_standard_tables_with_the_original_pixels(tmp_path: P
     assert ours != reference
     assert len(ours) < len(reference) * 1.05
     np.testing.assert_array_equal(rasters.read(tmp_path / "o.jpg"), rasters.read(tmp_path / "ref.jpg"))
+
+
+def test_mapped_pixels_may_take_half_the_budget_when_the_jpeg_runs_alone() -> None:
+    """4-band 10000² maps 400 MB: a quarter of 1 GB is too little beside the COG threads, half is fine after."""
+    if not jpeg_pillow.pillow_turbo_available():
+        pytest.skip("Pillow with libjpeg-turbo is not installed")
+    assert not jpeg_pillow.use_pillow(10000, 10000, 3, 1024, mapped_samples=4, alone=False)
+    assert jpeg_pillow.use_pillow(10000, 10000, 3, 1024, mapped_samples=4, alone=True)
+    assert not jpeg_pillow.use_pillow(10000, 10000, 3, 1024)  # read through the VRT: 7 bytes a pixel
+    assert not jpeg_pillow.use_pillow(20000, 20000, 3, 1024, mapped_samples=4, alone=True)

@@ -400,9 +400,13 @@ def _make_jpeg(run: _Run) -> None:
     plan, outcome = run.plan, run.jpeg_outcome
     t0 = time.perf_counter()
     try:
-        if use_pillow(plan.width, plan.height, plan.band_count, run.budget_mb) and not run.jpeg_streamed:
-            _write_pillow_jpeg(run, outcome)
+        stored = stored_pixels(run.pixels or run.info, plan)
+        samples = (run.pixels or run.info).count if stored is not None else 0
+        if not run.jpeg_streamed and use_pillow(plan.width, plan.height, plan.band_count, run.budget_mb, samples,
+                                                alone=run.jpeg_after):
+            _write_pillow_jpeg(run, outcome, stored)
         else:
+            stored = None  # unmapped before GDAL's driver reads the same file
             _write_jpeg(run.tmp_vrt, run.tmp_jpg, run.tmp_strips, plan.band_count, run.jpeg_streamed, outcome)
         _remove_sidecar(run.tmp_jpg)
         outcome["errors"] = validate_jpeg(run.tmp_jpg, plan.width, plan.height, plan.band_count)
@@ -498,11 +502,10 @@ def _trim_heap() -> None:
         pass
 
 
-def _write_pillow_jpeg(run: _Run, outcome: Dict[str, Any]) -> None:
-    """The preview through Pillow (jpeg_pillow.py), from the stored pixels of the file the COG reads
-    when they are exactly the preview's, else from the VRT."""
+def _write_pillow_jpeg(run: _Run, outcome: Dict[str, Any], stored: Optional[memoryview]) -> None:
+    """The preview through Pillow (jpeg_pillow.py), from the ``stored`` pixels of the file the COG reads
+    when they are exactly the preview's (jpeg_pillow.stored_pixels), else from the VRT."""
     work, plan = run.pixels or run.info, run.plan
-    stored = stored_pixels(work, plan)
     optimize = optimize_tables(plan.width, plan.height, plan.band_count)
     write_jpeg_pillow(run.tmp_vrt, run.tmp_jpg, plan.band_count, JPEG_QUALITY, stored,
                       (work.width, work.height), work.count, optimize)

@@ -53,16 +53,25 @@ def pillow_turbo_available() -> bool:
     return _turbo
 
 
-def use_pillow(width: int, height: int, bands: int, budget_mb: int) -> bool:
+def use_pillow(width: int, height: int, bands: int, budget_mb: int, mapped_samples: int = 0,
+               alone: bool = False) -> bool:
     """Whether this preview is written by Pillow: env ``COG_PIPELINE_JPEG_ENCODER`` ("gdal" forces GDAL's
     driver, "pillow" asks for Pillow whatever the size), else Pillow when it has libjpeg-turbo and the
-    preview's pixels fit a quarter of the budget (larger previews keep GDAL's driver or the strips)."""
+    preview's pixels fit the budget's share (larger previews keep GDAL's driver or the strips).
+
+    ``mapped_samples``: the pixels come mapped from the file with this many samples each (see
+    :func:`stored_pixels`: clean file pages the kernel can reclaim, no copy); then, when the JPEG runs
+    ``alone`` (after the COG, one CPU), they may take half the budget instead of a quarter."""
     wanted = os.environ.get(JPEG_ENCODER_ENV, "").strip().lower() or "auto"
     if wanted == "gdal" or bands not in PIXEL_BYTES or not pillow_turbo_available():
         return False
     if wanted == "pillow":
         return True
-    return width * height * PIXEL_BYTES[bands] <= (budget_mb << 20) // BUDGET_SHARE
+    # Mapped L and RGBX images are the file's pages themselves; mapped RGB is copied into a 32-bit image.
+    per_pixel = (mapped_samples if mapped_samples in (1, 4) else mapped_samples + 4) if mapped_samples \
+        else PIXEL_BYTES[bands]
+    share = BUDGET_SHARE // 2 if mapped_samples and alone else BUDGET_SHARE
+    return width * height * per_pixel <= (budget_mb << 20) // share
 
 
 def optimize_tables(width: int, height: int, bands: int) -> bool:
