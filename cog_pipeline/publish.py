@@ -28,12 +28,13 @@ def preload_in_background() -> None:
     """Import rasterio (the report's thumbnails read each COG's smallest overview with it) in a daemon
     thread, while the local engine's workers convert: the import (~0.4 s) then no longer delays the
     report at the end of the run."""
-    import importlib
     import threading
 
     def load() -> None:
         try:
-            importlib.import_module("rasterio")
+            from .transformations.backend_rasterio import import_rasterio_without_boto3
+
+            import_rasterio_without_boto3()
         except Exception:  # noqa: BLE001 - the report imports it again and handles a failure itself
             pass
 

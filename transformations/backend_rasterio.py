@@ -11,11 +11,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from .exit_codes import GdalFailure
 from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo
 
-def _import_rasterio_without_boto3() -> None:
+def import_rasterio_without_boto3() -> None:
     """Import rasterio without letting it import boto3 (for its AWS sessions, when boto3 is installed).
 
-    The converter only ever opens local files, and boto3's import costs every pool worker ~0.3 CPU-s and
-    ~19 MiB of RSS (measured). boto3 is importable again afterwards for whoever needs it (the stores)."""
+    The converter only ever opens local files, and the control plane opens objects through its own ranged
+    opener (ranged.py), never through rasterio's AWS sessions; boto3's import costs ~0.3 CPU-s and ~19 MiB
+    of RSS (measured) in every pool worker and in a scan on folder buckets. boto3 is importable again
+    afterwards for whoever needs it (the S3 store)."""
     import sys  # noqa: PLC0415
 
     if "rasterio" in sys.modules or "boto3" in sys.modules:
@@ -40,7 +42,7 @@ class RasterioBackend:
     regenerates_exact_sizes = False
 
     def __init__(self) -> None:
-        _import_rasterio_without_boto3()
+        import_rasterio_without_boto3()
         import rasterio  # noqa: PLC0415
         import rasterio.shutil  # noqa: PLC0415
         from rasterio._env import get_gdal_config, set_gdal_config  # noqa: PLC0415
