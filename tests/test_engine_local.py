@@ -47,6 +47,15 @@ def _results(root: Path, kind: str) -> list[str]:
     return rows
 
 
+def _scan_one_image(sub: Path, key: str, bands: int, size: int, manifest_bands: int | None = None) -> Path:
+    """A fresh pair of folder buckets under ``sub`` with one image and its manifest, scanned with one worker."""
+    root = _buckets(sub)
+    write_raster(root / "in" / key, bands, size=size)
+    (root / "in" / "m_raw.csv").write_text(f"{key},{manifest_bands or bands}\n")
+    scan(_options(root, sub, workers=1), echo=lambda line: None)
+    return root
+
+
 def sparse_tiff(path: Path, size: int, bands: int = 1) -> Path:
     """A huge tiled GeoTIFF with no tile written: a few MB on disk, size x size pixels to GDAL."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,10 +153,7 @@ def test_in_process_outputs_match_the_executable(tmp_path, monkeypatch):
     for mode in ("1", "0"):
         monkeypatch.setenv("COG_PIPELINE_LOCAL_INPROCESS", mode)
         sub = tmp_path / mode
-        root = _buckets(sub)
-        write_raster(root / "in" / "x y#1.tif", 3, size=96)
-        (root / "in" / "m_raw.csv").write_text("x y#1.tif,4\n")
-        scan(_options(root, sub, workers=1), echo=lambda line: None)
+        root = _scan_one_image(sub, "x y#1.tif", 3, 96, manifest_bands=4)
         assert _results(root, "processed") == ["x y#1.tif,4"]
         record = _records(sub)["x y#1.tif"]
         assert record["status"] == "succeeded" and "BAND_MISMATCH" in (record["warning"] or "")
@@ -281,10 +287,7 @@ def test_the_scan_prestarts_its_workers_and_the_jobs_run_on_them(tmp_path, monke
         started.extend(w.proc.pid for w in pool._prestarted)
 
     monkeypatch.setattr(pool, "prestart", spy)
-    root = _buckets(tmp_path)
-    write_raster(root / "in" / "a.tif", 1, size=16)
-    (root / "in" / "m_raw.csv").write_text("a.tif,1\n")
-    scan(_options(root, tmp_path, workers=1), echo=lambda line: None)
+    root = _scan_one_image(tmp_path, "a.tif", 1, 16)
     assert _results(root, "processed") == ["a.tif,1"]
     log = next((tmp_path / "work").glob("workflow-run-*/jobs/*.log")).read_text()
     assert started and f"worker pid {started[0]}," in log
@@ -325,11 +328,8 @@ def test_the_engines_own_end_hook_runs_in_this_process(tmp_path, monkeypatch):
     for mode in ("1", "0"):
         monkeypatch.setenv("COG_PIPELINE_LOCAL_INPROCESS", mode)
         sub = tmp_path / mode
-        root = _buckets(sub)
-        write_raster(root / "in" / "a.tif", 1, size=16)
-        (root / "in" / "m_raw.csv").write_text("a.tif,1\n")
         spawned.clear()
-        scan(_options(root, sub, workers=1), echo=lambda line: None)
+        root = _scan_one_image(sub, "a.tif", 1, 16)
         assert _results(root, "processed") == ["a.tif,1"]
         (run,) = list_run_dirs(sub / "work")
         hook = base.end_hook_command(run.path)
