@@ -243,7 +243,10 @@ def die_by_signal(signum: int) -> int:
     import signal  # noqa: PLC0415
 
     try:
-        signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signum, signal.SIG_DFL)  # SIGKILL and SIGSTOP refuse: they are always default
+    except (OSError, ValueError):
+        pass
+    try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
         os.kill(os.getpid(), signum)
     except (OSError, ValueError):

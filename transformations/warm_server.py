@@ -180,6 +180,7 @@ def _handle(conn: socket.socket, ident: str) -> None:
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         _run_child(req, out_fd, err_fd, handler, conn.fileno())
+    trace({"role": "server", "event": "forked", "child": child})
     conn.settimeout(None)
     status = _wait_child(child, conn)
     header = _status_header(status, child)
