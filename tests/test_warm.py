@@ -207,6 +207,15 @@ def test_handler_killed_mid_request_client_converts_itself_and_the_orphan_child_
     assert job.clients()[-1]["fallback"] == "server died mid-request"
 
 
+def test_killed_client_takes_its_child_with_it(job: Job) -> None:
+    """HTCondor or kickstart killing the task must stop its conversion, as it would a converter process."""
+    client, child = _blocked_on_fifo(job)
+    client.kill()
+    client.communicate(timeout=60)
+    assert wait_gone(child, 10)
+    assert alive(job.servers()[0])
+
+
 def test_server_killed_while_a_request_waits_client_converts_itself(job: Job) -> None:
     src = small_input(job)
     job.run(src, "a.tif", "a.jpg")

@@ -22,13 +22,16 @@ the next request (default 20); ``COG_PIPELINE_WARM_TRACE`` = a file both sides a
 
 from __future__ import annotations
 
-import json
+import _socket  # the public socket module costs ~9 ms per process setting up its enums; this is its C core
+import marshal
 import os
-import socket
 import struct
 import sys
 import zlib
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+TYPE_CHECKING = False  # the typing module costs ~7 ms per client; annotations are strings here anyway
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 WARM_ENV = "COG_PIPELINE_WARM"
 IDLE_ENV = "COG_PIPELINE_WARM_IDLE"
@@ -48,7 +51,10 @@ _START_TIMEOUT_S = 10.0
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Exit status of this ``generate_cog`` invocation: served warm when possible, else converted here."""
     args = list(sys.argv[1:] if argv is None else argv)
-    outcome = warm_outcome(args) if warm_enabled(os.environ) else None
+    try:
+        outcome = warm_outcome(args) if warm_enabled(os.environ) else None
+    except Exception:  # noqa: BLE001 - whatever goes wrong on the warm path, this process converts
+        outcome = None
     if outcome is None:
         return convert_here(args)
     return deliver(outcome)
@@ -111,7 +117,7 @@ def identity(env: Mapping[str, str]) -> str:
     A venv client must not be served by a system-Python server (other GDAL), nor a new build by an
     old one, nor a client with other GDAL_* settings by a server whose GDAL loaded with different ones."""
     startup = sorted((k, v) for k, v in env.items() if k.startswith(_STARTUP_ENV_PREFIXES))
-    return json.dumps([sys.executable, sys.prefix, sys.version, str(sys.flags), _build_stamp(), startup])
+    return repr([sys.executable, sys.prefix, sys.version, str(sys.flags), _build_stamp(), startup])
 
 
 def _build_stamp() -> List[Any]:
@@ -129,41 +135,47 @@ def _build_stamp() -> List[Any]:
 def request(address: str, args: List[str]) -> Tuple[Optional[Dict[str, Any]], str]:
     """(outcome, "") when the server ran the conversion; (None, why) when this process must convert."""
     try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     except OSError:
         return None, "no socket"
-    with sock:
-        try:
-            sock.settimeout(_CONNECT_TIMEOUT_S)
-            sock.connect(address)
-        except OSError:
-            return None, "no server"
-        if peer_uid(sock) != os.getuid():  # the environment goes there: never to another user's process
-            return None, "server of another user"
-        try:
-            send_frame(sock, json.dumps(_request_body(args)).encode("ascii"))
-            trace({"role": "client", "event": "request sent"})
-            sock.settimeout(None)  # a conversion takes as long as it takes
-            header = json.loads(recv_frame(sock))
-            if "refused" in header:
-                return None, f"refused: {header['refused']}"
-            header["stdout"], header["stderr"] = recv_frame(sock), recv_frame(sock)
-        except (OSError, ValueError, EOFError):
-            return None, "server died mid-request"
-    return header, ""
+    try:
+        return _exchange(sock, address, args)
+    finally:
+        sock.close()
+
+
+def _exchange(sock: Any, address: str, args: List[str]) -> Tuple[Optional[Dict[str, Any]], str]:
+    """Connect, check the server is this user's, send the request, wait for the reply."""
+    try:
+        sock.settimeout(_CONNECT_TIMEOUT_S)
+        sock.connect(address)
+    except OSError:
+        return None, "no server"
+    if peer_uid(sock) != os.getuid():  # the environment goes there: never to another user's process
+        return None, "server of another user"
+    try:
+        send_message(sock, _request_body(args))
+        trace({"role": "client", "event": "request sent"})
+        sock.settimeout(None)  # a conversion takes as long as it takes
+        reply = recv_message(sock)
+    except (OSError, ValueError, EOFError, TypeError):
+        return None, "server died mid-request"
+    if "refused" in reply:
+        return None, f"refused: {reply['refused']}"
+    return reply, ""
 
 
 def _request_body(args: List[str]) -> Dict[str, Any]:
-    """Everything the served child takes from this process (json escapes lone surrogates both ways)."""
+    """Everything the served child takes from this process (marshal keeps lone surrogates of odd bytes)."""
     umask = os.umask(0o022)
     os.umask(umask)
     return {"identity": identity(os.environ), "argv": args, "cwd": os.getcwd(), "umask": umask,
             "env": dict(os.environ), "argv0": sys.argv[0] if sys.argv else "generate_cog"}
 
 
-def peer_uid(sock: socket.socket) -> int:
+def peer_uid(sock: Any) -> int:
     """The user id of the process at the other end (SO_PEERCRED: pid, uid, gid)."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)[1]
 
 
@@ -254,20 +266,27 @@ def die_by_signal(signum: int) -> int:
     return 128 + signum
 
 
-def send_frame(sock: socket.socket, payload: bytes) -> None:
-    """One length-prefixed message."""
+def send_message(sock: Any, message: Dict[str, Any]) -> None:
+    """One length-prefixed marshal of plain data (str, bytes, int, list, dict).
+
+    marshal is built in (json costs ~9 ms of imports per client) and both ends are the same
+    interpreter (the address carries its version) and the same user (checked with SO_PEERCRED)."""
+    payload = marshal.dumps(message)
     sock.sendall(_FRAME.pack(len(payload)) + payload)
 
 
-def recv_frame(sock: socket.socket) -> bytes:
-    """One length-prefixed message; EOFError when the peer went away first."""
+def recv_message(sock: Any) -> Dict[str, Any]:
+    """One message of :func:`send_message`; EOFError when the peer went away first."""
     (size,) = _FRAME.unpack(_recv_exact(sock, _FRAME.size))
     if size > _MAX_FRAME:
-        raise ValueError("frame too large")
-    return _recv_exact(sock, size)
+        raise ValueError("message too large")
+    message = marshal.loads(_recv_exact(sock, size))
+    if not isinstance(message, dict):
+        raise ValueError("not a message")
+    return message
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
+def _recv_exact(sock: Any, size: int) -> bytes:
     chunks, got = [], 0
     while got < size:
         chunk = sock.recv(min(size - got, 1 << 20))
@@ -283,6 +302,8 @@ def trace(event: Dict[str, Any]) -> None:
     path = os.environ.get(TRACE_ENV)
     if not path:
         return
+    import json  # noqa: PLC0415 - only when tracing
+
     line = json.dumps({"pid": os.getpid(), **event}) + "\n"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

@@ -10,16 +10,15 @@ when its directory disappears, and with the HTCondor job (which kills every proc
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
 import socket
 import sys
 import time
-from typing import Any, Dict, Optional, Set
+from typing import Any, Dict, Optional, Set, Tuple
 
-from .warm import identity, peer_uid, recv_frame, send_frame, trace
+from .warm import identity, peer_uid, recv_message, send_message, trace
 
 #: How often the idle server looks at the clock and its directory.
 _POLL_S = 1.0
@@ -169,9 +168,9 @@ def _handle(conn: socket.socket, ident: str) -> None:
     if peer_uid(conn) != os.getuid():
         return
     conn.settimeout(_REQUEST_TIMEOUT_S)
-    req = json.loads(recv_frame(conn))
+    req = recv_message(conn)
     if req.get("identity") != ident:
-        send_frame(conn, json.dumps({"refused": "different interpreter, build or GDAL start-up environment"}).encode())
+        send_message(conn, {"refused": "different interpreter, build or GDAL start-up environment"})
         return
     out_fd, err_fd = _capture("stdout"), _capture("stderr")
     sys.stdout.flush()
@@ -182,12 +181,11 @@ def _handle(conn: socket.socket, ident: str) -> None:
         _run_child(req, out_fd, err_fd, handler, conn.fileno())
     trace({"role": "server", "event": "forked", "child": child})
     conn.settimeout(None)
-    status = _wait_child(child, conn)
+    status, usage = _wait_child(child, conn)
     header = _status_header(status, child)
+    header["child_cpu"] = round(usage.ru_utime + usage.ru_stime, 4)
     trace({"role": "server", "event": "served", **header})
-    send_frame(conn, json.dumps(header).encode())
-    send_frame(conn, _read_all(out_fd))
-    send_frame(conn, _read_all(err_fd))
+    send_message(conn, {**header, "stdout": _read_all(out_fd), "stderr": _read_all(err_fd)})
 
 
 def _capture(name: str) -> int:
@@ -220,12 +218,12 @@ def _status_header(status: int, child: int) -> Dict[str, Any]:
     return header
 
 
-def _wait_child(child: int, conn: socket.socket) -> int:
-    """The child's wait status; stops the child when the client goes away (it was killed or timed out)."""
+def _wait_child(child: int, conn: socket.socket) -> Tuple[int, Any]:
+    """The child's wait status and rusage; stops the child when the client goes away (it was killed or timed out)."""
     try:
         pidfd = os.pidfd_open(child)
     except (AttributeError, OSError):
-        return os.waitpid(child, 0)[1]  # no pidfd: nobody to notice a vanished client, the child still ends
+        return os.wait4(child, 0)[1:]  # no pidfd: nobody to notice a vanished client, the child still ends
     with os.fdopen(pidfd, "rb", buffering=0) as pf:
         while True:
             readable, _, _ = select.select([pf, conn], [], [])
@@ -234,7 +232,7 @@ def _wait_child(child: int, conn: socket.socket) -> int:
             if _client_gone(conn):
                 _stop(child, pf)
                 break
-    return os.waitpid(child, 0)[1]
+    return os.wait4(child, 0)[1:]
 
 
 def _client_gone(conn: socket.socket) -> bool:
