@@ -3,8 +3,8 @@
 Stands in for one HTCondor slot running a Pegasus cluster: N ``generate_cog`` invocations one after
 another in one working directory, under ``taskset -c 0`` with ``GDAL_NUM_THREADS=1``, by the stock
 container's Python (``/usr/bin/python3`` with Debian's osgeo GDAL). Wall time is the whole loop; CPU is
-the loop's process tree (``wait4`` of the shell: clients, and cold converters) plus the warm server's
-own CPU and its children's, which it writes to the trace when it exits (it is nobody's waited-for child).
+the whole process tree: the shell's ``wait4`` (clients, cold converters) plus the detached warm server with
+its handlers and converters, which this process adopts as a subreaper and reaps after its idle timeout.
 
     .venv/bin/python benchmarks/bench_warm.py [--count 8] [--size 1000] [--bands 4] [--repeat 3]
 """
@@ -31,34 +31,37 @@ EXECUTABLE = REPO / "transformations" / "generate_cog"
 def one_loop(inputs: list[Path], bands: int, warm: bool, python: str) -> tuple[float, float]:
     """(wall s, CPU s) of converting ``inputs`` one after another in a fresh job directory."""
     with tempfile.TemporaryDirectory(prefix="bench-warm-") as tmp:
-        work, trace = Path(tmp), Path(tmp) / "trace.jsonl"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("COG_PIPELINE_", "_CONDOR_"))}
-        env.update(GDAL_NUM_THREADS="1", COG_PIPELINE_WARM="1" if warm else "0",
-                   COG_PIPELINE_WARM_IDLE="1", COG_PIPELINE_WARM_TRACE=str(trace))
+        env.update(GDAL_NUM_THREADS="1", COG_PIPELINE_WARM="1" if warm else "0", COG_PIPELINE_WARM_IDLE="1")
         script = "".join(f'{python} {EXECUTABLE} {src} out{i}.tif out{i}.jpg --bands {bands} || exit 1\n'
                          for i, src in enumerate(inputs))
         start = time.monotonic()
-        proc = subprocess.Popen(["taskset", "-c", "0", "sh", "-c", script], cwd=work, env=env)
+        proc = subprocess.Popen(["taskset", "-c", "0", "sh", "-c", script], cwd=tmp, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.monotonic() - start
         if status:
             raise SystemExit(f"conversion loop failed: status {status}")
-        cpu = usage.ru_utime + usage.ru_stime
-        if warm:
-            cpu += _server_cpu(trace)
-    return wall, cpu
+        return wall, usage.ru_utime + usage.ru_stime + _orphans_cpu()
 
 
-def _server_cpu(trace: Path, timeout: float = 30) -> float:
-    """The warm server's CPU (itself + handlers + children), from its exit line in the trace."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events = [json.loads(x) for x in trace.read_text().splitlines()] if trace.exists() else []
-        exits = [e for e in events if e.get("event") == "exit" and e.get("role") == "server"]
-        if exits:
-            return sum(e["cpu_self"] + e["cpu_children"] for e in exits)
-        time.sleep(0.1)
-    raise SystemExit("the warm server did not exit")
+def _become_subreaper() -> None:
+    """Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER): the detached warm server then exits as our
+    child, and its CPU, its handlers' and its converters' come back with wait4 like everyone else's."""
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:
+        raise SystemExit("prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def _orphans_cpu() -> float:
+    """CPU of the adopted descendants, waiting until they exit (the warm server: its idle timeout)."""
+    total = 0.0
+    while True:
+        try:
+            _, _, usage = os.wait4(-1, 0)
+        except ChildProcessError:
+            return total
+        total += usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -70,6 +73,7 @@ def main() -> None:
     p.add_argument("--python", default="/usr/bin/python3")
     a = p.parse_args()
     inputs = [path for _, path in images(input_set(a.count, a.size, a.bands))]
+    _become_subreaper()
     results: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
     for _ in range(a.repeat):  # alternate, so load from other work hits both alike
         for mode in ("cold", "warm"):
