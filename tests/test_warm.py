@@ -141,6 +141,64 @@ def test_served_outputs_and_streams_are_identical_to_converting_in_process(job: 
         assert (job.path / f"w1.{ext}").read_bytes() == (job.path / f"c.{ext}").read_bytes()
 
 
+def test_odd_file_names_and_environment_reach_the_child_unchanged(job: Job) -> None:
+    """Keys are user data: spaces, quotes, #, ?, %20, non-ASCII; the environment may hold non-UTF-8 bytes."""
+    src = "Eau Claire #1 'a%20b'? ü.tif"
+    rasters.write(job.path / src, rasters.textured(3, 60, 70))
+    out = "out dir/olé #2 \"q\""
+    args = [src, f"{out}.tif", f"{out}.jpg", "--bands", "4"]
+    env = {"COG_PIPELINE_BAND_MISMATCH": "warn", "ODD_VALUE": os.fsdecode(b"caf\xe9 = '#?'")}
+    job.run(small_input(job), "warmup.tif", "warmup.jpg")
+    warm = job.run(*args, **env)
+    assert job.clients()[-1]["served_by"] in job.servers()
+    tif, jpg = (job.path / f"{out}.tif").read_bytes(), (job.path / f"{out}.jpg").read_bytes()
+    cold = job.run(*args, COG_PIPELINE_WARM="0", **env)
+    assert (warm.returncode, warm.stderr) == (cold.returncode, cold.stderr)
+    assert warm.returncode == 0 and warm.stderr.startswith(b"WARNING BAND_MISMATCH")  # the env var arrived
+    assert (job.path / f"{out}.tif").read_bytes() == tif and (job.path / f"{out}.jpg").read_bytes() == jpg
+
+
+def test_a_name_that_is_not_utf8_fails_the_same_way_served_or_not(job: Job) -> None:
+    src = os.fsdecode(b"a\xff.tif")
+    os.replace(rasters.write(job.path / "plain.tif", rasters.textured(1, 30, 30)), job.path / src)
+    job.run(small_input(job), "warmup.tif", "warmup.jpg")
+    warm = job.run(src, "o.tif", "o.jpg")
+    cold = job.run(src, "o.tif", "o.jpg", COG_PIPELINE_WARM="0")
+    assert job.clients()[-1]["served_by"] in job.servers()
+    assert (warm.returncode, warm.stdout, warm.stderr) == (cold.returncode, cold.stdout, cold.stderr)
+
+
+def test_verbose_summary_and_warnings_are_relayed(job: Job) -> None:
+    src = small_input(job)
+    job.run(src, "a.tif", "a.jpg")
+    warm = job.run(src, "b.tif", "b.jpg", "--bands", "2", "-v", COG_PIPELINE_BAND_MISMATCH="warn")
+    cold = job.run(src, "c.tif", "c.jpg", "--bands", "2", "-v", COG_PIPELINE_BAND_MISMATCH="warn", COG_PIPELINE_WARM="0")
+    assert job.clients()[-1]["served_by"] in job.servers()
+    assert warm.returncode == cold.returncode == 0
+    assert warm.stderr.splitlines()[-1] == cold.stderr.splitlines()[-1]
+    assert warm.stderr.splitlines()[-1].startswith(b"WARNING BAND_MISMATCH: ")
+    # the summary names the outputs and ends in timings, which differ from run to run
+    assert warm.stdout.split(b"inspect")[0].replace(b"b.", b"c.") == cold.stdout.split(b"inspect")[0]
+
+
+def test_parallel_invocations_are_served_in_parallel(job: Job) -> None:
+    """One server, two requests in flight at once: tasks that pegasus-cluster -n runs side by side stay so."""
+    job.run(small_input(job), "warmup.tif", "warmup.jpg")
+    os.mkfifo(job.path / "f1.tif")
+    os.mkfifo(job.path / "f2.tif")
+    clients = [job.popen(f"f{i}.tif", f"o{i}.tif", f"o{i}.jpg") for i in (1, 2)]
+    deadline = time.monotonic() + 60
+    while len(job.events(event="forked")) < 3:  # warm-up, then both blocked children at the same time
+        assert time.monotonic() < deadline, job.events()
+        time.sleep(0.02)
+    for i in (1, 2):
+        (job.path / f"f{i}.tif").write_bytes(b"not a tiff")
+    for client in clients:
+        _, err = client.communicate(timeout=60)
+        assert client.returncode == ExitCode.INPUT_UNREADABLE, err
+    assert [c["served_by"] for c in job.clients()[1:]] == [job.servers()[0]] * 2
+
+
 def _corrupt(job: Job) -> str:
     good = (job.path / small_input(job, "good.tif")).read_bytes()
     (job.path / "bad.tif").write_bytes(good[: len(good) // 2])  # truncated: image data past the end

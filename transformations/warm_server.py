@@ -193,12 +193,14 @@ def _handle(conn: socket.socket, ident: str) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     handler = os.getpid()
+    exits = _ChildExit()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
+        exits.release()
         _run_child(req, out_fd, err_fd, handler, conn.fileno())
     trace({"role": "server", "event": "forked", "child": child})
     conn.settimeout(None)
-    status, usage = _wait_child(child, conn)
+    status, usage = _wait_child(child, conn, exits)
     header = _status_header(status, child)
     header["child_cpu"] = round(usage.ru_utime + usage.ru_stime, 4)
     trace({"role": "server", "event": "served", **header})
@@ -235,21 +237,60 @@ def _status_header(status: int, child: int) -> Dict[str, Any]:
     return header
 
 
-def _wait_child(child: int, conn: socket.socket) -> Tuple[int, Any]:
-    """The child's wait status and rusage; stops the child when the client goes away (it was killed or timed out)."""
-    try:
-        pidfd = os.pidfd_open(child)
-    except (AttributeError, OSError):
-        return os.wait4(child, 0)[1:]  # no pidfd: nobody to notice a vanished client, the child still ends
-    with os.fdopen(pidfd, "rb", buffering=0) as pf:
+class _ChildExit:
+    """Wakes a select() when a child exits, on any kernel: SIGCHLD through ``signal.set_wakeup_fd``
+    (``os.pidfd_open`` needs Linux 5.3; EL8's 4.18 kernels are still common in HTCondor pools)."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a Python handler, so the wakeup fd gets a byte
+        signal.set_wakeup_fd(self.write_fd)
+
+    def release(self) -> None:
+        """In the forked child: not the handler's alarm any more."""
+        signal.set_wakeup_fd(-1)
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+    def wait(self, child: int, conn: Optional[socket.socket], timeout: Optional[float] = None) -> Optional[Tuple[int, Any]]:
+        """(wait status, rusage) once ``child`` exits; None when ``conn``'s client is gone or ``timeout`` passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            readable, _, _ = select.select([pf, conn], [], [])
-            if pf in readable:
-                break
-            if _client_gone(conn):
-                _stop(child, pf)
-                break
-    return os.wait4(child, 0)[1:]
+            pid, status, usage = os.wait4(child, os.WNOHANG)
+            if pid:
+                return status, usage
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            watched = [self.read_fd] + ([conn] if conn is not None else [])
+            readable, _, _ = select.select(watched, [], [], remaining)
+            if self.read_fd in readable:
+                while _drain(self.read_fd):
+                    pass
+            if conn is not None and conn in readable and _client_gone(conn):
+                return None
+
+
+def _drain(fd: int) -> bool:
+    try:
+        return bool(os.read(fd, 512))
+    except BlockingIOError:
+        return False
+
+
+def _wait_child(child: int, conn: socket.socket, exits: _ChildExit) -> Tuple[int, Any]:
+    """The child's wait status and rusage. When the client goes away (killed by kickstart or HTCondor),
+    the child gets SIGTERM as the converter would have, and SIGKILL after a grace."""
+    done = exits.wait(child, conn)
+    if done is None:
+        os.kill(child, signal.SIGTERM)
+        done = exits.wait(child, None, _STOP_GRACE_S)
+    if done is None:
+        os.kill(child, signal.SIGKILL)
+        done = os.wait4(child, 0)[1:]
+    return done
 
 
 def _client_gone(conn: socket.socket) -> bool:
@@ -258,14 +299,6 @@ def _client_gone(conn: socket.socket) -> bool:
         return conn.recv(4096) == b""
     except OSError:
         return True
-
-
-def _stop(child: int, pidfd: Any) -> None:
-    """SIGTERM, as HTCondor would have sent the converter in the client's place; SIGKILL after a grace."""
-    os.kill(child, signal.SIGTERM)
-    readable, _, _ = select.select([pidfd], [], [], _STOP_GRACE_S)
-    if not readable:
-        os.kill(child, signal.SIGKILL)
 
 
 def _run_child(req: Dict[str, Any], out_fd: int, err_fd: int, handler: int, conn_fd: int) -> None:
