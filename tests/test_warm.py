@@ -336,6 +336,14 @@ def test_warm_0_converts_in_process_and_starts_no_server(job: Job) -> None:
     assert job.events() == []
 
 
+def test_inside_an_htcondor_job_it_is_on_without_being_asked(job: Job) -> None:
+    src = small_input(job)
+    for name in ("a", "b"):
+        done = job.run(src, f"{name}.tif", f"{name}.jpg", COG_PIPELINE_WARM="", _CONDOR_SCRATCH_DIR=str(job.path))
+        assert done.returncode == 0, done.stderr
+    assert [c["served_by"] for c in job.clients()] == job.servers() * 2
+
+
 @pytest.mark.parametrize(
     "env,expected",
     [({}, False), ({"_CONDOR_JOB_AD": "/x/.job.ad"}, True), ({"_CONDOR_SCRATCH_DIR": "/x"}, True),

@@ -162,7 +162,15 @@ def _exchange(sock: Any, address: str, args: List[str]) -> Tuple[Optional[Dict[s
         return None, "server died mid-request"
     if "refused" in reply:
         return None, f"refused: {reply['refused']}"
+    if not _well_formed(reply):
+        return None, "malformed reply"
     return reply, ""
+
+
+def _well_formed(reply: Dict[str, Any]) -> bool:
+    """True when :func:`deliver` can act on ``reply`` without a traceback."""
+    return (isinstance(reply.get("exit"), int) and isinstance(reply.get("signal"), int)
+            and isinstance(reply.get("stdout"), bytes) and isinstance(reply.get("stderr"), bytes))
 
 
 def _request_body(args: List[str]) -> Dict[str, Any]:
