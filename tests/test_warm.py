@@ -336,6 +336,18 @@ def test_warm_0_converts_in_process_and_starts_no_server(job: Job) -> None:
     assert job.events() == []
 
 
+def test_a_working_directory_path_longer_than_sun_path_is_served(job: Job) -> None:
+    """The address is an abstract name (user, device, inode, identity), so no 108-byte socket path limit."""
+    deep = job.path / ("d" * 120) / ("e" * 120)
+    deep.mkdir(parents=True)
+    inner = Job(deep, job.python)
+    inner.trace_file = job.trace_file
+    src = small_input(inner)
+    for name in ("a", "b"):
+        assert inner.run(src, f"{name}.tif", f"{name}.jpg").returncode == 0
+    assert len(str(deep)) > 240 and [c["served_by"] for c in job.clients()] == job.servers() * 2
+
+
 def test_inside_an_htcondor_job_it_is_on_without_being_asked(job: Job) -> None:
     src = small_input(job)
     for name in ("a", "b"):

@@ -295,6 +295,7 @@ def recv_message(sock: Any) -> Dict[str, Any]:
 
 
 def _recv_exact(sock: Any, size: int) -> bytes:
+    """Exactly ``size`` bytes (recv may return fewer); EOFError when the peer closes first."""
     chunks, got = [], 0
     while got < size:
         chunk = sock.recv(min(size - got, 1 << 20))

@@ -218,6 +218,7 @@ def _capture(name: str) -> int:
 
 
 def _read_all(fd: int) -> bytes:
+    """Everything the child wrote to a capture file, from its start."""
     os.lseek(fd, 0, os.SEEK_SET)
     chunks = []
     while True:
@@ -274,6 +275,7 @@ class _ChildExit:
 
 
 def _drain(fd: int) -> bool:
+    """Empty the wakeup pipe (non-blocking); True while bytes came."""
     try:
         return bool(os.read(fd, 512))
     except BlockingIOError:
