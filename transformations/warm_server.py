@@ -202,7 +202,7 @@ def _handle(conn: socket.socket, ident: str) -> None:
     conn.settimeout(None)
     status, usage = _wait_child(child, conn, exits)
     header = _status_header(status, child)
-    header["child_cpu"] = round(usage.ru_utime + usage.ru_stime, 4)
+    header.update(child_cpu=round(usage.ru_utime + usage.ru_stime, 4), child_maxrss_kib=usage.ru_maxrss)
     trace({"role": "server", "event": "served", **header})
     send_message(conn, {**header, "stdout": _read_all(out_fd), "stderr": _read_all(err_fd)})
 
