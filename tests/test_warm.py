@@ -29,6 +29,10 @@ PYTHONS = [
 ]
 
 
+#: Variables importing rasterio sets in this (pytest) process; a job's environment does not have them.
+_SET_BY_RASTERIO_IMPORT = ("GDAL_CURL_CA_BUNDLE", "PROJ_CURL_CA_BUNDLE")
+
+
 class Job:
     """One job working directory: runs generate_cog there and reads the trace."""
 
@@ -38,6 +42,8 @@ class Job:
 
     def env(self, **extra: str) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("COG_PIPELINE_", "_CONDOR_"))}
+        for var in _SET_BY_RASTERIO_IMPORT:  # as a job starts: without what importing rasterio here added
+            env.pop(var, None)
         env.update(COG_PIPELINE_WARM="1", COG_PIPELINE_WARM_TRACE=str(self.trace_file), COG_PIPELINE_WARM_IDLE="15")
         env.update(extra)
         return env

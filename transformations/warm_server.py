@@ -27,6 +27,9 @@ _REQUEST_TIMEOUT_S = 30.0
 #: Grace between SIGTERM and SIGKILL for a child whose client went away.
 _STOP_GRACE_S = 10.0
 _PR_SET_PDEATHSIG = 1
+#: What importing the binding put into the environment (rasterio: GDAL_/PROJ_CURL_CA_BUNDLE): a cold
+#: process would have set it at its own import, so each child gets it unless its client had a value.
+_IMPORT_ENV: Dict[str, str] = {}
 
 
 def serve(address: str, ready_fd: int, idle_s: float) -> None:
@@ -35,6 +38,7 @@ def serve(address: str, ready_fd: int, idle_s: float) -> None:
     try:
         home = os.getcwd()
         home_id = _dir_id(home)
+        ident = identity(os.environ)  # the starting client's: loading rasterio adds GDAL_*/PROJ_* variables
         _detach(ready_fd)
         sock = _bind(address, ready_fd)
         if sock is None:
@@ -42,7 +46,7 @@ def serve(address: str, ready_fd: int, idle_s: float) -> None:
             return
         _preload()
         trace({"role": "server", "event": "ready", "address": address[1:]})
-        status = _loop(sock, identity(os.environ), idle_s, home, home_id)
+        status = _loop(sock, ident, idle_s, home, home_id)
     finally:
         trace({"role": "server", "event": "exit", "reason": status, **_cpu_seconds()})
         os._exit(0)
@@ -86,10 +90,14 @@ def _bind(address: str, ready_fd: int) -> Optional[socket.socket]:
 def _preload() -> None:
     """Import what every conversion needs, once: the converter, numpy, the GDAL binding, Pillow, ctypes.
 
+    Not PROJ: GDAL makes a new PROJ context in a process whose pid changed (its own fork safety), so the
+    ~0.02 CPU-s of a process's first CRS is paid in each child whatever the server did.
+
     Nothing here starts a thread (fork would lose it) or configures GDAL: each child sets up its own
     conversion exactly as a fresh process does. A failure here is the child's to report, as it would be."""
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")  # the server's own numpy: no BLAS thread pool before fork
+    before = dict(os.environ)
     try:
         import ctypes  # noqa: F401, PLC0415
 
@@ -97,28 +105,15 @@ def _preload() -> None:
         from .backend import loaded_backend  # noqa: PLC0415
         from .jpeg_pillow import pillow_turbo_available  # noqa: PLC0415
 
-        _warm_proj(loaded_backend())
+        loaded_backend()
         pillow_turbo_available()
         import numpy  # noqa: F401, PLC0415
     except Exception:  # noqa: BLE001, S110 - the child meets the same problem and reports it
         pass
+    _IMPORT_ENV.update({k: v for k, v in os.environ.items() if k not in before})
     import gc  # noqa: PLC0415
 
     gc.freeze()  # children's collections then skip (and so never copy) the pages of everything loaded here
-
-
-def _warm_proj(backend: Any) -> None:
-    """Set up PROJ once (its context and read-only proj.db): the first CRS a process decodes costs
-    ~0.03 CPU-s, and every georeferenced input has one. Outputs do not depend on it."""
-    name = getattr(backend, "name", None)
-    if name == "osgeo":
-        from osgeo import osr  # noqa: PLC0415
-
-        osr.SpatialReference().ImportFromEPSG(32618)
-    elif name == "rasterio":
-        from rasterio.crs import CRS  # noqa: PLC0415
-
-        CRS.from_epsg(32618).to_wkt()
 
 
 def _loop(sock: socket.socket, ident: str, idle_s: float, home: str, home_id: Any) -> str:
@@ -345,6 +340,8 @@ def _become_client(req: Dict[str, Any], out_fd: int, err_fd: int) -> None:
     os.umask(int(req["umask"]))
     os.environ.clear()
     os.environ.update(req["env"])
+    for key, value in _IMPORT_ENV.items():
+        os.environ.setdefault(key, value)
     time.tzset()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
