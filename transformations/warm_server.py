@@ -88,11 +88,13 @@ def _bind(address: str, ready_fd: int) -> Optional[socket.socket]:
 
 
 def _preload() -> None:
-    """Import what every conversion needs, once: the converter, numpy, the GDAL binding, Pillow, ctypes.
+    """Import what every conversion needs, once: the converter, numpy, the GDAL binding (and GDAL's COG
+    validator with osgeo), Pillow, ctypes.
 
     Not PROJ: GDAL makes a new PROJ context in a process whose pid changed (its own fork safety), so the
     ~0.02 CPU-s of a process's first CRS is paid in each child whatever the server did.
 
+    Never rio-cogeo: validate.py picks it when it is already loaded, which would change the validator.
     Nothing here starts a thread (fork would lose it) or configures GDAL: each child sets up its own
     conversion exactly as a fresh process does. A failure here is the child's to report, as it would be."""
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -105,7 +107,8 @@ def _preload() -> None:
         from .backend import loaded_backend  # noqa: PLC0415
         from .jpeg_pillow import pillow_turbo_available  # noqa: PLC0415
 
-        loaded_backend()
+        if getattr(loaded_backend(), "name", None) == "osgeo":
+            from osgeo_utils.samples import validate_cloud_optimized_geotiff  # noqa: F401, PLC0415
         pillow_turbo_available()
         import numpy  # noqa: F401, PLC0415
     except Exception:  # noqa: BLE001, S110 - the child meets the same problem and reports it
