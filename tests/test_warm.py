@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from cog_pipeline.transformations.exit_codes import ExitCode
-from cog_pipeline.transformations.warm import warm_enabled
+from cog_pipeline.transformations.warm import idle_seconds, warm_enabled
 from tests import rasters
 from tests.convert_support import EXECUTABLE, SYSTEM_PYTHON, needs_osgeo
 
@@ -296,6 +296,17 @@ def test_server_killed_while_a_request_waits_client_converts_itself(job: Job) ->
     assert (job.path / "b.tif").read_bytes() == (job.path / "a.tif").read_bytes()
 
 
+def test_two_first_invocations_at_once_end_up_with_one_server(job: Job) -> None:
+    """Both may fork a server; the abstract name binds once, so the loser exits and both are served."""
+    src = small_input(job)
+    clients = [job.popen(src, f"o{i}.tif", f"o{i}.jpg") for i in range(2)]
+    for client in clients:
+        _, err = client.communicate(timeout=120)
+        assert client.returncode == 0, err
+    (server,) = job.servers()
+    assert [c["served_by"] for c in job.clients()] == [server, server]
+
+
 def test_after_the_server_is_killed_the_next_invocation_starts_another(job: Job) -> None:
     src = small_input(job)
     job.run(src, "a.tif", "a.jpg")
@@ -360,6 +371,11 @@ def test_inside_an_htcondor_job_it_is_on_without_being_asked(job: Job) -> None:
         done = job.run(src, f"{name}.tif", f"{name}.jpg", COG_PIPELINE_WARM="", _CONDOR_SCRATCH_DIR=str(job.path))
         assert done.returncode == 0, done.stderr
     assert [c["served_by"] for c in job.clients()] == job.servers() * 2
+
+
+@pytest.mark.parametrize("value,seconds", [("", 20.0), ("1.5", 1.5), ("0", 20.0), ("-3", 20.0), ("soon", 20.0)])
+def test_idle_timeout_setting(value: str, seconds: float) -> None:
+    assert idle_seconds({"COG_PIPELINE_WARM_IDLE": value}) == seconds
 
 
 @pytest.mark.parametrize(
