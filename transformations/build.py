@@ -29,7 +29,8 @@ _LEFT_OUT = {"build.py"}
 _MAIN = (
     '"""generate_cog: convert one GeoTIFF into a verified COG and a JPEG preview (see --help)."""\n'
     "import sys\n\n"
-    f"from {ARCHIVE_PACKAGE}.cli import main\n\n"
+    "# warm.main: served by this job's warm converter when one is live (warm.py), else cli.main here.\n"
+    f"from {ARCHIVE_PACKAGE}.warm import main\n\n"
     "sys.exit(main())\n"
 )
 _EPOCH = 315532800 + 86400  # 1980-01-02: zip timestamps start in 1980
