@@ -342,3 +342,13 @@ def test_a_foreign_end_hook_still_runs_in_a_shell(tmp_path):
     marker = tmp_path / "ran"
     assert run_end_hook(f"touch '{marker}'; exit 3", tmp_path) == 3
     assert marker.exists()
+
+
+def test_a_stopped_worker_exits_cleanly_after_its_start_up():
+    """Told to stop, a worker leaves with status 0 (no interpreter shutdown to wait for) and its pipe closes."""
+    import cog_pipeline.engines.local_pool as pool
+
+    pool.prestart(1)
+    worker = pool._prestarted[0]
+    pool.release_prestarted()
+    assert pool._prestarted == [] and worker.proc.exitcode == 0
