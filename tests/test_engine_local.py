@@ -352,3 +352,15 @@ def test_a_stopped_worker_exits_cleanly_after_its_start_up():
     worker = pool._prestarted[0]
     pool.release_prestarted()
     assert pool._prestarted == [] and worker.proc.exitcode == 0
+
+
+def test_the_progress_bar_counts_jobs_and_failures_and_stays_away_without_a_terminal(capsys):
+    from cog_pipeline.engines.local import _progress_bar
+
+    with _progress_bar(True, "converting (1 workers)", 2) as advance:
+        advance("1.00", 0)
+        advance("2.00", 1)
+    assert "2/2" in capsys.readouterr().out
+    with _progress_bar(False, "converting", 1) as advance:  # no terminal: nothing printed, rich not needed
+        advance("1.00", 0)
+    assert capsys.readouterr().out == ""

@@ -16,10 +16,11 @@ run's lease (cog_pipeline/lease.py) while it works.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,27 +274,8 @@ def run_workflow(
 
 
 def _execute(run_dir: RunDir, todo: list[JobSpec], workers: int, show_progress: bool, *, limits: LocalLimits | None = None) -> tuple[int, int]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     limits = limits or LocalLimits()
     counts = {"succeeded": 0, "failed": 0}
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} img/s"),
-        TextColumn("failed {task.fields[failed]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
     started = time.monotonic()
     settings = PoolSettings(
         workers=workers,
@@ -302,20 +284,36 @@ def _execute(run_dir: RunDir, todo: list[JobSpec], workers: int, show_progress: 
         max_pixels=max_pixels_setting(limits.max_pixels),
         tick=LEASE_SECONDS / 4,
     )
-    with Progress(*columns, disable=not show_progress, transient=False) as bar:
-        task = bar.add_task(f"converting ({workers} workers)", total=len(todo), rate="-", failed=0)
+    with _progress_bar(show_progress, f"converting ({workers} workers)", len(todo)) as advance:
 
         def on_final(spec: JobSpec, outcome: AttemptOutcome, attempts: int, seconds: float) -> None:
             record = make_record(spec, outcome, attempts, seconds)
             write_record(_record_path(run_dir, record.job_id), record)
             counts["succeeded" if record.status == "succeeded" else "failed"] += 1
             done = counts["succeeded"] + counts["failed"]
-            rate = f"{done / max(time.monotonic() - started, 1e-6):.2f}"
-            bar.update(task, advance=1, rate=rate, failed=counts["failed"])
+            advance(f"{done / max(time.monotonic() - started, 1e-6):.2f}", counts["failed"])
 
         # The pool wakes at least a few times per lease period to renew it, even while one job runs for long.
         execute(todo, settings, on_final, on_tick=run_dir.renew_lease)
     return counts["succeeded"], counts["failed"]
+
+
+@contextlib.contextmanager
+def _progress_bar(show: bool, description: str, total: int) -> Iterator[Callable[[str, int], None]]:
+    """A rich progress bar; yields ``advance(rate, failed)``. Without a terminal (Crondor, tests) rich is not
+    even imported: its import costs ~0.1 s of every scan."""
+    if not show:
+        yield lambda rate, failed: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} img/s"),
+        TextColumn("failed {task.fields[failed]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(description, total=total, rate="-", failed=0)
+        yield lambda rate, failed: bar.update(task, advance=1, rate=rate, failed=failed)
 
 
 class LocalEngine:
