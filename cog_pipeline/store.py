@@ -377,6 +377,33 @@ class LocalStore:
             shutil.copyfile(src, tmp)
         return self._info(key, path)
 
+    def adopt(self, src: Path, key: str) -> ObjectInfo:
+        """Put a finished file its caller will not touch again at `key`: hard-linked, not copied, when the
+        bucket folder is on the same filesystem (the local engine's outputs, which its scratch folder then
+        drops), else uploaded. Durable like every write: the file is fsynced before it is renamed in place.
+
+        Why: a copy writes every output byte a second time and its fsync then waits for all of them; the
+        converter has already started writing the file back (transformations.convert), so the link's fsync
+        has little left to wait for."""
+        path = self._path(key)
+        if not Path(src).is_file():
+            raise StoreError(f"cannot upload {src}: not a readable file")
+        self._prepare_parent(key, path)
+        tmp = path.parent / f"{TMP_PREFIX}-{os.getpid()}-{os.urandom(6).hex()}"
+        try:
+            os.link(src, tmp)
+        except OSError:  # another filesystem, or links not allowed there: a copy, as upload() does
+            return self.upload(src, key)
+        try:
+            os.chmod(tmp, 0o644)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return self._info(key, path)
+
     def path_of(self, key: str) -> Path:
         """The file holding `key` (the local engine links inputs instead of copying them)."""
         return self._path(key)

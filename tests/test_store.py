@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import threading
 from pathlib import Path
 
@@ -897,3 +899,35 @@ def test_local_conditional_replace_has_one_winner_across_processes(local_store: 
     for p in procs:
         p.join(30)
     assert sorted(results.get(timeout=5) for _ in procs) == ["lost", "won"]
+
+
+def test_adopt_links_a_finished_file_into_a_folder_bucket(local_store: LocalStore, tmp_path: Path) -> None:
+    """The local engine's outputs are linked, not copied: same inode, readable by others, no temporary left,
+    and the object stays when the scratch copy goes."""
+    src = tmp_path / "scratch" / "x.tif"
+    src.parent.mkdir()
+    src.write_bytes(b"II*\x00cog bytes")
+    os.chmod(src, 0o600)
+    info = local_store.adopt(src, "Eau Claire/x.tif")
+    dest = local_store.path_of("Eau Claire/x.tif")
+    assert os.stat(dest).st_ino == os.stat(src).st_ino
+    assert stat.S_IMODE(os.stat(dest).st_mode) == 0o644
+    src.unlink()
+    assert dest.read_bytes() == b"II*\x00cog bytes" and info.size == len(b"II*\x00cog bytes")
+    assert [p.name for p in dest.parent.iterdir()] == ["x.tif"]
+    assert info.etag == local_store.head("Eau Claire/x.tif").etag
+
+
+def test_adopt_copies_when_the_file_cannot_be_linked(local_store: LocalStore, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def cross_device(*_a: object, **_k: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    src = tmp_path / "x.jpg"
+    src.write_bytes(b"\xff\xd8jpeg\xff\xd9")
+    monkeypatch.setattr(os, "link", cross_device)
+    local_store.adopt(src, "x.jpg")
+    dest = local_store.path_of("x.jpg")
+    assert dest.read_bytes() == src.read_bytes() and os.stat(dest).st_ino != os.stat(src).st_ino

@@ -334,6 +334,8 @@ def _build_outputs(run: _Run, metadata: Dict[str, str]) -> None:
                 run.cog_failure = failure
             if metadata and run.cog_failure is None:
                 _embed(run.tmp_tif, metadata, run.temps, run.token)
+            if run.cog_failure is None:
+                _start_writeback(run.tmp_tif)  # the disk writes the COG while the JPEG is encoded
             if run.jpeg_after and run.cog_failure is None:
                 if run.cache_default:
                     be.set_cachemax(min(JPEG_CACHEMAX_MB, run.cachemax_mb) << 20)
@@ -487,6 +489,25 @@ def _compressed(path: str) -> bool:
     except (OSError, ValueError):
         return False
     return bool(ifds) and ifds[0].tags.get(TiffTag.COMPRESSION, [1])[0] != 1
+
+
+def _start_writeback(path: str) -> None:
+    """Ask the kernel to start writing the finished COG to disk now (Linux ``sync_file_range``, which does not
+    wait); best effort, a no-op elsewhere.
+
+    Why: whoever publishes the file fsyncs it (the local engine's folder bucket links it and fsyncs; on one
+    CPU that wait was ~0.1 s per 2500² image and ~0.4 s per 5000² image of idle core). Started here, the
+    writing overlaps the JPEG encode and the verification, and the later fsync finds little left to do."""
+    try:
+        import ctypes  # noqa: PLC0415
+
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), 2)
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
 
 
 def _trim_heap() -> None:

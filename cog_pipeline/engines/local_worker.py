@@ -179,7 +179,8 @@ def stage_out(spec: JobSpec, workdir: Path) -> dict[str, dict[str, Any]]:
         src = _safe_join(workdir, lfn)
         if not src.is_file():
             raise FileNotFoundError(f"job produced no {lfn}")
-        info = store.upload(src, key)
+        # A folder bucket adopts the file (hard link); the attempt's scratch folder is removed afterwards.
+        info = store.adopt(src, key) if isinstance(store, LocalStore) else store.upload(src, key)
         uploaded[key] = {"etag": info.etag, "size": info.size}
     return uploaded
 
