@@ -28,14 +28,35 @@ def replacing(dest: Path, mode: int | None = None) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        if mode is not None and mode != 0o600:  # mkstemp made it 0600 already: secrets are never chmod-ed
-            os.chmod(tmp, mode)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
+        _seal(tmp, dest, mode)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def link_into_place(src: Path, dest: Path, mode: int | None = None) -> bool:
+    """Hard-link a finished `src` beside `dest`, fsync it and rename it onto `dest`, as :func:`replacing`
+    would publish a copy; False (and nothing written) when `src` cannot be linked there (another filesystem)."""
+    tmp = dest.parent / f"{TMP_PREFIX}-{os.getpid()}-{os.urandom(6).hex()}"
+    try:
+        os.link(src, tmp)
+    except OSError:
+        return False
+    try:
+        _seal(tmp, dest, mode)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return True
+
+
+def _seal(tmp: Path, dest: Path, mode: int | None) -> None:
+    """Give the temporary its mode, make its bytes durable, then rename it onto `dest`."""
+    if mode is not None and mode != 0o600:  # mkstemp made it 0600 already: secrets are never chmod-ed
+        os.chmod(tmp, mode)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, dest)
 
 
 def write_bytes(dest: Path, data: bytes, mode: int | None = None) -> None:

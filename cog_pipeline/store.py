@@ -389,19 +389,8 @@ class LocalStore:
         if not Path(src).is_file():
             raise StoreError(f"cannot upload {src}: not a readable file")
         self._prepare_parent(key, path)
-        tmp = path.parent / f"{TMP_PREFIX}-{os.getpid()}-{os.urandom(6).hex()}"
-        try:
-            os.link(src, tmp)
-        except OSError:  # another filesystem, or links not allowed there: a copy, as upload() does
+        if not atomic.link_into_place(Path(src), path, 0o644):  # another filesystem: a copy, as upload() does
             return self.upload(src, key)
-        try:
-            os.chmod(tmp, 0o644)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         return self._info(key, path)
 
     def path_of(self, key: str) -> Path:
