@@ -92,6 +92,10 @@ class ObjectStore(Protocol):
     def upload(self, src: Path, key: str) -> ObjectInfo:
         """Copy a local file into the bucket (multipart, parallel on S3)."""
 
+    def adopt(self, src: Path, key: str) -> ObjectInfo:
+        """Publish a finished local file its caller will not touch again (a job's output): a folder bucket
+        hard-links it, S3 uploads it."""
+
 
 TMP_PREFIX = atomic.TMP_PREFIX  # temporary files, never listed
 LOCK_FILE = f"{TMP_PREFIX}-lock"  # a folder bucket's lock for conditional operations (hidden like temporaries)
@@ -771,6 +775,10 @@ class S3Store:
         if info is None:
             raise StoreError(f"{key}: uploaded, but the store does not list it")
         return info
+
+    def adopt(self, src: Path, key: str) -> ObjectInfo:
+        """An S3 bucket cannot link a local file: an upload."""
+        return self.upload(src, key)
 
 
 def open_store(bucket: str, config: StoreConfig, counter: RequestCounter | None = None) -> ObjectStore:

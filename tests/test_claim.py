@@ -144,7 +144,7 @@ class Crash(Exception):
 class CrashAfter:
     """Wraps a store; the (n+1)-th mutating call raises Crash before it happens: a crash after n steps."""
 
-    MUTATING = {"create", "put_bytes", "delete", "upload", "replace"}
+    MUTATING = {"create", "put_bytes", "delete", "upload", "adopt", "replace"}
 
     def __init__(self, store, steps: int) -> None:
         self._store = store

@@ -239,6 +239,16 @@ def test_upload_then_download_round_trips_a_file(store: ObjectStore, tmp_path: P
     assert dest.read_bytes() == src.read_bytes()
 
 
+def test_adopt_publishes_a_finished_file_at_its_own_key(store: ObjectStore, tmp_path: Path) -> None:
+    """Both stores take a job's output through adopt (a link on folders, an upload on S3)."""
+    src = tmp_path / "scratch" / "a%20b #1?.tif"
+    src.parent.mkdir()
+    src.write_bytes(bytes(range(256)) * 10)
+    info = store.adopt(src, "Eau Claire/a%20b #1?.tif")
+    data, head = store.read_bytes("Eau Claire/a%20b #1?.tif")
+    assert data == src.read_bytes() and (info.size, info.etag) == (head.size, head.etag)
+
+
 def test_download_of_missing_key_is_object_not_found(store: ObjectStore, tmp_path: Path) -> None:
     with pytest.raises(ObjectNotFound):
         store.download("missing.tif", tmp_path / "x.tif")

@@ -179,8 +179,8 @@ def stage_out(spec: JobSpec, workdir: Path) -> dict[str, dict[str, Any]]:
         src = _safe_join(workdir, lfn)
         if not src.is_file():
             raise FileNotFoundError(f"job produced no {lfn}")
-        # A folder bucket adopts the file (hard link); the attempt's scratch folder is removed afterwards.
-        info = store.adopt(src, key) if isinstance(store, LocalStore) else store.upload(src, key)
+        # Adopted, not copied (a folder bucket links it); the attempt's scratch folder is removed afterwards.
+        info = store.adopt(src, key)
         uploaded[key] = {"etag": info.etag, "size": info.size}
     return uploaded
 

@@ -17,7 +17,7 @@ import os
 import signal
 
 _COUNTER = os.environ.get("COG_CRASH_COUNTER")
-_STORE_CALLS = ("list", "head", "read_bytes", "read_head", "create", "put_bytes", "replace", "check", "delete", "download", "upload")
+_STORE_CALLS = ("list", "head", "read_bytes", "read_head", "create", "put_bytes", "replace", "check", "delete", "download", "upload", "adopt")
 
 
 def _next_point(name: str) -> None:
