@@ -95,16 +95,26 @@ def end_hook_command(run_dir: Path) -> str:
     return shlex.join([sys.executable, "-m", "cog_pipeline", "finish", str(Path(run_dir).resolve())])
 
 
+#: "0": the local engine runs every command as Pegasus would (converter and END hook in processes of their own)
+INPROCESS_ENV = "COG_PIPELINE_LOCAL_INPROCESS"
+
+
+def in_process_allowed() -> bool:
+    """False when env COG_PIPELINE_LOCAL_INPROCESS=0 asks the local engine to spawn what it could call."""
+    import os
+
+    return os.environ.get(INPROCESS_ENV, "1").strip() != "0"
+
+
 def run_end_hook(cmd: str, run_dir: Path) -> int:
     """Run one END hook and return its exit code. The engines' own hook (:func:`end_hook_command`) runs in
     this process, through the same click command, when the local engine executes it: a second interpreter
     and its imports cost ~0.5 s at the end of every scan. Anything else, or env
     COG_PIPELINE_LOCAL_INPROCESS=0, runs in ``/bin/sh`` as DAGMan would run it."""
-    import os
     import subprocess
     import sys
 
-    if cmd == end_hook_command(run_dir) and os.environ.get("COG_PIPELINE_LOCAL_INPROCESS", "1").strip() != "0":
+    if cmd == end_hook_command(run_dir) and in_process_allowed():
         return _finish_in_process(Path(run_dir))
     try:
         to_stderr: int | None = sys.stderr.fileno()  # the caller's stdout stays its own (scan --json)

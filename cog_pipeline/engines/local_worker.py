@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..store import LocalStore, ObjectStore, StoreConfig, StoreError, open_store
-from .base import NOT_RETRIED, SUCCESS_CODES, ExitCode, WorkflowError, category, last_line
+from .base import NOT_RETRIED, SUCCESS_CODES, ExitCode, WorkflowError, category, in_process_allowed, last_line
 
 if TYPE_CHECKING:
     from .local import JobSpec
 
-INPROCESS_ENV = "COG_PIPELINE_LOCAL_INPROCESS"  # "0": always run the executable as a subprocess
 MAX_PIXELS_ENV = "COG_PIPELINE_MAX_PIXELS"
 THREADS_ENV = "COG_PIPELINE_THREADS"  # the converter's own thread setting (transformations/settings.py)
 # The largest input the converter's memory budget is specified for (issue 10.4: 1-4 bands up to 40000² in a
@@ -226,7 +225,7 @@ def bundled_converter() -> Path:
 def runs_in_process(executable: str) -> bool:
     """The bundled converter runs in-process unless COG_PIPELINE_LOCAL_INPROCESS=0; anything else is a
     subprocess, exactly as Pegasus would run it."""
-    if os.environ.get(INPROCESS_ENV, "1").strip() == "0":
+    if not in_process_allowed():
         return False
     try:
         return os.path.samefile(executable, bundled_converter())
