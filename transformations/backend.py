@@ -58,6 +58,21 @@ class GdalBackend(Protocol):
     def quiet(self) -> None: ...
 
 
+def overview_config(creation: Dict[str, str], threads: str) -> Dict[str, Optional[str]]:
+    """The config that makes GDAL's overview builder write tiles as the COG's parts need them: the parts'
+    compression, predictor and tile size, pixel interleaved, classic TIFF, no .aux RRD. Both bindings'
+    ``cascade_overviews`` build under it (osgeo thread-locally, rasterio for the process)."""
+    return {
+        "COMPRESS_OVERVIEW": creation["COMPRESS"],
+        "PREDICTOR_OVERVIEW": creation.get("PREDICTOR"),
+        "INTERLEAVE_OVERVIEW": "PIXEL",
+        "GDAL_TIFF_OVR_BLOCKSIZE": creation["BLOCKXSIZE"],
+        "BIGTIFF_OVERVIEW": "NO",
+        "GDAL_NUM_THREADS": threads,
+        "USE_RRD": "NO",
+    }
+
+
 _loaded: Optional[GdalBackend] = None
 _problem: Optional[str] = None
 

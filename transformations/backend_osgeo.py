@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 if TYPE_CHECKING:
     import numpy as np
 
+from .backend import overview_config
 from .exit_codes import GdalFailure
 from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo, numpy_dtype_name
 
@@ -139,7 +140,7 @@ class OsgeoBackend:
         before). Every file it creates is first appended to ``temps``. A level whose previous side is odd (the COG driver rounds sizes down, the
         overview builder would round up) is made band by band with GDALRegenerateOverviews
         into an uncompressed file of the exact size, then compressed."""
-        saved = self._set_thread_local(_overview_config(creation, threads))
+        saved = self._set_thread_local(overview_config(creation, threads))
         levels: List[str] = []
         try:
             prev = prefix + "src.vrt"
@@ -275,17 +276,3 @@ class OsgeoBackend:
     def quiet(self) -> None:
         """Send GDAL's messages nowhere (the CLI prints its own one-line reason)."""
         self.gdal.SetErrorHandler("CPLQuietErrorHandler")
-
-
-def _overview_config(creation: Dict[str, str], threads: str) -> Dict[str, Optional[str]]:
-    """The config that makes GDAL's overview builder write tiles as the COG's parts need them:
-    the parts' compression, predictor and tile size, pixel interleaved, classic TIFF, no .aux RRD."""
-    return {
-        "COMPRESS_OVERVIEW": creation["COMPRESS"],
-        "PREDICTOR_OVERVIEW": creation.get("PREDICTOR"),
-        "INTERLEAVE_OVERVIEW": "PIXEL",
-        "GDAL_TIFF_OVR_BLOCKSIZE": creation["BLOCKXSIZE"],
-        "BIGTIFF_OVERVIEW": "NO",
-        "GDAL_NUM_THREADS": threads,
-        "USE_RRD": "NO",
-    }

@@ -8,6 +8,7 @@ import numpy as np
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from .backend import overview_config
 from .exit_codes import GdalFailure
 from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo
 
@@ -144,15 +145,7 @@ class RasterioBackend:
         few hundred pixels square), which is the only work done twice."""
         from rasterio.enums import Resampling  # noqa: PLC0415
 
-        local = {
-            "COMPRESS_OVERVIEW": creation["COMPRESS"],
-            "PREDICTOR_OVERVIEW": creation.get("PREDICTOR"),
-            "INTERLEAVE_OVERVIEW": "PIXEL",
-            "GDAL_TIFF_OVR_BLOCKSIZE": creation["BLOCKXSIZE"],
-            "BIGTIFF_OVERVIEW": "NO",
-            "GDAL_NUM_THREADS": threads,
-            "USE_RRD": "NO",
-        }
+        local = overview_config(creation, threads)
         saved = {k: self.get_config(k) for k in local}
         for k, v in local.items():
             self.set_config(k, v)
