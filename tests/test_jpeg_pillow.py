@@ -104,7 +104,8 @@ def test_stored_pixels_only_when_the_file_holds_the_preview_bytes(tmp_path: Path
     stored = jpeg_pillow.stored_pixels(info, plan_preview(info))
     assert (stored is not None) is expected
     if stored is not None:
-        pixels = np.frombuffer(stored, dtype="uint8").reshape(90, 70, 4)
+        raw = src.read_bytes()[stored.offset:stored.offset + 90 * 70 * 4]
+        pixels = np.frombuffer(raw, dtype="uint8").reshape(90, 70, 4)
         np.testing.assert_array_equal(np.moveaxis(pixels, -1, 0), data)
 
 
@@ -152,7 +153,10 @@ def test_mapped_pixels_may_take_half_the_budget_when_the_jpeg_runs_alone() -> No
     """4-band 10000² maps 400 MB: a quarter of 1 GB is too little beside the COG threads, half is fine after."""
     if not jpeg_pillow.pillow_turbo_available():
         pytest.skip("Pillow with libjpeg-turbo is not installed")
-    assert not jpeg_pillow.use_pillow(10000, 10000, 3, 1024, mapped_samples=4, alone=False)
-    assert jpeg_pillow.use_pillow(10000, 10000, 3, 1024, mapped_samples=4, alone=True)
+    def mapped(size: int) -> jpeg_pillow.StoredPixels:
+        return jpeg_pillow.StoredPixels("in.tif", 8, size, size, 4)
+
+    assert not jpeg_pillow.use_pillow(10000, 10000, 3, 1024, mapped(10000), alone=False)
+    assert jpeg_pillow.use_pillow(10000, 10000, 3, 1024, mapped(10000), alone=True)
     assert not jpeg_pillow.use_pillow(10000, 10000, 3, 1024)  # read through the VRT: 7 bytes a pixel
-    assert not jpeg_pillow.use_pillow(20000, 20000, 3, 1024, mapped_samples=4, alone=True)
+    assert not jpeg_pillow.use_pillow(20000, 20000, 3, 1024, mapped(20000), alone=True)

@@ -21,7 +21,7 @@ from .rasterinfo import RasterInfo
 from .failures import classify_write_failure, remove_outputs, temp_name
 from .inputs import inspect_input
 from .tiff import TiffTag, read_tiff_ifds
-from .jpeg_pillow import optimize_tables, stored_pixels, use_pillow, write_jpeg_pillow
+from .jpeg_pillow import StoredPixels, optimize_tables, stored_pixels, use_pillow, write_jpeg_pillow
 from .jpeg_strips import coefficient_buffer_bytes, write_streamed_jpeg
 from .provenance import embed_metadata
 from .preview import PreviewPlan, plan_preview, preview_vrt
@@ -403,12 +403,10 @@ def _make_jpeg(run: _Run) -> None:
     t0 = time.perf_counter()
     try:
         stored = stored_pixels(run.pixels or run.info, plan)
-        samples = (run.pixels or run.info).count if stored is not None else 0
-        if not run.jpeg_streamed and use_pillow(plan.width, plan.height, plan.band_count, run.budget_mb, samples,
+        if not run.jpeg_streamed and use_pillow(plan.width, plan.height, plan.band_count, run.budget_mb, stored,
                                                 alone=run.jpeg_after):
             _write_pillow_jpeg(run, outcome, stored)
         else:
-            stored = None  # unmapped before GDAL's driver reads the same file
             _write_jpeg(run.tmp_vrt, run.tmp_jpg, run.tmp_strips, plan.band_count, run.jpeg_streamed, outcome)
         _remove_sidecar(run.tmp_jpg)
         outcome["errors"] = validate_jpeg(run.tmp_jpg, plan.width, plan.height, plan.band_count)
@@ -523,13 +521,12 @@ def _trim_heap() -> None:
         pass
 
 
-def _write_pillow_jpeg(run: _Run, outcome: Dict[str, Any], stored: Optional[memoryview]) -> None:
+def _write_pillow_jpeg(run: _Run, outcome: Dict[str, Any], stored: Optional[StoredPixels]) -> None:
     """The preview through Pillow (jpeg_pillow.py), from the ``stored`` pixels of the file the COG reads
     when they are exactly the preview's (jpeg_pillow.stored_pixels), else from the VRT."""
-    work, plan = run.pixels or run.info, run.plan
+    plan = run.plan
     optimize = optimize_tables(plan.width, plan.height, plan.band_count)
-    write_jpeg_pillow(run.tmp_vrt, run.tmp_jpg, plan.band_count, JPEG_QUALITY, stored,
-                      (work.width, work.height), work.count, optimize)
+    write_jpeg_pillow(run.tmp_vrt, run.tmp_jpg, plan.band_count, JPEG_QUALITY, stored, optimize)
     outcome["method"] = ("pillow-stored" if stored is not None else "pillow") + ("" if optimize else "+std-tables")
 
 

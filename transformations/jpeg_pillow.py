@@ -14,6 +14,7 @@ downsampling (preview.py) are unchanged.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from .backend import get_backend
@@ -40,6 +41,18 @@ OPTIMIZE_MAX_BYTES = 64 << 20
 _turbo: Optional[bool] = None
 
 
+@dataclass(frozen=True)
+class StoredPixels:
+    """Where a file keeps exactly the preview's pixels: ``samples`` bytes per pixel, row after row, from
+    byte ``offset`` (see :func:`stored_pixels`)."""
+
+    path: str
+    offset: int
+    width: int
+    height: int
+    samples: int
+
+
 def pillow_turbo_available() -> bool:
     """True when Pillow imports and its JPEG codec is libjpeg-turbo (whose output matches GDAL's on turbo)."""
     global _turbo
@@ -53,24 +66,24 @@ def pillow_turbo_available() -> bool:
     return _turbo
 
 
-def use_pillow(width: int, height: int, bands: int, budget_mb: int, mapped_samples: int = 0,
+def use_pillow(width: int, height: int, bands: int, budget_mb: int, stored: Optional[StoredPixels] = None,
                alone: bool = False) -> bool:
     """Whether this preview is written by Pillow: env ``COG_PIPELINE_JPEG_ENCODER`` ("gdal" forces GDAL's
     driver, "pillow" asks for Pillow whatever the size), else Pillow when it has libjpeg-turbo and the
     preview's pixels fit the budget's share (larger previews keep GDAL's driver or the strips).
 
-    ``mapped_samples``: the pixels come mapped from the file with this many samples each (see
-    :func:`stored_pixels`: clean file pages the kernel can reclaim, no copy); then, when the JPEG runs
-    ``alone`` (after the COG, one CPU), they may take half the budget instead of a quarter."""
+    ``stored``: the pixels will be mapped from the file (:func:`stored_pixels`: clean file pages the kernel
+    can reclaim, no copy); then, when the JPEG runs ``alone`` (after the COG, one CPU), they may take half the
+    budget instead of a quarter."""
     wanted = os.environ.get(JPEG_ENCODER_ENV, "").strip().lower() or "auto"
     if wanted == "gdal" or bands not in PIXEL_BYTES or not pillow_turbo_available():
         return False
     if wanted == "pillow":
         return True
     # Mapped L and RGBX images are the file's pages themselves; mapped RGB is copied into a 32-bit image.
-    per_pixel = (mapped_samples if mapped_samples in (1, 4) else mapped_samples + 4) if mapped_samples \
-        else PIXEL_BYTES[bands]
-    share = BUDGET_SHARE // 2 if mapped_samples and alone else BUDGET_SHARE
+    mapped = stored.samples if stored is not None else 0
+    per_pixel = (mapped if mapped in (1, 4) else mapped + 4) if mapped else PIXEL_BYTES[bands]
+    share = BUDGET_SHARE // 2 if mapped and alone else BUDGET_SHARE
     return width * height * per_pixel <= (budget_mb << 20) // share
 
 
@@ -80,8 +93,8 @@ def optimize_tables(width: int, height: int, bands: int) -> bool:
     return width * height * OPTIMIZE_BYTES.get(bands, 4) <= OPTIMIZE_MAX_BYTES
 
 
-def stored_pixels(info: "RasterInfo", plan: "PreviewPlan") -> Optional[memoryview]:
-    """The preview's pixels straight from the file, when the file stores exactly them; else None.
+def stored_pixels(info: "RasterInfo", plan: "PreviewPlan") -> Optional[StoredPixels]:
+    """Where the file stores exactly the preview's pixels (read from its header only); else None.
 
     Why: GDAL de-interleaves a pixel-interleaved input into per-band blocks and back (0.13 CPU-s for a
     2500² 4-band image, as long as the JPEG encode itself). An uncompressed, contiguous, 8-bit TIFF
@@ -110,26 +123,28 @@ def stored_pixels(info: "RasterInfo", plan: "PreviewPlan") -> Optional[memoryvie
         return None
     if any(offsets[k] + counts[k] != offsets[k + 1] for k in range(len(offsets) - 1)) or offsets[0] + nbytes > size:
         return None
-    import mmap  # noqa: PLC0415
-
-    with open(info.path, "rb") as fh:
-        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    return memoryview(mapped)[offsets[0]:offsets[0] + nbytes]
+    return StoredPixels(info.path, offsets[0], info.width, info.height, info.count)
 
 
-def write_jpeg_pillow(vrt: str, jpg: str, bands: int, quality: int, stored: Optional[memoryview] = None,
-                      size: Optional[tuple] = None, samples: int = 0, optimize: bool = True) -> None:
+def write_jpeg_pillow(vrt: str, jpg: str, bands: int, quality: int, stored: Optional[StoredPixels] = None,
+                      optimize: bool = True) -> None:
     """Encode the preview's 8-bit bands as a baseline JPEG, libjpeg defaults plus (``optimize``) optimised
-    Huffman tables, as GDAL's JPEG driver does. ``stored`` (from :func:`stored_pixels`, ``samples`` per
-    pixel, ``size`` (width, height)) replaces the read of the VRT. Read failures raise ``GdalFailure``."""
+    Huffman tables, as GDAL's JPEG driver does. ``stored`` (:func:`stored_pixels`) maps the file's bytes
+    instead of reading the VRT. Read failures raise ``GdalFailure``."""
     from PIL import Image  # noqa: PLC0415
 
-    if stored is not None and size is not None:
+    if stored is not None:
+        import mmap  # noqa: PLC0415
+
         # 4 samples: RGBX, which Pillow maps without a copy and libjpeg-turbo encodes as RGB (the fourth
         # band is no alpha here: plan.masked is False); same bytes as GDAL's driver on bands 1-3 (tested).
-        mode = {1: "L", 3: "RGB", 4: "RGBX"}[samples]
-        image = Image.frombuffer(mode, size, stored, "raw", mode, 0, 1)
-        image.save(jpg, format="JPEG", quality=quality, optimize=optimize)
+        mode = {1: "L", 3: "RGB", 4: "RGBX"}[stored.samples]
+        nbytes = stored.width * stored.height * stored.samples
+        with open(stored.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            with memoryview(mapped)[stored.offset:stored.offset + nbytes] as pixels:
+                image = Image.frombuffer(mode, (stored.width, stored.height), pixels, "raw", mode, 0, 1)
+                image.save(jpg, format="JPEG", quality=quality, optimize=optimize)
+                del image  # the mapping can close only once nothing refers to it
         return
     pixels = get_backend().read(vrt, list(range(1, bands + 1)))
     height, width = pixels.shape[1], pixels.shape[2]
