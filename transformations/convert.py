@@ -23,6 +23,7 @@ from .inputs import inspect_input
 from .tiff import TiffTag, read_tiff_ifds
 from .jpeg_pillow import StoredPixels, optimize_tables, stored_pixels, use_pillow, write_jpeg_pillow
 from .jpeg_strips import coefficient_buffer_bytes, write_streamed_jpeg
+from .linux import start_writeback as _start_writeback, trim_heap as _trim_heap
 from .provenance import embed_metadata
 from .preview import PreviewPlan, plan_preview, preview_vrt
 from .settings import CACHEMAX_ENV, COG_BLOCKSIZE, DEFAULT_CACHEMAX_MB, JPEG_CACHEMAX_MB, JPEG_QUALITY, OVERVIEW_THREADS_ENV, PARALLEL_CACHEMAX_MB, RESAMPLING_ENV, THREADS_ENV
@@ -487,38 +488,6 @@ def _compressed(path: str) -> bool:
     except (OSError, ValueError):
         return False
     return bool(ifds) and ifds[0].tags.get(TiffTag.COMPRESSION, [1])[0] != 1
-
-
-def _start_writeback(path: str) -> None:
-    """Ask the kernel to start writing the finished COG to disk now (Linux ``sync_file_range``, which does not
-    wait); best effort, a no-op elsewhere.
-
-    Why: whoever publishes the file fsyncs it (the local engine's folder bucket links it and fsyncs; on one
-    CPU that wait was ~0.1 s per 2500² image and ~0.4 s per 5000² image of idle core). Started here, the
-    writing overlaps the JPEG encode and the verification, and the later fsync finds little left to do."""
-    try:
-        import ctypes  # noqa: PLC0415
-
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), 2)
-        finally:
-            os.close(fd)
-    except (OSError, AttributeError):
-        pass
-
-
-def _trim_heap() -> None:
-    """Return freed heap memory to the OS (glibc ``malloc_trim``); a no-op elsewhere.
-
-    The COG threads' freed buffers stay in glibc's per-thread arenas otherwise and count
-    towards the peak RSS of the serialised JPEG step (1-band 10000x10000: 345 -> 298 MiB)."""
-    try:
-        import ctypes  # noqa: PLC0415
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _write_pillow_jpeg(run: _Run, outcome: Dict[str, Any], stored: Optional[StoredPixels]) -> None:

@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any, Dict, Optional, Set, Tuple
 
+from .linux import set_pdeathsig
 from .warm import identity, peer_uid, recv_message, send_message, trace
 
 #: How often the idle server looks at the clock and its directory.
@@ -26,7 +27,6 @@ _POLL_S = 1.0
 _REQUEST_TIMEOUT_S = 30.0
 #: Grace between SIGTERM and SIGKILL for a child whose client went away.
 _STOP_GRACE_S = 10.0
-_PR_SET_PDEATHSIG = 1
 #: What importing the binding put into the environment (rasterio: GDAL_/PROJ_CURL_CA_BUNDLE): a cold
 #: process would have set it at its own import, so each child gets it unless its client had a value.
 _IMPORT_ENV: Dict[str, str] = {}
@@ -321,12 +321,7 @@ def _run_child(req: Dict[str, Any], out_fd: int, err_fd: int, handler: int, conn
 def _die_with(handler: int) -> None:
     """SIGKILL this child when its handler dies, so no orphan writes outputs the client is rewriting
     after falling back to converting itself."""
-    try:
-        import ctypes  # noqa: PLC0415
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    set_pdeathsig(signal.SIGKILL)
     if os.getppid() != handler:
         os._exit(1)
 

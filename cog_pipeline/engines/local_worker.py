@@ -13,7 +13,6 @@ Workers die with their parent (issue 8.9): `PR_SET_PDEATHSIG` plus a parent-pid 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import io
 import os
 import shlex
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..transformations.linux import set_pdeathsig
 from ..store import LocalStore, ObjectStore, StoreConfig, StoreError, open_store
 from .base import NOT_RETRIED, SUCCESS_CODES, ExitCode, WorkflowError, category, in_process_allowed, last_line
 
@@ -38,7 +38,6 @@ THREADS_ENV = "COG_PIPELINE_THREADS"  # the converter's own thread setting (tran
 # The largest input the converter's memory budget is specified for (issue 10.4: 1-4 bands up to 40000² in a
 # 1 GB slot), counted as width x height x bands x bytes per sample. A 100000² image is refused before any read.
 DEFAULT_MAX_PIXELS = 40000 * 40000 * 4
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -64,15 +63,6 @@ def max_pixels_setting(explicit: int | None = None) -> int:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Dying with the parent
-
-
-def set_pdeathsig(sig: int = signal.SIGKILL) -> bool:
-    """Ask Linux to send `sig` to this process when its parent (thread) dies. False where unsupported."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def die_with_parent(parent_pid: int, interval: float = 1.0) -> None:
