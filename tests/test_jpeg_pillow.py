@@ -134,6 +134,8 @@ def test_stored_and_vrt_reads_encode_the_same_bytes(tmp_path: Path, monkeypatch:
 
 @needs_turbo
 @needs_gdal_translate
+@pytest.mark.skipif(not REAL_RGB.exists(), reason="the size bound is for real imagery (../shared/testdata): "
+                    "on synthetic noise the standard tables' share of a small file is larger")
 def test_large_previews_use_standard_tables_with_the_original_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Past OPTIMIZE_MAX_BYTES libjpeg's whole-image buffers are skipped: standard Huffman tables, so the bytes
     differ a little, but the decoded pixels are the original tool's."""
