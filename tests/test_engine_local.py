@@ -354,6 +354,30 @@ def test_a_stopped_worker_exits_cleanly_after_its_start_up():
     assert pool._prestarted == [] and worker.proc.exitcode == 0
 
 
+def test_a_worker_does_not_run_the_parents_main_script_again(tmp_path):
+    """Spawned from a script (as from the cog-pipeline console script), a worker must not re-run that script
+    as __mp_main__: under the console script that imported the whole CLI in every worker. The script marks
+    each run; the worker's clean exit (status 0) shows it started, without the second mark."""
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "main_script.py"
+    script.write_text(
+        "import os, sys\n"
+        f"open({str(runs)!r}, 'a').write(__name__ + '\\n')\n"
+        "if __name__ == '__main__':\n"
+        "    import cog_pipeline.engines.local_pool as pool\n"
+        "    pool.prestart(1)\n"
+        "    worker = pool._prestarted[0]\n"
+        "    pool.release_prestarted()\n"
+        "    sys.exit(worker.proc.exitcode)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert runs.read_text().split() == ["__main__"]
+
+
 def test_the_progress_bar_counts_jobs_and_failures_and_stays_away_without_a_terminal(capsys):
     from cog_pipeline.engines.local import _progress_bar
 

@@ -16,12 +16,15 @@ driver knows what each one runs, and
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_any
@@ -160,11 +163,32 @@ def _new_worker(ctx: Any) -> _Worker:
     return _Worker(ctx)
 
 
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Hide ``__main__.__file__`` while a worker is spawned.
+
+    Why: multiprocessing's spawn re-runs the parent's main script in the child (as ``__mp_main__``) when
+    ``__main__`` has a file. Under the ``cog-pipeline`` console script that imports the whole CLI (click, the
+    Pegasus wiring, the store and config layers: ~0.18 CPU-s) in every worker, which needs none of it: its
+    target, ``worker_main``, is found by module name. Only the parent's main thread starts workers."""
+    main = sys.modules.get("__main__")
+    saved = getattr(main, "__file__", None)
+    if main is None or saved is None or getattr(main, "__spec__", None) is not None:
+        yield  # no file to hide, or a module run with -m: spawn re-imports it by name (cheap, and needed)
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = saved
+
+
 class _Worker:
     def __init__(self, ctx: Any) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=worker_main, args=(child, os.getpid()), daemon=True, name="cog-worker")
-        self.proc.start()
+        with _main_script_hidden():
+            self.proc.start()
         child.close()
         self.job: _Running | None = None
         self.done = 0
