@@ -471,6 +471,37 @@ def test_validate_jpeg_rejects_truncated_and_wrong_size(tmp_path: Path) -> None:
     assert validate_jpeg(str(cut), 120, 100, 3)
 
 
+def test_validate_jpeg_rejects_corrupt_entropy_data(tmp_path: Path) -> None:
+    """libjpeg decodes damaged entropy-coded data on (grey blocks) and only warns: the decode check must
+    turn that warning into a failure, and the structural check alone cannot see it."""
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 600, 640))
+    _, _, jpg = converted(tmp_path, src, 3)
+    data = bytearray(jpg.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 2000] = np.random.default_rng(7).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(bytes(data))
+    errors = validate_jpeg(str(bad), 640, 600, 3)
+    assert errors and "does not decode cleanly" in errors[0], errors
+    assert validate_jpeg(str(bad), 640, 600, 3, decode=False) == []
+    assert validate_jpeg(str(jpg), 640, 600, 3) == []
+
+
+def test_a_preview_one_encoder_wrote_is_decoded_back_only_with_verify_pixels(tmp_path: Path, monkeypatch) -> None:
+    from cog_pipeline.transformations.backend import get_backend
+
+    backend = type(get_backend())
+    decoded: list[str] = []
+    real = backend.decode_check
+    monkeypatch.setattr(backend, "decode_check", lambda self, path: decoded.append(path) or real(self, path))
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 300, 320))
+    tif, jpg = outputs(tmp_path)
+    assert convert(src, tif, jpg, 3).exit_code == ExitCode.OK
+    assert decoded == []
+    _, _, jpg = converted(tmp_path, src, 3)  # verify_pixels=True
+    assert len(decoded) == 1
+
+
 # ---------------------------------------------------------------- shared test rasters
 
 

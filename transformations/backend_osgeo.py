@@ -251,15 +251,17 @@ class OsgeoBackend:
                 msums.append(self._call(band.GetMaskBand().Checksum)[0])
         return sums, msums
 
-    def decode_check(self, path: str) -> None:
+    def decode_check(self, path: str) -> List[str]:
         """Decode band 1 at its smallest overview (a JPEG's 1/8 scale still entropy-decodes every
-        block), in C: GdalFailure if it does not decode. No numpy needed."""
+        block), in C; GDAL's messages, where libjpeg's corrupt-data warnings appear (GdalFailure if it
+        does not decode at all). No numpy needed."""
         ds = self._open(path)  # kept referenced: a band outliving its dataset crashes the bindings
         band = ds.GetRasterBand(1)
         n = band.GetOverviewCount()
         target = band.GetOverview(n - 1) if n else band
-        self._call(target.Checksum)
+        messages = self._call(target.Checksum)[1]
         del target, band, ds
+        return messages
 
     def set_config(self, key: str, value: Optional[str]) -> None:
         self.gdal.SetConfigOption(key, value)

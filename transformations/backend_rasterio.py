@@ -229,11 +229,12 @@ class RasterioBackend:
                     msums.append(int(np.count_nonzero(m)) ^ (int(m.astype(np.uint64).sum()) << 1))
             return sums, msums
 
-    def decode_check(self, path: str) -> None:
-        """Decode band 1 at 1/8 scale (for a JPEG, libjpeg's scaled decoding of every block)."""
+    def decode_check(self, path: str) -> List[str]:
+        """Decode band 1 at 1/8 scale (for a JPEG, libjpeg's scaled decoding of every block); GDAL's
+        messages, where libjpeg's corrupt-data warnings appear (GdalFailure if it does not decode at all)."""
         with self._open(path) as ds:
             shape = (max(1, -(-ds.height // 8)), max(1, -(-ds.width // 8)))
-        self.read(path, [1], out_shape=shape)
+            return self._call(lambda: ds.read([1], out_shape=(1, *shape)))[1]
 
     def set_config(self, key: str, value: Optional[str]) -> None:
         if value is None:

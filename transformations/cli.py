@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="provenance as one base64url JSON object (safe through any argument quoting); adds GDAL_VERSION and CREATED_UTC")
     p.add_argument("--validator", choices=VALIDATORS, default=None,
                    help=f"COG validator (default: env {VALIDATOR_ENV}, else auto: the lightest that proves the same)")
-    p.add_argument("--verify-pixels", action="store_true", help="also compare full-resolution checksums of input and COG")
+    p.add_argument("--verify-pixels", action="store_true", help="also compare full-resolution checksums of input and COG, and decode the JPEG back")
     p.add_argument("--verbose", "-v", action="store_true", help="print a summary and GDAL's own messages")
     return p
 
