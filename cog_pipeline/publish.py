@@ -24,23 +24,6 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def preload_in_background() -> None:
-    """Import rasterio (the report's thumbnails read each COG's smallest overview with it) in a daemon
-    thread, while the local engine's workers convert: the import (~0.4 s) then no longer delays the
-    report at the end of the run."""
-    import threading
-
-    def load() -> None:
-        try:
-            from .transformations.backend_rasterio import import_rasterio_without_boto3
-
-            import_rasterio_without_boto3()
-        except Exception:  # noqa: BLE001 - the report imports it again and handles a failure itself
-            pass
-
-    threading.Thread(target=load, name="preload-rasterio", daemon=True).start()
-
-
 def processed_outputs(run_dir: RunDir) -> list[tuple[str, str]]:
     """(COG key, JPEG key) of every processed row of reconcile.json, duplicates once, in manifest order."""
     from .manifest import ManifestRow, parse_row

@@ -1,9 +1,11 @@
 """The run report: one self-contained HTML page answering "did it work, what failed and why, how do I fix it".
 
 Built only from what the run directory holds (run.json, manifest.csv, preflight.json, reconcile.json,
-jobs/*.json) plus cheap looks at the buckets: one listing for sizes and, per processed image, a ranged
-read of its COG's smallest overview (a COG keeps it near the front, so GDAL fetches one or two 64 KiB
-blocks instead of the whole file or the full-size JPEG, and it works the same on S3 and folder buckets).
+jobs/*.json) plus cheap looks at the buckets: one listing for sizes and, per processed image, the picture
+its local-engine worker left beside the job's record when the COG in the bucket is still that job's
+(thumbnail.py), else a ranged read of its COG's smallest overview (a COG keeps it near the front, so GDAL
+fetches one or two 64 KiB blocks instead of the whole file or the full-size JPEG, and it works the same on
+S3 and folder buckets).
 Every piece may be missing: a report is written for a run in any state. Every key is user data and is
 escaped; the page fetches nothing and needs no JavaScript (one inline line only marks images as loaded).
 """
@@ -19,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from .naming import RunNames, base_of
-from .store import ObjectStore, StoreError
+from .store import ObjectInfo, ObjectStore, StoreError
+from .thumbnail import THUMB_PX, THUMB_SUFFIX, read_thumbnail, thumbnail_jpeg
 
 REPORT_NAME = "report.html"
-THUMB_PX = 192
 
 
 @dataclass
@@ -149,18 +151,28 @@ def load_run(run_dir: Path, *, output_store: ObjectStore | None = None, input_st
         for r in records
     ]
     keys = [_row_key(row) for row in rows if row.get("status") == "processed" and not str(row.get("note", "")).startswith("duplicate")]
-    sizes_in = _sizes(input_store, [k for _, k in keys if k])
-    sizes_out = _sizes(output_store, [k for _, k in keys if k])
+    sizes_in = _listed(input_store, [k for _, k in keys if k])
+    listed_out = _listed(output_store, [k for _, k in keys if k])
     for line, key in keys:
         if not key:
             continue
         rec = by_line.get(line, {})
-        image = ImageRow(line, key, (sizes_in.get(key) or (None,))[0], (sizes_out.get(key) or (None,))[0],
+        out = listed_out.get(key)
+        image = ImageRow(line, key, getattr(sizes_in.get(key), "size", None), getattr(out, "size", None),
                          rec.get("seconds"), rec.get("attempts"), str(next((r.get("note", "") for r in rows if r.get("line") == line), "")))
-        if thumbnails and output_store is not None and key in sizes_out:
-            image.thumbnail = thumbnail_data_uri(output_store, key, sizes_out[key][0])
+        if thumbnails and output_store is not None and out is not None:
+            image.thumbnail = _job_thumbnail(run_dir, rec, key, out.etag) or thumbnail_data_uri(output_store, key, out.size)
         view.images.append(image)
     return view
+
+
+def _job_thumbnail(run_dir: Path, record: dict[str, Any], key: str, etag: str) -> str | None:
+    """The picture the job's worker made (thumbnail.py), if the COG in the bucket is still the one it made."""
+    made = (record.get("outputs") or {}).get(key) or {}
+    if record.get("status") != "succeeded" or not made.get("etag") or made.get("etag") != etag:
+        return None
+    data = read_thumbnail(run_dir / "jobs" / f"{record.get('job_id', '')}{THUMB_SUFFIX}")
+    return f"data:image/jpeg;base64,{base64.b64encode(data).decode('ascii')}" if data else None
 
 
 def _manifest_rows(run_dir: Path) -> int:
@@ -178,44 +190,30 @@ def _row_key(row: dict[str, Any]) -> tuple[int, str | None]:
     return int(row.get("line", 0)), getattr(parsed, "key", None)
 
 
-def _sizes(store: ObjectStore | None, keys: list[str]) -> dict[str, tuple[int]]:
+def _listed(store: ObjectStore | None, keys: list[str]) -> dict[str, ObjectInfo]:
+    """What one listing says of each key (size, etag); nothing when there is no store or it cannot be listed."""
     if store is None or not keys:
         return {}
     from .listing import find_keys
 
     try:
-        return {k: (o.size,) for k, o in find_keys(store, keys).items()}
+        return find_keys(store, keys)
     except StoreError:
         return {}
 
 
 def thumbnail_data_uri(store: ObjectStore, key: str, size: int | None = None, max_px: int = THUMB_PX) -> str | None:
     """A small JPEG data: URI of the COG's smallest overview, read by ranges; None when it cannot be read."""
-    import numpy as np
-    import rasterio
-    import rasterio.errors
-    from rasterio.io import MemoryFile
+    import warnings
 
     from .ranged import OPEN_NAME, opener_for
 
     try:
         opener, _ = opener_for(store, key, size)
-        with rasterio.open(OPEN_NAME, opener=opener) as src:
-            scale = max(src.width, src.height) / max_px
-            w, h = max(1, round(src.width / max(scale, 1))), max(1, round(src.height / max(scale, 1)))
-            bands = [1, 2, 3] if src.count >= 3 else [1]
-            data = src.read(bands, out_shape=(len(bands), h, w))
-        if data.dtype != np.uint8:
-            lo, hi = float(data.min()), float(data.max())
-            data = ((data - lo) / ((hi - lo) or 1) * 255).astype(np.uint8)
-        import warnings
-
-        with MemoryFile() as mem, warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a picture, not a map
-            with mem.open(driver="JPEG", width=w, height=h, count=len(bands), dtype="uint8", quality=75) as dst:
-                dst.write(data)
-            encoded = base64.b64encode(mem.read()).decode("ascii")
-        return f"data:image/jpeg;base64,{encoded}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NotGeoreferencedWarning: a picture, not a map
+            data = thumbnail_jpeg(OPEN_NAME, opener=opener, max_px=max_px)
+        return f"data:image/jpeg;base64,{base64.b64encode(data).decode('ascii')}"
     except Exception:  # noqa: BLE001 - a missing picture must never cost the report
         return None
 

@@ -246,6 +246,77 @@ def test_thumbnail_by_ranged_reads_on_both_stores(buckets, shared_testdata: Path
     assert rasterio.open(cog).overviews(1)  # the COG has overviews to read from
 
 
+def _image_srcs(page: str) -> dict[str, str]:
+    """key -> the data: URI of its thumbnail, from the report's picture grid."""
+    return {a["alt"]: a["src"] for t, a in _parse(page).tags if t == "img" and a.get("class") == "thumb"}
+
+
+@pytest.mark.slow
+def test_the_report_shows_the_pictures_the_workers_left_while_the_cog_is_theirs(run: tuple[Path, StoreConfig]) -> None:
+    """Each local-engine job leaves jobs/<id>.thumb.jpg (made from its COG beside the other jobs); the report
+    uses it only while the bucket still holds that job's COG (same etag), and a torn picture is never used."""
+    import base64
+
+    from cog_pipeline.report import thumbnail_data_uri
+
+    run_dir, config = run
+    out_store = LocalStore(config.local_root, "out")
+    records = {r["key"]: r for r in RunDir(run_dir).job_records().values() if r["status"] == "succeeded"}
+    assert len(records) == 3
+    thumbs = {key: run_dir / "jobs" / f"{rec['job_id']}.thumb.jpg" for key, rec in records.items()}
+    assert all(p.read_bytes()[:2] == b"\xff\xd8" for p in thumbs.values())
+
+    def srcs() -> dict[str, str]:
+        return _image_srcs(write_report(run_dir, output_store=out_store).read_text(encoding="utf-8"))
+
+    def uri(path: Path) -> str:
+        return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+    assert srcs() == {key: uri(path) for key, path in thumbs.items()}
+
+    rgb, shade = "Counties/WI/Wood/rgb.tif", "Counties/WI/Wood/shade.tif"
+    saved = {k: thumbs[k].read_bytes() for k in (rgb, shade, HOSTILE)}
+    rgb_picture = "data:image/jpeg;base64," + base64.b64encode(saved[rgb]).decode("ascii")
+    thumbs[HOSTILE].write_bytes(saved[rgb])  # its COG untouched: the report shows the file, not the COG
+    thumbs[rgb].write_bytes(saved[rgb][: len(saved[rgb]) // 2])  # torn: no end-of-image marker
+    thumbs[shade].write_bytes(saved[rgb])  # whole, but its COG is replaced below: only the etag tells
+    cog = out_store.path_of(shade)
+    replacement = cog.with_name("replacement.tif")
+    shutil.copyfile(cog, replacement)
+    os.replace(replacement, cog)  # the same bytes as a new object: another etag, so not the job's COG any more
+    try:
+        now = srcs()
+        assert now[HOSTILE] == rgb_picture
+        assert now[rgb] == thumbnail_data_uri(out_store, rgb) != uri(thumbs[rgb])
+        assert now[shade] == thumbnail_data_uri(out_store, shade) != rgb_picture
+    finally:
+        for key, data in saved.items():
+            thumbs[key].write_bytes(data)
+
+
+def test_a_thumbnail_is_rgb_from_three_bands_grey_from_one_and_stretched_from_uint16(tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from cog_pipeline.thumbnail import THUMB_PX, thumbnail_jpeg
+    from tests import rasters
+
+    cases = {
+        "rgba.tif": (rasters.textured(4, 300, 500), "RGB"),
+        "grey.tif": (rasters.textured(1, 500, 300), "L"),
+        "deep.tif": ((rasters.textured(1, 200, 200).astype(np.uint16) * 40 + 1000), "L"),
+    }
+    for name, (data, mode) in cases.items():
+        path = rasters.write(tmp_path / name, data)
+        with Image.open(io.BytesIO(thumbnail_jpeg(str(path)))) as img:
+            assert img.mode == mode and max(img.size) == min(THUMB_PX, max(data.shape[1:]))
+            pixels = np.asarray(img)
+        if name == "deep.tif":  # the uint16 range spread over 0-255
+            assert pixels.min() <= 10 and pixels.max() >= 245
+
+
 def test_damaged_run_files_are_tolerated(tmp_path: Path) -> None:
     (tmp_path / "run.json").write_text("{not json")
     (tmp_path / "jobs").mkdir()

@@ -239,10 +239,7 @@ def execute(
 ) -> None:
     """Run every job's attempts through the pool; `on_final(spec, outcome, attempts, seconds)` once per job.
     `todo` may hold several runs' jobs (see FairQueue); `sizes` maps (run_of(spec), job id) to input bytes."""
-    from ..publish import preload_in_background
-
     ctx = multiprocessing.get_context("spawn")
-    preload_in_background()  # the END hook's report runs in this process (base.run_end_hook)
     queue = FairQueue(todo, sizes)
     first_start: dict[tuple[str, str], float] = {}
     workers = [_new_worker(ctx) for _ in range(max(1, min(settings.workers, len(todo) or 1)))]

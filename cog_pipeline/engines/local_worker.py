@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..transformations.linux import set_pdeathsig
 from ..store import LocalStore, ObjectStore, StoreConfig, StoreError, open_store
+from ..thumbnail import thumbnail_path, write_thumbnail
 from .base import NOT_RETRIED, SUCCESS_CODES, ExitCode, WorkflowError, category, in_process_allowed, last_line
 
 if TYPE_CHECKING:
@@ -174,6 +175,14 @@ def stage_out(spec: JobSpec, workdir: Path) -> dict[str, dict[str, Any]]:
     return uploaded
 
 
+def leave_thumbnail(spec: JobSpec, workdir: Path) -> None:
+    """The run report's picture of the job's COG, made here while the COG is still on this disk and the other
+    jobs run (thumbnail.py): best effort, never the job's failure."""
+    cog = next((lfn for lfn in spec.outputs if lfn.lower().endswith((".tif", ".tiff"))), None)
+    if cog is not None:
+        write_thumbnail(_safe_join(workdir, cog), thumbnail_path(spec.log_path))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The size guard
 
@@ -314,6 +323,7 @@ def run_attempt(spec: JobSpec, attempt: int, *, threads: int | None = None, max_
                 outputs = stage_out(spec, workdir)
             except (StoreError, OSError) as exc:
                 return _logged(log, AttemptOutcome("failed", code, "STAGE_OUT_FAILED", f"stage-out failed: {exc}"))
+            leave_thumbnail(spec, workdir)
             warning = reason if reason.startswith("WARNING") else None
             return AttemptOutcome("succeeded", code, category(code), "", warning=warning, outputs=outputs)
         except Exception as exc:  # noqa: BLE001 - a crash in one job is that job's failure, with its reason
