@@ -306,6 +306,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+#: The project's own packages (an editable install: they are not in site-packages).
+PROJECT_PACKAGES = ("cog_pipeline", "transformations", "pegasus", "replicas", "crondor")
+
+
+def compile_project() -> str:
+    """Compile the checkout's modules into their __pycache__ (untimed set-up), as an installed package has them.
+
+    Why: with PYTHONDONTWRITEBYTECODE=1 in the environment (set on the development machine) an editable
+    checkout never caches bytecode, so every process compiled every project module it imports from source
+    (measured 0.19 s in a scan's process and ~0.12 s in each worker), a cost no pip-installed copy pays
+    (pip compiles at install) and any other checkout pays once. The environment itself is left as it is."""
+    root = HERE.parent
+    proc = subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(root / p) for p in PROJECT_PACKAGES)],
+                          capture_output=True, text=True, check=False)
+    env = "PYTHONDONTWRITEBYTECODE=1" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "bytecode written normally"
+    return f"compiled into __pycache__ ({env})" if proc.returncode == 0 else f"compileall failed: {proc.stderr.strip()[-200:]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("gdal_translate") is None:
@@ -316,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     cores = 1 if args.one_cpu else len(os.sched_getaffinity(0))
     contenders = args.contenders or [c for c in DEFAULT_CONTENDERS if not (args.one_cpu and c.endswith("-xargs"))]
     info = machine_info()
+    info["bytecode"] = compile_project()
     print(f"{info['cpus']} CPUs; system {info['system_gdal']}; venv GDAL {info['venv_gdal']}; {info['uptime']}", flush=True)
+    print(f"project bytecode: {info['bytecode']}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="cog-bench-run-", dir=args.scratch))
     started = time.monotonic()
     configs = []
