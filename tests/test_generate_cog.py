@@ -487,6 +487,18 @@ def test_validate_jpeg_rejects_corrupt_entropy_data(tmp_path: Path) -> None:
     assert validate_jpeg(str(jpg), 640, 600, 3) == []
 
 
+def test_info_without_overviews_reads_the_same_but_the_levels(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from cog_pipeline.transformations.backend import get_backend
+
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 1100, 1200))
+    _, tif, _ = converted(tmp_path, src, 3)
+    full, bare = get_backend().info(str(tif)), get_backend().info(str(tif), overviews=False)
+    assert full.overview_sizes == [(600, 550), (300, 275)] and bare.overview_sizes == []
+    assert replace(full, overview_sizes=[]) == bare
+
+
 def test_a_preview_one_encoder_wrote_is_decoded_back_only_with_verify_pixels(tmp_path: Path, monkeypatch) -> None:
     from cog_pipeline.transformations.backend import get_backend
 

@@ -31,7 +31,10 @@ class GdalBackend(Protocol):
     #: GDALRegenerateOverviews); else the parallel path needs an even-sized input.
     regenerates_exact_sizes: bool
 
-    def info(self, path: str, drivers: Optional[List[str]] = None) -> RasterInfo: ...
+    def info(self, path: str, drivers: Optional[List[str]] = None, overviews: bool = True) -> RasterInfo:
+        """What GDAL reads of ``path``; ``overviews=False`` leaves ``overview_sizes`` empty (rasterio opens the file
+        once more per level to size them: three extra opens for a JPEG's DCT-scaled levels)."""
+        ...
 
     def palette(self, path: str) -> List[Tuple[int, int, int, int]]: ...
 

@@ -62,13 +62,13 @@ class OsgeoBackend:
             raise GdalFailure(messages[-1] if messages else f"GDAL cannot open {path}", messages)
         return ds
 
-    def info(self, path: str, drivers: Optional[List[str]] = None) -> RasterInfo:
+    def info(self, path: str, drivers: Optional[List[str]] = None, overviews: bool = True) -> RasterInfo:
         gdal = self.gdal
         ds = self._open(path, drivers)
         bands = [ds.GetRasterBand(i + 1) for i in range(ds.RasterCount)]
         b1 = bands[0] if bands else None
         ovr = []
-        if b1 is not None:
+        if b1 is not None and overviews:
             for i in range(b1.GetOverviewCount()):
                 o = b1.GetOverview(i)
                 ovr.append((o.XSize, o.YSize))

@@ -82,12 +82,12 @@ class RasterioBackend:
 
         return self._call(do)[0]
 
-    def info(self, path: str, drivers: Optional[List[str]] = None) -> RasterInfo:
+    def info(self, path: str, drivers: Optional[List[str]] = None, overviews: bool = True) -> RasterInfo:
         import warnings  # noqa: PLC0415
 
         with self._open(path, drivers) as ds:
             ovr = []
-            if ds.count:
+            if ds.count and overviews:
                 for level in range(len(ds.overviews(1))):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")

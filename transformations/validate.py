@@ -196,7 +196,7 @@ def validate_jpeg(path: str, width: int, height: int, bands: int, decode: bool =
     if errors:
         return errors
     try:
-        info = be.info(path)
+        info = be.info(path, overviews=False)
         if info.driver != "JPEG" or (info.width, info.height, info.count) != (width, height, bands):
             return [f"GDAL reads it as {info.driver} {info.width}x{info.height}x{info.count}"]
         if decode:  # at 1/8 scale: still entropy-decodes every block, at a fraction of the full cost
