@@ -162,3 +162,31 @@ def test_mapped_pixels_may_take_half_the_budget_when_the_jpeg_runs_alone() -> No
     assert jpeg_pillow.use_pillow(10000, 10000, 3, 1024, mapped(10000), alone=True)
     assert not jpeg_pillow.use_pillow(10000, 10000, 3, 1024)  # read through the VRT: 7 bytes a pixel
     assert not jpeg_pillow.use_pillow(20000, 20000, 3, 1024, mapped(20000), alone=True)
+
+
+@needs_turbo
+@pytest.mark.parametrize("count,mapped_while_encoding", [(3, False), (4, True), (1, True)])
+def test_a_copied_rgb_image_releases_the_mapping_before_libjpeg_encodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     count: int, mapped_while_encoding: bool) -> None:
+    """Pillow keeps RGB in 32 bits, so a mapped 3-band file is copied: the mapping is closed before the encode,
+    when libjpeg's coefficient buffer grows, and its pages leave the process. L and RGBX images are the
+    mapped pages themselves and keep them."""
+    from PIL import Image
+
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(count, 90, 110), photometric="RGB" if count > 1 else None)
+    info = inspect_input(str(src))
+    stored = jpeg_pillow.stored_pixels(info, plan_preview(info))
+    assert stored is not None
+    seen: list[bool] = []
+    real_save = Image.Image.save
+
+    def save(image, *args, **kw):
+        seen.append(str(src) in Path("/proc/self/maps").read_text())
+        return real_save(image, *args, **kw)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    out = tmp_path / "out.jpg"
+    jpeg_pillow.write_jpeg_pillow("unused.vrt", str(out), min(count, 3), 80, stored)
+    assert seen == [mapped_while_encoding]
+    with Image.open(out) as img:
+        assert img.size == (110, 90)

@@ -38,6 +38,9 @@ BUDGET_SHARE = 4
 #: Larger previews get libjpeg's standard tables: the same pixels, ~0.4 % more bytes, streamed.
 OPTIMIZE_MAX_BYTES = 64 << 20
 
+#: Modes whose bytes Pillow's frombuffer maps as they are (no copy): the image then needs the mapping.
+SHARED_MODES = ("L", "RGBX")
+
 _turbo: Optional[bool] = None
 
 
@@ -143,8 +146,13 @@ def write_jpeg_pillow(vrt: str, jpg: str, bands: int, quality: int, stored: Opti
         with open(stored.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             with memoryview(mapped)[stored.offset:stored.offset + nbytes] as pixels:
                 image = Image.frombuffer(mode, (stored.width, stored.height), pixels, "raw", mode, 0, 1)
-                image.save(jpg, format="JPEG", quality=quality, optimize=optimize)
-                del image  # the mapping can close only once nothing refers to it
+                if mode in SHARED_MODES:
+                    image.save(jpg, format="JPEG", quality=quality, optimize=optimize)
+                    del image  # the mapping can close only once nothing refers to it
+                    return
+        # RGB: Pillow unpacked the bytes into its own 32-bit image, so the mapping is closed before libjpeg
+        # grows its coefficient buffer: its pages (19 MB at 2500²) no longer count in this process's peak.
+        image.save(jpg, format="JPEG", quality=quality, optimize=optimize)
         return
     pixels = get_backend().read(vrt, list(range(1, bands + 1)))
     height, width = pixels.shape[1], pixels.shape[2]
