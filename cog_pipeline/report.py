@@ -172,7 +172,11 @@ def _job_thumbnail(run_dir: Path, record: dict[str, Any], key: str, etag: str) -
     if record.get("status") != "succeeded" or not made.get("etag") or made.get("etag") != etag:
         return None
     data = read_thumbnail(run_dir / "jobs" / f"{record.get('job_id', '')}{THUMB_SUFFIX}")
-    return f"data:image/jpeg;base64,{base64.b64encode(data).decode('ascii')}" if data else None
+    return _jpeg_data_uri(data) if data else None
+
+
+def _jpeg_data_uri(data: bytes) -> str:
+    return f"data:image/jpeg;base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def _manifest_rows(run_dir: Path) -> int:
@@ -213,7 +217,7 @@ def thumbnail_data_uri(store: ObjectStore, key: str, size: int | None = None, ma
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # NotGeoreferencedWarning: a picture, not a map
             data = thumbnail_jpeg(OPEN_NAME, opener=opener, max_px=max_px)
-        return f"data:image/jpeg;base64,{base64.b64encode(data).decode('ascii')}"
+        return _jpeg_data_uri(data)
     except Exception:  # noqa: BLE001 - a missing picture must never cost the report
         return None
 
