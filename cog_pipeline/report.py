@@ -22,7 +22,7 @@ from typing import Any
 
 from .naming import RunNames, base_of
 from .store import ObjectInfo, ObjectStore, StoreError
-from .thumbnail import THUMB_PX, THUMB_SUFFIX, read_thumbnail, thumbnail_jpeg
+from .thumbnail import THUMB_PX, read_thumbnail, thumbnail_jpeg, thumbnail_path
 
 REPORT_NAME = "report.html"
 
@@ -171,7 +171,7 @@ def _job_thumbnail(run_dir: Path, record: dict[str, Any], key: str, etag: str) -
     made = (record.get("outputs") or {}).get(key) or {}
     if record.get("status") != "succeeded" or not made.get("etag") or made.get("etag") != etag:
         return None
-    data = read_thumbnail(run_dir / "jobs" / f"{record.get('job_id', '')}{THUMB_SUFFIX}")
+    data = read_thumbnail(thumbnail_path(run_dir / "jobs", str(record.get("job_id", ""))))
     return _jpeg_data_uri(data) if data else None
 
 

@@ -32,7 +32,7 @@ def thumbnail_jpeg(name: str, opener: Any = None, max_px: int = THUMB_PX) -> byt
     import_rasterio_without_boto3()
     import rasterio
 
-    with rasterio.open(name, opener=opener) if opener is not None else rasterio.open(name) as src:
+    with rasterio.open(name, opener=opener) as src:
         scale = max(src.width, src.height) / max_px
         w, h = max(1, round(src.width / max(scale, 1))), max(1, round(src.height / max(scale, 1)))
         bands = [1, 2, 3] if src.count >= 3 else [1]
@@ -46,10 +46,9 @@ def thumbnail_jpeg(name: str, opener: Any = None, max_px: int = THUMB_PX) -> byt
     return out.getvalue()
 
 
-def thumbnail_path(log_path: str | os.PathLike[str]) -> Path:
-    """Where a job's picture lives: beside its log (``jobs/ID0000001.log`` -> ``jobs/ID0000001.thumb.jpg``)."""
-    path = Path(log_path)
-    return path.with_name(path.stem + THUMB_SUFFIX)
+def thumbnail_path(jobs_dir: str | os.PathLike[str], job_id: str) -> Path:
+    """Where a job's picture lives: beside its record and log (``jobs/ID0000001.thumb.jpg``)."""
+    return Path(jobs_dir) / f"{job_id}{THUMB_SUFFIX}"
 
 
 def write_thumbnail(cog: Path, dest: Path) -> bool:

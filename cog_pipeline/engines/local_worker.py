@@ -180,7 +180,7 @@ def leave_thumbnail(spec: JobSpec, workdir: Path) -> None:
     jobs run (thumbnail.py): best effort, never the job's failure."""
     cog = next((lfn for lfn in spec.outputs if lfn.lower().endswith((".tif", ".tiff"))), None)
     if cog is not None:
-        write_thumbnail(_safe_join(workdir, cog), thumbnail_path(spec.log_path))
+        write_thumbnail(_safe_join(workdir, cog), thumbnail_path(Path(spec.log_path).parent, spec.job_id))
 
 
 # ---------------------------------------------------------------------------------------------------------------
