@@ -38,7 +38,10 @@ BUDGET_SHARE = 4
 #: Larger previews get libjpeg's standard tables: the same pixels, ~0.4 % more bytes, streamed.
 OPTIMIZE_MAX_BYTES = 64 << 20
 
+#: Pillow's mode for a mapped file's pixels, by samples per pixel (4: RGBX, the fourth band ignored).
+MAPPED_MODES = {1: "L", 3: "RGB", 4: "RGBX"}
 #: Modes whose bytes Pillow's frombuffer maps as they are (no copy): the image then needs the mapping.
+#: RGB is unpacked into Pillow's own 32-bit image.
 SHARED_MODES = ("L", "RGBX")
 
 _turbo: Optional[bool] = None
@@ -84,9 +87,11 @@ def use_pillow(width: int, height: int, bands: int, budget_mb: int, stored: Opti
     if wanted == "pillow":
         return True
     # Mapped L and RGBX images are the file's pages themselves; mapped RGB is copied into a 32-bit image.
-    mapped = stored.samples if stored is not None else 0
-    per_pixel = (mapped if mapped in (1, 4) else mapped + 4) if mapped else PIXEL_BYTES[bands]
-    share = BUDGET_SHARE // 2 if mapped and alone else BUDGET_SHARE
+    if stored is None:
+        per_pixel = PIXEL_BYTES[bands]
+    else:
+        per_pixel = stored.samples + (0 if MAPPED_MODES[stored.samples] in SHARED_MODES else 4)
+    share = BUDGET_SHARE // 2 if stored is not None and alone else BUDGET_SHARE
     return width * height * per_pixel <= (budget_mb << 20) // share
 
 
@@ -141,7 +146,7 @@ def write_jpeg_pillow(vrt: str, jpg: str, bands: int, quality: int, stored: Opti
 
         # 4 samples: RGBX, which Pillow maps without a copy and libjpeg-turbo encodes as RGB (the fourth
         # band is no alpha here: plan.masked is False); same bytes as GDAL's driver on bands 1-3 (tested).
-        mode = {1: "L", 3: "RGB", 4: "RGBX"}[stored.samples]
+        mode = MAPPED_MODES[stored.samples]
         nbytes = stored.width * stored.height * stored.samples
         with open(stored.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             with memoryview(mapped)[stored.offset:stored.offset + nbytes] as pixels:

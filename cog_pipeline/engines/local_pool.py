@@ -24,8 +24,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_any
 from typing import TYPE_CHECKING, Any
