@@ -1,15 +1,21 @@
-"""Which GDAL binding this process converts with, and the interface both bindings offer.
+"""Which GDAL binding this process converts with, and the interface every binding offers.
 
 The converter runs in two environments: this project's venv (rasterio's wheels bundle GDAL) and
-the stock GDAL container (GDAL's own ``osgeo.gdal``, no rasterio, no pip). Everything else in the
-converter talks to GDAL only through :class:`GdalBackend`, so the two stay interchangeable. The
-binding is loaded on first use, not at import, so importing the package costs no GDAL start-up.
+the stock GDAL container (GDAL's own ``osgeo.gdal``, no rasterio, no pip). In the venv it calls
+rasterio's libgdal through GDAL's C API (``libgdal``, backend_libgdal.py: no numpy or rasterio
+import in a worker); rasterio's Python API (``rasterio``) stays selectable and is the fallback when
+that library cannot be loaded. Everything else in the converter talks to GDAL only through
+:class:`GdalBackend`, so the bindings stay interchangeable. The binding is loaded on first use, not
+at import, so importing the package costs no GDAL start-up.
 """
 
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
+
+#: What ``read_interleaved`` returns pixels in: anything with the buffer protocol.
+Buffer = Union[bytes, bytearray, memoryview]
 
 if TYPE_CHECKING:  # numpy is imported only where pixels are read: its import costs ~0.2 CPU-s per process
     import numpy as np
@@ -45,6 +51,11 @@ class GdalBackend(Protocol):
 
     def read(self, path: str, bands: Sequence[int], window: Optional[Tuple[int, int, int, int]] = None,
              out_shape: Optional[Tuple[int, int]] = None, masks: bool = False) -> np.ndarray: ...
+
+    def read_interleaved(self, path: str, bands: int) -> Tuple[int, int, Buffer]:
+        """(width, height, pixels): the first ``bands`` bands as 8-bit samples, pixel-interleaved, which
+        Pillow takes as an "L" or "RGB" image as they are; no numpy on the backends that need none."""
+        ...
 
     def checksums(self, path: str) -> Tuple[List[int], List[int]]: ...
 
@@ -82,9 +93,10 @@ _problem: Optional[str] = None
 
 def _load() -> Tuple[Optional[GdalBackend], Optional[str]]:
     wanted = os.environ.get(BACKEND_ENV, "").strip().lower() or "auto"
-    order = {"auto": ["osgeo", "rasterio"], "osgeo": ["osgeo"], "rasterio": ["rasterio"]}.get(wanted)
+    order = {"auto": ["osgeo", "libgdal", "rasterio"], "osgeo": ["osgeo"], "libgdal": ["libgdal"],
+             "rasterio": ["rasterio"]}.get(wanted)
     if order is None:
-        return None, f"{BACKEND_ENV}={wanted!r}: use 'osgeo' or 'rasterio'"
+        return None, f"{BACKEND_ENV}={wanted!r}: use 'osgeo', 'libgdal' or 'rasterio'"
     problems = []
     for name in order:
         try:
@@ -92,6 +104,10 @@ def _load() -> Tuple[Optional[GdalBackend], Optional[str]]:
                 from .backend_osgeo import OsgeoBackend  # noqa: PLC0415
 
                 return OsgeoBackend(), None
+            if name == "libgdal":
+                from .backend_libgdal import LibgdalBackend  # noqa: PLC0415
+
+                return LibgdalBackend(), None
             from .backend_rasterio import RasterioBackend  # noqa: PLC0415
 
             return RasterioBackend(), None
@@ -117,7 +133,7 @@ def get_backend() -> GdalBackend:
 
 
 def backend_name() -> str:
-    """``'osgeo'`` or ``'rasterio'``: the GDAL binding this process uses."""
+    """``'osgeo'``, ``'libgdal'`` or ``'rasterio'``: the GDAL binding this process uses."""
     return get_backend().name
 
 

@@ -241,6 +241,16 @@ class OsgeoBackend:
             arrays.append(arr)
         return np.stack(arrays)
 
+    def read_interleaved(self, path: str, bands: int) -> Tuple[int, int, bytes]:
+        gdal = self.gdal
+        ds = self._open(path)
+        w, h = ds.RasterXSize, ds.RasterYSize
+        data, _ = self._call(lambda: ds.ReadRaster(0, 0, w, h, buf_type=gdal.GDT_Byte, band_list=list(range(1, bands + 1)),
+                                                   buf_pixel_space=bands, buf_line_space=w * bands, buf_band_space=1))
+        if data is None:
+            raise GdalFailure(f"cannot read {path}")
+        return w, h, data
+
     def checksums(self, path: str) -> Tuple[List[int], List[int]]:
         ds = self._open(path)
         sums, msums = [], []
