@@ -194,12 +194,11 @@ def size_problem(path: Path, max_pixels: int) -> str | None:
     if max_pixels <= 0:
         return None
     try:
-        import numpy as np
-
         from ..transformations.backend import get_backend
+        from ..transformations.rasterinfo import dtype_itemsize  # a table: this guard must not import numpy
 
         info = get_backend().info(str(path), drivers=["GTiff"])
-        itemsize = max((np.dtype(d).itemsize for d in info.dtypes), default=1)
+        itemsize = max((dtype_itemsize(d) for d in info.dtypes), default=1)
     except Exception:  # noqa: BLE001 - unreadable: not this guard's business
         return None
     weight = info.width * info.height * max(info.count, 1) * itemsize
