@@ -5,11 +5,11 @@ Two sources, one picture size (``THUMB_PX`` on the longer side, JPEG quality ``T
 * The local engine's worker makes it right after a job's outputs are in place, from the job's own JPEG
   preview still on its disk, and leaves it in the run directory as ``jobs/<job id>.thumb.jpg``; the report
   then only reads that file. The preview is a faithful source: it is the picture the job made for people to
-  look at (bands 1-3 of a 4-band image, one band as grey, non-8-bit data already stretched to 0-255 by the
-  converter, masks composited). It is read with Pillow alone, which asks libjpeg for a DCT-scaled decode
-  (``draft``: a 10000² preview is decoded at 1250², cheaply and in ~5 MB), so a worker's picture imports
-  neither numpy nor rasterio (issue 10: a worker converting an 8-bit image through a backend that calls
-  libgdal directly must not pay their imports or their memory for a picture).
+  look at (bands 1-3 of a 4-band image, else one band as grey; palettes expanded to colour, masked pixels
+  black, non-8-bit data already stretched to 0-255 by the converter). It is read with Pillow alone, which
+  asks libjpeg for a DCT-scaled decode (``draft``: a 10000² preview is decoded at 1250², in ~5 MB, 0.11 s), so
+  a worker's picture imports neither numpy nor rasterio (issue 10: a worker converting an 8-bit image through
+  a backend that calls libgdal directly must not pay their imports or their memory for a picture).
 * For jobs that ran elsewhere (Pegasus), or when the worker's picture is missing or stale, the report reads the
   COG's smallest overview by ranges (report.py -> :func:`thumbnail_jpeg`, rasterio + numpy): the preview is
   full size (MBs), the overview a block or two near the COG's front.
