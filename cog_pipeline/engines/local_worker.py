@@ -176,11 +176,12 @@ def stage_out(spec: JobSpec, workdir: Path) -> dict[str, dict[str, Any]]:
 
 
 def leave_thumbnail(spec: JobSpec, workdir: Path) -> None:
-    """The run report's picture of the job's COG, made here while the COG is still on this disk and the other
-    jobs run (thumbnail.py): best effort, never the job's failure."""
-    cog = next((lfn for lfn in spec.outputs if lfn.lower().endswith((".tif", ".tiff"))), None)
-    if cog is not None:
-        write_thumbnail(_safe_join(workdir, cog), thumbnail_path(Path(spec.log_path).parent, spec.job_id))
+    """The run report's picture of the job's image, made here from the job's JPEG preview while it is still on
+    this disk and the other jobs run (thumbnail.py: Pillow only, no numpy or rasterio): best effort, never the
+    job's failure."""
+    preview = next((lfn for lfn in spec.outputs if lfn.lower().endswith((".jpg", ".jpeg"))), None)
+    if preview is not None:
+        write_thumbnail(_safe_join(workdir, preview), thumbnail_path(Path(spec.log_path).parent, spec.job_id))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -193,12 +194,11 @@ def size_problem(path: Path, max_pixels: int) -> str | None:
     if max_pixels <= 0:
         return None
     try:
-        import numpy as np
-
         from ..transformations.backend import get_backend
+        from ..transformations.rasterinfo import dtype_itemsize  # a table: this guard must not import numpy
 
         info = get_backend().info(str(path), drivers=["GTiff"])
-        itemsize = max((np.dtype(d).itemsize for d in info.dtypes), default=1)
+        itemsize = max((dtype_itemsize(d) for d in info.dtypes), default=1)
     except Exception:  # noqa: BLE001 - unreadable: not this guard's business
         return None
     weight = info.width * info.height * max(info.count, 1) * itemsize
