@@ -24,21 +24,41 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..transformations.linux import set_pdeathsig
 from ..store import LocalStore, ObjectStore, StoreConfig, StoreError, open_store
 from ..thumbnail import thumbnail_path, write_thumbnail
 from .base import NOT_RETRIED, SUCCESS_CODES, ExitCode, WorkflowError, category, in_process_allowed, last_line
 
-if TYPE_CHECKING:
-    from .local import JobSpec
-
 MAX_PIXELS_ENV = "COG_PIPELINE_MAX_PIXELS"
 THREADS_ENV = "COG_PIPELINE_THREADS"  # the converter's own thread setting (transformations/settings.py)
 # The largest input the converter's memory budget is specified for (issue 10.4: 1-4 bands up to 40000² in a
 # 1 GB slot), counted as width x height x bands x bytes per sample. A 100000² image is refused before any read.
 DEFAULT_MAX_PIXELS = 40000 * 40000 * 4
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job, resolved to concrete locations: everything a pool worker needs, picklable.
+
+    Defined here, beside the worker that runs it, not in local.py: a worker unpickles one per job, and
+    unpickling imports the class's module; local.py would bring the whole engine (the workflow reader's
+    YAML, the run directory, state and lease layers: ~3 MiB) into every worker, which runs none of it."""
+
+    job_id: str
+    executable: str
+    arguments: list[str]
+    input_bucket: str
+    output_bucket: str
+    inputs: dict[str, str]  # LFN -> key in the input bucket
+    outputs: dict[str, str]  # LFN -> key in the output bucket
+    attempts: int
+    metadata: dict[str, str]
+    store: dict[str, Any]
+    scratch_root: str
+    log_path: str
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
