@@ -21,12 +21,11 @@ import importlib.util
 import os
 import sys
 from ctypes import POINTER, byref, c_char_p, c_double, c_int, c_int64, c_void_p
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
     import numpy as np
-
-from contextlib import contextmanager
 
 from .backend import overview_config
 from .exit_codes import GdalFailure
@@ -228,10 +227,10 @@ class LibgdalBackend:
         return result, messages
 
     @contextmanager
-    def _dataset(self, path: str, drivers: Optional[List[str]] = None, update: bool = False) -> Iterator[int]:
-        """An open dataset handle, closed (and so flushed) on exit."""
+    def _dataset(self, path: str, drivers: Optional[List[str]] = None) -> Iterator[int]:
+        """An open read-only dataset handle, closed on exit."""
         allowed = _csl(drivers) if drivers else None
-        flags = _OF_RASTER | _OF_VERBOSE_ERROR | (0x01 if update else 0)
+        flags = _OF_RASTER | _OF_VERBOSE_ERROR
         ds, messages = self._call(lambda: self.lib.GDALOpenEx(os.fsencode(path), flags, allowed, None, None))
         if not ds:
             raise GdalFailure(messages[-1] if messages else f"GDAL cannot open {path}", messages)
@@ -427,7 +426,6 @@ class LibgdalBackend:
             target = (ctypes.c_char * len(pixels)).from_buffer(pixels)
             err, _ = self._call(lambda: lib.GDALDatasetRasterIO(ds, _GF_READ, 0, 0, w, h, target, w, h, _GDT_BYTE,
                                                                 bands, band_map, bands, w * bands, 1))
-            del target  # the bytearray may be resized or freed only once no ctypes view exports it
             if err != _CE_NONE:
                 raise GdalFailure(f"cannot read {path}")
             return w, h, pixels
