@@ -12,7 +12,7 @@ at import, so importing the package costs no GDAL start-up.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 #: What ``read_interleaved`` returns pixels in: anything with the buffer protocol.
 Buffer = Union[bytes, bytearray, memoryview]
@@ -85,6 +85,21 @@ def overview_config(creation: Dict[str, str], threads: str) -> Dict[str, Optiona
         "GDAL_NUM_THREADS": threads,
         "USE_RRD": "NO",
     }
+
+
+def cascade_levels(first: str, size: Tuple[int, int], dims: Sequence[Tuple[int, int]],
+                   halve: Callable[[str], str], regenerate: Callable[[str, Tuple[int, int], int], str]) -> List[str]:
+    """The pyramid's levels in order, each made from the one before (``first`` of ``size`` to start), as the
+    COG driver makes them: ``halve(prev)`` for a level of exactly half an even-sized level (GDAL's overview
+    builder), else ``regenerate(prev, (w, h), k)`` at the exact, rounded-down size. The bindings that can call
+    GDALRegenerateOverviews (osgeo, libgdal) share this order; each supplies the two steps."""
+    levels: List[str] = []
+    prev, (pw, ph) = first, size
+    for k, (w, h) in enumerate(dims):
+        out = halve(prev) if pw % 2 == 0 and ph % 2 == 0 and (w, h) == (pw // 2, ph // 2) else regenerate(prev, (w, h), k)
+        levels.append(out)
+        prev, pw, ph = out, w, h
+    return levels
 
 
 _loaded: Optional[GdalBackend] = None

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 if TYPE_CHECKING:
     import numpy as np
 
-from .backend import overview_config
+from .backend import cascade_levels, overview_config
 from .exit_codes import GdalFailure
 from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo, numpy_dtype_name
 
@@ -319,37 +319,34 @@ class LibgdalBackend:
         created); the same steps as the osgeo backend's: a level of exactly half an even-sized level by
         GDAL's multi-band overview builder (the COG driver's own code) into an external .ovr of a VRT,
         compressed directly; any other level at its exact size by GDALRegenerateOverviews, then compressed."""
-        saved = self._set_thread_local(overview_config(creation, threads))
-        levels: List[str] = []
-        try:
-            prev = prefix + "src.vrt"
-            temps.append(prev)
-            self.create_copy("VRT", src, prev, {})
+        with self._thread_config(overview_config(creation, threads)):
+            first = prefix + "src.vrt"
+            temps.append(first)
+            self.create_copy("VRT", src, first, {})
             with self._dataset(src) as ds:
-                pw, ph = self.lib.GDALGetRasterXSize(ds), self.lib.GDALGetRasterYSize(ds)
+                size = (self.lib.GDALGetRasterXSize(ds), self.lib.GDALGetRasterYSize(ds))
                 count = self.lib.GDALGetRasterCount(ds)
                 dtype = self.lib.GDALGetRasterDataType(self.lib.GDALGetRasterBand(ds, 1))
-            for k, (w, h) in enumerate(dims):
-                if pw % 2 == 0 and ph % 2 == 0 and (w, h) == (pw // 2, ph // 2):
-                    out = self._halve_level(prev, resampling, temps)
-                else:
-                    out = self._regenerate_level(prev, (w, h), count, dtype, f"{prefix}ovr{k}", resampling,
-                                                 creation, temps)
-                levels.append(out)
-                prev, pw, ph = out, w, h
-            return levels
-        finally:
-            self._set_thread_local(saved)
 
-    def _set_thread_local(self, values: Dict[str, Optional[str]]) -> Dict[str, Optional[str]]:
-        """Set GDAL config options for this thread only (the JPEG thread keeps its own); returns the old values."""
+            def regenerate(prev: str, exact: Tuple[int, int], k: int) -> str:
+                return self._regenerate_level(prev, exact, count, dtype, f"{prefix}ovr{k}", resampling, creation,
+                                              temps)
+
+            return cascade_levels(first, size, dims, lambda prev: self._halve_level(prev, resampling, temps),
+                                  regenerate)
+
+    @contextmanager
+    def _thread_config(self, values: Dict[str, Optional[str]]) -> Iterator[None]:
+        """GDAL config options for this thread only while the block runs (the JPEG thread keeps its own)."""
         lib = self.lib
-        saved = {}
+        saved = {k: lib.CPLGetThreadLocalConfigOption(k.encode(), None) for k in values}
         for k, v in values.items():
-            old = lib.CPLGetThreadLocalConfigOption(k.encode(), None)
-            saved[k] = None if old is None else _text(old)
             lib.CPLSetThreadLocalConfigOption(k.encode(), None if v is None else v.encode())
-        return saved
+        try:
+            yield
+        finally:
+            for k, old in saved.items():
+                lib.CPLSetThreadLocalConfigOption(k.encode(), old)
 
     def _halve_level(self, prev: str, resampling: str, temps: List[str]) -> str:
         out = prev + ".ovr"
