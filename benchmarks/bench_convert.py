@@ -13,7 +13,9 @@ and on the SAME GDAL build:
 --gdal system (default): both on the system GDAL (the `gdal_translate` binary and
 /usr/bin/python3 with osgeo.gdal: the stock-container stand-in). --gdal rasterio: both on the
 GDAL bundled with rasterio (the original steps through rasterio.shutil.copy, which is the same
-GDALCreateCopy call gdal_translate makes, with a band-subset VRT for -b 1 -b 2 -b 3).
+GDALCreateCopy call gdal_translate makes, with a band-subset VRT for -b 1 -b 2 -b 3); ours there converts on
+the venv's default backend, libgdal (rasterio's library through GDAL's C API), or on rasterio's Python API
+with BENCH_VENV_BACKEND=rasterio.
 
 Each contender runs as its own process; wall time, CPU time (user+sys) and peak RSS come from
 wait4(). Rounds alternate original/ours; the table shows the median per contender. Prints
@@ -174,7 +176,7 @@ def ours(gdal: str, src: Path, bands: int, out: Path, extra: list[str], exe: Pat
         env["COG_PIPELINE_GDAL_BACKEND"] = "osgeo"
     else:
         cmd = [VENV_PYTHON, str(exe)]
-        env["COG_PIPELINE_GDAL_BACKEND"] = "rasterio"
+        env["COG_PIPELINE_GDAL_BACKEND"] = os.environ.get("BENCH_VENV_BACKEND", "libgdal")
     r = run_measured(cmd + [str(src), str(cog), str(jpg), "--bands", str(bands), *extra], env=env)
     r.update(cog=cog, jpg=jpg, steps="")
     return r

@@ -1,16 +1,24 @@
-"""A small JPEG picture of a COG, for the run report: made from its smallest overview.
+"""A small JPEG picture of a processed image, for the run report.
 
-Two callers make the same picture. The local engine's worker makes it right after a job's outputs are in
-place, from the COG still on its disk (~8 ms, beside the other jobs), and leaves it in the run directory as
-``jobs/<job id>.thumb.jpg``; the report then only reads that file, instead of opening every COG one after the
-other once the last job has ended (~15 ms per image, all of it after the run's work is done, plus rasterio's
-import in the scan process). For jobs that ran elsewhere (Pegasus) the report reads the COG by ranges
-(report.py). Encoded by Pillow (libjpeg-turbo); GDAL only reads the overview.
+Two sources, one picture size (``THUMB_PX`` on the longer side, JPEG quality ``THUMB_QUALITY``):
+
+* The local engine's worker makes it right after a job's outputs are in place, from the job's own JPEG
+  preview still on its disk, and leaves it in the run directory as ``jobs/<job id>.thumb.jpg``; the report
+  then only reads that file. The preview is a faithful source: it is the picture the job made for people to
+  look at (bands 1-3 of a 4-band image, else one band as grey; palettes expanded to colour, masked pixels
+  black, non-8-bit data already stretched to 0-255 by the converter). It is read with Pillow alone, which
+  asks libjpeg for a DCT-scaled decode (``draft``: a 10000² preview is decoded at 1250², in ~5 MB, 0.11 s), so
+  a worker's picture imports neither numpy nor rasterio (issue 10: a worker converting an 8-bit image through
+  a backend that calls libgdal directly must not pay their imports or their memory for a picture).
+* For jobs that ran elsewhere (Pegasus), or when the worker's picture is missing or stale, the report reads the
+  COG's smallest overview by ranges (report.py -> :func:`thumbnail_jpeg`, rasterio + numpy): the preview is
+  full size (MBs), the overview a block or two near the COG's front.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -21,8 +29,9 @@ THUMB_SUFFIX = ".thumb.jpg"
 
 
 def thumbnail_jpeg(name: str, opener: Any = None, max_px: int = THUMB_PX) -> bytes:
-    """The JPEG bytes of a picture at most ``max_px`` on its longer side (RGB from bands 1-3, else grey
-    from band 1; other data types stretched to 0-255). ``opener``: rasterio's ``opener=`` for ranged reads.
+    """The JPEG bytes of a COG's picture at most ``max_px`` on its longer side (RGB from bands 1-3, else grey
+    from band 1; other data types stretched to 0-255), read from its smallest fitting overview: the report's
+    fallback. ``opener``: rasterio's ``opener=`` for ranged reads.
     Raises whatever reading or encoding raises; callers decide what a missing picture costs."""
     import numpy as np
     from PIL import Image
@@ -46,18 +55,43 @@ def thumbnail_jpeg(name: str, opener: Any = None, max_px: int = THUMB_PX) -> byt
     return out.getvalue()
 
 
+def preview_thumbnail_jpeg(preview: str | os.PathLike[str], max_px: int = THUMB_PX) -> bytes:
+    """The JPEG bytes of a JPEG preview's picture at most ``max_px`` on its longer side, aspect kept (grey
+    stays grey, RGB stays RGB). Pillow only: libjpeg decodes at 1/2, 1/4 or 1/8 (``draft``) to the smallest
+    size not under the picture's, then ``thumbnail`` resamples the rest of the way.
+    Raises whatever reading or encoding raises (not a JPEG, truncated, too large to decode)."""
+    from PIL import Image
+    from PIL.JpegImagePlugin import JpegImageFile
+
+    # The JPEG reader itself, not Image.open: only a JPEG is accepted, and Pillow's decompression-bomb limit
+    # is applied to the size the DCT-scaled decode really holds, not to the full size (Image.open would refuse
+    # the 40000² previews the converter makes, although they decode at 5000² here).
+    with JpegImageFile(os.fspath(preview)) as img:
+        scale = max(img.width, img.height) / max_px
+        if scale > 1:
+            img.draft(img.mode, (max(1, math.floor(img.width / scale)), max(1, math.floor(img.height / scale))))
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and img.width * img.height > limit:
+            raise ValueError(f"preview decodes at {img.width}x{img.height}, over {limit} pixels")
+        img.thumbnail((max_px, max_px))
+        picture = img if img.mode in ("L", "RGB") else img.convert("RGB")
+        out = io.BytesIO()
+        picture.save(out, format="JPEG", quality=THUMB_QUALITY)
+    return out.getvalue()
+
+
 def thumbnail_path(jobs_dir: str | os.PathLike[str], job_id: str) -> Path:
     """Where a job's picture lives: beside its record and log (``jobs/ID0000001.thumb.jpg``)."""
     return Path(jobs_dir) / f"{job_id}{THUMB_SUFFIX}"
 
 
-def write_thumbnail(cog: Path, dest: Path) -> bool:
-    """Make ``cog``'s picture at ``dest`` (a temporary renamed into place); False, and nothing left, when it
-    cannot be made. Not fsynced: a picture lost or torn in a crash is only read again by the report, which
-    checks it is a whole JPEG and otherwise reads the COG itself."""
+def write_thumbnail(preview: Path, dest: Path) -> bool:
+    """Make the picture of a job's JPEG ``preview`` at ``dest`` (a temporary renamed into place); False, and
+    nothing left, when it cannot be made. Not fsynced: a picture lost or torn in a crash is only read again by
+    the report, which checks it is a whole JPEG and otherwise reads the COG itself."""
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(thumbnail_jpeg(str(cog)))
+        tmp.write_bytes(preview_thumbnail_jpeg(preview))
         os.replace(tmp, dest)
         return True
     except Exception:  # noqa: BLE001 - a picture must never cost a job

@@ -388,3 +388,22 @@ def test_the_progress_bar_counts_jobs_and_failures_and_stays_away_without_a_term
     with _progress_bar(False, "converting", 1) as advance:  # no terminal: nothing printed, rich not needed
         advance("1.00", 0)
     assert capsys.readouterr().out == ""
+
+
+def test_a_worker_unpickling_its_job_imports_no_engine_layers() -> None:
+    """A pool worker unpickles one JobSpec per job; the class's module must not bring the engine's workflow
+    reader (YAML), run directory or state layers into every worker (~3 MiB each, issue 10)."""
+    import pickle
+    import subprocess
+    import sys
+
+    from cog_pipeline.engines.local import JobSpec
+
+    spec = JobSpec("ID0000001", "generate_cog", ["a"], "in", "out", {"input/a.tif": "a.tif"}, {"a.tif": "a.tif"},
+                   3, {}, {"local_root": "/tmp"}, "/tmp/scratch", "/tmp/jobs/ID0000001.log")
+    code = ("import pickle, sys\n"
+            "spec = pickle.loads(sys.stdin.buffer.read())\n"
+            "print(spec.job_id, *sorted(m for m in sys.modules if m in ('yaml', 'cog_pipeline.engines.local', "
+            "'cog_pipeline.rundir', 'cog_pipeline.state')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(spec), capture_output=True, timeout=60)
+    assert proc.stdout.decode().split() == ["ID0000001"], proc.stderr.decode()

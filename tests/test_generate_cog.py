@@ -649,11 +649,33 @@ def test_osgeo_backend_scales_uint16(tmp_path: Path) -> None:
     assert preview[0, :, :2].mean() <= 4 and preview[0, :, -2:].mean() >= 251
 
 
-def test_backend_in_this_environment_is_rasterio() -> None:
+def test_backend_in_this_environment_is_libgdal() -> None:
+    """The venv converts on rasterio's libgdal through the C API (no rasterio or numpy import)."""
     from cog_pipeline.transformations.backend import GdalBackend, get_backend
 
-    assert backend_name() == "rasterio"
+    assert backend_name() == "libgdal"
     assert isinstance(get_backend(), GdalBackend)
+
+
+def test_rasterio_backend_is_still_selectable(tmp_path: Path) -> None:
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 300, 200), photometric="RGB")
+    tif, jpg = outputs(tmp_path)
+    proc = run([src, tif, jpg, "--bands", "3", "-v"], backend="rasterio")
+    assert proc.returncode == 0, proc.stderr
+    assert " rasterio GDAL " in proc.stdout
+    np.testing.assert_array_equal(rasters.read(tif), rasters.read(src))
+
+
+@pytest.fixture(params=["libgdal", "rasterio"])
+def venv_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Convert in-process on one of the venv's two backends (the same libgdal, two ways of calling it)."""
+    from cog_pipeline.transformations import backend as backend_module
+    from cog_pipeline.transformations.backend_libgdal import LibgdalBackend
+    from cog_pipeline.transformations.backend_rasterio import RasterioBackend
+
+    made = {"libgdal": LibgdalBackend, "rasterio": RasterioBackend}[request.param]()
+    monkeypatch.setattr(backend_module, "_loaded", made)
+    return str(request.param)
 
 
 @needs_osgeo
@@ -713,17 +735,18 @@ def test_osgeo_parallel_cog_is_the_cog_drivers_cog(tmp_path: Path, count: int, w
     "count,width,height,dtype",
     [(4, 1100, 1100, "uint8"), (3, 2050, 1030, "uint8"), (1, 1300, 700, "uint16"), (1, 1030, 1030, "float32")],
 )
-def test_rasterio_parallel_cog_is_the_cog_drivers_cog(tmp_path: Path, count: int, width: int, height: int,
-                                                      dtype: str) -> None:
-    """Under rasterio's GDAL (no GDALRegenerateOverviews) the parallel path writes, tile for tile, what
-    rasterio's own COG driver writes: halvings by the overview builder, the levels after an odd size
-    (2050x1030 -> 1025x515 -> 512x257) by the COG driver run on the level before."""
+def test_venv_parallel_cog_is_the_cog_drivers_cog(tmp_path: Path, count: int, width: int, height: int,
+                                                  dtype: str, venv_backend: str) -> None:
+    """Under rasterio's GDAL the parallel path writes, tile for tile, what that GDAL's own COG driver writes:
+    halvings by the overview builder; the levels after an odd size (2050x1030 -> 1025x515 -> 512x257) by
+    GDALRegenerateOverviews at their exact sizes (libgdal backend) or, where rasterio exposes no such call,
+    by the COG driver run on the level before (rasterio backend)."""
     data = rasters.textured(count, height, width, dtype=dtype)
     extra = {"photometric": "RGB"} if count == 3 else {"photometric": "RGB", "alpha": "UNSPECIFIED"} if count == 4 else {}
     src = rasters.write(tmp_path / "in.tif", data, **extra)
     tif, jpg = outputs(tmp_path)
     result = convert(src, tif, jpg, count, verify_pixels=True)
-    assert (result.backend, result.cog_method) == ("rasterio", "parallel")
+    assert (result.backend, result.cog_method) == (venv_backend, "parallel")
     reference = tmp_path / "reference.tif"
     rasterio.shutil.copy(src, reference, driver="COG", COMPRESS="LZW", PREDICTOR="YES")
     assert_cog_valid(tif)
@@ -752,10 +775,17 @@ def test_compressed_input_is_decoded_once_into_the_same_cog(tmp_path: Path) -> N
     assert sorted(p.name for p in a_tif.parent.iterdir()) == ["a.jpg", "a.tif", "b.jpg", "b.tif"]
 
 
-def test_rasterio_odd_sized_input_uses_the_cog_driver(tmp_path: Path) -> None:
+def test_an_odd_sized_input_takes_the_parallel_path_only_where_levels_can_be_made_exactly(
+        tmp_path: Path, venv_backend: str) -> None:
+    """libgdal (GDALRegenerateOverviews) makes an odd-sized input's levels at their exact sizes; rasterio's API
+    cannot, so there the COG driver converts it whole."""
     src = rasters.write(tmp_path / "in.tif", rasters.textured(1, 701, 1300))
     tif, jpg = outputs(tmp_path)
-    assert convert(src, tif, jpg, 1).cog_method == "driver"
+    expected = {"libgdal": "parallel", "rasterio": "driver"}[venv_backend]
+    assert convert(src, tif, jpg, 1).cog_method == expected
+    reference = tmp_path / "reference.tif"
+    rasterio.shutil.copy(src, reference, driver="COG", COMPRESS="LZW", PREDICTOR="YES")
+    assert _tile_data(tif) == _tile_data(reference)
 
 
 @needs_osgeo

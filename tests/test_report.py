@@ -253,7 +253,7 @@ def _image_srcs(page: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_the_report_shows_the_pictures_the_workers_left_while_the_cog_is_theirs(run: tuple[Path, StoreConfig]) -> None:
-    """Each local-engine job leaves jobs/<id>.thumb.jpg (made from its COG beside the other jobs); the report
+    """Each local-engine job leaves jobs/<id>.thumb.jpg (made from its JPEG preview beside the other jobs); the report
     uses it only while the bucket still holds that job's COG (same etag), and a torn picture is never used."""
     import base64
 

@@ -1,15 +1,21 @@
-"""Which GDAL binding this process converts with, and the interface both bindings offer.
+"""Which GDAL binding this process converts with, and the interface every binding offers.
 
 The converter runs in two environments: this project's venv (rasterio's wheels bundle GDAL) and
-the stock GDAL container (GDAL's own ``osgeo.gdal``, no rasterio, no pip). Everything else in the
-converter talks to GDAL only through :class:`GdalBackend`, so the two stay interchangeable. The
-binding is loaded on first use, not at import, so importing the package costs no GDAL start-up.
+the stock GDAL container (GDAL's own ``osgeo.gdal``, no rasterio, no pip). In the venv it calls
+rasterio's libgdal through GDAL's C API (``libgdal``, backend_libgdal.py: no numpy or rasterio
+import in a worker); rasterio's Python API (``rasterio``) stays selectable and is the fallback when
+that library cannot be loaded. Everything else in the converter talks to GDAL only through
+:class:`GdalBackend`, so the bindings stay interchangeable. The binding is loaded on first use, not
+at import, so importing the package costs no GDAL start-up.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
+
+#: What ``read_interleaved`` returns pixels in: anything with the buffer protocol.
+Buffer = Union[bytes, bytearray, memoryview]
 
 if TYPE_CHECKING:  # numpy is imported only where pixels are read: its import costs ~0.2 CPU-s per process
     import numpy as np
@@ -46,6 +52,11 @@ class GdalBackend(Protocol):
     def read(self, path: str, bands: Sequence[int], window: Optional[Tuple[int, int, int, int]] = None,
              out_shape: Optional[Tuple[int, int]] = None, masks: bool = False) -> np.ndarray: ...
 
+    def read_interleaved(self, path: str, bands: int) -> Tuple[int, int, Buffer]:
+        """(width, height, pixels): the first ``bands`` bands as 8-bit samples, pixel-interleaved, which
+        Pillow takes as an "L" or "RGB" image as they are; no numpy on the backends that need none."""
+        ...
+
     def checksums(self, path: str) -> Tuple[List[int], List[int]]: ...
 
     def decode_check(self, path: str) -> List[str]: ...
@@ -76,15 +87,31 @@ def overview_config(creation: Dict[str, str], threads: str) -> Dict[str, Optiona
     }
 
 
+def cascade_levels(first: str, size: Tuple[int, int], dims: Sequence[Tuple[int, int]],
+                   halve: Callable[[str], str], regenerate: Callable[[str, Tuple[int, int], int], str]) -> List[str]:
+    """The pyramid's levels in order, each made from the one before (``first`` of ``size`` to start), as the
+    COG driver makes them: ``halve(prev)`` for a level of exactly half an even-sized level (GDAL's overview
+    builder), else ``regenerate(prev, (w, h), k)`` at the exact, rounded-down size. The bindings that can call
+    GDALRegenerateOverviews (osgeo, libgdal) share this order; each supplies the two steps."""
+    levels: List[str] = []
+    prev, (pw, ph) = first, size
+    for k, (w, h) in enumerate(dims):
+        out = halve(prev) if pw % 2 == 0 and ph % 2 == 0 and (w, h) == (pw // 2, ph // 2) else regenerate(prev, (w, h), k)
+        levels.append(out)
+        prev, pw, ph = out, w, h
+    return levels
+
+
 _loaded: Optional[GdalBackend] = None
 _problem: Optional[str] = None
 
 
 def _load() -> Tuple[Optional[GdalBackend], Optional[str]]:
     wanted = os.environ.get(BACKEND_ENV, "").strip().lower() or "auto"
-    order = {"auto": ["osgeo", "rasterio"], "osgeo": ["osgeo"], "rasterio": ["rasterio"]}.get(wanted)
+    order = {"auto": ["osgeo", "libgdal", "rasterio"], "osgeo": ["osgeo"], "libgdal": ["libgdal"],
+             "rasterio": ["rasterio"]}.get(wanted)
     if order is None:
-        return None, f"{BACKEND_ENV}={wanted!r}: use 'osgeo' or 'rasterio'"
+        return None, f"{BACKEND_ENV}={wanted!r}: use 'osgeo', 'libgdal' or 'rasterio'"
     problems = []
     for name in order:
         try:
@@ -92,6 +119,10 @@ def _load() -> Tuple[Optional[GdalBackend], Optional[str]]:
                 from .backend_osgeo import OsgeoBackend  # noqa: PLC0415
 
                 return OsgeoBackend(), None
+            if name == "libgdal":
+                from .backend_libgdal import LibgdalBackend  # noqa: PLC0415
+
+                return LibgdalBackend(), None
             from .backend_rasterio import RasterioBackend  # noqa: PLC0415
 
             return RasterioBackend(), None
@@ -117,7 +148,7 @@ def get_backend() -> GdalBackend:
 
 
 def backend_name() -> str:
-    """``'osgeo'`` or ``'rasterio'``: the GDAL binding this process uses."""
+    """``'osgeo'``, ``'libgdal'`` or ``'rasterio'``: the GDAL binding this process uses."""
     return get_backend().name
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 if TYPE_CHECKING:
     import numpy as np
 
-from .backend import overview_config
+from .backend import cascade_levels, overview_config
 from .exit_codes import GdalFailure
 from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo, numpy_dtype_name
 
@@ -141,7 +141,6 @@ class OsgeoBackend:
         overview builder would round up) is made band by band with GDALRegenerateOverviews
         into an uncompressed file of the exact size, then compressed."""
         saved = self._set_thread_local(overview_config(creation, threads))
-        levels: List[str] = []
         try:
             prev = prefix + "src.vrt"
             temps.append(prev)
@@ -150,15 +149,10 @@ class OsgeoBackend:
             pw, ph = src_ds.RasterXSize, src_ds.RasterYSize
             count, dtype = src_ds.RasterCount, src_ds.GetRasterBand(1).DataType
             src_ds = None
-            for k, (w, h) in enumerate(dims):
-                if pw % 2 == 0 and ph % 2 == 0 and (w, h) == (pw // 2, ph // 2):
-                    out = self._halve_level(prev, resampling, temps)
-                else:
-                    out = self._regenerate_level(prev, (w, h), count, dtype, f"{prefix}ovr{k}", resampling,
-                                                 creation, temps)
-                levels.append(out)
-                prev, pw, ph = out, w, h
-            return levels
+            return cascade_levels(
+                prev, (pw, ph), dims, lambda p: self._halve_level(p, resampling, temps),
+                lambda p, size, k: self._regenerate_level(p, size, count, dtype, f"{prefix}ovr{k}", resampling,
+                                                          creation, temps))
         finally:
             self._set_thread_local(saved)
 
@@ -240,6 +234,16 @@ class OsgeoBackend:
                 raise GdalFailure(f"cannot read band {b} of {path}")
             arrays.append(arr)
         return np.stack(arrays)
+
+    def read_interleaved(self, path: str, bands: int) -> Tuple[int, int, bytes]:
+        gdal = self.gdal
+        ds = self._open(path)
+        w, h = ds.RasterXSize, ds.RasterYSize
+        data, _ = self._call(lambda: ds.ReadRaster(0, 0, w, h, buf_type=gdal.GDT_Byte, band_list=list(range(1, bands + 1)),
+                                                   buf_pixel_space=bands, buf_line_space=w * bands, buf_band_space=1))
+        if data is None:
+            raise GdalFailure(f"cannot read {path}")
+        return w, h, data
 
     def checksums(self, path: str) -> Tuple[List[int], List[int]]:
         ds = self._open(path)

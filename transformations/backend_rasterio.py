@@ -218,6 +218,11 @@ class RasterioBackend:
 
             return self._call(do)[0]
 
+    def read_interleaved(self, path: str, bands: int) -> Tuple[int, int, memoryview]:
+        pixels = self.read(path, list(range(1, bands + 1)))
+        interleaved = np.ascontiguousarray(np.moveaxis(pixels.astype(np.uint8, copy=False), 0, -1))
+        return pixels.shape[2], pixels.shape[1], memoryview(interleaved).cast("B")
+
     def checksums(self, path: str) -> Tuple[List[int], List[int]]:
         with self._open(path) as ds:
             sums = [self._call(lambda i=i: ds.checksum(i))[0] for i in range(1, ds.count + 1)]

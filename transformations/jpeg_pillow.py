@@ -159,10 +159,10 @@ def write_jpeg_pillow(vrt: str, jpg: str, bands: int, quality: int, stored: Opti
         # grows its coefficient buffer: its pages (19 MB at 2500²) no longer count in this process's peak.
         image.save(jpg, format="JPEG", quality=quality, optimize=optimize)
         return
-    pixels = get_backend().read(vrt, list(range(1, bands + 1)))
-    height, width = pixels.shape[1], pixels.shape[2]
-    planes = [Image.frombuffer("L", (width, height), pixels[k].tobytes() if not pixels[k].flags.c_contiguous
-                               else pixels[k], "raw", "L", 0, 1) for k in range(bands)]
-    image = planes[0] if bands == 1 else Image.merge("RGB", planes)
-    del planes, pixels
+    # One pixel-interleaved read, as Pillow lays out "L" and "RGB": no numpy, no per-band planes to merge.
+    width, height, pixels = get_backend().read_interleaved(vrt, bands)
+    mode = "L" if bands == 1 else "RGB"
+    image = Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)
+    if mode != "L":
+        del pixels  # Pillow copied RGB into its own 32-bit image: the read buffer goes before libjpeg's grows
     image.save(jpg, format="JPEG", quality=quality, optimize=optimize)

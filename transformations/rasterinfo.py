@@ -55,3 +55,33 @@ def numpy_dtype_name(gdal_name: str) -> str:
         "CFloat64": "complex128",
     }.get(gdal_name, gdal_name.lower())
 
+
+
+#: Bytes per sample of each data-type name a RasterInfo carries (numpy_dtype_name's values, rasterio's names,
+#: and rasterio's "complex" alias), complex types at their full size (both parts). A table rather than
+#: ``numpy.dtype(name).itemsize`` so that the callers (the local worker's size guard) need not import numpy,
+#: and because numpy has no "complex_int16"/"complex_int32".
+DTYPE_ITEMSIZE = {
+    "uint8": 1,
+    "int8": 1,
+    "uint16": 2,
+    "int16": 2,
+    "float16": 2,
+    "uint32": 4,
+    "int32": 4,
+    "float32": 4,
+    "uint64": 8,
+    "int64": 8,
+    "float64": 8,
+    "complex_int16": 4,
+    "complex_int32": 8,
+    "complex64": 8,
+    "complex128": 16,
+    "complex": 16,
+}
+
+
+def dtype_itemsize(name: str) -> int:
+    """Bytes per sample of a data-type name; 8 for a name not in DTYPE_ITEMSIZE, to stay on the safe side of
+    a size limit."""
+    return DTYPE_ITEMSIZE.get(name, 8)

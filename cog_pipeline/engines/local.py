@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,26 +33,7 @@ from ..store import LocalStore, StoreError, open_store
 from .base import ExitCode, JobRecord, RunFinished, WorkflowError, run_end_hook, write_record
 from .local_pool import PoolSettings, cores_available, execute, job_timeout_setting, plan_order, plan_workers
 from .local_workflow import read_document
-from .local_worker import AttemptOutcome, max_pixels_setting, run_attempt
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """One job, resolved to concrete locations: everything a pool worker needs, picklable."""
-
-    job_id: str
-    executable: str
-    arguments: list[str]
-    input_bucket: str
-    output_bucket: str
-    inputs: dict[str, str]  # LFN -> key in the input bucket
-    outputs: dict[str, str]  # LFN -> key in the output bucket
-    attempts: int
-    metadata: dict[str, str]
-    store: dict[str, Any]
-    scratch_root: str
-    log_path: str
-    env: dict[str, str] = field(default_factory=dict)
+from .local_worker import AttemptOutcome, JobSpec, max_pixels_setting, run_attempt
 
 
 @dataclass

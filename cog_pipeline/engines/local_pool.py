@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .local_worker import AttemptOutcome, attempt_dir, worker_main
 
 if TYPE_CHECKING:
-    from .local import JobSpec
+    from .local_worker import JobSpec
 
 TIMEOUT_ENV = "COG_PIPELINE_JOB_TIMEOUT"
 DEFAULT_JOB_TIMEOUT = 3600.0  # seconds per attempt; a 10000² 4-band image takes ~20 s on one core

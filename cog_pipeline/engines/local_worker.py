@@ -24,21 +24,41 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..transformations.linux import set_pdeathsig
 from ..store import LocalStore, ObjectStore, StoreConfig, StoreError, open_store
 from ..thumbnail import thumbnail_path, write_thumbnail
 from .base import NOT_RETRIED, SUCCESS_CODES, ExitCode, WorkflowError, category, in_process_allowed, last_line
 
-if TYPE_CHECKING:
-    from .local import JobSpec
-
 MAX_PIXELS_ENV = "COG_PIPELINE_MAX_PIXELS"
 THREADS_ENV = "COG_PIPELINE_THREADS"  # the converter's own thread setting (transformations/settings.py)
 # The largest input the converter's memory budget is specified for (issue 10.4: 1-4 bands up to 40000² in a
 # 1 GB slot), counted as width x height x bands x bytes per sample. A 100000² image is refused before any read.
 DEFAULT_MAX_PIXELS = 40000 * 40000 * 4
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job, resolved to concrete locations: everything a pool worker needs, picklable.
+
+    Defined here, beside the worker that runs it, not in local.py: a worker unpickles one per job, and
+    unpickling imports the class's module; local.py would bring the whole engine (the workflow reader's
+    YAML, the run directory, state and lease layers: ~3 MiB) into every worker, which runs none of it."""
+
+    job_id: str
+    executable: str
+    arguments: list[str]
+    input_bucket: str
+    output_bucket: str
+    inputs: dict[str, str]  # LFN -> key in the input bucket
+    outputs: dict[str, str]  # LFN -> key in the output bucket
+    attempts: int
+    metadata: dict[str, str]
+    store: dict[str, Any]
+    scratch_root: str
+    log_path: str
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -176,11 +196,12 @@ def stage_out(spec: JobSpec, workdir: Path) -> dict[str, dict[str, Any]]:
 
 
 def leave_thumbnail(spec: JobSpec, workdir: Path) -> None:
-    """The run report's picture of the job's COG, made here while the COG is still on this disk and the other
-    jobs run (thumbnail.py): best effort, never the job's failure."""
-    cog = next((lfn for lfn in spec.outputs if lfn.lower().endswith((".tif", ".tiff"))), None)
-    if cog is not None:
-        write_thumbnail(_safe_join(workdir, cog), thumbnail_path(Path(spec.log_path).parent, spec.job_id))
+    """The run report's picture of the job's image, made here from the job's JPEG preview while it is still on
+    this disk and the other jobs run (thumbnail.py: Pillow only, no numpy or rasterio): best effort, never the
+    job's failure."""
+    preview = next((lfn for lfn in spec.outputs if lfn.lower().endswith((".jpg", ".jpeg"))), None)
+    if preview is not None:
+        write_thumbnail(_safe_join(workdir, preview), thumbnail_path(Path(spec.log_path).parent, spec.job_id))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -193,12 +214,11 @@ def size_problem(path: Path, max_pixels: int) -> str | None:
     if max_pixels <= 0:
         return None
     try:
-        import numpy as np
-
         from ..transformations.backend import get_backend
+        from ..transformations.rasterinfo import dtype_itemsize  # a table: this guard must not import numpy
 
         info = get_backend().info(str(path), drivers=["GTiff"])
-        itemsize = max((np.dtype(d).itemsize for d in info.dtypes), default=1)
+        itemsize = max((dtype_itemsize(d) for d in info.dtypes), default=1)
     except Exception:  # noqa: BLE001 - unreadable: not this guard's business
         return None
     weight = info.width * info.height * max(info.count, 1) * itemsize
