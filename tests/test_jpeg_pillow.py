@@ -15,7 +15,8 @@ import pytest
 from cog_pipeline.transformations import jpeg_pillow
 from cog_pipeline.transformations.convert import convert
 from cog_pipeline.transformations.inputs import inspect_input
-from cog_pipeline.transformations.preview import plan_preview
+from cog_pipeline.transformations.exit_codes import GdalFailure
+from cog_pipeline.transformations.preview import plan_preview, preview_vrt
 
 from . import rasters
 
@@ -81,12 +82,12 @@ def test_gdal_encoder_can_be_forced(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 @needs_turbo
 def test_preview_too_large_for_the_budget_keeps_gdals_encoder(tmp_path: Path) -> None:
-    """Pillow holds about 7 bytes per RGB pixel read through the VRT; past a quarter of the budget GDAL's
-    driver writes it."""
+    """Pillow holds about 7 bytes per RGB pixel read through the VRT, 4 read from the file in strips; past a
+    quarter of the budget GDAL's driver writes it."""
     assert jpeg_pillow.use_pillow(2500, 2500, 3, 1024)
     assert not jpeg_pillow.use_pillow(10000, 10000, 3, 1024)
-    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 1600, 1600), photometric="RGB")
-    # 1600² x 7 bytes = 17.1 MiB > 64 MiB / 4: the driver (its coefficient buffer still fits a third)
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 2100, 2100), photometric="RGB")
+    # 2100² x 4 bytes = 16.8 MiB > 64 MiB / 4: the driver (its coefficient buffer still fits a third)
     result = convert(src, tmp_path / "o.tif", tmp_path / "o.jpg", 3, memory_budget_mb=64)
     assert result.jpeg_method == "driver"
 
@@ -190,3 +191,56 @@ def test_a_copied_rgb_image_releases_the_mapping_before_libjpeg_encodes(tmp_path
     assert seen == [mapped_while_encoding]
     with Image.open(out) as img:
         assert img.size == (110, 90)
+
+
+@needs_turbo
+def test_a_3_band_file_read_in_strips_encodes_the_bytes_of_the_vrt_read(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strips of 7 rows (the last one short) fill Pillow's RGB image exactly: the JPEG equals the one encoded
+    from GDAL's read of the same pixels through the preview VRT."""
+    monkeypatch.setattr(jpeg_pillow, "STRIP_BYTES", 7 * 110 * 3)
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 90, 110), photometric="RGB")
+    info = inspect_input(str(src))
+    plan = plan_preview(info)
+    stored = jpeg_pillow.stored_pixels(info, plan)
+    assert stored is not None
+    jpeg_pillow.write_jpeg_pillow("unused.vrt", str(tmp_path / "strips.jpg"), 3, 80, stored)
+    vrt = tmp_path / "p.vrt"
+    vrt.write_text(preview_vrt(info, plan))
+    jpeg_pillow.write_jpeg_pillow(str(vrt), str(tmp_path / "vrt.jpg"), 3, 80)
+    assert (tmp_path / "strips.jpg").read_bytes() == (tmp_path / "vrt.jpg").read_bytes()
+
+
+def test_a_3_band_file_that_ends_inside_its_pixels_fails_with_a_reason(tmp_path: Path) -> None:
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 40, 50), photometric="RGB")
+    info = inspect_input(str(src))
+    stored = jpeg_pillow.stored_pixels(info, plan_preview(info))
+    assert stored is not None
+    with open(src, "r+b") as fh:
+        fh.truncate(stored.offset + 50 * 3 * 10 + 5)
+    with pytest.raises(GdalFailure, match="ends inside its pixels"):
+        jpeg_pillow.write_jpeg_pillow("unused.vrt", str(tmp_path / "o.jpg"), 3, 80, stored)
+
+
+@needs_turbo
+def test_a_3_band_file_is_read_a_strip_at_a_time_never_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow's RGB image holds 4 bytes a pixel; the file is read beside it STRIP_BYTES at a time, not mapped
+    whole (which at 5000² put the peak above the original tool's)."""
+    import os as os_module
+
+    monkeypatch.setattr(jpeg_pillow, "STRIP_BYTES", 10 * 110 * 3)
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 95, 110), photometric="RGB")
+    info = inspect_input(str(src))
+    stored = jpeg_pillow.stored_pixels(info, plan_preview(info))
+    assert stored is not None
+    reads: list[int] = []
+    real_pread = os_module.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        reads.append(n)
+        assert str(src) not in Path("/proc/self/maps").read_text()
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(jpeg_pillow.os, "pread", pread)
+    jpeg_pillow.write_jpeg_pillow("unused.vrt", str(tmp_path / "o.jpg"), 3, 80, stored)
+    assert reads == [10 * 110 * 3] * 9 + [5 * 110 * 3]
