@@ -50,9 +50,7 @@ def thumbnail_jpeg(name: str, opener: Any = None, max_px: int = THUMB_PX) -> byt
         lo, hi = float(data.min()), float(data.max())
         data = ((data - lo) / ((hi - lo) or 1) * 255).astype(np.uint8)
     pixels = np.ascontiguousarray(np.moveaxis(data, 0, -1)) if len(bands) == 3 else np.ascontiguousarray(data[0])
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="JPEG", quality=THUMB_QUALITY)
-    return out.getvalue()
+    return _encoded(Image.fromarray(pixels))
 
 
 def preview_thumbnail_jpeg(preview: str | os.PathLike[str], max_px: int = THUMB_PX) -> bytes:
@@ -74,9 +72,13 @@ def preview_thumbnail_jpeg(preview: str | os.PathLike[str], max_px: int = THUMB_
         if limit and img.width * img.height > limit:
             raise ValueError(f"preview decodes at {img.width}x{img.height}, over {limit} pixels")
         img.thumbnail((max_px, max_px))
-        picture = img if img.mode in ("L", "RGB") else img.convert("RGB")
-        out = io.BytesIO()
-        picture.save(out, format="JPEG", quality=THUMB_QUALITY)
+        return _encoded(img if img.mode in ("L", "RGB") else img.convert("RGB"))
+
+
+def _encoded(picture: Any) -> bytes:
+    """A picture's JPEG bytes, as both sources write them."""
+    out = io.BytesIO()
+    picture.save(out, format="JPEG", quality=THUMB_QUALITY)
     return out.getvalue()
 
 

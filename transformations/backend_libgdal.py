@@ -233,7 +233,7 @@ class LibgdalBackend:
         flags = _OF_RASTER | _OF_VERBOSE_ERROR
         ds, messages = self._call(lambda: self.lib.GDALOpenEx(os.fsencode(path), flags, allowed, None, None))
         if not ds:
-            raise GdalFailure(messages[-1] if messages else f"GDAL cannot open {path}", messages)
+            raise GdalFailure.after(messages, f"GDAL cannot open {path}")
         try:
             yield ds
         finally:
@@ -308,7 +308,7 @@ class LibgdalBackend:
             out, messages = self._call(lambda: self.lib.GDALCreateCopy(drv, os.fsencode(dst), src_ds, 0, opts,
                                                                       None, None))
             if not out:
-                raise GdalFailure(messages[-1] if messages else f"{driver} CreateCopy failed", messages)
+                raise GdalFailure.after(messages, f"{driver} CreateCopy failed")
             messages += self._call(lambda: self.lib.GDALClose(out))[1]
         return messages
 
@@ -356,7 +356,7 @@ class LibgdalBackend:
             err, messages = self._call(lambda: self.lib.GDALBuildOverviews(ds, resampling.encode(), 1, factor, 0,
                                                                           None, None, None))
         if err != _CE_NONE:
-            raise GdalFailure(messages[-1] if messages else "overview computation failed", messages)
+            raise GdalFailure.after(messages, "overview computation failed")
         return out
 
     def _regenerate_level(self, prev: str, size: Tuple[int, int], count: int, dtype: int, stem: str,
@@ -370,14 +370,14 @@ class LibgdalBackend:
         with self._dataset(prev) as src_ds:
             dst, messages = self._call(lambda: lib.GDALCreate(gtiff, os.fsencode(raw), w, h, count, dtype, opts))
             if not dst:
-                raise GdalFailure(messages[-1] if messages else f"cannot create {raw}", messages)
+                raise GdalFailure.after(messages, f"cannot create {raw}")
             try:
                 for b in range(1, count + 1):
                     target = (c_void_p * 1)(lib.GDALGetRasterBand(dst, b))
                     err, messages = self._call(lambda b=b, target=target: lib.GDALRegenerateOverviews(
                         lib.GDALGetRasterBand(src_ds, b), 1, target, resampling.encode(), None, None))
                     if err != _CE_NONE:
-                        raise GdalFailure(messages[-1] if messages else "overview computation failed", messages)
+                        raise GdalFailure.after(messages, "overview computation failed")
             finally:
                 self._close(dst)
         self.create_copy("GTiff", raw, out, creation)
@@ -433,16 +433,18 @@ class LibgdalBackend:
             sums, msums = [], []
             for i in range(lib.GDALGetRasterCount(ds)):
                 band = lib.GDALGetRasterBand(ds, i + 1)
-                sums.append(self._checksum(band))
+                sums.append(self._checksum(band)[0])
                 flags = lib.GDALGetMaskFlags(band)
                 if flags & GMF_PER_DATASET and not flags & GMF_ALPHA:
-                    msums.append(self._checksum(lib.GDALGetMaskBand(band)))
+                    msums.append(self._checksum(lib.GDALGetMaskBand(band))[0])
             return sums, msums
 
-    def _checksum(self, band: int) -> int:
+    def _checksum(self, band: int) -> Tuple[int, List[str]]:
+        """GDAL's checksum of a whole band (decoding every block) and the messages it gave on the way."""
         lib = self.lib
         w, h = lib.GDALGetRasterBandXSize(band), lib.GDALGetRasterBandYSize(band)
-        return int(self._call(lambda: lib.GDALChecksumImage(band, 0, 0, w, h))[0])
+        value, messages = self._call(lambda: lib.GDALChecksumImage(band, 0, 0, w, h))
+        return int(value), messages
 
     def decode_check(self, path: str) -> List[str]:
         """Decode band 1 at its smallest overview (a JPEG's 1/8 scale still entropy-decodes every block), in
@@ -451,9 +453,7 @@ class LibgdalBackend:
         with self._dataset(path) as ds:
             band = lib.GDALGetRasterBand(ds, 1)
             n = lib.GDALGetOverviewCount(band)
-            target = lib.GDALGetOverview(band, n - 1) if n else band
-            w, h = lib.GDALGetRasterBandXSize(target), lib.GDALGetRasterBandYSize(target)
-            return self._call(lambda: lib.GDALChecksumImage(target, 0, 0, w, h))[1]
+            return self._checksum(lib.GDALGetOverview(band, n - 1) if n else band)[1]
 
     # -- configuration ----------------------------------------------------------------------------------
 

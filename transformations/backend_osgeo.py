@@ -59,7 +59,7 @@ class OsgeoBackend:
 
         ds, messages = self._call(do)
         if ds is None:
-            raise GdalFailure(messages[-1] if messages else f"GDAL cannot open {path}", messages)
+            raise GdalFailure.after(messages, f"GDAL cannot open {path}")
         return ds
 
     def info(self, path: str, drivers: Optional[List[str]] = None, overviews: bool = True) -> RasterInfo:
@@ -112,7 +112,7 @@ class OsgeoBackend:
 
         ok, messages = self._call(do)
         if not ok:
-            raise GdalFailure(messages[-1] if messages else f"{driver} CreateCopy failed", messages)
+            raise GdalFailure.after(messages, f"{driver} CreateCopy failed")
         return messages
 
     #: GDALRegenerateOverviews makes any level at its exact size, odd sizes included.
@@ -177,7 +177,7 @@ class OsgeoBackend:
         ok, messages = self._call(build)
         ds = None
         if not ok:
-            raise GdalFailure(messages[-1] if messages else "overview computation failed", messages)
+            raise GdalFailure.after(messages, "overview computation failed")
         return out
 
     def _regenerate_level(self, prev: str, size: Tuple[int, int], count: int, dtype: int, stem: str,
@@ -206,7 +206,7 @@ class OsgeoBackend:
         ok, messages = self._call(regen)
         src_ds = None
         if not ok:
-            raise GdalFailure(messages[-1] if messages else "overview computation failed", messages)
+            raise GdalFailure.after(messages, "overview computation failed")
         self.create_copy("GTiff", raw, out, creation)
         os.remove(raw)
         return out
