@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from rasterio.enums import ColorInterp
 
-from cog_pipeline.transformations.backend_libgdal import LibgdalBackend
+from cog_pipeline.transformations.backend_libgdal import CONVERTER_DRIVERS, LibgdalBackend
 from cog_pipeline.transformations.backend_rasterio import RasterioBackend
 from cog_pipeline.transformations.exit_codes import GdalFailure
 from tests import rasters
@@ -212,3 +212,17 @@ def test_interleaved_pixels_are_rasterios_bands_side_by_side(tmp_path: Path, lea
     assert (w, h) == (53, 37)
     assert bytes(got) == np.ascontiguousarray(np.moveaxis(data, 0, -1)).tobytes()
     assert bytes(got) == bytes(rio.read_interleaved(path, bands)[2])
+
+
+def test_only_the_drivers_a_conversion_uses_are_registered() -> None:
+    """Registering all ~200 drivers costs a worker ~6 MiB; a fresh process on this backend has just these five
+    (rasterio, if a process imports it later, registers the rest)."""
+    code = ("import ctypes\n"
+            "from cog_pipeline.transformations.backend_libgdal import LibgdalBackend\n"
+            "lib = LibgdalBackend().lib\n"
+            "lib.GDALGetDriverCount.restype = ctypes.c_int\n"
+            "lib.GDALGetDriver.restype, lib.GDALGetDriver.argtypes = ctypes.c_void_p, [ctypes.c_int]\n"
+            "print(*sorted(lib.GDALGetDriverShortName(lib.GDALGetDriver(i)).decode()\n"
+            "              for i in range(lib.GDALGetDriverCount())))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == sorted(CONVERTER_DRIVERS), proc.stderr
