@@ -225,7 +225,8 @@ def test_a_3_band_file_that_ends_inside_its_pixels_fails_with_a_reason(tmp_path:
 @needs_turbo
 def test_a_3_band_file_is_read_a_strip_at_a_time_never_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Pillow's RGB image holds 4 bytes a pixel; the file is read beside it STRIP_BYTES at a time, not mapped
-    whole (which at 5000² put the peak above the original tool's)."""
+    whole (which at 5000² put the peak above the original tool's), and every strip lands in the same buffer
+    (a new one per strip left freed memory in the heap that libjpeg's buffer then did not reuse)."""
     import os as os_module
 
     monkeypatch.setattr(jpeg_pillow, "STRIP_BYTES", 10 * 110 * 3)
@@ -234,13 +235,55 @@ def test_a_3_band_file_is_read_a_strip_at_a_time_never_whole(tmp_path: Path, mon
     stored = jpeg_pillow.stored_pixels(info, plan_preview(info))
     assert stored is not None
     reads: list[int] = []
-    real_pread = os_module.pread
+    targets: set[int] = set()
+    real_preadv = os_module.preadv
 
-    def pread(fd: int, n: int, offset: int) -> bytes:
-        reads.append(n)
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        reads.append(sum(b.nbytes for b in buffers))
+        targets.update(id(b.obj) for b in buffers)
         assert str(src) not in Path("/proc/self/maps").read_text()
-        return real_pread(fd, n, offset)
+        return real_preadv(fd, buffers, offset)
 
-    monkeypatch.setattr(jpeg_pillow.os, "pread", pread)
+    monkeypatch.setattr(jpeg_pillow.os, "preadv", preadv)
     jpeg_pillow.write_jpeg_pillow("unused.vrt", str(tmp_path / "o.jpg"), 3, 80, stored)
     assert reads == [10 * 110 * 3] * 9 + [5 * 110 * 3]
+    assert len(targets) == 1
+
+
+def test_whole_image_bytes_count_only_what_the_heap_holds() -> None:
+    """Mapped L and RGBX images are the file's pages (no heap); a 3-band file is copied into Pillow's 32-bit
+    image; a VRT read holds the read and the image; optimised tables add their whole-image buffers."""
+    def stored(samples: int) -> jpeg_pillow.StoredPixels:
+        return jpeg_pillow.StoredPixels("in.tif", 8, 100, 50, samples)
+
+    pixels = 100 * 50
+    assert jpeg_pillow.whole_image_bytes(100, 50, 1, stored(1), optimize=False) == 0
+    assert jpeg_pillow.whole_image_bytes(100, 50, 3, stored(4), optimize=True) == pixels * 4
+    assert jpeg_pillow.whole_image_bytes(100, 50, 3, stored(3), optimize=True) == pixels * (4 + 4)
+    assert jpeg_pillow.whole_image_bytes(100, 50, 3, None, optimize=False) == pixels * (3 + 4)
+    assert jpeg_pillow.whole_image_bytes(100, 50, 1, None, optimize=True) == pixels * (2 + 3)
+
+
+@needs_turbo
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_heap_is_handed_back_after_a_preview_with_large_whole_image_buffers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    """One trim more, after the JPEG is written, exactly when the preview's buffers reach TRIM_AFTER_BYTES."""
+    from cog_pipeline.transformations import convert as convert_module
+
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 64, 80), photometric="RGB")
+    buffers = 64 * 80 * (4 + 4)  # a 3-band file's stored pixels, optimised tables
+
+    def trims(threshold: int, name: str) -> list[bool]:
+        seen: list[bool] = []
+        out = tmp_path / name
+        monkeypatch.setattr(convert_module, "TRIM_AFTER_BYTES", threshold)
+        monkeypatch.setattr(convert_module, "_trim_heap",
+                            lambda: seen.append(any(p.suffix == ".jpg" for p in out.rglob("*"))) or True)
+        result = convert(src, out / "o.tif", out / "o.jpg", 3, threads=threads)
+        assert result.jpeg_method == "pillow-stored"
+        return seen
+
+    below, at = trims(buffers + 1, "below"), trims(buffers, "at")
+    assert len(at) == len(below) + 1
+    assert at.count(True) == below.count(True) + 1  # the extra one once a JPEG file exists

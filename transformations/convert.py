@@ -21,7 +21,8 @@ from .rasterinfo import RasterInfo
 from .failures import classify_write_failure, remove_outputs, temp_name
 from .inputs import inspect_input
 from .tiff import TiffTag, read_tiff_ifds
-from .jpeg_pillow import StoredPixels, optimize_tables, stored_pixels, use_pillow, write_jpeg_pillow
+from .jpeg_pillow import (TRIM_AFTER_BYTES, StoredPixels, optimize_tables, stored_pixels, use_pillow,
+                          whole_image_bytes, write_jpeg_pillow)
 from .jpeg_strips import coefficient_buffer_bytes, write_streamed_jpeg
 from .linux import start_writeback as _start_writeback, trim_heap as _trim_heap
 from .provenance import embed_metadata
@@ -503,6 +504,8 @@ def _write_pillow_jpeg(run: _Run, outcome: Dict[str, Any], stored: Optional[Stor
     plan = run.plan
     optimize = optimize_tables(plan.width, plan.height, plan.band_count)
     write_jpeg_pillow(run.tmp_vrt, run.tmp_jpg, plan.band_count, JPEG_QUALITY, stored, optimize)
+    if whole_image_bytes(plan.width, plan.height, plan.band_count, stored, optimize) >= TRIM_AFTER_BYTES:
+        _trim_heap()  # freed by now; see TRIM_AFTER_BYTES
     outcome["method"] = ("pillow-stored" if stored is not None else "pillow") + ("" if optimize else "+std-tables")
 
 
