@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +251,9 @@ def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     print()
+    if args.skip_original:
+        print("--skip-original: the rounds above are the whole result (no original to set a ratio against).")
+        return 0
     print(f"{args.size}x{args.size} uint8, striped {'uncompressed' if args.compress == 'none' else args.compress.upper()} input; "
           f"{'one CPU (taskset -c 0, GDAL_NUM_THREADS=1); ' if args.one_cpu else ''}median of {args.rounds} round(s)")
     head = f"{'bands':>5} {'contender':>9} {'wall s':>7} {'best s':>7} {'CPU s':>6} {'peak RSS MiB':>12} {'COG MB':>8} {'JPEG MB':>8}"
