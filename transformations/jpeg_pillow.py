@@ -73,6 +73,16 @@ class StoredPixels:
     height: int
     samples: int
 
+    @property
+    def mode(self) -> str:
+        """Pillow's mode for these pixels (MAPPED_MODES)."""
+        return MAPPED_MODES[self.samples]
+
+    @property
+    def mapped(self) -> bool:
+        """Whether Pillow's image is the file's bytes themselves (SHARED_MODES), not a copy in the heap."""
+        return self.mode in SHARED_MODES
+
 
 def pillow_turbo_available() -> bool:
     """True when Pillow imports and its JPEG codec is libjpeg-turbo (whose output matches GDAL's on turbo)."""
@@ -105,7 +115,7 @@ def use_pillow(width: int, height: int, bands: int, budget_mb: int, stored: Opti
     if stored is None:
         per_pixel = PIXEL_BYTES[bands]
     else:
-        per_pixel = stored.samples if MAPPED_MODES[stored.samples] in SHARED_MODES else 4
+        per_pixel = stored.samples if stored.mapped else 4
     share = BUDGET_SHARE // 2 if stored is not None and alone else BUDGET_SHARE
     return width * height * per_pixel <= (budget_mb << 20) // share
 
@@ -120,7 +130,7 @@ def whole_image_bytes(width: int, height: int, bands: int, stored: Optional[Stor
     """Heap bytes the Pillow path holds for the whole preview at once: Pillow's image unless it maps the file
     (L and RGBX), or the pixels as read plus the image (from the VRT), and the optimised tables' buffers."""
     if stored is not None:
-        per_pixel = 0 if MAPPED_MODES[stored.samples] in SHARED_MODES else 4
+        per_pixel = 0 if stored.mapped else 4
     else:
         per_pixel = PIXEL_BYTES.get(bands, 4)
     return width * height * (per_pixel + (OPTIMIZE_BYTES.get(bands, 4) if optimize else 0))
@@ -167,8 +177,7 @@ def write_jpeg_pillow(vrt: str, jpg: str, bands: int, quality: int, stored: Opti
     from PIL import Image  # noqa: PLC0415
 
     if stored is not None:
-        mode = MAPPED_MODES[stored.samples]
-        if mode not in SHARED_MODES:
+        if not stored.mapped:
             _rgb_in_strips(stored).save(jpg, format="JPEG", quality=quality, optimize=optimize)
             return
         import mmap  # noqa: PLC0415
@@ -178,7 +187,7 @@ def write_jpeg_pillow(vrt: str, jpg: str, bands: int, quality: int, stored: Opti
         nbytes = stored.width * stored.height * stored.samples
         with open(stored.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             with memoryview(mapped)[stored.offset:stored.offset + nbytes] as pixels:
-                image = Image.frombuffer(mode, (stored.width, stored.height), pixels, "raw", mode, 0, 1)
+                image = Image.frombuffer(stored.mode, (stored.width, stored.height), pixels, "raw", stored.mode, 0, 1)
                 image.save(jpg, format="JPEG", quality=quality, optimize=optimize)
                 del image  # the mapping can close only once nothing refers to it
         return

@@ -56,7 +56,6 @@ def numpy_dtype_name(gdal_name: str) -> str:
     }.get(gdal_name, gdal_name.lower())
 
 
-
 #: Bytes per sample of each data-type name a RasterInfo carries (numpy_dtype_name's values, rasterio's names,
 #: and rasterio's "complex" alias), complex types at their full size (both parts). A table rather than
 #: ``numpy.dtype(name).itemsize`` so that the callers (the local worker's size guard) need not import numpy,
