@@ -6,6 +6,7 @@ existing Crondor set-ups and muscle memory carry over.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -130,7 +131,13 @@ def reconcile_cmd(run_dir: Path) -> None:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @handle_errors
 def finish_cmd(run_dir: Path) -> None:
-    """The workflows' END hook (both engines): collect job outcomes, then reconcile RUN_DIR. Safe to repeat."""
+    """The workflows' END hook (both engines): collect job outcomes, then reconcile RUN_DIR. Safe to repeat.
+
+    pegasus-monitord runs the hook at the workflow's start too (PEGASUS_EVENT=start): that call does nothing.
+    """
+    if os.environ.get("PEGASUS_EVENT") == "start":
+        click.echo(f"{run_dir}: workflow started; it is reconciled when it ends")
+        return
     _finish(run_dir)
 
 

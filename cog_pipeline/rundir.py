@@ -149,7 +149,8 @@ class RunDir:
     MANIFEST = "manifest.csv"
     RUN_JSON = "run.json"
     WORKFLOW = "workflow.yml"
-    REPLICAS = "replicas.yml"
+    REPLICAS = "replicas.yml"  # input replica catalog: input LFN -> object in the input bucket
+    OUTPUTS = "outputs.yml"  # output replica catalog (Pegasus' Replica output mapper): output LFN -> object
     TRANSFORMATIONS = "transformations.yml"
     SITES = "sites.yml"
     PROPERTIES = "pegasus.properties"

@@ -93,17 +93,16 @@ import yaml
 
 import cog_pipeline.transformations
 from cog_pipeline import rundir as rundir_mod
-from cog_pipeline.engines.base import end_hook_command, job_id_of
+from cog_pipeline.engines.base import NOT_RETRIED, end_hook_command, job_id_of
 from cog_pipeline.engines.pegasus.plan import COMPUTE_SITE, default_plan_args
 from cog_pipeline.listing import find_keys
 from cog_pipeline.manifest import ManifestRow, parse_manifest
 from cog_pipeline.naming import key_under_output_prefix
 from cog_pipeline.provenance import METADATA_B64, job_metadata_encoder
 from cog_pipeline.replicas.catalog import (
-    INPUT_LFN_PREFIX,
     ReplicaEntry,
     file_url,
-    input_lfn,
+    job_lfns,
     replica_entries,
     s3_url,
     write_replica_catalog,
@@ -118,9 +117,14 @@ from cog_pipeline.store import ObjectStore, open_store
 log = logging.getLogger(__name__)
 
 TRANSFORMATION = "generate_cog"
+# PegasusLite stages a job's declared outputs even after the job failed: with no file there it retries for
+# minutes and its exit code hides the converter's. Empty files end the job at once with the converter's code;
+# a failed job's stage-out node never runs, so they stay in the run's scratch prefix.
+EMPTY_ON_FAILURE = "--empty-outputs-on-failure"
 CATEGORY = "cog"  # DAGMan category of the conversion jobs: dagman.cog.maxjobs throttles them
 SITES_TEMPLATE = Path(__file__).resolve().parent / "sites.yml"
 DEFAULT_IMAGE = "ghcr.io/osgeo/gdal:ubuntu-small-3.6.3"
+WORKER_CONVERTER = "/usr/local/bin/generate_cog"  # where worker/Dockerfile installs the converter
 DATA_CONFIGURATIONS = ("condorio", "nonsharedfs")
 CONTAINER_TYPES = ("singularity", "docker")
 _PLACEHOLDER = re.compile(r"\$\{(COG_[A-Z0-9_]+)\}")
@@ -135,14 +139,15 @@ def default_converter() -> Path:
 class WorkflowSettings:
     """Everything the generator needs besides the run directory; every field has a default."""
 
-    retries: int = 3  # DAGMan retries per job, as the original
+    retries: int = 3  # DAGMan retries of the transfer jobs; a conversion is retried by its holds (hold_profiles)
     max_running: int = 10000  # --max-running: dagman.maxjobs and dagman.cog.maxjobs
     max_transfers: int = 40  # cap on concurrent S3 transfers: (stage-in + stage-out jobs) x transfer_threads
     transfer_threads: int = 4  # pegasus.transfer.threads: parallel transfers inside one transfer job
     transfer_attempts: int = 3  # pegasus-transfer -m: attempts per URL pair inside one transfer job
     backoff_base: int = 60  # seconds held before the first release of a failed transfer job
     backoff_max: int = 3600  # cap on the exponential delay
-    backoff_releases: int = 3  # releases before the job is removed and DAGMan's retry counts it
+    backoff_releases: int = 3  # releases of a held job (a transient failure's retries) before it is removed
+    held_remove_s: int = 600  # a hold nobody releases (memory, wall time, condor_hold) fails its row after this
     cluster_size: int | None = None  # --cluster-size N: pegasus clusters.size, plan with --cluster horizontal
     s3_site: str = "storage"  # name of the object-store site (replicas and output site)
     identity: str = "cog"  # user part of s3://<identity>@<site>/...; section [<identity>@<site>] in credentials
@@ -151,13 +156,16 @@ class WorkflowSettings:
     cpus: int = 1
     memory_mb: int = 1024
     disk_mb: int = 2048
-    converter: Path = field(default_factory=default_converter)
+    converter: Path = field(default_factory=default_converter)  # this machine's copy (the local engine's)
+    # Where the conversion jobs find generate_cog: in the worker image, else a path every worker sees (None: the
+    # image's WORKER_CONVERTER with a container, this machine's copy without one, as on a personal pool).
+    worker_converter_path: str | None = None
     reconcile_command: str | None = None  # None: the END hook "<python> -m cog_pipeline finish <run_dir>"
     local_mode: bool | None = None  # buckets are folders; None: decided from run.json store.local_root
     # None: nonsharedfs for S3 buckets (workers read S3 themselves; no image crosses the access point), condorio
     # for folder buckets (one machine: today's behaviour). Either may be chosen explicitly.
     data_configuration: str | None = None
-    wall_time_s: int = 0  # 0: no limit; else a conversion running longer is removed (and retried by DAGMan)
+    wall_time_s: int = 7200  # 0: no limit; else a conversion running longer is held (with that reason), then removed
     extra_properties: dict[str, str] = field(default_factory=dict)  # the config's [pegasus.properties]
     pool_condor_profiles: dict[str, str] = field(default_factory=dict)  # the config's condor profiles (condorpool)
     scratch_prefix: str = "pegasus-scratch"  # staging area (nonsharedfs) in the output bucket: <prefix>/<ts>
@@ -188,6 +196,12 @@ class WorkflowSettings:
         if not self.scratch_prefix or self.scratch_prefix.startswith("/"):
             raise ValueError("scratch_prefix must be a relative key prefix")
 
+    @property
+    def worker_converter(self) -> str:
+        if self.worker_converter_path:
+            return self.worker_converter_path
+        return WORKER_CONVERTER if self.container_image else str(self.converter)
+
     def data_configuration_for(self, local_mode: bool) -> str:
         """The data configuration this run plans with (see the field's comment for the automatic choice)."""
         if self.data_configuration is not None:
@@ -214,55 +228,73 @@ class GenerationResult:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Backoff: HTCondor expressions (docs/workflow.md explains the choice)
+# Holds, retries and limits: HTCondor expressions (docs/chtc.md lists each knob)
 
 
 def _delay_expr(base: int, cap: int) -> str:
     return f"ifThenElse({base} * pow(2, NumHolds - 1) > {cap}, {cap}, {base} * pow(2, NumHolds - 1))"
 
 
-def backoff_profiles(settings: WorkflowSettings) -> dict[str, dict[str, str]]:
-    """condor profiles for the `local` site (transfer jobs) and the `condorpool` site (conversion jobs)."""
+def transient_exit_expr() -> str:
+    """True when a finished conversion failed in a way another attempt may cure: a signal (out of memory, a
+    preempted slot), or an exit code the converter does not declare deterministic (engines.base.NOT_RETRIED:
+    a bad input fails the same way every time, so it is never retried)."""
+    deterministic = " && ".join(f"(ExitCode =!= {int(code)})" for code in sorted(NOT_RETRIED))
+    return f"(ExitBySignal == true) || ((ExitCode =!= 0) && {deterministic})"
+
+
+def hold_profiles(settings: WorkflowSettings) -> dict[str, dict[str, str]]:
+    """condor profiles for the `local` site (transfer jobs) and the `condorpool` site (conversion jobs).
+
+    A transient failure puts the job on hold (on_exit_hold, HoldReasonCode 3), and periodic_release lets it run
+    again after an exponentially growing delay: HTCondor's own retry with backoff, in the same slot-free way for
+    both kinds of job. A conversion also comes back from a file-transfer hold (codes 12/13). After `retries`
+    releases of a conversion (`backoff_releases` of a transfer job), or when a hold nobody releases (memory exceeded, the wall-time limit, an operator's condor_hold) has
+    lasted `held_remove_s`, the job is removed and its row fails with the hold reason.
+    """
     delay = _delay_expr(settings.backoff_base, settings.backoff_max)
     releases = settings.backoff_releases
-    # A job held for any other reason is removed after this long (Pegasus' own default is 30 minutes).
-    held_limit = max(1800, 2 * settings.backoff_max)
     waited = f"((time() - EnteredCurrentStatus) > {delay})"
-    remove = f"(JobStatus == 5) && ((NumHolds > {releases}) || ((time() - EnteredCurrentStatus) > {held_limit}))"
+    own_hold = "(HoldReasonCode =?= 3)"
+    transfer_hold = "((HoldReasonCode =?= 12) || (HoldReasonCode =?= 13))"
+
+    def remove(releasable: str, releases: int) -> str:
+        stuck = f"((time() - EnteredCurrentStatus) > {settings.held_remove_s})"
+        return f"(JobStatus == 5) && ((NumHolds > {releases}) || ((!{releasable}) && {stuck}))"
+
+    pool_releasable = f"({own_hold} || {transfer_hold})"
     return {
         "local": {
             "on_exit_hold": "(ExitBySignal == true) || (ExitCode =!= 0)",
-            "periodic_release": f"(HoldReasonCode =?= 3) && (NumHolds <= {releases}) && {waited}",
-            "periodic_remove": remove,
+            "periodic_release": f"{own_hold} && (NumHolds <= {releases}) && {waited}",
+            "periodic_remove": remove(own_hold, releases),
         },
         COMPUTE_SITE: {
-            "periodic_release": f"((HoldReasonCode =?= 12) || (HoldReasonCode =?= 13)) && (NumHolds <= {releases}) && {waited}",
-            "periodic_remove": remove,
+            "on_exit_hold": transient_exit_expr(),
+            "on_exit_hold_reason": 'ifThenElse(ExitBySignal =?= true, strcat("transient failure: killed by signal ", ExitSignal), '
+            'strcat("transient failure: exit code ", ExitCode))',
+            "periodic_release": f"{pool_releasable} && (NumHolds <= {settings.retries}) && {waited}",
+            "periodic_remove": remove(pool_releasable, settings.retries),
         },
     }
 
 
 def pool_condor_profiles(settings: WorkflowSettings) -> dict[str, str]:
-    """The conversion jobs' condor profiles: backoff, then the operator's, with every periodic_remove kept.
+    """The conversion jobs' condor profiles: holds and backoff, the wall-time limit, then the operator's own.
 
-    HTCondor takes one periodic_remove per job, so the backoff's (held too often / too long) and the
-    configuration's (the wall-time limit, or the operator's own) are joined with ``||``: either removes it.
+    HTCondor takes one periodic_remove per job, so the operator's is joined with ``||``: either removes it.
     """
-    profiles = dict(backoff_profiles(settings)[COMPUTE_SITE])
-    extra = dict(settings.pool_condor_profiles)
-    if settings.wall_time_s and "periodic_remove" not in extra:
-        extra["periodic_remove"] = wall_time_remove(settings.wall_time_s)
-    for name, value in extra.items():
+    profiles = dict(hold_profiles(settings)[COMPUTE_SITE])
+    if settings.wall_time_s:
+        # Held (not removed) so the reason reaches the row: the hold is then removed after held_remove_s.
+        profiles["periodic_hold"] = f"(JobStatus == 2) && ((time() - EnteredCurrentStatus) > {int(settings.wall_time_s)})"
+        profiles["periodic_hold_reason"] = f'"ran longer than the wall-time limit of {int(settings.wall_time_s)} s"'
+    for name, value in settings.pool_condor_profiles.items():
         if name == "periodic_remove":
             profiles[name] = f"({profiles[name]}) || ({value})"
         else:
             profiles[name] = value
     return profiles
-
-
-def wall_time_remove(seconds: int) -> str:
-    """Remove a conversion that has been running (JobStatus 2) longer than `seconds`; DAGMan retries it."""
-    return f"(JobStatus == 2) && ((time() - EnteredCurrentStatus) > {int(seconds)})"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -313,7 +345,7 @@ def site_values(run_dir: RunDir, info, settings: WorkflowSettings, local_root: P
         scratch_path = f"/{out_bucket}/{scratch}"
         scratch_url = s3_url(out_bucket, scratch, identity=settings.identity, site=settings.s3_site)
     base = run_dir.path.resolve()
-    profiles = backoff_profiles(settings)
+    profiles = hold_profiles(settings)
     pool = pool_condor_profiles(settings)
     return {
         "COG_LOCAL_SCRATCH_PATH": str(base / "scratch"),
@@ -359,22 +391,39 @@ def add_pool_limits(sites: dict[str, Any], settings: WorkflowSettings) -> dict[s
 
 
 def build_transformation_catalog(settings: WorkflowSettings):
-    from Pegasus.api import Container, Transformation, TransformationCatalog
+    """generate_cog installed where it runs: in the worker image (or at a path every worker sees) for the pool,
+    and this machine's copy for the local engine. Nothing is staged from the access point per job."""
+    from Pegasus.api import Container, Transformation, TransformationCatalog, TransformationSite
 
     tc = TransformationCatalog()
     container = None
     if settings.container_image:
         image = settings.container_image if "://" in settings.container_image else f"docker://{settings.container_image}"
         kind = Container.SINGULARITY if settings.container_type == "singularity" else Container.DOCKER
-        container = Container("gdal", kind, image=image)
+        # bypass: each worker pulls the image straight from where it is published (CHTC: /staging via OSDF,
+        # cached near the workers), never through the access point.
+        container = Container("cog-worker", kind, image=image, bypass_staging=True)
         tc.add_containers(container)
-    tr = Transformation(TRANSFORMATION, site="local", pfn=str(settings.converter), is_stageable=True, container=container)
+    tr = Transformation(TRANSFORMATION)
+    tr.add_sites(TransformationSite(COMPUTE_SITE, settings.worker_converter, is_stageable=False, container=container))
+    tr.add_sites(TransformationSite("local", str(settings.converter), is_stageable=False))
     # The file wins over the manifest's band count: converted, verified, job succeeds, mismatch reported.
     tr.add_env(COG_PIPELINE_BAND_MISMATCH="warn")
     if settings.cluster_size:
         tr.add_pegasus_profile(clusters_size=settings.cluster_size)
     tc.add_transformations(tr)
     return tc
+
+
+def _set_planner_only(props, key: str, value: str) -> None:
+    """A property the 5.1 planner reads (docs: reference-guide/configuration) that Pegasus.api's list of
+    known keys lacks: set without the API's "Unrecognized property key" warning."""
+    api_log = logging.getLogger("Pegasus.api.properties")
+    disabled, api_log.disabled = api_log.disabled, True
+    try:
+        props[key] = value
+    finally:
+        api_log.disabled = disabled
 
 
 def build_properties(run_dir: RunDir, settings: WorkflowSettings):
@@ -394,12 +443,21 @@ def build_properties(run_dir: RunDir, settings: WorkflowSettings):
     props[f"dagman.{CATEGORY}.maxjobs"] = settings.max_running
     # Retries of every job (transfer and cleanup jobs too); conversion jobs also carry the job profile.
     props["dagman.retry"] = settings.retries
-    # S3 transfer cap: at most transfer_jobs stage-in and transfer_jobs stage-out jobs at once, each with
-    # transfer_threads parallel transfers, and as many transfer jobs per level as may run at once.
-    n = settings.transfer_jobs
-    for kind in ("stagein", "stageout"):
-        props[f"dagman.{kind}.maxjobs"] = n
-        props[f"pegasus.{kind}.clusters"] = n
+    # Outputs land where outputs.yml says (the output replica catalog): LFNs stay job-local, keys stay in PFNs.
+    props["pegasus.dir.storage.mapper"] = "Replica"
+    _set_planner_only(props, "pegasus.dir.storage.mapper.replica", "YAML")
+    _set_planner_only(props, "pegasus.dir.storage.mapper.replica.file", str(base / RunDir.OUTPUTS))
+    # One stage-out job per conversion job: a row's fate depends on its own image only (DAGMan never runs a
+    # node whose parent failed, so a shared stage-out job would strand every other row of its parents).
+    _set_planner_only(props, "pegasus.transfer.refiner", "Basic")
+    # Checksums are not pulled back to the access point: S3 checks each PUT's integrity itself, and the
+    # converter verifies its outputs on the worker before they are staged.
+    props["pegasus.integrity.checking"] = "none"
+    # A clustered job runs every image of its cluster; one failure stops none of the others.
+    props["pegasus.clusterer.job.aggregator.seqexec.firstjobfail"] = "false"
+    # S3 transfer cap: at most transfer_jobs stage-out jobs at once, each with transfer_threads transfers.
+    props["dagman.stageout.maxjobs"] = settings.transfer_jobs
+    props["dagman.stagein.maxjobs"] = settings.transfer_jobs
     props["pegasus.transfer.threads"] = settings.transfer_threads
     props["pegasus.transfer.arguments"] = f"-m {settings.transfer_attempts}"
     props["pegasus.transfer.lite.arguments"] = f"-m {settings.transfer_attempts}"
@@ -418,15 +476,19 @@ def build_properties(run_dir: RunDir, settings: WorkflowSettings):
 def row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: str | None = None, lfn_in=None, lfn_tif=None, lfn_jpg=None, bands=None, key=None, line=None, meta=None):
     from Pegasus.api import File, Job
 
-    inp = File(lfn_in if lfn_in is not None else input_lfn(row.key))
-    tif = File(lfn_tif if lfn_tif is not None else row.key)
-    jpg = File(lfn_jpg if lfn_jpg is not None else row.jpg_key)
+    job_id = job_id if job_id is not None else job_id_of(row.line)
+    names = job_lfns(job_id)
+    inp = File(lfn_in if lfn_in is not None else names[0])
+    tif = File(lfn_tif if lfn_tif is not None else names[1])
+    jpg = File(lfn_jpg if lfn_jpg is not None else names[2])
     job = (
-        Job(TRANSFORMATION, _id=job_id if job_id is not None else job_id_of(row.line))
-        .add_args(inp, tif, jpg, "--bands", bands if bands is not None else str(row.bands), *((METADATA_B64, meta) if meta is not None else ()))
+        Job(TRANSFORMATION, _id=job_id)
+        .add_args(EMPTY_ON_FAILURE, inp, tif, jpg, "--bands", bands if bands is not None else str(row.bands), *((METADATA_B64, meta) if meta is not None else ()))
         .add_inputs(inp)
         .add_outputs(tif, jpg, stage_out=True, register_replica=False)
-        .add_dagman_profile(retry=settings.retries, category=CATEGORY)
+        # No DAGMan retry: a transient failure is retried by HTCondor itself (hold_profiles), a deterministic one
+        # (a bad input) never is.
+        .add_dagman_profile(retry=0, category=CATEGORY)
         .add_metadata(key=key if key is not None else row.key, line=line if line is not None else row.line)
     )
     if wf is not None:
@@ -438,7 +500,9 @@ def workflow_shell(name: str, settings: WorkflowSettings, hook: str, metadata: d
     from Pegasus.api import EventType, Workflow
 
     wf = Workflow(name, infer_dependencies=False)
-    wf.add_shell_hook(EventType.END, hook)
+    # ALL, not END: the planner writes END as "end", which pegasus-monitord 5.1 never fires; it fires ALL at the
+    # start (PEGASUS_EVENT=start, which `cog-pipeline finish` ignores) and at the end (PEGASUS_EVENT=at_end).
+    wf.add_shell_hook(EventType.ALL, hook)
     if metadata:
         wf.add_metadata(**metadata)
     return wf
@@ -486,12 +550,11 @@ def write_workflow(
     hook: str,
     metadata: dict[str, str],
     provenance: Callable[[str], str] | None = None,
-    output_prefix: str = "",
 ) -> int:
     """Write workflow.yml fast (see the module docstring). Returns the number of jobs.
 
-    `provenance` (key -> base64url text) adds each job's `--metadata-b64` argument. Output LFNs are the output
-    keys: ``<output_prefix><key>`` (same-bucket mode puts them under a prefix).
+    `provenance` (key -> base64url text) adds each job's `--metadata-b64` argument. Every LFN is job-local
+    (``replicas.catalog.job_lfns``); where the files live is in replicas.yml and outputs.yml.
     """
     from Pegasus.api.writable import _CustomEncoder
 
@@ -500,7 +563,6 @@ def write_workflow(
     dependencies = header.pop("jobDependencies", [])
     fmt = _job_format(settings, provenance is not None)
     dumps = yaml_json
-    in_prefix = '"' + json.dumps(INPUT_LFN_PREFIX)[1:-1]
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(f"x-pegasus: {dumps(_x_pegasus())}\n")
         for k, v in header.items():
@@ -508,17 +570,18 @@ def write_workflow(
         fh.write("jobs:")
         chunk: list[str] = []
         for row in rows:
-            key_json = dumps(row.key)
+            job_id = job_id_of(row.line)
+            lfn_in, lfn_tif, lfn_jpg = job_lfns(job_id)  # plain ASCII: no escaping needed
             chunk.append(
                 "\n- "
                 + fmt
                 % {
-                    "ID": f'"{job_id_of(row.line)}"',
-                    "IN": in_prefix + key_json[1:],
-                    "TIF": dumps(output_prefix + row.key) if output_prefix else key_json,
-                    "JPG": dumps(output_prefix + row.jpg_key),
+                    "ID": f'"{job_id}"',
+                    "IN": f'"{lfn_in}"',
+                    "TIF": f'"{lfn_tif}"',
+                    "JPG": f'"{lfn_jpg}"',
                     "BANDS": f'"{row.bands}"',
-                    "KEY": key_json,
+                    "KEY": dumps(row.key),
                     "LINE": f'"{row.line}"',
                     **({"META": f'"{provenance(row.key)}"'} if provenance is not None else {}),
                 }
@@ -654,12 +717,15 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     sizes = {row.key: listed[row.key].size for row in rows if row.key in listed}
     run_dir.write_json(RunDir.PREFLIGHT, {"failed": failed, "duplicates": duplicates, "jobs": len(rows), "sizes": sizes})
 
-    files = {name: run_dir.file(name) for name in (RunDir.WORKFLOW, RunDir.REPLICAS, RunDir.TRANSFORMATIONS, RunDir.SITES, RunDir.PROPERTIES, RunDir.PREFLIGHT)}
-    entries: list[ReplicaEntry] = replica_entries(
-        (row.key for row in rows), info.input_bucket, local_root=local_root, identity=settings.identity, site=settings.s3_site
-    )
+    files = {name: run_dir.file(name) for name in (RunDir.WORKFLOW, RunDir.REPLICAS, RunDir.OUTPUTS, RunDir.TRANSFORMATIONS, RunDir.SITES, RunDir.PROPERTIES, RunDir.PREFLIGHT)}
+    where = {"local_root": local_root, "identity": settings.identity, "site": settings.s3_site}
+    lfns = [job_lfns(job_id_of(row.line)) for row in rows]
+    entries: list[ReplicaEntry] = replica_entries(((names[0], row.key) for names, row in zip(lfns, rows)), info.input_bucket, **where)
     write_replica_catalog(files[RunDir.REPLICAS], entries, header=_x_pegasus())
-    del entries
+    outputs = (pair for names, row in zip(lfns, rows) for pair in ((names[1], prefix + row.key), (names[2], prefix + row.jpg_key)))
+    entries = replica_entries(outputs, info.output_bucket, **where)
+    write_replica_catalog(files[RunDir.OUTPUTS], entries, header=_x_pegasus())
+    del entries, lfns
 
     build_transformation_catalog(settings).write(str(files[RunDir.TRANSFORMATIONS]))
 
@@ -673,7 +739,7 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     metadata = {"run": info.timestamp, "manifest_key": info.manifest_key, "input_bucket": info.input_bucket, "output_bucket": info.output_bucket}
     provenance = job_metadata_encoder(source_bucket=info.input_bucket, listed=listed, manifest_key=info.manifest_key,
                                       run_id=info.timestamp, converter=settings.converter) if settings.provenance else None
-    write_workflow(files[RunDir.WORKFLOW], rows, settings, f"cog-{info.timestamp}", hook, metadata, provenance, output_prefix=prefix)
+    write_workflow(files[RunDir.WORKFLOW], rows, settings, f"cog-{info.timestamp}", hook, metadata, provenance)
 
     credentials = None if local_mode else _write_credentials(run_dir, settings, config)
     if credentials:

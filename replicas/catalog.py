@@ -1,17 +1,21 @@
-"""Manifest rows -> replica catalog entries: where each input image lives, as Pegasus (and the local engine) read it.
+"""Where each job's files live: job-local LFNs, and the two replica catalogs that map them to objects.
 
 Conventions (shared with `cog_pipeline.pegasus.workflow_gen` and the local engine):
 
-* The logical file name (LFN) of an input is ``input/<key>``; outputs use the bare output key. An LFN that is
-  both a job's input and its output breaks Pegasus, and input and output keys are identical (``a/b.tif`` in
-  the input bucket becomes ``a/b.tif`` in the output bucket), so inputs carry the ``input/`` prefix.
-* Every input replica is on the site ``storage`` (the S3 site of the site catalog, or the folder stand-in).
+* A job names its files with opaque, job-local LFNs derived from its id (:func:`job_lfns`):
+  ``ID0000001.in.tif`` (input), ``ID0000001.tif`` and ``ID0000001.jpg`` (outputs). A key never appears in an
+  LFN or in a job's arguments: the planner joins arguments with spaces into an unquoted shell line, and
+  PegasusLite names local files after LFNs.
+* The raw key lives only in PFNs: ``replicas.yml`` maps each input LFN to its object in the input bucket (the
+  input replica catalog), and ``outputs.yml`` maps each output LFN to its object in the output bucket (the
+  output replica catalog Pegasus' ``Replica`` output mapper reads: ``pegasus.dir.storage.mapper``).
+* Every replica is on the site ``storage`` (the S3 site of the site catalog, or the folder stand-in).
 * S3 PFN: ``s3://<identity>@<site>/<bucket>/<raw key>`` -- Pegasus' S3 URL form; the identity and site name
   select the ``[identity@site]`` and ``[site]`` sections of ``credentials.conf``. Keys are RAW: pegasus-s3
   passes the path to boto3 undecoded, so ``Eau%20Claire`` would be a different object. Keys the Pegasus tools
-  cannot carry at all (``'``, ``#``, ...) are refused at preflight: ``replicas.pegasus_keys``.
+  cannot carry at all are refused at preflight: ``replicas.pegasus_keys``.
 * Folder PFN (embedded/local mode): ``file://<local_root>/<bucket>/<key>`` built with ``Path.as_uri()``.
-* Nothing in the package parses these URLs back: inside, keys travel as (bucket, key) pairs.
+* :func:`object_of_pfn` is the one inverse, used by the local engine to run the same catalogs Pegasus runs.
 * ``checksum: {sha256: ...}`` only when the digest is actually known; never guessed from an ETag.
 """
 
@@ -22,8 +26,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
-INPUT_LFN_PREFIX = "input/"
 DEFAULT_SITE = "storage"
 DEFAULT_IDENTITY = "cog"
 
@@ -31,15 +35,9 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _IDENTITY_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
-def input_lfn(key: str) -> str:
-    """The LFN of the input object `key` (see the module docstring for why it is prefixed)."""
-    return INPUT_LFN_PREFIX + key
-
-
-def key_of_input_lfn(lfn: str) -> str:
-    if not lfn.startswith(INPUT_LFN_PREFIX):
-        raise ValueError(f"{lfn!r} is not an input LFN (expected the prefix {INPUT_LFN_PREFIX!r})")
-    return lfn[len(INPUT_LFN_PREFIX) :]
+def job_lfns(job_id: str) -> tuple[str, str, str]:
+    """(input, COG, JPEG) LFNs of one job: opaque, job-local names (see the module docstring)."""
+    return f"{job_id}.in.tif", f"{job_id}.tif", f"{job_id}.jpg"
 
 
 def check_name(value: str, what: str) -> str:
@@ -83,6 +81,23 @@ def location_url(
     return s3_url(bucket, key, identity=identity, site=site)
 
 
+def object_of_pfn(pfn: str, local_root: Path | str | None = None) -> tuple[str, str]:
+    """(bucket, key) of a PFN this module wrote: the inverse of :func:`s3_url` and :func:`file_url`."""
+    if pfn.startswith("s3://"):
+        _, _, path = pfn[len("s3://") :].partition("/")  # identity@site, then bucket/raw key
+        bucket, _, key = path.partition("/")
+    elif pfn.startswith("file://") and local_root is not None:
+        root = Path(local_root).resolve().as_uri() + "/"
+        if not pfn.startswith(root):
+            raise ValueError(f"{pfn!r} is not under the buckets' folder {root!r}")
+        bucket, _, key = unquote(pfn[len(root) :]).partition("/")
+    else:
+        raise ValueError(f"{pfn!r} is not a replica location of this run")
+    if not bucket or not key:
+        raise ValueError(f"{pfn!r} names no object")
+    return bucket, key
+
+
 @dataclass(frozen=True)
 class ReplicaEntry:
     """One input replica: what goes into replicas.yml for one manifest row."""
@@ -101,7 +116,7 @@ class ReplicaEntry:
 
 
 def replica_entries(
-    keys: Iterable[str],
+    objects: Iterable[tuple[str, str]],
     bucket: str,
     *,
     local_root: Path | str | None = None,
@@ -109,7 +124,7 @@ def replica_entries(
     site: str = DEFAULT_SITE,
     sha256: Mapping[str, str] | None = None,
 ) -> list[ReplicaEntry]:
-    """One entry per input key, in the given order. `sha256` maps keys to known hex digests (others omitted)."""
+    """One entry per (LFN, key) pair, in the given order. `sha256` maps keys to known hex digests (others omitted)."""
     sha256 = sha256 or {}
     entries = []
     if local_root is not None:
@@ -117,7 +132,7 @@ def replica_entries(
         root_uri = base.as_uri()
     else:
         root_uri = s3_url(bucket, identity=identity, site=site)
-    for key in keys:
+    for lfn, key in objects:
         if local_root is not None:
             pfn = (base / key).as_uri()
         else:
@@ -125,7 +140,7 @@ def replica_entries(
         digest = sha256.get(key)
         if digest is not None and not _SHA256_RE.match(digest):
             raise ValueError(f"sha256 for {key!r} is not 64 lowercase hex digits")
-        entries.append(ReplicaEntry(input_lfn(key), pfn, site, digest))
+        entries.append(ReplicaEntry(lfn, pfn, site, digest))
     return entries
 
 

@@ -93,38 +93,30 @@ def test_config_file_reaches_properties_sites_and_workflow(tmp_path, pegasus_sch
     pool = pool_site(run)
     assert pool["profiles"]["pegasus"]["memory"] == 4096 and pool["profiles"]["pegasus"]["cores"] == 2
     assert pool["profiles"]["condor"]["+ProjectName"] == '"cog"'
-    assert [j["profiles"]["dagman"]["RETRY"] for j in load(run.file(RunDir.WORKFLOW))["jobs"]] == [5]
+    # Conversions: no DAGMan retry, HTCondor releases a transient failure's hold up to `retries` times.
+    assert [j["profiles"]["dagman"]["RETRY"] for j in load(run.file(RunDir.WORKFLOW))["jobs"]] == [0]
+    assert "(NumHolds <= 5)" in pool["profiles"]["condor"]["periodic_release"]
     for name, schema in ((RunDir.SITES, "sc-5.0.yml"), (RunDir.WORKFLOW, "wf-5.0.yml"), (RunDir.TRANSFORMATIONS, "tc-5.0.yml"), (RunDir.REPLICAS, "rc-5.0.yml")):
         assert not list(schema_validator(pegasus_schema_dir, schema).iter_errors(load(run.file(name)))), name
 
 
-def test_wall_time_is_a_maxwalltime_profile_and_a_periodic_remove_joined_with_backoff(tmp_path):
-    import classad2
-
+def test_wall_time_is_a_maxwalltime_profile_and_a_hold_with_its_reason(tmp_path):
     run, store = folder_run(tmp_path, ["a/x.tif"])
     generate(run, store, WorkflowSettings(wall_time_s=5400))
     pool = pool_site(run)
     assert pool["profiles"]["pegasus"]["maxwalltime"] == 90  # minutes
-    remove = pool["profiles"]["condor"]["periodic_remove"]
-    backoff = wg.backoff_profiles(WorkflowSettings())["condorpool"]["periodic_remove"]
-    assert remove == f"({backoff}) || ({wg.wall_time_remove(5400)})"
-    now = 1_700_000_000
-    expr = classad2.ExprTree(remove.replace("time()", str(now)))  # a fixed clock
-
-    def removed(**attrs) -> bool:
-        return expr.eval(classad2.ClassAd({"NumHolds": 0, "EnteredCurrentStatus": now, **attrs})) is True
-
-    assert removed(JobStatus=2, EnteredCurrentStatus=now - 5401)  # ran too long
-    assert not removed(JobStatus=2, EnteredCurrentStatus=now - 60)  # still within the limit
-    assert removed(JobStatus=5, NumHolds=9)  # the backoff's own rule still removes
+    condor = pool["profiles"]["condor"]
+    assert condor["periodic_hold"] == "(JobStatus == 2) && ((time() - EnteredCurrentStatus) > 5400)"
+    assert condor["periodic_remove"] == wg.hold_profiles(WorkflowSettings())["condorpool"]["periodic_remove"]
 
 
-def test_no_wall_time_leaves_the_backoff_rule_alone(tmp_path):
+def test_the_operators_periodic_remove_is_joined_with_the_holds_rule(tmp_path):
     run, store = folder_run(tmp_path, ["a/x.tif"])
-    generate(run, store, WorkflowSettings())
+    generate(run, store, WorkflowSettings(wall_time_s=0, pool_condor_profiles={"periodic_remove": "(NumJobStarts > 9)"}))
     pool = pool_site(run)
-    assert "maxwalltime" not in pool["profiles"]["pegasus"]
-    assert pool["profiles"]["condor"]["periodic_remove"] == wg.backoff_profiles(WorkflowSettings())["condorpool"]["periodic_remove"]
+    assert "maxwalltime" not in pool["profiles"]["pegasus"] and "periodic_hold" not in pool["profiles"]["condor"]
+    rule = wg.hold_profiles(WorkflowSettings())["condorpool"]["periodic_remove"]
+    assert pool["profiles"]["condor"]["periodic_remove"] == f"({rule}) || ((NumJobStarts > 9))"
 
 
 def test_workflow_gen_reads_the_config_file_and_flags_win(tmp_path, capsys):
@@ -206,8 +198,9 @@ def test_scratch_prefix_is_removed_with_boto3_and_outputs_stay(tmp_path, s3_buck
 # ----------------------------------------------------------------------------------------------------------------
 # Keys the Pegasus tools cannot carry fail at preflight, on the pegasus engine only
 
-REFUSED = ["Counties/WI/St. Croix/it's.tif", "Counties/WI/a#b.tif", "Counties/WI/$HOME/x.tif", "Counties/WI/nbsp\u00a0here.tif"]
-CARRIED = ["Counties/WI/Eau Claire/x.tif", "Counties/WI/Fond du Lac/Façade (1)+[2]@=&%.tif"]
+REFUSED = ["Counties/WI/St. Croix/it's.tif", "Counties/WI/a#b.tif", "Counties/WI/em\u2003space.tif", "Counties/WI/nbsp\u00a0here.tif",
+           'Counties/WI/say "hi".tif']
+CARRIED = ["Counties/WI/Eau Claire/x.tif", "Counties/WI/Fond du Lac/Façade (1)+[2]@=&%.tif", "x;touch PWNED;`id`$(id)$HOME.tif"]
 
 
 def test_pegasus_engine_fails_refused_keys_at_preflight_with_the_way_out(tmp_path):
@@ -219,9 +212,10 @@ def test_pegasus_engine_fails_refused_keys_at_preflight_with_the_way_out(tmp_pat
     for key, reason in failed.items():
         assert reason == pegasus_key_problem(key)
         assert "rename the object, or run this manifest with --engine local" in reason
-    assert "single quote" in failed[REFUSED[0]] and "#" in failed[REFUSED[1]] and "$HOME" in failed[REFUSED[2]] and "U+00A0" in failed[REFUSED[3]]
-    lfns = [u["lfn"] for j in load(run.file(RunDir.WORKFLOW))["jobs"] for u in j["uses"] if u["type"] == "input"]
-    assert sorted(lfns) == sorted(f"input/{k}" for k in CARRIED)
+    assert "single quote" in failed[REFUSED[0]] and "#" in failed[REFUSED[1]] and "U+2003" in failed[REFUSED[2]] and "U+00A0" in failed[REFUSED[3]]
+    assert "double quote" in failed[REFUSED[4]]
+    jobs = load(run.file(RunDir.WORKFLOW))["jobs"]
+    assert sorted(j["metadata"]["key"] for j in jobs) == sorted(CARRIED)
 
 
 def test_local_engine_still_gives_those_keys_jobs(tmp_path):
@@ -242,7 +236,7 @@ def test_local_engine_converts_keys_the_pegasus_engine_refuses(tmp_path):
 
     root = tmp_path / "buckets"
     (root / "out").mkdir(parents=True)
-    keys = ["O'Brien/x.tif", "a$HOME/y.tif", "trail\u00a0nbsp/z.tif"]
+    keys = ["O'Brien/x.tif", "a#b/y.tif", "trail\u00a0nbsp/z.tif"]
     for i, key in enumerate(keys):
         assert pegasus_key_problem(key) is not None
         rasters.write(root / "in" / key, rasters.textured(1, 16, 16, seed=i + 1))

@@ -14,9 +14,9 @@ import yaml
 from tests.oracles import build_replica_catalog
 from cog_pipeline.replicas.catalog import (
     file_url,
-    input_lfn,
-    key_of_input_lfn,
+    job_lfns,
     location_url,
+    object_of_pfn,
     replica_entries,
     s3_url,
     write_replica_catalog,
@@ -93,24 +93,39 @@ def test_identity_and_site_must_be_plain(bad):
         s3_url("b", "k.tif", site=bad)
 
 
-def test_input_lfn_prefix_round_trip():
-    assert input_lfn("a/b.tif") == "input/a/b.tif"
-    assert key_of_input_lfn("input/a/b.tif") == "a/b.tif"
+def test_job_lfns_are_job_local_and_plain():
+    assert job_lfns("ID0000042") == ("ID0000042.in.tif", "ID0000042.tif", "ID0000042.jpg")
+
+
+@pytest.mark.parametrize("key", AWKWARD_KEYS)
+def test_object_of_pfn_inverts_both_url_builders(tmp_path, key):
+    assert object_of_pfn(s3_url("bkt", key, identity="ops", site="s3site")) == ("bkt", key)
+    root = tmp_path / "buckets with space"
+    assert object_of_pfn(file_url(root, "out", key), root) == ("out", key)
+
+
+@pytest.mark.parametrize("pfn", ["http://host/b/k.tif", "s3://cog@storage/bucket-only", "file:///elsewhere/b/k.tif"])
+def test_object_of_pfn_refuses_what_this_run_did_not_write(tmp_path, pfn):
     with pytest.raises(ValueError):
-        key_of_input_lfn("a/b.tif")
+        object_of_pfn(pfn, tmp_path)
+
+
+def _pairs(keys):
+    return [(f"ID{i:07d}.in.tif", key) for i, key in enumerate(keys, 1)]
 
 
 def test_replica_entries_keep_order_and_known_sha256_only(tmp_path):
     digest = "ab" * 32
-    entries = replica_entries(["b.tif", "a.tif"], "in", sha256={"a.tif": digest})
-    assert [e.lfn for e in entries] == ["input/b.tif", "input/a.tif"]
+    entries = replica_entries([("b.in.tif", "b.tif"), ("a.in.tif", "a.tif")], "in", sha256={"a.tif": digest})
+    assert [e.lfn for e in entries] == ["b.in.tif", "a.in.tif"]
+    assert [parse_location(e.pfn) for e in entries] == [("s3", "in", "b.tif"), ("s3", "in", "a.tif")]
     assert entries[0].sha256 is None and entries[1].sha256 == digest
     assert "checksum" not in entries[0].to_document()
     assert entries[1].to_document()["checksum"] == {"sha256": digest}
     assert all(e.site == "storage" for e in entries)
     with pytest.raises(ValueError):
-        replica_entries(["a.tif"], "in", sha256={"a.tif": "not-a-digest"})
-    local = replica_entries(["x y.tif"], "in", local_root=tmp_path)
+        replica_entries([("a.in.tif", "a.tif")], "in", sha256={"a.tif": "not-a-digest"})
+    local = replica_entries([("x.in.tif", "x y.tif")], "in", local_root=tmp_path)
     assert local[0].pfn == (tmp_path.resolve() / "in" / "x y.tif").as_uri()
 
 
@@ -120,7 +135,7 @@ def _strip_header(doc):
 
 
 def test_fast_replica_writer_equals_pegasus_api_and_schema(tmp_path, pegasus_schema_dir):
-    entries = replica_entries(AWKWARD_KEYS, "in", sha256={AWKWARD_KEYS[0]: "0f" * 32})
+    entries = replica_entries(_pairs(AWKWARD_KEYS), "in", sha256={AWKWARD_KEYS[0]: "0f" * 32})
     fast = tmp_path / "fast.yml"
     assert write_replica_catalog(fast, entries, header={"apiLang": "python"}) == len(AWKWARD_KEYS)
     api = tmp_path / "api.yml"
@@ -130,9 +145,8 @@ def test_fast_replica_writer_equals_pegasus_api_and_schema(tmp_path, pegasus_sch
     assert _strip_header(fast_doc) == _strip_header(api_doc)
     errors = list(schema_validator(pegasus_schema_dir, "rc-5.0.yml").iter_errors(yaml.safe_load(fast.read_text(encoding="utf-8"))))
     assert not errors, errors[0].message
-    # Every PFN written parses back to the input bucket and the row's key.
-    for replica in fast_doc["replicas"]:
-        assert parse_location(replica["pfns"][0]["pfn"]) == ("s3", "in", key_of_input_lfn(replica["lfn"]))
+    # Every PFN written parses back to the input bucket and the row's key, in order.
+    assert [parse_location(r["pfns"][0]["pfn"]) for r in fast_doc["replicas"]] == [("s3", "in", k) for k in AWKWARD_KEYS]
 
 
 def test_empty_replica_catalog_is_valid(tmp_path, pegasus_schema_dir):

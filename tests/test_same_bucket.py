@@ -130,12 +130,13 @@ def test_crondor_start_refuses_one_bucket_and_passes_the_prefix_on(tmp_path):
 
 
 def test_the_generated_workflow_names_prefixed_outputs_for_both_engines(tmp_path):
-    """Pegasus stages an output to <output site URL>/<LFN>, the local engine to <LFN> in the output bucket:
-    with a prefix both LFNs are <prefix><key>; the input LFN and the job's key metadata stay the row's key."""
+    """Both engines stage an output where the output replica catalog (outputs.yml) puts it: with a prefix, at
+    <prefix><key>; the input replica and the job's key metadata stay the row's key."""
     import yaml
 
     from cog_pipeline.claim import claim_one
     from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
+    from cog_pipeline.replicas.catalog import job_lfns, object_of_pfn
     from cog_pipeline.store import StoreConfig, open_store
 
     bucket = _bucket(tmp_path)
@@ -144,9 +145,16 @@ def test_the_generated_workflow_names_prefixed_outputs_for_both_engines(tmp_path
     claim = claim_one(store, store.head("m_raw.csv"), work_dir=tmp_path / "w", output_bucket="one", store_config=config, output_prefix="cogs/")
     generate(claim.run_dir, store, WorkflowSettings(write_credentials=False))
     jobs = yaml.safe_load(claim.run_dir.file("workflow.yml").read_text())["jobs"]
+
+    def catalog(name):
+        doc = yaml.safe_load(claim.run_dir.file(name).read_text())
+        return {r["lfn"]: object_of_pfn(r["pfns"][0]["pfn"], tmp_path) for r in doc["replicas"]}
+
+    inputs, outputs = catalog("replicas.yml"), catalog("outputs.yml")
     for job, key in zip(jobs, KEYS):
-        outputs = sorted(u["lfn"] for u in job["uses"] if u["type"] == "output")
-        assert outputs == sorted(["cogs/" + key, "cogs/" + key[: -len(".tif")] + ".jpg"])
-        assert job["arguments"][:3] == ["input/" + key, "cogs/" + key, "cogs/" + key[: -len(".tif")] + ".jpg"]
+        lfn_in, lfn_tif, lfn_jpg = job_lfns(job["id"])
+        assert inputs[lfn_in] == ("one", key)
+        assert outputs[lfn_tif] == ("one", "cogs/" + key)
+        assert outputs[lfn_jpg] == ("one", "cogs/" + key[: -len(".tif")] + ".jpg")
         assert job["metadata"]["key"] == key
     assert bucket.is_dir()

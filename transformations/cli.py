@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--validator", choices=VALIDATORS, default=None,
                    help=f"COG validator (default: env {VALIDATOR_ENV}, else auto: the lightest that proves the same)")
     p.add_argument("--verify-pixels", action="store_true", help="also compare full-resolution checksums of input and COG, and decode the JPEG back")
+    p.add_argument("--empty-outputs-on-failure", action="store_true",
+                   help="after a failure, leave empty output files (inside a Pegasus job, whose wrapper stages every "
+                   "declared output, the job then ends at once with this exit code; a failed job's outputs never "
+                   "leave its scratch area)")
     p.add_argument("--verbose", "-v", action="store_true", help="print a summary and GDAL's own messages")
     return p
 
@@ -75,12 +79,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         code, line, summary = _run_conversion(args, metadata)
     finally:
         _restore_stderr(saved_fd)
+    if code and args.empty_outputs_on_failure:
+        _leave_empty_outputs(args.output_tif, args.output_jpg)
     if args.verbose:
         _print_verbose(captured, summary)
     captured.close()
     if line:
         print(one_line(line), file=sys.stderr)
     return int(code)
+
+
+def _leave_empty_outputs(*paths: str) -> None:
+    """Empty files where a failed conversion wrote none (--empty-outputs-on-failure); never raises."""
+    for path in paths:
+        try:
+            with open(path, "xb"):
+                pass
+        except OSError:
+            pass
 
 
 def _check_args(args: argparse.Namespace) -> None:

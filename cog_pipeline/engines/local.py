@@ -3,10 +3,10 @@
 It reads the same files `pegasus-plan` would (workflow.yml, replicas.yml, transformations.yml, sites.yml)
 and gives each job the same world a Pegasus job sees on a worker: a scratch working directory holding
 every input under its LFN, the transformation run there with the workflow's arguments, outputs picked up
-by LFN. Locations are (bucket, key) pairs, never URLs: an input LFN ``input/<key>`` is ``key`` in run.json's
-input bucket (it must also have a replica in replicas.yml, as Pegasus requires), and an output LFN is its key
-in the output bucket. Nothing here reads the manifest: if the local engine can run a workflow, so can
-Pegasus, and the other way round.
+by LFN. Where each file lives comes from the same catalogs Pegasus reads: an input LFN's object from
+replicas.yml, an output LFN's from outputs.yml (``replicas.catalog.object_of_pfn``, then (bucket, key) pairs
+inside). Nothing here reads the manifest: if the local engine can run a workflow, so can Pegasus, and the
+other way round.
 
 Each finished job leaves `jobs/<id>.json` (outcome, exit code, one-line reason, attempts) and
 `jobs/<id>.log`, plus each uploaded output's ETag and size (so reconcile can tell this job's object from
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..lease import LEASE_SECONDS
-from ..replicas.catalog import key_of_input_lfn
+from ..replicas.catalog import object_of_pfn
 from ..rundir import RUNNING, RunDir, RunState
 from ..state import FINAL
 from ..store import LocalStore, StoreError, open_store
@@ -62,13 +62,29 @@ def _env_profile(profiles: dict[str, Any] | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in ((profiles or {}).get("env") or {}).items()}
 
 
+def _catalog_keys(path: Path, bucket: str, local_root: Path | None) -> dict[str, str]:
+    """LFN -> key of a replica catalog whose PFNs all name objects in `bucket` (the run's input or output)."""
+    keys: dict[str, str] = {}
+    for entry in (_load_yaml(path) or {}).get("replicas", []):
+        for pfn in entry.get("pfns") or []:
+            try:
+                found_bucket, key = object_of_pfn(pfn["pfn"], local_root)
+            except ValueError as exc:
+                raise WorkflowError(f"{path.name}: {exc}") from None
+            if found_bucket != bucket:
+                raise WorkflowError(f"{path.name}: {entry['lfn']!r} is in bucket {found_bucket!r}, not the run's {bucket!r}")
+            keys[entry["lfn"]] = key
+    return keys
+
+
 def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:
     """Resolve the generated workflow into runnable jobs and the END hook commands."""
     info = run_dir.load()
     workflow = _load_yaml(run_dir.file(RunDir.WORKFLOW))
-    replicas = _load_yaml(run_dir.file(RunDir.REPLICAS)) or {}
+    local_root = info.store_config.local_root
+    where_in = _catalog_keys(run_dir.file(RunDir.REPLICAS), info.input_bucket, local_root)
+    where_out = _catalog_keys(run_dir.file(RunDir.OUTPUTS), info.output_bucket, local_root)
     transformations = _load_yaml(run_dir.file(RunDir.TRANSFORMATIONS)) or {}
-    replicated = {r["lfn"] for r in replicas.get("replicas", []) if r.get("pfns")}
     exe_of: dict[str, str] = {}
     env_of: dict[str, dict[str, str]] = {}
     for tr in transformations.get("transformations", []):
@@ -95,16 +111,17 @@ def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:
         for use in job.get("uses", []):
             lfn = use["lfn"]
             if use["type"] == "input":
-                if lfn not in replicated:
-                    raise WorkflowError(f"job {job['id']}: input {lfn!r} has no replica in replicas.yml")
-                try:
-                    inputs[lfn] = key_of_input_lfn(lfn)
-                except ValueError as exc:
-                    raise WorkflowError(f"job {job['id']}: {exc}") from None
+                if lfn not in where_in:
+                    raise WorkflowError(f"job {job['id']}: input {lfn!r} has no replica in {RunDir.REPLICAS}")
+                inputs[lfn] = where_in[lfn]
             elif use["type"] == "output" and use.get("stageOut", True):
-                outputs[lfn] = lfn
+                if lfn not in where_out:
+                    raise WorkflowError(f"job {job['id']}: output {lfn!r} has no location in {RunDir.OUTPUTS}")
+                outputs[lfn] = where_out[lfn]
+        # Pegasus retries a transient failure through the job's holds (run.json retries); a job-level
+        # DAGMan retry, where a hand-written workflow has one, counts too.
         retry = _profile(job.get("profiles"), "dagman", "retry")
-        retry = wf_retry if retry is None else retry
+        retry = max(int(wf_retry if retry is None else retry), int(info.retries or 0))
         env = {**env_of.get(name, {}), **_env_profile(job.get("profiles"))}
         jobs.append(
             JobSpec(
