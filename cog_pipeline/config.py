@@ -10,8 +10,12 @@ every one with a default, so an empty file (or none) is the documented default c
     [resources]
     cores = 1
     memory_mb = 1024
-    disk_mb = 2048
-    wall_time_s = 0          # 0: no limit; else jobs running longer are removed (condor periodic_remove)
+    disk_mb = 2048           # at least; a job gets more when its input is large (4 x its size + 256 MB)
+    wall_time_s = 7200       # 0: no limit; else a conversion running longer is held with that reason
+    held_remove_s = 600      # a hold nobody releases fails its row, with the hold reason, after this long
+
+    [manifests."Counties/Big/*"]   # per manifest (glob on the manifest's key): any [resources] setting
+    memory_mb = 4096
 
     [data]
     configuration = "auto"   # nonsharedfs for S3 buckets, condorio for folder buckets; or either by name
@@ -30,10 +34,10 @@ every one with a default, so an empty file (or none) is the documented default c
     threads = 4
     attempts = 3
 
-    [backoff]
+    [backoff]                # a transient failure's hold is released after base_s * 2^(n-1), at most max_s
     base_s = 60
     max_s = 3600
-    releases = 3
+    releases = 3             # transfer jobs; conversions are released up to dagman.retries times
 
     [clustering]
     size = 0                 # 0: no clustering
@@ -90,7 +94,8 @@ class Resources:
     cores: int = 1
     memory_mb: int = 1024
     disk_mb: int = 2048
-    wall_time_s: int = 0
+    wall_time_s: int = 7200
+    held_remove_s: int = 600
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,15 @@ class PipelineConfig:
     clustering: Clustering = field(default_factory=Clustering)
     pegasus_properties: dict[str, str] = field(default_factory=dict)
     condor_profiles: dict[str, str] = field(default_factory=dict)
+    # [manifests."<glob>"]: [resources] for the manifests whose key matches the glob (the first match wins)
+    manifests: dict[str, Resources] = field(default_factory=dict)
     source: str | None = None  # the file it was read from (None: defaults only)
+
+    def resources_for(self, manifest_key: str) -> Resources:
+        """The [resources] a manifest's jobs request: its first matching [manifests."<glob>"], else the default."""
+        from fnmatch import fnmatchcase
+
+        return next((res for glob, res in self.manifests.items() if fnmatchcase(manifest_key, glob)), self.resources)
 
     @property
     def container_image(self) -> str:
@@ -155,6 +168,7 @@ _SECTION_TYPES = {"container": Container, "resources": Resources, "data": Data, 
 # (section, field) -> smallest allowed value for integers
 _MINIMUM = {
     ("resources", "cores"): 1, ("resources", "memory_mb"): 1, ("resources", "disk_mb"): 1, ("resources", "wall_time_s"): 0,
+    ("resources", "held_remove_s"): 1,
     ("dagman", "retries"): 0, ("dagman", "max_running"): 1, ("transfers", "max_transfers"): 1, ("transfers", "threads"): 1,
     ("transfers", "attempts"): 1, ("backoff", "base_s"): 1, ("backoff", "max_s"): 1, ("backoff", "releases"): 0,
     ("clustering", "size"): 0,
@@ -241,9 +255,9 @@ def load_config(path: Path | str | None, overrides: dict[str, Any] | None = None
             raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    unknown = set(doc) - set(_SECTION_TYPES) - {"pegasus", "condor"}
+    unknown = set(doc) - set(_SECTION_TYPES) - {"pegasus", "condor", "manifests"}
     if unknown:
-        raise ConfigError(f"unknown section [{sorted(unknown)[0]}] (known: {', '.join([*_SECTION_TYPES, 'pegasus.properties', 'condor.profiles'])})")
+        raise ConfigError(f"unknown section [{sorted(unknown)[0]}] (known: {', '.join([*_SECTION_TYPES, 'pegasus.properties', 'condor.profiles', 'manifests'])})")
     for dotted in overrides:
         if dotted.partition(".")[0] not in _SECTION_TYPES:
             raise ConfigError(f"{dotted} is not a setting")
@@ -254,7 +268,12 @@ def load_config(path: Path | str | None, overrides: dict[str, Any] | None = None
         if not isinstance(table, dict) or set(table) - {inner}:
             raise ConfigError(f"[{outer}] only holds the table [{outer}.{inner}]")
         extras[f"{outer}_{inner}"] = _string_table(f"{outer}.{inner}", table.get(inner, {}))
-    config = PipelineConfig(**sections, **extras, source=str(path) if path is not None else None)
+    manifests = doc.get("manifests", {})
+    if not isinstance(manifests, dict) or any(not isinstance(t, dict) for t in manifests.values()):
+        raise ConfigError('[manifests] holds one table per manifest glob: [manifests."Counties/Big/*"]')
+    base = dataclasses.asdict(sections["resources"])
+    per_manifest = {glob: _section("resources", {**base, **table}, {}) for glob, table in manifests.items()}
+    config = PipelineConfig(**sections, **extras, manifests=per_manifest, source=str(path) if path is not None else None)
     _validate(config)
     return config
 
@@ -272,6 +291,9 @@ def show(config: PipelineConfig) -> str:
     for label, table in (("pegasus.properties", config.pegasus_properties), ("condor.profiles", config.condor_profiles)):
         for key, value in sorted(table.items()):
             lines.append(f"{label}.{key} = {_masked(key, value)!r}")
+    for glob, res in config.manifests.items():
+        for f in dataclasses.fields(Resources):
+            lines.append(f"manifests.{glob!r}.{f.name} = {getattr(res, f.name)!r}")
     return "\n".join(lines)
 
 
@@ -296,6 +318,8 @@ def workflow_settings_kwargs(config: PipelineConfig) -> dict[str, Any]:
         "disk_mb": config.resources.disk_mb,
         "data_configuration": None if config.data.configuration == "auto" else config.data.configuration,
         "wall_time_s": config.resources.wall_time_s,
+        "held_remove_s": config.resources.held_remove_s,
+        "manifest_resources": {glob: dataclasses.asdict(res) for glob, res in config.manifests.items()},
         "extra_properties": extra_pegasus_properties(config),
         "pool_condor_profiles": condor_profiles(config),
     }
@@ -332,15 +356,8 @@ def pegasus_properties(config: PipelineConfig, local_mode: bool = False) -> dict
 
 
 def condor_profiles(config: PipelineConfig) -> dict[str, str]:
-    """Extra condor profiles for the conversion jobs (condorpool site): wall-time limit and the operator's own."""
-    profiles: dict[str, str] = dict(config.condor_profiles)
-    if config.resources.wall_time_s:
-        # Remove a conversion running longer than the limit; DAGMan counts it as a failure and retries it.
-        # One periodic_remove per job: the operator's own (if any) is kept, joined with ||.
-        wall = f"(JobStatus == 2) && ((time() - EnteredCurrentStatus) > {config.resources.wall_time_s})"
-        own = profiles.get("periodic_remove")
-        profiles["periodic_remove"] = f"({own}) || ({wall})" if own else wall
-    return profiles
+    """The operator's extra condor profiles for the conversion jobs (the generator adds its own rules)."""
+    return dict(config.condor_profiles)
 
 
 def plan_args(config: PipelineConfig, local_mode: bool = False) -> list[str]:
@@ -361,6 +378,7 @@ FLAG_SETTINGS = {
     "backoff_releases": "backoff.releases", "s3_site": "s3.site", "identity": "s3.identity",
     "container_image": "container.image", "container_type": "container.type", "cpus": "resources.cores",
     "memory": "resources.memory_mb", "disk": "resources.disk_mb", "wall_time": "resources.wall_time_s",
+    "held_remove": "resources.held_remove_s",
     "data_configuration": "data.configuration",
 }
 

@@ -148,6 +148,8 @@ class WorkflowSettings:
     backoff_max: int = 3600  # cap on the exponential delay
     backoff_releases: int = 3  # releases of a held job (a transient failure's retries) before it is removed
     held_remove_s: int = 600  # a hold nobody releases (memory, wall time, condor_hold) fails its row after this
+    # glob on the manifest key -> its own cpus/memory/disk/wall-time (the config's [manifests."<glob>"])
+    manifest_resources: dict[str, dict[str, int]] = field(default_factory=dict)
     cluster_size: int | None = None  # --cluster-size N: pegasus clusters.size, plan with --cluster horizontal
     s3_site: str = "storage"  # name of the object-store site (replicas and output site)
     identity: str = "cog"  # user part of s3://<identity>@<site>/...; section [<identity>@<site>] in credentials
@@ -201,6 +203,25 @@ class WorkflowSettings:
         if self.worker_converter_path:
             return self.worker_converter_path
         return WORKER_CONVERTER if self.container_image else str(self.converter)
+
+    def for_manifest(self, manifest_key: str) -> "WorkflowSettings":
+        """These settings with the resources of the first [manifests."<glob>"] matching `manifest_key`."""
+        from fnmatch import fnmatchcase
+
+        res = next((r for glob, r in self.manifest_resources.items() if fnmatchcase(manifest_key, glob)), None)
+        if res is None:
+            return self
+        return dataclasses.replace(
+            self, cpus=res["cores"], memory_mb=res["memory_mb"], disk_mb=res["disk_mb"],
+            wall_time_s=res["wall_time_s"], held_remove_s=res["held_remove_s"],
+        )
+
+    def disk_mb_for(self, input_bytes: int | None) -> int:
+        """The disk a job requests: the input, the COG and its overviews, the preview (4 x the input + 256 MB),
+        never less than disk_mb."""
+        if not input_bytes:
+            return self.disk_mb
+        return max(self.disk_mb, -(-4 * input_bytes // (1 << 20)) + 256)
 
     def data_configuration_for(self, local_mode: bool) -> str:
         """The data configuration this run plans with (see the field's comment for the automatic choice)."""
@@ -473,7 +494,7 @@ def build_properties(run_dir: RunDir, settings: WorkflowSettings):
 # Workflow: Pegasus.api objects for one job (the template) and the fast writer
 
 
-def row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: str | None = None, lfn_in=None, lfn_tif=None, lfn_jpg=None, bands=None, key=None, line=None, meta=None):
+def row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: str | None = None, lfn_in=None, lfn_tif=None, lfn_jpg=None, bands=None, key=None, line=None, meta=None, disk_mb: int | None = None):
     from Pegasus.api import File, Job
 
     job_id = job_id if job_id is not None else job_id_of(row.line)
@@ -489,6 +510,7 @@ def row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: str | N
         # No DAGMan retry: a transient failure is retried by HTCondor itself (hold_profiles), a deterministic one
         # (a bad input) never is.
         .add_dagman_profile(retry=0, category=CATEGORY)
+        .add_pegasus_profile(diskspace=f"{disk_mb if disk_mb is not None else settings.disk_mb} MB")
         .add_metadata(key=key if key is not None else row.key, line=line if line is not None else row.line)
     )
     if wf is not None:
@@ -509,6 +531,7 @@ def workflow_shell(name: str, settings: WorkflowSettings, hook: str, metadata: d
 
 
 _SLOTS = ("ID", "IN", "TIF", "JPG", "BANDS", "KEY", "LINE")
+_DISK_SENTINEL = 987654321  # a number slot: Pegasus.api parses "<n> MB", so no text token can stand there
 
 
 def _job_format(settings: WorkflowSettings, with_meta: bool = False) -> str:
@@ -520,7 +543,7 @@ def _job_format(settings: WorkflowSettings, with_meta: bool = False) -> str:
     dummy = ManifestRow(line=1, key="x.tif", bands=1, text="x.tif,1")
     job = row_job(
         None, dummy, settings, job_id=token["ID"], lfn_in=token["IN"], lfn_tif=token["TIF"], lfn_jpg=token["JPG"],
-        bands=token["BANDS"], key=token["KEY"], line=token["LINE"], meta=token.get("META"),
+        bands=token["BANDS"], key=token["KEY"], line=token["LINE"], meta=token.get("META"), disk_mb=_DISK_SENTINEL,
     )
     doc = json.loads(json.dumps(job, cls=_CustomEncoder))
     order = [token["IN"], token["TIF"], token["JPG"]]
@@ -531,7 +554,9 @@ def _job_format(settings: WorkflowSettings, with_meta: bool = False) -> str:
         if quoted not in text:
             raise RuntimeError(f"Pegasus.api job structure changed: placeholder {slot} not found")
         text = text.replace(quoted, f"%({slot})s")
-    return text
+    if text.count(str(_DISK_SENTINEL)) != 1:
+        raise RuntimeError("Pegasus.api job structure changed: the diskspace profile was not found")
+    return text.replace(str(_DISK_SENTINEL), "%(DISK)s")
 
 
 def _x_pegasus() -> dict[str, str]:
@@ -550,10 +575,12 @@ def write_workflow(
     hook: str,
     metadata: dict[str, str],
     provenance: Callable[[str], str] | None = None,
+    sizes: dict[str, int] | None = None,
 ) -> int:
     """Write workflow.yml fast (see the module docstring). Returns the number of jobs.
 
-    `provenance` (key -> base64url text) adds each job's `--metadata-b64` argument. Every LFN is job-local
+    `provenance` (key -> base64url text) adds each job's `--metadata-b64` argument; `sizes` (key -> bytes of
+    the input) sizes each job's disk request (``WorkflowSettings.disk_mb_for``). Every LFN is job-local
     (``replicas.catalog.job_lfns``); where the files live is in replicas.yml and outputs.yml.
     """
     from Pegasus.api.writable import _CustomEncoder
@@ -583,6 +610,7 @@ def write_workflow(
                     "BANDS": f'"{row.bands}"',
                     "KEY": dumps(row.key),
                     "LINE": f'"{row.line}"',
+                    "DISK": settings.disk_mb_for((sizes or {}).get(row.key)),
                     **({"META": f'"{provenance(row.key)}"'} if provenance is not None else {}),
                 }
             )
@@ -700,7 +728,7 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     if local_mode and config.local_root is None:
         raise ValueError("local_mode needs run.json store.local_root (the folder holding the buckets)")
     local_root = config.local_root if local_mode else None
-    settings = dataclasses.replace(settings, data_configuration=settings.data_configuration_for(local_mode))
+    settings = dataclasses.replace(settings.for_manifest(info.manifest_key), data_configuration=settings.data_configuration_for(local_mode))
 
     manifest = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes())
     prefix = info.output_prefix or ""
@@ -739,7 +767,7 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     metadata = {"run": info.timestamp, "manifest_key": info.manifest_key, "input_bucket": info.input_bucket, "output_bucket": info.output_bucket}
     provenance = job_metadata_encoder(source_bucket=info.input_bucket, listed=listed, manifest_key=info.manifest_key,
                                       run_id=info.timestamp, converter=settings.converter) if settings.provenance else None
-    write_workflow(files[RunDir.WORKFLOW], rows, settings, f"cog-{info.timestamp}", hook, metadata, provenance)
+    write_workflow(files[RunDir.WORKFLOW], rows, settings, f"cog-{info.timestamp}", hook, metadata, provenance, sizes)
 
     credentials = None if local_mode else _write_credentials(run_dir, settings, config)
     if credentials:

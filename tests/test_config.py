@@ -61,8 +61,34 @@ def test_file_values_are_used_and_flags_win(tmp_path):
     kwargs = workflow_settings_kwargs(config)
     assert (kwargs["s3_site"], kwargs["identity"], kwargs["container_image"]) == ("osn", "chtc_cog", "ghcr.io/osgeo/gdal:ubuntu-full-3.9.0")
     assert pegasus_properties(config)["pegasus.mode"] == "production"
-    profiles = condor_profiles(config)
-    assert profiles["+ProjectName"] == '"cog"' and "> 7200" in profiles["periodic_remove"]
+    assert condor_profiles(config) == {"+ProjectName": '"cog"'}  # the generator adds its own rules
+    assert kwargs["wall_time_s"] == 7200
+
+
+def test_a_manifest_glob_gets_its_own_resources(tmp_path):
+    from cog_pipeline.pegasus.workflow_gen import WorkflowSettings
+
+    text = PROFILE + '\n[manifests."Counties/Big/*"]\nmemory_mb = 4096\nwall_time_s = 20000\n'
+    config = load_config(_write(tmp_path, text))
+    assert config.resources_for("Counties/Big/x_raw.csv").memory_mb == 4096
+    assert config.resources_for("Counties/Big/x_raw.csv").cores == 2  # the rest as [resources]
+    assert config.resources_for("Counties/Small/x_raw.csv") == config.resources
+    settings = WorkflowSettings(**workflow_settings_kwargs(config))
+    big = settings.for_manifest("Counties/Big/x_raw.csv")
+    assert (big.memory_mb, big.wall_time_s, big.cpus) == (4096, 20000, 2)
+    assert settings.for_manifest("Counties/Small/x_raw.csv") is settings
+    with pytest.raises(ConfigError, match="manifests"):
+        load_config(_write(tmp_path, '[manifests]\nmemory_mb = 4096\n'))
+    with pytest.raises(ConfigError, match="resources.memory_mb"):
+        load_config(_write(tmp_path, '[manifests."a*"]\nmemory_mb = "lots"\n'))
+
+
+def test_disk_request_grows_with_the_input():
+    from cog_pipeline.pegasus.workflow_gen import WorkflowSettings
+
+    settings = WorkflowSettings(disk_mb=2048)
+    assert settings.disk_mb_for(None) == settings.disk_mb_for(10 << 20) == 2048  # the floor
+    assert settings.disk_mb_for(1600 << 20) == 4 * 1600 + 256  # a 1.6 GB tile
 
 
 def test_no_container_flag_runs_without_an_image(tmp_path):

@@ -134,9 +134,28 @@ def test_jobs_match_manifest_rows(local_run):
         assert job["metadata"] == {"key": row.key, "line": str(row.line)}
         # A conversion is retried by HTCondor's holds (transient failures only), never by DAGMan.
         assert job["profiles"]["dagman"] == {"RETRY": 0, "CATEGORY": "cog"}
+        assert job["profiles"]["pegasus"] == {"diskspace": 2048}  # small inputs: the floor
     assert jobs[2]["arguments"][5] == "4"  # ' 4' in the manifest: the parsed band count
     assert wf["jobDependencies"] == []
     assert wf["name"] == f"cog-{TS}"
+
+
+def test_each_job_requests_disk_for_its_input_and_the_manifest_glob_sets_resources(local_run):
+    run, store, root = local_run
+    big = next((root / "in").rglob("*.tif"))
+    with open(big, "r+b") as fh:  # a sparse 1 GiB input: the listing's size is what counts
+        fh.truncate(1 << 30)
+    settings = WorkflowSettings(manifest_resources={run.load().manifest_key: dict(cores=2, memory_mb=3000, disk_mb=100, wall_time_s=60, held_remove_s=30)})
+    generate(run, store, settings)
+    disks = {job["metadata"]["key"]: job["profiles"]["pegasus"]["diskspace"] for job in load(run.file(RunDir.WORKFLOW))["jobs"]}
+    big_key = big.relative_to(root / "in").as_posix()
+    assert disks[big_key] == 4 * 1024 + 256
+    for key, disk in disks.items():  # small inputs: the formula's 256 MB beats the glob's floor of 100
+        if key != big_key:
+            assert disk == -(-4 * (root / "in" / key).stat().st_size // (1 << 20)) + 256
+    pool = next(s for s in load(run.file(RunDir.SITES))["sites"] if s["name"] == "condorpool")
+    assert (pool["profiles"]["pegasus"]["cores"], pool["profiles"]["pegasus"]["memory"]) == (2, 3000)
+    assert "> 60)" in pool["profiles"]["condor"]["periodic_hold"]
 
 
 def test_preflight_json_lists_bad_missing_and_duplicate_rows(local_run):
