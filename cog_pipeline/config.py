@@ -4,8 +4,9 @@ A TOML profile (stdlib ``tomllib``), in the spirit of rio-cogeo's profiles: name
 every one with a default, so an empty file (or none) is the documented default configuration::
 
     [container]
-    image = "ghcr.io/osgeo/gdal:ubuntu-small-3.6.3"   # "" or enabled = false: run without a container
+    image = "osdf:///chtc/staging/NETID/cog-worker.sif"   # default "": run without a container
     type = "singularity"
+    pegasus_home = "/opt/pegasus"   # Pegasus' worker tools on the workers; "": ship them with every job
 
     [resources]
     cores = 1
@@ -69,7 +70,7 @@ try:
 except ImportError:  # Python 3.10: the same parser as a package
     import tomli as tomllib  # type: ignore[no-redef]
 
-DEFAULT_IMAGE = "ghcr.io/osgeo/gdal:ubuntu-small-3.6.3"
+DEFAULT_IMAGE = ""  # the operator's published worker image (transformations/cog-worker.def; docs/chtc.md)
 DATA_CONFIGURATIONS = ("auto", "nonsharedfs", "condorio")
 CONTAINER_TYPES = ("singularity", "docker")
 COMPUTE_SITE = "condorpool"
@@ -87,6 +88,7 @@ class Container:
     enabled: bool = True
     image: str = DEFAULT_IMAGE
     type: str = "singularity"
+    pegasus_home: str = "/opt/pegasus"  # Pegasus' worker tools on the workers; "": ship them with every job
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,7 @@ def workflow_settings_kwargs(config: PipelineConfig) -> dict[str, Any]:
         "identity": config.s3.identity,
         "container_image": config.container_image,
         "container_type": config.container.type,
+        "worker_pegasus_home": config.container.pegasus_home,
         "cpus": config.resources.cores,
         "memory_mb": config.resources.memory_mb,
         "disk_mb": config.resources.disk_mb,

@@ -123,8 +123,9 @@ TRANSFORMATION = "generate_cog"
 EMPTY_ON_FAILURE = "--empty-outputs-on-failure"
 CATEGORY = "cog"  # DAGMan category of the conversion jobs: dagman.cog.maxjobs throttles them
 SITES_TEMPLATE = Path(__file__).resolve().parent / "sites.yml"
-DEFAULT_IMAGE = "ghcr.io/osgeo/gdal:ubuntu-small-3.6.3"
-WORKER_CONVERTER = "/usr/local/bin/generate_cog"  # where worker/Dockerfile installs the converter
+DEFAULT_IMAGE = ""  # no worker image until the operator publishes one (transformations/cog-worker.def, docs/chtc.md)
+WORKER_CONVERTER = "/usr/local/bin/generate_cog"  # where transformations/cog-worker.def installs the converter
+WORKER_PEGASUS_HOME = "/opt/pegasus"  # where the worker image (or a personal pool's machine) has Pegasus' tools
 DATA_CONFIGURATIONS = ("condorio", "nonsharedfs")
 CONTAINER_TYPES = ("singularity", "docker")
 _PLACEHOLDER = re.compile(r"\$\{(COG_[A-Z0-9_]+)\}")
@@ -155,6 +156,9 @@ class WorkflowSettings:
     identity: str = "cog"  # user part of s3://<identity>@<site>/...; section [<identity>@<site>] in credentials
     container_image: str = DEFAULT_IMAGE  # "" runs the converter without a container
     container_type: str = "singularity"
+    # Pegasus' worker tools on the workers (the image's, or the machine's without one); "": Pegasus ships its
+    # worker package from the access point with every job.
+    worker_pegasus_home: str = WORKER_PEGASUS_HOME
     cpus: int = 1
     memory_mb: int = 1024
     disk_mb: int = 2048
@@ -401,6 +405,9 @@ def add_pool_limits(sites: dict[str, Any], settings: WorkflowSettings) -> dict[s
     profiles = pool.setdefault("profiles", {})
     if settings.wall_time_s:
         profiles.setdefault("pegasus", {})["maxwalltime"] = -(-settings.wall_time_s // 60)
+    if settings.worker_pegasus_home:
+        # Pegasus' tools are already on the worker: no worker package travels from the access point per job.
+        profiles.setdefault("env", {})["PEGASUS_HOME"] = settings.worker_pegasus_home
     condor = profiles.setdefault("condor", {})
     for name, value in pool_condor_profiles(settings).items():
         condor[name] = value
@@ -485,6 +492,11 @@ def build_properties(run_dir: RunDir, settings: WorkflowSettings):
     if settings.data_configuration == "nonsharedfs":
         # Workers read inputs straight from the input bucket instead of a copy on the staging site.
         props["pegasus.transfer.bypass.input.staging"] = "true"
+    if settings.worker_pegasus_home:
+        props["pegasus.transfer.worker.package"] = "false"  # the workers have it (PEGASUS_HOME in sites.yml)
+    if settings.container_image:
+        # Stage-in and stage-out run inside the worker image, with its own Pegasus tools.
+        _set_planner_only(props, "pegasus.transfer.container.onhost", "false")
     for name, value in settings.extra_properties.items():  # the operator's [pegasus.properties] win
         props[name] = value
     return props

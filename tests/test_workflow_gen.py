@@ -309,6 +309,7 @@ def test_settings_land_where_pegasus_reads_them(local_run):
     assert sites["condorpool"] == {"name": "condorpool", "pfn": wg.WORKER_CONVERTER, "type": "installed", "container": "cog-worker"}
     assert sites["local"]["pfn"] == str(wg.default_converter()) and sites["local"]["type"] == "installed"
     assert tc["containers"] == [{"name": "cog-worker", "type": "docker", "image": "docker://example.org/gdal:9", "bypass": True}]
+    assert props["pegasus.transfer.container.onhost"] == "false"  # stage-in/out inside the image, with its tools
 
     pool = next(s for s in load(run.file(RunDir.SITES))["sites"] if s["name"] == "condorpool")
     assert pool["profiles"]["pegasus"] == {"style": "condor", "cores": 2, "memory": 3000, "diskspace": 5000, "maxwalltime": 120}
@@ -325,11 +326,14 @@ def test_defaults_match_the_original(local_run):
     generate(run, store, WorkflowSettings())
     props = properties(run)
     assert props["dagman.maxjobs"] == "10000" and props["dagman.retry"] == "3"
+    # No image until the operator publishes the worker image; Pegasus' tools are on the workers, not shipped.
+    assert props["pegasus.transfer.worker.package"] == "false" and "pegasus.transfer.container.onhost" not in props
     tc = load(run.file(RunDir.TRANSFORMATIONS))
-    assert tc["containers"][0]["image"] == "docker://ghcr.io/osgeo/gdal:ubuntu-small-3.6.3"
+    assert not tc.get("containers")
     assert "pegasus" not in tc["transformations"][0]["profiles"]  # no clustering unless asked
     pool = next(s for s in load(run.file(RunDir.SITES))["sites"] if s["name"] == "condorpool")
     assert pool["profiles"]["pegasus"] == {"style": "condor", "cores": 1, "memory": 1024, "diskspace": 2048, "maxwalltime": 120}
+    assert pool["profiles"]["env"] == {"PEGASUS_HOME": "/opt/pegasus"}
     assert run.load().cluster is False
     assert "--cluster" not in run.load().plan_args
 
