@@ -161,7 +161,10 @@ def load_run(run_dir: Path, *, output_store: ObjectStore | None = None, input_st
         image = ImageRow(line, key, getattr(sizes_in.get(key), "size", None), getattr(out, "size", None),
                          rec.get("seconds"), rec.get("attempts"), str(next((r.get("note", "") for r in rows if r.get("line") == line), "")))
         if thumbnails and output_store is not None and out is not None:
-            image.thumbnail = _job_thumbnail(run_dir, rec, key, out.etag) or thumbnail_data_uri(output_store, key, out.size)
+            image.thumbnail = _job_thumbnail(run_dir, rec, key, out.etag)
+            if image.thumbnail is None and info.get("engine") != "pegasus":
+                # Never on the Pegasus engine: no image byte is read on the access point (docs/chtc.md).
+                image.thumbnail = thumbnail_data_uri(output_store, key, out.size)
         view.images.append(image)
     return view
 

@@ -512,6 +512,7 @@ def read_key_file(path: Path | str, what: str) -> str:
 
 
 RETRY_MODES = ("standard", "adaptive")
+USER_AGENT = "cog-pipeline"  # appended to botocore's user agent on every request this tool makes
 
 _loader_lock = threading.Lock()
 _shared_loader: object | None = None
@@ -596,6 +597,7 @@ class StoreConfig:
             s3={"addressing_style": style},
             max_pool_connections=self.max_pool_connections,
             signature_version="s3v4",
+            user_agent_extra=USER_AGENT,  # names this tool's requests in the store's access log
         )
         kwargs: dict[str, object] = {"config": config, "endpoint_url": endpoint}
         if self.access_key_file is not None and self.secret_key_file is not None:
