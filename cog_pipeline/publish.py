@@ -101,9 +101,8 @@ def after_reconcile(run_dir: RunDir, input_store: ObjectStore | None = None, out
             done[name] = step()
         except Exception as exc:  # noqa: BLE001 - never fails the reconcile; one line says what is missing
             say(f"warning: {run_dir.path.name}: {name} not written: {type(exc).__name__}: {one_line(str(exc))}")
-    if "report" in done:
+    if "report" in done:  # the commands print its path on stdout (scan last, reconcile after the counts)
         done["report"], done["report_key"] = done["report"]
-        say(f"report: {done['report']}")
     return done
 
 
