@@ -51,7 +51,8 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="List what would be claimed; change nothing.")
 @click.option("--quiet", is_flag=True, help="No progress display (it only shows when stdout is a terminal anyway).")
 @click.option("--stac", is_flag=True, help="Also write a STAC Item beside each COG and a Collection per manifest (needs the stac extra: pip install -e '.[stac]' in the checkout).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the tick (messages go to stderr).")
+@click.option("--stac-base-url", metavar="URL", help="With --stac: the published records' hrefs are under this https URL (e.g. https://cogs.example.org/), not s3://.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the tick, schema_version 1 (docs/operator.md; messages go to stderr).")
 @handle_errors
 def scan(**kw: Any) -> None:
     """One trigger tick: claim waiting manifests, run their workflows, reconcile.
@@ -65,6 +66,8 @@ def scan(**kw: Any) -> None:
     from .tick_log import now_iso
 
     check_scan_args(kw)
+    if kw["stac_base_url"] and not (kw["stac"] and kw["stac_base_url"].startswith(("https://", "http://"))):
+        fail("--stac-base-url needs --stac and an http(s) URL", 2)
     if kw["stac"]:
         require_stac()
     shown = ScanProgress(not kw["quiet"] and not kw["as_json"] and sys.stdout.isatty())
@@ -85,6 +88,7 @@ def scan(**kw: Any) -> None:
         workflow=workflow_settings_kwargs(config),
         output_prefix=kw.get("output_prefix"),
         stac=kw["stac"],
+        stac_base_url=kw["stac_base_url"],
         on_phase=shown.phase,
     )
     say = (lambda m: click.echo(m, err=True)) if kw["as_json"] else shown.echo

@@ -312,3 +312,10 @@ def test_no_doc_or_message_installs_the_unregistered_package_name():
     texts = [*repo.glob("*.md"), *repo.glob("docs/*.md"), *(p for p in repo.glob("cog_pipeline/**/*.py") if "pegasus" not in p.parts)]
     offenders = [str(p.relative_to(repo)) for p in texts if "cog-pipeline[" in p.read_text(encoding="utf-8")]
     assert offenders == []
+
+
+def test_stac_base_url_needs_stac_and_an_http_url(tmp_path):
+    args = ["scan", "--input-bucket", "a", "--output-bucket", "b", "--local-root", str(tmp_path)]
+    for extra in (["--stac-base-url", "https://cogs.example.org/"], ["--stac", "--stac-base-url", "cogs.example.org"]):
+        result = CliRunner().invoke(main, [*args, *extra])
+        assert (result.exit_code, result.output) == (2, "error: --stac-base-url needs --stac and an http(s) URL\n")
