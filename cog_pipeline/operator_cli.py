@@ -93,7 +93,9 @@ def provenance_cmd(location: str | None, bucket: str | None, key: str | None, lo
 
     Reads only the COG's header (ranged reads), never its pixels.
     """
+    from .options import fail
     from .provenance import find_run_dir, read_provenance, read_provenance_lines
+    from .tick_log import SCHEMA_VERSION
 
     if location is not None and (bucket or key):
         raise click.UsageError("give LOCATION or --bucket/--key, not both")
@@ -107,11 +109,9 @@ def provenance_cmd(location: str | None, bucket: str | None, key: str | None, lo
         stats: dict[str, int] = {}
         lineage = read_provenance(store, key, stats=stats)
     except StoreError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - not a TIFF, damaged header: one clear line
-        click.echo(f"error: cannot read the header of {bucket}/{key}: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(1)
+        fail(f"cannot read the header of {bucket}/{key}: {type(exc).__name__}: {exc}")
     run: dict[str, Any] | None = None
     lines: list[dict[str, Any]] = []
     if work_dir and lineage.get("RUN_ID"):
@@ -121,7 +121,7 @@ def provenance_cmd(location: str | None, bucket: str | None, key: str | None, lo
             run.pop("store", None)  # paths of key files: not lineage
             lines = [ln for ln in read_provenance_lines(found) if any(o.get("key") == key for o in ln.get("outputs", []))]
     if as_json:
-        click.echo(json.dumps({"bucket": bucket, "key": key, "lineage": lineage, "run": run, "provenance": lines,
+        click.echo(json.dumps({"schema_version": SCHEMA_VERSION, "bucket": bucket, "key": key, "lineage": lineage, "run": run, "provenance": lines,
                                "header_requests": stats.get("requests")}, ensure_ascii=False, sort_keys=True))
         return
     click.echo(f"{bucket}/{key}")
@@ -178,8 +178,10 @@ def render_status_table(rows: list[dict[str, Any]], width: int = 120) -> str:
 
 
 def status_json(rows: list[dict[str, Any]]) -> str:
-    """Machine-readable status: a JSON array of the same rows, keys in a stable order, one line."""
-    return json.dumps([{c: row.get(c) for c in STATUS_COLUMNS} for row in rows], ensure_ascii=False)
+    """Machine-readable status, one line: {"schema_version": 1, "runs": [rows, keys STATUS_COLUMNS in order]}."""
+    from .tick_log import SCHEMA_VERSION
+
+    return json.dumps({"schema_version": SCHEMA_VERSION, "runs": [{c: row.get(c) for c in STATUS_COLUMNS} for row in rows]}, ensure_ascii=False)
 
 
 def _claimed_epoch(info: Any, name: str) -> float | None:

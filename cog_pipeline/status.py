@@ -2,9 +2,9 @@
 
 For each submitted Pegasus run: its submit directory, DAGMan's state and the job counts (from the real
 ``pegasus-status`` when installed, else from jobstate.log: ``submit_dir.job_counts``), and for a run with
-failures the exact ``pegasus-analyzer <submit dir>`` command. ``status_rows`` gives the same facts as rows
-for ``operator_cli.render_status_table`` / ``status_json`` (keys run, state, done, failed, age, engine, where,
-plus submit_dir, dagman, counts_from, analyzer).
+failures the exact ``pegasus-analyzer <submit dir>`` command, under the one table of every run that
+``operator_cli.render_status_table`` prints. ``status_row`` gives one run's Pegasus facts (submit_dir, dagman,
+counts_from, counts, analyzer) for those lines.
 """
 
 from __future__ import annotations
@@ -71,12 +71,6 @@ def status_row(run_dir: RunDir, now: float | None = None) -> dict[str, Any]:
         if facts["failed"]:
             row["analyzer"] = analyzer_command(info.submit_dir)
     return row
-
-
-def status_rows(work_dir: Path) -> list[dict[str, Any]]:
-    """Rows for every run in flight under `work_dir` (damaged run directories are left to show_runs)."""
-    run_dirs, _ = survey_run_dirs(work_dir)
-    return [status_row(r) for r in run_dirs if r.load().state in IN_FLIGHT]
 
 
 def _counts_text(counts: dict[str, Any]) -> str:

@@ -258,7 +258,7 @@ def test_status_shows_one_table_with_the_manifest_rows_and_one_age_format(shared
     assert result.exit_code == 0
     headers = [ln for ln in result.output.splitlines() if ln.startswith("run ") and "manifest" in ln]
     assert len(headers) == 1 and "m_raw.csv" in result.output
-    (row,) = json.loads(CliRunner().invoke(main, ["status", "-w", str(root / "work"), "--json"]).stdout)
+    (row,) = json.loads(CliRunner().invoke(main, ["status", "-w", str(root / "work"), "--json"]).stdout)["runs"]
     assert (row["manifest"], row["rows"], row["done"], row["failed"]) == ("m_raw.csv", 2, 1, 1)
     assert re.fullmatch(r"\d+[smhd]", row["age"])
 
@@ -319,3 +319,14 @@ def test_stac_base_url_needs_stac_and_an_http_url(tmp_path):
     for extra in (["--stac-base-url", "https://cogs.example.org/"], ["--stac", "--stac-base-url", "cogs.example.org"]):
         result = CliRunner().invoke(main, [*args, *extra])
         assert (result.exit_code, result.output) == (2, "error: --stac-base-url needs --stac and an http(s) URL\n")
+
+
+def test_every_json_output_carries_the_schema_version_and_its_errors(tmp_path):
+    (tmp_path / "out").mkdir()
+    status = CliRunner().invoke(main, ["status", "-w", str(tmp_path), "--json"])
+    assert json.loads(status.stdout) == {"schema_version": SCHEMA_VERSION, "runs": []}
+    missing = CliRunner().invoke(main, ["status", "-w", str(tmp_path / "nonexistent"), "--json"])
+    assert missing.exit_code == 1 and json.loads(missing.stdout)["error"].startswith("work directory ")
+    gone = CliRunner().invoke(main, ["provenance", "--local-root", str(tmp_path), "--bucket", "out", "--key", "no such.tif", "--json"])
+    out = json.loads(gone.stdout)
+    assert gone.exit_code == 1 and out["schema_version"] == SCHEMA_VERSION and "no such.tif" in out["error"] and "%20" not in out["error"]
