@@ -268,7 +268,8 @@ def test_status_json_is_stable() -> None:
     from cog_pipeline.operator_cli import STATUS_COLUMNS, status_json
 
     out = json.loads(status_json([{"run": "r", "state": "running", "done": 1, "extra": "dropped"}]))
-    assert list(out[0]) == list(STATUS_COLUMNS) and out[0]["done"] == 1 and out[0]["failed"] is None
+    assert out["schema_version"] == 1
+    assert list(out["runs"][0]) == list(STATUS_COLUMNS) and out["runs"][0]["done"] == 1 and out["runs"][0]["failed"] is None
 
 
 def test_thumbnail_by_ranged_reads_on_both_stores(buckets, shared_testdata: Path, tmp_path: Path) -> None:
