@@ -6,6 +6,7 @@ existing Crondor set-ups and muscle memory carry over.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -16,9 +17,11 @@ import click
 
 from .crondor.commands import crondor
 from .operator_cli import provenance_cmd, report_cmd
-from .options import EXIT_ERROR, bucket_options, check_scan_args, handle_errors, output_options, store_config, store_options, workflow_options
+from .options import EXIT_ERROR, bucket_options, fail, check_scan_args, handle_errors, output_options, profile_option, store_config, store_options, workflow_options
 from .store import StoreConfig
 from .config import workflow_settings_kwargs
+from .errors import one_line, os_error_line
+from .warnings_log import warnings_to_log
 from .config_cli import config_group, config_option, effective_config, resource_options
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -36,6 +39,7 @@ def main() -> None:
 @bucket_options
 @output_options
 @store_options
+@profile_option
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where workflow-run-<TS>/ directories are kept.")
 @click.option("--engine", type=click.Choice(["local", "pegasus"]), default="local", show_default=True, help="local: run the workflow here with a process pool; pegasus: pegasus-plan onto HTCondor.")
 @workflow_options
@@ -47,24 +51,28 @@ def main() -> None:
 @click.option("--no-submit", is_flag=True, help="pegasus: plan the workflow but do not submit it.")
 @click.option("--dry-run", is_flag=True, help="List what would be claimed; change nothing.")
 @click.option("--quiet", is_flag=True, help="No progress display (it only shows when stdout is a terminal anyway).")
-@click.option("--stac", is_flag=True, help="Also write a STAC Item beside each COG and a Collection per manifest (needs cog-pipeline[stac]).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the tick (messages go to stderr).")
+@click.option("--stac", is_flag=True, help="Also write a STAC Item beside each COG and a Collection per manifest (needs the stac extra: pip install -e '.[stac]' in the checkout).")
+@click.option("--stac-base-url", metavar="URL", help="With --stac: the published records' hrefs are under this https URL (e.g. https://cogs.example.org/), not s3://.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the tick, schema_version 1 (docs/operator.md; messages go to stderr).")
 @handle_errors
 def scan(**kw: Any) -> None:
     """One trigger tick: claim waiting manifests, run their workflows, reconcile.
 
     Also carries on runs an earlier tick left unfinished (after a crash), so running it again is always safe.
     """
-    from .operator_cli import require_stac, scan_json
+    from .operator_cli import require_stac
     from .pipeline import ScanOptions
     from .pipeline import scan as run_scan
     from .progress import ScanProgress
+    from .tick_log import now_iso
 
     check_scan_args(kw)
+    if kw["stac_base_url"] and not (kw["stac"] and kw["stac_base_url"].startswith(("https://", "http://"))):
+        fail("--stac-base-url needs --stac and an http(s) URL", 2)
     if kw["stac"]:
         require_stac()
     shown = ScanProgress(not kw["quiet"] and not kw["as_json"] and sys.stdout.isatty())
-    workflow = workflow_settings_kwargs(effective_config(kw))  # the --config file, then the flags
+    config = effective_config(kw)  # the --config file, then the flags
     options = ScanOptions(
         input_bucket=kw["input_bucket"],
         output_bucket=kw["output_bucket"],
@@ -78,17 +86,28 @@ def scan(**kw: Any) -> None:
         max_pixels=kw.get("max_pixels"),
         progress=shown.enabled,
         submit=not kw["no_submit"],
-        workflow=workflow,
+        workflow=workflow_settings_kwargs(config),
         output_prefix=kw.get("output_prefix"),
         stac=kw["stac"],
+        stac_base_url=kw["stac_base_url"],
         on_phase=shown.phase,
     )
+    say = (lambda m: click.echo(m, err=True)) if kw["as_json"] else shown.echo
+    started = now_iso()
     try:
-        report = run_scan(options, echo=(lambda m: click.echo(m, err=True)) if kw["as_json"] else shown.echo)
+        with warnings_to_log(options.work_dir):
+            report = run_scan(options, echo=say)
+    except BaseException as exc:
+        if not options.dry_run and not isinstance(exc, KeyboardInterrupt):
+            _after_tick(None, config, options.work_dir, started, say, error=getattr(exc, "message", None) or one_line(exc))
+        raise
     finally:
         shown.close()
+    record = None if options.dry_run else _after_tick(report, config, options.work_dir, started, say)
     if kw["as_json"]:
-        click.echo(scan_json(report))
+        from .tick_log import tick_record
+
+        click.echo(json.dumps(record or tick_record(report, started=started, work_dir=options.work_dir), ensure_ascii=False, sort_keys=True))
         sys.exit(EXIT_ERROR if report.errors else 0)
     if options.dry_run:
         for key in report.would_claim:
@@ -100,12 +119,36 @@ def scan(**kw: Any) -> None:
         return
     if not (report.claimed or report.resumed):
         click.echo("nothing to do: no manifest matches and no run is waiting")
+    for run in (record or {}).get("runs", []):
+        if run["report"]:
+            click.echo(f"report: {run['report']}")  # on stdout, last, with the claim lines: open it in a browser
     if report.errors:
         sys.exit(EXIT_ERROR)
 
 
-def _finish(run_dir: Path) -> None:
+def _after_tick(report: Any, config: Any, work_dir: Path, started: str, say: Any, error: str | None = None) -> dict[str, Any] | None:
+    """The tick's line in ticks.jsonl, the Prometheus textfile, then the notifications (each best effort)."""
+    from .notify import notify
+    from .tick_log import append_history, tick_record, write_prometheus
+
+    try:
+        record = tick_record(report, started=started, work_dir=work_dir, error=error)
+    except Exception as exc:  # noqa: BLE001 - a run directory that cannot be read must not cost the tick
+        say(f"warning: no tick record: {one_line(exc)}")
+        return None
+    for what, step in (("tick history", lambda: append_history(work_dir, record)),
+                       ("Prometheus textfile", lambda: config.notify.prometheus_textfile and write_prometheus(Path(config.notify.prometheus_textfile), record))):
+        try:
+            step()
+        except OSError as exc:
+            say(f"warning: {what} not written: {os_error_line(exc)}")
+    notify(config.notify, record, say)
+    return record
+
+
+def _finish(run_dir: Path, show_report: bool) -> None:
     from .pipeline import finish
+    from .report import REPORT_NAME
     from .rundir import RunDir
 
     result = finish(RunDir(run_dir), echo=lambda line: click.echo(line, err=True))
@@ -114,6 +157,8 @@ def _finish(run_dir: Path) -> None:
     for key in (result.processed_key, result.failed_key, result.reasons_key):
         if key:
             click.echo(f"  {key}")
+    if show_report and (run_dir / REPORT_NAME).is_file():  # the END hook leaves it to the scan that ran it
+        click.echo(f"report: {run_dir / REPORT_NAME}")
 
 
 @main.command("reconcile")
@@ -124,7 +169,7 @@ def reconcile_cmd(run_dir: Path) -> None:
 
     Safe to run any number of times: a reconciled run is reported, not redone.
     """
-    _finish(run_dir)
+    _finish(run_dir, show_report=True)
 
 
 @main.command("finish")
@@ -138,7 +183,7 @@ def finish_cmd(run_dir: Path) -> None:
     if os.environ.get("PEGASUS_EVENT") == "start":
         click.echo(f"{run_dir}: workflow started; it is reconciled when it ends")
         return
-    _finish(run_dir)
+    _finish(run_dir, show_report=False)
 
 
 @main.command("run")
@@ -217,6 +262,8 @@ def status(work_dir: Path, long_: bool, as_json: bool) -> None:
     from .operator_cli import render_status_table, status_json, status_rows
     from .status import show_runs
 
+    if not work_dir.is_dir():
+        fail(f"work directory {work_dir} does not exist (give -w WORK_DIR, where the workflow-run-<TS>/ directories are)")
     rows = status_rows(work_dir.resolve())
     if as_json:
         click.echo(status_json(rows))

@@ -43,6 +43,14 @@ every one with a default, so an empty file (or none) is the documented default c
     [clustering]
     size = 0                 # 0: no clustering
 
+    [notify]                 # after a tick with failed rows (docs/operator.md)
+    on = "failures"          # or "always", "never"
+    email_to = ""            # "ops@example.org, gis@example.org": mail through smtp_host:smtp_port
+    smtp_host = "localhost"
+    smtp_port = 25
+    webhook_url = ""         # POSTed the tick's JSON line
+    prometheus_textfile = "" # counts for node_exporter's textfile collector
+
     [pegasus.properties]     # extra properties, written as given
     "pegasus.mode" = "production"
 
@@ -137,6 +145,21 @@ class Clustering:
     size: int = 0
 
 
+NOTIFY_ON = ("failures", "always", "never")
+
+
+@dataclass(frozen=True)
+class Notify:
+    on: str = "failures"            # failures: a tick with failed rows or errors; always; never
+    email_to: str = ""              # comma-separated addresses; "": no email
+    email_from: str = ""            # "": cog-pipeline@<this host>
+    smtp_host: str = "localhost"    # the access point's mail (its MTA)
+    smtp_port: int = 25
+    webhook_url: str = ""           # POSTed the tick's JSON line; "": no webhook. May hold a token: never printed
+    timeout_s: int = 10
+    prometheus_textfile: str = ""   # a node_exporter textfile (.prom) rewritten every tick; "": none
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     container: Container = field(default_factory=Container)
@@ -147,6 +170,7 @@ class PipelineConfig:
     transfers: Transfers = field(default_factory=Transfers)
     backoff: Backoff = field(default_factory=Backoff)
     clustering: Clustering = field(default_factory=Clustering)
+    notify: Notify = field(default_factory=Notify)
     pegasus_properties: dict[str, str] = field(default_factory=dict)
     condor_profiles: dict[str, str] = field(default_factory=dict)
     # [manifests."<glob>"]: [resources] for the manifests whose key matches the glob (the first match wins)
@@ -166,14 +190,14 @@ class PipelineConfig:
 
 
 _SECTION_TYPES = {"container": Container, "resources": Resources, "data": Data, "s3": S3, "dagman": Dagman,
-                  "transfers": Transfers, "backoff": Backoff, "clustering": Clustering}
+                  "transfers": Transfers, "backoff": Backoff, "clustering": Clustering, "notify": Notify}
 # (section, field) -> smallest allowed value for integers
 _MINIMUM = {
     ("resources", "cores"): 1, ("resources", "memory_mb"): 1, ("resources", "disk_mb"): 1, ("resources", "wall_time_s"): 0,
     ("resources", "held_remove_s"): 1,
     ("dagman", "retries"): 0, ("dagman", "max_running"): 1, ("transfers", "max_transfers"): 1, ("transfers", "threads"): 1,
     ("transfers", "attempts"): 1, ("backoff", "base_s"): 1, ("backoff", "max_s"): 1, ("backoff", "releases"): 0,
-    ("clustering", "size"): 0,
+    ("clustering", "size"): 0, ("notify", "smtp_port"): 1, ("notify", "timeout_s"): 1,
 }
 
 
@@ -237,6 +261,10 @@ def _validate(config: PipelineConfig) -> None:
         raise ConfigError(f"data.configuration must be one of {', '.join(DATA_CONFIGURATIONS)}, not {config.data.configuration!r}")
     if config.container.type not in CONTAINER_TYPES:
         raise ConfigError(f"container.type must be one of {', '.join(CONTAINER_TYPES)}, not {config.container.type!r}")
+    if config.notify.on not in NOTIFY_ON:
+        raise ConfigError(f"notify.on must be one of {', '.join(NOTIFY_ON)}, not {config.notify.on!r}")
+    if config.notify.webhook_url and not config.notify.webhook_url.startswith(("http://", "https://")):
+        raise ConfigError("notify.webhook_url must be an http:// or https:// URL")
     if config.backoff.max_s < config.backoff.base_s:
         raise ConfigError(f"backoff.max_s ({config.backoff.max_s}) must be >= backoff.base_s ({config.backoff.base_s})")
 
@@ -289,7 +317,10 @@ def show(config: PipelineConfig) -> str:
     lines = [f"# configuration: {config.source or 'built-in defaults'}"]
     for name in _SECTION_TYPES:
         for f in dataclasses.fields(_SECTION_TYPES[name]):
-            lines.append(f"{name}.{f.name} = {getattr(getattr(config, name), f.name)!r}")
+            value = getattr(getattr(config, name), f.name)
+            if (name, f.name) == ("notify", "webhook_url") and value:
+                value = "<set, hidden>"  # a webhook URL often carries its token
+            lines.append(f"{name}.{f.name} = {value!r}")
     for label, table in (("pegasus.properties", config.pegasus_properties), ("condor.profiles", config.condor_profiles)):
         for key, value in sorted(table.items()):
             lines.append(f"{label}.{key} = {_masked(key, value)!r}")

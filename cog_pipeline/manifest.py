@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .naming import image_stem, image_suffix
+
 MAX_BANDS = 1024
 
 # Rows end at \n, \r\n or \r (universal newlines) and nowhere else: str.splitlines() would also split a
@@ -34,7 +36,7 @@ class ManifestRow:
 
     @property
     def jpg_key(self) -> str:
-        return self.key[: -len(".tif")] + ".jpg"
+        return image_stem(self.key) + ".jpg"
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,11 @@ def check_key(key: str) -> str | None:
         return "key contains '.' or '..' path segments"
     if any(part == "" for part in parts):
         return "key contains an empty path segment ('//' or trailing '/')"
-    if not key.endswith(".tif"):
-        return "key does not end in '.tif'"
-    if key == ".tif" or parts[-1] == ".tif":
-        return "key has no file name before '.tif'"
+    suffix = image_suffix(key)
+    if suffix is None:
+        return "key does not end in '.tif' or '.tiff' (any case)"
+    if parts[-1] == suffix:
+        return f"key has no file name before {suffix!r}"
     return None
 
 
@@ -93,7 +96,7 @@ def _unquote(field: str) -> tuple[str, str | None]:
     """A field written with CSV quoting (`"a,b.tif"`, `"say ""hi"".tif"`) -> its value; else unchanged.
 
     Spreadsheets and csv writers quote a key holding a comma or a quote. A key can never *end* in a quote
-    (it ends in `.tif`), so a field that starts and ends in `"` is unambiguously quoted; any other field is
+    (it ends in `.tif` or `.tiff`), so a field that starts and ends in `"` is unambiguously quoted; any other field is
     taken literally, which keeps keys such as `O'Brien "north"/a.tif` working unquoted.
     """
     if len(field) >= 2 and field[0] == '"' and field[-1] == '"':
@@ -175,6 +178,7 @@ def parse_manifest(data: bytes | str) -> Manifest:
 def parse_raw_lines(lines: Iterable[bytes]) -> Manifest:
     manifest = Manifest()
     first_line_of: dict[str, int] = {}
+    jpg_line_of: dict[str, int] = {}  # `a.tif` and `a.TIF` would both make `a.jpg`
     for line_no, raw in enumerate(lines, start=1):
         raw = raw.rstrip(b"\r\n")
         # Readable form for messages and the reasons file: bytes that are not UTF-8 shown as \xNN, never U+FFFD.
@@ -190,8 +194,13 @@ def parse_raw_lines(lines: Iterable[bytes]) -> Manifest:
             manifest.rejected.append(parsed)
         elif parsed.key in first_line_of:
             manifest.duplicates.append((parsed, first_line_of[parsed.key]))
+        elif parsed.jpg_key in jpg_line_of:
+            manifest.rejected.append(RejectedRow(
+                line_no, text, f"bad key: its preview {parsed.jpg_key} would overwrite line {jpg_line_of[parsed.jpg_key]}'s; "
+                "rename one of the two images", raw))
         else:
             first_line_of[parsed.key] = line_no
+            jpg_line_of[parsed.jpg_key] = line_no
             manifest.rows.append(parsed)
     return manifest
 

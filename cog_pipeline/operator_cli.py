@@ -15,7 +15,8 @@ import click
 
 from .store import StoreConfig, StoreError, open_store
 
-STATUS_COLUMNS = ("run", "state", "done", "failed", "age", "engine", "where")
+#: `status --json` keys, in order; the table shows all but `where`, which follows it on a line of its own per run.
+STATUS_COLUMNS = ("run", "manifest", "state", "rows", "done", "failed", "age", "engine", "where")
 
 
 def _store_flags(func: Any) -> Any:
@@ -54,9 +55,14 @@ def split_location(location: str) -> tuple[str, str]:
 @click.option("--upload", is_flag=True, help="Also put it beside the result files as <base>report-<TS>.html.")
 def report_cmd(run_dir: Path, no_thumbnails: bool, upload: bool) -> None:
     """(Re)write RUN_DIR/report.html: counts, failed rows with their fixes, thumbnails, timings."""
+    from .options import EXIT_USAGE, fail
     from .report import upload_report, write_report
 
-    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8")) if (run_dir / "run.json").is_file() else {}
+    if not (run_dir / "run.json").is_file():
+        runs = sorted(p.name for p in run_dir.glob("workflow-run-*") if (p / "run.json").is_file())
+        hint = f"; it holds {len(runs)} run(s), e.g. {run_dir / runs[-1]}" if runs else ""
+        fail(f"{run_dir} is not a run directory (no run.json){hint}", EXIT_USAGE)
+    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     output_store = input_store = None
     try:
         if info and not no_thumbnails:
@@ -87,7 +93,9 @@ def provenance_cmd(location: str | None, bucket: str | None, key: str | None, lo
 
     Reads only the COG's header (ranged reads), never its pixels.
     """
+    from .options import fail
     from .provenance import find_run_dir, read_provenance, read_provenance_lines
+    from .tick_log import SCHEMA_VERSION
 
     if location is not None and (bucket or key):
         raise click.UsageError("give LOCATION or --bucket/--key, not both")
@@ -101,11 +109,9 @@ def provenance_cmd(location: str | None, bucket: str | None, key: str | None, lo
         stats: dict[str, int] = {}
         lineage = read_provenance(store, key, stats=stats)
     except StoreError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - not a TIFF, damaged header: one clear line
-        click.echo(f"error: cannot read the header of {bucket}/{key}: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(1)
+        fail(f"cannot read the header of {bucket}/{key}: {type(exc).__name__}: {exc}")
     run: dict[str, Any] | None = None
     lines: list[dict[str, Any]] = []
     if work_dir and lineage.get("RUN_ID"):
@@ -115,7 +121,7 @@ def provenance_cmd(location: str | None, bucket: str | None, key: str | None, lo
             run.pop("store", None)  # paths of key files: not lineage
             lines = [ln for ln in read_provenance_lines(found) if any(o.get("key") == key for o in ln.get("outputs", []))]
     if as_json:
-        click.echo(json.dumps({"bucket": bucket, "key": key, "lineage": lineage, "run": run, "provenance": lines,
+        click.echo(json.dumps({"schema_version": SCHEMA_VERSION, "bucket": bucket, "key": key, "lineage": lineage, "run": run, "provenance": lines,
                                "header_requests": stats.get("requests")}, ensure_ascii=False, sort_keys=True))
         return
     click.echo(f"{bucket}/{key}")
@@ -137,35 +143,45 @@ def provenance_cmd(location: str | None, bucket: str | None, key: str | None, lo
 # status renderers (pure)
 
 def render_status_table(rows: list[dict[str, Any]], width: int = 120) -> str:
-    """A rich table of runs as plain text (no colour codes): one row per run, columns STATUS_COLUMNS."""
+    """The runs as plain text (no colour codes): one line per run, never a word broken. The run is shown by its
+    claim time (`workflow-run-` dropped), every column but the manifest is as wide as its longest cell, the
+    manifest takes what is left and, only if it must, ends in '…'. Then each run's `where` (report, submit
+    dir or run directory) in full on a line of its own, which a terminal may wrap but nothing cuts."""
     import io
 
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"{len(rows)} run(s)", show_lines=False)
-    for column in STATUS_COLUMNS:
-        table.add_column(column, overflow="fold", justify="right" if column in ("done", "failed") else "left")
+    from .naming import RUN_DIR_PREFIX
+
+    shown = [c for c in STATUS_COLUMNS if c != "where"]
+
+    def cell(row: dict[str, Any], column: str) -> str:
+        value = "" if row.get(column) is None else str(row[column])
+        return value.removeprefix(RUN_DIR_PREFIX) if column == "run" else value
+
+    widths = {c: max([len(c), *(len(cell(r, c)) for r in rows)]) for c in shown}
+    widths["manifest"] = max(8, min(widths["manifest"], width - sum(w for c, w in widths.items() if c != "manifest") - 2 * (len(shown) - 1)))
+    table = Table(title=f"{len(rows)} run(s)", box=None, pad_edge=False, padding=(0, 1), title_justify="left")
+    for column in shown:
+        table.add_column(column, no_wrap=True, overflow="ellipsis", width=widths[column],
+                         justify="right" if column in ("rows", "done", "failed") else "left")
     for row in rows:
         # Text cells, never markup: keys and paths are user data, "[b]" must print as written.
-        table.add_row(*(Text(str(row.get(c, "") if row.get(c) is not None else "")) for c in STATUS_COLUMNS))
+        table.add_row(*(Text(cell(row, c)) for c in shown))
     console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
     console.print(table)
+    for row in rows:
+        console.print(Text(f"{row.get('run')}: {row.get('where')}"), soft_wrap=True)
     return console.export_text()
 
 
 def status_json(rows: list[dict[str, Any]]) -> str:
-    """Machine-readable status: a JSON array of the same rows, keys in a stable order, one line."""
-    return json.dumps([{c: row.get(c) for c in STATUS_COLUMNS} for row in rows], ensure_ascii=False)
+    """Machine-readable status, one line: {"schema_version": 1, "runs": [rows, keys STATUS_COLUMNS in order]}."""
+    from .tick_log import SCHEMA_VERSION
 
-
-def _age(seconds: float) -> str:
-    """A person's age of a run: 45s, 12m, 3h, 2d."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(max(seconds, 0))}s"
+    return json.dumps({"schema_version": SCHEMA_VERSION, "runs": [{c: row.get(c) for c in STATUS_COLUMNS} for row in rows]}, ensure_ascii=False)
 
 
 def _claimed_epoch(info: Any, name: str) -> float | None:
@@ -184,13 +200,14 @@ def status_row(run_dir: Any, now: float | None = None) -> dict[str, Any]:
     and the pre-flight; where to look: the report, the Pegasus submit directory, or the run directory."""
     import time
 
-    from .report import REPORT_NAME
+    from .report import REPORT_NAME, _manifest_rows
+    from .status import age_text
 
     info = run_dir.load()
     saved = run_dir.read_json(run_dir.RECONCILE) or {}
     if saved.get("result"):
         done, failed = saved["result"].get("processed"), saved["result"].get("failed")
-    else:
+    else:  # rows decided so far: converted by a job, or failed by a job or the pre-flight
         records = run_dir.job_records().values()
         preflight = run_dir.read_json(run_dir.PREFLIGHT) or {}
         done = sum(r.get("status") == "succeeded" for r in records)
@@ -198,8 +215,9 @@ def status_row(run_dir: Any, now: float | None = None) -> dict[str, Any]:
     report = run_dir.path / REPORT_NAME
     where = report if report.is_file() else (info.submit_dir or run_dir.path)
     claimed = _claimed_epoch(info, run_dir.path.name)
-    return {"run": run_dir.path.name, "state": str(info.state), "done": done, "failed": failed,
-            "age": _age((now or time.time()) - claimed) if claimed else None, "engine": info.engine, "where": str(where)}
+    return {"run": run_dir.path.name, "manifest": info.manifest_key, "state": str(info.state),
+            "rows": len(saved.get("rows") or []) or _manifest_rows(run_dir.path), "done": done, "failed": failed,
+            "age": age_text((now or time.time()) - claimed) if claimed else None, "engine": info.engine, "where": str(where)}
 
 
 def status_rows(work_dir: Path, now: float | None = None) -> list[dict[str, Any]]:
@@ -215,7 +233,7 @@ def require_stac() -> None:
         import pystac  # noqa: F401
         import rio_stac  # noqa: F401
     except ImportError:
-        raise click.UsageError("--stac needs pystac and rio-stac: pip install 'cog-pipeline[stac]'") from None
+        raise click.UsageError("--stac needs pystac and rio-stac: run pip install -e '.[stac]' in the cog-pipeline checkout") from None
 
 
 def scan_json(report: Any) -> str:

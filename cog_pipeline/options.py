@@ -21,9 +21,25 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
+class Failed(SystemExit):
+    """fail()'s exit: the exit code, and the line it printed (the tick history keeps it)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(code)
+        self.message = message
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> None:
+    """One `error:` line on stderr and exit `code`; under `--json` also the error as JSON on stdout."""
     click.echo(f"error: {message}", err=True)
-    sys.exit(code)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.params.get("as_json"):
+        import json
+
+        from .tick_log import SCHEMA_VERSION
+
+        click.echo(json.dumps({"schema_version": SCHEMA_VERSION, "error": message, "exit_code": code}, ensure_ascii=False))
+    raise Failed(message, code)
 
 
 def _apply(func: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
@@ -88,6 +104,11 @@ def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return _apply(func, options)
 
 
+def profile_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--profile NAME`: a named AWS profile (its keys and region) instead of -a/-s or the default chain."""
+    return click.option("--profile", metavar="NAME", help="AWS profile from ~/.aws/config and ~/.aws/credentials (its keys and region).")(func)
+
+
 def store_config(kw: dict[str, Any]) -> StoreConfig:
     if kw.get("local_root") and (kw.get("endpoint") or kw.get("access_key_file")):
         fail("--local-root uses folders as buckets; do not combine it with -e/-a/-s", EXIT_USAGE)
@@ -98,6 +119,8 @@ def store_config(kw: dict[str, Any]) -> StoreConfig:
             fail(f"{'-a' if name == 'access_key_file' else '-s'}: {problem}", EXIT_USAGE)
     if bool(kw.get("access_key_file")) != bool(kw.get("secret_key_file")):
         fail("give both -a (access key file) and -s (secret key file), or neither", EXIT_USAGE)
+    if kw.get("profile") and (kw.get("access_key_file") or kw.get("local_root")):
+        fail("--profile names where the S3 keys come from; do not combine it with -a/-s or --local-root", EXIT_USAGE)
     local_root = kw.get("local_root")
     return StoreConfig(
         local_root=local_root.resolve() if local_root else None,
@@ -106,6 +129,7 @@ def store_config(kw: dict[str, Any]) -> StoreConfig:
         secret_key_file=kw["secret_key_file"].resolve() if kw.get("secret_key_file") else None,
         region=kw.get("region"),
         retry_mode=kw.get("retry_mode") or "standard",
+        profile=kw.get("profile") or None,
     )
 
 

@@ -48,6 +48,7 @@ class ScanOptions:
     workflow: dict[str, Any] = field(default_factory=dict)  # WorkflowSettings overrides (retries, max_running, ...)
     output_prefix: str | None = None  # outputs at <prefix><key> in the output bucket (same-bucket mode)
     stac: bool = False  # runs claimed by this tick also get STAC records at reconcile (recorded in run.json)
+    stac_base_url: str | None = None  # ... whose hrefs are under this URL (else the bucket's s3:// URLs)
     on_phase: Callable[[str], None] | None = None  # told "claim", "preflight", "convert", "reconcile" (progress.py)
 
 
@@ -167,7 +168,7 @@ def _claim_and_adopt(options: ScanOptions, report: ScanReport, input_store: Obje
                 continue
             claim.run_dir.acquire_lease()
             if options.stac:
-                claim.run_dir.update(stac=True)
+                claim.run_dir.update(stac=True, stac_base_url=options.stac_base_url)
             report.claimed.append(claim.run_dir)
             echo(f"claimed {pending.info.key} -> {claim.names.processing_key} ({claim.run_dir.path})")
         # Runs an earlier tick left unfinished: adopt them under the lock so two scans never both carry one on.

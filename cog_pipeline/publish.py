@@ -66,7 +66,10 @@ def write_run_stac(run_dir: RunDir, output_store: ObjectStore) -> list[str]:
     from .stac import write_stac
 
     pairs = processed_outputs(run_dir)
-    return write_stac(output_store, pairs, run_dir.load().manifest_key) if pairs else []
+    info = run_dir.load()
+    prefix = info.output_prefix or ""
+    outputs = [(prefix + cog, prefix + jpg) for cog, jpg in pairs]
+    return write_stac(output_store, outputs, info.manifest_key, base_url=info.stac_base_url) if outputs else []
 
 
 def write_and_upload_report(run_dir: RunDir, input_store: ObjectStore, output_store: ObjectStore) -> tuple[Path, str]:
@@ -101,9 +104,8 @@ def after_reconcile(run_dir: RunDir, input_store: ObjectStore | None = None, out
             done[name] = step()
         except Exception as exc:  # noqa: BLE001 - never fails the reconcile; one line says what is missing
             say(f"warning: {run_dir.path.name}: {name} not written: {type(exc).__name__}: {one_line(str(exc))}")
-    if "report" in done:
+    if "report" in done:  # the commands print its path on stdout (scan last, reconcile after the counts)
         done["report"], done["report_key"] = done["report"]
-        say(f"report: {done['report']}")
     return done
 
 

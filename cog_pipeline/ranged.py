@@ -40,7 +40,7 @@ def read_range(store: ObjectStore, key: str, start: int, length: int) -> bytes:
                 fh.seek(start)
                 return fh.read(length)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-            raise ObjectNotFound(f"{store.url(key)} does not exist") from exc
+            raise ObjectNotFound(f"{store.where(key)} does not exist") from exc
     data, _ = store.read_bytes(key)
     return data[start : start + length]
 
@@ -54,7 +54,7 @@ class RangedFile(io.RawIOBase):
         if size is None:
             info = store.head(key)
             if info is None:
-                raise ObjectNotFound(f"{store.url(key)} does not exist")
+                raise ObjectNotFound(f"{store.where(key)} does not exist")
             size = info.size
         self.size = size
         self.pos = 0
@@ -125,7 +125,7 @@ def opener_for(store: ObjectStore, key: str, size: int | None = None) -> tuple[A
     if size is None:
         info = store.head(key)
         if info is None:
-            raise ObjectNotFound(f"{store.url(key)} does not exist")
+            raise ObjectNotFound(f"{store.where(key)} does not exist")
         size = info.size
     blocks = _Blocks()
 

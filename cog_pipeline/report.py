@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .naming import RunNames, base_of
 from .store import ObjectInfo, ObjectStore, StoreError
 from .thumbnail import THUMB_PX, read_thumbnail, thumbnail_jpeg, thumbnail_path
 
 REPORT_NAME = "report.html"
+# Result-file links: the run directory keeps copies under results/; the uploaded copy sits beside them.
+RESULTS_HREF = "results/"
 
 
 @dataclass
@@ -39,6 +42,9 @@ class ImageRow:
     attempts: int | None = None
     note: str = ""
     thumbnail: str | None = None  # data: URI
+    # The converter's verdict that the JPEG preview is one flat colour (job record `preview_uniform`): an
+    # operator could not tell it from an empty conversion, so the report flags it. None: not reported.
+    uniform_preview: bool | None = None
 
 
 @dataclass
@@ -107,8 +113,15 @@ def _failed_rows(reconciled: dict[str, Any], records: list[dict[str, Any]], resu
         line = int(row.get("line", 0))
         reason = str(row.get("reason") or "")
         category, step = next_step(reason, category_of.get(line, ""), resubmit)
-        rows.append({"line": line, "text": str(row.get("text", "")), "reason": reason, "category": category, "next_step": step})
+        rows.append({"line": line, "text": str(row.get("text", "")), "reason": reason_once(reason, category), "category": category, "next_step": step})
     return rows
+
+
+def reason_once(reason: str, category: str) -> str:
+    """The reason without a leading `CATEGORY: ` (however often repeated): the report shows the category beside it."""
+    while category and reason.startswith(f"{category}: "):
+        reason = reason[len(category) + 2:]
+    return reason
 
 
 def _resubmit_hint(manifest_key: str, failed_key: str | None) -> str:
@@ -159,7 +172,8 @@ def load_run(run_dir: Path, *, output_store: ObjectStore | None = None, input_st
         rec = by_line.get(line, {})
         out = listed_out.get(key)
         image = ImageRow(line, key, getattr(sizes_in.get(key), "size", None), getattr(out, "size", None),
-                         rec.get("seconds"), rec.get("attempts"), str(next((r.get("note", "") for r in rows if r.get("line") == line), "")))
+                         rec.get("seconds"), rec.get("attempts"), str(next((r.get("note", "") for r in rows if r.get("line") == line), "")),
+                         uniform_preview=rec.get("preview_uniform"))
         if thumbnails and output_store is not None and out is not None:
             image.thumbnail = _job_thumbnail(run_dir, rec, key, out.etag)
             if image.thumbnail is None and info.get("engine") != "pegasus":
@@ -236,13 +250,18 @@ h1{font-size:1.4em;margin:.2em 0}h2{font-size:1.15em;margin:1.2em 0 .4em;border-
 .count b{display:block;font-size:1.8em}.ok b{color:#1a7f37}.bad b{color:#cf222e}
 .scroll{overflow-x:auto}table{border-collapse:collapse;width:100%;font-size:.9em}
 th,td{border:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}th{background:#f6f8fa}
-td.num{text-align:right;white-space:nowrap}td.key{min-width:11em}code,.key{font-family:ui-monospace,Menlo,monospace;word-break:break-all}
+td.num{text-align:right;white-space:nowrap}td.key{min-width:11em}code,.key{font-family:ui-monospace,Menlo,monospace;overflow-wrap:anywhere}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px}
 figure{margin:0;border:1px solid #ddd;border-radius:6px;padding:6px;background:#fafafa}
-figure img{width:100%;height:auto;display:block;image-rendering:auto}figcaption{font-size:.8em;word-break:break-all}
+figure img{width:100%;height:auto;display:block;image-rendering:auto}figcaption{font-size:.8em;overflow-wrap:anywhere}
+.flag{display:inline-block;background:#fff8c5;border:1px solid #d4a72c;border-radius:4px;padding:0 4px;font-size:.85em}
+.files a{font-family:ui-monospace,Menlo,monospace;overflow-wrap:anywhere}
 .bar{position:relative;height:14px;background:#eef}.bar span{position:absolute;top:0;bottom:0;background:#0969da}
 .bar span.failed{background:#cf222e}.meta{color:#57606a;font-size:.9em}
-@media (max-width:600px){body{padding:6px}th,td{padding:3px}.count b{font-size:1.4em}}
+@media (max-width:600px){body{padding:6px}th,td{padding:3px}.count b{font-size:1.4em}
+#failed thead{display:none}#failed,#failed tbody,#failed tr,#failed td{display:block;width:auto}
+#failed tr{border:1px solid #d0d7de;border-left:4px solid #cf222e;border-radius:6px;margin:0 0 10px;padding:6px 8px}
+#failed td{border:0;padding:2px 0;text-align:left}#failed td::before{content:attr(data-label);display:block;font-size:.75em;color:#57606a;text-transform:uppercase}}
 """
 # Marks the page when every picture has decoded: a browser test (and a person) can tell "thumbnails loaded".
 _SCRIPT = ("window.addEventListener('load',function(){var i=[].slice.call(document.images);"
@@ -251,6 +270,11 @@ _SCRIPT = ("window.addEventListener('load',function(){var i=[].slice.call(docume
 
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
+
+
+def _key(value: Any) -> str:
+    """A key (or row) escaped, with a line-break opportunity after each '/': it wraps between folders, not mid-word."""
+    return "/<wbr>".join(_e(part) for part in str(value).split("/"))
 
 
 def _bytes(n: int | None) -> str:
@@ -275,8 +299,9 @@ def _failed_html(view: RunView) -> str:
     if not view.failed:
         return "<p>No failed rows.</p>"
     body = "".join(
-        f'<tr class="failed-row"><td class="num">{r["line"]}</td><td class="key">{_e(r["text"])}</td><td>{_e(r["category"])}</td>'
-        f'<td>{_e(r["reason"])}</td><td>{_e(r["next_step"])}</td></tr>' for r in view.failed)
+        f'<tr class="failed-row"><td class="num" data-label="line">{r["line"]}</td><td class="key" data-label="row">{_key(r["text"])}</td>'
+        f'<td data-label="category">{_e(r["category"])}</td><td class="reason" data-label="reason">{_e(r["reason"])}</td>'
+        f'<td class="next-step" data-label="next step">{_e(r["next_step"])}</td></tr>' for r in view.failed)
     return ('<div class="scroll"><table id="failed"><thead><tr><th>line</th><th>row</th><th>category</th><th>reason</th>'
             f"<th>next step</th></tr></thead><tbody>{body}</tbody></table></div>")
 
@@ -285,15 +310,20 @@ def _images_html(view: RunView) -> str:
     if not view.images:
         return "<p>No processed images.</p>"
     figures = "".join(
-        f'<figure><img class="thumb" alt="{_e(i.key)}" src="{_e(i.thumbnail)}"><figcaption>{_e(i.key)}</figcaption></figure>'
+        f'<figure><img class="thumb" alt="{_e(i.key)}" src="{_e(i.thumbnail)}"><figcaption>{_key(i.key)}{_uniform(i)}</figcaption></figure>'
         for i in view.images if i.thumbnail)
     rows = "".join(
-        f'<tr class="image-row"><td class="key">{_e(i.key)}</td><td class="num">{_bytes(i.size_in)}</td><td class="num">{_bytes(i.size_out)}</td>'
+        f'<tr class="image-row"><td class="key">{_key(i.key)}{_uniform(i)}</td><td class="num">{_bytes(i.size_in)}</td><td class="num">{_bytes(i.size_out)}</td>'
         f'<td class="num">{(f"{i.size_out / i.size_in:.2f}" if i.size_in and i.size_out else "–")}</td>'
         f'<td class="num">{(f"{i.seconds:.1f} s" if i.seconds is not None else "–")}</td><td class="num">{_e(i.attempts if i.attempts is not None else "–")}</td>'
         f"<td>{_e(i.note)}</td></tr>" for i in view.images)
     return (f'<div class="grid">{figures}</div><div class="scroll"><table id="images"><thead><tr><th>key</th><th>in</th>'
             f'<th>out</th><th>out/in</th><th>conversion</th><th>attempts</th><th>note</th></tr></thead><tbody>{rows}</tbody></table></div>')
+
+
+def _uniform(image: ImageRow) -> str:
+    return (' <span class="flag uniform-preview" title="every pixel of the JPEG preview has one value: check the source">'
+            "uniform preview</span>") if image.uniform_preview else ""
 
 
 def _timeline_html(view: RunView) -> str:
@@ -307,7 +337,7 @@ def _timeline_html(view: RunView) -> str:
         left = (j["end"] - j["seconds"] - start) / span * 100
         width = max(j["seconds"] / span * 100, 0.5)
         cls = "failed" if j["status"] == "failed" else ""
-        rows.append(f'<tr><td class="key">{_e(j["key"] or j["job_id"])}</td><td class="num">{j["seconds"]:.1f} s</td>'
+        rows.append(f'<tr><td class="key">{_key(j["key"] or j["job_id"])}</td><td class="num">{j["seconds"]:.1f} s</td>'
                     f'<td style="width:50%"><div class="bar"><span class="{cls}" style="left:{left:.2f}%;width:{width:.2f}%"></span></div></td></tr>')
     return f'<p class="meta">Span {span:.1f} s from the first job start to the last job end.</p><div class="scroll"><table id="timeline">{"".join(rows)}</table></div>'
 
@@ -347,16 +377,18 @@ def _lineage_html(view: RunView) -> str:
 def render(view: RunView) -> str:
     """The whole page as one string: stdlib string building, every user value escaped."""
     info, result = view.info, view.result
-    files = "".join(f"<li><code>{_e(result[k])}</code></li>" for k in ("processed_key", "failed_key", "reasons_key") if result.get(k))
+    files = "".join(
+        f'<li><a class="result-file" href="{RESULTS_HREF}{_e(quote(result[k].rpartition("/")[2]))}">{_key(result[k])}</a></li>'
+        for k in ("processed_key", "failed_key", "reasons_key") if result.get(k))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>cog-pipeline report: {_e(info.get('manifest_key', view.name))}</title><style>{_CSS}</style></head><body>"
-        f"<h1>Run {_e(view.name)}</h1><p class=\"meta\">Manifest <code>{_e(info.get('manifest_key', '?'))}</code> in "
+        f"<h1 class=\"key\">{_key(info.get('manifest_key', view.name))}</h1><p class=\"meta\">Run <code>{_e(view.name)}</code>, "
         f"<code>{_e(info.get('input_bucket', '?'))}</code> → <code>{_e(info.get('output_bucket', '?'))}</code>; report written {when}.</p>"
         f"{_counts_html(view)}"
-        + (f"<ul>{files}</ul>" if files else "<p>Not reconciled yet: no result files.</p>")
+        + (f'<ul class="files">{files}</ul>' if files else "<p>Not reconciled yet: no result files.</p>")
         + f"<h2>Failed rows</h2>{_failed_html(view)}<h2>Processed images</h2>{_images_html(view)}"
         f"<h2>Job timeline</h2>{_timeline_html(view)}<h2>Engine</h2>{_engine_html(view)}<h2>Lineage</h2>{_lineage_html(view)}"
         f"<script>{_SCRIPT}</script></body></html>\n"
@@ -384,5 +416,8 @@ def upload_report(run_dir_path: Path, input_store: ObjectStore) -> str:
     run_dir_path = Path(run_dir_path)
     info = _read_json(run_dir_path / "run.json", {}) or {}
     key = report_key(str(info["manifest_key"]), str(info["timestamp"]))
-    input_store.put_bytes(key, (run_dir_path / REPORT_NAME).read_bytes())
+    page = (run_dir_path / REPORT_NAME).read_bytes()
+    # Beside the result files, its links point at them, not at the run directory's results/ copies.
+    page = page.replace(f'class="result-file" href="{RESULTS_HREF}'.encode(), b'class="result-file" href="')
+    input_store.put_bytes(key, page)
     return key

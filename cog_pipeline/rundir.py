@@ -91,6 +91,7 @@ class RunInfo:
     dagman_cluster: int | None = None
     submitted_at: float | None = None
     stac: bool = False  # scan --stac: reconcile also writes STAC Items and a Collection (publish.py)
+    stac_base_url: str | None = None  # scan --stac-base-url: the published records' hrefs are under it
     version: int = RUN_RECORD_VERSION
     unknown: dict[str, Any] = field(default_factory=dict)
 

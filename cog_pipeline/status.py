@@ -2,9 +2,9 @@
 
 For each submitted Pegasus run: its submit directory, DAGMan's state and the job counts (from the real
 ``pegasus-status`` when installed, else from jobstate.log: ``submit_dir.job_counts``), and for a run with
-failures the exact ``pegasus-analyzer <submit dir>`` command. ``status_rows`` gives the same facts as rows
-for ``operator_cli.render_status_table`` / ``status_json`` (keys run, state, done, failed, age, engine, where,
-plus submit_dir, dagman, counts_from, analyzer).
+failures the exact ``pegasus-analyzer <submit dir>`` command, under the one table of every run that
+``operator_cli.render_status_table`` prints. ``status_row`` gives one run's Pegasus facts (submit_dir, dagman,
+counts_from, counts, analyzer) for those lines.
 """
 
 from __future__ import annotations
@@ -46,12 +46,19 @@ def dagman_facts(submit_dir: Path) -> dict[str, Any]:
             "done": counts.get("succeeded"), "failed": counts.get("failed")}
 
 
+def age_text(seconds: float) -> str:
+    """A run's age for a person, the one format every table uses: 45s, 12m, 3h, 2d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(max(seconds, 0))}s"
+
+
 def status_row(run_dir: RunDir, now: float | None = None) -> dict[str, Any]:
-    """One run's row: what render_status_table shows, plus the Pegasus facts for the detail lines."""
+    """One run in flight with its Pegasus facts, for the detail lines under the status table."""
     info = run_dir.load()
     try:
-        age_s = (now or time.time()) - run_dir.file("run.json").stat().st_mtime
-        age = f"{int(age_s // 3600)}h{int(age_s % 3600 // 60):02d}m"
+        age = age_text((now or time.time()) - run_dir.file("run.json").stat().st_mtime)
     except OSError:
         age = None
     row: dict[str, Any] = {"run": run_dir.path.name, "state": str(info.state), "done": None, "failed": None, "age": age,
@@ -66,28 +73,18 @@ def status_row(run_dir: RunDir, now: float | None = None) -> dict[str, Any]:
     return row
 
 
-def status_rows(work_dir: Path) -> list[dict[str, Any]]:
-    """Rows for every run in flight under `work_dir` (damaged run directories are left to show_runs)."""
-    run_dirs, _ = survey_run_dirs(work_dir)
-    return [status_row(r) for r in run_dirs if r.load().state in IN_FLIGHT]
-
-
 def _counts_text(counts: dict[str, Any]) -> str:
     names = ("total", "succeeded", "failed", "held", "running", "queued", "unready", "ready")
     return ", ".join(f"{counts[n]} {n}" for n in names if isinstance(counts.get(n), int))
 
 
 def show_runs(work_dir: Path, long_: bool = False) -> None:
-    """One block per unfinished run; a damaged run directory is one warning line."""
+    """One block of detail per unfinished run (the table above has their rows); a damaged run directory is one warning line."""
     run_dirs, problems = survey_run_dirs(work_dir)
     runs = [r for r in run_dirs if r.load().state in IN_FLIGHT]
     click.echo(f"runs in flight under {work_dir}: {len(runs)}")
     for problem in problems:
         click.echo(f"warning: {problem}")
-    if runs:
-        from .operator_cli import render_status_table
-
-        click.echo(render_status_table([status_row(r) for r in runs]).rstrip())
     on_path = shutil.which("pegasus-status") is not None
     for run_dir in runs:
         info = run_dir.load()

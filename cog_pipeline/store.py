@@ -23,6 +23,7 @@ from typing import Protocol
 from urllib.parse import quote, urlsplit
 
 from . import atomic
+from .media import object_headers
 
 
 class StoreError(RuntimeError):
@@ -53,7 +54,10 @@ class ObjectStore(Protocol):
     bucket: str
 
     def url(self, key: str) -> str:
-        """A URL naming the object (s3://bucket/key or file:///…) for catalogs and messages."""
+        """A URL naming the object (s3://bucket/key or file:///…, percent-encoded) for catalogs."""
+
+    def where(self, key: str) -> str:
+        """The object named for a person (s3://bucket/key or a path), the key exactly as written."""
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with prefix, paginated: one request per 1000 keys on S3."""
@@ -181,7 +185,7 @@ class LocalStore:
     def _missing(self, key: str) -> ObjectNotFound:
         if not self.base.is_dir():
             return ObjectNotFound(f"bucket {self.bucket!r} does not exist (no folder {self.base})")
-        return ObjectNotFound(f"{self.url(key)} does not exist")
+        return ObjectNotFound(f"{self.where(key)} does not exist")
 
     def _safe_prefix_folder(self, prefix: str) -> Path | None:
         """The folder a prefix's keys live in, or None when no valid key can start with the prefix."""
@@ -194,6 +198,9 @@ class LocalStore:
 
     def url(self, key: str) -> str:
         return self._path(key).as_uri()
+
+    def where(self, key: str) -> str:
+        return str(self._path(key))
 
     @staticmethod
     def _stat_info(key: str, st: os.stat_result) -> ObjectInfo:
@@ -264,7 +271,7 @@ class LocalStore:
             path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
             # S3 lets 'a.tif' and 'a.tif/b' coexist; a folder cannot. Report it instead of an OSError.
-            raise StoreError(f"cannot write {self.url(key)}: a parent of it is an object, not a folder") from exc
+            raise StoreError(f"cannot write {self.where(key)}: a parent of it is an object, not a folder") from exc
 
     def _write_atomic(self, key: str, path: Path, data: bytes, exclusive: bool) -> ObjectInfo:
         """Write one version and return its info, taken from the temporary file (same inode as the result)."""
@@ -276,13 +283,13 @@ class LocalStore:
                 try:
                     os.link(tmp, path)
                 except FileExistsError as exc:
-                    raise PreconditionFailed(f"{self.url(key)} exists") from exc
+                    raise PreconditionFailed(f"{self.where(key)} exists") from exc
                 os.unlink(tmp)
             else:
                 try:
                     os.replace(tmp, path)
                 except IsADirectoryError as exc:
-                    raise StoreError(f"cannot write {self.url(key)}: a folder of that name exists") from exc
+                    raise StoreError(f"cannot write {self.where(key)}: a folder of that name exists") from exc
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -334,9 +341,9 @@ class LocalStore:
         """The object's info if it is still the version `if_match` names (call under `_exclusive`)."""
         current = self.head(key)
         if current is None:
-            raise PreconditionFailed(f"{self.url(key)} is gone")
+            raise PreconditionFailed(f"{self.where(key)} is gone")
         if current.etag != if_match:
-            raise PreconditionFailed(f"{self.url(key)} changed since it was read")
+            raise PreconditionFailed(f"{self.where(key)} changed since it was read")
         return current
 
     def read_head(self, key: str, length: int) -> bytes:
@@ -355,15 +362,15 @@ class LocalStore:
             if if_match is not None:
                 current = self.head(key)
                 if current is None:
-                    raise PreconditionFailed(f"{self.url(key)} is gone")
+                    raise PreconditionFailed(f"{self.where(key)} is gone")
                 if current.etag != if_match:
-                    raise PreconditionFailed(f"{self.url(key)} changed since it was read")
+                    raise PreconditionFailed(f"{self.where(key)} changed since it was read")
             try:
                 path.unlink()
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 # Deleting a missing key succeeds on S3; a folder of that name is not an object either.
                 if if_match is not None:
-                    raise PreconditionFailed(f"{self.url(key)} is gone") from None
+                    raise PreconditionFailed(f"{self.where(key)} is gone") from None
 
     def download(self, key: str, dest: Path) -> None:
         src = self._path(key)
@@ -548,6 +555,7 @@ class StoreConfig:
     max_attempts: int = 10
     max_pool_connections: int = 32
     addressing_style: str | None = None  # None: path-style for custom endpoints, virtual for AWS
+    profile: str | None = None  # a named AWS profile (~/.aws/config, credentials): its keys and region
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -560,6 +568,7 @@ class StoreConfig:
             "max_attempts": self.max_attempts,
             "max_pool_connections": self.max_pool_connections,
             "addressing_style": self.addressing_style,
+            "profile": self.profile,
         }
 
     @classmethod
@@ -577,6 +586,7 @@ class StoreConfig:
             max_attempts=int(data.get("max_attempts") or 10),  # type: ignore[arg-type]
             max_pool_connections=int(data.get("max_pool_connections") or 32),  # type: ignore[arg-type]
             addressing_style=data.get("addressing_style") or None,  # type: ignore[arg-type]
+            profile=data.get("profile") or None,  # type: ignore[arg-type]
         )
 
     def s3_client(self, counter: RequestCounter | None = None):  # -> botocore S3 client
@@ -603,9 +613,15 @@ class StoreConfig:
         if self.access_key_file is not None and self.secret_key_file is not None:
             kwargs["aws_access_key_id"] = read_key_file(self.access_key_file, "access key")
             kwargs["aws_secret_access_key"] = read_key_file(self.secret_key_file, "secret key")
-        region = self.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        session = boto3.session.Session(botocore_session=_botocore_session(), region_name=region)
-        client = session.client("s3", **kwargs)
+        from botocore.exceptions import ProfileNotFound
+
+        try:
+            # A profile brings its own region unless --region says otherwise; else the environment, else us-east-1.
+            session = boto3.session.Session(botocore_session=_botocore_session(), profile_name=self.profile,
+                                            region_name=self.region or (None if self.profile else os.environ.get("AWS_DEFAULT_REGION")))
+            client = session.client("s3", region_name=session.region_name or "us-east-1", **kwargs)
+        except ProfileNotFound:
+            raise StoreError(f"AWS profile {self.profile!r} is not in the AWS config or credentials files") from None
         if counter is not None:
             client.meta.events.register("before-call.s3", counter)
         return client
@@ -625,6 +641,9 @@ class S3Store:
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{quote(key, safe='/')}"
 
+    def where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
     def _error(self, exc: Exception, key: str | None = None) -> StoreError:
         from botocore.exceptions import ClientError
 
@@ -641,7 +660,19 @@ class S3Store:
             if code in ("NoSuchKey", "404", "NotFound") or status == 404:
                 return ObjectNotFound(f"{where} does not exist ({code or status})")
             return StoreError(f"{where}: S3 error {code or status}")
-        return StoreError(f"{where}: {type(exc).__name__}: {exc}")
+        return self._connection_error(exc) or StoreError(f"{where}: {type(exc).__name__}: {exc}")
+
+    def _connection_error(self, exc: Exception) -> StoreError | None:
+        """One line for an endpoint that cannot be reached, naming the likely fix (botocore's text is a page)."""
+        from botocore.exceptions import EndpointConnectionError, SSLError
+
+        endpoint = self.client.meta.endpoint_url
+        if isinstance(exc, SSLError) and endpoint.startswith("https://"):
+            return StoreError(f"{endpoint} does not answer over https (TLS failed); if it serves plain http, "
+                              f"give -e http://{endpoint[len('https://'):]}")
+        if isinstance(exc, EndpointConnectionError):
+            return StoreError(f"cannot connect to the S3 endpoint {endpoint}")
+        return None
 
     @staticmethod
     def _is_missing_bucket(exc: Exception) -> bool:
@@ -688,7 +719,7 @@ class S3Store:
     def _put(self, key: str, data: bytes, **extra: str) -> ObjectInfo:
         _validate_key(key)
         try:
-            resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+            resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **object_headers(key), **extra)
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, key) from exc
         # The version we wrote, from the PUT's own answer (a HEAD could see a later writer's version, and
@@ -770,7 +801,7 @@ class S3Store:
     def upload(self, src: Path, key: str) -> ObjectInfo:
         _validate_key(key)
         try:
-            self.client.upload_file(str(src), self.bucket, key)
+            self.client.upload_file(str(src), self.bucket, key, ExtraArgs=object_headers(key))
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, key) from exc
         info = self.head(key)

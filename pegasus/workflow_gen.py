@@ -672,7 +672,7 @@ def preflight(
         if row.key in found:
             ok.append(row)
         else:
-            failed.append({"line": row.line, "text": row.text, "reason": f"input object does not exist: {input_store.url(row.key)}"})
+            failed.append({"line": row.line, "text": row.text, "reason": f"input object does not exist: {input_store.where(row.key)}"})
     failed.sort(key=lambda item: item["line"])
     duplicates = [{"line": row.line, "text": row.text, "duplicate_of": first} for row, first in manifest.duplicates]
     duplicates.sort(key=lambda item: item["line"])

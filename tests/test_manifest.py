@@ -32,6 +32,21 @@ def test_jpg_key_replaces_the_tif_suffix() -> None:
     assert parse_manifest("a/b.tif,3").rows[0].jpg_key == "a/b.jpg"
 
 
+@pytest.mark.parametrize(("key", "jpg"), [("LC08_B4.TIF", "LC08_B4.jpg"), ("a/b.tiff", "a/b.jpg"), ("a/b.TiFf", "a/b.jpg"),
+                                          ("a.b.Tif", "a.b.jpg"), ("x.tif.tif", "x.tif.jpg")])
+def test_tif_and_tiff_in_any_case_are_accepted_and_the_jpeg_is_named_after_the_key_without_its_extension(key, jpg) -> None:
+    row = parse_manifest(f"{key},1\n").rows[0]
+    assert (row.key, row.jpg_key) == (key, jpg)
+
+
+def test_two_keys_whose_previews_would_collide_keep_the_first_and_fail_the_second() -> None:
+    manifest = parse_manifest("a/b.tif,1\na/b.TIF,1\na/b.tiff,3\n")
+    assert [r.key for r in manifest.rows] == ["a/b.tif"]
+    assert [(r.line, r.reason) for r in manifest.rejected] == [
+        (2, "bad key: its preview a/b.jpg would overwrite line 1's; rename one of the two images"),
+        (3, "bad key: its preview a/b.jpg would overwrite line 1's; rename one of the two images")]
+
+
 def test_crlf_line_endings_are_tolerated() -> None:
     assert keys(b"a.tif,1\r\nb.tif,3\r\n") == ["a.tif", "b.tif"]
 
@@ -101,14 +116,16 @@ def test_largest_band_count_is_accepted() -> None:
         ("a.tif,1025", "out of range"),
         ("a.tif,-1", "not an integer"),
         (",1", "empty key"),
-        ("a.tiff,1", "does not end in '.tif'"),
-        ("a.TIF,1", "does not end in '.tif'"),
+        ("a.png,1", "does not end in '.tif' or '.tiff' (any case)"),
+        ("a.tif.bak,1", "does not end in '.tif'"),
+        ("a.tiffs,1", "does not end in '.tif'"),
         ("/a.tif,1", "starts with '/'"),
         ("a/../b.tif,1", "'..'"),
         ("a/./b.tif,1", "'..'"),
         ("a//b.tif,1", "empty path segment"),
         ("a\\b.tif,1", "backslash"),
         ("a/.tif,1", "no file name"),
+        ("a/.TIFF,1", "no file name before '.TIFF'"),
         ("a\x00b.tif,1", "control characters"),
         ("a\tb.tif,1", "control characters"),
         ("a\x7fb.tif,1", "control characters"),

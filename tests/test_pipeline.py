@@ -425,3 +425,20 @@ def test_workflow_yml_is_the_same_whichever_engine_runs_it(tmp_path):
             report = scan(opts, echo=lambda line: None)
             assert len(report.reconciled) == 1 and list(root.glob("in/m_processed-*.csv"))
     assert texts["pegasus"] == texts["local"] and "-m cog_pipeline finish RUN" in texts["local"]
+
+
+@pytest.mark.slow
+def test_tif_and_tiff_keys_in_any_case_are_converted_and_their_jpeg_named_without_the_extension(buckets, tmp_path, shared_testdata):
+    """USGS/Landsat products end in `.TIF`: converted, the JPEG at the key minus its extension, reconciled processed."""
+    keys = ["Landsat/LC08 B4.TIF", "a/b%20c.tiff", "x.TiF"]
+    for key in keys:
+        buckets.put_file(key, shared_testdata / "seed" / "1band.tif")
+    manifest = "".join(f"{k},1\n" for k in keys)
+    buckets.put_text("upper_raw.csv", manifest)
+    scan(options(buckets, tmp_path))
+    assert sorted(result_rows(buckets, "processed")) == sorted(manifest.splitlines())
+    outputs = set(buckets.output_keys())
+    assert {"Landsat/LC08 B4.TIF", "Landsat/LC08 B4.jpg", "a/b%20c.tiff", "a/b%20c.jpg", "x.TiF", "x.jpg"} <= outputs
+    buckets.output.download("Landsat/LC08 B4.jpg", tmp_path / "check.jpg")
+    with rasterio.open(tmp_path / "check.jpg") as jpg:
+        assert jpg.driver == "JPEG"

@@ -90,7 +90,9 @@ def test_scan_json_then_status_table_and_json(shared_testdata: Path, tmp_path: P
     assert out["claimed"] == [run["run_dir"]] and out["errors"] == []
 
     work = str(tmp_path / "b" / ".." / "work")
-    rows = json.loads(CliRunner().invoke(main, ["status", "-w", work, "--json"]).stdout)
+    status = json.loads(CliRunner().invoke(main, ["status", "-w", work, "--json"]).stdout)
+    assert status["schema_version"] == 1
+    rows = status["runs"]
     assert [(r["run"], r["state"], r["done"], r["failed"], r["engine"]) for r in rows] == [(Path(run["run_dir"]).name, "reconciled", 1, 1, "local")]
     assert rows[0]["where"] == run["report"] and re.fullmatch(r"\d+[smhd]", rows[0]["age"])
     table = CliRunner().invoke(main, ["status", "-w", work]).output

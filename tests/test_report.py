@@ -141,7 +141,14 @@ def test_upload_beside_result_files(run: tuple[Path, StoreConfig]) -> None:
     key = upload_report(run_dir, store)
     ts = RunDir(run_dir).timestamp
     assert key == report_key("batch_raw.csv", ts) == f"batch_report-{ts}.html"
-    assert store.read_bytes(key)[0] == (run_dir / "report.html").read_bytes()
+    from urllib.parse import unquote
+
+    local, uploaded = (run_dir / "report.html").read_text(encoding="utf-8"), store.read_bytes(key)[0].decode("utf-8")
+    links = lambda page: [a["href"] for t, a in _parse(page).tags if t == "a" and a.get("class") == "result-file"]  # noqa: E731
+    # Result files are links: in the run directory to its results/ copies, in the bucket to the files beside it.
+    assert len(links(local)) == 3 and all((run_dir / unquote(h)).is_file() for h in links(local))
+    assert all((config.local_root / "in" / unquote(h)).is_file() for h in links(uploaded))
+    assert [f"results/{h}" for h in links(uploaded)] == links(local)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -161,8 +168,32 @@ def _browser(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
+# Measures the laid-out page (a copy of the report with this script added; the report itself is unchanged): the
+# viewport width, then per failed row its display and whether the row, its reason and its next step lie fully
+# inside the viewport, then whether the page scrolls sideways. The copy runs in an iframe of the width under
+# test (headless Chromium lays a window out at least 500 px wide) and posts its answer to the page around it.
+_PROBE = """<script>window.addEventListener('load',function(){var vw=document.documentElement.clientWidth;
+var rows=[].slice.call(document.querySelectorAll('tr.failed-row')).map(function(r){
+function inside(e){var b=e.getBoundingClientRect();return b.width>0&&b.left>=0&&b.right<=vw}
+return [getComputedStyle(r).display,inside(r),inside(r.querySelector('td.reason')),inside(r.querySelector('td.next-step'))].join(',')});
+parent.postMessage(vw+'|'+rows.join(';')+'|'+(document.documentElement.scrollWidth<=vw),'*')})</script>"""
+
+
+def _probe(page: Path, width: int, tmp_path: Path) -> tuple[int, list[list[str]], bool]:
+    probed = tmp_path / f"probe-{width}.html"
+    probed.write_text(page.read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"), encoding="utf-8")
+    frame = tmp_path / f"frame-{width}.html"
+    frame.write_text(f'<!DOCTYPE html><html><body style="margin:0"><iframe src="{probed.name}" style="width:{width}px;height:2400px;border:0"></iframe>'
+                     "<script>window.addEventListener('message',function(e){document.body.setAttribute('data-probe',e.data)})</script></body></html>",
+                     encoding="utf-8")
+    dom = _browser("--window-size=1400,2400", "--hide-scrollbars", "--dump-dom", frame.as_uri()).stdout
+    found = re.search(r'data-probe="(\d+)\|([^|"]*)\|(true|false)"', dom)
+    assert found, dom[-2000:]
+    return int(found[1]), [row.split(",") for row in found[2].split(";")], found[3] == "true"
+
+
 @pytest.mark.slow
-def test_report_in_headless_chromium(run: tuple[Path, StoreConfig], tmp_path: Path) -> None:
+def test_report_in_headless_chromium_at_desktop_and_phone_width(run: tuple[Path, StoreConfig], tmp_path: Path) -> None:
     run_dir, config = run
     path = write_report(run_dir, output_store=LocalStore(config.local_root, "out"), input_store=LocalStore(config.local_root, "in"))
     proc = _browser("--dump-dom", path.as_uri())
@@ -171,14 +202,32 @@ def test_report_in_headless_chromium(run: tuple[Path, StoreConfig], tmp_path: Pa
     assert dom.count('class="failed-row"') == 3
     assert '<b>3</b>processed' in dom
     assert "<script>alert(1)</script>" not in dom.split("<script>window")[0]
-    shot = tmp_path / "report.png"
-    _browser(f"--screenshot={shot}", "--window-size=1000,1420", "--hide-scrollbars", path.as_uri())
-    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert re.search(r"<h1 [^>]*>batch_raw\.csv</h1>", dom)  # the headline is the manifest
+    # Desktop: a table, every cell on screen. Phone (390 px): each failed row is a card, its reason and next
+    # step on screen, and nothing scrolls sideways.
+    width, rows, no_side_scroll = _probe(path, 1200, tmp_path)
+    assert width == 1200 and no_side_scroll and rows == [["table-row", "true", "true", "true"]] * 3
+    width, rows, no_side_scroll = _probe(path, 390, tmp_path)
+    assert width == 390 and no_side_scroll and rows == [["block", "true", "true", "true"]] * 3
+    shots = Path(os.environ.get("COG_REPORT_SHOTS", tmp_path))  # COG_REPORT_SHOTS=/tmp/report-shots keeps them
+    shots.mkdir(parents=True, exist_ok=True)
+    for name, size in (("desktop.png", "1280,1500"), ("phone.png", "390,2400")):
+        _browser(f"--screenshot={shots / name}", f"--window-size={size}", "--hide-scrollbars", path.as_uri())
+        assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("COG_REPORT_SCREENSHOT"):  # refresh the README's picture: COG_REPORT_SCREENSHOT=1 pytest -k chromium
-        shutil.copyfile(shot, REPO_ROOT / "docs" / "report.png")
-    phone = tmp_path / "phone.png"
-    _browser(f"--screenshot={phone}", "--window-size=390,2400", path.as_uri())
-    assert phone.is_file()
+        shutil.copyfile(shots / "desktop.png", REPO_ROOT / "docs" / "report.png")
+
+
+def test_reason_is_said_once_keys_wrap_at_folders_and_a_uniform_preview_is_flagged() -> None:
+    from cog_pipeline.report import ImageRow, RunView, reason_once, render
+
+    assert reason_once("INPUT_UNREADABLE: INPUT_UNREADABLE: truncated", "INPUT_UNREADABLE") == "truncated"
+    assert reason_once("input object does not exist: x", "MISSING_INPUT") == "input object does not exist: x"
+    view = RunView("workflow-run-1", {"manifest_key": "a/b <i>_raw.csv"}, {"rows": 2, "processed": 2, "failed": 0, "jobs": 2, "job_failures": 0},
+                   images=[ImageRow(1, "x/flat.tif", uniform_preview=True), ImageRow(2, "x/fine.tif", uniform_preview=False)])
+    page = render(view)
+    assert '<h1 class="key">a/<wbr>b &lt;i&gt;_raw.csv</h1>' in page
+    assert page.count('class="flag uniform-preview"') == 1 and "x/<wbr>flat.tif <span" in page
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -219,7 +268,8 @@ def test_status_json_is_stable() -> None:
     from cog_pipeline.operator_cli import STATUS_COLUMNS, status_json
 
     out = json.loads(status_json([{"run": "r", "state": "running", "done": 1, "extra": "dropped"}]))
-    assert list(out[0]) == list(STATUS_COLUMNS) and out[0]["done"] == 1 and out[0]["failed"] is None
+    assert out["schema_version"] == 1
+    assert list(out["runs"][0]) == list(STATUS_COLUMNS) and out["runs"][0]["done"] == 1 and out["runs"][0]["failed"] is None
 
 
 def test_thumbnail_by_ranged_reads_on_both_stores(buckets, shared_testdata: Path, tmp_path: Path) -> None:

@@ -170,7 +170,7 @@ def test_preflight_json_lists_bad_missing_and_duplicate_rows(local_run):
     assert pre["failed"][1] == {
         "line": 4,
         "text": "Counties/WI/Missing/gone.tif,1",
-        "reason": f"input object does not exist: {(root / 'in' / 'Counties/WI/Missing/gone.tif').as_uri()}",
+        "reason": f"input object does not exist: {root / 'in' / 'Counties/WI/Missing/gone.tif'}",
     }
     assert pre["duplicates"] == [{"line": 5, "text": "Counties/WI/Wood/1band.tif,2", "duplicate_of": 1}]
     assert result.failed == pre["failed"] and result.duplicates == pre["duplicates"]
