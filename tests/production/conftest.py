@@ -116,11 +116,13 @@ def s3() -> Iterator[RecordedS3]:
 
 
 @pytest.fixture()
-def workspace(pool: Pool, tmp_path_factory) -> Path:
-    """A folder the submitting user owns (work dir, key files): under /var/tmp, which every user can reach."""
-    base = Path(os.environ.get("COG_PRODUCTION_TMP", "/var/tmp"))
-    path = base / f"cog-production-{os.getpid()}-{time.monotonic_ns()}"
-    return pool.owned_dir(path)
+def workspace(pool: Pool) -> Iterator[Path]:
+    """A folder the submitting user owns (work dir, key files), in its home: pegasus-plan refuses credentials
+    under HTCondor's MOUNT_UNDER_SCRATCH folders (/tmp, /var/tmp)."""
+    path = pool.owned_dir(pool.owned_dir(pool.home / "cog-production") / f"{os.getpid()}-{time.monotonic_ns()}")
+    yield path
+    if not os.environ.get("COG_PRODUCTION_KEEP"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_for(predicate, timeout: float, interval: float = 3.0, what: str = "condition"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 from werkzeug.serving import make_server
 
@@ -49,7 +48,8 @@ class _Recorder:
         finally:
             if hasattr(body, "close"):
                 body.close()
-            path = unquote(environ.get("PATH_INFO", ""), errors="surrogateescape").lstrip("/")
+            # WSGI hands the decoded path as latin-1 text: its bytes are the key's UTF-8.
+            path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace").lstrip("/")
             bucket, _, key = path.partition("/")
             with self.lock:
                 self.requests.append(Request(
@@ -63,7 +63,11 @@ class RecordedS3:
     """A threaded moto S3 server whose requests are recorded; `url` is its endpoint."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        import logging
+
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the access log is `requests`, not a log line each
 
         self.recorder = _Recorder(DomainDispatcherApplication(create_backend_app))
         self.server = make_server(host, port, self.recorder, threaded=True, request_handler=MotoRequestHandler)
@@ -87,5 +91,5 @@ def image_bytes_read(requests: list[Request], images: set[tuple[str, str]], by_p
     return sum(
         r.bytes_out for r in requests
         if r.method == "GET" and r.status in (200, 206) and (r.bucket, r.key) in images
-        and ("cog-pipeline" in r.user_agent) == by_pipeline
+        and ("cog-pipeline/" in r.user_agent or r.user_agent.endswith("cog-pipeline")) == by_pipeline
     )
