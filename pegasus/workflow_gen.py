@@ -53,7 +53,8 @@ Where things are
       ``sharedStorage`` file server URL is the OUTPUT bucket root (``s3://<identity>@storage/<output-bucket>``
       or ``file://<local_root>/<output-bucket>``); an output lands at ``<url> + "/" + <LFN>``.
     * Converter: ``transformations.yml`` transformation ``generate_cog``, site ``local``, ``pfn`` = absolute
-      path of ``transformations/generate_cog`` (stageable; run inside the GDAL container on the pool).
+      path of the ``generate_cog`` zipapp built from ``transformations/`` into the cache (stageable; run inside
+      the GDAL container on the pool).
     * Reconcile: workflow-level shell hook on ``end`` (``hooks.shell[0].cmd``). Pegasus has no FINAL node and a
       job whose parents failed never runs, so reconcile is not a job: pegasus-monitord runs END hooks on the
       submit host when the workflow ends, and the local engine runs them after all jobs, whatever their outcome.
@@ -91,7 +92,6 @@ from typing import Any
 
 import yaml
 
-import cog_pipeline.transformations
 from cog_pipeline import rundir as rundir_mod
 from cog_pipeline.engines.base import end_hook_command, job_id_of
 from cog_pipeline.engines.pegasus.plan import COMPUTE_SITE, default_plan_args
@@ -127,8 +127,10 @@ _PLACEHOLDER = re.compile(r"\$\{(COG_[A-Z0-9_]+)\}")
 
 
 def default_converter() -> Path:
-    # Not resolve(): the PFN must name the executable `generate_cog`, not the module file it links to.
-    return Path(cog_pipeline.transformations.__file__).parent.resolve() / "generate_cog"
+    """The converter zipapp of the installed sources, built on first use into the cache (transformations/build.py)."""
+    from cog_pipeline.transformations.build import cached_zipapp
+
+    return cached_zipapp()
 
 
 @dataclass

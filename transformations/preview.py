@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 
 from .backend import get_backend
 from .exit_codes import ConversionError, ExitCode
-from .rasterinfo import GMF_ALPHA, GMF_NODATA, GMF_PER_DATASET, RasterInfo
+from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo
 from .xmltext import escape as _xml_escape
 from .settings import JPEG_MAX_DIMENSION, STATS_SAMPLE_SIZE, COMPLEX_TYPES, SUPPORTED_TYPES
 
@@ -26,7 +26,6 @@ class PreviewPlan:
     downsample: int = 1
     scale: Optional[Tuple[float, float]] = None  # (lo, hi) mapped linearly to 0..255
     masked: bool = False  # alpha/per-dataset mask composited onto black
-    nodata_to_black: bool = False
     palette_expanded: bool = False
     description: str = ""
 
@@ -59,20 +58,24 @@ def _preview_scale(info: RasterInfo, bands: List[int]) -> Tuple[float, float]:
     return (float(vals.min()), float(vals.max()))
 
 
-def plan_preview(info: RasterInfo) -> PreviewPlan:
-    """Decide which bands, scaling, masking and size the JPEG preview gets (see docs/conversion.md)."""
+def plan_preview(info: RasterInfo, band_rule: str = "rgb") -> PreviewPlan:
+    """Decide which bands, scaling, masking and size the JPEG preview gets (see docs/conversion.md).
+
+    Nodata pixels keep their stored value, as the original tool (`gdal_translate -of JPEG`) shows them;
+    an alpha band or a per-dataset mask is composited onto black."""
     for b, dt in enumerate(info.dtypes, start=1):
         if dt in COMPLEX_TYPES or dt not in SUPPORTED_TYPES:
             raise ConversionError(
                 ExitCode.UNSUPPORTED_INPUT, f"band {b} has data type {dt}; a JPEG preview cannot be made from it"
             )
-    palette = info.has_palette and info.colorinterp[0] == "palette" and info.dtypes[0] in ("uint8", "uint16")
+    palette = (band_rule == "rgb" and info.has_palette and info.colorinterp[0] == "palette"
+               and info.dtypes[0] in ("uint8", "uint16"))
     non_alpha = [b for b in range(1, info.count + 1) if info.colorinterp[b - 1] != "alpha"]
     if not non_alpha:
         raise ConversionError(ExitCode.UNSUPPORTED_INPUT, "every band is an alpha band")
     if palette:
         bands = [1]
-    elif len(non_alpha) >= 3:
+    elif len(non_alpha) >= 3 and band_rule == "rgb":
         bands = non_alpha[:3]
     else:
         bands = non_alpha[:1]
@@ -81,17 +84,12 @@ def plan_preview(info: RasterInfo) -> PreviewPlan:
     plan = PreviewPlan(bands=bands, width=width, height=height, downsample=k, palette_expanded=palette)
     flags = [info.mask_flags[b - 1] for b in bands]
     plan.masked = any(f & (GMF_PER_DATASET | GMF_ALPHA) for f in flags)
-    plan.nodata_to_black = any(
-        f & GMF_NODATA and not f & (GMF_PER_DATASET | GMF_ALPHA) for f in flags
-    )
     notes = [f"bands {','.join(map(str, bands))}" if not palette else "palette expanded to RGB"]
     if not palette and any(info.dtypes[b - 1] != "uint8" for b in bands):
         plan.scale = _preview_scale(info, bands)
         notes.append(f"{info.dtypes[bands[0] - 1]} scaled linearly {plan.scale[0]:g}..{plan.scale[1]:g} -> 0..255")
     if plan.masked:
         notes.append("masked pixels composited onto black")
-    if plan.nodata_to_black:
-        notes.append("nodata pixels black")
     if k > 1:
         notes.append(f"downsampled 1/{k} (JPEG limit {JPEG_MAX_DIMENSION} px)")
     plan.description = "; ".join(notes)
@@ -118,11 +116,8 @@ def preview_vrt(info: RasterInfo, plan: PreviewPlan) -> str:
     for k in range(plan.band_count):
         b = plan.bands[0] if plan.palette_expanded else plan.bands[k]
         extra = ""
-        nd = info.nodata[b - 1]
         if plan.palette_expanded:
             extra += f"<ColorTableComponent>{k + 1}</ColorTableComponent>"
-        if plan.nodata_to_black and nd is not None and info.mask_flags[b - 1] & GMF_NODATA:
-            extra += f"<NODATA>{'nan' if math.isnan(nd) else repr(float(nd))}</NODATA>"
         if plan.scale is not None:
             lo, hi = plan.scale
             if hi > lo:
