@@ -190,7 +190,7 @@ def _summary(result: ConversionResult) -> str:
         f"{result.overview_sizes}, valid ({result.validator}); {result.jpeg}: {result.jpeg_size[0]}x"
         f"{result.jpeg_size[1]}x{result.jpeg_bands} ({result.preview}); {result.backend} GDAL "
         f"{result.gdal_version}, {result.threads} threads, {result.profile}, jpeg {result.jpeg_method}, budget "
-        f"{result.memory_budget_mb} MB, "
+        f"{result.memory_budget_mb} MB, cache {result.cachemax_mb} MB, "
         + ("" if result.preview_uniform is None else f"preview uniform (every sample {result.preview_uniform}), ")
         + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     )

@@ -57,6 +57,8 @@ class ConversionResult:
     preview_uniform: Optional[int] = None
     warnings: List[str] = field(default_factory=list)
     memory_budget_mb: int = 0
+    #: GDAL's block cache during the conversion (MB): GDAL_CACHEMAX if set, else 1/8 of the budget
+    cachemax_mb: int = 0
     exit_code: ExitCode = ExitCode.OK
     reason: str = ""
 
@@ -172,6 +174,7 @@ def convert(
     saved_cache = be.get_cachemax()
     if not os.environ.get("GDAL_CACHEMAX"):  # GDAL's own option wins; else the budget sizes the cache
         be.set_cachemax(cache_cap_mb(budget_mb) << 20)
+    cachemax_mb = be.get_cachemax() >> 20
     try:
         _write_text(paths.preview_vrt, preview_vrt(info, plan))
         t0 = time.perf_counter()
@@ -201,7 +204,7 @@ def convert(
         overview_sizes=list(out_info.overview_sizes), validator=validator, backend=be.name,
         gdal_version=str(be.version), threads=threads, profile=profile, timings=timings, jpeg_method=jpeg_method,
         preview_uniform=uniform, warnings=list(warns), memory_budget_mb=budget_mb,
-        exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK, reason=mismatch,
+        cachemax_mb=cachemax_mb, exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK, reason=mismatch,
     )
 
 
