@@ -146,6 +146,7 @@ class WorkflowSettings:
     backoff_max: int = 3600  # cap on the exponential delay
     backoff_releases: int = 3  # releases before the job is removed and DAGMan's retry counts it
     cluster_size: int | None = None  # --cluster-size N: pegasus clusters.size, plan with --cluster horizontal
+    profile: tuple[str, ...] = ()  # conversion profile overrides, NAME=VALUE (transformations/profile.py)
     s3_site: str = "storage"  # name of the object-store site (replicas and output site)
     identity: str = "cog"  # user part of s3://<identity>@<site>/...; section [<identity>@<site>] in credentials
     container_image: str = DEFAULT_IMAGE  # "" runs the converter without a container
@@ -373,6 +374,8 @@ def build_transformation_catalog(settings: WorkflowSettings):
     tr = Transformation(TRANSFORMATION, site="local", pfn=str(settings.converter), is_stageable=True, container=container)
     # The file wins over the manifest's band count: converted, verified, job succeeds, mismatch reported.
     tr.add_env(COG_PIPELINE_BAND_MISMATCH="warn")
+    if settings.profile:
+        tr.add_env(COG_PIPELINE_PROFILE=",".join(settings.profile))
     if settings.cluster_size:
         tr.add_pegasus_profile(clusters_size=settings.cluster_size)
     tc.add_transformations(tr)
@@ -674,7 +677,8 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     hook = settings.reconcile_command or default_reconcile_command(run_dir)
     metadata = {"run": info.timestamp, "manifest_key": info.manifest_key, "input_bucket": info.input_bucket, "output_bucket": info.output_bucket}
     provenance = job_metadata_encoder(source_bucket=info.input_bucket, listed=listed, manifest_key=info.manifest_key,
-                                      run_id=info.timestamp, converter=settings.converter) if settings.provenance else None
+                                      run_id=info.timestamp, converter=settings.converter,
+                                      profile=settings.profile) if settings.provenance else None
     write_workflow(files[RunDir.WORKFLOW], rows, settings, f"cog-{info.timestamp}", hook, metadata, provenance, output_prefix=prefix)
 
     credentials = None if local_mode else _write_credentials(run_dir, settings, config)

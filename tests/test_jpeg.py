@@ -1,4 +1,4 @@
-"""The preview through Pillow's libjpeg-turbo (transformations/jpeg_pillow.py): the original tool's bytes, faster.
+"""The preview through Pillow's libjpeg-turbo (transformations/jpeg.py): the original tool's bytes, faster.
 
 The reference is the original tool's own JPEG step, Debian's ``gdal_translate -of JPEG -co QUALITY=80``
 (GDAL 3.6 on libjpeg-turbo, as in the GDAL container), run on the same pixels."""
