@@ -653,3 +653,30 @@ def test_cog_is_the_cog_drivers_cog_and_no_larger(tmp_path: Path, count: int, wi
         with rasters.open_(reference, **kw) as a, rasters.open_(tif, **kw) as b:
             np.testing.assert_array_equal(b.read(), a.read())
     assert tif.stat().st_size <= reference.stat().st_size + 1024
+
+
+def test_shade_preview_shows_nodata_as_the_original_tool_does(tmp_path: Path, shared_testdata: Path) -> None:
+    """shade.tif: a hillshade whose nodata (255) surrounds the valid pixels. The original tool's
+    `gdal_translate -of JPEG` shows nodata as its stored value: mean ~224.7, not a black frame."""
+    result, _, jpg = converted(tmp_path, shared_testdata / "rasterio" / "shade.tif", 1)
+    mean = float(rasters.read(jpg).astype(float).mean())
+    assert abs(mean - 224.7) < 1.0, mean
+    assert result.preview_uniform is None
+    if shutil.which("gdal_translate"):
+        ref = tmp_path / "ref.jpg"
+        subprocess.run(["gdal_translate", "-q", "-of", "JPEG", "-co", "QUALITY=80",
+                        str(shared_testdata / "rasterio" / "shade.tif"), str(ref)], check=True)
+        assert abs(mean - float(rasters.read(ref).astype(float).mean())) < 0.5
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_a_uniform_preview_is_reported(tmp_path: Path, value: int) -> None:
+    """A preview of one value (an all-nodata tile, a blank scan) converts, and the result says so."""
+    src = rasters.write(tmp_path / "in.tif", np.full((3, 300, 400), value, dtype="uint8"), photometric="RGB")
+    tif, jpg = outputs(tmp_path)
+    result = convert(src, tif, jpg, 3)
+    assert result.exit_code == ExitCode.OK and result.preview_uniform == value
+    proc = run([src, tmp_path / "v.tif", tmp_path / "v.jpg", "-v"])
+    assert proc.returncode == 0 and f"preview uniform (every sample {value})" in proc.stdout
+    textured = rasters.write(tmp_path / "t.tif", rasters.textured(3, 300, 400), photometric="RGB")
+    assert convert(textured, tmp_path / "t.tif.out.tif", tmp_path / "t.jpg", 3).preview_uniform is None
