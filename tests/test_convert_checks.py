@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Callable

@@ -15,7 +15,7 @@ import pytest
 from cog_pipeline.transformations import jpeg
 from cog_pipeline.transformations.convert import convert
 from cog_pipeline.transformations.inputs import inspect_input
-from cog_pipeline.transformations.preview import plan_preview, preview_vrt
+from cog_pipeline.transformations.preview import plan_preview
 
 from . import rasters
 

@@ -83,11 +83,6 @@ class OsgeoBackend:
             georeferenced=bool(ds.GetProjection() or gt is not None or ds.GetGCPCount()),
         )
 
-    def palette(self, path: str) -> List[Tuple[int, int, int, int]]:
-        ds = self._open(path)
-        ct = ds.GetRasterBand(1).GetColorTable()
-        return [tuple(ct.GetColorEntry(i)) for i in range(ct.GetCount())] if ct else []
-
     def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]:
         gdal = self.gdal
         src_ds = self._open(src)

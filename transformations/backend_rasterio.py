@@ -109,11 +109,6 @@ class RasterioBackend:
                 georeferenced=bool(ds.crs or not ds.transform.is_identity or ds.gcps[0]),
             )
 
-    def palette(self, path: str) -> List[Tuple[int, int, int, int]]:
-        with self._open(path) as ds:
-            cmap = ds.colormap(1)
-            return [tuple(cmap[i]) for i in sorted(cmap)]
-
     def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]:
         import warnings  # noqa: PLC0415
 
