@@ -256,7 +256,9 @@ def _write_cog(info: RasterInfo, paths: _Paths, profile: Profile, threads: int, 
             text = fh.read()
         head = text.index(">") + 1
         _write_text(paths.source_vrt, text[:head] + slot_vrt_metadata(provenance) + text[head:])
-        with _gdal_config({"GDAL_NUM_THREADS": str(threads)}):
+        # The COG driver's temporary overview file is read once and deleted: uncompressed, it saves an LZW
+        # encode and decode of every overview pixel (0.39 -> 0.30 CPU-s at 2000² 3-band, one thread).
+        with _gdal_config({"GDAL_NUM_THREADS": str(threads), "COG_TMP_COMPRESSION": "NONE"}):
             be.create_copy("COG", paths.source_vrt, paths.tif, profile.creation_options(threads))
     except GdalFailure as exc:
         raise classify_write_failure(exc, info, out_dirs, "COG") from None
