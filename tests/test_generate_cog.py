@@ -679,3 +679,15 @@ def test_a_uniform_preview_is_reported(tmp_path: Path, value: int) -> None:
     assert proc.returncode == 0 and f"preview uniform (every sample {value})" in proc.stdout
     textured = rasters.write(tmp_path / "t.tif", rasters.textured(3, 300, 400), photometric="RGB")
     assert convert(textured, tmp_path / "t.tif.out.tif", tmp_path / "t.jpg", 3).preview_uniform is None
+
+
+def test_positionals_may_start_with_a_dash_after_double_dash(tmp_path: Path) -> None:
+    """Keys are user data: a file named `-x.tif` (and outputs like it) reach the converter after `--`, in a
+    folder of their own and relative to it, with characters a shell would interpret."""
+    data = rasters.textured(3, 64, 80)
+    rasters.write(tmp_path / "-in $x;'%é.tif", data, photometric="RGB")
+    proc = subprocess.run([sys.executable, str(EXECUTABLE), "--bands", "3", "--", "-in $x;'%é.tif", "-o.tif", "-o.jpg"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    np.testing.assert_array_equal(rasters.read(tmp_path / "-o.tif"), data)
+    assert jpeg_shape(tmp_path / "-o.jpg") == (3, 64, 80)

@@ -254,7 +254,7 @@ def _write_cog(info: RasterInfo, paths: _Paths, profile: Profile, threads: int, 
         be.create_copy("VRT", info.path, paths.source_vrt, {})
         with open(paths.source_vrt, encoding="utf-8") as fh:
             text = fh.read()
-        head = text.index(">") + 1
+        head = text.index(">", text.index("<VRTDataset")) + 1
         _write_text(paths.source_vrt, text[:head] + slot_vrt_metadata(provenance) + text[head:])
         # The COG driver's temporary overview file is read once and deleted: uncompressed, it saves an LZW
         # encode and decode of every overview pixel (0.39 -> 0.30 CPU-s at 2000² 3-band, one thread).
