@@ -92,3 +92,30 @@ def test_a_preview_over_the_pillow_share_is_written_by_the_driver(tmp_path: Path
     assert result.jpeg_method == "driver"
     np.testing.assert_allclose(rasters.read(tmp_path / "p.jpg").astype(float).mean(),
                                rasters.read(tmp_path / "o.jpg").astype(float).mean(), atol=1.0)
+
+
+@pytest.mark.parametrize("kind", ["alpha", "mask"])
+def test_numpy_composite_is_the_vrts_composite(tmp_path: Path, kind: str) -> None:
+    """The Pillow path composites onto black itself, from one read of the mask: the same bytes the VRT's
+    Float64 ``mul`` yields (every alpha value against every value, plus a real scene)."""
+    from cog_pipeline.transformations.backend import get_backend
+    from cog_pipeline.transformations.preview import composites_in_numpy, preview_vrt
+
+    if not jpeg.pillow_turbo():
+        pytest.skip("Pillow with libjpeg-turbo is not installed")
+    values, alphas = np.meshgrid(np.arange(256, dtype="uint8"), np.arange(256, dtype="uint8"))
+    data = np.stack([values, values[::-1], values.T, alphas])
+    if kind == "alpha":
+        src = rasters.write(tmp_path / "in.tif", data, photometric="RGB", alpha="YES")
+    else:
+        src = rasters.write(tmp_path / "in.tif", data[:3], photometric="RGB", mask=data[3] > 100)
+    info = inspect_input(str(src))
+    plan = plan_preview(info)
+    assert composites_in_numpy(plan)
+    (tmp_path / "derived.vrt").write_text(preview_vrt(info, plan))
+    (tmp_path / "alpha.vrt").write_text(preview_vrt(info, plan, alpha_band=True))
+    derived = get_backend().read(str(tmp_path / "derived.vrt"), [1, 2, 3])
+    assert derived.any() and (derived != get_backend().read(str(tmp_path / "alpha.vrt"), [1, 2, 3])).any()
+    jpeg._write_pillow(str(tmp_path / "derived.vrt"), str(tmp_path / "ref.jpg"), 3, 80)
+    jpeg._write_pillow(str(tmp_path / "alpha.vrt"), str(tmp_path / "o.jpg"), 3, 80, composite=True)
+    assert (tmp_path / "o.jpg").read_bytes() == (tmp_path / "ref.jpg").read_bytes()

@@ -20,7 +20,7 @@ from .exit_codes import ConversionError, ExitCode, GdalFailure
 from .failures import classify_write_failure, remove_outputs, temp_name
 from .inputs import inspect_input
 from .jpeg import choose_writer, write_preview
-from .preview import PreviewPlan, plan_preview, preview_vrt
+from .preview import PreviewPlan, composites_in_numpy, plan_preview, preview_vrt
 from .profile import DEFAULT, Profile, split, with_overrides
 from .provenance import PROVENANCE_DOMAIN, fill_slot, slot_vrt_metadata
 from .rasterinfo import RasterInfo
@@ -175,14 +175,15 @@ def convert(
     if not os.environ.get("GDAL_CACHEMAX"):  # GDAL's own option wins; else the budget sizes the cache
         be.set_cachemax(cache_cap_mb(budget_mb) << 20)
     cachemax_mb = be.get_cachemax() >> 20
+    writer = choose_writer(plan.width, plan.height, plan.band_count, budget_mb)
+    composite = writer == "pillow" and composites_in_numpy(plan)
     try:
-        _write_text(paths.preview_vrt, preview_vrt(info, plan))
+        _write_text(paths.preview_vrt, preview_vrt(info, plan, alpha_band=composite))
         t0 = time.perf_counter()
         _write_cog(info, paths, profile, threads, provenance, out_dirs)
         timings["cog"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        writer = choose_writer(plan.width, plan.height, plan.band_count, budget_mb)
-        jpeg_method = _write_jpeg(info, plan, paths, profile, writer, out_dirs)
+        jpeg_method = _write_jpeg(info, plan, paths, profile, writer, composite, out_dirs)
         timings["jpeg"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         _fill_provenance(paths.tif, provenance)
@@ -282,10 +283,10 @@ class _gdal_config:
 
 
 def _write_jpeg(info: RasterInfo, plan: PreviewPlan, paths: _Paths, profile: Profile, writer: str,
-                out_dirs: List[str]) -> str:
+                composite: bool, out_dirs: List[str]) -> str:
     try:
         method = write_preview(paths.preview_vrt, paths.jpg, paths.strips, plan.band_count, profile.jpeg_quality,
-                               writer)
+                               writer, composite)
     except GdalFailure as exc:
         raise classify_write_failure(exc, info, out_dirs, "JPEG") from None
     finally:

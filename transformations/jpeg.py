@@ -44,9 +44,11 @@ def choose_writer(width: int, height: int, bands: int, budget_mb: int) -> str:
     return "driver"
 
 
-def write_preview(vrt: str, jpg: str, strips_tif: str, bands: int, quality: int, writer: str) -> str:
+def write_preview(vrt: str, jpg: str, strips_tif: str, bands: int, quality: int, writer: str,
+                  composite: bool = False) -> str:
     """Write the preview with ``writer``; returns the writer used (strips that this libtiff did not lay out
-    as expected fall back to the driver: "driver (strips: <why>)")."""
+    as expected fall back to the driver: "driver (strips: <why>)"). ``composite``: the VRT's last band is the
+    mask to composite the others onto black with (Pillow only; preview.composites_in_numpy)."""
     if writer == "strips":
         try:
             write_streamed_jpeg(vrt, strips_tif, jpg, bands, quality)
@@ -55,17 +57,23 @@ def write_preview(vrt: str, jpg: str, strips_tif: str, bands: int, quality: int,
             get_backend().create_copy("JPEG", vrt, jpg, {"QUALITY": str(quality)})
             return f"driver (strips: {exc})"
     if writer == "pillow":
-        _write_pillow(vrt, jpg, bands, quality)
+        _write_pillow(vrt, jpg, bands, quality, composite)
         return "pillow"
     get_backend().create_copy("JPEG", vrt, jpg, {"QUALITY": str(quality)})
     return "driver"
 
 
-def _write_pillow(vrt: str, jpg: str, bands: int, quality: int) -> None:
+def _write_pillow(vrt: str, jpg: str, bands: int, quality: int, composite: bool = False) -> None:
     """libjpeg's defaults (4:2:0, ISLOW DCT) and optimised Huffman tables: what GDAL's driver asks for."""
     from PIL import Image  # noqa: PLC0415
 
-    planes = get_backend().read(vrt, list(range(1, bands + 1)))
+    planes = get_backend().read(vrt, list(range(1, bands + 1 + composite)))
+    if composite:  # round(value * alpha / 255), in 16 bits (65025 + 127 fits), band by band
+        import numpy as np  # noqa: PLC0415
+
+        alpha = planes[-1].astype(np.uint16)
+        planes = np.stack([((plane * alpha + 127) // 255).astype(np.uint8) for plane in planes[:-1]])
+        del alpha
     height, width = planes.shape[1:]
     layers = [Image.frombuffer("L", (width, height), plane, "raw", "L", 0, 1) for plane in planes]
     image = layers[0] if bands == 1 else Image.merge("RGB", layers)

@@ -108,8 +108,16 @@ def _source_xml(src: str, band: str, info: RasterInfo, plan: PreviewPlan, extra:
     )
 
 
-def preview_vrt(info: RasterInfo, plan: PreviewPlan) -> str:
-    """A VRT (XML text) that yields the 8-bit preview bands, streamed by GDAL line by line."""
+def composites_in_numpy(plan: PreviewPlan) -> bool:
+    """Whether a reader of the whole preview composites it onto black itself (jpeg.py, Pillow path): 8-bit bands
+    at full size, where ``round(value * alpha / 255)`` is exactly what the VRT's ``mul`` yields (the product is
+    never a tie), from one read of the mask instead of one per band through Float64."""
+    return plan.masked and plan.scale is None and plan.downsample == 1 and not plan.palette_expanded
+
+
+def preview_vrt(info: RasterInfo, plan: PreviewPlan, alpha_band: bool = False) -> str:
+    """A VRT (XML text) that yields the 8-bit preview bands, streamed by GDAL line by line; with ``alpha_band``
+    (see :func:`composites_in_numpy`) the bands as stored plus their mask as one last band instead."""
     src = os.path.abspath(info.path)
     out_bands = []
     names = ["Red", "Green", "Blue"] if plan.band_count == 3 else ["Gray"]
@@ -127,7 +135,7 @@ def preview_vrt(info: RasterInfo, plan: PreviewPlan) -> str:
                 ratio, offset = 0.0, (255.0 if plan.scale != (0.0, 0.0) else 0.0)
             extra += f"<ScaleOffset>{offset!r}</ScaleOffset><ScaleRatio>{ratio!r}</ScaleRatio>"
         value = _source_xml(src, str(b), info, plan, extra, complex_=bool(extra))
-        if plan.masked:
+        if plan.masked and not alpha_band:
             mask = _source_xml(
                 src, f"mask,{b}", info, plan, "<ScaleOffset>0</ScaleOffset><ScaleRatio>0.00392156862745098</ScaleRatio>"
             )
@@ -141,5 +149,9 @@ def preview_vrt(info: RasterInfo, plan: PreviewPlan) -> str:
                 f'<VRTRasterBand dataType="Byte" band="{k + 1}"><ColorInterp>{names[k]}</ColorInterp>'
                 f"{value}</VRTRasterBand>"
             )
+    if alpha_band:
+        mask = _source_xml(src, f"mask,{plan.bands[0]}", info, plan, complex_=False)
+        out_bands.append(f'<VRTRasterBand dataType="Byte" band="{plan.band_count + 1}"><ColorInterp>Alpha</ColorInterp>'
+                         f"{mask}</VRTRasterBand>")
     return f'<VRTDataset rasterXSize="{plan.width}" rasterYSize="{plan.height}">' + "".join(out_bands) + "</VRTDataset>"
 
