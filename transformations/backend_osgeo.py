@@ -139,19 +139,19 @@ class OsgeoBackend:
         return sums, msums
 
     def decode_check(self, path: str) -> Tuple[List[str], Tuple[float, float]]:
-        """Decode every band at its smallest overview (a JPEG's 1/8 scale still entropy-decodes every block):
-        (GDAL's messages, where libjpeg's corrupt-data warnings appear; (min, max) of the decoded samples)."""
+        """Decode every band at its smallest overview (a JPEG's 1/8 scale still entropy-decodes every block), in
+        C without numpy: (GDAL's messages, where libjpeg's corrupt-data warnings appear; (min, max))."""
         ds = self._open(path)  # kept referenced: a band outliving its dataset crashes the bindings
         lo, hi, messages = 255.0, 0.0, []
         for b in range(1, ds.RasterCount + 1):
             band = ds.GetRasterBand(b)
             n = band.GetOverviewCount()
             target = band.GetOverview(n - 1) if n else band
-            arr, msgs = self._call(target.ReadAsArray)
-            if arr is None:
+            value_range, msgs = self._call(lambda target=target: target.ComputeRasterMinMax(False))
+            if value_range is None:
                 raise GdalFailure.after(msgs, f"cannot decode {path}")
             messages += msgs
-            lo, hi = min(lo, float(arr.min())), max(hi, float(arr.max()))
+            lo, hi = min(lo, value_range[0]), max(hi, value_range[1])
             del target, band
         return messages, (lo, hi)
 
