@@ -15,7 +15,7 @@ import click
 
 from .crondor.commands import crondor
 from .operator_cli import provenance_cmd, report_cmd
-from .options import EXIT_ERROR, bucket_options, check_scan_args, handle_errors, output_options, store_config, store_options, workflow_options
+from .options import EXIT_ERROR, bucket_options, check_scan_args, handle_errors, output_options, profile_option, store_config, store_options, workflow_options
 from .store import StoreConfig
 from .config import workflow_settings_kwargs
 from .config_cli import config_group, config_option, effective_config, resource_options
@@ -38,6 +38,7 @@ def main() -> None:
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where workflow-run-<TS>/ directories are kept.")
 @click.option("--engine", type=click.Choice(["local", "pegasus"]), default="local", show_default=True, help="local: run the workflow here with a process pool; pegasus: pegasus-plan onto HTCondor.")
 @workflow_options
+@profile_option
 @config_option
 @resource_options
 @click.option("--workers", type=click.IntRange(min=1), help="local engine: worker processes (default: one per CPU).")

@@ -72,8 +72,14 @@ def workflow_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-m", "--max-running", type=click.IntRange(min=1), help="Most conversion jobs running at once per workflow (DAGMan maxjobs; default 10000)."),
         click.option("--retries", type=click.IntRange(min=0), help="Retries per job (default 3)."),
         click.option("--cluster-size", type=click.IntRange(min=1), help="pegasus: cluster N images per HTCondor job."),
-        click.option("--profile", multiple=True, metavar="NAME=VALUE", help="Override a conversion profile setting (compress, predictor, blocksize, overview_resampling, jpeg_quality, preview_bands); repeatable."),
     ])
+
+
+#: scan only: the Crondor's ticks take the conversion profile from the [profile] table of their --config file
+profile_option = click.option(
+    "--profile", multiple=True, metavar="NAME=VALUE",
+    help="Override a conversion profile setting (compress, predictor, blocksize, overview_resampling, jpeg_quality, "
+         "preview_bands); repeatable; on top of the --config file's [profile].")
 
 
 def store_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -97,3 +97,27 @@ def test_toml_profile_and_flags_reach_the_workflows_converter_environment(tmp_pa
     toml.write_text('[profile]\njpeg_quality = 900\n')
     with pytest.raises(ConfigError, match="jpeg_quality"):
         load_config(toml)
+
+
+def test_scan_profile_flag_converts_every_row_with_it(tmp_path: Path) -> None:
+    """`cog-pipeline scan --profile compress=DEFLATE` on folder buckets, the local engine: the COG is DEFLATE and
+    its provenance says so; a bad value is one usage line and claims nothing."""
+    import os
+
+    root = tmp_path / "buckets"
+    data = rasters.textured(3, 200, 240)
+    rasters.write(root / "in" / "a b.tif", data, photometric="RGB")
+    (root / "in" / "t_raw.csv").write_text("a b.tif,3\n")
+    (root / "out").mkdir()
+    base = [sys.executable, "-m", "cog_pipeline", "scan", "--input-bucket", "in", "--output-bucket", "out",
+            "--local-root", str(root), "-w", str(tmp_path / "work"), "--quiet"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COG_PIPELINE_")}
+    bad = subprocess.run([*base, "--profile", "jpeg_quality=0"], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "jpeg_quality" in bad.stderr and (root / "in" / "t_raw.csv").exists()
+    proc = subprocess.run([*base, "--profile", "compress=DEFLATE"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with rasters.open_(root / "out" / "a b.tif") as ds:
+        assert ds.compression.name.upper() == "DEFLATE"
+        assert ds.tags(ns="COG_PIPELINE")["PROFILE_COMPRESS"] == "DEFLATE"
+    np.testing.assert_array_equal(rasters.read(root / "out" / "a b.tif"), data)
