@@ -1,4 +1,4 @@
-"""transformations/generate_cog: real GDAL on real and generated rasters."""
+"""generate_cog (the zipapp built from transformations/): real GDAL on real and generated rasters."""
 
 from __future__ import annotations
 
