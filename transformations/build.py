@@ -48,6 +48,18 @@ def sources_hash() -> str:
     return digest.hexdigest()
 
 
+def _bytecode(module: Path) -> bytes:
+    """The module compiled as an unchecked hash-based .pyc (no timestamp: reproducible). zipimport never writes
+    bytecode, so without it every process compiles every module again (~50 ms); an interpreter of another
+    version ignores it (magic number) and compiles the source beside it."""
+    import importlib.util
+    from importlib._bootstrap_external import _code_to_hash_pyc
+
+    source = module.read_bytes()
+    code = compile(source, f"{ARCHIVE_PACKAGE}/{module.name}", "exec", dont_inherit=True)
+    return bytes(_code_to_hash_pyc(code, importlib.util.source_hash(source), checked=False))
+
+
 def build_zipapp(dest_dir: Path) -> Path:
     """Write the executable zipapp ``dest_dir/generate_cog`` (mode 0755, shebang ``/usr/bin/env python3``);
     returns its path. Written beside it and renamed into place, so a running job never sees half a file."""
@@ -59,7 +71,9 @@ def build_zipapp(dest_dir: Path) -> Path:
             fh.write(f"#!{INTERPRETER}\n".encode())
             with zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
                 entries = [("__main__.py", _MAIN.encode())]
-                entries += [(f"{ARCHIVE_PACKAGE}/{m.name}", m.read_bytes()) for m in converter_modules()]
+                for m in converter_modules():
+                    entries += [(f"{ARCHIVE_PACKAGE}/{m.name}", m.read_bytes()),
+                                (f"{ARCHIVE_PACKAGE}/{m.name}c", _bytecode(m))]
                 for name, data in entries:
                     info = zipfile.ZipInfo(name, date_time=_DATE)
                     info.external_attr = 0o644 << 16
