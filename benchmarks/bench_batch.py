@@ -13,8 +13,13 @@ would run it, in alternating order within each round:
   skilled       the best two gdal_translate commands: COG with PREDICTOR=2 NUM_THREADS=ALL_CPUS, and the
                 JPEG from the source at the same time; image after image
   skilled-xargs the skilled pair, `xargs -P <cores>`
-  convert       (not by default) transformations/generate_cog per image under the venv, no engine:
-                separates the engine's cost from the converter's
+  convert       (not by default) the generate_cog zipapp (built from transformations/) per image under the
+                venv, no engine: separates the engine's cost from the converter's
+  convert-sys   the same zipapp under /usr/bin/python3 and Debian's GDAL (the worker container's stand-in):
+                one cold process per image, as an unclustered Pegasus job runs it
+  main-scan, main-convert-sys
+                the same as scan and convert-sys for another checkout (--baseline, default /work/main: its own
+                .venv and its committed or built zipapp), measured side by side in the same rounds
 
 Each contender runs under a small launcher (`/usr/bin/time -f %M`, forked from this process), so its
 peak RSS is the largest of its own processes (wait4 reports the maximum over reaped descendants:
@@ -28,6 +33,8 @@ times at each size; the xargs contenders are left out there (with one core they 
     .venv/bin/python benchmarks/bench_batch.py --count 24 --sizes 2500 --bands 4 --rounds 3
     .venv/bin/python benchmarks/bench_batch.py --one-cpu --count 4 --sizes 1000 2500 5000 [--with-10000]
     .venv/bin/python benchmarks/bench_batch.py ... --compress none lzw --json results.json
+    .venv/bin/python benchmarks/bench_batch.py --count 12 --sizes 2000 --bands 4 --alpha no yes \
+        --contenders scan main-scan orig-xargs          # RGB+NIR and RGBA, against today's main
 """
 
 from __future__ import annotations
@@ -55,8 +62,9 @@ import bench_convert  # noqa: E402  (the original tool's commands live there)
 
 VENV_BIN = Path(sys.executable).parent
 COG_PIPELINE = VENV_BIN / "cog-pipeline"
-GENERATE_COG = REPO / "transformations" / "generate_cog"
-ALL_CONTENDERS = ["scan", "orig-seq", "orig-xargs", "skilled", "skilled-xargs", "convert"]
+SYSTEM_PYTHON = "/usr/bin/python3"
+ALL_CONTENDERS = ["scan", "orig-seq", "orig-xargs", "skilled", "skilled-xargs", "convert", "convert-sys",
+                  "main-scan", "main-convert-sys"]
 DEFAULT_CONTENDERS = ALL_CONTENDERS[:5]
 ORIGINALS = ["orig-seq", "orig-xargs"]
 BENCH_START = time.monotonic()
@@ -119,11 +127,27 @@ def _xargs(work: Path, jobs: list[str], cores: int) -> str:
     return f"xargs -P {cores} -n 1 -d '\\n' sh < {shlex.quote(str(listing))}\n"
 
 
+def converter_of(checkout: Path, scratch: Path) -> Path:
+    """A checkout's generate_cog: built from its transformations/ where it has build_zipapp, else its committed file."""
+    committed = checkout / "transformations" / "generate_cog"
+    if (checkout / "transformations" / "build.py").read_text().find("def build_zipapp") < 0:
+        return committed
+    out = scratch / f"zipapp-{checkout.name}"
+    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                    "from transformations.build import build_zipapp; build_zipapp(sys.argv[2])",
+                    str(checkout), str(out)], check=True)
+    return out / "generate_cog"
+
+
+BASELINE = Path("/work/main")
+CONVERTERS: dict[str, Path] = {}  # "self" and "main": set up once in main()
+
+
 def make_plan(name: str, work: Path, inputs: Path, bands: int, cores: int) -> Plan:
     """Set up (untimed) everything one contender needs in the fresh folder `work`."""
     imgs = batch_inputs.images(inputs)
     n = len(imgs)
-    if name == "scan":
+    if name in ("scan", "main-scan"):
         root = work / "buckets"
         for key, path in imgs:
             dest = root / "in" / key
@@ -132,7 +156,8 @@ def make_plan(name: str, work: Path, inputs: Path, bands: int, cores: int) -> Pl
         (root / "in" / batch_inputs.KEY_PREFIX / "bench_raw.csv").write_bytes((inputs / "manifest.csv").read_bytes())
         (root / "out").mkdir()
         (work / "runs").mkdir()
-        cmd = [str(COG_PIPELINE), "scan", "--input-bucket", "in", "--output-bucket", "out",
+        exe = COG_PIPELINE if name == "scan" else BASELINE / ".venv" / "bin" / "cog-pipeline"
+        cmd = [str(exe), "scan", "--input-bucket", "in", "--output-bucket", "out",
                "--local-root", str(root), "-w", str(work / "runs"), "--engine", "local"]
 
         def check() -> None:
@@ -148,8 +173,10 @@ def make_plan(name: str, work: Path, inputs: Path, bands: int, cores: int) -> Pl
         jobs = ["".join(shlex.join(c) + "\n" for c in original_commands(p, bands, d)) for (_, p), d in zip(imgs, dirs)]
     elif name in ("skilled", "skilled-xargs"):
         jobs = [skilled_script(p, bands, d) for (_, p), d in zip(imgs, dirs)]
-    elif name == "convert":
-        jobs = [shlex.join([sys.executable, str(GENERATE_COG), str(p), str(d / "x.tif"), str(d / "x.jpg"),
+    elif name in ("convert", "convert-sys", "main-convert-sys"):
+        python = sys.executable if name == "convert" else SYSTEM_PYTHON
+        exe = CONVERTERS["main" if name.startswith("main-") else "self"]
+        jobs = [shlex.join([python, str(exe), str(p), str(d / "x.tif"), str(d / "x.jpg"),
                             "--bands", str(bands)]) + "\n" for (_, p), d in zip(imgs, dirs)]
     else:
         raise SystemExit(f"unknown contender {name!r}")
@@ -242,8 +269,9 @@ def print_table(title: str, n: int, summary: dict[str, dict], rat: dict[str, dic
           "Peak RSS: largest single process, median over rounds.")
 
 
-def run_config(args, contenders: list[str], size: int, bands: int, compress: str, cores: int, scratch: Path) -> dict:
-    inputs = batch_inputs.input_set(args.count, size, bands, compress, args.gray_source, args.cache)
+def run_config(args, contenders: list[str], size: int, bands: int, compress: str, cores: int, scratch: Path,
+               alpha: bool = False) -> dict:
+    inputs = batch_inputs.input_set(args.count, size, bands, compress, args.gray_source, args.cache, alpha)
     for _, path in batch_inputs.images(inputs):  # same warm page cache for every contender
         with open(path, "rb") as fh:
             while fh.read(1 << 24):
@@ -259,15 +287,17 @@ def run_config(args, contenders: list[str], size: int, bands: int, compress: str
         for name in order:
             r = run_one(name, inputs, bands, cores, args.one_cpu, scratch)
             runs[name].append(r)
-            print(f"  {size}² {bands}b {compress} round {rnd + 1} {name:<14} {r['wall']:7.2f}s wall {r['cpu']:7.2f} CPU-s "
+            print(f"  {size}² {bands}b{'+alpha' if alpha else ''} {compress} round {rnd + 1} {name:<14} {r['wall']:7.2f}s wall {r['cpu']:7.2f} CPU-s "
                   f"{r['rss_mib']:6.0f} MiB {r['bytes_out'] / 1e6:8.1f} MB out  (load {r['load1']:.2f})", flush=True)
     rounds_done = len(runs[contenders[-1]])
     runs = {c: r[:rounds_done] for c, r in runs.items()}  # only complete rounds
     summary = {c: summarise(runs[c], args.count) for c in contenders}
     rat = ratios(summary)
     mode = "one CPU (taskset -c 0, GDAL_NUM_THREADS=1)" if args.one_cpu else f"{cores} cores"
-    print_table(f"{size}x{size} {bands}-band uint8, {compress} input, {mode}", args.count, summary, rat, rounds_done)
-    return {"size": size, "rounds": rounds_done, "bands": bands, "compress": compress, "count": args.count, "inputs": str(inputs),
+    kind = f"{bands}-band uint8" + (" (last band alpha)" if alpha else "")
+    print_table(f"{size}x{size} {kind}, {compress} input, {mode}", args.count, summary, rat, rounds_done)
+    return {"size": size, "rounds": rounds_done, "bands": bands, "alpha": alpha, "compress": compress,
+            "count": args.count, "inputs": str(inputs),
             "runs": runs, "summary": summary, "ratios": rat}
 
 
@@ -291,7 +321,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", default=None,
                    help="image sizes in px (default: 2500; with --one-cpu: 1000 2500 5000)")
     p.add_argument("--with-10000", action="store_true", help="also 10000x10000")
-    p.add_argument("--bands", type=int, nargs="+", default=[4], choices=[1, 3, 4])
+    p.add_argument("--bands", type=int, nargs="+", default=[4], choices=[1, 2, 3, 4])
+    p.add_argument("--alpha", nargs="+", default=["no"], choices=["no", "yes"],
+                   help="the last band an alpha band (2 and 4 bands only): no, yes or both")
+    p.add_argument("--baseline", type=Path, default=BASELINE, help="the checkout main-* contenders run (its .venv)")
     p.add_argument("--compress", nargs="+", default=["none"], choices=["none", "lzw"], help="input compression(s)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--contenders", nargs="+", default=None, choices=ALL_CONTENDERS,
@@ -338,13 +371,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{info['cpus']} CPUs; system {info['system_gdal']}; venv GDAL {info['venv_gdal']}; {info['uptime']}", flush=True)
     print(f"project bytecode: {info['bytecode']}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="cog-bench-run-", dir=args.scratch))
+    global BASELINE
+    BASELINE = args.baseline
+    CONVERTERS.update(self=converter_of(REPO, scratch), main=converter_of(BASELINE, scratch))
     started = time.monotonic()
     configs = []
     try:
         for compress in args.compress:
             for bands in args.bands:
-                for size in sizes:
-                    configs.append(run_config(args, contenders, size, bands, compress, cores, scratch))
+                for alpha in args.alpha:
+                    if alpha == "yes" and bands not in (2, 4):
+                        continue
+                    for size in sizes:
+                        configs.append(run_config(args, contenders, size, bands, compress, cores, scratch,
+                                                  alpha == "yes"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     info["uptime_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

@@ -14,8 +14,8 @@ and on the SAME GDAL build:
 /usr/bin/python3 with osgeo.gdal: the stock-container stand-in). --gdal rasterio: both on the
 GDAL bundled with rasterio (the original steps through rasterio.shutil.copy, which is the same
 GDALCreateCopy call gdal_translate makes, with a band-subset VRT for -b 1 -b 2 -b 3); ours there converts on
-the venv's default backend, libgdal (rasterio's library through GDAL's C API), or on rasterio's Python API
-with BENCH_VENV_BACKEND=rasterio.
+the venv's binding, rasterio's. "ours" is the zipapp built from transformations/ (or --ours FILE, e.g. another
+checkout's converter).
 
 Each contender runs as its own process; wall time, CPU time (user+sys) and peak RSS come from
 wait4(). Rounds alternate original/ours; the table shows the median per contender. Prints
@@ -42,7 +42,6 @@ REPO = Path(__file__).resolve().parent.parent
 #: Inputs are cached outside the repository (a 40000x40000 4-band input is several GB).
 DATA = Path(os.environ.get("COG_BENCH_DATA", "/tmp/cog-bench-data"))
 TESTDATA = REPO.parent / "shared" / "testdata" / "rasterio"
-GENERATE_COG = REPO / "transformations" / "generate_cog"
 VENV_PYTHON = sys.executable
 
 
@@ -167,15 +166,18 @@ def _band_subset_vrt(path: Path, src_bands: list[int]) -> str:
     return f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}">{bands}</VRTDataset>'
 
 
-def ours(gdal: str, src: Path, bands: int, out: Path, extra: list[str], exe: Path = GENERATE_COG) -> dict:
+def built_converter() -> Path:
+    """The zipapp of this checkout's transformations/, built into a temporary folder."""
+    sys.path.insert(0, str(REPO))
+    from transformations.build import build_zipapp
+
+    return build_zipapp(Path(tempfile.mkdtemp(prefix="generate_cog-bench-")))
+
+
+def ours(gdal: str, src: Path, bands: int, out: Path, extra: list[str], exe: Path) -> dict:
     cog, jpg = out / "ours.tif", out / "ours.jpg"
-    env = dict(os.environ)
-    if gdal == "system":
-        cmd = ["/usr/bin/python3", str(exe)]
-        env["COG_PIPELINE_GDAL_BACKEND"] = "osgeo"
-    else:
-        cmd = [VENV_PYTHON, str(exe)]
-        env["COG_PIPELINE_GDAL_BACKEND"] = os.environ.get("BENCH_VENV_BACKEND", "libgdal")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COG_PIPELINE_")}
+    cmd = ["/usr/bin/python3" if gdal == "system" else VENV_PYTHON, str(exe)]
     r = run_measured(cmd + [str(src), str(cog), str(jpg), "--bands", str(bands), *extra], env=env)
     r.update(cog=cog, jpg=jpg, steps="")
     return r
@@ -210,13 +212,14 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--gdal", choices=["system", "rasterio"], default="system")
     p.add_argument("--workdir", type=Path, default=None, help="where outputs go (default: a temp dir beside the data)")
-    p.add_argument("--ours", type=Path, default=GENERATE_COG, help="the converter to time (default: transformations/generate_cog)")
+    p.add_argument("--ours", type=Path, default=None, help="the converter to time (default: the zipapp built from transformations/)")
     p.add_argument("--compress", choices=["none", "lzw"], default="none", help="input compression")
     p.add_argument("--one-cpu", action="store_true", help="taskset -c 0 and GDAL_NUM_THREADS=1 for every contender")
     p.add_argument("--skip-original", action="store_true", help="time only ours (e.g. once at 40000x40000)")
     p.add_argument("ours_args", nargs="*", help="extra generate_cog options after --, e.g. -- --threads 2")
     args = p.parse_args()
     ONE_CPU["on"] = args.one_cpu
+    args.ours = args.ours or built_converter()
 
     print(f"GDAL build for both contenders: {gdal_version(args.gdal)} ({args.gdal}); "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")

@@ -17,7 +17,7 @@ import click
 
 from .crondor.commands import crondor
 from .operator_cli import provenance_cmd, report_cmd
-from .options import EXIT_ERROR, bucket_options, fail, check_scan_args, handle_errors, output_options, profile_option, store_config, store_options, workflow_options
+from .options import EXIT_ERROR, bucket_options, check_scan_args, cog_profile_option, fail, handle_errors, output_options, profile_option, store_config, store_options, workflow_options
 from .store import StoreConfig
 from .config import workflow_settings_kwargs
 from .errors import one_line, os_error_line
@@ -43,6 +43,7 @@ def main() -> None:
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where workflow-run-<TS>/ directories are kept.")
 @click.option("--engine", type=click.Choice(["local", "pegasus"]), default="local", show_default=True, help="local: run the workflow here with a process pool; pegasus: pegasus-plan onto HTCondor.")
 @workflow_options
+@cog_profile_option
 @config_option
 @resource_options
 @click.option("--workers", type=click.IntRange(min=1), help="local engine: worker processes (default: one per CPU).")

@@ -51,6 +51,10 @@ every one with a default, so an empty file (or none) is the documented default c
     webhook_url = ""         # POSTed the tick's JSON line
     prometheus_textfile = "" # counts for node_exporter's textfile collector
 
+    [profile]                # the conversion profile, by name (transformations/profile.py)
+    compress = "LZW"
+    jpeg_quality = 80
+
     [pegasus.properties]     # extra properties, written as given
     "pegasus.mode" = "production"
 
@@ -175,6 +179,8 @@ class PipelineConfig:
     condor_profiles: dict[str, str] = field(default_factory=dict)
     # [manifests."<glob>"]: [resources] for the manifests whose key matches the glob (the first match wins)
     manifests: dict[str, Resources] = field(default_factory=dict)
+    #: conversion profile overrides by name (transformations/profile.py); flags: --cog-profile NAME=VALUE
+    profile: dict[str, str] = field(default_factory=dict)
     source: str | None = None  # the file it was read from (None: defaults only)
 
     def resources_for(self, manifest_key: str) -> Resources:
@@ -269,6 +275,15 @@ def _validate(config: PipelineConfig) -> None:
         raise ConfigError(f"backoff.max_s ({config.backoff.max_s}) must be >= backoff.base_s ({config.backoff.base_s})")
 
 
+def _check_profile(profile: dict[str, str]) -> None:
+    from .transformations.profile import with_overrides
+
+    try:
+        with_overrides(f"{k}={v}" for k, v in profile.items())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def load_config(path: Path | str | None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """The effective configuration: defaults, then the TOML file at `path`, then `overrides` (CLI flags).
 
@@ -285,11 +300,11 @@ def load_config(path: Path | str | None, overrides: dict[str, Any] | None = None
             raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    unknown = set(doc) - set(_SECTION_TYPES) - {"pegasus", "condor", "manifests"}
+    unknown = set(doc) - set(_SECTION_TYPES) - {"pegasus", "condor", "manifests", "profile"}
     if unknown:
-        raise ConfigError(f"unknown section [{sorted(unknown)[0]}] (known: {', '.join([*_SECTION_TYPES, 'pegasus.properties', 'condor.profiles', 'manifests'])})")
+        raise ConfigError(f"unknown section [{sorted(unknown)[0]}] (known: {', '.join([*_SECTION_TYPES, 'pegasus.properties', 'condor.profiles', 'manifests', 'profile'])})")
     for dotted in overrides:
-        if dotted.partition(".")[0] not in _SECTION_TYPES:
+        if dotted.partition(".")[0] not in (*_SECTION_TYPES, "profile"):
             raise ConfigError(f"{dotted} is not a setting")
     sections = {name: _section(name, doc.get(name, {}), overrides) for name in _SECTION_TYPES}
     extras = {}
@@ -303,7 +318,11 @@ def load_config(path: Path | str | None, overrides: dict[str, Any] | None = None
         raise ConfigError('[manifests] holds one table per manifest glob: [manifests."Counties/Big/*"]')
     base = dataclasses.asdict(sections["resources"])
     per_manifest = {glob: _section("resources", {**base, **table}, {}) for glob, table in manifests.items()}
-    config = PipelineConfig(**sections, **extras, manifests=per_manifest, source=str(path) if path is not None else None)
+    profile = _string_table("profile", doc.get("profile", {}))
+    profile.update({k.partition(".")[2]: str(v) for k, v in overrides.items() if k.startswith("profile.")})
+    _check_profile(profile)
+    config = PipelineConfig(**sections, **extras, manifests=per_manifest, profile=profile,
+                            source=str(path) if path is not None else None)
     _validate(config)
     return config
 
@@ -321,7 +340,8 @@ def show(config: PipelineConfig) -> str:
             if (name, f.name) == ("notify", "webhook_url") and value:
                 value = "<set, hidden>"  # a webhook URL often carries its token
             lines.append(f"{name}.{f.name} = {value!r}")
-    for label, table in (("pegasus.properties", config.pegasus_properties), ("condor.profiles", config.condor_profiles)):
+    for label, table in (("pegasus.properties", config.pegasus_properties), ("condor.profiles", config.condor_profiles),
+                         ("profile", config.profile)):
         for key, value in sorted(table.items()):
             lines.append(f"{label}.{key} = {_masked(key, value)!r}")
     for glob, res in config.manifests.items():
@@ -342,6 +362,7 @@ def workflow_settings_kwargs(config: PipelineConfig) -> dict[str, Any]:
         "backoff_max": config.backoff.max_s,
         "backoff_releases": config.backoff.releases,
         "cluster_size": config.clustering.size or None,
+        "profile": tuple(f"{k}={v}" for k, v in config.profile.items()),
         "s3_site": config.s3.site,
         "identity": config.s3.identity,
         "container_image": config.container_image,
@@ -426,4 +447,7 @@ def overrides_from_flags(flags: dict[str, Any]) -> dict[str, Any]:
         overrides["container.enabled"] = False
     if flags.get("no_container"):
         overrides["container.enabled"] = False
+    for item in flags.get("cog_profile") or ():
+        name, _, value = str(item).partition("=")
+        overrides[f"profile.{name.strip().lower()}"] = value.strip()
     return overrides

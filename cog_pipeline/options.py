@@ -91,6 +91,13 @@ def workflow_options(func: Callable[..., Any]) -> Callable[..., Any]:
     ])
 
 
+#: scan only: the Crondor's ticks take the conversion profile from the [profile] table of their --config file
+cog_profile_option = click.option(
+    "--cog-profile", "cog_profile", multiple=True, metavar="NAME=VALUE",
+    help="Override a conversion profile setting (compress, predictor, blocksize, overview_resampling, jpeg_quality, "
+         "preview_bands); repeatable; on top of the --config file's [profile].")
+
+
 def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by every command that reaches buckets."""
     options = [

@@ -125,20 +125,18 @@ def converter_version(converter: Path) -> str:
     return f"cog-pipeline {package}, {Path(converter).name} {digest}"
 
 
-def converter_creation_options() -> dict[str, str]:
-    """The COG creation options every conversion uses (from the converter's own table; the thread count varies
-    per worker and is left out) and the JPEG preview's quality."""
-    from types import SimpleNamespace
+def converter_creation_options(profile_overrides: tuple[str, ...] = ()) -> dict[str, str]:
+    """The COG creation options of the run's profile (transformations/profile.py; the thread count varies per
+    worker and is left out) and the JPEG preview's quality."""
+    from .transformations.profile import with_overrides
 
-    from .transformations.cog import cog_options
-    from .transformations.settings import JPEG_QUALITY
-
-    options = {k: v for k, v in cog_options(SimpleNamespace(overview_sizes=[]), 1, None).items() if k != "NUM_THREADS"}  # type: ignore[arg-type]
-    return options | {"JPEG_QUALITY": str(JPEG_QUALITY)}
+    profile = with_overrides(profile_overrides)
+    options = {k: v for k, v in profile.creation_options(1).items() if k != "NUM_THREADS"}
+    return options | {"JPEG_QUALITY": str(profile.jpeg_quality)}
 
 
 def job_metadata_encoder(*, source_bucket: str, listed: dict[str, ObjectInfo], manifest_key: str, run_id: str,
-                         converter: Path) -> Callable[[str], str]:
+                         converter: Path, profile: tuple[str, ...] = ()) -> Callable[[str], str]:
     """key -> the encoded `--metadata-b64` value for that input, from the pre-flight listing's ETag and size.
 
     GDAL_VERSION and CREATED_UTC are left to the converter: it knows the GDAL it converted with (the
@@ -146,7 +144,7 @@ def job_metadata_encoder(*, source_bucket: str, listed: dict[str, ObjectInfo], m
     """
     base = provenance_metadata(source_bucket=source_bucket, source_key="", source_etag="", source_size=0,
                                manifest_key=manifest_key, run_id=run_id, converter_version=converter_version(converter),
-                               creation_options=converter_creation_options(), gdal_version="")
+                               creation_options=converter_creation_options(profile), gdal_version="")
     for name in ("GDAL_VERSION", "CREATED_UTC", "SOURCE_KEY", "SOURCE_ETAG", "SOURCE_SIZE"):
         del base[name]
     # 100,000 jobs: encode the run-wide part once. JSON allows spaces before a comma, so the head is padded to a

@@ -53,7 +53,8 @@ Where things are
       ``sharedStorage`` file server URL is the OUTPUT bucket root (``s3://<identity>@storage/<output-bucket>``
       or ``file://<local_root>/<output-bucket>``); an output lands at ``<url> + "/" + <LFN>``.
     * Converter: ``transformations.yml`` transformation ``generate_cog``, site ``local``, ``pfn`` = absolute
-      path of ``transformations/generate_cog`` (stageable; run inside the GDAL container on the pool).
+      path of the ``generate_cog`` zipapp built from ``transformations/`` into the cache (stageable; run inside
+      the GDAL container on the pool).
     * Reconcile: workflow-level shell hook on ``end`` (``hooks.shell[0].cmd``). Pegasus has no FINAL node and a
       job whose parents failed never runs, so reconcile is not a job: pegasus-monitord runs END hooks on the
       submit host when the workflow ends, and the local engine runs them after all jobs, whatever their outcome.
@@ -91,7 +92,6 @@ from typing import Any
 
 import yaml
 
-import cog_pipeline.transformations
 from cog_pipeline import rundir as rundir_mod
 from cog_pipeline.engines.base import NOT_RETRIED, end_hook_command, job_id_of
 from cog_pipeline.engines.pegasus.plan import COMPUTE_SITE, default_plan_args
@@ -132,8 +132,10 @@ _PLACEHOLDER = re.compile(r"\$\{(COG_[A-Z0-9_]+)\}")
 
 
 def default_converter() -> Path:
-    # Not resolve(): the PFN must name the executable `generate_cog`, not the module file it links to.
-    return Path(cog_pipeline.transformations.__file__).parent.resolve() / "generate_cog"
+    """The converter zipapp of the installed sources, built on first use into the cache (transformations/build.py)."""
+    from cog_pipeline.transformations.build import cached_zipapp
+
+    return cached_zipapp()
 
 
 @dataclass
@@ -152,6 +154,7 @@ class WorkflowSettings:
     # glob on the manifest key -> its own cpus/memory/disk/wall-time (the config's [manifests."<glob>"])
     manifest_resources: dict[str, dict[str, int]] = field(default_factory=dict)
     cluster_size: int | None = None  # --cluster-size N: pegasus clusters.size, plan with --cluster horizontal
+    profile: tuple[str, ...] = ()  # conversion profile overrides, NAME=VALUE (transformations/profile.py)
     s3_site: str = "storage"  # name of the object-store site (replicas and output site)
     identity: str = "cog"  # user part of s3://<identity>@<site>/...; section [<identity>@<site>] in credentials
     container_image: str = DEFAULT_IMAGE  # "" runs the converter without a container
@@ -437,6 +440,8 @@ def build_transformation_catalog(settings: WorkflowSettings):
     tr.add_sites(TransformationSite("local", str(settings.converter), is_stageable=False))
     # The file wins over the manifest's band count: converted, verified, job succeeds, mismatch reported.
     tr.add_env(COG_PIPELINE_BAND_MISMATCH="warn")
+    if settings.profile:
+        tr.add_env(COG_PIPELINE_PROFILE=",".join(settings.profile))
     if settings.cluster_size:
         tr.add_pegasus_profile(clusters_size=settings.cluster_size)
     tc.add_transformations(tr)
@@ -778,7 +783,8 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     hook = settings.reconcile_command or default_reconcile_command(run_dir)
     metadata = {"run": info.timestamp, "manifest_key": info.manifest_key, "input_bucket": info.input_bucket, "output_bucket": info.output_bucket}
     provenance = job_metadata_encoder(source_bucket=info.input_bucket, listed=listed, manifest_key=info.manifest_key,
-                                      run_id=info.timestamp, converter=settings.converter) if settings.provenance else None
+                                      run_id=info.timestamp, converter=settings.converter,
+                                      profile=settings.profile) if settings.provenance else None
     write_workflow(files[RunDir.WORKFLOW], rows, settings, f"cog-{info.timestamp}", hook, metadata, provenance, sizes)
 
     credentials = None if local_mode else _write_credentials(run_dir, settings, config)

@@ -1,7 +1,7 @@
 """Shared by the converter's tests: the zipapp built from the current sources, and the stock-container stand-in.
 
 Every test that runs ``generate_cog`` as a process runs this fresh build (not the committed file),
-so it tests the modules as they are; test_convert_build.py checks the committed file matches it."""
+so it tests the modules as they are."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from cog_pipeline.transformations.build import build_executable
+from cog_pipeline.transformations.build import build_zipapp
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 _BUILD_DIR = Path(tempfile.mkdtemp(prefix="generate_cog-test-"))
 atexit.register(shutil.rmtree, _BUILD_DIR, True)
-EXECUTABLE = build_executable(_BUILD_DIR / "generate_cog")
+EXECUTABLE = build_zipapp(_BUILD_DIR)
 
 
 def _system_python_has_osgeo() -> bool:

@@ -12,6 +12,9 @@ import pytest
 
 from cog_pipeline.transformations.budget import condor_memory_mb, memory_budget_mb
 from cog_pipeline.transformations.convert import convert
+from cog_pipeline.transformations.inputs import inspect_input
+from cog_pipeline.transformations.jpeg import write_preview
+from cog_pipeline.transformations.preview import plan_preview, preview_vrt
 from tests import rasters
 from tests.convert_support import EXECUTABLE, SYSTEM_PYTHON, needs_osgeo
 
@@ -43,14 +46,18 @@ def test_budget_defaults_to_1_gb_outside_a_slot_or_for_an_expression(tmp_path: P
 
 
 def test_budget_caps_the_block_cache(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv("COG_PIPELINE_CACHEMAX", raising=False)
-    monkeypatch.setenv("COG_PIPELINE_COG_METHOD", "driver")  # the parallel path's own default is 64 MB
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
     monkeypatch.setenv("_CONDOR_JOB_AD", str(_job_ad(tmp_path, "RequestMemory = 256\n")))
     src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 600, 600))
     result = convert(src, tmp_path / "o.tif", tmp_path / "o.jpg", 3)
     assert (result.memory_budget_mb, result.cachemax_mb) == (256, 32)
     assert convert(src, tmp_path / "p.tif", tmp_path / "p.jpg", 3).cachemax_mb == 32
-    assert convert(src, tmp_path / "q.tif", tmp_path / "q.jpg", 3, memory_budget_mb=4096).cachemax_mb == 128
+    assert convert(src, tmp_path / "q.tif", tmp_path / "q.jpg", 3, memory_budget_mb=4096).cachemax_mb == 512
+    # GDAL's own option passes through untouched (GDAL reads it once per process)
+    proc = subprocess.run([sys.executable, str(EXECUTABLE), str(src), str(tmp_path / "r.tif"),
+                           str(tmp_path / "r.jpg"), "-v"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "GDAL_CACHEMAX": "100"})
+    assert proc.returncode == 0 and "budget 256 MB, cache 100 MB" in proc.stdout, proc.stdout + proc.stderr
 
 
 _PEAK = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); " \
@@ -77,12 +84,14 @@ def test_preview_over_the_budget_is_written_in_strips_with_the_drivers_pixels(
     a valid JPEG (restart markers between strips, odd sizes with a partial last strip and MCU
     padding) that decodes to exactly the pixels GDAL's JPEG driver writes (with the same libjpeg:
     the strips are GDAL's, so the reference is GDAL's driver, not Pillow)."""
-    monkeypatch.setenv("COG_PIPELINE_JPEG_ENCODER", "gdal")
     src = rasters.write(tmp_path / "in.tif", rasters.textured(count, height, width),
                         **({"photometric": "RGB"} if count >= 3 else {}))
-    driver = convert(src, tmp_path / "d.tif", tmp_path / "d.jpg", count)
     strips = convert(src, tmp_path / "s.tif", tmp_path / "s.jpg", count, memory_budget_mb=1)
-    assert (driver.jpeg_method, strips.jpeg_method) == ("driver", "strips")
+    assert strips.jpeg_method == "strips"
+    info = inspect_input(str(src))
+    plan = plan_preview(info)
+    (tmp_path / "p.vrt").write_text(preview_vrt(info, plan))
+    assert write_preview(str(tmp_path / "p.vrt"), str(tmp_path / "d.jpg"), "", plan.band_count, 80, "driver") == "driver"
     assert not strips.warnings
     with rasters.open_(tmp_path / "s.jpg") as ds:
         assert (ds.driver, ds.count, ds.width, ds.height) == ("JPEG", min(count, 3), width, height)

@@ -1,8 +1,7 @@
-"""transformations/generate_cog: real GDAL on real and generated rasters."""
+"""generate_cog (the zipapp built from transformations/): real GDAL on real and generated rasters."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -15,25 +14,16 @@ import rasterio.shutil
 from rasterio.enums import ColorInterp, MaskFlags
 from rio_cogeo.cogeo import cog_validate
 
-from cog_pipeline.transformations.assemble import assemble_cog
-from cog_pipeline.transformations.backend import backend_name
-from cog_pipeline.transformations.cog import cog_overview_dims
 from cog_pipeline.transformations.convert import convert
 from cog_pipeline.transformations.exit_codes import ConversionError, ExitCode
-from cog_pipeline.transformations.tiff import read_tiff_ifds
+from cog_pipeline.transformations.profile import with_overrides
 from cog_pipeline.transformations.validate import builtin_check, validate_cog, validate_jpeg
 from tests import rasters
 from tests.convert_support import EXECUTABLE, SYSTEM_PYTHON, needs_osgeo
 
 
-def run(args: list[str], python: str = sys.executable, backend: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("COG_PIPELINE_GDAL_BACKEND", None)
-    if backend:
-        env["COG_PIPELINE_GDAL_BACKEND"] = backend
-    return subprocess.run(
-        [python, str(EXECUTABLE), *map(str, args)], capture_output=True, text=True, env=env, timeout=120
-    )
+def run(args: list[str], python: str = sys.executable) -> subprocess.CompletedProcess:
+    return subprocess.run([python, str(EXECUTABLE), *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 def outputs(tmp_path: Path, name: str = "out") -> tuple[Path, Path]:
@@ -183,7 +173,8 @@ def test_resampling_option_changes_overviews_only(tmp_path: Path) -> None:
     default_tif, _ = outputs(tmp_path, "default")
     nearest_tif, _ = outputs(tmp_path, "nearest")
     convert(src, default_tif, default_tif.with_suffix(".jpg"), 1)
-    convert(src, nearest_tif, nearest_tif.with_suffix(".jpg"), 1, resampling="nearest")
+    convert(src, nearest_tif, nearest_tif.with_suffix(".jpg"), 1,
+            profile=with_overrides(["overview_resampling=nearest"]))
     np.testing.assert_array_equal(rasters.read(nearest_tif), data)
     with rasters.open_(default_tif, overview_level=0) as a, rasters.open_(nearest_tif, overview_level=0) as b:
         assert not np.array_equal(a.read(), b.read())
@@ -224,13 +215,13 @@ def test_rgbn_preview_uses_bands_1_to_3(tmp_path: Path) -> None:
     np.testing.assert_allclose(means, [30, 90, 150], atol=3)
 
 
-def test_nodata_area_is_black_in_preview(tmp_path: Path) -> None:
+def test_nodata_keeps_its_value_in_preview_as_the_original_tool_shows_it(tmp_path: Path) -> None:
     data = np.full((1, 128, 128), 255, dtype="uint8")
     data[0, :, 64:] = 180
     src = rasters.write(tmp_path / "in.tif", data, nodata=255)
     _, _, jpg = converted(tmp_path, src, 1)
     preview = rasters.read(jpg)[0]
-    assert preview[:, :56].max() <= 3
+    assert preview[:, :56].min() >= 252
     assert abs(int(preview[:, 72:].mean()) - 180) <= 2
 
 
@@ -265,7 +256,7 @@ def test_int16_is_scaled(tmp_path: Path) -> None:
     assert preview.min() <= 10 and preview.max() >= 245
 
 
-def test_float32_nodata_excluded_from_scaling_and_black(tmp_path: Path) -> None:
+def test_float32_nodata_excluded_from_scaling(tmp_path: Path) -> None:
     data = np.tile(np.linspace(-1.0, 1.0, 200, dtype="float32"), (1, 100, 1))
     data[:, :50] = -9999.0
     src = rasters.write(tmp_path / "in.tif", data, nodata=-9999.0)
@@ -464,11 +455,11 @@ def test_builtin_validator_rejects_overviews_after_data(tmp_path: Path) -> None:
 def test_validate_jpeg_rejects_truncated_and_wrong_size(tmp_path: Path) -> None:
     src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 100, 120))
     _, _, jpg = converted(tmp_path, src, 3)
-    assert validate_jpeg(str(jpg), 120, 100, 3) == []
-    assert validate_jpeg(str(jpg), 120, 100, 1)
+    assert validate_jpeg(str(jpg), 120, 100, 3)[0] == []
+    assert validate_jpeg(str(jpg), 120, 100, 1)[0]
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(jpg.read_bytes()[:-500])
-    assert validate_jpeg(str(cut), 120, 100, 3)
+    assert validate_jpeg(str(cut), 120, 100, 3)[0]
 
 
 def test_validate_jpeg_rejects_corrupt_entropy_data(tmp_path: Path) -> None:
@@ -481,10 +472,9 @@ def test_validate_jpeg_rejects_corrupt_entropy_data(tmp_path: Path) -> None:
     data[middle : middle + 2000] = np.random.default_rng(7).integers(0, 256, 2000, dtype=np.uint8).tobytes()
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(bytes(data))
-    errors = validate_jpeg(str(bad), 640, 600, 3)
+    errors, _ = validate_jpeg(str(bad), 640, 600, 3)
     assert errors and "does not decode cleanly" in errors[0], errors
-    assert validate_jpeg(str(bad), 640, 600, 3, decode=False) == []
-    assert validate_jpeg(str(jpg), 640, 600, 3) == []
+    assert validate_jpeg(str(jpg), 640, 600, 3)[0] == []
 
 
 def test_info_without_overviews_reads_the_same_but_the_levels(tmp_path: Path) -> None:
@@ -497,21 +487,6 @@ def test_info_without_overviews_reads_the_same_but_the_levels(tmp_path: Path) ->
     full, bare = get_backend().info(str(tif)), get_backend().info(str(tif), overviews=False)
     assert full.overview_sizes == [(600, 550), (300, 275)] and bare.overview_sizes == []
     assert replace(full, overview_sizes=[]) == bare
-
-
-def test_a_preview_one_encoder_wrote_is_decoded_back_only_with_verify_pixels(tmp_path: Path, monkeypatch) -> None:
-    from cog_pipeline.transformations.backend import get_backend
-
-    backend = type(get_backend())
-    decoded: list[str] = []
-    real = backend.decode_check
-    monkeypatch.setattr(backend, "decode_check", lambda self, path: decoded.append(path) or real(self, path))
-    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 300, 320))
-    tif, jpg = outputs(tmp_path)
-    assert convert(src, tif, jpg, 3).exit_code == ExitCode.OK
-    assert decoded == []
-    _, _, jpg = converted(tmp_path, src, 3)  # verify_pixels=True
-    assert len(decoded) == 1
 
 
 # ---------------------------------------------------------------- shared test rasters
@@ -618,7 +593,7 @@ def test_osgeo_backend_converts_and_validates(tmp_path: Path) -> None:
 def test_osgeo_backend_runs_without_rasterio(tmp_path: Path) -> None:
     probe = subprocess.run(
         [SYSTEM_PYTHON, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from generate_cog import backend as g; "
-         "import importlib.util as u; print(g.backend_name(), u.find_spec('rasterio') is None)",
+         "import importlib.util as u; print(g.get_backend().name, u.find_spec('rasterio') is None)",
          str(EXECUTABLE)],
         capture_output=True, text=True,
     )
@@ -649,290 +624,70 @@ def test_osgeo_backend_scales_uint16(tmp_path: Path) -> None:
     assert preview[0, :, :2].mean() <= 4 and preview[0, :, -2:].mean() >= 251
 
 
-def test_backend_in_this_environment_is_libgdal() -> None:
-    """The venv converts on rasterio's libgdal through the C API (no rasterio or numpy import)."""
-    from cog_pipeline.transformations.backend import GdalBackend, get_backend
+def test_backend_in_this_environment_is_rasterio() -> None:
+    """One binding per environment: rasterio's in the venv (osgeo is not installed there)."""
+    from cog_pipeline.transformations.backend import get_backend
 
-    assert backend_name() == "libgdal"
-    assert isinstance(get_backend(), GdalBackend)
-
-
-def test_rasterio_backend_is_still_selectable(tmp_path: Path) -> None:
-    src = rasters.write(tmp_path / "in.tif", rasters.textured(3, 300, 200), photometric="RGB")
-    tif, jpg = outputs(tmp_path)
-    proc = run([src, tif, jpg, "--bands", "3", "-v"], backend="rasterio")
-    assert proc.returncode == 0, proc.stderr
-    assert " rasterio GDAL " in proc.stdout
-    np.testing.assert_array_equal(rasters.read(tif), rasters.read(src))
+    assert get_backend().name == "rasterio"
 
 
-@pytest.fixture(params=["libgdal", "rasterio"])
-def venv_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Convert in-process on one of the venv's two backends (the same libgdal, two ways of calling it)."""
-    from cog_pipeline.transformations import backend as backend_module
-    from cog_pipeline.transformations.backend_libgdal import LibgdalBackend
-    from cog_pipeline.transformations.backend_rasterio import RasterioBackend
-
-    made = {"libgdal": LibgdalBackend, "rasterio": RasterioBackend}[request.param]()
-    monkeypatch.setattr(backend_module, "_loaded", made)
-    return str(request.param)
-
-
-@needs_osgeo
-def test_osgeo_backend_has_the_protocols_methods() -> None:
-    probe = subprocess.run(
-        [SYSTEM_PYTHON, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from generate_cog import backend as b; "
-         "print(b.backend_name(), isinstance(b.get_backend(), b.GdalBackend))", str(EXECUTABLE)],
-        capture_output=True, text=True,
-    )
-    assert probe.stdout.split() == ["osgeo", "True"], probe.stderr
-
-
-# ---------------------------------------------------------------- the parallel COG path (overviews || full resolution)
-
-
-def _tile_data(path: Path) -> tuple[list, bytes]:
-    """(per-IFD size, tile offsets and byte counts), and the file from the first tile on."""
-    ifds, _ = read_tiff_ifds(str(path))
-    first = min(o for d in ifds for o in d.data_offsets if o)
-    with open(path, "rb") as fh:
-        fh.seek(first - 4)
-        return [(d.width, d.height, d.subfile_type, d.data_offsets, d.data_counts) for d in ifds], fh.read()
-
-
-@needs_osgeo
-@pytest.mark.parametrize(
-    "count,width,height,dtype",
-    [(4, 1100, 1100, "uint8"), (3, 2050, 1030, "uint8"), (1, 1300, 700, "uint16"), (1, 1030, 1030, "float32")],
-)
-def test_osgeo_parallel_cog_is_the_cog_drivers_cog(tmp_path: Path, count: int, width: int, height: int, dtype: str) -> None:
-    """The parallel path writes what `gdal_translate -of COG -co COMPRESS=LZW -co PREDICTOR=YES` writes:
-    same overview sizes (odd sizes included: 2050x1030 -> 1025x515 -> 512x257), every tile byte-identical
-    (so identical full-resolution and overview pixels), only the IFD area may be laid out differently."""
-    data = rasters.textured(count, height, width, dtype=dtype)
-    extra = {"photometric": "RGB"} if count == 3 else {"photometric": "RGB", "alpha": "UNSPECIFIED"} if count == 4 else {}
-    src = rasters.write(tmp_path / "in.tif", data, **extra)
-    tif, jpg = outputs(tmp_path)
-    proc = run([src, tif, jpg, "--bands", str(count), "-v", "--verify-pixels"], python=SYSTEM_PYTHON)
-    assert proc.returncode == 0, proc.stderr
-    assert "cog parallel" in proc.stdout
+@pytest.mark.parametrize("count,width,height,dtype", [(1, 1100, 900, "uint8"), (3, 2050, 1030, "uint8"),
+                                                       (4, 1024, 1024, "uint8"), (1, 700, 600, "uint16"),
+                                                       (1, 700, 600, "float32")])
+def test_cog_is_the_cog_drivers_cog_and_no_larger(tmp_path: Path, count: int, width: int, height: int,
+                                                 dtype: str) -> None:
+    """The COG is GDAL's COG driver's with the profile's options: same pixels at every level, no larger
+    (the provenance adds a few hundred bytes of metadata)."""
+    data = rasters.textured(count, height, width).astype(dtype)
+    src = rasters.write(tmp_path / "in.tif", data)
     reference = tmp_path / "reference.tif"
-    subprocess.run(["gdal_translate", "-q", str(src), str(reference), "-of", "COG", "-co", "COMPRESS=LZW",
-                    "-co", "PREDICTOR=YES"], check=True)
-    assert_cog_valid(tif)
-    assert tif.stat().st_size == reference.stat().st_size
-    assert _tile_data(tif) == _tile_data(reference)
-    np.testing.assert_array_equal(rasters.read(tif), data)
-    with rasters.open_(src) as a, rasters.open_(tif) as b, rasters.open_(reference) as r:
-        assert (b.crs, b.transform, b.colorinterp, b.dtypes) == (a.crs, a.transform, a.colorinterp, a.dtypes)
-        assert b.overviews(1) == r.overviews(1)
-    for level in range(len(cog_overview_dims(width, height))):
-        with rasters.open_(reference, overview_level=level) as a, rasters.open_(tif, overview_level=level) as b:
+    rasterio.shutil.copy(src, reference, driver="COG", COMPRESS="LZW", PREDICTOR="YES", BLOCKSIZE=512)
+    tif, jpg = outputs(tmp_path)
+    convert(src, tif, jpg, count)
+    with rasters.open_(reference) as a, rasters.open_(tif) as b:
+        assert a.overviews(1) == b.overviews(1)
+        levels = len(a.overviews(1))
+    for level in [None, *range(levels)]:
+        kw = {} if level is None else {"overview_level": level}
+        with rasters.open_(reference, **kw) as a, rasters.open_(tif, **kw) as b:
             np.testing.assert_array_equal(b.read(), a.read())
+    assert tif.stat().st_size <= reference.stat().st_size + 1024
 
 
-@pytest.mark.parametrize(
-    "count,width,height,dtype",
-    [(4, 1100, 1100, "uint8"), (3, 2050, 1030, "uint8"), (1, 1300, 700, "uint16"), (1, 1030, 1030, "float32")],
-)
-def test_venv_parallel_cog_is_the_cog_drivers_cog(tmp_path: Path, count: int, width: int, height: int,
-                                                  dtype: str, venv_backend: str) -> None:
-    """Under rasterio's GDAL the parallel path writes, tile for tile, what that GDAL's own COG driver writes:
-    halvings by the overview builder; the levels after an odd size (2050x1030 -> 1025x515 -> 512x257) by
-    GDALRegenerateOverviews at their exact sizes (libgdal backend) or, where rasterio exposes no such call,
-    by the COG driver run on the level before (rasterio backend)."""
-    data = rasters.textured(count, height, width, dtype=dtype)
-    extra = {"photometric": "RGB"} if count == 3 else {"photometric": "RGB", "alpha": "UNSPECIFIED"} if count == 4 else {}
-    src = rasters.write(tmp_path / "in.tif", data, **extra)
+def test_shade_preview_shows_nodata_as_the_original_tool_does(tmp_path: Path, shared_testdata: Path) -> None:
+    """shade.tif: a hillshade whose nodata (255) surrounds the valid pixels. The original tool's
+    `gdal_translate -of JPEG` shows nodata as its stored value: mean ~224.7, not a black frame."""
+    result, _, jpg = converted(tmp_path, shared_testdata / "rasterio" / "shade.tif", 1)
+    mean = float(rasters.read(jpg).astype(float).mean())
+    assert abs(mean - 224.7) < 1.0, mean
+    assert result.preview_uniform is None
+    if shutil.which("gdal_translate"):
+        ref = tmp_path / "ref.jpg"
+        subprocess.run(["gdal_translate", "-q", "-of", "JPEG", "-co", "QUALITY=80",
+                        str(shared_testdata / "rasterio" / "shade.tif"), str(ref)], check=True)
+        assert abs(mean - float(rasters.read(ref).astype(float).mean())) < 0.5
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_a_uniform_preview_is_reported(tmp_path: Path, value: int) -> None:
+    """A preview of one value (an all-nodata tile, a blank scan) converts, and the result says so."""
+    src = rasters.write(tmp_path / "in.tif", np.full((3, 300, 400), value, dtype="uint8"), photometric="RGB")
     tif, jpg = outputs(tmp_path)
-    result = convert(src, tif, jpg, count, verify_pixels=True)
-    assert (result.backend, result.cog_method) == (venv_backend, "parallel")
-    reference = tmp_path / "reference.tif"
-    rasterio.shutil.copy(src, reference, driver="COG", COMPRESS="LZW", PREDICTOR="YES")
-    assert_cog_valid(tif)
-    assert tif.stat().st_size == reference.stat().st_size
-    assert _tile_data(tif) == _tile_data(reference)
-    np.testing.assert_array_equal(rasters.read(tif), data)
-    assert sorted(p.name for p in tif.parent.iterdir()) == ["out.jpg", "out.tif"]  # every part deleted
+    result = convert(src, tif, jpg, 3)
+    assert result.exit_code == ExitCode.OK and result.preview_uniform == value
+    proc = run([src, tmp_path / "v.tif", tmp_path / "v.jpg", "-v"])
+    assert proc.returncode == 0 and f"preview uniform (every sample {value})" in proc.stdout
+    textured = rasters.write(tmp_path / "t.tif", rasters.textured(3, 300, 400), photometric="RGB")
+    assert convert(textured, tmp_path / "t.tif.out.tif", tmp_path / "t.jpg", 3).preview_uniform is None
 
 
-def test_compressed_input_is_decoded_once_into_the_same_cog(tmp_path: Path) -> None:
-    """An LZW input is decoded once into an uncompressed temporary that the full resolution, the overview
-    builder and the JPEG all read: the COG's tiles and the JPEG equal those made from the plain input."""
-    data = rasters.textured(3, 1100, 1100)
-    plain = rasters.write(tmp_path / "plain.tif", data, photometric="RGB")
-    packed = rasters.write(tmp_path / "packed.tif", data, photometric="RGB", compress="LZW")
-    a_tif, a_jpg = outputs(tmp_path, "a")
-    b_tif, b_jpg = outputs(tmp_path, "b")
-    a = convert(plain, a_tif, a_jpg, 3)
-    b = convert(packed, b_tif, b_jpg, 3)
-    assert "decompress" not in a.timings and "decompress" in b.timings
-    assert b.cog_method == "parallel"
-    assert _tile_data(b_tif) == _tile_data(a_tif)
-    np.testing.assert_array_equal(rasters.read(b_jpg), rasters.read(a_jpg))
-    with rasters.open_(b_tif) as ds:
-        assert (ds.crs, ds.transform) == (rasters.open_(packed).crs, rasters.open_(packed).transform)
-    assert sorted(p.name for p in a_tif.parent.iterdir()) == ["a.jpg", "a.tif", "b.jpg", "b.tif"]
-
-
-def test_an_odd_sized_input_takes_the_parallel_path_only_where_levels_can_be_made_exactly(
-        tmp_path: Path, venv_backend: str) -> None:
-    """libgdal (GDALRegenerateOverviews) makes an odd-sized input's levels at their exact sizes; rasterio's API
-    cannot, so there the COG driver converts it whole."""
-    src = rasters.write(tmp_path / "in.tif", rasters.textured(1, 701, 1300))
-    tif, jpg = outputs(tmp_path)
-    expected = {"libgdal": "parallel", "rasterio": "driver"}[venv_backend]
-    assert convert(src, tif, jpg, 1).cog_method == expected
-    reference = tmp_path / "reference.tif"
-    rasterio.shutil.copy(src, reference, driver="COG", COMPRESS="LZW", PREDICTOR="YES")
-    assert _tile_data(tif) == _tile_data(reference)
-
-
-@needs_osgeo
-def test_osgeo_inputs_with_nodata_use_the_cog_driver(tmp_path: Path) -> None:
-    src = rasters.write(tmp_path / "in.tif", rasters.textured(1, 700, 700), nodata=0)
-    tif, jpg = outputs(tmp_path)
-    proc = run([src, tif, jpg, "--bands", "1", "-v"], python=SYSTEM_PYTHON)
-    assert proc.returncode == 0, proc.stderr
-    assert "cog driver" in proc.stdout
-
-
-def testcog_overview_dims_are_the_cog_drivers(tmp_path: Path) -> None:
-    src = rasters.write(tmp_path / "in.tif", rasters.textured(1, 1030, 2050))
-    reference = tmp_path / "reference.tif"
-    rasterio.shutil.copy(src, reference, driver="COG", COMPRESS="LZW")
-    sizes = []
-    for level in range(len(rasters.open_(reference).overviews(1))):
-        with rasters.open_(reference, overview_level=level) as o:
-            sizes.append((o.width, o.height))
-    assert cog_overview_dims(2050, 1030) == sizes == [(1025, 515), (512, 257)]
-
-
-def test_assemble_cog_from_gdal_parts(tmp_path: Path) -> None:
-    """The assembler on rasterio's GDAL: parts written by the GTiff driver become a valid COG."""
-    data = rasters.textured(3, 1200, 1000)
-    creation = dict(driver="GTiff", tiled=True, blockxsize=512, blockysize=512, compress="LZW", predictor=2,
-                    interleave="pixel", bigtiff="NO")
-    full = rasters.write(tmp_path / "full.tif", data, photometric="RGB", **{k: v for k, v in creation.items() if k != "driver"})
-    parts = []
-    for k, step in enumerate((2, 4), start=1):
-        parts.append(rasters.write(tmp_path / f"ovr{k}.tif", np.ascontiguousarray(data[:, ::step, ::step]), crs=None,
-                                   photometric="RGB", **{k2: v for k2, v in creation.items() if k2 != "driver"}))
-    out = tmp_path / "out.tif"
-    assemble_cog(str(full), [str(p) for p in parts], str(out))
-    assert_cog_valid(out)
-    assert builtin_check(str(out)) == ([], [])
-    np.testing.assert_array_equal(rasters.read(out), data)
-    with rasters.open_(out) as ds:
-        assert ds.overviews(1) == [2, 4]
-        assert ds.crs == rasters.open_(full).crs
-    with rasters.open_(out, overview_level=1) as o:
-        np.testing.assert_array_equal(o.read(), data[:, ::4, ::4])
-
-
-def test_assemble_cog_rejects_mismatched_parts(tmp_path: Path) -> None:
-    full = rasters.write(tmp_path / "full.tif", rasters.textured(1, 600, 600), tiled=True, blockxsize=512,
-                         blockysize=512, compress="LZW")
-    other = rasters.write(tmp_path / "ovr.tif", rasters.textured(1, 300, 300), tiled=True, blockxsize=512,
-                          blockysize=512, compress="DEFLATE")
-    with pytest.raises(ValueError):
-        assemble_cog(str(full), [str(other)], str(tmp_path / "out.tif"))
-
-
-_SCHEDULE_PROBE = r"""
-import json, os, sys, threading
-sys.path.insert(0, sys.argv[1])
-from generate_cog import backend, cog, convert as g
-be = backend.get_backend()
-events = []
-copy, setcache = be.create_copy, be.set_cachemax
-def create_copy(driver, src, dst, options):
-    events.append(["copy", driver, threading.current_thread().name])
-    return copy(driver, src, dst, options)
-def set_cachemax(nbytes):
-    events.append(["cache", nbytes >> 20])
-    return setcache(nbytes)
-be.create_copy, be.set_cachemax = create_copy, set_cachemax
-cascade = be.cascade_overviews
-def cascade_overviews(*args):
-    events.append(["overviews", threading.current_thread().name])
-    return cascade(*args)
-be.cascade_overviews = cascade_overviews
-cog._nice_this_thread = lambda nice: events.append(["nice", nice, threading.current_thread().name])
-g._trim_heap = lambda: events.append(["trim"])
-cachemax = int(sys.argv[5]) if len(sys.argv) > 5 else None
-r = g.convert(sys.argv[2], sys.argv[3], sys.argv[4], cachemax_mb=cachemax)
-print(json.dumps({"method": r.cog_method, "events": events}))
-"""
-
-
-def _schedule(tmp_path: Path, count: int, *extra: str, env_extra: dict | None = None) -> dict:
-    import json
-
-    data = rasters.textured(count, 1100, 1100)
-    src = rasters.write(tmp_path / "in.tif", data, **({"photometric": "RGB"} if count == 3 else {}))
-    tif, jpg = outputs(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COG_PIPELINE_")}
-    env["COG_PIPELINE_GDAL_BACKEND"] = "osgeo"
-    env.update(env_extra or {})
-    proc = subprocess.run([SYSTEM_PYTHON, "-c", _SCHEDULE_PROBE, str(EXECUTABLE), str(src), str(tif), str(jpg),
-                           *extra], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert_cog_valid(tif)
-    np.testing.assert_array_equal(rasters.read(tif), data)
-    assert jpeg_shape(jpg)[0] == count
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@needs_osgeo
-def test_osgeo_parallel_full_res_thread_is_niced_and_jpeg_runs_beside(tmp_path: Path) -> None:
-    """Multi-band: the full-resolution thread is niced (the overview thread is the critical path),
-    the JPEG runs in its own thread, and the parallel path's default block cache is 64 MB."""
-    out = _schedule(tmp_path, 3)
-    assert out["method"] == "parallel"
-    events = out["events"]
-    assert [e for e in events if e[0] == "nice"] == [["nice", 5, "generate_cog-full-res"]]
-    assert ["copy", "GTiff", "generate_cog-full-res"] in events
-    assert ["copy", "JPEG", "generate_cog-jpeg"] in events
-    assert ["overviews", "generate_cog-overviews"] in events
-    assert ["trim"] not in events
-    assert events[0] == ["cache", 64]
-
-
-@needs_osgeo
-def test_osgeo_parallel_single_band_jpeg_runs_after_the_cog(tmp_path: Path) -> None:
-    """1-band: the JPEG is written after the COG (in the calling thread, heap trimmed, 16 MB
-    cache), so libjpeg's whole-image buffer never coexists with the COG threads' buffers."""
-    out = _schedule(tmp_path, 1)
-    assert out["method"] == "parallel"
-    events = out["events"]
-    copies = [e for e in events if e[0] == "copy"]
-    assert copies[-1] == ["copy", "JPEG", "MainThread"]
-    assert all(e[1] == "GTiff" for e in copies[:-1])
-    assert ["copy", "GTiff", "MainThread"] in copies  # full resolution in the calling thread, not niced
-    assert not [e for e in events if e[0] == "nice"]
-    assert events.index(["trim"]) < events.index(copies[-1])
-    assert [e[1] for e in events if e[0] == "cache"][:2] == [64, 16]
-
-
-@needs_osgeo
-def test_osgeo_explicit_cachemax_is_kept(tmp_path: Path) -> None:
-    out = _schedule(tmp_path, 1, "100")
-    assert [e[1] for e in out["events"] if e[0] == "cache"][0] == 100
-    assert 16 not in [e[1] for e in out["events"] if e[0] == "cache"]
-
-
-@needs_osgeo
-@pytest.mark.parametrize("var", ["GDAL_NUM_THREADS", "OMP_NUM_THREADS"])
-def test_osgeo_one_cpu_writes_the_jpeg_after_the_cog(tmp_path: Path, var: str) -> None:
-    """One thread (a CHTC slot): the parallel path still runs, and the JPEG follows the COG in the
-    calling thread instead of competing with it for the one CPU and adding its buffer to the peak."""
-    env = {"GDAL_NUM_THREADS": "", "OMP_NUM_THREADS": "", var: "1"}
-    out = _schedule(tmp_path, 3, env_extra=env)
-    assert out["method"] == "parallel"
-    copies = [e for e in out["events"] if e[0] == "copy"]
-    assert copies[-1] == ["copy", "JPEG", "MainThread"]
-    assert all(e[1] == "GTiff" for e in copies[:-1])
-    # and the overview pyramid follows the full resolution in the same thread: no second heap arena
-    assert [e for e in out["events"] if e[0] == "overviews"] == [["overviews", "MainThread"]]
-    assert {e[2] for e in copies} == {"MainThread"}
+def test_positionals_may_start_with_a_dash_after_double_dash(tmp_path: Path) -> None:
+    """Keys are user data: a file named `-x.tif` (and outputs like it) reach the converter after `--`, in a
+    folder of their own and relative to it, with characters a shell would interpret."""
+    data = rasters.textured(3, 64, 80)
+    rasters.write(tmp_path / "-in $x;'%é.tif", data, photometric="RGB")
+    proc = subprocess.run([sys.executable, str(EXECUTABLE), "--bands", "3", "--", "-in $x;'%é.tif", "-o.tif", "-o.jpg"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    np.testing.assert_array_equal(rasters.read(tmp_path / "-o.tif"), data)
+    assert jpeg_shape(tmp_path / "-o.jpg") == (3, 64, 80)

@@ -1,4 +1,4 @@
-"""transformations/linux.py: the libc calls, on this Linux machine (each is a no-op returning False elsewhere)."""
+"""transformations/linux.py: PDEATHSIG on this Linux machine."""
 
 from __future__ import annotations
 
@@ -13,18 +13,6 @@ import pytest
 from cog_pipeline.transformations import linux
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux calls")
-
-
-def test_writeback_starts_for_a_file_and_reports_a_missing_one(tmp_path: Path) -> None:
-    path = tmp_path / "cog.tif"
-    path.write_bytes(os.urandom(1 << 20))
-    assert linux.start_writeback(str(path)) is True
-    assert path.stat().st_size == 1 << 20
-    assert linux.start_writeback(str(tmp_path / "missing.tif")) is False
-
-
-def test_heap_trim_is_available() -> None:
-    assert linux.trim_heap() is True
 
 
 def test_pdeathsig_kills_a_child_whose_parent_dies(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ from cog_pipeline.engines.base import ExitCode, category
 from cog_pipeline.rundir import RUN_RECORD_VERSION, DamagedRunDir, RunDir, RunInfo, remove_empty_run_dirs, survey_run_dirs
 from cog_pipeline.state import TRANSITIONS, IllegalTransition, RunState, check_transition
 
-REPO = Path(__file__).resolve().parent.parent
 TS = "20260101-000000"
 
 
@@ -28,8 +27,10 @@ def make_run(work: Path, state: RunState = RunState.CLAIMED, ts: str = TS, **fac
 
 
 def test_the_built_converter_exits_with_the_codes_the_engines_classify(tmp_path: Path) -> None:
-    """The shipped zipapp reports a missing input with the code the engines read as INPUT_UNREADABLE."""
-    exe = REPO / "transformations" / "generate_cog"
+    """The built zipapp reports a missing input with the code the engines read as INPUT_UNREADABLE."""
+    from cog_pipeline.transformations.build import build_zipapp
+
+    exe = build_zipapp(tmp_path / "build")
     proc = subprocess.run([sys.executable, str(exe), str(tmp_path / "absent.tif"), str(tmp_path / "o.tif"),
                            str(tmp_path / "o.jpg"), "--bands", "1"], capture_output=True, text=True)
     assert category(proc.returncode) == ExitCode.INPUT_UNREADABLE.name

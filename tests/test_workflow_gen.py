@@ -308,6 +308,7 @@ def test_settings_land_where_pegasus_reads_them(local_run):
     sites = {site["name"]: site for site in tr["sites"]}
     assert sites["condorpool"] == {"name": "condorpool", "pfn": wg.WORKER_CONVERTER, "type": "installed", "container": "cog-worker"}
     assert sites["local"]["pfn"] == str(wg.default_converter()) and sites["local"]["type"] == "installed"
+    assert Path(sites["local"]["pfn"]).name == "generate_cog" and Path(sites["local"]["pfn"]).is_file()  # built on demand
     assert tc["containers"] == [{"name": "cog-worker", "type": "docker", "image": "docker://example.org/gdal:9", "bypass": True}]
     assert props["pegasus.transfer.container.onhost"] == "false"  # stage-in/out inside the image, with its tools
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import logging
 import numpy as np
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .backend import overview_config
 from .exit_codes import GdalFailure
 from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo
 
@@ -35,12 +34,6 @@ class RasterioBackend:
     """The GDAL bundled in rasterio's wheels (this project's Python environment)."""
 
     name = "rasterio"
-    #: The overview pyramid level by level without GDALRegenerateOverviews (which rasterio does not
-    #: expose): halvings by GDAL's overview builder, the rest by the COG driver (see cascade_overviews).
-    can_cascade_overviews = True
-    #: Without GDALRegenerateOverviews a level of an exact (rounded-down) size cannot be made from an
-    #: odd-sized level except by the COG driver, so the parallel path needs an even-sized input.
-    regenerates_exact_sizes = False
 
     def __init__(self) -> None:
         import_rasterio_without_boto3()
@@ -116,11 +109,6 @@ class RasterioBackend:
                 georeferenced=bool(ds.crs or not ds.transform.is_identity or ds.gcps[0]),
             )
 
-    def palette(self, path: str) -> List[Tuple[int, int, int, int]]:
-        with self._open(path) as ds:
-            cmap = ds.colormap(1)
-            return [tuple(cmap[i]) for i in sorted(cmap)]
-
     def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]:
         import warnings  # noqa: PLC0415
 
@@ -130,71 +118,6 @@ class RasterioBackend:
                 self.rasterio.shutil.copy(src, dst, driver=driver, strict=False, **options)
 
         return self._call(do)[1]
-
-    def cascade_overviews(self, src: str, dims: Sequence[Tuple[int, int]], prefix: str, resampling: str,
-                          creation: Dict[str, str], threads: str, temps: List[str]) -> List[Union[str, Tuple[str, int]]]:
-        """The COG driver's overview pyramid of ``src`` (sizes ``dims``, largest first), each level from
-        the one before, into compressed tiled GTiffs; returns the parts for ``assemble_cog``.
-
-        A level of exactly half the level before is an external .ovr built by GDAL's multi-band
-        overview builder (the code the COG driver runs) over a VRT of the level before, compressed
-        directly, as on the osgeo backend. From the first level after an odd size on, GDAL's COG
-        driver itself runs on the level before: its overviews are the remaining levels, computed as
-        in the whole-image run, and are returned as ``(cog_path, ifd_index)``. The COG driver also
-        re-compresses that level before (at most a quarter of the previous level's pixels, usually a
-        few hundred pixels square), which is the only work done twice."""
-        from rasterio.enums import Resampling  # noqa: PLC0415
-
-        local = overview_config(creation, threads)
-        saved = {k: self.get_config(k) for k in local}
-        for k, v in local.items():
-            self.set_config(k, v)
-        levels: List[Union[str, Tuple[str, int]]] = []
-        try:
-            with self._open(src) as ds:
-                pw, ph = ds.width, ds.height
-            prev = src
-            for k, (w, h) in enumerate(dims):
-                if pw % 2 or ph % 2 or (w, h) != (pw // 2, ph // 2):
-                    return levels + self._cog_driver_levels(prev, dims[k:], f"{prefix}cog{k}.tif", resampling,
-                                                            creation, temps)
-                vrt = f"{prefix}l{k}.vrt"
-                temps.extend([vrt, vrt + ".ovr"])
-                self.create_copy("VRT", prev, vrt, {})
-
-                def build(vrt: str = vrt) -> None:
-                    with self.rasterio.open(vrt, "r+") as ds:
-                        ds.build_overviews([2], getattr(Resampling, resampling.lower()))
-
-                self._call(build)
-                levels.append(vrt + ".ovr")
-                prev, pw, ph = vrt + ".ovr", w, h
-            return levels
-        finally:
-            for k, v in saved.items():
-                self.set_config(k, v)
-
-    def _cog_driver_levels(self, prev: str, dims: Sequence[Tuple[int, int]], out: str, resampling: str,
-                           creation: Dict[str, str], temps: List[str]) -> List[Tuple[str, int]]:
-        """The COG driver on ``prev``; its overview directories (1..) are the levels ``dims``."""
-        temps.append(out)
-        self.create_copy("COG", prev, out, {
-            "COMPRESS": creation["COMPRESS"], "PREDICTOR": "YES", "BLOCKSIZE": creation["BLOCKXSIZE"],
-            "BIGTIFF": "NO", "RESAMPLING": resampling, "NUM_THREADS": creation.get("NUM_THREADS", "1"),
-        })
-        import warnings  # noqa: PLC0415
-
-        sizes = []
-        with self._open(out) as ds:
-            n = len(ds.overviews(1))
-        for level in range(n):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with self.rasterio.open(out, overview_level=level) as o:
-                    sizes.append((o.width, o.height))
-        if sizes != list(dims):
-            raise ValueError(f"the COG driver made overviews {sizes}, expected {list(dims)}")
-        return [(out, i) for i in range(1, n + 1)]
 
     def read(
         self,
@@ -218,11 +141,6 @@ class RasterioBackend:
 
             return self._call(do)[0]
 
-    def read_interleaved(self, path: str, bands: int) -> Tuple[int, int, memoryview]:
-        pixels = self.read(path, list(range(1, bands + 1)))
-        interleaved = np.ascontiguousarray(np.moveaxis(pixels.astype(np.uint8, copy=False), 0, -1))
-        return pixels.shape[2], pixels.shape[1], memoryview(interleaved).cast("B")
-
     def checksums(self, path: str) -> Tuple[List[int], List[int]]:
         with self._open(path) as ds:
             sums = [self._call(lambda i=i: ds.checksum(i))[0] for i in range(1, ds.count + 1)]
@@ -234,12 +152,14 @@ class RasterioBackend:
                     msums.append(int(np.count_nonzero(m)) ^ (int(m.astype(np.uint64).sum()) << 1))
             return sums, msums
 
-    def decode_check(self, path: str) -> List[str]:
-        """Decode band 1 at 1/8 scale (for a JPEG, libjpeg's scaled decoding of every block); GDAL's
-        messages, where libjpeg's corrupt-data warnings appear (GdalFailure if it does not decode at all)."""
+    def decode_check(self, path: str) -> Tuple[List[str], Tuple[float, float]]:
+        """Decode every band at 1/8 scale (for a JPEG, libjpeg's scaled decoding of every block): (GDAL's
+        messages, where libjpeg's corrupt-data warnings appear; (min, max) of the decoded samples)."""
         with self._open(path) as ds:
-            shape = (max(1, -(-ds.height // 8)), max(1, -(-ds.width // 8)))
-            return self._call(lambda: ds.read([1], out_shape=(1, *shape)))[1]
+            k = 8 if min(ds.width, ds.height) >= 64 else 1  # a tiny image's 1/8 scale could hide its contrast
+            shape = (ds.count, -(-ds.height // k), -(-ds.width // k))
+            arr, messages = self._call(lambda: ds.read(out_shape=shape))
+            return messages, (float(arr.min()), float(arr.max()))
 
     def set_config(self, key: str, value: Optional[str]) -> None:
         if value is None:

@@ -1,8 +1,7 @@
 """The memory a conversion may use: the HTCondor slot's request when run in one, else 1 GB.
 
-On CHTC every job requests 1 GB; a converter that grows past its slot's memory is held or
-killed, so the budget caps what the converter itself sizes: GDAL's block cache. (libjpeg's
-whole-image coefficient buffer is not capped yet: see docs/conversion.md.)
+A converter that grows past its slot's memory is held or killed, so the budget sizes GDAL's block
+cache (unless GDAL_CACHEMAX is set) and chooses the JPEG writer (jpeg.py).
 """
 
 from __future__ import annotations
@@ -11,10 +10,8 @@ import os
 import re
 from typing import Optional
 
-MEMORY_BUDGET_ENV = "COG_PIPELINE_MEMORY_BUDGET"
-DEFAULT_MEMORY_BUDGET_MB = 1024
-#: GDAL's block cache gets at most this share of the budget: the rest is for the encoders' buffers.
-CACHE_SHARE = 8
+from .settings import CACHE_SHARE, DEFAULT_MEMORY_BUDGET_MB, env
+
 _AD_ATTRS = ("RequestMemory", "MachineAttrMemory0", "MemoryProvisioned")
 
 
@@ -39,12 +36,12 @@ def memory_budget_mb(explicit: Optional[int] = None) -> int:
     """``--memory-budget``, else env ``COG_PIPELINE_MEMORY_BUDGET``, else the HTCondor slot's, else 1024."""
     if explicit:
         return int(explicit)
-    env = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+    value = env("COG_PIPELINE_MEMORY_BUDGET")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
     return condor_memory_mb() or DEFAULT_MEMORY_BUDGET_MB
 
 
 def cache_cap_mb(budget_mb: int) -> int:
-    """The largest block cache (MB) the budget allows; never below 8 MB, GDAL's working minimum here."""
+    """The block cache (MB) the budget allows; never below 8 MB, GDAL's working minimum here."""
     return max(8, budget_mb // CACHE_SHARE)

@@ -1,26 +1,26 @@
-"""Build the converter's modules into one self-contained executable file (a zipapp).
+"""Build the converter's modules into one self-contained executable file (a zipapp), on demand.
 
-Workflow jobs stage one file to the worker and run it in the stock GDAL container (the system
-Python, GDAL's own bindings, numpy; no pip). The modules of this package import each other
-only relatively, so inside the archive they run as the package ``generate_cog`` unchanged.
-The build is reproducible (sorted entries, fixed timestamps): ``transformations/generate_cog``
-is this build, committed, and a test checks that it matches the sources.
+Workflow jobs stage one file to the worker and run it in the stock GDAL container (the system Python,
+GDAL's own bindings, numpy; no pip). The modules of this package import each other only relatively, so
+inside the archive they run as the package ``generate_cog`` unchanged. The file is built, never committed:
+reproducibly (sorted entries, fixed timestamps: the same bytes for the same sources), into a cache keyed
+by the sources' hash.
 
-    python -m cog_pipeline.transformations.build [DEST]   # default: transformations/generate_cog
+    python -m cog_pipeline.transformations.build [DEST_DIR]   # prints the path of DEST_DIR/generate_cog
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
 import sys
 import tempfile
-import zipapp
+import zipfile
 from pathlib import Path
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
-#: The executable the repository ships (and workflow_gen names as the transformation's PFN).
-EXECUTABLE = HERE / "generate_cog"
+NAME = "generate_cog"
 #: The package name the modules carry inside the archive.
 ARCHIVE_PACKAGE = "generate_cog"
 INTERPRETER = "/usr/bin/env python3"
@@ -29,11 +29,10 @@ _LEFT_OUT = {"build.py"}
 _MAIN = (
     '"""generate_cog: convert one GeoTIFF into a verified COG and a JPEG preview (see --help)."""\n'
     "import sys\n\n"
-    "# warm.main: served by this job's warm converter when one is live (warm.py), else cli.main here.\n"
-    f"from {ARCHIVE_PACKAGE}.warm import main\n\n"
+    f"from {ARCHIVE_PACKAGE}.cli import main\n\n"
     "sys.exit(main())\n"
 )
-_EPOCH = 315532800 + 86400  # 1980-01-02: zip timestamps start in 1980
+_DATE = (1980, 1, 2, 0, 0, 0)
 
 
 def converter_modules() -> list[Path]:
@@ -41,31 +40,68 @@ def converter_modules() -> list[Path]:
     return sorted(p for p in HERE.glob("*.py") if p.name not in _LEFT_OUT)
 
 
-def build_executable(dest: Path) -> Path:
-    """Write the executable zipapp to ``dest`` (mode 0755, shebang ``/usr/bin/env python3``); returns ``dest``.
+def sources_hash() -> str:
+    """sha256 of the converter's modules (names and bytes) and of the archive's entry point."""
+    digest = hashlib.sha256(_MAIN.encode())
+    for module in converter_modules():
+        digest.update(module.name.encode() + b"\0" + module.read_bytes() + b"\0")
+    return digest.hexdigest()
 
-    Written beside ``dest`` and renamed into place, so a running job never sees half a file."""
-    dest = Path(dest)
+
+def _bytecode(module: Path) -> bytes:
+    """The module compiled as an unchecked hash-based .pyc (no timestamp: reproducible). zipimport never writes
+    bytecode, so without it every process compiles every module again (~50 ms); an interpreter of another
+    version ignores it (magic number) and compiles the source beside it."""
+    import importlib.util
+    from importlib._bootstrap_external import _code_to_hash_pyc
+
+    source = module.read_bytes()
+    code = compile(source, f"{ARCHIVE_PACKAGE}/{module.name}", "exec", dont_inherit=True)
+    return bytes(_code_to_hash_pyc(code, importlib.util.source_hash(source), checked=False))
+
+
+def build_zipapp(dest_dir: Path) -> Path:
+    """Write the executable zipapp ``dest_dir/generate_cog`` (mode 0755, shebang ``/usr/bin/env python3``);
+    returns its path. Written beside it and renamed into place, so a running job never sees half a file."""
+    dest = Path(dest_dir) / NAME
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="generate_cog-build-") as tmp:
-        root = Path(tmp) / "app"
-        package = root / ARCHIVE_PACKAGE
-        package.mkdir(parents=True)
-        for module in converter_modules():
-            shutil.copyfile(module, package / module.name)
-        (root / "__main__.py").write_text(_MAIN, encoding="utf-8")
-        for path in [root, package, *root.rglob("*")]:
-            os.utime(path, (_EPOCH, _EPOCH))
-        partial = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        try:
-            zipapp.create_archive(root, partial, interpreter=INTERPRETER, compressed=True)
-            partial.chmod(0o755)
-            os.replace(partial, dest)
-        finally:
-            if partial.exists():
-                partial.unlink()
+    fd, partial = tempfile.mkstemp(prefix=f".{NAME}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(f"#!{INTERPRETER}\n".encode())
+            with zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+                entries = [("__main__.py", _MAIN.encode())]
+                for m in converter_modules():
+                    entries += [(f"{ARCHIVE_PACKAGE}/{m.name}", m.read_bytes()),
+                                (f"{ARCHIVE_PACKAGE}/{m.name}c", _bytecode(m))]
+                for name, data in entries:
+                    info = zipfile.ZipInfo(name, date_time=_DATE)
+                    info.external_attr = 0o644 << 16
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    zf.writestr(info, data)
+        os.chmod(partial, 0o755)
+        os.replace(partial, dest)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
     return dest
 
 
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/cog-pipeline`` (default ``~/.cache/cog-pipeline``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cog-pipeline"
+
+
+def cached_zipapp(root: Optional[Path] = None) -> Path:
+    """The zipapp of the current sources, built on first use under ``root`` (default :func:`cache_dir`)
+    in a folder named by the sources' hash, so an edited module gets a new build and a path of its own."""
+    folder = Path(root or cache_dir()) / f"generate_cog-{sources_hash()[:16]}"
+    path = folder / NAME
+    if not path.is_file():
+        build_zipapp(folder)
+    return path
+
+
 if __name__ == "__main__":
-    print(build_executable(Path(sys.argv[1]) if len(sys.argv) > 1 else EXECUTABLE))
+    print(build_zipapp(Path(sys.argv[1]) if len(sys.argv) > 1 else Path.cwd()))

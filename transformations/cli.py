@@ -14,12 +14,12 @@ import tempfile
 import time
 from typing import IO, Dict, Optional, Sequence, Tuple
 
-from .budget import CACHE_SHARE, DEFAULT_MEMORY_BUDGET_MB, MEMORY_BUDGET_ENV
 from .backend import loaded_backend
-from .convert import ConversionResult, convert
-from .exit_codes import BAND_MISMATCH_ENV, ConversionError, ExitCode, one_line
-from .validate import VALIDATOR_ENV, VALIDATORS
-from .settings import CACHEMAX_ENV, DEFAULT_CACHEMAX_MB, PARALLEL_CACHEMAX_MB, RESAMPLING_ENV, THREADS_ENV
+from .convert import ConversionResult, convert, default_profile
+from .exit_codes import ConversionError, ExitCode, one_line
+from .profile import FIELDS, with_overrides
+from .settings import CACHE_SHARE, DEFAULT_MEMORY_BUDGET_MB, ENV, env
+from .validate import VALIDATORS
 
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
@@ -37,24 +37,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("output_tif", help="COG to write (parent folders are created)")
     p.add_argument("output_jpg", help="JPEG preview to write (parent folders are created)")
     p.add_argument("--bands", type=int, default=None, help="band count the manifest gives; the file wins (exit 5 on mismatch)")
-    p.add_argument("--resampling", default=None, help=f"overview resampling (default: the COG driver's; env {RESAMPLING_ENV})")
-    p.add_argument("--threads", type=int, default=None, help=f"GDAL threads (default: env {THREADS_ENV}, OMP_NUM_THREADS, or the CPUs available)")
-    p.add_argument("--cachemax", type=int, default=None, help=f"GDAL block cache in MB (default {DEFAULT_CACHEMAX_MB}, {PARALLEL_CACHEMAX_MB} on the parallel COG path; env {CACHEMAX_ENV})")
+    p.add_argument("--profile", action="append", default=[], metavar="NAME=VALUE",
+                   help=f"override a profile setting ({', '.join(FIELDS)}; repeatable; on top of env "
+                   "COG_PIPELINE_PROFILE), e.g. compress=DEFLATE")
+    p.add_argument("--resampling", default=None, help="overview resampling: --profile overview_resampling=NAME")
+    p.add_argument("--threads", type=int, default=None, help="threads for compression and overviews "
+                   "(default: env COG_PIPELINE_THREADS, OMP_NUM_THREADS, or the CPUs available)")
     p.add_argument("--memory-budget", type=int, default=None, metavar="MB",
-                   help=f"memory this conversion may use (default: env {MEMORY_BUDGET_ENV}, the HTCondor slot's "
+                   help=f"memory this conversion may use (default: env COG_PIPELINE_MEMORY_BUDGET, the HTCondor slot's "
                    f"RequestMemory, else {DEFAULT_MEMORY_BUDGET_MB}); caps GDAL's block cache at 1/{CACHE_SHARE}")
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
                    help="provenance to embed in the COG's GDAL metadata, domain COG_PIPELINE (repeatable)")
     p.add_argument("--metadata-b64", default=None, metavar="B64",
                    help="provenance as one base64url JSON object (safe through any argument quoting); adds GDAL_VERSION and CREATED_UTC")
     p.add_argument("--validator", choices=VALIDATORS, default=None,
-                   help=f"COG validator (default: env {VALIDATOR_ENV}, else auto: the lightest that proves the same)")
+                   help="COG validator (default: env COG_PIPELINE_VALIDATOR, else auto: the lightest that proves the same)")
     p.add_argument("--verify-pixels", action="store_true", help="also compare full-resolution checksums of input and COG, and decode the JPEG back")
     p.add_argument("--empty-outputs-on-failure", action="store_true",
                    help="after a failure, leave empty output files (inside a Pegasus job, whose wrapper stages every "
                    "declared output, the job then ends at once with this exit code; a failed job's outputs never "
                    "leave its scratch area)")
     p.add_argument("--verbose", "-v", action="store_true", help="print a summary and GDAL's own messages")
+    p.epilog += ". Environment: " + "; ".join(f"{k}: {v.doc}" for k, v in ENV.items())
     return p
 
 
@@ -105,6 +109,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise _UsageError("--memory-budget must be at least 64 (MB)")
     if args.bands is not None and args.bands < 1:
         raise _UsageError("--bands must be at least 1")
+    try:
+        overrides = args.profile + ([f"overview_resampling={args.resampling}"] if args.resampling else [])
+        args.profile = with_overrides(overrides, default_profile())
+    except (ValueError, ConversionError) as exc:
+        raise _UsageError(f"--profile: {exc}") from None
 
 
 def _metadata_from_args(args: argparse.Namespace) -> Dict[str, str]:
@@ -174,9 +183,8 @@ def _convert_args(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[i
         args.output_tif,
         args.output_jpg,
         args.bands,
-        resampling=args.resampling,
+        profile=args.profile,
         threads=args.threads,
-        cachemax_mb=args.cachemax,
         verify_pixels=args.verify_pixels,
         metadata=metadata,
         validator=args.validator,
@@ -184,7 +192,7 @@ def _convert_args(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[i
     )
     code: int = result.exit_code
     line = f"{ExitCode(code).name}: {result.reason}" if code else ""
-    if code == ExitCode.BAND_MISMATCH and os.environ.get(BAND_MISMATCH_ENV, "").lower() == "warn":
+    if code == ExitCode.BAND_MISMATCH and env("COG_PIPELINE_BAND_MISMATCH").lower() == "warn":
         # Inside a workflow the file wins: the outputs are verified, so the job succeeds (every engine,
         # DAGMan included, treats non-zero as failure) and the mismatch stays on record as this line.
         code, line = ExitCode.OK, f"WARNING {line}"
@@ -197,8 +205,9 @@ def _summary(result: ConversionResult) -> str:
         f"{result.cog}: {result.width}x{result.height}x{result.bands} {result.dtype}, overviews "
         f"{result.overview_sizes}, valid ({result.validator}); {result.jpeg}: {result.jpeg_size[0]}x"
         f"{result.jpeg_size[1]}x{result.jpeg_bands} ({result.preview}); {result.backend} GDAL "
-        f"{result.gdal_version}, {result.threads} threads, cog {result.cog_method}, jpeg {result.jpeg_method}, budget "
+        f"{result.gdal_version}, {result.threads} threads, {result.profile}, jpeg {result.jpeg_method}, budget "
         f"{result.memory_budget_mb} MB, cache {result.cachemax_mb} MB, "
+        + ("" if result.preview_uniform is None else f"preview uniform (every sample {result.preview_uniform}), ")
         + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     )
 

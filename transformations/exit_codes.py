@@ -9,8 +9,6 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Sequence
 
-BAND_MISMATCH_ENV = "COG_PIPELINE_BAND_MISMATCH"
-
 class ExitCode(IntEnum):
     """Process exit codes of ``generate_cog``; other tools code against these numbers."""
 

@@ -21,7 +21,6 @@ equal the driver's (tested); only the Huffman coding differs (a few % more bytes
 
 from __future__ import annotations
 
-import os
 import struct
 from typing import Dict, List, Set, Tuple
 

@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 
 from .backend import get_backend
 from .exit_codes import ConversionError, ExitCode
-from .rasterinfo import GMF_ALPHA, GMF_NODATA, GMF_PER_DATASET, RasterInfo
+from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo
 from .xmltext import escape as _xml_escape
 from .settings import JPEG_MAX_DIMENSION, STATS_SAMPLE_SIZE, COMPLEX_TYPES, SUPPORTED_TYPES
 
@@ -26,7 +26,6 @@ class PreviewPlan:
     downsample: int = 1
     scale: Optional[Tuple[float, float]] = None  # (lo, hi) mapped linearly to 0..255
     masked: bool = False  # alpha/per-dataset mask composited onto black
-    nodata_to_black: bool = False
     palette_expanded: bool = False
     description: str = ""
 
@@ -59,20 +58,24 @@ def _preview_scale(info: RasterInfo, bands: List[int]) -> Tuple[float, float]:
     return (float(vals.min()), float(vals.max()))
 
 
-def plan_preview(info: RasterInfo) -> PreviewPlan:
-    """Decide which bands, scaling, masking and size the JPEG preview gets (see docs/conversion.md)."""
+def plan_preview(info: RasterInfo, band_rule: str = "rgb") -> PreviewPlan:
+    """Decide which bands, scaling, masking and size the JPEG preview gets (see docs/conversion.md).
+
+    Nodata pixels keep their stored value, as the original tool (`gdal_translate -of JPEG`) shows them;
+    an alpha band or a per-dataset mask is composited onto black."""
     for b, dt in enumerate(info.dtypes, start=1):
         if dt in COMPLEX_TYPES or dt not in SUPPORTED_TYPES:
             raise ConversionError(
                 ExitCode.UNSUPPORTED_INPUT, f"band {b} has data type {dt}; a JPEG preview cannot be made from it"
             )
-    palette = info.has_palette and info.colorinterp[0] == "palette" and info.dtypes[0] in ("uint8", "uint16")
+    palette = (band_rule == "rgb" and info.has_palette and info.colorinterp[0] == "palette"
+               and info.dtypes[0] in ("uint8", "uint16"))
     non_alpha = [b for b in range(1, info.count + 1) if info.colorinterp[b - 1] != "alpha"]
     if not non_alpha:
         raise ConversionError(ExitCode.UNSUPPORTED_INPUT, "every band is an alpha band")
     if palette:
         bands = [1]
-    elif len(non_alpha) >= 3:
+    elif len(non_alpha) >= 3 and band_rule == "rgb":
         bands = non_alpha[:3]
     else:
         bands = non_alpha[:1]
@@ -81,17 +84,12 @@ def plan_preview(info: RasterInfo) -> PreviewPlan:
     plan = PreviewPlan(bands=bands, width=width, height=height, downsample=k, palette_expanded=palette)
     flags = [info.mask_flags[b - 1] for b in bands]
     plan.masked = any(f & (GMF_PER_DATASET | GMF_ALPHA) for f in flags)
-    plan.nodata_to_black = any(
-        f & GMF_NODATA and not f & (GMF_PER_DATASET | GMF_ALPHA) for f in flags
-    )
     notes = [f"bands {','.join(map(str, bands))}" if not palette else "palette expanded to RGB"]
     if not palette and any(info.dtypes[b - 1] != "uint8" for b in bands):
         plan.scale = _preview_scale(info, bands)
         notes.append(f"{info.dtypes[bands[0] - 1]} scaled linearly {plan.scale[0]:g}..{plan.scale[1]:g} -> 0..255")
     if plan.masked:
         notes.append("masked pixels composited onto black")
-    if plan.nodata_to_black:
-        notes.append("nodata pixels black")
     if k > 1:
         notes.append(f"downsampled 1/{k} (JPEG limit {JPEG_MAX_DIMENSION} px)")
     plan.description = "; ".join(notes)
@@ -110,19 +108,24 @@ def _source_xml(src: str, band: str, info: RasterInfo, plan: PreviewPlan, extra:
     )
 
 
-def preview_vrt(info: RasterInfo, plan: PreviewPlan) -> str:
-    """A VRT (XML text) that yields the 8-bit preview bands, streamed by GDAL line by line."""
+def composites_in_numpy(plan: PreviewPlan) -> bool:
+    """Whether a reader of the whole preview composites it onto black itself (jpeg.py, Pillow path): 8-bit bands
+    at full size, where ``round(value * alpha / 255)`` is exactly what the VRT's ``mul`` yields (the product is
+    never a tie), from one read of the mask instead of one per band through Float64."""
+    return plan.masked and plan.scale is None and plan.downsample == 1 and not plan.palette_expanded
+
+
+def preview_vrt(info: RasterInfo, plan: PreviewPlan, alpha_band: bool = False) -> str:
+    """A VRT (XML text) that yields the 8-bit preview bands, streamed by GDAL line by line; with ``alpha_band``
+    (see :func:`composites_in_numpy`) the bands as stored plus their mask as one last band instead."""
     src = os.path.abspath(info.path)
     out_bands = []
     names = ["Red", "Green", "Blue"] if plan.band_count == 3 else ["Gray"]
     for k in range(plan.band_count):
         b = plan.bands[0] if plan.palette_expanded else plan.bands[k]
         extra = ""
-        nd = info.nodata[b - 1]
         if plan.palette_expanded:
             extra += f"<ColorTableComponent>{k + 1}</ColorTableComponent>"
-        if plan.nodata_to_black and nd is not None and info.mask_flags[b - 1] & GMF_NODATA:
-            extra += f"<NODATA>{'nan' if math.isnan(nd) else repr(float(nd))}</NODATA>"
         if plan.scale is not None:
             lo, hi = plan.scale
             if hi > lo:
@@ -132,7 +135,7 @@ def preview_vrt(info: RasterInfo, plan: PreviewPlan) -> str:
                 ratio, offset = 0.0, (255.0 if plan.scale != (0.0, 0.0) else 0.0)
             extra += f"<ScaleOffset>{offset!r}</ScaleOffset><ScaleRatio>{ratio!r}</ScaleRatio>"
         value = _source_xml(src, str(b), info, plan, extra, complex_=bool(extra))
-        if plan.masked:
+        if plan.masked and not alpha_band:
             mask = _source_xml(
                 src, f"mask,{b}", info, plan, "<ScaleOffset>0</ScaleOffset><ScaleRatio>0.00392156862745098</ScaleRatio>"
             )
@@ -146,5 +149,9 @@ def preview_vrt(info: RasterInfo, plan: PreviewPlan) -> str:
                 f'<VRTRasterBand dataType="Byte" band="{k + 1}"><ColorInterp>{names[k]}</ColorInterp>'
                 f"{value}</VRTRasterBand>"
             )
+    if alpha_band:
+        mask = _source_xml(src, f"mask,{plan.bands[0]}", info, plan, complex_=False)
+        out_bands.append(f'<VRTRasterBand dataType="Byte" band="{plan.band_count + 1}"><ColorInterp>Alpha</ColorInterp>'
+                         f"{mask}</VRTRasterBand>")
     return f'<VRTDataset rasterXSize="{plan.width}" rasterYSize="{plan.height}">' + "".join(out_bands) + "</VRTDataset>"
 

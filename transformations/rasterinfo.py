@@ -31,11 +31,6 @@ class RasterInfo:
     has_palette: bool
     georeferenced: bool
 
-    @property
-    def alpha_bands(self) -> List[int]:
-        return [i + 1 for i, ci in enumerate(self.colorinterp) if ci == "alpha"]
-
-
 
 def numpy_dtype_name(gdal_name: str) -> str:
     return {

@@ -40,13 +40,6 @@ class TiffTag(IntEnum):
     JPEG_TABLES = 347
 
 
-class FieldType(IntEnum):
-    """TIFF field types used when the assembler writes directory entries."""
-
-    SHORT = 3
-    LONG = 4
-
-
 TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 TIFF_FORMATS = {1: "B", 3: "H", 7: "B", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q", 17: "q", 18: "Q"}
 _WANTED_TAGS = {TiffTag.NEW_SUBFILE_TYPE, TiffTag.IMAGE_WIDTH, TiffTag.IMAGE_LENGTH, TiffTag.COMPRESSION, TiffTag.STRIP_OFFSETS, TiffTag.ROWS_PER_STRIP, TiffTag.STRIP_BYTE_COUNTS, TiffTag.TILE_WIDTH, TiffTag.TILE_LENGTH, TiffTag.TILE_OFFSETS, TiffTag.TILE_BYTE_COUNTS, TiffTag.EXTRA_SAMPLES, TiffTag.JPEG_TABLES,

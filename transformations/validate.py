@@ -10,11 +10,13 @@ from typing import List, Optional, Tuple
 
 from .backend import get_backend
 from .exit_codes import GdalFailure
-from .settings import COG_BLOCKSIZE
+from .settings import env
 from .tiff import ghost_metadata, read_tiff_ifds
 
 #: rio-cogeo's limit: a reader's first request (a few hundred bytes) must hold the first IFD.
 MAX_FIRST_IFD_OFFSET = 300
+#: rio-cogeo's rule: an image larger than this is tiled, and the pyramid reaches it.
+COG_BLOCKSIZE = 512
 
 
 def builtin_check(path: str) -> Tuple[List[str], List[str]]:
@@ -81,7 +83,6 @@ def builtin_check(path: str) -> Tuple[List[str], List[str]]:
 
 
 
-VALIDATOR_ENV = "COG_PIPELINE_VALIDATOR"
 VALIDATORS = ("auto", "rio-cogeo", "gdal", "builtin")
 CogReport = Tuple[str, List[str], List[str]]  # validator name, errors, warnings
 
@@ -97,7 +98,7 @@ def validate_cog(path: str, validator: Optional[str] = None) -> CogReport:
     it, else the built-in check, which tests/test_convert_validation.py proves equivalent to
     rio-cogeo on every test raster and on deliberately broken files.
     """
-    wanted = (validator or os.environ.get(VALIDATOR_ENV, "").strip().lower() or "auto")
+    wanted = (validator or env("COG_PIPELINE_VALIDATOR")).lower()
     if wanted not in VALIDATORS:
         raise ValueError(f"unknown COG validator {wanted!r}: use one of {', '.join(VALIDATORS)}")
     if wanted == "rio-cogeo" or (wanted == "auto" and "rio_cogeo.cogeo" in sys.modules):
@@ -180,32 +181,31 @@ def _jpeg_header(path: str) -> Tuple[int, int, int]:
     raise ValueError("no JPEG frame header")
 
 
-def validate_jpeg(path: str, width: int, height: int, bands: int, decode: bool = True) -> List[str]:
-    """Check that the JPEG is complete (start and end markers), has the expected size and band count, that
-    GDAL opens it as such, and (``decode``) that every block entropy-decodes."""
+def validate_jpeg(path: str, width: int, height: int, bands: int) -> Tuple[List[str], Tuple[float, float]]:
+    """(errors, (min, max) of the decoded samples): the JPEG is complete (start and end markers), has the
+    expected size and band count, GDAL opens it as such, and every block entropy-decodes (at 1/8 scale)."""
     be = get_backend()
     try:
         w, h, comps = _jpeg_header(path)
     except (ValueError, OSError, struct.error) as exc:
-        return [f"JPEG {exc}"]
+        return [f"JPEG {exc}"], (0.0, 0.0)
     errors = []
     if (w, h) != (width, height):
         errors.append(f"JPEG is {w}x{h}, expected {width}x{height}")
     if comps != bands:
         errors.append(f"JPEG has {comps} bands, expected {bands}")
     if errors:
-        return errors
+        return errors, (0.0, 0.0)
     try:
         info = be.info(path, overviews=False)
         if info.driver != "JPEG" or (info.width, info.height, info.count) != (width, height, bands):
-            return [f"GDAL reads it as {info.driver} {info.width}x{info.height}x{info.count}"]
-        if decode:  # at 1/8 scale: still entropy-decodes every block, at a fraction of the full cost
-            # libjpeg reports corrupt entropy-coded data as a warning and decodes on (grey blocks)
-            corrupt = [m for m in be.decode_check(path) if "libjpeg" in m]
-            if corrupt:
-                detail = corrupt[0].split("(this warning")[0].split("libjpeg:", 1)[-1].strip()
-                return [f"JPEG does not decode cleanly: {detail}"]
+            return [f"GDAL reads it as {info.driver} {info.width}x{info.height}x{info.count}"], (0.0, 0.0)
+        # libjpeg reports corrupt entropy-coded data as a warning and decodes on (grey blocks)
+        messages, value_range = be.decode_check(path)
+        corrupt = [m for m in messages if "libjpeg" in m]
+        if corrupt:
+            detail = corrupt[0].split("(this warning")[0].split("libjpeg:", 1)[-1].strip()
+            return [f"JPEG does not decode cleanly: {detail}"], value_range
     except GdalFailure as exc:
-        return [f"JPEG does not decode: {exc.text}"]
-    return []
-
+        return [f"JPEG does not decode: {exc.text}"], (0.0, 0.0)
+    return [], value_range

@@ -236,9 +236,10 @@ def size_problem(path: Path, max_pixels: int) -> str | None:
 
 
 def bundled_converter() -> Path:
-    from .. import transformations
+    """The zipapp of this package's converter sources, built on first use (transformations/build.py)."""
+    from ..transformations.build import cached_zipapp
 
-    return Path(transformations.__file__).resolve().parent / "generate_cog"
+    return cached_zipapp()
 
 
 def runs_in_process(executable: str) -> bool:
