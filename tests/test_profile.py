@@ -1,5 +1,5 @@
 """The declared conversion profile (transformations/profile.py): defaults, overrides by name from the converter's
-CLI and environment, the TOML configuration and `scan --profile`, and provenance recording it."""
+CLI and environment, the TOML configuration and `scan --cog-profile`, and provenance recording it."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def test_a_bad_environment_profile_is_a_usage_line(tmp_path: Path) -> None:
 def test_toml_profile_and_flags_reach_the_workflows_converter_environment(tmp_path: Path) -> None:
     toml = tmp_path / "c.toml"
     toml.write_text('[profile]\ncompress = "DEFLATE"\njpeg_quality = 90\n')
-    config = load_config(toml, overrides_from_flags({"profile": ("jpeg_quality=70",)}))
+    config = load_config(toml, overrides_from_flags({"cog_profile": ("jpeg_quality=70",)}))
     assert config.profile == {"compress": "DEFLATE", "jpeg_quality": "70"}
     kwargs = workflow_settings_kwargs(config)
     assert kwargs["profile"] == ("compress=DEFLATE", "jpeg_quality=70")
@@ -100,7 +100,7 @@ def test_toml_profile_and_flags_reach_the_workflows_converter_environment(tmp_pa
 
 
 def test_scan_profile_flag_converts_every_row_with_it(tmp_path: Path) -> None:
-    """`cog-pipeline scan --profile compress=DEFLATE` on folder buckets, the local engine: the COG is DEFLATE and
+    """`cog-pipeline scan --cog-profile compress=DEFLATE` on folder buckets, the local engine: the COG is DEFLATE and
     its provenance says so; a bad value is one usage line and claims nothing."""
     import os
 
@@ -112,9 +112,9 @@ def test_scan_profile_flag_converts_every_row_with_it(tmp_path: Path) -> None:
     base = [sys.executable, "-m", "cog_pipeline", "scan", "--input-bucket", "in", "--output-bucket", "out",
             "--local-root", str(root), "-w", str(tmp_path / "work"), "--quiet"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("COG_PIPELINE_")}
-    bad = subprocess.run([*base, "--profile", "jpeg_quality=0"], capture_output=True, text=True, env=env, timeout=300)
+    bad = subprocess.run([*base, "--cog-profile", "jpeg_quality=0"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "jpeg_quality" in bad.stderr and (root / "in" / "t_raw.csv").exists()
-    proc = subprocess.run([*base, "--profile", "compress=DEFLATE"], capture_output=True, text=True, env=env,
+    proc = subprocess.run([*base, "--cog-profile", "compress=DEFLATE"], capture_output=True, text=True, env=env,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     with rasters.open_(root / "out" / "a b.tif") as ds:
