@@ -813,6 +813,18 @@ class S3Store:
         """An S3 bucket cannot link a local file: an upload."""
         return self.upload(src, key)
 
+    def copy(self, src_key: str, key: str) -> ObjectInfo:
+        """Copy an object of this bucket to `key` inside the store (no byte leaves it; multipart past 5 GB)."""
+        _validate_key(key)
+        try:
+            self.client.copy({"Bucket": self.bucket, "Key": src_key}, self.bucket, key, ExtraArgs=object_headers(key))
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, key) from exc
+        info = self.head(key)
+        if info is None:
+            raise StoreError(f"{key}: copied, but the store does not list it")
+        return info
+
 
 def open_store(bucket: str, config: StoreConfig, counter: RequestCounter | None = None) -> ObjectStore:
     """The store for one bucket: a folder under config.local_root when set, else S3."""

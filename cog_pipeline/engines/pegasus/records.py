@@ -85,10 +85,12 @@ def _run_keys(run_dir: RunDir) -> dict[str, tuple[int | None, str | None]]:
 
 
 def collect_job_records(run_dir: RunDir, env: dict[str, str] | None = None) -> int:
-    """Write jobs/<id>.json for conversion nodes that reached a final state in the submit directory."""
+    """Write jobs/<id>.json for conversion nodes that reached a final state in the submit directory (and, for a
+    clustered run, for each image of every finished cluster, after finishing failed clusters' stage-out)."""
     import os
 
-    recorded = run_dir.load().submit_dir
+    info = run_dir.load()
+    recorded = info.submit_dir
     submit_dir = submit_dir_for_hook(os.environ if env is None else env, Path(recorded) if recorded else None)
     if submit_dir is None or not submit_dir.is_dir():
         return 0
@@ -100,6 +102,8 @@ def collect_job_records(run_dir: RunDir, env: dict[str, str] | None = None) -> i
     hint = f"details: pegasus-analyzer {submit_dir}"
     run_dir.jobs_dir.mkdir(parents=True, exist_ok=True)
     written = 0
+    if info.cluster:
+        written += _cluster_records(run_dir, info, found, workflow)
     for node, job in found.jobs.items():
         match = JOB_NODE_RE.match(node)
         # A node still held when the DAG ended (condor_rm, DAG abort) is over too: it failed, held.
@@ -114,6 +118,22 @@ def collect_job_records(run_dir: RunDir, env: dict[str, str] | None = None) -> i
         record.line, record.key = workflow[job_id]
         write_record(path, record)
         written += 1
+    return written
+
+
+def _cluster_records(run_dir: RunDir, info, found, workflow: dict) -> int:
+    from ...store import open_store
+    from .clusters import stage_out_failed_clusters, task_records
+
+    if info.store_config.local_root is None and found.end.ended:
+        stage_out_failed_clusters(found, open_store(info.output_bucket, info.store_config))
+    written = 0
+    for job_id, record in task_records(found, set(workflow)).items():
+        path = run_dir.jobs_dir / f"{job_id}.json"
+        if not path.exists():
+            record.line, record.key = workflow[job_id]
+            write_record(path, record)
+            written += 1
     return written
 
 
