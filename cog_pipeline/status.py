@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from .errors import one_line
 from .rundir import GENERATED, RUNNING, RunDir, survey_run_dirs
 from .state import IN_FLIGHT
 
@@ -89,6 +90,7 @@ def show_runs(work_dir: Path, long_: bool = False) -> None:
 
         click.echo(render_status_table([status_row(r) for r in runs]).rstrip())
     on_path = shutil.which("pegasus-status") is not None
+    held = _held_jobs(runs)
     for run_dir in runs:
         info = run_dir.load()
         click.echo(f"- {run_dir.path.name}  {info.manifest_key}  state={info.state}  engine={info.engine}")
@@ -107,6 +109,23 @@ def show_runs(work_dir: Path, long_: bool = False) -> None:
             click.echo("    running with the local engine" if info.engine == "local" else "    no submit directory recorded")
             continue
         _show_submitted(run_dir, submit_dir, long_, on_path)
+        for job in held.get(run_dir.path.name, []):
+            click.echo(f"    held: {job['id']} {job['node'] or 'DAGMan'}: {job['reason']} (condor_release {job['id']})")
+
+
+def _held_jobs(runs: list[RunDir]) -> dict[str, list[dict[str, Any]]]:
+    """The held jobs of each submitted run (engines.pegasus.condor.held_jobs); no schedd here: one line."""
+    from .engines.pegasus.condor import held_jobs
+
+    infos = {run.path.name: run.load() for run in runs}
+    clusters = {name: info.dagman_cluster for name, info in infos.items() if info.state == RUNNING and info.dagman_cluster is not None}
+    if not clusters:
+        return {}
+    try:
+        return held_jobs(clusters)
+    except Exception as exc:  # noqa: BLE001 - no bindings or no schedd: the rest of the status still shows
+        click.echo(f"held jobs: unknown (the schedd cannot be asked: {one_line(exc)})")
+        return {}
 
 
 def _show_submitted(run_dir: RunDir, submit_dir: str, long_: bool, on_path: bool) -> None:
