@@ -601,3 +601,43 @@ def test_status_without_a_schedd_says_held_jobs_are_unknown(tmp_path, monkeypatc
     result = CliRunner().invoke(cli, ["status", "-w", str(work)])
     assert result.exit_code == 0, result.output
     assert "held jobs: unknown (the schedd cannot be asked: Unable to locate local daemon.)" in result.output
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The real Pegasus 5.1.2 planner (skipped where it is not installed)
+
+PEGASUS_BIN = Path("/opt/pegasus/bin")
+
+
+@pytest.fixture()
+def real_pegasus() -> dict[str, str]:
+    if not (PEGASUS_BIN / "pegasus-plan").is_file():
+        pytest.skip("no Pegasus installation at /opt/pegasus")
+    env = {"PATH": os.pathsep.join([str(PEGASUS_BIN), "/usr/bin", "/bin"]), "HOME": os.environ.get("HOME", "/tmp")}
+    if os.environ.get("JAVA_HOME"):
+        env["JAVA_HOME"] = os.environ["JAVA_HOME"]
+    return env
+
+
+def test_the_real_planner_refuses_a_python_without_pegasus_modules(real_pegasus, tmp_path):
+    """The issue's failure: the tick's Python lacks GitPython, so every pegasus-plan failed. Now it is one line."""
+    bare = tmp_path / "bare"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(bare)], check=True)  # like a '[condor]' venv
+    problem = condor.planner_problem({**real_pegasus, "PEGASUS_PYTHON": str(bare / "bin" / "python3")})
+    assert problem is not None and "--version exited 1: Pegasus requires the Python3" in problem, problem
+    assert f"(Pegasus' Python: {bare / 'bin' / 'python3'})" in problem
+    # start never records a Python that fails the planner's preflight, even the first python3 on PATH.
+    env = crondor_submit.tick_environment({**real_pegasus, "PATH": os.pathsep.join([str(bare / "bin"), real_pegasus["PATH"]])})
+    assert str(bare / "bin") in env["PATH"] and env.get("PEGASUS_PYTHON") != str(bare / "bin" / "python3")
+
+
+def test_start_finds_the_pegasus_installations_python(real_pegasus):
+    pegasus_venv = Path("/opt/pegasus/python-venv/bin")
+    if not (pegasus_venv / "python3").is_file():
+        pytest.skip("this Pegasus has no python-venv of its own")
+    venv_bin = str(Path(sys.executable).parent)
+    source = {**real_pegasus, "PATH": os.pathsep.join([venv_bin, str(PEGASUS_BIN), str(pegasus_venv), "/usr/bin", "/bin"])}
+    env = crondor_submit.tick_environment(source)
+    assert env["PEGASUS_PYTHON"] == str(pegasus_venv / "python3")
+    assert venv_bin not in env["PATH"].split(os.pathsep)
+    assert condor.planner_problem(env) is None
