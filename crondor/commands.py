@@ -29,7 +29,7 @@ from cog_pipeline.status import show_runs
 from .events import read_ticks
 from .submit import KEY_ATTRIBUTE, SCHEDULE, CrondorSpec, CrondorSpecError, build_submit, classad_string, crondor_key, write_description
 
-STATUS_NAMES = {3: "removed", 4: "completed", 5: "held", 6: "transferring output", 7: "suspended"}
+STATUS_NAMES = {3: "removed", 4: "completed", 6: "transferring output", 7: "suspended"}  # 1, 2 and 5: phase_lines
 CRON_ATTRIBUTES = ("CronMinute", "CronHour", "CronDayOfMonth", "CronMonth", "CronDayOfWeek")
 PROJECTION = ["ClusterId", "ProcId", "JobStatus", "JobBatchName", KEY_ATTRIBUTE, "Iwd", "UserLog", "DeferralTime", "HoldReason", "NumJobStarts", *CRON_ATTRIBUTES]
 LOCAL_HINT = "without HTCondor, run the same scan by hand or from cron: cog-pipeline scan --engine local ..."

@@ -311,9 +311,13 @@ def test_without_a_schedd_the_commands_say_so_in_one_line(tmp_path, monkeypatch)
 
 def test_dry_run_writes_the_description_without_a_schedd(tmp_path, monkeypatch):
     monkeypatch.setattr(condor, "schedd", lambda: pytest.fail("dry run must not contact the schedd"))
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}/usr/bin{os.pathsep}/bin")
     work = tmp_path / "work"
     result = CliRunner().invoke(cli, start_args(work, "--dry-run"))
     assert result.exit_code == 0, result.output
+    # Where Pegasus cannot run, start says so in one line (each tick would refuse to claim).
+    assert result.stderr.strip() == ("warning: Pegasus cannot run in the tick's environment: pegasus-plan and condor_submit_dag "
+                                     "not found on PATH; each tick will say so and claim nothing")
     assert (work / "crondor.sub").is_file() and "cron_minute       = */15" in result.output and "cron_hour         = *" in result.output
 
 
@@ -545,6 +549,25 @@ def test_status_tells_waiting_from_running_and_shows_the_last_tick(tmp_path, sch
     lines = status()
     assert any(line.startswith(f"  last tick: unknown (cannot read {log}:") for line in lines)
     assert any(line.startswith("runs in flight under") for line in lines)
+
+
+def test_a_tick_removed_or_evicted_says_so(tmp_path):
+    from cog_pipeline.crondor.events import read_ticks
+
+    log = tmp_path / "crondor.log"
+    evicted = _event(4, 7, "2026-12-07 18:15:09", "Job was evicted.\n\t(0) CPU times\n\tUsr 0 00:00:00, Sys 0 00:00:00  -  Run Remote Usage\n"
+                     "\tUsr 0 00:00:00, Sys 0 00:00:00  -  Run Local Usage\n\t0  -  Run Bytes Sent By Job\n\t0  -  Run Bytes Received By Job")
+    log.write_text(execute_event(7, "2026-12-07 18:15:00") + evicted)
+    ticks = read_ticks(log, 7)
+    assert (ticks.outcome, ticks.exit_code, ticks.seconds, ticks.running, ticks.count) == ("evicted before it ended", None, 9, False, 1)
+    log.write_text(execute_event(7, "2026-12-07 18:15:00") + _event(9, 7, "2026-12-07 18:15:04", "Job was aborted.\n\tcog-pipeline crondor stop"))
+    assert read_ticks(log, 7).outcome == "removed"
+    # Removed between ticks: the last tick's outcome stands.
+    log.write_text(execute_event(7, "2026-12-07 18:15:00") + requeue_event(7, "2026-12-07 18:15:02", "(1) Normal termination (return value 0)")
+                   + _event(9, 7, "2026-12-07 18:20:00", "Job was aborted.\n\tcog-pipeline crondor stop"))
+    ticks = read_ticks(log, 7)
+    assert (ticks.outcome, ticks.exit_code, ticks.count) == ("exit code 0", 0, 1)
+    assert read_ticks(tmp_path / "not-yet.log", 7).count == 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
