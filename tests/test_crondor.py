@@ -493,9 +493,10 @@ def execute_event(cluster: int, when: str) -> str:
 
 
 def requeue_event(cluster: int, when: str, ending: str = "(1) Normal termination (return value 1)") -> str:
-    """How the local universe's starter logs the end of a tick of a job that stays queued (on_exit_remove = false)."""
+    """How the local universe's starter logs the end of a tick of a job that stays queued (on_exit_remove = false),
+    as HTCondor 25.13 wrote it into a real Crondor's crondor.log."""
     return _event(4, cluster, when, "Job was evicted.\n\t(0) Job terminated and was requeued\n"
-                  "\tUsr 0 00:00:01, Sys 0 00:00:00  -  Run Remote Usage\n\tUsr 0 00:00:00, Sys 0 00:00:00  -  Run Local Usage\n"
+                  "\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Run Remote Usage\n\t\tUsr 0 00:00:01, Sys 0 00:00:00  -  Run Local Usage\n"
                   f"\t0  -  Run Bytes Sent By Job\n\t0  -  Run Bytes Received By Job\n\t{ending}\n"
                   "\tThe job attribute OnExitRemove expression 'false' evaluated to FALSE")
 

@@ -99,6 +99,22 @@ def pool_bindings(pool):
     htcondor2.reload_config()
 
 
+def watch_first_tick(key: str) -> tuple[list[str], str]:
+    """The phases `crondor status` goes through until the first tick has ended, and its last-tick line."""
+    seen: list[str] = []
+    deadline = time.monotonic() + FIRE_WITHIN_S
+    while time.monotonic() < deadline:
+        (ad,) = find_crondors(condor.schedd(), key)
+        state, last = phase_lines(ad)
+        phase = "running" if "running a tick since" in state else "waiting" if "waiting for its next tick" in state else state
+        if not seen or seen[-1] != phase:
+            seen.append(phase)
+        if last.startswith("  last tick: ended ") and phase != "running":
+            return seen, last
+        time.sleep(0.2)
+    pytest.fail(f"no tick ended within {FIRE_WITHIN_S} s; phases seen {seen}")
+
+
 def _status_phase(env: dict[str, str]) -> str:
     result = cog(env, "crondor", "status")
     assert result.returncode == 0, result.stderr
@@ -122,19 +138,7 @@ def test_a_real_crondor_fires_on_its_schedule_and_stop_removes_it(pool, place, p
 
         # Watch the phases closely in this process (a manifest-less tick lasts a few seconds), then as the operator.
         key = crondor_key("cog-in", "cog-out", f"{place.name}*raw.csv")
-        seen: list[str] = []
-        deadline = time.monotonic() + FIRE_WITHIN_S
-        while time.monotonic() < deadline:
-            (ad,) = find_crondors(condor.schedd(), key)
-            state, last = phase_lines(ad)
-            phase = "running" if "running a tick since" in state else "waiting" if "waiting for its next tick" in state else state
-            if not seen or seen[-1] != phase:
-                seen.append(phase)
-            if last.startswith("  last tick: ended ") and phase != "running":
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"no tick ended within {FIRE_WITHIN_S} s; phases seen {seen}")
+        seen, last = watch_first_tick(key)
         assert seen[:3] == ["waiting", "running", "waiting"], seen
         shown = _status_phase(env).split(f"[{key}]", 1)[1]
         assert last in shown.splitlines() and "  state: waiting for its next tick at " in shown, shown
@@ -147,3 +151,27 @@ def test_a_real_crondor_fires_on_its_schedule_and_stop_removes_it(pool, place, p
     assert stop.returncode == 0, stop.stderr
     assert "removed Crondor job" in stop.stdout and "0 run(s) in flight" in stop.stdout
     assert f"[cog-in|cog-out|{place.name}*raw.csv]" not in _status_phase(env)
+
+
+def test_a_tick_whose_pegasus_cannot_run_claims_nothing(pool, place, pool_bindings):
+    """The issue's failure: Pegasus' tools ran with the project venv's Python (no GitPython), and every plan
+    failed after the manifest was claimed. Now the tick says so in one line before any claim."""
+    env = {**pool, "PEGASUS_PYTHON": str(VENV / "bin" / "python3")}  # a '[condor]' venv: no GitPython
+    work, root = place / "work", place / "buckets"
+    (root / "cog-in" / f"{place.name}_raw.csv").write_text("a.tif,1\n")
+    if os.geteuid() == 0:
+        shutil.chown(root / "cog-in" / f"{place.name}_raw.csv", USER, USER)
+    ident = ["--input-bucket", "cog-in", "--output-bucket", "cog-out", "-p", f"{place.name}*raw.csv"]
+    start = cog(env, "crondor", "start", *ident, "--local-root", str(root), "-w", str(work), "--schedule", "*/1 * * * *")
+    try:
+        assert start.returncode == 0, start.stdout + start.stderr
+        assert "warning: Pegasus cannot run in the tick's environment" in start.stderr and "GitPython" in start.stderr
+        _, last = watch_first_tick(crondor_key("cog-in", "cog-out", f"{place.name}*raw.csv"))
+        assert "exit code 1" in last, last
+        (line,) = [line for line in (work / "crondor.err").read_text(errors="replace").splitlines() if line.strip()]
+        assert line.startswith("error: Pegasus cannot run here:") and "GitPython" in line and "nothing was claimed" in line, line
+        assert sorted(p.name for p in (root / "cog-in").iterdir()) == [f"{place.name}_raw.csv"]
+        assert not list(work.glob("workflow-run-*"))
+    finally:
+        stop = cog(env, "crondor", "stop", *ident)
+    assert stop.returncode == 0 and "removed Crondor job" in stop.stdout, stop.stderr
