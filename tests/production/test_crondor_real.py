@@ -23,7 +23,7 @@ import htcondor2
 import pytest
 
 from cog_pipeline.crondor.commands import find_crondors, phase_lines
-from cog_pipeline.crondor.submit import crondor_key
+from cog_pipeline.crondor.submit import classad_string, crondor_key
 from cog_pipeline.engines.pegasus import condor
 
 pytestmark = pytest.mark.production
@@ -74,8 +74,9 @@ def pool() -> dict[str, str]:
 
 @pytest.fixture()
 def place():
-    """A work directory and folder buckets the submitting user owns; removed afterwards."""
-    top = Path(tempfile.mkdtemp(prefix="cog-crondor-real-"))
+    """A work directory and folder buckets the submitting user owns, in its home (DAGMan refuses node logs in /tmp);
+    removed afterwards."""
+    top = Path(tempfile.mkdtemp(prefix="cog-crondor-real-", dir=pwd.getpwnam(USER).pw_dir))
     for sub in ("work", "buckets/cog-in", "buckets/cog-out"):
         (top / sub).mkdir(parents=True)
     if os.geteuid() == 0:
@@ -115,6 +116,13 @@ def watch_first_tick(key: str) -> tuple[list[str], str]:
     pytest.fail(f"no tick ended within {FIRE_WITHIN_S} s; phases seen {seen}")
 
 
+def wait_gone(constraint: str) -> None:
+    """A removed job writes its last events as it leaves the queue: let it go before its folder is removed."""
+    deadline = time.monotonic() + 60
+    while condor.schedd().query(constraint, ["ClusterId"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def _status_phase(env: dict[str, str]) -> str:
     result = cog(env, "crondor", "status")
     assert result.returncode == 0, result.stderr
@@ -125,6 +133,7 @@ def test_a_real_crondor_fires_on_its_schedule_and_stop_removes_it(pool, place, p
     env = pool
     work, root = place / "work", place / "buckets"
     ident = ["--input-bucket", "cog-in", "--output-bucket", "cog-out", "-p", f"{place.name}*raw.csv"]
+    key = crondor_key("cog-in", "cog-out", f"{place.name}*raw.csv")
     start = cog(env, "crondor", "start", *ident, "--local-root", str(root), "-w", str(work), "--schedule", "*/1 * * * *")
     try:
         assert start.returncode == 0, start.stdout + start.stderr
@@ -137,7 +146,6 @@ def test_a_real_crondor_fires_on_its_schedule_and_stop_removes_it(pool, place, p
         assert f"executable        = {VENV / 'bin' / 'cog-pipeline'}" in text
 
         # Watch the phases closely in this process (a manifest-less tick lasts a few seconds), then as the operator.
-        key = crondor_key("cog-in", "cog-out", f"{place.name}*raw.csv")
         seen, last = watch_first_tick(key)
         assert seen[:3] == ["waiting", "running", "waiting"], seen
         shown = _status_phase(env).split(f"[{key}]", 1)[1]
@@ -148,9 +156,10 @@ def test_a_real_crondor_fires_on_its_schedule_and_stop_removes_it(pool, place, p
         print(f"phases seen: {seen}; {last.strip()}")
     finally:
         stop = cog(env, "crondor", "stop", *ident)
+        wait_gone(f"CogPipelineKey == {classad_string(key)}")
     assert stop.returncode == 0, stop.stderr
     assert "removed Crondor job" in stop.stdout and "0 run(s) in flight" in stop.stdout
-    assert f"[cog-in|cog-out|{place.name}*raw.csv]" not in _status_phase(env)
+    assert f"[{key}]" not in _status_phase(env)
 
 
 def test_a_tick_whose_pegasus_cannot_run_claims_nothing(pool, place, pool_bindings):
@@ -162,11 +171,12 @@ def test_a_tick_whose_pegasus_cannot_run_claims_nothing(pool, place, pool_bindin
     if os.geteuid() == 0:
         shutil.chown(root / "cog-in" / f"{place.name}_raw.csv", USER, USER)
     ident = ["--input-bucket", "cog-in", "--output-bucket", "cog-out", "-p", f"{place.name}*raw.csv"]
+    key = crondor_key("cog-in", "cog-out", f"{place.name}*raw.csv")
     start = cog(env, "crondor", "start", *ident, "--local-root", str(root), "-w", str(work), "--schedule", "*/1 * * * *")
     try:
         assert start.returncode == 0, start.stdout + start.stderr
         assert "warning: Pegasus cannot run in the tick's environment" in start.stderr and "GitPython" in start.stderr
-        _, last = watch_first_tick(crondor_key("cog-in", "cog-out", f"{place.name}*raw.csv"))
+        _, last = watch_first_tick(key)
         assert "exit code 1" in last, last
         (line,) = [line for line in (work / "crondor.err").read_text(errors="replace").splitlines() if line.strip()]
         assert line.startswith("error: Pegasus cannot run here:") and "GitPython" in line and "nothing was claimed" in line, line
@@ -174,4 +184,41 @@ def test_a_tick_whose_pegasus_cannot_run_claims_nothing(pool, place, pool_bindin
         assert not list(work.glob("workflow-run-*"))
     finally:
         stop = cog(env, "crondor", "stop", *ident)
+        wait_gone(f"CogPipelineKey == {classad_string(key)}")
     assert stop.returncode == 0 and "removed Crondor job" in stop.stdout, stop.stderr
+
+
+def test_status_shows_a_real_dags_held_job_with_its_reason(pool, place, pool_bindings):
+    """held_jobs asks the real schedd for jobs whose DAGManJobId is a run's DAGMan job (one node submitted on hold)."""
+    from cog_pipeline.rundir import RUNNING, RunDir, RunInfo
+
+    dag_dir = place / "dag"
+    dag_dir.mkdir()
+    (dag_dir / "one.sub").write_text("universe = vanilla\nexecutable = /bin/true\nlog = one.log\nhold = true\nqueue\n")
+    (dag_dir / "x.dag").write_text("JOB one_node one.sub\n")
+    run = RunDir(place / "work" / "workflow-run-20261207-000000")
+    run.path.mkdir(parents=True)
+    if os.geteuid() == 0:
+        for path in (place, *place.rglob("*")):
+            shutil.chown(path, USER, USER)
+    submitted = subprocess.run(["condor_submit_dag", "x.dag"], env=pool, cwd=dag_dir, capture_output=True, text=True, timeout=60, **_as_user())
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    cluster = int(submitted.stdout.split("submitted to cluster ")[1].split(".")[0])
+    try:
+        held: list = []
+        deadline = time.monotonic() + 90
+        while not held and time.monotonic() < deadline:
+            time.sleep(1)
+            held = condor.held_jobs({run.path.name: cluster})[run.path.name]
+        assert len(held) == 1 and held[0]["node"] == "one_node" and "hold" in held[0]["reason"].lower(), held
+        run.save(RunInfo(timestamp="20261207-000000", input_bucket="cog-in", output_bucket="cog-out", manifest_key="m_raw.csv",
+                         processing_key="m_processing-20261207-000000.csv", store={}, state=RUNNING, engine="pegasus",
+                         submit_dir=str(dag_dir), dagman_cluster=cluster))
+        if os.geteuid() == 0:
+            shutil.chown(run.file("run.json"), USER, USER)
+        shown = cog(pool, "status", "-w", str(place / "work"))
+        assert shown.returncode == 0, shown.stderr
+        assert f"    held: {held[0]['id']} one_node: {held[0]['reason']} (condor_release {held[0]['id']})" in shown.stdout, shown.stdout
+    finally:
+        subprocess.run(["condor_rm", str(cluster)], env=pool, cwd="/", capture_output=True, timeout=60, **_as_user())
+        wait_gone(f"ClusterId == {cluster} || DAGManJobId == {cluster}")
