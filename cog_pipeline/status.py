@@ -67,10 +67,15 @@ def status_row(run_dir: RunDir, now: float | None = None) -> dict[str, Any]:
     return row
 
 
+def runs_in_flight(work_dir: Path) -> list[RunDir]:
+    """The unfinished runs under `work_dir` (damaged run directories are left to show_runs)."""
+    run_dirs, _ = survey_run_dirs(work_dir)
+    return [r for r in run_dirs if r.load().state in IN_FLIGHT]
+
+
 def status_rows(work_dir: Path) -> list[dict[str, Any]]:
     """Rows for every run in flight under `work_dir` (damaged run directories are left to show_runs)."""
-    run_dirs, _ = survey_run_dirs(work_dir)
-    return [status_row(r) for r in run_dirs if r.load().state in IN_FLIGHT]
+    return [status_row(r) for r in runs_in_flight(work_dir)]
 
 
 def _counts_text(counts: dict[str, Any]) -> str:

@@ -22,9 +22,7 @@ from cog_pipeline.engines.pegasus import condor
 from cog_pipeline.engines.pegasus.condor import PegasusUnavailable
 from cog_pipeline.options import EXIT_ERROR, bucket_options, check_scan_args, fail, handle_errors, output_options, store_config, store_options, workflow_options
 from cog_pipeline.config_cli import config_option, effective_config
-from cog_pipeline.rundir import survey_run_dirs
-from cog_pipeline.state import IN_FLIGHT
-from cog_pipeline.status import show_runs
+from cog_pipeline.status import runs_in_flight, show_runs
 
 from .events import read_ticks
 from .submit import KEY_ATTRIBUTE, SCHEDULE, CrondorSpec, CrondorSpecError, build_submit, classad_string, crondor_key, write_description
@@ -108,11 +106,6 @@ def phase_lines(ad: Any) -> list[str]:
     else:
         lines.append("  last tick: none has ended yet")
     return lines
-
-
-def _runs_in_flight(work_dir: Path) -> int:
-    run_dirs, _ = survey_run_dirs(work_dir)
-    return sum(1 for run_dir in run_dirs if run_dir.load().state in IN_FLIGHT)
 
 
 @click.group()
@@ -211,7 +204,7 @@ def stop(input_bucket: str, output_bucket: str, pattern: str) -> None:
         work_dir = Path(str(ad.get("Iwd")))
         click.echo(f"removed Crondor job {_job_id(ad)} ({ad.get('JobBatchName')}); no further tick runs")
         click.echo(
-            f"  {_runs_in_flight(work_dir)} run(s) in flight under {work_dir}: submitted DAGs keep running, and when one ends "
+            f"  {len(runs_in_flight(work_dir))} run(s) in flight under {work_dir}: submitted DAGs keep running, and when one ends "
             "pegasus-monitord runs its END hook (cog-pipeline finish RUN_DIR), which writes its result files; a run its hook "
             f"did not reconcile (hook failed, DAG removed) waits for the next scan you run: cog-pipeline scan --engine pegasus "
             f"-w {work_dir} ... (watch: cog-pipeline status -w {work_dir}; stop one DAG: pegasus-remove SUBMIT_DIR)"
