@@ -114,6 +114,10 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
 
 
 def _scan(options: ScanOptions, echo: Echo) -> ScanReport:
+    if options.engine == "pegasus" and not options.dry_run:
+        from .engines.pegasus.condor import check_pegasus
+
+        check_pegasus()  # one line and nothing claimed when pegasus-plan cannot run here
     report = ScanReport()
     input_store = open_store(options.input_bucket, options.store)
     # Claiming work that could never be delivered would only leave manifests processing: check the output

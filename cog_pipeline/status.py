@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from .errors import one_line
 from .rundir import GENERATED, RUNNING, RunDir, survey_run_dirs
 from .state import IN_FLIGHT
 
@@ -73,6 +74,12 @@ def status_row(run_dir: RunDir, now: float | None = None) -> dict[str, Any]:
     return row
 
 
+def runs_in_flight(work_dir: Path) -> list[RunDir]:
+    """The unfinished runs under `work_dir` (damaged run directories are left to show_runs)."""
+    run_dirs, _ = survey_run_dirs(work_dir)
+    return [r for r in run_dirs if r.load().state in IN_FLIGHT]
+
+
 def _counts_text(counts: dict[str, Any]) -> str:
     names = ("total", "succeeded", "failed", "held", "running", "queued", "unready", "ready")
     return ", ".join(f"{counts[n]} {n}" for n in names if isinstance(counts.get(n), int))
@@ -86,6 +93,7 @@ def show_runs(work_dir: Path, long_: bool = False) -> None:
     for problem in problems:
         click.echo(f"warning: {problem}")
     on_path = shutil.which("pegasus-status") is not None
+    held = _held_jobs(runs)
     for run_dir in runs:
         info = run_dir.load()
         click.echo(f"- {run_dir.path.name}  {info.manifest_key}  state={info.state}  engine={info.engine}")
@@ -104,6 +112,23 @@ def show_runs(work_dir: Path, long_: bool = False) -> None:
             click.echo("    running with the local engine" if info.engine == "local" else "    no submit directory recorded")
             continue
         _show_submitted(run_dir, submit_dir, long_, on_path)
+        for job in held.get(run_dir.path.name, []):
+            click.echo(f"    held: {job['id']} {job['node'] or 'DAGMan'}: {job['reason']} (condor_release {job['id']})")
+
+
+def _held_jobs(runs: list[RunDir]) -> dict[str, list[dict[str, Any]]]:
+    """The held jobs of each submitted run (engines.pegasus.condor.held_jobs); no schedd here: one line."""
+    from .engines.pegasus.condor import held_jobs
+
+    infos = {run.path.name: run.load() for run in runs}
+    clusters = {name: info.dagman_cluster for name, info in infos.items() if info.state == RUNNING and info.dagman_cluster is not None}
+    if not clusters:
+        return {}
+    try:
+        return held_jobs(clusters)
+    except Exception as exc:  # noqa: BLE001 - no bindings or no schedd: the rest of the status still shows
+        click.echo(f"held jobs: unknown (the schedd cannot be asked: {one_line(exc)})")
+        return {}
 
 
 def _show_submitted(run_dir: RunDir, submit_dir: str, long_: bool, on_path: bool) -> None:

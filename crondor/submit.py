@@ -4,11 +4,16 @@
 ``condor_submit`` it by hand); ``build_submit(spec)`` gives the same description as an ``htcondor2.Submit``.
 The tick's command line carries only what ``start`` was given: bucket names, the pattern, the endpoint and
 region, and the *paths* of the key files; never key material, never the caller's environment wholesale.
+
+The tick's environment is set explicitly (``tick_environment``): the project runs as this venv's
+``cog-pipeline`` by absolute path, and Pegasus' tools run with the Pegasus installation's own Python
+(``PEGASUS_PYTHON``, found when ``start`` runs), never with whichever ``python3`` comes first on PATH.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -20,14 +25,21 @@ TEMPLATE = Path(__file__).resolve().parent / "crondor.sub.tmpl"
 DESCRIPTION_FILE = "crondor.sub"
 KEY_ATTRIBUTE = "CogPipelineKey"
 BATCH_PREFIX = "COG-Pipeline-Crondor-"
-CRON_MINUTE = "*/15"
+SCHEDULE = "*/15 * * * *"  # cron syntax: minute hour day-of-month month day-of-week
+# The submit commands the five fields become, and each field's range.
+CRON_FIELDS = (("cron_minute", "minute", 0, 59), ("cron_hour", "hour", 0, 23), ("cron_day_of_month", "day of month", 1, 31),
+               ("cron_month", "month", 1, 12), ("cron_day_of_week", "day of week", 0, 7))
+_CRON_ITEM = re.compile(r"(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?")
 # Passed to the tick when set: names and paths only. Never AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
 # AWS_SESSION_TOKEN (S3 keys reach the tick as -a/-s FILE paths or through ~/.aws files under HOME).
+# PEGASUS_METRICS=false keeps the planner from sending usage metrics; PATH and PEGASUS_PYTHON are built by
+# tick_environment.
 ENVIRONMENT_NAMES = (
-    "PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "PEGASUS_HOME", "PEGASUS_CREDENTIALS", "CONDOR_CONFIG",
+    "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "PEGASUS_HOME", "PEGASUS_CREDENTIALS", "PEGASUS_METRICS", "CONDOR_CONFIG",
     "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE",
     "JAVA_HOME",
 )
+SYSTEM_PYTHON = "/usr/bin/python3"  # where Pegasus' own wrapper looks last (an RPM/DEB install's Python)
 SECRET_NAMES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
 
 
@@ -56,9 +68,9 @@ class CrondorSpec:
     output_prefix: str | None = None  # outputs at <prefix><key> (same-bucket mode)
     replace_inputs: bool = False  # same bucket, no prefix: the operator accepts COGs replacing the sources
     config: Path | None = None  # the production configuration file: the tick reads it, flags are not copied out
-    cron_minute: str = CRON_MINUTE
+    schedule: str = SCHEDULE
     command: list[str] = field(default_factory=lambda: default_command())
-    environment: dict[str, str] = field(default_factory=lambda: default_environment())
+    environment: dict[str, str] = field(default_factory=lambda: tick_environment())
 
     def validate(self) -> None:
         for name in ("input_bucket", "output_bucket", "pattern"):
@@ -69,6 +81,7 @@ class CrondorSpec:
             raise CrondorSpecError("work_dir must be an absolute path")
         if self.config is not None and not self.config.is_absolute():
             raise CrondorSpecError("config must be an absolute path (the tick runs in the work directory)")
+        cron_fields(self.schedule)
 
     @property
     def key(self) -> str:
@@ -101,15 +114,61 @@ def default_command() -> list[str]:
     return [sys.executable, "-m", "cog_pipeline"]
 
 
-def default_environment(source: dict[str, str] | None = None) -> dict[str, str]:
-    source = os.environ if source is None else source
+def cron_fields(schedule: str) -> dict[str, str]:
+    """The five fields of a cron schedule as submit commands (cron_minute, ...); CrondorSpecError names the bad one.
+
+    Each field is `*` or a number, a range `a-b` or a list of them, each optionally `/step`, as HTCondor's
+    CronTab takes them (no names such as `mon`).
+    """
+    fields = schedule.split()
+    if len(fields) != len(CRON_FIELDS):
+        raise CrondorSpecError(
+            f"--schedule {schedule!r}: give 5 cron fields, 'minute hour day-of-month month day-of-week' "
+            f"(e.g. '{SCHEDULE}'), not {len(fields)}"
+        )
+    for value, (_, what, low, high) in zip(fields, CRON_FIELDS):
+        for item in value.split(","):
+            match = _CRON_ITEM.fullmatch(item)
+            numbers = [int(n) for n in match.groups()[1:3] if n is not None] if match else []
+            step = match.group(4) if match else None
+            if not match or any(not low <= n <= high for n in numbers) or (len(numbers) == 2 and numbers[0] > numbers[1]) or step == "0" or (step and int(step) < 1):
+                raise CrondorSpecError(
+                    f"--schedule {schedule!r}: the {what} field {value!r} is not '*', a number {low}-{high}, a range a-b "
+                    "or a list of them, each optionally /step"
+                )
+    return {command: value for value, (command, *_rest) in zip(fields, CRON_FIELDS)}
+
+
+def _project_bin_dirs() -> set[str]:
+    """This installation's own bin folders: its python3 lacks Pegasus' modules, so Pegasus must not pick it."""
+    return {str(Path(sys.executable).parent), str(Path(sys.prefix) / "bin")}
+
+
+def pegasus_python(env: dict[str, str]) -> str | None:
+    """The Python the Pegasus installation's own tools need, looked for as Pegasus' wrapper does (python3 on PATH,
+    then /usr/bin/python3; PATH here is without this project's venv): the first under which `pegasus-plan
+    --version` passes (the planner's own preflight: YAML, GitPython), else None (also without pegasus-plan)."""
+    from cog_pipeline.engines.pegasus.condor import planner_problem
+
+    if shutil.which("pegasus-plan", path=env.get("PATH", "")) is None:
+        return None
+    candidates = [shutil.which("python3", path=env.get("PATH", "")), SYSTEM_PYTHON]
+    for candidate in dict.fromkeys(c for c in candidates if c and os.access(c, os.X_OK)):
+        if planner_problem({**env, "PEGASUS_PYTHON": candidate}) is None:
+            return candidate
+    return None
+
+
+def tick_environment(source: dict[str, str] | None = None) -> dict[str, str]:
+    """What a tick runs with: the names above as `start` saw them; PATH without this venv's bin folder (Pegasus'
+    tools, condor_* and java as the operator has them); PEGASUS_PYTHON as the operator set it, else as found."""
+    source = dict(os.environ if source is None else source)
     env = {name: source[name] for name in ENVIRONMENT_NAMES if source.get(name)}
-    # The tick must find cog-pipeline's own Python tools (and pegasus-* / condor_* as the operator has them).
-    bin_dir = str(Path(sys.executable).parent)
-    path = env.get("PATH", "/usr/bin:/bin")
-    if bin_dir not in path.split(os.pathsep):
-        path = f"{bin_dir}{os.pathsep}{path}"
-    env["PATH"] = path
+    own = _project_bin_dirs()
+    env["PATH"] = os.pathsep.join(d for d in source.get("PATH", "").split(os.pathsep) if d and d not in own) or "/usr/bin:/bin"
+    python = source.get("PEGASUS_PYTHON") or pegasus_python({**source, "PATH": env["PATH"]})
+    if python:
+        env["PEGASUS_PYTHON"] = python
     return env
 
 
@@ -186,7 +245,8 @@ def template_values(spec: CrondorSpec) -> dict[str, str]:
         "environment": condor_environment(spec.environment),
         "batch_name": spec.batch_name,
         "key": classad_string(spec.key),
-        "cron_minute": spec.cron_minute,
+        "schedule": " ".join(spec.schedule.split()),
+        **cron_fields(spec.schedule),
     }
 
 

@@ -27,9 +27,10 @@ from cog_pipeline.engines.pegasus import condor, monitor, plan, records
 from cog_pipeline.cli import main as cli
 from cog_pipeline.engines.local import load_jobs, run_job
 from cog_pipeline.examples import write_raster
-from cog_pipeline.pipeline import finish, ScanOptions, scan
+from cog_pipeline.claim import claim_one
+from cog_pipeline.pipeline import carry_on, finish, ScanOptions, scan
 from cog_pipeline.rundir import GENERATED, RECONCILED, RUNNING, RunDir, list_run_dirs
-from cog_pipeline.store import StoreConfig
+from cog_pipeline.store import StoreConfig, open_store
 
 from .conftest import Buckets
 from .test_replicas import schema_validator
@@ -87,6 +88,9 @@ FAKE_PLAN = r'''#!{python}
 import json, os, sys, getpass
 from pathlib import Path
 args = sys.argv[1:]
+if args == ["--version"]:  # the scan's check that Pegasus can run, before it claims
+    print("5.1.2")
+    sys.exit(0)
 with open(os.environ["FAKE_RECORD"], "a") as fh:
     fh.write(json.dumps({{"tool": "pegasus-plan", "argv": args, "cwd": os.getcwd(),
         "credentials": os.environ.get("PEGASUS_CREDENTIALS"), "props_here": os.path.isfile("pegasus.properties")}}) + "\n")
@@ -368,7 +372,15 @@ def test_missing_planner_keeps_the_run_and_the_local_engine_finishes_it(tmp_path
     assert result.exit_code == 1
     message = result.output.strip().splitlines()[-1]
     assert message.startswith("error: ") and "pegasus-plan" in message and "--engine local" in message
-    assert "Traceback" not in result.output
+    assert "nothing was claimed" in message and "Traceback" not in result.output
+    # Checked before the first claim: the manifest waits, raw, for a tick that can plan it.
+    assert not list_run_dirs(work) and "batch_raw.csv" in buckets.input_keys()
+    # A run claimed while Pegasus could run, whose planner has gone since: it waits, generated, and is not lost.
+    store = open_store("in", buckets.config)
+    manifest = next(o for o in store.list("") if o.key == "batch_raw.csv")
+    claim = claim_one(store, manifest, work_dir=work, output_bucket="out", store_config=buckets.config, engine="pegasus")
+    with pytest.raises(condor.PegasusUnavailable, match="pegasus-plan"):
+        carry_on(claim.run_dir, options(buckets, work, "pegasus"), store, echo=lambda _: None)
     (run_dir,) = list_run_dirs(work)
     assert run_dir.load().state == GENERATED and run_dir.load().engine_waiting
     for name in ("workflow.yml", "replicas.yml", "transformations.yml", "sites.yml", "pegasus.properties"):
