@@ -273,7 +273,7 @@ def htcondor_module() -> Any:
 
     module = find()
     if module is None:
-        raise PegasusUnavailable("the HTCondor Python bindings (htcondor2) are not installed: pip install 'cog-pipeline[condor]'")
+        raise PegasusUnavailable("the HTCondor Python bindings (htcondor2) are not installed: pip install -e '.[condor]' in the checkout")
     return module
 
 

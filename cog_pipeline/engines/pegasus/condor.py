@@ -39,7 +39,7 @@ def schedd() -> Any:
     """The local schedd. Tests replace this function (the only HTCondor boundary), never the logic."""
     module = htcondor_module()
     if module is None:
-        raise PegasusUnavailable("the HTCondor Python bindings (htcondor2) are not installed: pip install 'cog-pipeline[condor]'")
+        raise PegasusUnavailable("the HTCondor Python bindings (htcondor2) are not installed: pip install -e '.[condor]' in the checkout")
     return module.Schedd()
 
 
