@@ -141,3 +141,27 @@ def test_held_reason_from_the_event_log_reaches_the_record(tmp_path, samples):
     assert collect_job_records(run, env={"PEGASUS_SUBMIT_DIR": str(submit)}) == 1
     record = json.loads((run.jobs_dir / "ID0000001.json").read_text())
     assert record["category"] == "HELD" and "(Transfer input files failure)" in record["reason"]
+
+
+REMOVED = Path(__file__).parent / "data" / "pegasus-real" / "removed"  # condor_rm of a real DAG right after its submit
+
+
+def test_rows_of_a_removed_workflow_say_it_was_removed(tmp_path):
+    import shutil
+
+    from cog_pipeline.engines.pegasus.records import REMOVED_REASON
+    from cog_pipeline.engines.pegasus.submit_dir import dag_was_removed
+
+    run = hand_planned_run(tmp_path)
+    shutil.copy(REMOVED / "workflow.yml", run.file(RunDir.WORKFLOW))  # its two jobs, lines 1 and 2
+    assert dag_was_removed(REMOVED)
+    assert collect_job_records(run, env={"PEGASUS_SUBMIT_DIR": str(REMOVED)}) == 2
+    records = [json.loads(p.read_text()) for p in sorted(run.jobs_dir.glob("*.json"))]
+    assert [(r["line"], r["category"], r["reason"]) for r in records] == [(1, "REMOVED", REMOVED_REASON), (2, "REMOVED", REMOVED_REASON)]
+    assert [r["key"] for r in records] == ["plain/c.tif", "Counties/WI/Eau Claire/a.tif"]
+
+
+def test_a_workflow_that_ended_by_itself_was_not_removed(samples):
+    from cog_pipeline.engines.pegasus.submit_dir import dag_was_removed
+
+    assert not dag_was_removed(samples / "process_wf_failure") and not dag_was_removed(samples / "process_wf_success")

@@ -21,9 +21,10 @@ from typing import Any
 
 from ...rundir import RunDir
 from ..base import SUCCESS_CODES, JobRecord, category, last_line, line_of_job_id, write_record
-from .submit_dir import JobState, KickstartRecord, _invocations, holds_by_node, main_invocation, read_submit_dir, submit_dir_for_hook
+from .submit_dir import JobState, KickstartRecord, _invocations, dag_was_removed, holds_by_node, main_invocation, read_submit_dir, submit_dir_for_hook
 
 JOB_NODE_RE = re.compile(r"^\w+?_(ID\d{7})$")
+STAGE_OUT_RE = re.compile(r"^stage_out_(?:local|remote)_(\w+?_ID\d{7})_\d+$")  # one per conversion (Basic refiner)
 _MAX_REASON_CHARS = 500
 
 
@@ -95,7 +96,8 @@ def collect_job_records(run_dir: RunDir, env: dict[str, str] | None = None) -> i
     if submit_dir is None or not submit_dir.is_dir():
         return 0
     found = read_submit_dir(submit_dir)
-    if not found.jobs:
+    removed = found.end.ended and dag_was_removed(submit_dir)
+    if not found.jobs and not removed:
         return 0
     workflow = _run_keys(run_dir)
     holds = holds_by_node(found.events)
@@ -115,10 +117,37 @@ def collect_job_records(run_dir: RunDir, env: dict[str, str] | None = None) -> i
         if path.exists():
             continue
         record = job_record(job_id, job, found.kickstart.get(node), holds.get(node), hint)
+        if record.status == "succeeded":
+            record = _after_stage_out(record, found, node, removed, hint)
         record.line, record.key = workflow[job_id]
         write_record(path, record)
         written += 1
+    if removed:  # every row whose job never ended: say why, rather than "no job record"
+        for job_id, (line, key) in workflow.items():
+            path = run_dir.jobs_dir / f"{job_id}.json"
+            if not path.exists():
+                write_record(path, JobRecord(job_id, "failed", None, "REMOVED", REMOVED_REASON, 0, 0.0, key=key, line=line))
+                written += 1
     return written
+
+
+REMOVED_REASON = "not converted: the workflow was removed (condor_rm or pegasus-remove) before this row's job ended"
+
+
+def _after_stage_out(record: JobRecord, found, node: str, removed: bool, hint: str) -> JobRecord:
+    """A conversion that succeeded still fails its row when its own stage-out node failed or never ran."""
+    stage = next((n for n in found.jobs if STAGE_OUT_RE.match(n) and STAGE_OUT_RE.match(n).group(1) == node), None)
+    state = found.jobs[stage].finished if stage else None
+    if stage is None and not removed or state is True:
+        return record
+    if state is False:
+        why = found.kickstart[stage].reason if stage in found.kickstart else None
+        reason = f"converted, but the stage-out to the output bucket failed{f' ({why})' if why else ''}; {hint}"
+        return JobRecord(record.job_id, "failed", record.exit_code, "STAGE_OUT_FAILED", reason, record.attempts, record.seconds)
+    if removed:
+        reason = "converted, but the workflow was removed (condor_rm or pegasus-remove) before its stage-out copied the outputs"
+        return JobRecord(record.job_id, "failed", record.exit_code, "REMOVED", reason, record.attempts, record.seconds)
+    return record
 
 
 def _cluster_records(run_dir: RunDir, info, found, workflow: dict) -> int:

@@ -361,6 +361,18 @@ def job_counts(submit_dir: Path, timeout: float = 60) -> tuple[str, dict[str, An
     return "logs", job_counts_from_logs(submit_dir)
 
 
+def dag_was_removed(submit_dir: Path) -> bool:
+    """DAGMan was removed (condor_rm, pegasus-remove): its own log says it received SIGUSR1 and aborted."""
+    for path in Path(submit_dir).glob("*.dag.dagman.out"):
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        if "Received SIGUSR1" in text and "Aborting DAG" in text:
+            return True
+    return False
+
+
 def submit_dir_for_hook(env: Mapping[str, str], recorded: Path | None) -> Path | None:
     """The submit directory an END hook should read: PEGASUS_SUBMIT_DIR (set by pegasus-monitord for every
     workflow hook, so a workflow planned by hand still gets per-row reasons), else the one run.json recorded."""
