@@ -165,3 +165,18 @@ def test_a_workflow_that_ended_by_itself_was_not_removed(samples):
     from cog_pipeline.engines.pegasus.submit_dir import dag_was_removed
 
     assert not dag_was_removed(samples / "process_wf_failure") and not dag_was_removed(samples / "process_wf_success")
+
+
+HELD = Path(__file__).parent / "data" / "pegasus-real" / "held"  # condor_hold of both jobs, one released
+
+
+def test_a_job_left_held_fails_its_row_with_the_hold_reason_from_htcondor_25s_nodes_log(tmp_path):
+    import shutil
+
+    run = hand_planned_run(tmp_path)
+    shutil.copy(HELD / "workflow.yml", run.file(RunDir.WORKFLOW))
+    collect_job_records(run, env={"PEGASUS_SUBMIT_DIR": str(HELD)})
+    records = {r["job_id"]: r for r in (json.loads(p.read_text()) for p in run.jobs_dir.glob("*.json"))}
+    assert records["ID0000001"]["status"] == "succeeded"  # held, released, converted
+    assert records["ID0000002"]["category"] == "HELD"
+    assert records["ID0000002"]["reason"].startswith("held (via condor_hold (by user coguser)) and removed")

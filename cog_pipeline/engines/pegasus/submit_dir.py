@@ -10,7 +10,7 @@ Sources, each as Pegasus 5.1 writes it (tests read real submit directories plann
 * each job's latest kickstart record ``00/00/<job>.out.NNN`` (rotated by pegasus-exitcode, one per attempt):
   the ``- invocation: True`` YAML documents with the main job's exit status, duration, host and the
   captured stdout/stderr;
-* HTCondor job event logs (the DAG's ``condor_log`` from braindump, ``*.dag.dagman.log``), read with
+* HTCondor job event logs (``*.dag.nodes.log``, the DAG's ``condor_log`` from braindump, ``*.dag.dagman.log``), read with
   ``htcondor2.JobEventLog`` -- never with regexes -- when they exist.
 
 Exit codes are classified the way ``pegasus-exitcode`` does: a job succeeded only when its kickstart output
@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 _KICKSTART_OUT = re.compile(r"^(?P<job>.+)\.out\.(?P<n>\d{3})$")
+_DAG_NODE_NAME = re.compile(r'DAGNodeName = "([^"]+)"')
 _DAGMAN_FINISHED = re.compile(r"DAGMAN_FINISHED\s+(-?\d+)")
 FINAL_SUCCESS = {"POST_SCRIPT_SUCCESS", "JOB_SUCCESS"}
 FINAL_FAILURE = {"POST_SCRIPT_FAILURE", "JOB_FAILURE", "JOB_ABORTED"}
@@ -249,7 +250,8 @@ def condor_events(submit_dir: Path) -> list[dict[str, Any]]:
     except ImportError:
         return []
     brain = read_braindump(submit_dir)
-    names = [brain.get("condor_log")] + [p.name for p in Path(submit_dir).glob("*.dag.dagman.log")]
+    # HTCondor >= 23 DAGMan writes its nodes' events to <dag>.nodes.log; older ones to the braindump's condor_log.
+    names = [brain.get("condor_log")] + [p.name for p in Path(submit_dir).glob("*.dag.nodes.log")] + [p.name for p in Path(submit_dir).glob("*.dag.dagman.log")]
     events = []
     for name in dict.fromkeys(n for n in names if n):
         path = Path(submit_dir) / name
@@ -267,8 +269,10 @@ def _log_events(htcondor2: Any, path: Path, name: str, nodes: dict[tuple[int, in
     """One event log's events, as dicts (a generator: events read before a bad one are kept)."""
     for event in htcondor2.JobEventLog(str(path)).events(stop_after=0):
         notes = event.get("LogNotes") or ""
-        if notes.startswith("DAG Node: "):
+        if notes.startswith("DAG Node: "):  # DAGMan before HTCondor 23
             nodes[(event.cluster, event.proc)] = notes[len("DAG Node: "):].strip()
+        elif (m := _DAG_NODE_NAME.search(notes)) is not None:  # later: [ DAGNodeName = "..."; ... ]
+            nodes[(event.cluster, event.proc)] = m.group(1)
         yield {
             "log": name, "type": event.type.name, "cluster": event.cluster, "proc": event.proc,
             "node": nodes.get((event.cluster, event.proc)), "hold_reason": event.get("HoldReason"),
