@@ -54,9 +54,15 @@ def check_scan_args(kw: dict[str, Any]) -> None:
     whose outputs would overwrite the inputs: one line, exit 2."""
     from .naming import check_buckets, check_pattern
 
+    from .store import bucket_folder
+
     prefix = kw.get("output_prefix")
+    root = kw.get("local_root")
+    same = None
+    if root:  # folder buckets are one bucket when their folders are one, whatever their names (`out -> in`)
+        same = bucket_folder(root, kw["input_bucket"]) == bucket_folder(root, kw["output_bucket"])
     problem = check_pattern(kw["pattern"]) or check_buckets(
-        kw["input_bucket"], kw["output_bucket"], prefix, bool(kw.get("replace_inputs"))
+        kw["input_bucket"], kw["output_bucket"], prefix, bool(kw.get("replace_inputs")), same
     )
     if problem is None and prefix is not None:
         # A prefix must be a clean folder whatever the buckets: judge its form as check_buckets does for one bucket.

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import publish
-from .claim import Claim, ClaimLost, claim_one, look, recover_claims, scan_lock
+from .claim import Claim, ClaimError, ClaimLost, claim_one, look, recover_claims, scan_lock
 from .engines import get_engine
 from .engines.base import WorkflowError
 from .engines.local import LocalLimits
@@ -26,7 +26,7 @@ from .rundir import (
     CLAIMED, GENERATED, RECONCILED, RUNNING, DamagedRunDir, LeaseHeld, RunDir, RunInfo, remove_empty_run_dirs, survey_run_dirs,
 )
 from .state import IN_FLIGHT
-from .store import ObjectStore, StoreConfig, StoreError, open_store
+from .store import ObjectStore, StoreConfig, StoreError, bucket_folder, open_store
 
 Echo = Callable[[str], None]
 
@@ -112,7 +112,24 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
         release_prestarted()
 
 
+def work_dir_problem(options: ScanOptions) -> str | None:
+    """Why the work dir cannot be used: inside a folder bucket, its files (manifest copies, results) would be
+    objects of the bucket, and a broad pattern would claim them again every tick."""
+    root = options.store.local_root
+    if root is None:
+        return None
+    work = options.work_dir.resolve()
+    for bucket in dict.fromkeys((options.input_bucket, options.output_bucket)):
+        folder = bucket_folder(root, bucket)
+        if work == folder or folder in work.parents:
+            return f"work dir {work} is inside folder bucket {bucket!r} ({folder}); keep it outside the buckets"
+    return None
+
+
 def _scan(options: ScanOptions, echo: Echo) -> ScanReport:
+    problem = work_dir_problem(options)
+    if problem:
+        raise ClaimError(problem)
     report = ScanReport()
     input_store = open_store(options.input_bucket, options.store)
     # Claiming work that could never be delivered would only leave manifests processing: check the output

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .claim import fence_before_results
+from .claim import fence_before_results, write_recognised
 from .listing import find_keys
 from .manifest import Manifest, ManifestRow, parse_manifest
 from .naming import RunNames
 from .rundir import RECONCILED, RunDir
-from .store import ObjectStore, open_store
+from .store import ObjectStore, PreconditionFailed, StoreError, open_store
 
 PROCESSED = "processed"
 FAILED = "failed"
@@ -227,7 +227,11 @@ def _reconcile(run_dir: RunDir, input_store: ObjectStore | None, output_store: O
     publish = {k: results_dir / k.rpartition("/")[2] for k in (result.processed_key, result.failed_key, result.reasons_key) if k}
     fence_before_results(input_store, run_dir, names, publish)  # ClaimLost: the run is ABANDONED, nothing written
     for key, path in publish.items():
-        input_store.put_bytes(key, path.read_bytes())
+        # Created only if absent (a repeat recognises its own bytes): never over another run's result file.
+        try:
+            write_recognised(input_store, key, path.read_bytes())
+        except PreconditionFailed:
+            raise StoreError(f"{input_store.url(key)} exists with other content (another run's result file); not overwritten") from None
     input_store.delete(names.processing_key)
     run_dir.set_state(RECONCILED)
     return result

@@ -98,6 +98,7 @@ class ObjectStore(Protocol):
 
 
 TMP_PREFIX = atomic.TMP_PREFIX  # temporary files, never listed
+OBJECT_MODE = 0o644  # every object a folder bucket holds: what uploads and images have
 LOCK_FILE = f"{TMP_PREFIX}-lock"  # a folder bucket's lock for conditional operations (hidden like temporaries)
 
 
@@ -129,10 +130,17 @@ def _validate_bucket(bucket: str) -> str:
 # Local folder
 
 
+def bucket_folder(root: Path, bucket: str) -> Path:
+    """Where folder bucket `bucket` really is: ROOT/<bucket> with links resolved (a bucket folder may be a link
+    to another disk; two names resolving to one folder are one bucket)."""
+    return (Path(root) / _validate_bucket(bucket)).resolve()
+
+
 def _durable_temp(path: Path, data: bytes) -> tuple[str, os.stat_result]:
     """A fsynced temporary beside `path` holding `data`, and its stat (the same inode a rename keeps)."""
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + "-", dir=path.parent)
     try:
+        os.fchmod(fd, OBJECT_MODE)  # mkstemp's 0600 would hide result files from the folder's other users
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -166,7 +174,7 @@ class LocalStore:
     def __init__(self, root: Path, bucket: str) -> None:
         self.root = Path(root).resolve()
         self.bucket = _validate_bucket(bucket)
-        self.base = self.root / bucket
+        self.base = bucket_folder(self.root, bucket)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -176,7 +184,20 @@ class LocalStore:
         _validate_key(key)
         if any(part.startswith(TMP_PREFIX) for part in key.split("/")):
             raise StoreError(f"refusing object key {key!r}: its name is reserved for temporary files")
+        self._refuse_links(key)
         return self.base / key
+
+    def _refuse_links(self, key: str) -> None:
+        """A key never passes through a symbolic link: one planted in the bucket could name a file (to read,
+        to overwrite) or a folder anywhere else. With no link and no '..' a key's path stays inside the bucket."""
+        here = self.base
+        for part in key.split("/"):
+            here = here / part
+            try:
+                if stat.S_ISLNK(os.lstat(here).st_mode):
+                    raise StoreError(f"refusing {key!r} in bucket {self.bucket!r}: {here} is a symbolic link, which a folder bucket never follows")
+            except (FileNotFoundError, NotADirectoryError):
+                return
 
     def _missing(self, key: str) -> ObjectNotFound:
         if not self.base.is_dir():
@@ -193,7 +214,7 @@ class LocalStore:
         return self.base / folder
 
     def url(self, key: str) -> str:
-        return self._path(key).as_uri()
+        return (self.base / _validate_key(key)).as_uri()
 
     @staticmethod
     def _stat_info(key: str, st: os.stat_result) -> ObjectInfo:
@@ -205,7 +226,7 @@ class LocalStore:
         )
 
     def _info(self, key: str, path: Path) -> ObjectInfo:
-        st = os.stat(path)
+        st = os.lstat(path)  # a symbolic link is not an object (its target may lie outside the bucket)
         if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(str(path))
         return self._stat_info(key, st)
@@ -317,7 +338,6 @@ class LocalStore:
         # current version is still the one the caller holds.
         tmp, st = _durable_temp(path, data)
         try:
-            os.chmod(tmp, 0o644)
             with self._exclusive():
                 self._current_version(key, if_match)
                 os.replace(tmp, path)
@@ -377,7 +397,7 @@ class LocalStore:
         if not Path(src).is_file():
             raise StoreError(f"cannot upload {src}: not a readable file")
         self._prepare_parent(key, path)
-        with atomic.replacing(path, 0o644) as tmp:
+        with atomic.replacing(path, OBJECT_MODE) as tmp:
             shutil.copyfile(src, tmp)
         return self._info(key, path)
 
@@ -393,7 +413,7 @@ class LocalStore:
         if not Path(src).is_file():
             raise StoreError(f"cannot upload {src}: not a readable file")
         self._prepare_parent(key, path)
-        if not atomic.link_into_place(Path(src), path, 0o644):  # another filesystem: a copy, as upload() does
+        if not atomic.link_into_place(Path(src), path, OBJECT_MODE):  # another filesystem: a copy, as upload() does
             return self.upload(src, key)
         return self._info(key, path)
 

@@ -1,0 +1,114 @@
+"""Issue 22.1: every upload of a manifest is answered, across work dirs (hosts) claiming in one second.
+
+Two work dirs stand for two hosts (or a Crondor beside a manual scan): no shared lock, no shared run
+directories. The claim's clock is fixed to one second, so the only thing keeping the two claims apart is
+the bucket itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from cog_pipeline import claim as claim_module
+from cog_pipeline.claim import claim_one
+from cog_pipeline.reconcile import reconcile
+from cog_pipeline.store import StoreError
+
+UPLOAD_1 = "Counties/a.tif,1\nCounties/b.tif,3\n"
+UPLOAD_2 = "Counties/c.tif,1\n"
+SECOND = datetime(2026, 12, 7, 18, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture()
+def one_second(monkeypatch):
+    monkeypatch.setattr(claim_module, "_clock", lambda: SECOND)
+
+
+def _claim(buckets, work):
+    info = buckets.input.head("x_raw.csv")
+    return claim_one(buckets.input, info, work_dir=work, output_bucket=buckets.output_bucket, store_config=buckets.config)
+
+
+def _file(buckets, key: str) -> str:
+    return buckets.input.read_bytes(key)[0].decode()
+
+
+@pytest.mark.parametrize("second_upload", [UPLOAD_2, UPLOAD_1], ids=["other-rows", "same-bytes"])
+def test_a_reupload_claimed_by_another_work_dir_in_the_same_second_is_answered_too(buckets, tmp_path, one_second, second_upload):
+    """Scan A claims upload 1; upload 2 arrives; scan B (another work dir) claims it in the same second.
+
+    Before: B got A's timestamp, adopted (or failed on) A's processing file, and one upload went unanswered.
+    """
+    buckets.put_text("x_raw.csv", UPLOAD_1)
+    a = _claim(buckets, tmp_path / "host-a")
+    buckets.put_text("x_raw.csv", second_upload)
+    b = _claim(buckets, tmp_path / "host-b")
+    assert a is not None and b is not None
+    assert (a.run_dir.timestamp, b.run_dir.timestamp) == ("20261207-180000", "20261207-180000-2")
+    assert _file(buckets, a.names.processing_key) == UPLOAD_1
+    assert _file(buckets, b.names.processing_key) == second_upload
+    assert "x_raw.csv" not in buckets.input_keys()
+
+    # Both runs reconcile (no job ran, so every row fails): each upload's rows are in its own failed file.
+    ra = reconcile(a.run_dir, input_store=buckets.input)
+    rb = reconcile(b.run_dir, input_store=buckets.input)
+    assert _file(buckets, ra.failed_key) == UPLOAD_1
+    assert _file(buckets, rb.failed_key) == second_upload
+    assert not any("processing" in k for k in buckets.input_keys())
+
+
+def test_a_claim_after_another_hosts_run_finished_in_the_same_second_keeps_its_result_file(buckets, tmp_path, one_second):
+    """The sequential variant: A is reconciled before B claims; B's result file must not replace A's."""
+    buckets.put_text("x_raw.csv", UPLOAD_1)
+    a = _claim(buckets, tmp_path / "host-a")
+    ra = reconcile(a.run_dir, input_store=buckets.input)
+    buckets.put_text("x_raw.csv", UPLOAD_2)
+    b = _claim(buckets, tmp_path / "host-b")
+    rb = reconcile(b.run_dir, input_store=buckets.input)
+    assert ra.failed_key != rb.failed_key
+    assert (_file(buckets, ra.failed_key), _file(buckets, rb.failed_key)) == (UPLOAD_1, UPLOAD_2)
+
+
+def test_reconcile_never_overwrites_a_result_file_it_did_not_write(buckets, tmp_path):
+    """Result files are created only if absent; another run's file at the key stays, and the run waits."""
+    buckets.put_text("x_raw.csv", UPLOAD_1)
+    a = _claim(buckets, tmp_path / "host-a")
+    buckets.put_text(a.names.failed_key, "someone else's rows\n")
+    with pytest.raises(StoreError, match="not overwritten"):
+        reconcile(a.run_dir, input_store=buckets.input)
+    assert _file(buckets, a.names.failed_key) == "someone else's rows\n"
+    assert a.names.processing_key in buckets.input_keys()  # kept: the manifest is still answered later
+
+
+def test_a_repeated_reconcile_recognises_its_own_result_files(buckets, tmp_path):
+    buckets.put_text("x_raw.csv", UPLOAD_1)
+    a = _claim(buckets, tmp_path / "host-a")
+
+    class DiesBeforeDeleting:  # the result files are out; the process dies before removing the processing file
+        def __getattr__(self, name):
+            return getattr(buckets.input, name)
+
+        def delete(self, key, if_match=None):
+            raise KeyboardInterrupt(key)
+
+    with pytest.raises(KeyboardInterrupt):
+        reconcile(a.run_dir, input_store=DiesBeforeDeleting())
+    again = reconcile(a.run_dir, input_store=buckets.input)
+    assert _file(buckets, again.failed_key) == UPLOAD_1
+    assert a.names.processing_key not in buckets.input_keys()
+
+
+def test_result_files_in_a_folder_bucket_are_readable_by_the_folders_other_users(tmp_path):
+    from cog_pipeline.store import StoreConfig, open_store
+
+    root = tmp_path / "buckets"
+    (root / "in").mkdir(parents=True)
+    config = StoreConfig(local_root=root)
+    store = open_store("in", config)
+    store.put_bytes("x_raw.csv", UPLOAD_1.encode())
+    a = claim_one(store, store.head("x_raw.csv"), work_dir=tmp_path / "w", output_bucket="in", store_config=config)
+    result = reconcile(a.run_dir, input_store=store)
+    for key in (result.failed_key, result.reasons_key):
+        assert (root / "in" / key).stat().st_mode & 0o777 == 0o644
