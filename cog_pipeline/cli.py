@@ -117,12 +117,23 @@ def _finish(run_dir: Path) -> None:
 
 @main.command("reconcile")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Reconcile even while a live process or workflow carries the run on (rows still converting then fail).")
 @handle_errors
-def reconcile_cmd(run_dir: Path) -> None:
+def reconcile_cmd(run_dir: Path, force: bool) -> None:
     """Write processed/failed CSVs for RUN_DIR from what is in the output bucket; remove its processing file.
 
-    Safe to run any number of times: a reconciled run is reported, not redone.
+    Safe to run any number of times: a reconciled run is reported, not redone. A run still in flight (a live
+    lease, or its workflow running) is refused unless --force: its rows would be filed failed for good.
     """
+    from .pipeline import run_is_active
+    from .rundir import RECONCILED, RunDir
+
+    run = RunDir(run_dir)
+    info = run.load()
+    if not force and info.state != RECONCILED and run_is_active(run):
+        holder = f" by {info.lease.owner_id}" if run.is_owned() and info.lease else ""
+        fail(f"{run_dir} is still being carried on{holder} and its jobs may be converting; "
+             "it is reconciled when they end (or give --force to file unfinished rows as failed now)")
     _finish(run_dir)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .errors import RUN_FILE_ERRORS, one_line, os_error_line
-from .store import StoreConfig, StoreError, key_file_problem
+from .store import StoreConfig, StoreError, key_file_problem, normalise_endpoint
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -104,6 +104,10 @@ def store_config(kw: dict[str, Any]) -> StoreConfig:
             fail(f"{'-a' if name == 'access_key_file' else '-s'}: {problem}", EXIT_USAGE)
     if bool(kw.get("access_key_file")) != bool(kw.get("secret_key_file")):
         fail("give both -a (access key file) and -s (secret key file), or neither", EXIT_USAGE)
+    try:
+        normalise_endpoint(kw.get("endpoint"))  # before anything is written: an endpoint with user:pass@ is refused
+    except StoreError as exc:
+        fail(f"-e: {exc}", EXIT_USAGE)
     local_root = kw.get("local_root")
     return StoreConfig(
         local_root=local_root.resolve() if local_root else None,

@@ -451,6 +451,11 @@ def normalise_endpoint(endpoint: str | None, *, secure: bool = True) -> str | No
     if "://" not in endpoint:
         endpoint = f"{'https' if secure else 'http'}://{endpoint}"
     parts = urlsplit(endpoint)
+    if "@" in parts.netloc:  # user:pass@host: credentials in a URL would be stored and logged with it
+        raise StoreError(
+            f"endpoint {parts.scheme}://…@{parts.netloc.rpartition('@')[2]} holds credentials (user:pass@); "
+            "give the host only and the keys with -a/-s key files or the AWS credential chain"
+        )
     endpoint = endpoint.rstrip("/")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise StoreError(f"endpoint {endpoint!r} is not an http(s) URL or host[:port]")

@@ -112,7 +112,7 @@ def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:
                 executable=exe_of[name],
                 input_bucket=info.input_bucket,
                 output_bucket=info.output_bucket,
-                arguments=[str(a) for a in job.get("arguments", [])],
+                arguments=files_after_options([str(a) for a in job.get("arguments", [])], {*inputs, *outputs}),
                 inputs=inputs,
                 outputs=outputs,
                 attempts=1 + int(retry or 0),
@@ -125,6 +125,13 @@ def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:
         )
     hooks = [h["cmd"] for h in (workflow.get("hooks") or {}).get("shell", []) if h.get("_on") in ("end", "all")]
     return jobs, hooks
+
+
+def files_after_options(arguments: list[str], files: set[str]) -> list[str]:
+    """The job's arguments with its file arguments (its LFNs) after `--`, options first: a key that starts
+    with '-' is then a file name to the converter, never an option. (They are a list, never a shell line.)"""
+    named = [a for a in arguments if a in files]
+    return [*(a for a in arguments if a not in files), "--", *named] if named else arguments
 
 
 # ---------------------------------------------------------------------------------------------------------------
