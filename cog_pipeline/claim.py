@@ -28,12 +28,10 @@ cleaned up by `recover_claims`) or a processing file with its run directory (car
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,10 +39,12 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 
+from . import locking
 from .naming import (
     CLAIM_MARKER_SUFFIX,
     PROCESSING_RE,
     RESULT_RE,
+    TIMESTAMP_RE,
     RUN_DIR_PREFIX,
     RunNames,
     listing_prefix,
@@ -55,6 +55,7 @@ from .rundir import ABANDONED, CLAIMED, CLAIMING, RunDir, RunInfo, list_run_dirs
 from .store import ObjectInfo, ObjectStore, PreconditionFailed, StoreConfig, StoreError
 
 LOCK_NAME = ".cog-pipeline.lock"
+QUARANTINE_SUFFIX = ".quarantined"  # a malformed claim marker, moved aside (never matched by a pattern: not .csv)
 # A marker not renewed for this long is abandoned (a claim takes seconds and renews at every step).
 # COG_PIPELINE_STALE_MARKER_AGE (seconds) overrides it, for tests that reproduce a stall in seconds.
 STALE_MARKER_AGE = timedelta(minutes=10)
@@ -89,23 +90,14 @@ class Claim:
 
 
 @contextmanager
-def scan_lock(work_dir: Path, timeout: float = 120.0) -> Iterator[None]:
+def scan_lock(work_dir: Path, timeout: float | None = None) -> Iterator[None]:
     """One claiming scan at a time on this machine; the lock dies with the process, so a crash never wedges it."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout
-    with open(work_dir / LOCK_NAME, "a+") as fh:
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise ClaimError(f"another scan has held {work_dir / LOCK_NAME} for over {timeout:.0f} s") from None
-                time.sleep(0.2)
-        try:
+    try:
+        with locking.held(work_dir / LOCK_NAME, "the scan lock of this work dir (another scan)", timeout):
             yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    except locking.LockTimeout as exc:
+        raise ClaimError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -153,6 +145,17 @@ def manifest_object_problem(store: ObjectStore, info: ObjectInfo) -> str | None:
     return None
 
 
+def _name_problem(key: str) -> str | None:
+    """A folder bucket can hold a file name that is not UTF-8 (S3 keys always are): no result file can be
+    named after it in UTF-8, so it is refused, left in place and reported, and the other manifests go on."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return f"manifest name {shown!r} is not UTF-8; rename it (object keys are UTF-8); it is left in place"
+    return None
+
+
 def look(store: ObjectStore, pattern: str) -> BucketView:
     """List the bucket once under the pattern's literal prefix and sort what is there."""
     manifests: list[ObjectInfo] = []
@@ -172,7 +175,7 @@ def look(store: ObjectStore, pattern: str) -> BucketView:
     pending = []
     for info in manifests:
         same = by_name[PurePosixPath(info.key).name]
-        problem = manifest_object_problem(store, info)
+        problem = _name_problem(info.key) or manifest_object_problem(store, info)
         if problem is None and len(same) > 1:
             problem = (
                 f"manifest base name {PurePosixPath(info.key).name!r} is not unique in the bucket "
@@ -556,6 +559,9 @@ def recover_claims(store: ObjectStore, work_dir: Path, view: BucketView, now: da
             continue  # gone since the listing
         body, current = found
         ts = str(body.get("timestamp") or "")
+        if ts and not TIMESTAMP_RE.fullmatch(ts):
+            actions.extend(_quarantine_marker(store, marker.key, current))
+            continue
         run_dir = runs.get(ts)
         if run_dir is not None and run_dir.load().manifest_key == manifest_key:
             handled.add(run_dir.timestamp)
@@ -571,6 +577,20 @@ def recover_claims(store: ObjectStore, work_dir: Path, view: BucketView, now: da
         if info.state == CLAIMING and info.input_bucket == store.bucket:
             actions.extend(_recover_local(store, run_dir))
     return actions
+
+
+def _quarantine_marker(store: ObjectStore, marker_key: str, current: ObjectInfo) -> list[str]:
+    """A marker whose timestamp no claim can have written (`../../x`, control characters, 5,000 characters)
+    would name keys no store takes, on every scan. It is moved aside (copied to `<marker>.quarantined`, then
+    deleted If-Match the version read), so the manifest is claimed again and the bytes stay for a person."""
+    aside = marker_key + QUARANTINE_SUFFIX
+    try:
+        data, _ = store.read_bytes(marker_key)
+        store.put_bytes(aside, data)
+        store.delete(marker_key, if_match=current.etag)
+    except PreconditionFailed:
+        return []  # changed since it was read: the next scan judges it again
+    return [f"warning: quarantined claim marker {marker_key}: its timestamp is not a claim timestamp; moved to {aside}"]
 
 
 def _recover_stale(

@@ -19,6 +19,7 @@ RUN_DIR_PREFIX = "workflow-run-"
 # A claim timestamp is the UTC second of the claim, plus `-N` (N >= 2) for the N-th run claimed in the same
 # second on one work dir: names stay unique without pretending a claim happened later than it did.
 _TS = r"\d{8}-\d{6}(?:-[0-9]+)?"
+TIMESTAMP_RE = re.compile(_TS)  # fullmatch: a claim timestamp and nothing else
 RESULT_RE = re.compile(rf"(processing|processed|failed)-({_TS})(-reasons)?\.csv\Z")
 PROCESSING_RE = re.compile(rf"^(?P<base>.*)processing-(?P<ts>{_TS})\.csv\Z")
 

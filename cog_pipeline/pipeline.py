@@ -158,6 +158,8 @@ def _claim_and_adopt(options: ScanOptions, report: ScanReport, input_store: Obje
             report.refused = [p.problem for p in view.pending if p.problem]
             return False
         report.recovered = recover_claims(input_store, options.work_dir, view)
+        for line in report.recovered:
+            echo(line)
         if report.recovered:
             view = look(input_store, options.pattern)
         for pending in view.pending:
@@ -233,6 +235,10 @@ def _carry_on_reporting(run_dir: RunDir, options: ScanOptions, input_store: Obje
         line = os_error_line(exc) if isinstance(exc, OSError) else one_line(exc)
         report.errors.append(f"{run_dir.path.name}: {line}")
         echo(f"error: {run_dir.path.name}: {line}; left for the next tick")
+    except Exception as exc:  # noqa: BLE001 - a bug met by one run's input must not cost the tick's other runs
+        line = f"{type(exc).__name__}: {one_line(exc)}"[:500]
+        report.errors.append(f"{run_dir.path.name}: {line}")
+        echo(f"error: {run_dir.path.name}: unexpected {line}; left for the next tick")
     finally:
         # Whatever happened, this process no longer carries the run: the next tick may (a killed process
         # is noticed by its lease instead; so is a lease that a read-only run directory keeps).

@@ -10,7 +10,6 @@ result, and the processing file is removed only after the result files are safel
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from . import locking
 from .claim import fence_before_results, write_recognised
 from .listing import find_keys
 from .manifest import Manifest, ManifestRow, parse_manifest
@@ -159,12 +159,11 @@ def reconcile(
 
 @contextmanager
 def _run_lock(run_dir: RunDir) -> Iterator[None]:
-    with open(run_dir.path / ".reconcile.lock", "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
+    try:
+        with locking.held(run_dir.path / ".reconcile.lock", f"the reconcile lock of {run_dir.path.name}"):
             yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    except locking.LockTimeout as exc:
+        raise StoreError(str(exc)) from None
 
 
 def _saved_decisions(run_dir: RunDir) -> dict[str, Any] | None:

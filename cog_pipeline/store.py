@@ -7,7 +7,6 @@ claim, workflow and reconcile logic.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import stat
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
-from . import atomic
+from . import atomic, locking
 
 
 class StoreError(RuntimeError):
@@ -324,12 +323,11 @@ class LocalStore:
         """Serialise conditional operations on this bucket folder across threads and processes."""
         if not self.base.is_dir():
             raise ObjectNotFound(f"bucket {self.bucket!r} does not exist (no folder {self.base})")
-        with self._lock, open(self.base / LOCK_FILE, "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
+        try:
+            with self._lock, locking.held(self.base / LOCK_FILE, f"the lock of folder bucket {self.bucket!r}"):
                 yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        except locking.LockTimeout as exc:
+            raise StoreError(str(exc)) from None
 
     def replace(self, key: str, data: bytes, if_match: str) -> ObjectInfo:
         path = self._path(key)
