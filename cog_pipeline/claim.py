@@ -152,7 +152,7 @@ def _name_problem(key: str) -> str | None:
         key.encode("utf-8")
     except UnicodeEncodeError:
         shown = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        return f"manifest name {shown!r} is not UTF-8; rename it (object keys are UTF-8); it is left in place"
+        return f"manifest name '{shown}' is not UTF-8; rename it (object keys are UTF-8); it is left in place"
     return None
 
 
