@@ -55,8 +55,11 @@ def write_run_provenance(run_dir: RunDir, input_store: ObjectStore, output_store
 
     info = run_dir.load()
     pairs = processed_outputs(run_dir)
+    prefix = info.output_prefix or ""
     sources = find_keys(input_store, [k for k, _ in pairs])
-    outputs = find_keys(output_store, [k for pair in pairs for k in pair])
+    # Same-bucket mode: the outputs are at <prefix><key>; each is recorded under its row's key, with its own key.
+    listed = find_keys(output_store, [prefix + k for pair in pairs for k in pair])
+    outputs = {key[len(prefix):]: found for key, found in listed.items()}
     return record_provenance(run_dir.path, sources=sources, outputs=outputs,
                              source_bucket=info.input_bucket, output_bucket=info.output_bucket)
 
@@ -65,8 +68,10 @@ def write_run_stac(run_dir: RunDir, output_store: ObjectStore) -> list[str]:
     """An Item beside each processed COG and the manifest's Collection (only for runs claimed with --stac)."""
     from .stac import write_stac
 
-    pairs = processed_outputs(run_dir)
-    return write_stac(output_store, pairs, run_dir.load().manifest_key) if pairs else []
+    info = run_dir.load()
+    prefix = info.output_prefix or ""  # same-bucket mode: describe the outputs at <prefix><key>, not the sources
+    pairs = [(prefix + tif, prefix + jpg) for tif, jpg in processed_outputs(run_dir)]
+    return write_stac(output_store, pairs, info.manifest_key) if pairs else []
 
 
 def write_and_upload_report(run_dir: RunDir, input_store: ObjectStore, output_store: ObjectStore) -> tuple[Path, str]:
