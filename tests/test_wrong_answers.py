@@ -87,3 +87,26 @@ def test_run_json_never_holds_an_endpoints_credentials(tmp_path):
     with pytest.raises(StoreError, match="holds credentials") as caught:
         config.s3_client()
     assert "user:secret" not in str(caught.value) and "secret@" not in str(caught.value)
+
+
+def test_a_degenerate_strip_fails_at_once_and_is_not_retried(buckets, tmp_path):
+    """A 60,000,000 x 1 TIFF of ~60 KB used to cost ~990 s of worker time (4 attempts) before it failed."""
+    import numpy as np
+    import rasterio
+
+    strip = tmp_path / "strip.tif"
+    with rasterio.open(strip, "w", driver="GTiff", width=60_000_000, height=1, count=1, dtype="uint8",
+                       compress="deflate", blockxsize=1_048_576, blockysize=1, tiled=False) as ds:
+        ds.write(np.zeros((1, 1, 60_000_000), dtype="uint8"))
+    assert strip.stat().st_size < 1_000_000
+    buckets.put_file("strip.tif", strip)
+    write_raster(tmp_path / "ok.tif", bands=1, size=64)
+    buckets.put_file("ok.tif", tmp_path / "ok.tif")
+    buckets.put_text("x_raw.csv", "strip.tif,1\nok.tif,1\n")
+    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", workers=1, progress=False)
+    scan(options, echo=lambda _m: None)
+    assert _results(buckets, "processed") == "ok.tif,1\n"
+    (run,) = list_run_dirs(tmp_path / "work")
+    (row,) = [r for r in run.read_json("reconcile.json")["rows"] if r["status"] == "failed"]
+    assert row["text"] == "strip.tif,1" and row["reason"].startswith("DEGENERATE_SHAPE: 60000000x1 is over 10,000:1")
+    assert "attempts" not in row["reason"]  # refused once, never retried

@@ -36,6 +36,7 @@ THREADS_ENV = "COG_PIPELINE_THREADS"  # the converter's own thread setting (tran
 # The largest input the converter's memory budget is specified for (issue 10.4: 1-4 bands up to 40000² in a
 # 1 GB slot), counted as width x height x bands x bytes per sample. A 100000² image is refused before any read.
 DEFAULT_MAX_PIXELS = 40000 * 40000 * 4
+MAX_ASPECT = 10_000  # longest side over shortest: beyond it an image is a degenerate strip, refused before converting
 
 
 @dataclass(frozen=True)
@@ -209,10 +210,8 @@ def leave_thumbnail(spec: JobSpec, workdir: Path) -> None:
 
 
 def size_problem(path: Path, max_pixels: int) -> str | None:
-    """A one-line reason when the input's uncompressed size exceeds the limit (header only; None if it fits or
-    the header cannot be read: the converter then reports that problem itself)."""
-    if max_pixels <= 0:
-        return None
+    """A one-line reason when the input's uncompressed size exceeds the limit, or its shape is degenerate
+    (header only; None if it fits or the header cannot be read: the converter then reports that itself)."""
     try:
         from ..transformations.backend import get_backend
         from ..transformations.rasterinfo import dtype_itemsize  # a table: this guard must not import numpy
@@ -221,8 +220,16 @@ def size_problem(path: Path, max_pixels: int) -> str | None:
         itemsize = max((dtype_itemsize(d) for d in info.dtypes), default=1)
     except Exception:  # noqa: BLE001 - unreadable: not this guard's business
         return None
+    long_side, short_side = max(info.width, info.height), max(min(info.width, info.height), 1)
+    if long_side > MAX_ASPECT * short_side:
+        # A 60,000,000 x 1 strip is 60 KB on disk, fits any pixel limit and costs the converter ~1000 s
+        # (a pyramid of 17 levels of 1-pixel strips) before it fails: refuse it at once, never retried.
+        return (
+            f"DEGENERATE_SHAPE: {info.width}x{info.height} is over {MAX_ASPECT:,}:1; an image this thin cannot be "
+            "tiled into a COG with overviews"
+        )
     weight = info.width * info.height * max(info.count, 1) * itemsize
-    if weight <= max_pixels:
+    if max_pixels <= 0 or weight <= max_pixels:
         return None
     return (
         f"TOO_LARGE: {info.width}x{info.height}x{info.count} {info.dtypes[0] if info.dtypes else ''} is "
@@ -326,7 +333,7 @@ def run_attempt(spec: JobSpec, attempt: int, *, threads: int | None = None, max_
             for lfn in spec.inputs:
                 problem = size_problem(workdir / lfn, limit)
                 if problem:
-                    return _logged(log, AttemptOutcome("failed", None, "TOO_LARGE", problem, retry=False))
+                    return _logged(log, AttemptOutcome("failed", None, problem.partition(":")[0], problem, retry=False))
             log.write(f"$ {shlex.join([spec.executable, *spec.arguments])}\n")
             log.flush()
             if runs_in_process(spec.executable):
