@@ -33,7 +33,7 @@ from ..store import LocalStore, StoreError, open_store
 from .base import ExitCode, JobRecord, RunFinished, WorkflowError, run_end_hook, write_record
 from .local_pool import PoolSettings, cores_available, execute, job_timeout_setting, plan_order, plan_workers
 from .local_workflow import read_document
-from .local_worker import AttemptOutcome, JobSpec, max_pixels_setting, run_attempt
+from .local_worker import AttemptOutcome, JobSpec, exhausted, max_pixels_setting, run_attempt
 
 
 @dataclass
@@ -264,6 +264,7 @@ def run_workflow(
 def _execute(run_dir: RunDir, todo: list[JobSpec], workers: int, show_progress: bool, *, limits: LocalLimits | None = None) -> tuple[int, int]:
     limits = limits or LocalLimits()
     counts = {"succeeded": 0, "failed": 0}
+    left_over: list[str] = []  # reasons of jobs that met a full disk: recorded nowhere, run again next tick
     started = time.monotonic()
     settings = PoolSettings(
         workers=workers,
@@ -275,6 +276,9 @@ def _execute(run_dir: RunDir, todo: list[JobSpec], workers: int, show_progress: 
     with _progress_bar(show_progress, f"converting ({workers} workers)", len(todo)) as advance:
 
         def on_final(spec: JobSpec, outcome: AttemptOutcome, attempts: int, seconds: float) -> None:
+            if exhausted(outcome):  # no record: the row is not failed, it waits for a later tick
+                left_over.append(outcome.reason)
+                return
             record = make_record(spec, outcome, attempts, seconds)
             write_record(_record_path(run_dir, record.job_id), record)
             counts["succeeded" if record.status == "succeeded" else "failed"] += 1
@@ -283,7 +287,13 @@ def _execute(run_dir: RunDir, todo: list[JobSpec], workers: int, show_progress: 
 
         # The pool wakes at least a few times per lease period to renew it, even while one job runs for long.
         execute(todo, settings, on_final, on_tick=run_dir.renew_lease)
+    if left_over:
+        raise WorkflowError(left_for_later(len(left_over), left_over[0]))
     return counts["succeeded"], counts["failed"]
+
+
+def left_for_later(jobs: int, reason: str) -> str:
+    return f"{jobs} job(s) ran out of disk ({reason}); their rows are left for a later tick"
 
 
 @contextlib.contextmanager

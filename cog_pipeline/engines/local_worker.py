@@ -13,6 +13,7 @@ Workers die with their parent (issue 8.9): `PR_SET_PDEATHSIG` plus a parent-pid 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import shlex
@@ -36,6 +37,8 @@ THREADS_ENV = "COG_PIPELINE_THREADS"  # the converter's own thread setting (tran
 # The largest input the converter's memory budget is specified for (issue 10.4: 1-4 bands up to 40000² in a
 # 1 GB slot), counted as width x height x bands x bytes per sample. A 100000² image is refused before any read.
 DEFAULT_MAX_PIXELS = 40000 * 40000 * 4
+# Failures of this machine, not of the row: no record is written, so the row waits for a later tick.
+RESOURCE_EXHAUSTED = frozenset({"OUT_OF_DISK"})
 MAX_ASPECT = 10_000  # longest side over shortest: beyond it an image is a degenerate strip, refused before converting
 
 
@@ -329,7 +332,7 @@ def run_attempt(spec: JobSpec, attempt: int, *, threads: int | None = None, max_
             try:
                 stage_in(spec, workdir)
             except (StoreError, OSError) as exc:
-                return _logged(log, AttemptOutcome("failed", None, "STAGE_IN_FAILED", f"stage-in failed: {exc}"))
+                return _logged(log, AttemptOutcome("failed", None, _stage_category(exc, "STAGE_IN_FAILED"), f"stage-in failed: {exc}"))
             for lfn in spec.inputs:
                 problem = size_problem(workdir / lfn, limit)
                 if problem:
@@ -349,7 +352,7 @@ def run_attempt(spec: JobSpec, attempt: int, *, threads: int | None = None, max_
             try:
                 outputs = stage_out(spec, workdir)
             except (StoreError, OSError) as exc:
-                return _logged(log, AttemptOutcome("failed", code, "STAGE_OUT_FAILED", f"stage-out failed: {exc}"))
+                return _logged(log, AttemptOutcome("failed", code, _stage_category(exc, "STAGE_OUT_FAILED"), f"stage-out failed: {exc}"))
             leave_thumbnail(spec, workdir)
             warning = reason if reason.startswith("WARNING") else None
             return AttemptOutcome("succeeded", code, category(code), "", warning=warning, outputs=outputs)
@@ -357,6 +360,15 @@ def run_attempt(spec: JobSpec, attempt: int, *, threads: int | None = None, max_
             return _logged(log, AttemptOutcome("failed", None, ExitCode.INTERNAL.name, f"{type(exc).__name__}: {exc}"))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _stage_category(exc: Exception, otherwise: str) -> str:
+    return "OUT_OF_DISK" if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) else otherwise
+
+
+def exhausted(outcome: AttemptOutcome) -> bool:
+    """The attempt failed for want of this machine's resources (a full disk), not because of its row."""
+    return outcome.status == "failed" and outcome.category in RESOURCE_EXHAUSTED
 
 
 def _logged(log: Any, outcome: AttemptOutcome) -> AttemptOutcome:
