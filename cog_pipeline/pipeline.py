@@ -191,6 +191,7 @@ def _claim_and_adopt(options: ScanOptions, report: ScanReport, input_store: Obje
             echo(f"claimed {pending.info.key} -> {claim.names.processing_key} ({claim.run_dir.path})")
         # Runs an earlier tick left unfinished: adopt them under the lock so two scans never both carry one on.
         local_processing = _adopt_unfinished(options, report, echo)
+        _remove_late_copies(input_store, view, local_processing, echo)
         report.orphans = [p.key for p in view.processing if p.key not in local_processing]
         for key in report.orphans:
             echo(f"warning: {key} has no run directory under {options.work_dir}; another work directory or host owns it")
@@ -250,19 +251,34 @@ def _carry_on_reporting(run_dir: RunDir, options: ScanOptions, input_store: Obje
         report.reconciled.append(run_dir)
 
 
-def _adopt_unfinished(options: ScanOptions, report: ScanReport, echo: Echo) -> set[str]:
+def _remove_late_copies(input_store: ObjectStore, view: Any, local_processing: dict[str, str], echo: Echo) -> None:
+    """A processing file of a run reconciled here is a late write: a conditional PUT a proxy held until after
+    reconcile removed the file (botocore had retried it meanwhile) put it back. Its run has answered (the
+    claim timestamp is unique in the bucket, so no other claim has that name): remove it, If-Match the version
+    listed, so it never stands beside the run's result files."""
+    for listed in view.processing:
+        if local_processing.get(listed.key) != RECONCILED:
+            continue
+        try:
+            input_store.delete(listed.key, if_match=listed.etag)
+        except StoreError:
+            continue  # changed or gone since the listing: the next tick looks again
+        echo(f"removed {listed.key}: a late copy of the processing file of a run reconciled here")
+
+
+def _adopt_unfinished(options: ScanOptions, report: ScanReport, echo: Echo) -> dict[str, str]:
     """Take the lease of every unfinished run of this input bucket nobody carries on; returns the processing
-    keys this work directory knows. A damaged run directory is reported once and skipped."""
+    keys this work directory knows, with their runs' states. A damaged run directory is reported once and skipped."""
     run_dirs, report.damaged = survey_run_dirs(options.work_dir)
     for problem in report.damaged:
         echo(f"warning: {problem}")
     claimed_paths = {r.path for r in report.claimed}
-    local_processing: set[str] = set()
+    local_processing: dict[str, str] = {}
     for run_dir in run_dirs:
         info = run_dir.load()
         if info.input_bucket != options.input_bucket:
             continue
-        local_processing.add(info.processing_key)
+        local_processing[info.processing_key] = str(info.state)
         if run_dir.path in claimed_paths or info.state not in IN_FLIGHT:
             continue
         try:

@@ -112,3 +112,23 @@ def test_result_files_in_a_folder_bucket_are_readable_by_the_folders_other_users
     result = reconcile(a.run_dir, input_store=store)
     for key in (result.failed_key, result.reasons_key):
         assert (root / "in" / key).stat().st_mode & 0o777 == 0o644
+
+
+def test_a_late_copy_of_a_reconciled_runs_processing_file_is_removed_by_the_next_tick(buckets, tmp_path):
+    """A conditional PUT held by a proxy past reconcile (botocore retried it meanwhile) used to put the processing
+    file back beside the run's result files, for good. The next tick removes it, and says so."""
+    from cog_pipeline.pipeline import ScanOptions, scan
+
+    buckets.put_text("x_raw.csv", UPLOAD_1)
+    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "w", workers=1, progress=False)
+    first = scan(options, echo=lambda _m: None)
+    (run,) = first.reconciled
+    names = run.load()
+    buckets.put_text(names.processing_key, UPLOAD_1)  # the late write lands after reconcile removed the file
+    lines: list[str] = []
+    later = scan(options, echo=lines.append)
+    assert names.processing_key not in buckets.input_keys()
+    assert any(line.startswith(f"removed {names.processing_key}: a late copy") for line in lines), lines
+    assert later.orphans == [] and later.errors == []
+    failed = [k for k in buckets.input_keys() if "_failed-" in k and not k.endswith("-reasons.csv")]
+    assert [_file(buckets, k) for k in failed] == [UPLOAD_1]
