@@ -85,8 +85,8 @@ class ObjectStore(Protocol):
     def delete(self, key: str, if_match: str | None = None) -> None:
         """Remove an object; with if_match, only the version with that ETag (PreconditionFailed otherwise)."""
 
-    def download(self, key: str, dest: Path) -> None:
-        """Copy the object into a local file (multipart, parallel on S3)."""
+    def download(self, key: str, dest: Path, if_match: str | None = None) -> None:
+        """Copy the object into a local file (multipart, parallel on S3); with if_match, only that version."""
 
     def upload(self, src: Path, key: str) -> ObjectInfo:
         """Copy a local file into the bucket (multipart, parallel on S3)."""
@@ -383,12 +383,31 @@ class LocalStore:
                 if if_match is not None:
                     raise PreconditionFailed(f"{self.url(key)} is gone") from None
 
-    def download(self, key: str, dest: Path) -> None:
+    def download(self, key: str, dest: Path, if_match: str | None = None) -> None:
         src = self._path(key)
         if not src.is_file():
             raise self._missing(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        with open(src, "rb") as fh:
+            if if_match is not None and self._stat_info(key, os.fstat(fh.fileno())).etag != if_match:
+                raise PreconditionFailed(f"{self.url(key)} changed since it was read")
+            with open(dest, "wb") as out:
+                shutil.copyfileobj(fh, out, 1024 * 1024)
+
+    def pin(self, key: str, dest: Path, if_match: str | None = None) -> None:
+        """Put exactly the version `if_match` of `key` at `dest` without copying it: a hard link holds that
+        version's inode, so a replacement uploaded later (renamed into place: a new inode) is not what is read.
+        Across filesystems a symbolic link (checked once). PreconditionFailed when it is not that version."""
+        src = self._path(key)
+        if not src.is_file():
+            raise self._missing(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dest)
+        except OSError:
+            os.symlink(src, dest)
+        if if_match is not None and self._stat_info(key, os.stat(dest)).etag != if_match:
+            raise PreconditionFailed(f"{self.url(key)} changed since it was read")
 
     def upload(self, src: Path, key: str) -> ObjectInfo:
         path = self._path(key)
@@ -781,10 +800,18 @@ class S3Store:
                 raise PreconditionFailed(f"s3://{self.bucket}/{key} is gone") from exc
             raise err from exc
 
-    def download(self, key: str, dest: Path) -> None:
+    def download(self, key: str, dest: Path, if_match: str | None = None) -> None:
+        """With if_match, only that version: one GET If-Match (s3transfer's parallel ranged GETs take no
+        If-Match), PreconditionFailed if the object was replaced since `if_match` was read."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.client.download_file(self.bucket, key, str(dest))
+            if if_match is None:
+                self.client.download_file(self.bucket, key, str(dest))
+                return
+            body = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=f'"{if_match}"')["Body"]
+            with open(dest, "wb") as out:
+                for chunk in body.iter_chunks(1024 * 1024):
+                    out.write(chunk)
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, key) from exc
 

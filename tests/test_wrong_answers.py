@@ -110,3 +110,26 @@ def test_a_degenerate_strip_fails_at_once_and_is_not_retried(buckets, tmp_path):
     (row,) = [r for r in run.read_json("reconcile.json")["rows"] if r["status"] == "failed"]
     assert row["text"] == "strip.tif,1" and row["reason"].startswith("DEGENERATE_SHAPE: 60000000x1 is over 10,000:1")
     assert "attempts" not in row["reason"]  # refused once, never retried
+
+
+def test_an_image_replaced_after_generation_is_not_converted_under_the_old_versions_name(buckets, tmp_path):
+    """The COG's embedded lineage used to name the version listed at generation while the job converted the
+    re-upload. Now the job reads exactly the listed version (If-Match), or the row fails SOURCE_CHANGED."""
+    from cog_pipeline.pipeline import carry_on, prepare
+
+    write_raster(tmp_path / "v1.tif", bands=1, size=64, seed=1)
+    write_raster(tmp_path / "v2.tif", bands=1, size=64, seed=2)
+    write_raster(tmp_path / "other.tif", bands=1, size=64, seed=3)
+    buckets.put_file("a.tif", tmp_path / "v1.tif")
+    buckets.put_file("b.tif", tmp_path / "other.tif")
+    buckets.put_text("x_raw.csv", "a.tif,1\nb.tif,1\n")
+    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", workers=1, progress=False)
+    claim = claim_one(buckets.input, buckets.input.head("x_raw.csv"), work_dir=tmp_path / "work",
+                      output_bucket=buckets.output_bucket, store_config=buckets.config)
+    prepare(claim.run_dir, options, buckets.input, echo=lambda _m: None)
+    buckets.put_file("a.tif", tmp_path / "v2.tif")  # re-uploaded between generation and the job
+    carry_on(claim.run_dir, options, buckets.input, echo=lambda _m: None)
+    rows = {r["text"]: r for r in claim.run_dir.read_json("reconcile.json")["rows"]}
+    assert rows["b.tif,1"]["status"] == "processed"
+    assert rows["a.tif,1"]["status"] == "failed" and rows["a.tif,1"]["reason"].startswith("SOURCE_CHANGED: "), rows
+    assert "a.tif" not in buckets.output_keys()

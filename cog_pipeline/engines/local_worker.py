@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..transformations.linux import set_pdeathsig
-from ..store import LocalStore, ObjectStore, StoreConfig, StoreError, open_store
+from ..store import LocalStore, ObjectStore, PreconditionFailed, StoreConfig, StoreError, open_store
 from ..thumbnail import thumbnail_path, write_thumbnail
 from .base import NOT_RETRIED, SUCCESS_CODES, ExitCode, WorkflowError, category, in_process_allowed, last_line
 
@@ -171,18 +171,31 @@ def _safe_join(root: Path, lfn: str) -> Path:
     return path
 
 
+def listed_version(arguments: list[str]) -> str | None:
+    """The input's ETag the workflow generator listed and the lineage embeds (its `--metadata-b64`), if any."""
+    from ..provenance import METADATA_B64, decode_metadata
+
+    if METADATA_B64 not in arguments[:-1]:
+        return None
+    try:
+        return decode_metadata(arguments[arguments.index(METADATA_B64) + 1]).get("SOURCE_ETAG") or None
+    except ValueError:
+        return None
+
+
 def stage_in(spec: JobSpec, workdir: Path) -> None:
+    """Every input at its LFN, exactly the version the lineage names (If-Match its listed ETag): an image
+    re-uploaded after the workflow was generated fails its row (SOURCE_CHANGED) instead of being converted
+    under the old version's name."""
     store = _store_for(spec.store, spec.input_bucket)
+    version = listed_version(spec.arguments) if len(spec.inputs) == 1 else None
     for lfn, key in spec.inputs.items():
         dest = _safe_join(workdir, lfn)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(store, LocalStore):
-            src = store.path_of(key)
-            if not src.is_file():
-                raise FileNotFoundError(f"input {key!r} does not exist in bucket {spec.input_bucket}")
-            os.symlink(src, dest)  # Pegasus links local replicas too; the converter only reads it
+            store.pin(key, dest, version)  # linked, not copied (Pegasus links local replicas too)
         else:
-            store.download(key, dest)
+            store.download(key, dest, version)
 
 
 def stage_out(spec: JobSpec, workdir: Path) -> dict[str, dict[str, Any]]:
@@ -331,6 +344,10 @@ def run_attempt(spec: JobSpec, attempt: int, *, threads: int | None = None, max_
             log.flush()
             try:
                 stage_in(spec, workdir)
+            except PreconditionFailed as exc:
+                reason = (f"SOURCE_CHANGED: the input was replaced after the workflow was generated ({exc}); "
+                          "the lineage would name the wrong version: resubmit the row")
+                return _logged(log, AttemptOutcome("failed", None, "SOURCE_CHANGED", reason, retry=False))
             except (StoreError, OSError) as exc:
                 return _logged(log, AttemptOutcome("failed", None, _stage_category(exc, "STAGE_IN_FAILED"), f"stage-in failed: {exc}"))
             for lfn in spec.inputs:
