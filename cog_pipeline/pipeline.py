@@ -206,19 +206,38 @@ def _run_together(runs: list[RunDir], options: ScanOptions, input_store: ObjectS
     from .engines.local_tick import run_workflows
 
     ready = []
+    writes: set[tuple[str, str]] = set()
     for run_dir in runs:
         try:
             info = prepare(run_dir, options, input_store, echo)
+            keys = output_keys(run_dir, info)
         except Exception:  # noqa: BLE001 - reported by the tick's loop, which carries this run on itself
             continue
-        if info.engine == "local":
-            ready.append(run_dir)
+        if info.engine != "local":
+            continue
+        if keys & writes:
+            # Two manifests of this tick write one output: side by side, the later upload would replace the
+            # earlier run's before its reconcile saw it. This run waits for the tick's loop, which carries the
+            # runs on one after the other, each reconciled before the next writes.
+            echo(f"{info.manifest_key}: shares outputs with another manifest of this tick; it runs after it")
+            continue
+        writes |= keys
+        ready.append(run_dir)
     if len(ready) > 1:
         started = time.monotonic()
         limits = LocalLimits(options.job_timeout, options.max_pixels)
         for problem in run_workflows(ready, workers=options.workers, limits=limits):
             echo(f"warning: {problem}")
         echo(f"ran {len(ready)} runs' jobs through one pool in {time.monotonic() - started:.1f} s")
+
+
+def output_keys(run_dir: RunDir, info: RunInfo) -> set[tuple[str, str]]:
+    """(output bucket, key) of every COG and JPEG the run's rows write."""
+    from .manifest import parse_manifest
+
+    prefix = info.output_prefix or ""
+    rows = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes()).rows
+    return {(info.output_bucket, prefix + key) for row in rows for key in (row.key, row.jpg_key)}
 
 
 def _carry_on_reporting(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, report: ScanReport, echo: Echo) -> None:

@@ -132,3 +132,24 @@ def test_a_late_copy_of_a_reconciled_runs_processing_file_is_removed_by_the_next
     assert later.orphans == [] and later.errors == []
     failed = [k for k in buckets.input_keys() if "_failed-" in k and not k.endswith("-reasons.csv")]
     assert [_file(buckets, k) for k in failed] == [UPLOAD_1]
+
+
+def test_two_manifests_of_one_tick_listing_one_image_are_both_processed(buckets, tmp_path):
+    """Both runs used to convert the image side by side; the run whose upload was replaced failed its row,
+    although the object was a correct COG of that source. The second run now runs after the first."""
+    from cog_pipeline.examples import write_raster
+    from cog_pipeline.pipeline import ScanOptions, scan
+
+    write_raster(tmp_path / "a.tif", bands=1, size=64)
+    buckets.put_file("a.tif", tmp_path / "a.tif")
+    buckets.put_text("one_raw.csv", "a.tif,1\n")
+    buckets.put_text("two_raw.csv", "a.tif,1\n")
+    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "w", workers=2, progress=False)
+    lines: list[str] = []
+    report = scan(options, echo=lines.append)
+    assert len(report.reconciled) == 2 and report.errors == []
+    assert any("shares outputs with another manifest of this tick" in line for line in lines), lines
+    processed = sorted(k for k in buckets.input_keys() if "_processed-" in k)
+    assert [k.split("_")[0] for k in processed] == ["one", "two"]
+    assert all(_file(buckets, k) == "a.tif,1\n" for k in processed)
+    assert not [k for k in buckets.input_keys() if "_failed-" in k]
