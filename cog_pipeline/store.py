@@ -183,20 +183,24 @@ class LocalStore:
         _validate_key(key)
         if any(part.startswith(TMP_PREFIX) for part in key.split("/")):
             raise StoreError(f"refusing object key {key!r}: its name is reserved for temporary files")
-        self._refuse_links(key)
+        link = self._link_on(key)
+        if link is not None:
+            raise StoreError(f"refusing {key!r} in bucket {self.bucket!r}: {link} is a symbolic link, which a folder bucket never follows")
         return self.base / key
 
-    def _refuse_links(self, key: str) -> None:
-        """A key never passes through a symbolic link: one planted in the bucket could name a file (to read,
-        to overwrite) or a folder anywhere else. With no link and no '..' a key's path stays inside the bucket."""
+    def _link_on(self, relative: str) -> Path | None:
+        """The first symbolic link on the way from the bucket folder to `relative`, or None. A key never passes
+        through one: a link planted in the bucket could name a file (to read, to overwrite) or a folder anywhere
+        else. With no link and no '..' a key's path stays inside the bucket."""
         here = self.base
-        for part in key.split("/"):
+        for part in relative.split("/"):
             here = here / part
             try:
                 if stat.S_ISLNK(os.lstat(here).st_mode):
-                    raise StoreError(f"refusing {key!r} in bucket {self.bucket!r}: {here} is a symbolic link, which a folder bucket never follows")
+                    return here
             except (FileNotFoundError, NotADirectoryError):
-                return
+                return None
+        return None
 
     def _missing(self, key: str) -> ObjectNotFound:
         if not self.base.is_dir():
@@ -236,8 +240,8 @@ class LocalStore:
         # Walk only the folder the prefix can live in, and below it only the sub-folders whose keys can
         # start with the prefix, so listing one county does not walk the state.
         start = self._safe_prefix_folder(prefix)
-        if start is None or not start.is_dir():
-            return
+        if start is None or not start.is_dir() or (start != self.base and self._link_on(prefix.rpartition("/")[0])):
+            return  # no such folder, or one reached through a symbolic link (its files are not the bucket's)
         found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(start):
             rel = Path(dirpath).relative_to(self.base).as_posix()

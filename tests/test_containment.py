@@ -112,3 +112,18 @@ def test_a_work_dir_inside_a_folder_bucket_is_refused(tmp_path):
                   "-w", str(root / "out" / "w"))
     assert result.returncode == 1 and "inside folder bucket 'out'" in result.stderr, result.stderr
     assert (root / "in" / "x_raw.csv").exists() and not (root / "out" / "w").exists()
+
+
+def test_a_listing_never_shows_files_behind_a_symlinked_folder(tmp_path):
+    root = _folders(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "private.tif").write_bytes(b"x")
+    (root / "in" / "evil").symlink_to(outside)
+    (root / "in" / "real").mkdir()
+    (root / "in" / "real" / "a.tif").write_bytes(b"a")
+    store = open_store("in", StoreConfig(local_root=root))
+    assert [o.key for o in store.list("")] == ["real/a.tif"]
+    assert [o.key for o in store.list("evil/")] == [] and [o.key for o in store.list("evil/p")] == []
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.head("evil/private.tif")
