@@ -185,11 +185,6 @@ def look(store: ObjectStore, pattern: str) -> BucketView:
     return BucketView(pending, markers, processing)
 
 
-def _clock() -> datetime:
-    """The claim's clock: UTC now. Tests replace it to put claims of two work dirs in one second."""
-    return datetime.now(timezone.utc)
-
-
 def allocate_run_dir(work_dir: Path, now: datetime | None = None, taken: frozenset[str] = frozenset()) -> tuple[str, RunDir]:
     """A fresh workflow-run-<TS>/ named for the true claim second: the N-th run in one second gets `-N`.
 
@@ -197,7 +192,7 @@ def allocate_run_dir(work_dir: Path, now: datetime | None = None, taken: frozens
     Earlier versions bumped the time by a second per collision, so a tick claiming many manifests dated
     them into the future; the suffix keeps every name unique and every timestamp true.
     """
-    moment = now or _clock()
+    moment = now or datetime.now(timezone.utc)
     ordinal = 1
     while True:
         ts = unique_timestamp(moment, ordinal)
@@ -396,7 +391,7 @@ def claim_one(
     next ordinal. Another host claiming an earlier upload of the same manifest in the same second therefore
     never shares a processing or result file with this claim.
     """
-    moment = _clock()
+    moment = datetime.now(timezone.utc)
     taken: frozenset[str] = frozenset()
     while True:
         ts, run_dir = allocate_run_dir(work_dir, moment, taken)
