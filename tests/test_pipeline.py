@@ -153,8 +153,8 @@ def test_concurrent_scans_claim_once(tmp_path):
     assert len(processed) == 1
 
 
-class Crash(Exception):
-    pass
+class Crash(BaseException):
+    """The process dies here (as SystemExit or a signal would end it): not an error a tick reports and survives."""
 
 
 @pytest.mark.parametrize("where", ["generate", "run_workflow", "reconcile"])
