@@ -138,27 +138,3 @@ def test_the_cli_says_what_a_stalled_lock_is_in_one_line(tmp_path):
     assert other.returncode == 1 and "LockTimeout: waited 0 s for the test lock" in other.stderr
     assert issubclass(LockTimeout, RuntimeError)
 
-
-def test_an_unexpected_error_in_one_run_is_one_line_and_the_ticks_other_runs_go_on(buckets, tmp_path, monkeypatch):
-    """A bug met by one manifest's input (a ValueError deep in generation) used to end the tick in a traceback
-    after the claim, so a good manifest claimed in the same tick was never carried on."""
-    import cog_pipeline.pegasus.workflow_gen as workflow_gen
-
-    real = workflow_gen.generate
-
-    def generate(run_dir, *args, **kwargs):
-        if run_dir.load().manifest_key == "bad_raw.csv":
-            raise ValueError("Exceeds the limit (4300 digits) for integer string conversion")
-        return real(run_dir, *args, **kwargs)
-
-    monkeypatch.setattr(workflow_gen, "generate", generate)
-    _good_image(buckets, tmp_path)
-    buckets.put_text("bad_raw.csv", "good.tif,1\n")
-    buckets.put_text("good_raw.csv", "good.tif,1\n")
-    lines: list[str] = []
-    report = scan(_options(buckets, tmp_path), echo=lines.append)
-    assert [r.load().manifest_key for r in report.reconciled] == ["good_raw.csv"]
-    (error,) = report.errors
-    assert "ValueError: Exceeds the limit" in error
-    assert any(line.startswith("error: ") and "left for the next tick" in line for line in lines)
-    assert any(k.startswith("bad_processing-") for k in buckets.input_keys())  # kept for a later tick
