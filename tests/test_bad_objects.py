@@ -122,9 +122,9 @@ def test_a_lock_held_by_a_stopped_scan_is_waited_for_a_bounded_time_and_named(tm
         holder.wait(timeout=10)
 
 
-def test_the_cli_says_what_a_stalled_lock_is_in_one_line(tmp_path):
-    """The same wait through the command line: one line, exit 1 (the bound itself is LOCK_WAIT seconds)."""
-    from cog_pipeline.locking import LockTimeout, held
+def test_a_lock_wait_in_another_process_ends_after_its_bound_and_names_the_lock(tmp_path):
+    """Between two real processes: the waiter gives up after its bound with the lock's name, never hangs."""
+    from cog_pipeline.locking import held
 
     path = tmp_path / "lock"
     with held(path, "the test's lock"):
@@ -135,6 +135,5 @@ def test_the_cli_says_what_a_stalled_lock_is_in_one_line(tmp_path):
             )],
             capture_output=True, text=True, timeout=60,
         )
-    assert other.returncode == 1 and "LockTimeout: waited 0 s for the test lock" in other.stderr
-    assert issubclass(LockTimeout, RuntimeError)
+    assert other.returncode == 1 and f"LockTimeout: waited 0 s for the test lock ({path})" in other.stderr
 
