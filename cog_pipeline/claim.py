@@ -6,7 +6,9 @@ The claim is the only step that must be exclusive, and it is fenced. Its protoco
    (TS is the true claim second, `-N` for the N-th run in one second);
 2. create the marker `<manifest>.claim` with a conditional create (S3 If-None-Match: *, link() on folders).
    Its content names the claimant (ClaimToken: host, pid, random id, time), so a PUT whose answer was lost
-   and whose retry got 412 is recognised as our own by reading the marker back;
+   and whose retry got 412 is recognised as our own by reading the marker back. Holding it, check that no
+   file of this manifest in the bucket uses TS yet (another work dir or host claimed an earlier upload in
+   the same second); if one does, give the marker back and start again at 1 with the next `-N`;
 3. read the manifest, copy it into the run directory;
 4. fence: renew the marker (PUT If-Match its last ETag; a locked compare-and-swap on folders);
 5. create `<base>processing-<TS>.csv` (create-if-absent, lost answers recognised the same way);
@@ -26,12 +28,10 @@ cleaned up by `recover_claims`) or a processing file with its run directory (car
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,9 +39,12 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 
+from . import locking
 from .naming import (
     CLAIM_MARKER_SUFFIX,
     PROCESSING_RE,
+    RESULT_RE,
+    TIMESTAMP_RE,
     RUN_DIR_PREFIX,
     RunNames,
     listing_prefix,
@@ -52,6 +55,7 @@ from .rundir import ABANDONED, CLAIMED, CLAIMING, RunDir, RunInfo, list_run_dirs
 from .store import ObjectInfo, ObjectStore, PreconditionFailed, StoreConfig, StoreError
 
 LOCK_NAME = ".cog-pipeline.lock"
+QUARANTINE_SUFFIX = ".quarantined"  # a malformed claim marker, moved aside (never matched by a pattern: not .csv)
 # A marker not renewed for this long is abandoned (a claim takes seconds and renews at every step).
 # COG_PIPELINE_STALE_MARKER_AGE (seconds) overrides it, for tests that reproduce a stall in seconds.
 STALE_MARKER_AGE = timedelta(minutes=10)
@@ -86,23 +90,14 @@ class Claim:
 
 
 @contextmanager
-def scan_lock(work_dir: Path, timeout: float = 120.0) -> Iterator[None]:
+def scan_lock(work_dir: Path, timeout: float | None = None) -> Iterator[None]:
     """One claiming scan at a time on this machine; the lock dies with the process, so a crash never wedges it."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout
-    with open(work_dir / LOCK_NAME, "a+") as fh:
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise ClaimError(f"another scan has held {work_dir / LOCK_NAME} for over {timeout:.0f} s") from None
-                time.sleep(0.2)
-        try:
+    try:
+        with locking.held(work_dir / LOCK_NAME, "the scan lock of this work dir (another scan)", timeout):
             yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    except locking.LockTimeout as exc:
+        raise ClaimError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -150,6 +145,17 @@ def manifest_object_problem(store: ObjectStore, info: ObjectInfo) -> str | None:
     return None
 
 
+def _name_problem(key: str) -> str | None:
+    """A folder bucket can hold a file name that is not UTF-8 (S3 keys always are): no result file can be
+    named after it in UTF-8, so it is refused, left in place and reported, and the other manifests go on."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return f"manifest name '{shown}' is not UTF-8; rename it (object keys are UTF-8); it is left in place"
+    return None
+
+
 def look(store: ObjectStore, pattern: str) -> BucketView:
     """List the bucket once under the pattern's literal prefix and sort what is there."""
     manifests: list[ObjectInfo] = []
@@ -169,7 +175,7 @@ def look(store: ObjectStore, pattern: str) -> BucketView:
     pending = []
     for info in manifests:
         same = by_name[PurePosixPath(info.key).name]
-        problem = manifest_object_problem(store, info)
+        problem = _name_problem(info.key) or manifest_object_problem(store, info)
         if problem is None and len(same) > 1:
             problem = (
                 f"manifest base name {PurePosixPath(info.key).name!r} is not unique in the bucket "
@@ -179,9 +185,10 @@ def look(store: ObjectStore, pattern: str) -> BucketView:
     return BucketView(pending, markers, processing)
 
 
-def allocate_run_dir(work_dir: Path, now: datetime | None = None) -> tuple[str, RunDir]:
+def allocate_run_dir(work_dir: Path, now: datetime | None = None, taken: frozenset[str] = frozenset()) -> tuple[str, RunDir]:
     """A fresh workflow-run-<TS>/ named for the true claim second: the N-th run in one second gets `-N`.
 
+    `taken`: timestamps the bucket already uses for this manifest (another work dir or host claimed them).
     Earlier versions bumped the time by a second per collision, so a tick claiming many manifests dated
     them into the future; the suffix keeps every name unique and every timestamp true.
     """
@@ -191,10 +198,25 @@ def allocate_run_dir(work_dir: Path, now: datetime | None = None) -> tuple[str, 
         ts = unique_timestamp(moment, ordinal)
         path = work_dir / f"{RUN_DIR_PREFIX}{ts}"
         try:
-            path.mkdir(parents=True)
-            return ts, RunDir(path)
+            if ts not in taken:
+                path.mkdir(parents=True)
+                return ts, RunDir(path)
         except FileExistsError:
-            ordinal = 2 if ordinal == 1 else ordinal + 1
+            pass
+        ordinal = 2 if ordinal == 1 else ordinal + 1
+
+
+def timestamps_in_bucket(store: ObjectStore, base: str, timestamp: str) -> frozenset[str]:
+    """Claim timestamps of the claim second of `timestamp` that any run of this manifest base already used
+    in the bucket (processing, processed or failed files): three listings of a few keys each."""
+    second = timestamp[: len("YYYYmmdd-HHMMSS")]
+    used = set()
+    for kind in ("processing", "processed", "failed"):
+        for info in store.list(f"{base}{kind}-{second}"):
+            match = RESULT_RE.search(info.key)
+            if match and info.key[: match.start()] == base:
+                used.add(match.group(2))
+    return frozenset(used)
 
 
 # ---------------------------------------------------------------------------------------------- fencing
@@ -247,8 +269,9 @@ class _Fence:
     renewals: int = 0
 
 
-def _write_recognised(store: ObjectStore, key: str, data: bytes, if_match: str | None) -> ObjectInfo:
-    """A conditional write that also succeeds when an earlier attempt of it did.
+def write_recognised(store: ObjectStore, key: str, data: bytes, if_match: str | None = None) -> ObjectInfo:
+    """A conditional write (create if absent, or replace if_match) that also succeeds when an earlier attempt
+    of it did; PreconditionFailed when the key holds other bytes, which are never overwritten.
 
     If the server applied our PUT but the response was lost, botocore retries and the retry fails its own
     precondition (412): the object then holds exactly our bytes, so it is ours and we carry on at once.
@@ -268,7 +291,7 @@ def _write_recognised(store: ObjectStore, key: str, data: bytes, if_match: str |
 def _take_marker(store: ObjectStore, key: str, token: ClaimToken) -> _Fence | None:
     """Create the marker if absent (If-None-Match: *). None when another claimant holds it."""
     try:
-        info = _write_recognised(store, key, token.marker_body(0), None)
+        info = write_recognised(store, key, token.marker_body(0), None)
     except PreconditionFailed:
         return None
     return _Fence(key, token, info.etag)
@@ -283,7 +306,7 @@ def _renew(store: ObjectStore, fence: _Fence) -> None:
     """
     body = fence.token.marker_body(fence.renewals + 1)
     try:
-        info = _write_recognised(store, fence.key, body, fence.etag)
+        info = write_recognised(store, fence.key, body, fence.etag)
     except PreconditionFailed as exc:
         raise ClaimLost(f"the claim marker {fence.key} is no longer ours ({exc})") from None
     fence.etag, fence.renewals = info.etag, fence.renewals + 1
@@ -360,8 +383,29 @@ def claim_one(
     output_prefix: str | None = None,
 ) -> Claim | None:
     """Claim one manifest. None when another scan owns it (nothing of ours is left behind); ClaimLost when
-    we held its marker but a scan took it over while we stalled (nothing of ours is left behind either)."""
-    ts, run_dir = allocate_run_dir(work_dir)
+    we held its marker but a scan took it over while we stalled (nothing of ours is left behind either).
+
+    The claim timestamp is unique in the bucket, not only in this work dir: once the marker is ours (so no
+    other claimant of this manifest can publish meanwhile), the bucket is asked which timestamps of this
+    second the manifest's files already use; a taken one is given back and the claim starts again with the
+    next ordinal. Another host claiming an earlier upload of the same manifest in the same second therefore
+    never shares a processing or result file with this claim.
+    """
+    moment = datetime.now(timezone.utc)
+    taken: frozenset[str] = frozenset()
+    while True:
+        ts, run_dir = allocate_run_dir(work_dir, moment, taken)
+        outcome = _claim_as(store, manifest, ts, run_dir, output_bucket, store_config, engine, output_prefix)
+        if not isinstance(outcome, frozenset):
+            return outcome
+        taken = taken | outcome
+
+
+def _claim_as(
+    store: ObjectStore, manifest: ObjectInfo, ts: str, run_dir: RunDir, output_bucket: str,
+    store_config: StoreConfig, engine: str, output_prefix: str | None,
+) -> Claim | None | frozenset[str]:
+    """claim_one with the timestamp `ts`; the bucket's used timestamps of that second when `ts` is one."""
     names = RunNames(manifest.key, ts)
     token = ClaimToken.new(ts, manifest.etag)
     info = RunInfo(
@@ -381,6 +425,11 @@ def claim_one(
     if fence is None:
         shutil.rmtree(run_dir.path, ignore_errors=True)
         return None
+    used = timestamps_in_bucket(store, names.base, ts)
+    if ts in used:
+        _release_marker(store, fence.key, fence.etag)
+        shutil.rmtree(run_dir.path, ignore_errors=True)
+        return used
     try:
         data, read = store.read_bytes(manifest.key)
     except StoreError:
@@ -410,7 +459,7 @@ def claim_one(
 def _publish_processing(store: ObjectStore, names: RunNames, data: bytes, fence: _Fence, etag: str) -> ObjectInfo:
     """Create the processing file between two fences; undo it if the second shows the claim was taken over."""
     _renew(store, fence)
-    processing = _write_recognised(store, names.processing_key, data, None)
+    processing = write_recognised(store, names.processing_key, data, None)
     try:
         _renew(store, fence)
     except ClaimLost:
@@ -505,6 +554,9 @@ def recover_claims(store: ObjectStore, work_dir: Path, view: BucketView, now: da
             continue  # gone since the listing
         body, current = found
         ts = str(body.get("timestamp") or "")
+        if ts and not TIMESTAMP_RE.fullmatch(ts):
+            actions.extend(_quarantine_marker(store, marker.key, current))
+            continue
         run_dir = runs.get(ts)
         if run_dir is not None and run_dir.load().manifest_key == manifest_key:
             handled.add(run_dir.timestamp)
@@ -520,6 +572,20 @@ def recover_claims(store: ObjectStore, work_dir: Path, view: BucketView, now: da
         if info.state == CLAIMING and info.input_bucket == store.bucket:
             actions.extend(_recover_local(store, run_dir))
     return actions
+
+
+def _quarantine_marker(store: ObjectStore, marker_key: str, current: ObjectInfo) -> list[str]:
+    """A marker whose timestamp no claim can have written (`../../x`, control characters, 5,000 characters)
+    would name keys no store takes, on every scan. It is moved aside (copied to `<marker>.quarantined`, then
+    deleted If-Match the version read), so the manifest is claimed again and the bytes stay for a person."""
+    aside = marker_key + QUARANTINE_SUFFIX
+    try:
+        data, _ = store.read_bytes(marker_key)
+        store.put_bytes(aside, data)
+        store.delete(marker_key, if_match=current.etag)
+    except PreconditionFailed:
+        return []  # changed since it was read: the next scan judges it again
+    return [f"warning: quarantined claim marker {marker_key}: its timestamp is not a claim timestamp; moved to {aside}"]
 
 
 def _recover_stale(

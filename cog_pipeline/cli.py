@@ -164,12 +164,23 @@ def _finish(run_dir: Path, show_report: bool) -> None:
 
 @main.command("reconcile")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Reconcile even while a live process or workflow carries the run on (rows still converting then fail).")
 @handle_errors
-def reconcile_cmd(run_dir: Path) -> None:
+def reconcile_cmd(run_dir: Path, force: bool) -> None:
     """Write processed/failed CSVs for RUN_DIR from what is in the output bucket; remove its processing file.
 
-    Safe to run any number of times: a reconciled run is reported, not redone.
+    Safe to run any number of times: a reconciled run is reported, not redone. A run still in flight (a live
+    lease, or its workflow running) is refused unless --force: its rows would be filed failed for good.
     """
+    from .pipeline import run_is_active
+    from .rundir import RECONCILED, RunDir
+
+    run = RunDir(run_dir)
+    info = run.load()
+    if not force and info.state != RECONCILED and run_is_active(run):
+        holder = f" by {info.lease.owner_id}" if run.is_owned() and info.lease else ""
+        fail(f"{run_dir} is still being carried on{holder} and its jobs may be converting; "
+             "it is reconciled when they end (or give --force to file unfinished rows as failed now)")
     _finish(run_dir, show_report=True)
 
 
@@ -213,7 +224,7 @@ def run_cmd(run_dir: Path, workers: int | None, quiet: bool) -> None:
 
 
 @main.command()
-@click.option("--dir", "demo_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"), show_default=True, help="Folder for the example buckets and runs (recreated).")
+@click.option("--dir", "demo_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"), show_default=True, help="New folder for the example buckets and runs (one an earlier demo made is emptied; any other is refused).")
 @click.option("--size", type=click.IntRange(min=64), default=1024, show_default=True, help="Example image width/height in pixels.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @handle_errors
@@ -224,8 +235,7 @@ def demo(demo_dir: Path, size: int, quiet: bool) -> None:
     from .pipeline import scan as run_scan
 
     demo_dir = demo_dir.resolve()
-    if demo_dir.exists():
-        shutil.rmtree(demo_dir)
+    _fresh_demo_dir(demo_dir)
     buckets = demo_dir / "buckets"
     (buckets / "cog-output").mkdir(parents=True)
     manifest = make_example_bucket(buckets / "cog-input", size=size)
@@ -251,6 +261,26 @@ def demo(demo_dir: Path, size: int, quiet: bool) -> None:
         click.echo(f"run directory: {run_dir.path}")
     for run_dir in report.reconciled:  # last, so it is what the operator sees: open it in a browser
         click.echo(f"report: {run_dir.path / 'report.html'}")
+
+
+DEMO_MARK = ".cog-pipeline-demo"  # in a folder `demo` created: the only kind it ever empties again
+
+
+def _fresh_demo_dir(demo_dir: Path) -> None:
+    """Create the demo folder, or empty one an earlier demo created (only its buckets and work folders).
+
+    A folder the demo did not create is refused whole: `demo --dir .` must never delete anything else."""
+    if demo_dir.exists() or demo_dir.is_symlink():
+        if not (demo_dir / DEMO_MARK).is_file() or demo_dir.is_symlink():
+            fail(f"{demo_dir} exists and was not created by `cog-pipeline demo`; give --dir a new folder")
+        for name in ("buckets", "work"):
+            if (demo_dir / name).is_symlink():
+                (demo_dir / name).unlink()
+            elif (demo_dir / name).exists():
+                shutil.rmtree(demo_dir / name)
+    else:
+        demo_dir.mkdir(parents=True)
+        (demo_dir / DEMO_MARK).write_text("made by cog-pipeline demo; it may empty this folder's buckets/ and work/\n")
 
 
 @main.command("status")

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from .naming import image_stem, image_suffix
 
 MAX_BANDS = 1024
+MAX_KEY_BYTES = 1024  # S3's limit for an object key: no image can have a longer one
+MAX_SEGMENT_BYTES = 255  # a file name (NAME_MAX): no folder bucket or job scratch folder can hold a longer one
 
 # Rows end at \n, \r\n or \r (universal newlines) and nowhere else: str.splitlines() would also split a
 # key at U+2028, U+0085, form feed, ..., making two bogus rows and shifting every line number after it.
@@ -84,6 +86,12 @@ def check_key(key: str) -> str | None:
         return "key contains '.' or '..' path segments"
     if any(part == "" for part in parts):
         return "key contains an empty path segment ('//' or trailing '/')"
+    size = len(key.encode("utf-8", "surrogateescape"))
+    if size > MAX_KEY_BYTES:
+        return f"key is {size} bytes, longer than an object key can be ({MAX_KEY_BYTES} bytes of UTF-8)"
+    longest = max(len(part.encode("utf-8", "surrogateescape")) for part in parts)
+    if longest > MAX_SEGMENT_BYTES:
+        return f"a path segment of the key is {longest} bytes, longer than a file name can be ({MAX_SEGMENT_BYTES} bytes of UTF-8)"
     suffix = image_suffix(key)
     if suffix is None:
         return "key does not end in '.tif' or '.tiff' (any case)"
@@ -119,6 +127,11 @@ def _split_row(text: str) -> tuple[str, str] | None:
     return (key, bands) if sep else None
 
 
+def _short(text: str, limit: int = 40) -> str:
+    """A field as a reason quotes it: an absurdly long one is cut, with its length."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def parse_row(line_no: int, text: str, raw: bytes | None = None) -> ManifestRow | RejectedRow:
     raw = text.encode("utf-8", "surrogateescape") if raw is None else raw
     split = _split_row(text)
@@ -133,7 +146,9 @@ def parse_row(line_no: int, text: str, raw: bytes | None = None) -> ManifestRow 
         return RejectedRow(line_no, text, "malformed row: band count is missing", raw)
     # ASCII digits only: int() would also take '1_0', '+3' or non-ASCII digits such as '３'.
     if not _BANDS.fullmatch(bands_text):
-        return RejectedRow(line_no, text, f"malformed row: band count {bands_text!r} is not an integer", raw)
+        return RejectedRow(line_no, text, f"malformed row: band count {_short(bands_text)!r} is not an integer", raw)
+    if len(bands_text.lstrip("0")) > len(str(MAX_BANDS)):  # int() of 4,300+ digits raises; no band count is that long
+        return RejectedRow(line_no, text, f"malformed row: band count {_short(bands_text)} is out of range 1-{MAX_BANDS}", raw)
     bands = int(bands_text)
     if not 1 <= bands <= MAX_BANDS:
         return RejectedRow(line_no, text, f"malformed row: band count {bands} is out of range 1-{MAX_BANDS}", raw)

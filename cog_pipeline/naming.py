@@ -19,6 +19,7 @@ RUN_DIR_PREFIX = "workflow-run-"
 # A claim timestamp is the UTC second of the claim, plus `-N` (N >= 2) for the N-th run claimed in the same
 # second on one work dir: names stay unique without pretending a claim happened later than it did.
 _TS = r"\d{8}-\d{6}(?:-[0-9]+)?"
+TIMESTAMP_RE = re.compile(_TS)  # fullmatch: a claim timestamp and nothing else
 RESULT_RE = re.compile(rf"(processing|processed|failed)-({_TS})(-reasons)?\.csv\Z")
 PROCESSING_RE = re.compile(rf"^(?P<base>.*)processing-(?P<ts>{_TS})\.csv\Z")
 
@@ -97,8 +98,13 @@ def check_pattern(pattern: str) -> str | None:
     return None
 
 
-def check_buckets(input_bucket: str, output_bucket: str, output_prefix: str | None, replace_inputs: bool) -> str | None:
+def check_buckets(
+    input_bucket: str, output_bucket: str, output_prefix: str | None, replace_inputs: bool, same: bool | None = None
+) -> str | None:
     """Why outputs could overwrite the source GeoTIFFs, or None. The CLI refuses (exit 2) before claiming.
+
+    `same`: whether the two buckets are one place (folder buckets: their resolved folders), when the names
+    alone cannot tell; None compares the names (S3: both buckets are on one endpoint).
 
     A COG is written at the *same key* as its input, so one bucket for both replaces every source image
     unless the outputs go under a prefix (`--output-prefix`, outputs at PREFIX + key) or the operator says
@@ -106,13 +112,14 @@ def check_buckets(input_bucket: str, output_bucket: str, output_prefix: str | No
     '/') or holds '.'/'..' segments cannot keep outputs apart and is refused too. (Rows whose own key lies
     under the prefix are refused per row: `key_under_output_prefix`.)
     """
-    if input_bucket != output_bucket:
+    if not (input_bucket == output_bucket if same is None else same):
         return None
     if replace_inputs:
         return None
+    both = f"both {input_bucket!r}" if input_bucket == output_bucket else f"one folder ({input_bucket!r} and {output_bucket!r})"
     if output_prefix is None or output_prefix.strip("/ ") == "":
         return (
-            f"input and output bucket are both {input_bucket!r}: the COGs would overwrite the source GeoTIFFs; "
+            f"input and output bucket are {both}: the COGs would overwrite the source GeoTIFFs; "
             "give --output-prefix PREFIX/ (outputs at PREFIX/<key>) or --replace-inputs"
         )
     parts = output_prefix.split("/")

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .errors import RUN_FILE_ERRORS, one_line, os_error_line
-from .store import StoreConfig, StoreError, key_file_problem
+from .store import StoreConfig, StoreError, key_file_problem, normalise_endpoint
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -70,9 +70,15 @@ def check_scan_args(kw: dict[str, Any]) -> None:
     whose outputs would overwrite the inputs: one line, exit 2."""
     from .naming import check_buckets, check_pattern
 
+    from .store import bucket_folder
+
     prefix = kw.get("output_prefix")
+    root = kw.get("local_root")
+    same = None
+    if root:  # folder buckets are one bucket when their folders are one, whatever their names (`out -> in`)
+        same = bucket_folder(root, kw["input_bucket"]) == bucket_folder(root, kw["output_bucket"])
     problem = check_pattern(kw["pattern"]) or check_buckets(
-        kw["input_bucket"], kw["output_bucket"], prefix, bool(kw.get("replace_inputs"))
+        kw["input_bucket"], kw["output_bucket"], prefix, bool(kw.get("replace_inputs")), same
     )
     if problem is None and prefix is not None:
         # A prefix must be a clean folder whatever the buckets: judge its form as check_buckets does for one bucket.
@@ -128,6 +134,10 @@ def store_config(kw: dict[str, Any]) -> StoreConfig:
         fail("give both -a (access key file) and -s (secret key file), or neither", EXIT_USAGE)
     if kw.get("profile") and (kw.get("access_key_file") or kw.get("local_root")):
         fail("--profile names where the S3 keys come from; do not combine it with -a/-s or --local-root", EXIT_USAGE)
+    try:
+        normalise_endpoint(kw.get("endpoint"))  # before anything is written: an endpoint with user:pass@ is refused
+    except StoreError as exc:
+        fail(f"-e: {exc}", EXIT_USAGE)
     local_root = kw.get("local_root")
     return StoreConfig(
         local_root=local_root.resolve() if local_root else None,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import publish
-from .claim import Claim, ClaimLost, claim_one, look, recover_claims, scan_lock
+from .claim import Claim, ClaimError, ClaimLost, claim_one, look, recover_claims, scan_lock
 from .engines import get_engine
 from .engines.base import WorkflowError
 from .engines.local import LocalLimits
@@ -26,7 +26,7 @@ from .rundir import (
     CLAIMED, GENERATED, RECONCILED, RUNNING, DamagedRunDir, LeaseHeld, RunDir, RunInfo, remove_empty_run_dirs, survey_run_dirs,
 )
 from .state import IN_FLIGHT
-from .store import ObjectStore, StoreConfig, StoreError, open_store
+from .store import ObjectStore, StoreConfig, StoreError, bucket_folder, open_store
 
 Echo = Callable[[str], None]
 
@@ -113,7 +113,24 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
         release_prestarted()
 
 
+def work_dir_problem(options: ScanOptions) -> str | None:
+    """Why the work dir cannot be used: inside a folder bucket, its files (manifest copies, results) would be
+    objects of the bucket, and a broad pattern would claim them again every tick."""
+    root = options.store.local_root
+    if root is None:
+        return None
+    work = options.work_dir.resolve()
+    for bucket in dict.fromkeys((options.input_bucket, options.output_bucket)):
+        folder = bucket_folder(root, bucket)
+        if work == folder or folder in work.parents:
+            return f"work dir {work} is inside folder bucket {bucket!r} ({folder}); keep it outside the buckets"
+    return None
+
+
 def _scan(options: ScanOptions, echo: Echo) -> ScanReport:
+    problem = work_dir_problem(options)
+    if problem:
+        raise ClaimError(problem)
     if options.engine == "pegasus" and not options.dry_run:
         from .engines.pegasus.condor import check_pegasus
 
@@ -146,6 +163,8 @@ def _claim_and_adopt(options: ScanOptions, report: ScanReport, input_store: Obje
             report.refused = [p.problem for p in view.pending if p.problem]
             return False
         report.recovered = recover_claims(input_store, options.work_dir, view)
+        for line in report.recovered:
+            echo(line)
         if report.recovered:
             view = look(input_store, options.pattern)
         for pending in view.pending:
@@ -177,6 +196,7 @@ def _claim_and_adopt(options: ScanOptions, report: ScanReport, input_store: Obje
             echo(f"claimed {pending.info.key} -> {claim.names.processing_key} ({claim.run_dir.path})")
         # Runs an earlier tick left unfinished: adopt them under the lock so two scans never both carry one on.
         local_processing = _adopt_unfinished(options, report, echo)
+        _remove_late_copies(input_store, view, local_processing, echo)
         report.orphans = [p.key for p in view.processing if p.key not in local_processing]
         for key in report.orphans:
             echo(f"warning: {key} has no run directory under {options.work_dir}; another work directory or host owns it")
@@ -191,19 +211,38 @@ def _run_together(runs: list[RunDir], options: ScanOptions, input_store: ObjectS
     from .engines.local_tick import run_workflows
 
     ready = []
+    writes: set[tuple[str, str]] = set()
     for run_dir in runs:
         try:
             info = prepare(run_dir, options, input_store, echo)
+            keys = output_keys(run_dir, info)
         except Exception:  # noqa: BLE001 - reported by the tick's loop, which carries this run on itself
             continue
-        if info.engine == "local":
-            ready.append(run_dir)
+        if info.engine != "local":
+            continue
+        if keys & writes:
+            # Two manifests of this tick write one output: side by side, the later upload would replace the
+            # earlier run's before its reconcile saw it. This run waits for the tick's loop, which carries the
+            # runs on one after the other, each reconciled before the next writes.
+            echo(f"{info.manifest_key}: shares outputs with another manifest of this tick; it runs after it")
+            continue
+        writes |= keys
+        ready.append(run_dir)
     if len(ready) > 1:
         started = time.monotonic()
         limits = LocalLimits(options.job_timeout, options.max_pixels)
         for problem in run_workflows(ready, workers=options.workers, limits=limits):
             echo(f"warning: {problem}")
         echo(f"ran {len(ready)} runs' jobs through one pool in {time.monotonic() - started:.1f} s")
+
+
+def output_keys(run_dir: RunDir, info: RunInfo) -> set[tuple[str, str]]:
+    """(output bucket, key) of every COG and JPEG the run's rows write."""
+    from .manifest import parse_manifest
+
+    prefix = info.output_prefix or ""
+    rows = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes()).rows
+    return {(info.output_bucket, prefix + key) for row in rows for key in (row.key, row.jpg_key)}
 
 
 def _carry_on_reporting(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, report: ScanReport, echo: Echo) -> None:
@@ -221,6 +260,10 @@ def _carry_on_reporting(run_dir: RunDir, options: ScanOptions, input_store: Obje
         line = os_error_line(exc) if isinstance(exc, OSError) else one_line(exc)
         report.errors.append(f"{run_dir.path.name}: {line}")
         echo(f"error: {run_dir.path.name}: {line}; left for the next tick")
+    except Exception as exc:  # noqa: BLE001 - a bug met by one run's input must not cost the tick's other runs
+        line = f"{type(exc).__name__}: {one_line(exc)}"[:500]
+        report.errors.append(f"{run_dir.path.name}: {line}")
+        echo(f"error: {run_dir.path.name}: unexpected {line}; left for the next tick")
     finally:
         # Whatever happened, this process no longer carries the run: the next tick may (a killed process
         # is noticed by its lease instead; so is a lease that a read-only run directory keeps).
@@ -232,19 +275,34 @@ def _carry_on_reporting(run_dir: RunDir, options: ScanOptions, input_store: Obje
         report.reconciled.append(run_dir)
 
 
-def _adopt_unfinished(options: ScanOptions, report: ScanReport, echo: Echo) -> set[str]:
+def _remove_late_copies(input_store: ObjectStore, view: Any, local_processing: dict[str, str], echo: Echo) -> None:
+    """A processing file of a run reconciled here is a late write: a conditional PUT a proxy held until after
+    reconcile removed the file (botocore had retried it meanwhile) put it back. Its run has answered (the
+    claim timestamp is unique in the bucket, so no other claim has that name): remove it, If-Match the version
+    listed, so it never stands beside the run's result files."""
+    for listed in view.processing:
+        if local_processing.get(listed.key) != RECONCILED:
+            continue
+        try:
+            input_store.delete(listed.key, if_match=listed.etag)
+        except StoreError:
+            continue  # changed or gone since the listing: the next tick looks again
+        echo(f"removed {listed.key}: a late copy of the processing file of a run reconciled here")
+
+
+def _adopt_unfinished(options: ScanOptions, report: ScanReport, echo: Echo) -> dict[str, str]:
     """Take the lease of every unfinished run of this input bucket nobody carries on; returns the processing
-    keys this work directory knows. A damaged run directory is reported once and skipped."""
+    keys this work directory knows, with their runs' states. A damaged run directory is reported once and skipped."""
     run_dirs, report.damaged = survey_run_dirs(options.work_dir)
     for problem in report.damaged:
         echo(f"warning: {problem}")
     claimed_paths = {r.path for r in report.claimed}
-    local_processing: set[str] = set()
+    local_processing: dict[str, str] = {}
     for run_dir in run_dirs:
         info = run_dir.load()
         if info.input_bucket != options.input_bucket:
             continue
-        local_processing.add(info.processing_key)
+        local_processing[info.processing_key] = str(info.state)
         if run_dir.path in claimed_paths or info.state not in IN_FLIGHT:
             continue
         try:

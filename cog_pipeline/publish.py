@@ -55,8 +55,11 @@ def write_run_provenance(run_dir: RunDir, input_store: ObjectStore, output_store
 
     info = run_dir.load()
     pairs = processed_outputs(run_dir)
+    prefix = info.output_prefix or ""
     sources = find_keys(input_store, [k for k, _ in pairs])
-    outputs = find_keys(output_store, [k for pair in pairs for k in pair])
+    # Same-bucket mode: the outputs are at <prefix><key>; each is recorded under its row's key, with its own key.
+    listed = find_keys(output_store, [prefix + k for pair in pairs for k in pair])
+    outputs = {key[len(prefix):]: found for key, found in listed.items()}
     return record_provenance(run_dir.path, sources=sources, outputs=outputs,
                              source_bucket=info.input_bucket, output_bucket=info.output_bucket)
 

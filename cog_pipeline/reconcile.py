@@ -10,7 +10,6 @@ result, and the processing file is removed only after the result files are safel
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,12 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .claim import fence_before_results
+from . import locking
+from .claim import fence_before_results, write_recognised
 from .listing import find_keys
 from .manifest import Manifest, ManifestRow, parse_manifest
 from .naming import RunNames
 from .rundir import RECONCILED, RunDir
-from .store import ObjectStore, open_store
+from .store import ObjectStore, PreconditionFailed, StoreError, open_store
 
 PROCESSED = "processed"
 FAILED = "failed"
@@ -159,12 +159,11 @@ def reconcile(
 
 @contextmanager
 def _run_lock(run_dir: RunDir) -> Iterator[None]:
-    with open(run_dir.path / ".reconcile.lock", "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
+    try:
+        with locking.held(run_dir.path / ".reconcile.lock", f"the reconcile lock of {run_dir.path.name}"):
             yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    except locking.LockTimeout as exc:
+        raise StoreError(str(exc)) from None
 
 
 def _saved_decisions(run_dir: RunDir) -> dict[str, Any] | None:
@@ -227,7 +226,11 @@ def _reconcile(run_dir: RunDir, input_store: ObjectStore | None, output_store: O
     publish = {k: results_dir / k.rpartition("/")[2] for k in (result.processed_key, result.failed_key, result.reasons_key) if k}
     fence_before_results(input_store, run_dir, names, publish)  # ClaimLost: the run is ABANDONED, nothing written
     for key, path in publish.items():
-        input_store.put_bytes(key, path.read_bytes())
+        # Created only if absent (a repeat recognises its own bytes): never over another run's result file.
+        try:
+            write_recognised(input_store, key, path.read_bytes())
+        except PreconditionFailed:
+            raise StoreError(f"{input_store.url(key)} exists with other content (another run's result file); not overwritten") from None
     input_store.delete(names.processing_key)
     run_dir.set_state(RECONCILED)
     return result

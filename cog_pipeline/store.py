@@ -7,7 +7,6 @@ claim, workflow and reconcile logic.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import stat
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
-from . import atomic
+from . import atomic, locking
 from .media import object_headers
 
 
@@ -90,8 +89,8 @@ class ObjectStore(Protocol):
     def delete(self, key: str, if_match: str | None = None) -> None:
         """Remove an object; with if_match, only the version with that ETag (PreconditionFailed otherwise)."""
 
-    def download(self, key: str, dest: Path) -> None:
-        """Copy the object into a local file (multipart, parallel on S3)."""
+    def download(self, key: str, dest: Path, if_match: str | None = None) -> None:
+        """Copy the object into a local file (multipart, parallel on S3); with if_match, only that version."""
 
     def upload(self, src: Path, key: str) -> ObjectInfo:
         """Copy a local file into the bucket (multipart, parallel on S3)."""
@@ -102,6 +101,7 @@ class ObjectStore(Protocol):
 
 
 TMP_PREFIX = atomic.TMP_PREFIX  # temporary files, never listed
+OBJECT_MODE = 0o644  # every object a folder bucket holds: what uploads and images have
 LOCK_FILE = f"{TMP_PREFIX}-lock"  # a folder bucket's lock for conditional operations (hidden like temporaries)
 
 
@@ -133,10 +133,17 @@ def _validate_bucket(bucket: str) -> str:
 # Local folder
 
 
+def bucket_folder(root: Path, bucket: str) -> Path:
+    """Where folder bucket `bucket` really is: ROOT/<bucket> with links resolved (a bucket folder may be a link
+    to another disk; two names resolving to one folder are one bucket)."""
+    return (Path(root) / _validate_bucket(bucket)).resolve()
+
+
 def _durable_temp(path: Path, data: bytes) -> tuple[str, os.stat_result]:
     """A fsynced temporary beside `path` holding `data`, and its stat (the same inode a rename keeps)."""
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + "-", dir=path.parent)
     try:
+        os.fchmod(fd, OBJECT_MODE)  # mkstemp's 0600 would hide result files from the folder's other users
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -170,7 +177,7 @@ class LocalStore:
     def __init__(self, root: Path, bucket: str) -> None:
         self.root = Path(root).resolve()
         self.bucket = _validate_bucket(bucket)
-        self.base = self.root / bucket
+        self.base = bucket_folder(self.root, bucket)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -180,7 +187,24 @@ class LocalStore:
         _validate_key(key)
         if any(part.startswith(TMP_PREFIX) for part in key.split("/")):
             raise StoreError(f"refusing object key {key!r}: its name is reserved for temporary files")
+        link = self._link_on(key)
+        if link is not None:
+            raise StoreError(f"refusing {key!r} in bucket {self.bucket!r}: {link} is a symbolic link, which a folder bucket never follows")
         return self.base / key
+
+    def _link_on(self, relative: str) -> Path | None:
+        """The first symbolic link on the way from the bucket folder to `relative`, or None. A key never passes
+        through one: a link planted in the bucket could name a file (to read, to overwrite) or a folder anywhere
+        else. With no link and no '..' a key's path stays inside the bucket."""
+        here = self.base
+        for part in relative.split("/"):
+            here = here / part
+            try:
+                if stat.S_ISLNK(os.lstat(here).st_mode):
+                    return here
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        return None
 
     def _missing(self, key: str) -> ObjectNotFound:
         if not self.base.is_dir():
@@ -197,7 +221,7 @@ class LocalStore:
         return self.base / folder
 
     def url(self, key: str) -> str:
-        return self._path(key).as_uri()
+        return (self.base / _validate_key(key)).as_uri()
 
     def where(self, key: str) -> str:
         return str(self._path(key))
@@ -212,7 +236,7 @@ class LocalStore:
         )
 
     def _info(self, key: str, path: Path) -> ObjectInfo:
-        st = os.stat(path)
+        st = os.lstat(path)  # a symbolic link is not an object (its target may lie outside the bucket)
         if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(str(path))
         return self._stat_info(key, st)
@@ -223,8 +247,8 @@ class LocalStore:
         # Walk only the folder the prefix can live in, and below it only the sub-folders whose keys can
         # start with the prefix, so listing one county does not walk the state.
         start = self._safe_prefix_folder(prefix)
-        if start is None or not start.is_dir():
-            return
+        if start is None or not start.is_dir() or (start != self.base and self._link_on(prefix.rpartition("/")[0])):
+            return  # no such folder, or one reached through a symbolic link (its files are not the bucket's)
         found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(start):
             rel = Path(dirpath).relative_to(self.base).as_posix()
@@ -310,12 +334,11 @@ class LocalStore:
         """Serialise conditional operations on this bucket folder across threads and processes."""
         if not self.base.is_dir():
             raise ObjectNotFound(f"bucket {self.bucket!r} does not exist (no folder {self.base})")
-        with self._lock, open(self.base / LOCK_FILE, "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
+        try:
+            with self._lock, locking.held(self.base / LOCK_FILE, f"the lock of folder bucket {self.bucket!r}"):
                 yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        except locking.LockTimeout as exc:
+            raise StoreError(str(exc)) from None
 
     def replace(self, key: str, data: bytes, if_match: str) -> ObjectInfo:
         path = self._path(key)
@@ -324,7 +347,6 @@ class LocalStore:
         # current version is still the one the caller holds.
         tmp, st = _durable_temp(path, data)
         try:
-            os.chmod(tmp, 0o644)
             with self._exclusive():
                 self._current_version(key, if_match)
                 os.replace(tmp, path)
@@ -372,19 +394,38 @@ class LocalStore:
                 if if_match is not None:
                     raise PreconditionFailed(f"{self.where(key)} is gone") from None
 
-    def download(self, key: str, dest: Path) -> None:
+    def download(self, key: str, dest: Path, if_match: str | None = None) -> None:
         src = self._path(key)
         if not src.is_file():
             raise self._missing(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        with open(src, "rb") as fh:
+            if if_match is not None and self._stat_info(key, os.fstat(fh.fileno())).etag != if_match:
+                raise PreconditionFailed(f"{self.url(key)} changed since it was read")
+            with open(dest, "wb") as out:
+                shutil.copyfileobj(fh, out, 1024 * 1024)
+
+    def pin(self, key: str, dest: Path, if_match: str | None = None) -> None:
+        """Put exactly the version `if_match` of `key` at `dest` without copying it: a hard link holds that
+        version's inode, so a replacement uploaded later (renamed into place: a new inode) is not what is read.
+        Across filesystems a symbolic link (checked once). PreconditionFailed when it is not that version."""
+        src = self._path(key)
+        if not src.is_file():
+            raise self._missing(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dest)
+        except OSError:
+            os.symlink(src, dest)
+        if if_match is not None and self._stat_info(key, os.stat(dest)).etag != if_match:
+            raise PreconditionFailed(f"{self.url(key)} changed since it was read")
 
     def upload(self, src: Path, key: str) -> ObjectInfo:
         path = self._path(key)
         if not Path(src).is_file():
             raise StoreError(f"cannot upload {src}: not a readable file")
         self._prepare_parent(key, path)
-        with atomic.replacing(path, 0o644) as tmp:
+        with atomic.replacing(path, OBJECT_MODE) as tmp:
             shutil.copyfile(src, tmp)
         return self._info(key, path)
 
@@ -400,7 +441,7 @@ class LocalStore:
         if not Path(src).is_file():
             raise StoreError(f"cannot upload {src}: not a readable file")
         self._prepare_parent(key, path)
-        if not atomic.link_into_place(Path(src), path, 0o644):  # another filesystem: a copy, as upload() does
+        if not atomic.link_into_place(Path(src), path, OBJECT_MODE):  # another filesystem: a copy, as upload() does
             return self.upload(src, key)
         return self._info(key, path)
 
@@ -438,6 +479,11 @@ def normalise_endpoint(endpoint: str | None, *, secure: bool = True) -> str | No
     if "://" not in endpoint:
         endpoint = f"{'https' if secure else 'http'}://{endpoint}"
     parts = urlsplit(endpoint)
+    if "@" in parts.netloc:  # user:pass@host: credentials in a URL would be stored and logged with it
+        raise StoreError(
+            f"endpoint {parts.scheme}://…@{parts.netloc.rpartition('@')[2]} holds credentials (user:pass@); "
+            "give the host only and the keys with -a/-s key files or the AWS credential chain"
+        )
     endpoint = endpoint.rstrip("/")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise StoreError(f"endpoint {endpoint!r} is not an http(s) URL or host[:port]")
@@ -791,10 +837,18 @@ class S3Store:
                 raise PreconditionFailed(f"s3://{self.bucket}/{key} is gone") from exc
             raise err from exc
 
-    def download(self, key: str, dest: Path) -> None:
+    def download(self, key: str, dest: Path, if_match: str | None = None) -> None:
+        """With if_match, only that version: one GET If-Match (s3transfer's parallel ranged GETs take no
+        If-Match), PreconditionFailed if the object was replaced since `if_match` was read."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.client.download_file(self.bucket, key, str(dest))
+            if if_match is None:
+                self.client.download_file(self.bucket, key, str(dest))
+                return
+            body = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=f'"{if_match}"')["Body"]
+            with open(dest, "wb") as out:
+                for chunk in body.iter_chunks(1024 * 1024):
+                    out.write(chunk)
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, key) from exc
 

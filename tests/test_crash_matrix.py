@@ -75,13 +75,14 @@ def _sources(tmp: Path) -> Path:
     return root
 
 
-def _scan(site: Site, work: Path, crash_at: int | None = None, log: Path | None = None) -> subprocess.CompletedProcess:
+def _scan(site: Site, work: Path, crash_at: int | None = None, log: Path | None = None, after: bool = False) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COG_CRASH")}
     if crash_at is not None:
         counter = work.parent / f"{work.name}.counter"
         counter.unlink(missing_ok=True)
-        env.update(COG_CRASH_COUNTER=str(counter), COG_CRASH_AT=str(crash_at), PYTHONPATH=os.pathsep.join(
+        env.update(COG_CRASH_COUNTER=str(counter), PYTHONPATH=os.pathsep.join(
             [str(HOOK_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        env["COG_CRASH_AFTER" if after else "COG_CRASH_AT"] = str(crash_at)
         if log is not None:
             env["COG_CRASH_LOG"] = str(log)
     return subprocess.run(site.args(work), env=env, capture_output=True, text=True, timeout=120, start_new_session=True)
@@ -112,8 +113,21 @@ def _check(site: Site, work: Path, where: str) -> None:
     assert states.count(RECONCILED) == 1 and all(s in (RECONCILED, "abandoned") for s in states), (where, states)
 
 
-def _matrix(site: Site, reset, budget: int) -> tuple[int, list[int]]:
-    """Count the points of a clean tick, then crash at each sampled point and rescan."""
+# The writes of the claim and of reconcile (and the run-state writes around them): every one is in CI, killed
+# before it and, for the store's writes, right after it was applied (its answer lost).
+STORE_WRITES = ("create", "put_bytes", "replace", "delete")
+STATE_WRITES = ("write:run.json", "write:reconcile.json")
+
+
+def _write_points(labels: list[str]) -> list[int]:
+    """Points (1-based) of every store write but a job's outputs (`adopt`) and every run.json/reconcile.json write."""
+    return [i for i, label in enumerate(labels, start=1)
+            if label.rpartition(".")[2] in STORE_WRITES or label in STATE_WRITES]
+
+
+def _matrix(site: Site, reset, budget: int) -> tuple[int, list[tuple[int, bool]]]:
+    """Count the points of a clean tick, then crash at each write point (before it, and after each store write)
+    and at `budget` more points spread evenly, rescanning after each."""
     work = site.tmp / "count-work"
     log = site.tmp / "points.log"
     reset()
@@ -121,20 +135,24 @@ def _matrix(site: Site, reset, budget: int) -> tuple[int, list[int]]:
     clean = _scan(site, work, crash_at=0, log=log)
     assert clean.returncode == 0, clean.stderr
     _check(site, work, "clean run")
-    total = len(log.read_text().splitlines())
+    labels = [line.split(" ", 2)[2] for line in log.read_text().splitlines()]
+    total = len(labels)
     assert total > 20  # claim, generate, run and reconcile each make several
-    points = _sample(total, budget)
-    for n in points:
+    writes = _write_points(labels)
+    cases = sorted({*((n, False) for n in [*writes, *_sample(total, budget)]),
+                    *((n, True) for n in writes if labels[n - 1] not in STATE_WRITES)})
+    for n, after in cases:
         reset()
         site.fill()
-        work = site.tmp / f"work-{n}"
-        crashed = _scan(site, work, crash_at=n)
-        assert crashed.returncode in (-9, 0, 1), (n, crashed.returncode, crashed.stderr[-2000:])
+        work = site.tmp / f"work-{n}{'-after' if after else ''}"
+        crashed = _scan(site, work, crash_at=n, after=after)
+        where = f"killed {'after' if after else 'at'} point {n} of {total} ({labels[n - 1]})"
+        assert crashed.returncode == -9, (where, crashed.returncode, crashed.stderr[-2000:])  # it was killed
         again = _scan(site, work)
-        assert again.returncode == 0, (n, again.stdout, again.stderr)
-        assert "Traceback" not in again.stderr, (n, again.stderr)
-        _check(site, work, f"killed at point {n} of {total}")
-    return total, points
+        assert again.returncode == 0, (where, again.stdout, again.stderr)
+        assert "Traceback" not in again.stderr, (where, again.stderr)
+        _check(site, work, where)
+    return total, cases
 
 
 def test_crash_at_every_sampled_point_on_folder_buckets(tmp_path):
@@ -148,8 +166,8 @@ def test_crash_at_every_sampled_point_on_folder_buckets(tmp_path):
         (root / "in").mkdir(parents=True)
         (root / "out").mkdir()
 
-    total, points = _matrix(site, reset, _budget("COG_CRASH_POINTS", 8))
-    print(f"folder crash matrix: {len(points)} of {total} points")
+    total, cases = _matrix(site, reset, _budget("COG_CRASH_POINTS", 8))
+    print(f"folder crash matrix: {len(cases)} kills at {len({n for n, _ in cases})} of {total} points")
 
 
 def test_crash_at_sampled_points_on_s3(s3_server, bucket_name, tmp_path):
@@ -169,5 +187,5 @@ def test_crash_at_sampled_points_on_s3(s3_server, bucket_name, tmp_path):
         site_ref["site"].__dict__.update(fresh.__dict__)
 
     site_ref["site"] = Site(tmp_path, StoreConfig(endpoint=s3_server), f"{bucket_name}-0-in", f"{bucket_name}-0-out", sources)
-    total, points = _matrix(site_ref["site"], reset, _budget("COG_CRASH_POINTS_S3", 3))
-    print(f"s3 crash matrix: {len(points)} of {total} points")
+    total, cases = _matrix(site_ref["site"], reset, _budget("COG_CRASH_POINTS_S3", 3))
+    print(f"s3 crash matrix: {len(cases)} kills at {len({n for n, _ in cases})} of {total} points")

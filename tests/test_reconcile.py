@@ -148,7 +148,7 @@ def test_crash_between_reconcile_steps_then_rerun(buckets, tmp_path, steps):
     write_outputs(buckets, "A/one.tif")
     store = open_store(buckets.input_bucket, buckets.config)
     calls = {"n": 0}
-    for name in ("put_bytes", "delete"):
+    for name in ("create", "delete"):  # result files are created if absent, then the processing file goes
         original = getattr(store, name)
 
         def wrapped(*args, _original=original, **kwargs):
@@ -234,3 +234,18 @@ def test_an_object_that_is_not_this_jobs_output_fails_the_row(buckets, tmp_path)
     assert (result.processed, result.failed) == (1, 1)
     assert lines(buckets, result.failed_key) == ["A/two.tif,1"]
     assert "A/two.tif is not this row's output" in "\n".join(lines(buckets, result.reasons_key))
+
+
+def test_an_object_whose_size_differs_from_the_jobs_upload_fails_the_row_even_with_its_etag(buckets, tmp_path):
+    """Issue 22.8: the check compares the size too (dropping it survived every test): an object listed with the
+    ETag the job recorded but another size is not the job's upload."""
+    run = claimed_run(buckets, tmp_path, "A/one.tif,1\n")
+    write_outputs(buckets, "A/one.tif")
+    uploaded = {k: {"etag": buckets.output.head(k).etag, "size": 1} for k in ("A/one.tif", "A/one.jpg")}
+    uploaded["A/one.tif"]["size"] = 2  # what the job recorded: same ETag, another size
+    run.write_json("jobs/ID0000001.json", {
+        "job_id": "ID0000001", "status": "succeeded", "exit_code": 0, "category": "OK", "reason": "", "attempts": 1,
+        "seconds": 0.1, "key": "A/one.tif", "line": 1, "outputs": uploaded})
+    result = reconcile(run)
+    assert (result.processed, result.failed) == (0, 1)
+    assert "A/one.tif is not this row's output" in "\n".join(lines(buckets, result.reasons_key))

@@ -158,3 +158,23 @@ def test_the_generated_workflow_names_prefixed_outputs_for_both_engines(tmp_path
         assert outputs[lfn_jpg] == ("one", "cogs/" + key[: -len(".tif")] + ".jpg")
         assert job["metadata"]["key"] == key
     assert bucket.is_dir()
+
+
+def test_provenance_and_stac_describe_the_outputs_under_the_prefix_not_the_sources(tmp_path):
+    """Issue 22.5: with --output-prefix and --stac, STAC Items and provenance used to describe the sources."""
+    import json
+
+    bucket = _bucket(tmp_path, "Eau Claire/a b.tif,1\n")
+    result = _scan(tmp_path, tmp_path / "work", "--output-prefix", "cogs/", "--stac")
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "work").glob("workflow-run-*")
+    (line,) = [json.loads(x) for x in (run / "provenance.jsonl").read_text().splitlines()]
+    assert line["source"]["key"] == "Eau Claire/a b.tif"
+    cog = bucket / "cogs" / "Eau Claire" / "a b.tif"
+    assert {(o["key"], o["size"]) for o in line["outputs"]} == {
+        ("cogs/Eau Claire/a b.tif", cog.stat().st_size),
+        ("cogs/Eau Claire/a b.jpg", (bucket / "cogs" / "Eau Claire" / "a b.jpg").stat().st_size),
+    }
+    item = json.loads((bucket / "cogs" / "Eau Claire" / "a b.stac-item.json").read_text())
+    assert not (bucket / "Eau Claire" / "a b.stac-item.json").exists()
+    assert all("cogs/Eau%20Claire/" in asset["href"] or "cogs/Eau Claire/" in asset["href"] for asset in item["assets"].values())

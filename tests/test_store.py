@@ -941,3 +941,32 @@ def test_adopt_copies_when_the_file_cannot_be_linked(local_store: LocalStore, tm
     local_store.adopt(src, "x.jpg")
     dest = local_store.path_of("x.jpg")
     assert dest.read_bytes() == src.read_bytes() and os.stat(dest).st_ino != os.stat(src).st_ino
+
+
+def test_download_if_match_gets_exactly_that_version_or_refuses(buckets, tmp_path):
+    """Issue 22.5: what a job converts is the version its lineage names (the local engine's stage-in)."""
+    from cog_pipeline.store import PreconditionFailed
+
+    buckets.input.put_bytes("a.tif", b"version one")
+    first = buckets.input.head("a.tif")
+    buckets.input.download("a.tif", tmp_path / "one", if_match=first.etag)
+    assert (tmp_path / "one").read_bytes() == b"version one"
+    buckets.input.put_bytes("a.tif", b"version two, longer")
+    with pytest.raises(PreconditionFailed):
+        buckets.input.download("a.tif", tmp_path / "stale", if_match=first.etag)
+    buckets.input.download("a.tif", tmp_path / "two", if_match=buckets.input.head("a.tif").etag)
+    assert (tmp_path / "two").read_bytes() == b"version two, longer"
+
+
+def test_a_folder_pin_links_the_listed_version_and_keeps_it_when_the_key_is_replaced(tmp_path):
+    from cog_pipeline.store import LocalStore, PreconditionFailed
+
+    (tmp_path / "b").mkdir()
+    store = LocalStore(tmp_path, "b")
+    store.put_bytes("a.tif", b"one")
+    listed = store.head("a.tif")
+    store.pin("a.tif", tmp_path / "job" / "a.tif", listed.etag)
+    store.put_bytes("a.tif", b"two")  # replaced after the job linked it: the job still reads what was listed
+    assert (tmp_path / "job" / "a.tif").read_bytes() == b"one"
+    with pytest.raises(PreconditionFailed):
+        store.pin("a.tif", tmp_path / "job2" / "a.tif", listed.etag)

@@ -33,7 +33,7 @@ from ..store import LocalStore, StoreError, open_store
 from .base import ExitCode, JobRecord, RunFinished, WorkflowError, run_end_hook, write_record
 from .local_pool import PoolSettings, cores_available, execute, job_timeout_setting, plan_order, plan_workers
 from .local_workflow import read_document
-from .local_worker import AttemptOutcome, JobSpec, max_pixels_setting, run_attempt
+from .local_worker import AttemptOutcome, JobSpec, exhausted, max_pixels_setting, run_attempt
 
 
 @dataclass
@@ -129,7 +129,7 @@ def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:
                 executable=exe_of[name],
                 input_bucket=info.input_bucket,
                 output_bucket=info.output_bucket,
-                arguments=[str(a) for a in job.get("arguments", [])],
+                arguments=files_after_options([str(a) for a in job.get("arguments", [])], {*inputs, *outputs}),
                 inputs=inputs,
                 outputs=outputs,
                 attempts=1 + int(retry or 0),
@@ -142,6 +142,13 @@ def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:
         )
     hooks = [h["cmd"] for h in (workflow.get("hooks") or {}).get("shell", []) if h.get("_on") in ("end", "all")]
     return jobs, hooks
+
+
+def files_after_options(arguments: list[str], files: set[str]) -> list[str]:
+    """The job's arguments with its file arguments (its LFNs) after `--`, options first: a key that starts
+    with '-' is then a file name to the converter, never an option. (They are a list, never a shell line.)"""
+    named = [a for a in arguments if a in files]
+    return [*(a for a in arguments if a not in files), "--", *named] if named else arguments
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -274,6 +281,7 @@ def run_workflow(
 def _execute(run_dir: RunDir, todo: list[JobSpec], workers: int, show_progress: bool, *, limits: LocalLimits | None = None) -> tuple[int, int]:
     limits = limits or LocalLimits()
     counts = {"succeeded": 0, "failed": 0}
+    left_over: list[str] = []  # reasons of jobs that met a full disk: recorded nowhere, run again next tick
     started = time.monotonic()
     settings = PoolSettings(
         workers=workers,
@@ -285,6 +293,9 @@ def _execute(run_dir: RunDir, todo: list[JobSpec], workers: int, show_progress: 
     with _progress_bar(show_progress, f"converting ({workers} workers)", len(todo)) as advance:
 
         def on_final(spec: JobSpec, outcome: AttemptOutcome, attempts: int, seconds: float) -> None:
+            if exhausted(outcome):  # no record: the row is not failed, it waits for a later tick
+                left_over.append(outcome.reason)
+                return
             record = make_record(spec, outcome, attempts, seconds)
             write_record(_record_path(run_dir, record.job_id), record)
             counts["succeeded" if record.status == "succeeded" else "failed"] += 1
@@ -293,7 +304,13 @@ def _execute(run_dir: RunDir, todo: list[JobSpec], workers: int, show_progress: 
 
         # The pool wakes at least a few times per lease period to renew it, even while one job runs for long.
         execute(todo, settings, on_final, on_tick=run_dir.renew_lease)
+    if left_over:
+        raise WorkflowError(left_for_later(len(left_over), left_over[0]))
     return counts["succeeded"], counts["failed"]
+
+
+def left_for_later(jobs: int, reason: str) -> str:
+    return f"{jobs} job(s) ran out of disk ({reason}); their rows are left for a later tick"
 
 
 @contextlib.contextmanager

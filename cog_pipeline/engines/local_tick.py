@@ -21,9 +21,9 @@ from ..rundir import RUNNING, LeaseHeld, RunDir, RunState
 from ..state import FINAL
 from ..store import StoreError
 from .base import WorkflowError, run_end_hook, write_record
-from .local import JobSpec, LocalLimits, default_workers, input_sizes, load_jobs, make_record
+from .local import JobSpec, LocalLimits, default_workers, input_sizes, left_for_later, load_jobs, make_record
 from .local_pool import PoolSettings, execute, job_timeout_setting, plan_order, plan_workers, run_of
-from .local_worker import AttemptOutcome, max_pixels_setting
+from .local_worker import AttemptOutcome, exhausted, max_pixels_setting
 
 Echo = Callable[[str], None]
 
@@ -38,6 +38,7 @@ class _Run:
     sizes: dict[str, int] = field(default_factory=dict)  # job id -> input bytes (the order's weights)
     hook_thread: threading.Thread | None = None
     hook_codes: list[tuple[str, int]] = field(default_factory=list)
+    left_over: list[str] = field(default_factory=list)  # reasons of jobs that met a full disk
 
     def start_hooks(self) -> None:
         def run() -> None:
@@ -84,9 +85,12 @@ def run_workflows(run_dirs: list[RunDir], *, workers: int | None = None, limits:
 
     def on_final(spec: JobSpec, outcome: AttemptOutcome, attempts: int, seconds: float) -> None:
         run = by_key[run_of(spec)]
-        write_record(run.run_dir.jobs_dir / f"{spec.job_id}.json", make_record(spec, outcome, attempts, seconds))
+        if exhausted(outcome):  # no record, no END hook: the run waits for a later tick (the tick's loop says so)
+            run.left_over.append(outcome.reason)
+        else:
+            write_record(run.run_dir.jobs_dir / f"{spec.job_id}.json", make_record(spec, outcome, attempts, seconds))
         run.left -= 1
-        if run.left == 0:
+        if run.left == 0 and not run.left_over:
             run.start_hooks()
 
     def renew() -> None:
@@ -111,4 +115,5 @@ def run_workflows(run_dirs: list[RunDir], *, workers: int | None = None, limits:
             shutil.rmtree(run.run_dir.path / "scratch", ignore_errors=True)
             if run.taken:
                 run.run_dir.release_lease()
+    problems.extend(f"{run.run_dir.path.name}: {left_for_later(len(run.left_over), run.left_over[0])}" for run in runs if run.left_over)
     return problems

@@ -13,6 +13,7 @@ Workers die with their parent (issue 8.9): `PR_SET_PDEATHSIG` plus a parent-pid 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import shlex
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..transformations.linux import set_pdeathsig
-from ..store import LocalStore, ObjectStore, StoreConfig, StoreError, open_store
+from ..store import LocalStore, ObjectStore, PreconditionFailed, StoreConfig, StoreError, open_store
 from ..thumbnail import thumbnail_path, write_thumbnail
 from .base import NOT_RETRIED, SUCCESS_CODES, ExitCode, WorkflowError, category, in_process_allowed, last_line
 
@@ -36,6 +37,9 @@ THREADS_ENV = "COG_PIPELINE_THREADS"  # the converter's own thread setting (tran
 # The largest input the converter's memory budget is specified for (issue 10.4: 1-4 bands up to 40000² in a
 # 1 GB slot), counted as width x height x bands x bytes per sample. A 100000² image is refused before any read.
 DEFAULT_MAX_PIXELS = 40000 * 40000 * 4
+# Failures of this machine, not of the row: no record is written, so the row waits for a later tick.
+RESOURCE_EXHAUSTED = frozenset({"OUT_OF_DISK"})
+MAX_ASPECT = 10_000  # longest side over shortest: beyond it an image is a degenerate strip, refused before converting
 
 
 @dataclass(frozen=True)
@@ -167,18 +171,31 @@ def _safe_join(root: Path, lfn: str) -> Path:
     return path
 
 
+def listed_version(arguments: list[str]) -> str | None:
+    """The input's ETag the workflow generator listed and the lineage embeds (its `--metadata-b64`), if any."""
+    from ..provenance import METADATA_B64, decode_metadata
+
+    if METADATA_B64 not in arguments[:-1]:
+        return None
+    try:
+        return decode_metadata(arguments[arguments.index(METADATA_B64) + 1]).get("SOURCE_ETAG") or None
+    except ValueError:
+        return None
+
+
 def stage_in(spec: JobSpec, workdir: Path) -> None:
+    """Every input at its LFN, exactly the version the lineage names (If-Match its listed ETag): an image
+    re-uploaded after the workflow was generated fails its row (SOURCE_CHANGED) instead of being converted
+    under the old version's name."""
     store = _store_for(spec.store, spec.input_bucket)
+    version = listed_version(spec.arguments) if len(spec.inputs) == 1 else None
     for lfn, key in spec.inputs.items():
         dest = _safe_join(workdir, lfn)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(store, LocalStore):
-            src = store.path_of(key)
-            if not src.is_file():
-                raise FileNotFoundError(f"input {key!r} does not exist in bucket {spec.input_bucket}")
-            os.symlink(src, dest)  # Pegasus links local replicas too; the converter only reads it
+            store.pin(key, dest, version)  # linked, not copied (Pegasus links local replicas too)
         else:
-            store.download(key, dest)
+            store.download(key, dest, version)
 
 
 def stage_out(spec: JobSpec, workdir: Path) -> dict[str, dict[str, Any]]:
@@ -209,10 +226,8 @@ def leave_thumbnail(spec: JobSpec, workdir: Path) -> None:
 
 
 def size_problem(path: Path, max_pixels: int) -> str | None:
-    """A one-line reason when the input's uncompressed size exceeds the limit (header only; None if it fits or
-    the header cannot be read: the converter then reports that problem itself)."""
-    if max_pixels <= 0:
-        return None
+    """A one-line reason when the input's uncompressed size exceeds the limit, or its shape is degenerate
+    (header only; None if it fits or the header cannot be read: the converter then reports that itself)."""
     try:
         from ..transformations.backend import get_backend
         from ..transformations.rasterinfo import dtype_itemsize  # a table: this guard must not import numpy
@@ -221,8 +236,16 @@ def size_problem(path: Path, max_pixels: int) -> str | None:
         itemsize = max((dtype_itemsize(d) for d in info.dtypes), default=1)
     except Exception:  # noqa: BLE001 - unreadable: not this guard's business
         return None
+    long_side, short_side = max(info.width, info.height), max(min(info.width, info.height), 1)
+    if long_side > MAX_ASPECT * short_side:
+        # A 60,000,000 x 1 strip is 60 KB on disk, fits any pixel limit and costs the converter ~1000 s
+        # (a pyramid of 17 levels of 1-pixel strips) before it fails: refuse it at once, never retried.
+        return (
+            f"DEGENERATE_SHAPE: {info.width}x{info.height} is over {MAX_ASPECT:,}:1; an image this thin cannot be "
+            "tiled into a COG with overviews"
+        )
     weight = info.width * info.height * max(info.count, 1) * itemsize
-    if weight <= max_pixels:
+    if max_pixels <= 0 or weight <= max_pixels:
         return None
     return (
         f"TOO_LARGE: {info.width}x{info.height}x{info.count} {info.dtypes[0] if info.dtypes else ''} is "
@@ -322,12 +345,16 @@ def run_attempt(spec: JobSpec, attempt: int, *, threads: int | None = None, max_
             log.flush()
             try:
                 stage_in(spec, workdir)
+            except PreconditionFailed as exc:
+                reason = (f"SOURCE_CHANGED: the input was replaced after the workflow was generated ({exc}); "
+                          "the lineage would name the wrong version: resubmit the row")
+                return _logged(log, AttemptOutcome("failed", None, "SOURCE_CHANGED", reason, retry=False))
             except (StoreError, OSError) as exc:
-                return _logged(log, AttemptOutcome("failed", None, "STAGE_IN_FAILED", f"stage-in failed: {exc}"))
+                return _logged(log, AttemptOutcome("failed", None, _stage_category(exc, "STAGE_IN_FAILED"), f"stage-in failed: {exc}"))
             for lfn in spec.inputs:
                 problem = size_problem(workdir / lfn, limit)
                 if problem:
-                    return _logged(log, AttemptOutcome("failed", None, "TOO_LARGE", problem, retry=False))
+                    return _logged(log, AttemptOutcome("failed", None, problem.partition(":")[0], problem, retry=False))
             log.write(f"$ {shlex.join([spec.executable, *spec.arguments])}\n")
             log.flush()
             if runs_in_process(spec.executable):
@@ -343,7 +370,7 @@ def run_attempt(spec: JobSpec, attempt: int, *, threads: int | None = None, max_
             try:
                 outputs = stage_out(spec, workdir)
             except (StoreError, OSError) as exc:
-                return _logged(log, AttemptOutcome("failed", code, "STAGE_OUT_FAILED", f"stage-out failed: {exc}"))
+                return _logged(log, AttemptOutcome("failed", code, _stage_category(exc, "STAGE_OUT_FAILED"), f"stage-out failed: {exc}"))
             leave_thumbnail(spec, workdir)
             warning = reason if reason.startswith("WARNING") else None
             return AttemptOutcome("succeeded", code, category(code), "", warning=warning, outputs=outputs)
@@ -351,6 +378,15 @@ def run_attempt(spec: JobSpec, attempt: int, *, threads: int | None = None, max_
             return _logged(log, AttemptOutcome("failed", None, ExitCode.INTERNAL.name, f"{type(exc).__name__}: {exc}"))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _stage_category(exc: Exception, otherwise: str) -> str:
+    return "OUT_OF_DISK" if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) else otherwise
+
+
+def exhausted(outcome: AttemptOutcome) -> bool:
+    """The attempt failed for want of this machine's resources (a full disk), not because of its row."""
+    return outcome.status == "failed" and outcome.category in RESOURCE_EXHAUSTED
 
 
 def _logged(log: Any, outcome: AttemptOutcome) -> AttemptOutcome:

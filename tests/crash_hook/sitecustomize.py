@@ -6,7 +6,8 @@ With COG_CRASH_COUNTER set, it wraps every object-store call (LocalStore and S3S
 write (rundir.write_json_atomic: run.json, reconcile.json, jobs/*.json) so that each one first takes the next
 number from a counter file shared by the whole process tree. In a counting run it appends the point's name to
 COG_CRASH_LOG; when the number equals COG_CRASH_AT it SIGKILLs the whole process group before the call runs,
-as a power cut or `kill -9` of the tick would.
+as a power cut or `kill -9` of the tick would; when it equals COG_CRASH_AFTER, right after the call returns (a
+write applied whose answer was lost).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ _COUNTER = os.environ.get("COG_CRASH_COUNTER")
 _STORE_CALLS = ("list", "head", "read_bytes", "read_head", "create", "put_bytes", "replace", "check", "delete", "download", "upload", "adopt")
 
 
-def _next_point(name: str) -> None:
+def _next_point(name: str) -> bool:
+    """Count the point; SIGKILL the process group now if it is COG_CRASH_AT (before the call), or return True
+    when COG_CRASH_AFTER names it (the caller kills after the call: applied, its answer never seen)."""
     with open(_COUNTER, "a+") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         fh.seek(0)
@@ -35,6 +38,7 @@ def _next_point(name: str) -> None:
                 out.write(f"{n} {os.getpid()} {name}\n")
         if n == int(os.environ.get("COG_CRASH_AT") or 0):
             os.killpg(os.getpgrp(), signal.SIGKILL)
+        return n == int(os.environ.get("COG_CRASH_AFTER") or 0)
 
 
 def _wrap(owner: type, name: str, label: str) -> None:
@@ -42,8 +46,11 @@ def _wrap(owner: type, name: str, label: str) -> None:
 
     @functools.wraps(original)
     def counted(*args, **kwargs):
-        _next_point(label)
-        return original(*args, **kwargs)
+        after = _next_point(label)
+        result = original(*args, **kwargs)
+        if after:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        return result
 
     setattr(owner, name, counted)
 
@@ -57,8 +64,10 @@ def _install() -> None:
     original = rundir.write_json_atomic
 
     def write_json_atomic(path, data):
-        _next_point(f"write:{os.path.basename(str(path))}")
-        return original(path, data)
+        after = _next_point(f"write:{os.path.basename(str(path))}")
+        original(path, data)
+        if after:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
 
     rundir.write_json_atomic = write_json_atomic
 

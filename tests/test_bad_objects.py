@@ -1,0 +1,139 @@
+"""Issue 22.4: a bad object fails its own row or manifest, never the bucket or the tick.
+
+Real folders and moto's HTTP S3 server, real rasters, a real stopped process holding a lock (SIGSTOP).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cog_pipeline import locking
+from cog_pipeline.examples import write_raster
+from cog_pipeline.pipeline import ScanOptions, scan
+from cog_pipeline.store import LOCK_FILE, StoreConfig, StoreError
+
+
+def _options(buckets, tmp_path: Path, **kw) -> ScanOptions:
+    return ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", workers=1,
+                       progress=False, **kw)
+
+
+def _file(buckets, kind: str) -> str:
+    keys = [k for k in buckets.input_keys() if f"_{kind}-" in k]
+    return "".join(buckets.input.read_bytes(k)[0].decode("utf-8", "replace") for k in sorted(keys))
+
+
+def _good_image(buckets, tmp_path: Path, key: str = "good.tif") -> None:
+    write_raster(tmp_path / "good.tif", bands=1, size=64)
+    buckets.put_file(key, tmp_path / "good.tif")
+
+
+def test_oversized_keys_and_fields_fail_their_own_rows(buckets, tmp_path):
+    """A 300-byte folder name (ENAMETOOLONG), a 2 MB line (S3 414) and a 5,000-digit band count used to fail
+    the preflight (or the tick) every time, so not even the good row was ever answered."""
+    _good_image(buckets, tmp_path)
+    rows = [
+        "good.tif,1",
+        f"{'d' * 300}/a.tif,1",
+        f"{'k' * (2 * 1024 * 1024)}.tif,1",
+        "good2.tif," + "9" * 5000,
+    ]
+    buckets.put_text("x_raw.csv", "\n".join(rows) + "\n")
+    report = scan(_options(buckets, tmp_path), echo=lambda _m: None)
+    assert report.errors == [] and len(report.reconciled) == 1
+    processed = [k for k in buckets.input_keys() if "_processed-" in k]
+    assert buckets.input.read_bytes(processed[0])[0].decode() == "good.tif,1\n"
+    reasons = _file(buckets, "failed")
+    assert "path segment of the key is 300 bytes" in reasons
+    assert "longer than an object key can be" in reasons
+    assert "out of range 1-1024" in reasons
+    failed = [k for k in buckets.input_keys() if "_failed-" in k and not k.endswith("-reasons.csv")]
+    assert buckets.input.read_bytes(failed[0])[0].decode().splitlines() == rows[1:]
+
+
+@pytest.mark.parametrize("timestamp", ["../../x", "2026\x01", "9" * 5000], ids=["dotdot", "control", "long"])
+def test_a_malformed_claim_marker_is_quarantined_and_the_manifest_claimed(buckets, tmp_path, timestamp):
+    """Such a marker used to make every scan of the bucket exit 1, so no manifest there was processed again."""
+    import json
+
+    _good_image(buckets, tmp_path)
+    buckets.put_text("x_raw.csv", "good.tif,1\n")
+    marker = json.dumps({"timestamp": timestamp})
+    buckets.put_text("x_raw.csv.claim", marker)
+    lines: list[str] = []
+    report = scan(_options(buckets, tmp_path), echo=lines.append)
+    assert report.errors == [] and len(report.reconciled) == 1
+    assert any(line.startswith("warning: quarantined claim marker x_raw.csv.claim") for line in lines), lines
+    assert "x_raw.csv.claim" not in buckets.input_keys()
+    assert buckets.input.read_bytes("x_raw.csv.claim.quarantined")[0].decode() == marker
+    assert _file(buckets, "processed") == "good.tif,1\n"
+
+
+def test_a_manifest_name_that_is_not_utf8_is_refused_and_the_others_go_on(tmp_path):
+    """On folders such a name used to end every tick in a traceback after the claim."""
+    root = tmp_path / "buckets"
+    (root / "in").mkdir(parents=True)
+    (root / "out").mkdir()
+    write_raster(root / "in" / "good.tif", bands=1, size=64)
+    bad = os.fsencode(root / "in") + b"/caf\xe9_raw.csv"
+    with open(bad, "wb") as fh:
+        fh.write(b"good.tif,1\n")
+    (root / "in" / "ok_raw.csv").write_text("good.tif,1\n")
+    lines: list[str] = []
+    options = ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", workers=1, progress=False)
+    report = scan(options, echo=lines.append)
+    assert report.errors == [] and len(report.reconciled) == 1
+    assert any("caf\\xe9_raw.csv" in p and "not UTF-8" in p for p in report.refused), report.refused
+    assert os.path.exists(bad)  # left in place, nothing of it claimed
+    assert [p.name for p in (root / "in").glob("ok_processed-*.csv")]
+
+
+def test_a_lock_held_by_a_stopped_scan_is_waited_for_a_bounded_time_and_named(tmp_path, monkeypatch):
+    """A scan stopped (SIGSTOP) while holding a folder bucket's lock used to block every other scan, silently."""
+    root = tmp_path / "buckets"
+    (root / "in").mkdir(parents=True)
+    (root / "out").mkdir()
+    (root / "in" / "x_raw.csv").write_text("a.tif,1\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import fcntl, os, signal, sys\n"
+            f"fh = open({str(root / 'in' / LOCK_FILE)!r}, 'a+b')\n"
+            "fcntl.flock(fh.fileno(), fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGSTOP)\n"
+        )],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(locking, "LOCK_WAIT", 1.0)
+        options = ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", workers=1, progress=False)
+        with pytest.raises(StoreError, match=r"waited 1 s for the lock of folder bucket 'in' \(.*\); the process holding it is stalled"):
+            scan(options, echo=lambda _m: None)
+        assert (root / "in" / "x_raw.csv").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+
+
+def test_a_lock_wait_in_another_process_ends_after_its_bound_and_names_the_lock(tmp_path):
+    """Between two real processes: the waiter gives up after its bound with the lock's name, never hangs."""
+    from cog_pipeline.locking import held
+
+    path = tmp_path / "lock"
+    with held(path, "the test's lock"):
+        other = subprocess.run(
+            [sys.executable, "-c", (
+                "from pathlib import Path\nfrom cog_pipeline.locking import held\n"
+                f"with held(Path({str(path)!r}), 'the test lock', timeout=0.5):\n    pass\n"
+            )],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert other.returncode == 1 and f"LockTimeout: waited 0 s for the test lock ({path})" in other.stderr
+
