@@ -94,6 +94,11 @@ def scan(**kw: Any) -> None:
         on_phase=shown.phase,
     )
     say = (lambda m: click.echo(m, err=True)) if kw["as_json"] else shown.echo
+    from .pipeline import work_dir_problem
+
+    if (problem := work_dir_problem(options)) is not None:  # before anything (the warnings log) is written there
+        shown.close()
+        fail(problem)
     started = now_iso()
     try:
         with warnings_to_log(options.work_dir):

@@ -24,6 +24,8 @@ _WRITE_ERROR_WORDS = (
     "cannot write",
     "short write",
     "seek error",
+    "cannot be rewritten",  # libtiff, when the bytes it wrote never reached the disk
+    "tiffrewritedirectory",
 )
 
 
