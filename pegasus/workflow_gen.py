@@ -765,7 +765,10 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     files = {name: run_dir.file(name) for name in (RunDir.WORKFLOW, RunDir.REPLICAS, RunDir.OUTPUTS, RunDir.TRANSFORMATIONS, RunDir.SITES, RunDir.PROPERTIES, RunDir.PREFLIGHT)}
     where = {"local_root": local_root, "identity": settings.identity, "site": settings.s3_site}
     lfns = [job_lfns(job_id_of(row.line)) for row in rows]
-    entries: list[ReplicaEntry] = replica_entries(((names[0], row.key) for names, row in zip(lfns, rows)), info.input_bucket, **where)
+    # Folder buckets are files on the access point: their inputs are replicas on site `local`, where the
+    # planner's stage-in jobs run (a file:// replica on another site is one it cannot select).
+    in_where = {**where, "site": "local"} if local_root is not None else where
+    entries: list[ReplicaEntry] = replica_entries(((names[0], row.key) for names, row in zip(lfns, rows)), info.input_bucket, **in_where)
     write_replica_catalog(files[RunDir.REPLICAS], entries, header=_x_pegasus())
     outputs = (pair for names, row in zip(lfns, rows) for pair in ((names[1], prefix + row.key), (names[2], prefix + row.jpg_key)))
     entries = replica_entries(outputs, info.output_bucket, **where)

@@ -121,6 +121,14 @@ def workspace(pool: Pool) -> Iterator[Path]:
     under HTCondor's MOUNT_UNDER_SCRATCH folders (/tmp, /var/tmp)."""
     path = pool.owned_dir(pool.owned_dir(pool.home / "cog-production") / f"{os.getpid()}-{time.monotonic_ns()}")
     yield path
+    # DAGMan and pegasus-monitord may still be finishing (after the END hook): let them leave, then clean up.
+    constraint = f'regexp("^{path}/", Iwd)'
+    deadline = time.monotonic() + 120
+    while pool.run(["condor_q", "-constraint", constraint, "-af", "ClusterId"]).stdout.strip():
+        if time.monotonic() > deadline:
+            pool.run(["condor_rm", "-constraint", constraint])
+            break
+        time.sleep(2)
     if not os.environ.get("COG_PRODUCTION_KEEP"):
         shutil.rmtree(path, ignore_errors=True)
 

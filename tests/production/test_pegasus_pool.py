@@ -193,3 +193,33 @@ def test_a_manifest_runs_end_to_end_on_the_pool(pool: Pool, s3, workspace: Path,
     print(f"submit -> results: {ended - submitted:.0f} s")
     assert ap_reads == 0
     assert worker_reads == sum(sizes.values())
+
+
+def test_the_crondor_answers_a_manifest_with_no_manual_step(pool: Pool, s3, workspace: Path, buckets):
+    """`crondor start` with the README's flags and a one-minute schedule: its own tick claims, plans and submits,
+    and the END hook answers the manifest; `crondor status` and `status` show the phases; `crondor stop` removes it."""
+    client, in_bucket, out_bucket = buckets
+    pool.owned_dir(workspace / "work")
+    client.put_object(Bucket=in_bucket, Key="cron/Eau Claire/a.tif", Body=(TESTDATA / "seed/1band.tif").read_bytes())
+    client.put_object(Bucket=in_bucket, Key="cron_raw.csv", Body=b"cron/Eau Claire/a.tif,1\n")
+    ident = ["--input-bucket", in_bucket, "--output-bucket", out_bucket, "-p", "cron_raw.csv"]
+    start = pool.cog("crondor", "start", *ident, "-e", s3.url, "-a", str(workspace / "access.key"), "-s", str(workspace / "secret.key"),
+                     "-w", str(workspace / "work"), "--config", str(_config(workspace, pool)), "--schedule", "*/1 * * * *")
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        waiting = pool.cog("crondor", "status")
+        assert in_bucket in waiting.stdout and ("waiting for its next tick" in waiting.stdout or "running a tick" in waiting.stdout), waiting.stdout
+        in_flight = wait_for(lambda: (r := pool.cog("status", "-w", str(workspace / "work"))).returncode == 0
+                             and "cron_raw.csv" in r.stdout and r.stdout, timeout=240, interval=2, what="the tick's claim")
+        assert "cron_raw.csv" in in_flight
+        results = wait_for(lambda: (r := _results(client, in_bucket)) and "processing" not in r and "processed" in r and r,
+                           timeout=900, interval=5, what="the END hook's result files")
+        assert _csv_rows(client, in_bucket, results["processed"]) == ["cron/Eau Claire/a.tif,1"]
+        client.head_object(Bucket=out_bucket, Key="cron/Eau Claire/a.tif")
+        last = wait_for(lambda: "last tick: ended" in (r := pool.cog("crondor", "status")).stdout and r.stdout, timeout=180,
+                        what="crondor status to show the last tick")
+        assert "exit code 0" in last, last
+    finally:
+        stop = pool.cog("crondor", "stop", *ident)
+    assert stop.returncode == 0 and "removed Crondor job" in stop.stdout, stop.stdout + stop.stderr
+    assert in_bucket not in pool.cog("crondor", "status").stdout  # gone from the queue (other Crondors may be listed)
