@@ -11,6 +11,8 @@ from cog_pipeline.engines.pegasus.submit_dir import read_submit_dir
 from cog_pipeline.replicas.catalog import object_of_pfn
 from cog_pipeline.store import StoreConfig, open_store
 
+from .test_pegasus_wiring import s3_buckets  # noqa: F401 - a fixture
+
 REAL = Path(__file__).parent / "data" / "pegasus-real" / "clustered"
 CLUSTER = "merge_generate_cog_PID1_ID2"
 
@@ -67,3 +69,24 @@ def test_nothing_is_staged_before_the_workflow_has_ended(tmp_path, s3_server):
     (sub / "jobstate.log").write_text("\n".join(l for l in lines if "DAGMAN_FINISHED" not in l) + "\n")
     found = read_submit_dir(sub)
     assert stage_out_failed_clusters(found, object()) == []  # the store is never touched
+
+
+def test_staged_outputs_get_their_content_type_inside_the_store(tmp_path, s3_buckets):
+    """pegasus-s3 uploads without a Content-Type: the END hook labels each output outputs.yml names, in place."""
+    from cog_pipeline.engines.pegasus.labels import label_outputs
+    from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
+    from cog_pipeline.rundir import RunDir
+
+    from .test_pegasus_wiring import s3_run
+
+    config, client, in_bucket, out_bucket = s3_buckets
+    run = s3_run(tmp_path, s3_buckets, ["Counties/WI/Eau Claire/x.tif", "gone/y.tif"])
+    generate(run, open_store(in_bucket, config), WorkflowSettings())
+    client.put_object(Bucket=out_bucket, Key="Counties/WI/Eau Claire/x.tif", Body=b"cog bytes")  # as pegasus-s3 leaves it
+    client.put_object(Bucket=out_bucket, Key="Counties/WI/Eau Claire/x.jpg", Body=b"jpeg bytes")
+    assert label_outputs(run) == 2  # gone/y's outputs were never staged: skipped
+    tif = client.head_object(Bucket=out_bucket, Key="Counties/WI/Eau Claire/x.tif")
+    assert tif["ContentType"].startswith("image/tiff") and tif["CacheControl"] == "public, max-age=86400"
+    assert client.head_object(Bucket=out_bucket, Key="Counties/WI/Eau Claire/x.jpg")["ContentType"] == "image/jpeg"
+    assert client.get_object(Bucket=out_bucket, Key="Counties/WI/Eau Claire/x.tif")["Body"].read() == b"cog bytes"
+    assert run.file(RunDir.OUTPUTS).is_file()

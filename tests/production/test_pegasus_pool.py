@@ -151,7 +151,9 @@ def test_a_manifest_runs_end_to_end_on_the_pool(pool: Pool, s3, workspace: Path,
         with rasterio.open(local) as cog, rasterio.open(TESTDATA / source) as src:
             assert cog.profile["compress"] == "lzw" and cog.profile["tiled"], key
             assert np.array_equal(cog.read(), src.read()), key
-        client.head_object(Bucket=out_bucket, Key=key[: -len(".tif")] + ".jpg")
+        jpeg = client.head_object(Bucket=out_bucket, Key=key[: -len(".tif")] + ".jpg")
+        assert jpeg["ContentType"] == "image/jpeg", key  # labelled by the END hook: pegasus-s3 sends none
+        assert client.head_object(Bucket=out_bucket, Key=key)["ContentType"].startswith("image/tiff"), key
     # The hostile keys ran nothing on the workers.
     assert not [p for p in Path(CANARY).parent.glob(Path(CANARY).name + "*")]
 
