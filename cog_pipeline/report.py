@@ -173,7 +173,7 @@ def load_run(run_dir: Path, *, output_store: ObjectStore | None = None, input_st
         out = listed_out.get(key)
         image = ImageRow(line, key, getattr(sizes_in.get(key), "size", None), getattr(out, "size", None),
                          rec.get("seconds"), rec.get("attempts"), str(next((r.get("note", "") for r in rows if r.get("line") == line), "")),
-                         uniform_preview=rec.get("preview_uniform"))
+                         uniform_preview=rec.get("preview_uniform") or "PREVIEW_UNIFORM" in str(rec.get("warning") or ""))
         if thumbnails and output_store is not None and out is not None:
             image.thumbnail = _job_thumbnail(run_dir, rec, key, out.etag)
             if image.thumbnail is None and info.get("engine") != "pegasus":

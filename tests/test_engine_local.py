@@ -407,3 +407,21 @@ def test_a_worker_unpickling_its_job_imports_no_engine_layers() -> None:
             "'cog_pipeline.rundir', 'cog_pipeline.state')))\n")
     proc = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(spec), capture_output=True, timeout=60)
     assert proc.stdout.decode().split() == ["ID0000001"], proc.stderr.decode()
+
+
+def test_a_uniform_preview_is_converted_and_flagged_in_the_record_and_the_report(tmp_path):
+    """One flat value everywhere: the row is processed, its record carries the converter's PREVIEW_UNIFORM
+    warning line, and the report flags it (an operator cannot tell such a picture from an empty conversion)."""
+    root = _buckets(tmp_path)
+    with rasterio.open(root / "in" / "flat.tif", "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8") as ds:
+        ds.write(np.full((1, 64, 64), 77, dtype=np.uint8))
+    write_raster(root / "in" / "fine.tif", 1, size=64)
+    (root / "in" / "m_raw.csv").write_text("flat.tif,1\nfine.tif,1\n")
+    scan(_options(root, tmp_path, workers=1), echo=lambda line: None)
+    assert sorted(_results(root, "processed")) == ["fine.tif,1", "flat.tif,1"]
+    records = _records(tmp_path)
+    assert records["flat.tif"]["warning"].startswith("WARNING PREVIEW_UNIFORM: every sample of the JPEG preview is 77")
+    assert records["fine.tif"]["warning"] is None
+    (run,) = list_run_dirs(tmp_path / "work")
+    page = (run.path / "report.html").read_text(encoding="utf-8")
+    assert 'flat.tif <span class="flag uniform-preview"' in page and 'fine.tif <span class="flag' not in page

@@ -196,6 +196,10 @@ def _convert_args(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[i
         # Inside a workflow the file wins: the outputs are verified, so the job succeeds (every engine,
         # DAGMan included, treats non-zero as failure) and the mismatch stays on record as this line.
         code, line = ExitCode.OK, f"WARNING {line}"
+    if code == ExitCode.OK and not line and result.preview_uniform is not None:
+        # Converted and verified, but the picture is one flat value: an operator cannot tell it from an empty
+        # image, so the row's record (and report) says so.
+        line = f"WARNING PREVIEW_UNIFORM: every sample of the JPEG preview is {result.preview_uniform}: check the source"
     return code, line, _summary(result)
 
 
