@@ -17,7 +17,7 @@ import click
 
 from .crondor.commands import crondor
 from .operator_cli import provenance_cmd, report_cmd
-from .options import EXIT_ERROR, bucket_options, check_scan_args, cog_profile_option, fail, handle_errors, output_options, profile_option, store_config, store_options, workflow_options
+from .options import EXIT_ERROR, bucket_options, check_scan_args, check_stac_args, cog_profile_option, stac_options, fail, handle_errors, output_options, profile_option, store_config, store_options, workflow_options
 from .store import StoreConfig
 from .config import workflow_settings_kwargs
 from .errors import one_line, os_error_line
@@ -52,8 +52,7 @@ def main() -> None:
 @click.option("--no-submit", is_flag=True, help="pegasus: plan the workflow but do not submit it.")
 @click.option("--dry-run", is_flag=True, help="List what would be claimed; change nothing.")
 @click.option("--quiet", is_flag=True, help="No progress display (it only shows when stdout is a terminal anyway).")
-@click.option("--stac", is_flag=True, help="Also write a STAC Item beside each COG and a Collection per manifest (needs the stac extra: pip install -e '.[stac]' in the checkout).")
-@click.option("--stac-base-url", metavar="URL", help="With --stac: the published records' hrefs are under this https URL (e.g. https://cogs.example.org/), not s3://.")
+@stac_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the tick, schema_version 1 (docs/operator.md; messages go to stderr).")
 @handle_errors
 def scan(**kw: Any) -> None:
@@ -61,17 +60,13 @@ def scan(**kw: Any) -> None:
 
     Also carries on runs an earlier tick left unfinished (after a crash), so running it again is always safe.
     """
-    from .operator_cli import require_stac
     from .pipeline import ScanOptions
     from .pipeline import scan as run_scan
     from .progress import ScanProgress
     from .tick_log import now_iso
 
     check_scan_args(kw)
-    if kw["stac_base_url"] and not (kw["stac"] and kw["stac_base_url"].startswith(("https://", "http://"))):
-        fail("--stac-base-url needs --stac and an http(s) URL", 2)
-    if kw["stac"]:
-        require_stac()
+    check_stac_args(kw)
     shown = ScanProgress(not kw["quiet"] and not kw["as_json"] and sys.stdout.isatty())
     config = effective_config(kw)  # the --config file, then the flags
     options = ScanOptions(

@@ -117,6 +117,23 @@ def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return _apply(func, options)
 
 
+def stac_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--stac` and `--stac-base-url`: scan's, and the Crondor's ticks'."""
+    return _apply(func, [
+        click.option("--stac", is_flag=True, help="Also write a STAC Item beside each COG and a Collection per manifest (needs the stac extra: pip install -e '.[stac]' in the checkout)."),
+        click.option("--stac-base-url", metavar="URL", help="With --stac: the published records' hrefs are under this https URL (e.g. https://cogs.example.org/), not s3://."),
+    ])
+
+
+def check_stac_args(kw: dict[str, Any]) -> None:
+    if kw.get("stac_base_url") and not (kw.get("stac") and kw["stac_base_url"].startswith(("https://", "http://"))):
+        fail("--stac-base-url needs --stac and an http(s) URL", EXIT_USAGE)
+    if kw.get("stac"):
+        from .operator_cli import require_stac
+
+        require_stac()
+
+
 def profile_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """`--profile NAME`: a named AWS profile (its keys and region) instead of -a/-s or the default chain."""
     return click.option("--profile", metavar="NAME", help="AWS profile from ~/.aws/config and ~/.aws/credentials (its keys and region).")(func)

@@ -20,7 +20,10 @@ import click
 
 from cog_pipeline.engines.pegasus import condor
 from cog_pipeline.engines.pegasus.condor import PegasusUnavailable
-from cog_pipeline.options import EXIT_ERROR, bucket_options, check_scan_args, fail, handle_errors, output_options, store_config, store_options, workflow_options
+from cog_pipeline.options import (
+    EXIT_ERROR, bucket_options, check_scan_args, check_stac_args, fail, handle_errors, output_options, profile_option,
+    stac_options, store_config, store_options, workflow_options,
+)
 from cog_pipeline.config_cli import config_option, effective_config
 from cog_pipeline.status import runs_in_flight, show_runs
 
@@ -117,6 +120,8 @@ def crondor() -> None:
 @bucket_options
 @output_options
 @store_options
+@profile_option
+@stac_options
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where run directories, crondor.sub and the Crondor's logs are kept.")
 @workflow_options
 @config_option
@@ -130,6 +135,7 @@ def start(**kw: Any) -> None:
     changes the next tick; it is checked now, so a bad value fails here rather than every 15 minutes.
     """
     check_scan_args(kw)  # the tick would refuse these every 15 minutes: refuse them now
+    check_stac_args(kw)
     store = store_config(kw)  # validates -a/-s (regular, readable key files; their bytes never echoed)
     effective_config(kw)  # one line naming the setting, exit 2
     config_path = kw.get("config_path")
@@ -149,6 +155,9 @@ def start(**kw: Any) -> None:
         cluster_size=kw.get("cluster_size"),
         output_prefix=kw.get("output_prefix"),
         replace_inputs=bool(kw.get("replace_inputs")),
+        aws_profile=kw.get("profile"),
+        stac=bool(kw.get("stac")),
+        stac_base_url=kw.get("stac_base_url"),
         config=Path(config_path).resolve() if config_path else None,
         schedule=kw["schedule"],
     )

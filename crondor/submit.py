@@ -67,6 +67,9 @@ class CrondorSpec:
     cluster_size: int | None = None
     output_prefix: str | None = None  # outputs at <prefix><key> (same-bucket mode)
     replace_inputs: bool = False  # same bucket, no prefix: the operator accepts COGs replacing the sources
+    aws_profile: str | None = None  # --profile: a named AWS profile (its name only; never its keys)
+    stac: bool = False  # --stac: every tick publishes STAC Items and a Collection per manifest
+    stac_base_url: str | None = None
     config: Path | None = None  # the production configuration file: the tick reads it, flags are not copied out
     schedule: str = SCHEDULE
     command: list[str] = field(default_factory=lambda: default_command())
@@ -206,6 +209,12 @@ def scan_arguments(spec: CrondorSpec) -> list[str]:
         args += ["--output-prefix", spec.output_prefix]
     if spec.replace_inputs:
         args.append("--replace-inputs")
+    if spec.aws_profile:
+        args += ["--profile", spec.aws_profile]
+    if spec.stac:
+        args.append("--stac")
+    if spec.stac_base_url:
+        args += ["--stac-base-url", spec.stac_base_url]
     args.append("--quiet")
     return args
 

@@ -665,3 +665,21 @@ def test_start_finds_the_pegasus_installations_python(real_pegasus):
     assert env["PEGASUS_PYTHON"] == str(pegasus_venv / "python3")
     assert venv_bin not in env["PATH"].split(os.pathsep)
     assert condor.planner_problem(env) is None
+
+
+def test_stac_and_an_aws_profile_reach_every_tick(tmp_path, monkeypatch):
+    """`crondor start --stac --stac-base-url URL --profile NAME`: the tick's arguments carry them (the profile's
+    name only), and the scan accepts that command line."""
+    monkeypatch.setattr(condor, "schedd", lambda: pytest.fail("dry run must not contact the schedd"))
+    work = tmp_path / "work"
+    result = CliRunner().invoke(cli, start_args(work, "--stac", "--stac-base-url", "https://cogs.example.org/",
+                                                "--profile", "ops", "--dry-run"))
+    assert result.exit_code == 0, result.output
+    sub = build_submit(CrondorSpec("cog-in", "cog-out", work, stac=True, stac_base_url="https://cogs.example.org/", aws_profile="ops"))
+    argv = condor_argv(sub["arguments"])
+    assert argv[argv.index("--stac-base-url") + 1] == "https://cogs.example.org/" and "--stac" in argv
+    assert argv[argv.index("--profile") + 1] == "ops"
+    text = (work / "crondor.sub").read_text()
+    assert "--stac-base-url https://cogs.example.org/" in text and "--profile ops" in text
+    bad = CliRunner().invoke(cli, start_args(work, "--stac-base-url", "https://cogs.example.org/", "--dry-run"))
+    assert bad.exit_code == 2 and "--stac-base-url needs --stac" in bad.output
