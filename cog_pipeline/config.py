@@ -43,6 +43,9 @@ every one with a default, so an empty file (or none) is the documented default c
     [clustering]
     size = 0                 # 0: no clustering
 
+    [crondor]
+    schedule = "*/15 * * * *"   # when the Crondor's ticks run (crondor start --schedule overrides it)
+
     [notify]                 # after a tick with failed rows (docs/operator.md)
     on = "failures"          # or "always", "never"
     email_to = ""            # "ops@example.org, gis@example.org": mail through smtp_host:smtp_port
@@ -149,6 +152,11 @@ class Clustering:
     size: int = 0
 
 
+@dataclass(frozen=True)
+class Crondor:
+    schedule: str = "*/15 * * * *"  # cron syntax: minute hour day-of-month month day-of-week (crondor start --schedule)
+
+
 NOTIFY_ON = ("failures", "always", "never")
 
 
@@ -174,6 +182,7 @@ class PipelineConfig:
     transfers: Transfers = field(default_factory=Transfers)
     backoff: Backoff = field(default_factory=Backoff)
     clustering: Clustering = field(default_factory=Clustering)
+    crondor: Crondor = field(default_factory=Crondor)
     notify: Notify = field(default_factory=Notify)
     pegasus_properties: dict[str, str] = field(default_factory=dict)
     condor_profiles: dict[str, str] = field(default_factory=dict)
@@ -196,7 +205,7 @@ class PipelineConfig:
 
 
 _SECTION_TYPES = {"container": Container, "resources": Resources, "data": Data, "s3": S3, "dagman": Dagman,
-                  "transfers": Transfers, "backoff": Backoff, "clustering": Clustering, "notify": Notify}
+                  "transfers": Transfers, "backoff": Backoff, "clustering": Clustering, "notify": Notify, "crondor": Crondor}
 # (section, field) -> smallest allowed value for integers
 _MINIMUM = {
     ("resources", "cores"): 1, ("resources", "memory_mb"): 1, ("resources", "disk_mb"): 1, ("resources", "wall_time_s"): 0,

@@ -125,7 +125,7 @@ def crondor() -> None:
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where run directories, crondor.sub and the Crondor's logs are kept.")
 @workflow_options
 @config_option
-@click.option("--schedule", default=SCHEDULE, show_default=True, help="When ticks run, in cron syntax: 'minute hour day-of-month month day-of-week' (each field *, N, a-b, lists, /step).")
+@click.option("--schedule", default=None, help=f"When ticks run, in cron syntax: 'minute hour day-of-month month day-of-week' (each field *, N, a-b, lists, /step); default: the --config file's [crondor] schedule, else '{SCHEDULE}'.")
 @click.option("--dry-run", is_flag=True, help="Write crondor.sub and print it; submit nothing.")
 @handle_errors
 def start(**kw: Any) -> None:
@@ -137,7 +137,7 @@ def start(**kw: Any) -> None:
     check_scan_args(kw)  # the tick would refuse these every 15 minutes: refuse them now
     check_stac_args(kw)
     store = store_config(kw)  # validates -a/-s (regular, readable key files; their bytes never echoed)
-    effective_config(kw)  # one line naming the setting, exit 2
+    config = effective_config(kw)  # one line naming the setting, exit 2
     config_path = kw.get("config_path")
     spec = CrondorSpec(
         input_bucket=kw["input_bucket"],
@@ -159,7 +159,7 @@ def start(**kw: Any) -> None:
         stac=bool(kw.get("stac")),
         stac_base_url=kw.get("stac_base_url"),
         config=Path(config_path).resolve() if config_path else None,
-        schedule=kw["schedule"],
+        schedule=kw["schedule"] or config.crondor.schedule,
     )
     try:
         spec.validate()

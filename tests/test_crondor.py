@@ -683,3 +683,19 @@ def test_stac_and_an_aws_profile_reach_every_tick(tmp_path, monkeypatch):
     assert "--stac-base-url https://cogs.example.org/" in text and "--profile ops" in text
     bad = CliRunner().invoke(cli, start_args(work, "--stac-base-url", "https://cogs.example.org/", "--dry-run"))
     assert bad.exit_code == 2 and "--stac-base-url needs --stac" in bad.output
+
+
+def test_the_schedule_comes_from_the_profile_unless_given(tmp_path, monkeypatch):
+    monkeypatch.setattr(condor, "schedd", lambda: pytest.fail("dry run must not contact the schedd"))
+    profile = tmp_path / "cog.toml"
+    profile.write_text('[crondor]\nschedule = "5 */2 * * *"\n')
+    work = tmp_path / "work"
+    result = CliRunner().invoke(cli, start_args(work, "--config", str(profile), "--dry-run"))
+    assert result.exit_code == 0, result.output
+    text = (work / "crondor.sub").read_text()
+    assert "cron_minute       = 5" in text and "cron_hour         = */2" in text
+    result = CliRunner().invoke(cli, start_args(work, "--config", str(profile), "--schedule", "*/1 * * * *", "--dry-run"))
+    assert result.exit_code == 0 and "cron_minute       = */1" in (work / "crondor.sub").read_text()
+    profile.write_text('[crondor]\nschedule = "every day"\n')
+    bad = CliRunner().invoke(cli, start_args(work, "--config", str(profile), "--dry-run"))
+    assert bad.exit_code == 2 and "schedule" in bad.output
