@@ -17,7 +17,7 @@ real pool), not a guess. Why each one fails:
 * ``#``: pegasus-s3 splits URLs with ``urlsplit``; what follows ``#`` is dropped as a fragment.
 * whitespace other than the plain space (tab, no-break space, em space, ...): pegasus-transfer's URL pattern
   takes the path as ``[\\S ]*``, so the key is cut at the first such character.
-* whitespace at the end of the key: pegasus-s3 ``strip()``s the URL path.
+(A key ending in whitespace cannot reach Pegasus: every key ends in ``.tif`` or ``.tiff``.)
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ def _whitespace_problem(key: str) -> str | None:
     for ch in key:
         if ch.isspace() and ch != " ":
             return f"contains the whitespace character U+{ord(ch):04X}, at which Pegasus' transfer tools cut the key"
-    if key != key.rstrip():
-        return "ends with a space, which pegasus-s3 strips from the key"
     return None
 
 
