@@ -853,30 +853,29 @@ class S3Store:
             raise self._error(exc, key) from exc
 
     def upload(self, src: Path, key: str) -> ObjectInfo:
-        return self._transfer(key, "uploaded", lambda: self.client.upload_file(str(src), self.bucket, key, ExtraArgs=object_headers(key)))
+        _validate_key(key)
+        try:
+            self.client.upload_file(str(src), self.bucket, key, ExtraArgs=object_headers(key))
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, key) from exc
+        info = self.head(key)
+        if info is None:
+            raise StoreError(f"{key}: uploaded, but the store does not list it")
+        return info
 
     def adopt(self, src: Path, key: str) -> ObjectInfo:
         """An S3 bucket cannot link a local file: an upload."""
         return self.upload(src, key)
 
-    def copy(self, src_key: str, key: str) -> ObjectInfo:
-        """Copy an object of this bucket to `key` inside the store (no byte leaves it; multipart past 5 GB)."""
-        source = {"Bucket": self.bucket, "Key": src_key}
-        # Onto itself: S3 copies an object in place only when its metadata is replaced (the headers below).
-        extra = {**object_headers(key), "MetadataDirective": "REPLACE"}
-        return self._transfer(key, "copied", lambda: self.client.copy(source, self.bucket, key, ExtraArgs=extra))
-
-    def _transfer(self, key: str, done: str, call) -> ObjectInfo:
-        """Run one managed transfer (s3transfer: multipart when large) that writes `key`; the new object's info."""
+    def copy(self, src_key: str, key: str) -> None:
+        """Copy an object of this bucket to `key` inside the store, with the headers `key` gets (no byte leaves
+        the store; multipart past 5 GB). Onto itself it only replaces those headers."""
         _validate_key(key)
+        extra = {**object_headers(key), "MetadataDirective": "REPLACE"}  # S3 copies in place only with REPLACE
         try:
-            call()
+            self.client.copy({"Bucket": self.bucket, "Key": src_key}, self.bucket, key, ExtraArgs=extra)
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, key) from exc
-        info = self.head(key)
-        if info is None:
-            raise StoreError(f"{key}: {done}, but the store does not list it")
-        return info
 
 
 def open_store(bucket: str, config: StoreConfig, counter: RequestCounter | None = None) -> ObjectStore:

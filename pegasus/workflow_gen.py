@@ -166,9 +166,6 @@ class WorkflowSettings:
     memory_mb: int = 1024
     disk_mb: int = 2048
     converter: Path = field(default_factory=default_converter)  # this machine's copy (the local engine's)
-    # Where the conversion jobs find generate_cog: in the worker image, else a path every worker sees (None: the
-    # image's WORKER_CONVERTER with a container, this machine's copy without one, as on a personal pool).
-    worker_converter_path: str | None = None
     reconcile_command: str | None = None  # None: the END hook "<python> -m cog_pipeline finish <run_dir>"
     local_mode: bool | None = None  # buckets are folders; None: decided from run.json store.local_root
     # None: nonsharedfs for S3 buckets (workers read S3 themselves; no image crosses the access point), condorio
@@ -207,8 +204,8 @@ class WorkflowSettings:
 
     @property
     def worker_converter(self) -> str:
-        if self.worker_converter_path:
-            return self.worker_converter_path
+        """Where the conversion jobs find generate_cog: in the worker image, else this machine's copy (a personal
+        pool, or a file system every worker shares)."""
         return WORKER_CONVERTER if self.container_image else str(self.converter)
 
     def for_manifest(self, manifest_key: str) -> "WorkflowSettings":
@@ -474,7 +471,7 @@ def build_properties(run_dir: RunDir, settings: WorkflowSettings):
     # Throttling: all DAGMan nodes, and the conversion jobs' own category.
     props["dagman.maxjobs"] = settings.max_running
     props[f"dagman.{CATEGORY}.maxjobs"] = settings.max_running
-    # Retries of every job (transfer and cleanup jobs too); conversion jobs also carry the job profile.
+    # DAGMan's retries of the transfer and create-dir jobs; a conversion's own profile says 0 (its holds retry it).
     props["dagman.retry"] = settings.retries
     # Outputs land where outputs.yml says (the output replica catalog): LFNs stay job-local, keys stay in PFNs.
     props["pegasus.dir.storage.mapper"] = "Replica"

@@ -9,7 +9,8 @@ Conventions (shared with `cog_pipeline.pegasus.workflow_gen` and the local engin
 * The raw key lives only in PFNs: ``replicas.yml`` maps each input LFN to its object in the input bucket (the
   input replica catalog), and ``outputs.yml`` maps each output LFN to its object in the output bucket (the
   output replica catalog Pegasus' ``Replica`` output mapper reads: ``pegasus.dir.storage.mapper``).
-* Every replica is on the site ``storage`` (the S3 site of the site catalog, or the folder stand-in).
+* Every replica is on the site ``storage`` (the S3 site of the site catalog), except the inputs of folder
+  buckets, which are files on the access point: site ``local``, where the planner's stage-in jobs run.
 * S3 PFN: ``s3://<identity>@<site>/<bucket>/<raw key>`` -- Pegasus' S3 URL form; the identity and site name
   select the ``[identity@site]`` and ``[site]`` sections of ``credentials.conf``. Keys are RAW: pegasus-s3
   passes the path to boto3 undecoded, so ``Eau%20Claire`` would be a different object. Keys the Pegasus tools

@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from ..lease import LEASE_SECONDS
-from ..replicas.catalog import object_of_pfn
 from ..rundir import RUNNING, RunDir, RunState
 from ..state import FINAL
 from ..store import LocalStore, StoreError, open_store
 from .base import ExitCode, JobRecord, RunFinished, WorkflowError, run_end_hook, write_record
 from .local_pool import PoolSettings, cores_available, execute, job_timeout_setting, plan_order, plan_workers
-from .local_workflow import read_document
+from .local_workflow import catalog_objects, read_document
 from .local_worker import AttemptOutcome, JobSpec, exhausted, max_pixels_setting, run_attempt
 
 
@@ -64,17 +63,16 @@ def _env_profile(profiles: dict[str, Any] | None) -> dict[str, str]:
 
 def _catalog_keys(path: Path, bucket: str, local_root: Path | None) -> dict[str, str]:
     """LFN -> key of a replica catalog whose PFNs all name objects in `bucket` (the run's input or output)."""
-    keys: dict[str, str] = {}
-    for entry in (_load_yaml(path) or {}).get("replicas", []):
-        for pfn in entry.get("pfns") or []:
-            try:
-                found_bucket, key = object_of_pfn(pfn["pfn"], local_root)
-            except ValueError as exc:
-                raise WorkflowError(f"{path.name}: {exc}") from None
-            if found_bucket != bucket:
-                raise WorkflowError(f"{path.name}: {entry['lfn']!r} is in bucket {found_bucket!r}, not the run's {bucket!r}")
-            keys[entry["lfn"]] = key
-    return keys
+    if not path.is_file():
+        raise WorkflowError(f"{path} is missing: generate the workflow first")
+    try:
+        objects = catalog_objects(path, local_root)
+    except ValueError as exc:
+        raise WorkflowError(f"{path.name}: {exc}") from None
+    for lfn, (found_bucket, _) in objects.items():
+        if found_bucket != bucket:
+            raise WorkflowError(f"{path.name}: {lfn!r} is in bucket {found_bucket!r}, not the run's {bucket!r}")
+    return {lfn: key for lfn, (_, key) in objects.items()}
 
 
 def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:

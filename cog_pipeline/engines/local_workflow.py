@@ -56,3 +56,13 @@ def read_document(path: Path) -> Any:
         return fast
     with open(path, encoding="utf-8") as fh:
         return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def catalog_objects(path: Path, local_root: Path | None = None) -> dict[str, tuple[str, str]]:
+    """LFN -> (bucket, key) of a replica catalog this project wrote (replicas.yml, outputs.yml): the catalogs
+    both engines read, turned back into objects by ``replicas.catalog.object_of_pfn`` (ValueError for a PFN it
+    did not write)."""
+    from ..replicas.catalog import object_of_pfn
+
+    return {entry["lfn"]: object_of_pfn(pfn["pfn"], local_root)
+            for entry in (read_document(path) or {}).get("replicas", []) for pfn in entry.get("pfns") or []}

@@ -8,10 +8,9 @@ inside the store, no byte read on the access point). An output that is not there
 
 from __future__ import annotations
 
-from ...replicas.catalog import object_of_pfn
 from ...rundir import RunDir
 from ...store import ObjectNotFound, open_store
-from ..local_workflow import read_document
+from ..local_workflow import catalog_objects
 
 
 def label_outputs(run_dir: RunDir) -> int:
@@ -22,14 +21,12 @@ def label_outputs(run_dir: RunDir) -> int:
         return 0
     store = open_store(info.output_bucket, info.store_config)
     labelled = 0
-    for entry in (read_document(path) or {}).get("replicas", []):
-        for pfn in entry.get("pfns") or []:
-            bucket, key = object_of_pfn(pfn["pfn"])
-            if bucket != store.bucket:
-                continue
-            try:
-                store.copy(key, key)
-            except ObjectNotFound:
-                continue
-            labelled += 1
+    for bucket, key in catalog_objects(path).values():
+        if bucket != store.bucket:
+            continue
+        try:
+            store.copy(key, key)
+        except ObjectNotFound:
+            continue
+        labelled += 1
     return labelled

@@ -106,6 +106,8 @@ def collect_job_records(run_dir: RunDir, env: dict[str, str] | None = None) -> i
     written = 0
     if info.cluster:
         written += _cluster_records(run_dir, info, found, workflow)
+    # conversion node -> its own stage-out node, found once (a run has one per conversion)
+    stage_outs = {m.group(1): node for node in found.jobs if (m := STAGE_OUT_RE.match(node)) is not None}
     for node, job in found.jobs.items():
         match = JOB_NODE_RE.match(node)
         # A node still held when the DAG ended (condor_rm, DAG abort) is over too: it failed, held.
@@ -118,7 +120,7 @@ def collect_job_records(run_dir: RunDir, env: dict[str, str] | None = None) -> i
             continue
         record = job_record(job_id, job, found.kickstart.get(node), holds.get(node), hint)
         if record.status == "succeeded":
-            record = _after_stage_out(record, found, node, removed, hint)
+            record = _after_stage_out(record, found, stage_outs.get(node), removed, hint)
         record.line, record.key = workflow[job_id]
         write_record(path, record)
         written += 1
@@ -134,9 +136,8 @@ def collect_job_records(run_dir: RunDir, env: dict[str, str] | None = None) -> i
 REMOVED_REASON = "not converted: the workflow was removed (condor_rm or pegasus-remove) before this row's job ended"
 
 
-def _after_stage_out(record: JobRecord, found, node: str, removed: bool, hint: str) -> JobRecord:
-    """A conversion that succeeded still fails its row when its own stage-out node failed or never ran."""
-    stage = next((n for n in found.jobs if STAGE_OUT_RE.match(n) and STAGE_OUT_RE.match(n).group(1) == node), None)
+def _after_stage_out(record: JobRecord, found, stage: str | None, removed: bool, hint: str) -> JobRecord:
+    """A conversion that succeeded still fails its row when its own stage-out node (`stage`) failed or never ran."""
     state = found.jobs[stage].finished if stage else None
     if stage is None and not removed or state is True:
         return record
