@@ -23,7 +23,7 @@ from .listing import find_keys
 from .manifest import Manifest, ManifestRow, parse_manifest
 from .naming import RunNames
 from .rundir import RECONCILED, RunDir
-from .store import ObjectStore, PreconditionFailed, StoreError, open_store
+from .store import ObjectInfo, ObjectStore, PreconditionFailed, StoreError, open_store
 
 PROCESSED = "processed"
 FAILED = "failed"
@@ -52,6 +52,11 @@ def _second(moment: datetime) -> datetime:
     return moment.replace(microsecond=0)
 
 
+def written_since(obj: ObjectInfo, claimed_at: datetime | None) -> bool:
+    """The object was written after the claim (to the second: some stores keep no finer time)."""
+    return claimed_at is None or _second(obj.last_modified) >= _second(claimed_at)
+
+
 def decide(
     manifest: Manifest,
     outputs: dict[str, Any],
@@ -74,9 +79,7 @@ def decide(
         record = record_by_line.get(row.line)
         tif_key, jpg_key = output_prefix + row.key, output_prefix + row.jpg_key
         tif, jpg = outputs.get(tif_key), outputs.get(jpg_key)
-        fresh = [
-            o for o in (tif, jpg) if o is not None and (claimed_at is None or _second(o.last_modified) >= _second(claimed_at))
-        ]
+        fresh = [o for o in (tif, jpg) if o is not None and written_since(o, claimed_at)]
         foreign = _not_this_jobs(record, ((tif_key, tif), (jpg_key, jpg)))
         if len(fresh) == 2 and foreign:
             return RowOutcome(row.line, row.text, FAILED, "the object at " + ", ".join(foreign) + " is not this row's output (its ETag/size differ from what the job uploaded)")

@@ -90,3 +90,26 @@ def test_staged_outputs_get_their_content_type_inside_the_store(tmp_path, s3_buc
     assert client.head_object(Bucket=out_bucket, Key="Counties/WI/Eau Claire/x.jpg")["ContentType"] == "image/jpeg"
     assert client.get_object(Bucket=out_bucket, Key="Counties/WI/Eau Claire/x.tif")["Body"].read() == b"cog bytes"
     assert run.file(RunDir.OUTPUTS).is_file()
+
+
+def test_an_earlier_runs_output_is_not_labelled_so_reconcile_still_sees_it_as_stale(tmp_path, s3_buckets):
+    """Copying an object onto itself makes it new: only what this run wrote is labelled, or a stale COG from an
+    earlier run would pass reconcile's written-after-the-claim check."""
+    import time
+    from datetime import datetime, timezone
+
+    from cog_pipeline.engines.pegasus.labels import label_outputs
+    from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
+
+    from .test_pegasus_wiring import s3_run
+
+    config, client, in_bucket, out_bucket = s3_buckets
+    client.put_object(Bucket=out_bucket, Key="a/old.tif", Body=b"earlier run")  # before this run's claim
+    client.put_object(Bucket=out_bucket, Key="a/old.jpg", Body=b"earlier run")
+    time.sleep(1.1)
+    run = s3_run(tmp_path, s3_buckets, ["a/old.tif"])
+    run.update(claimed_at=datetime.now(timezone.utc).isoformat())
+    generate(run, open_store(in_bucket, config), WorkflowSettings())
+    before = client.head_object(Bucket=out_bucket, Key="a/old.tif")
+    assert label_outputs(run) == 0
+    assert client.head_object(Bucket=out_bucket, Key="a/old.tif")["LastModified"] == before["LastModified"]
