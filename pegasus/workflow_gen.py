@@ -27,37 +27,37 @@ Data configuration and configuration file
     settings from ``cog_pipeline.config`` (flags override the file); see docs/workflow.md.
 
 Files written into the run directory (Pegasus' default names)
-    ``workflow.yml``, ``replicas.yml``, ``transformations.yml``, ``sites.yml`` (rendered from the template
-    ``pegasus/sites.yml``), ``pegasus.properties``, ``preflight.json`` and, only for an S3 store with key
+    ``workflow.yml``, ``replicas.yml``, ``outputs.yml``, ``transformations.yml``, ``sites.yml`` (rendered from the
+    template ``pegasus/sites.yml``), ``pegasus.properties``, ``preflight.json`` and, only for an S3 store with key
     files, ``credentials.conf`` (mode 0600). All YAML files are valid against the Pegasus 5.0 schemas.
 
 Jobs (one per valid manifest row)
     id ``ID{line:07d}`` (line = 1-based manifest line), transformation ``generate_cog``, arguments exactly
-    ``[<input LFN>, <row.key>, <row.jpg_key>, "--bands", str(bands)]``, then ``"--metadata-b64", <provenance>``
-    (``settings.provenance``, default on: the row's lineage as base64url JSON, see ``cog_pipeline.provenance``); uses: the input LFN (``input``), and
-    ``row.key`` / ``row.jpg_key`` (``output``, ``stageOut: true``, ``registerReplica: false``);
-    metadata ``key`` (the manifest key) and ``line`` (as a string, as Pegasus.api stores metadata);
-    profiles ``dagman: {RETRY: <retries>, CATEGORY: "cog"}`` (Pegasus.api writes DAGMan keys upper-case;
-    Pegasus and the local engine treat them case-insensitively).
+    ``["--empty-outputs-on-failure", <in LFN>, <tif LFN>, <jpg LFN>, "--bands", str(bands)]``, then
+    ``"--metadata-b64", <provenance>`` (``settings.provenance``, default on: the row's lineage as base64url JSON,
+    see ``cog_pipeline.provenance``); uses: the input LFN (``input``) and the two output LFNs (``output``,
+    ``stageOut: true``, ``registerReplica: false``); metadata ``key`` (the manifest key) and ``line`` (as a
+    string, as Pegasus.api stores metadata); profiles ``dagman: {RETRY: 0, CATEGORY: "cog"}`` (HTCondor's holds
+    retry a transient failure: ``hold_profiles``) and ``pegasus: {diskspace: ...}`` (``disk_mb_for``).
 
 LFN conventions
-    Input LFN = ``input/<key>`` (an LFN used as both input and output breaks Pegasus, and input and output
-    keys are equal). Output LFNs = the object keys in the OUTPUT bucket, folders kept.
+    Job-local names only (``replicas.catalog.job_lfns``): ``ID0000001.in.tif``, ``ID0000001.tif``,
+    ``ID0000001.jpg``. No key is ever in an LFN or an argument.
 
 Where things are
-    * Input PFNs: ``replicas.yml``, lfn ``input/<key>`` -> one pfn on site ``storage``:
-      ``s3://<identity>@storage/<input-bucket>/<raw key>`` or, when buckets are folders,
-      ``file://<local_root>/<input-bucket>/<key>``. Nothing in the package parses these back: the local
-      engine takes (bucket, key) from the LFN and run.json (the tests' ``tests/urls.py`` checks them).
-    * Outputs: the output site is ``run.json`` ``extra.output_site`` (``storage``); in ``sites.yml`` that site's
-      ``sharedStorage`` file server URL is the OUTPUT bucket root (``s3://<identity>@storage/<output-bucket>``
-      or ``file://<local_root>/<output-bucket>``); an output lands at ``<url> + "/" + <LFN>``.
-    * Converter: ``transformations.yml`` transformation ``generate_cog``, site ``local``, ``pfn`` = absolute
-      path of the ``generate_cog`` zipapp built from ``transformations/`` into the cache (stageable; run inside
-      the GDAL container on the pool).
-    * Reconcile: workflow-level shell hook on ``end`` (``hooks.shell[0].cmd``). Pegasus has no FINAL node and a
-      job whose parents failed never runs, so reconcile is not a job: pegasus-monitord runs END hooks on the
-      submit host when the workflow ends, and the local engine runs them after all jobs, whatever their outcome.
+    * Inputs: ``replicas.yml``, input LFN -> one pfn: ``s3://<identity>@storage/<input-bucket>/<raw key>`` on
+      site ``storage`` or, when buckets are folders, ``file://<local_root>/<input-bucket>/<key>`` on site
+      ``local``.
+    * Outputs: ``outputs.yml``, output LFN -> its object in the OUTPUT bucket (``<output_prefix><key>``), read
+      by Pegasus' ``Replica`` output mapper (``pegasus.dir.storage.mapper``). Both engines read both catalogs
+      (``engines.local_workflow.catalog_objects``).
+    * Converter: ``transformations.yml`` transformation ``generate_cog``, installed (never staged): on
+      ``condorpool`` in the worker image (``WORKER_CONVERTER``) or, without one, this machine's zipapp; on
+      ``local`` this machine's zipapp, for the local engine.
+    * Reconcile: workflow-level shell hook on ``all`` (``hooks.shell[0].cmd``). Pegasus has no FINAL node and a
+      job whose parents failed never runs, so reconcile is not a job: pegasus-monitord runs the hook on the
+      submit host at the workflow's start (ignored) and end, and the local engine runs it after all jobs,
+      whatever their outcome.
 
 run.json
     ``RunDir.set_state(GENERATED, ...)`` records in ``extra``: ``output_site``, ``data_configuration``,
