@@ -180,3 +180,17 @@ def test_a_job_left_held_fails_its_row_with_the_hold_reason_from_htcondor_25s_no
     assert records["ID0000001"]["status"] == "succeeded"  # held, released, converted
     assert records["ID0000002"]["category"] == "HELD"
     assert records["ID0000002"]["reason"].startswith("held (via condor_hold (by user coguser)) and removed")
+
+
+STAGE_OUT_FAILED = Path(__file__).parent / "data" / "pegasus-real" / "stage-out-failed"
+
+
+def test_a_converted_row_whose_own_stage_out_failed_says_so(tmp_path):
+    import shutil
+
+    run = hand_planned_run(tmp_path)
+    shutil.copy(STAGE_OUT_FAILED / "workflow.yml", run.file(RunDir.WORKFLOW))
+    collect_job_records(run, env={"PEGASUS_SUBMIT_DIR": str(STAGE_OUT_FAILED)})
+    (record,) = [json.loads(p.read_text()) for p in run.jobs_dir.glob("*.json")]
+    assert (record["job_id"], record["status"], record["category"]) == ("ID0000001", "failed", "STAGE_OUT_FAILED")
+    assert record["exit_code"] == 0 and record["reason"].startswith("converted, but the stage-out to the output bucket failed")
