@@ -274,8 +274,9 @@ def hold_profiles(settings: WorkflowSettings) -> dict[str, dict[str, str]]:
     A transient failure puts the job on hold (on_exit_hold, HoldReasonCode 3), and periodic_release lets it run
     again after an exponentially growing delay: HTCondor's own retry with backoff, in the same slot-free way for
     both kinds of job. A conversion also comes back from a file-transfer hold (codes 12/13). After `retries`
-    releases of a conversion (`backoff_releases` of a transfer job), or when a hold nobody releases (memory exceeded, the wall-time limit, an operator's condor_hold) has
-    lasted `held_remove_s`, the job is removed and its row fails with the hold reason.
+    releases of a conversion (`backoff_releases` of a transfer job), or when a hold nobody releases (memory
+    exceeded, the wall-time limit, an operator's condor_hold) has lasted `held_remove_s`, the job is removed and
+    its row fails with the hold reason.
     """
     delay = _delay_expr(settings.backoff_base, settings.backoff_max)
     releases = settings.backoff_releases
