@@ -52,24 +52,19 @@ from .naming import (
     unique_timestamp,
 )
 from .rundir import ABANDONED, CLAIMED, CLAIMING, RunDir, RunInfo, list_run_dirs
+from .config import SETTINGS, env_value
 from .store import ObjectInfo, ObjectStore, PreconditionFailed, StoreConfig, StoreError
 
 LOCK_NAME = ".cog-pipeline.lock"
 QUARANTINE_SUFFIX = ".quarantined"  # a malformed claim marker, moved aside (never matched by a pattern: not .csv)
-# A marker not renewed for this long is abandoned (a claim takes seconds and renews at every step).
-# COG_PIPELINE_STALE_MARKER_AGE (seconds) overrides it, for tests that reproduce a stall in seconds.
-STALE_MARKER_AGE = timedelta(minutes=10)
+# A marker not renewed for this long is abandoned (a claim takes seconds and renews at every step):
+# claim.stale_marker_age_s, set by COG_PIPELINE_STALE_MARKER_AGE for tests that reproduce a stall in seconds.
+STALE_MARKER_AGE = timedelta(seconds=SETTINGS["claim.stale_marker_age_s"].default)
 
 
 def stale_marker_age() -> timedelta:
-    """STALE_MARKER_AGE, or the environment's override (read at each call, so a test can set it)."""
-    value = os.environ.get("COG_PIPELINE_STALE_MARKER_AGE")
-    if value:
-        try:
-            return timedelta(seconds=float(value))
-        except ValueError:
-            pass
-    return STALE_MARKER_AGE
+    """claim.stale_marker_age_s (config.py), read at each call so a test can set its environment variable."""
+    return timedelta(seconds=env_value("claim.stale_marker_age_s"))
 
 
 class ClaimError(RuntimeError):

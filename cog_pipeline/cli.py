@@ -17,12 +17,12 @@ import click
 
 from .crondor.commands import crondor
 from .operator_cli import provenance_cmd, report_cmd
-from .options import EXIT_ERROR, bucket_options, check_scan_args, check_stac_args, cog_profile_option, stac_options, fail, handle_errors, output_options, profile_option, store_config, store_options, workflow_options
+from .options import EXIT_ERROR, bucket_options, check_scan_args, check_stac, fail, handle_errors, output_options, profile_option, store_config, store_options
 from .store import StoreConfig
-from .config import workflow_settings_kwargs
 from .errors import one_line, os_error_line
 from .warnings_log import warnings_to_log
-from .config_cli import config_group, config_option, effective_config, resource_options
+from .config import SECTIONS
+from .config_cli import config_group, effective_config, setting_options
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="cog-pipeline")
@@ -42,17 +42,10 @@ def main() -> None:
 @profile_option
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where workflow-run-<TS>/ directories are kept.")
 @click.option("--engine", type=click.Choice(["local", "pegasus"]), default="local", show_default=True, help="local: run the workflow here with a process pool; pegasus: pegasus-plan onto HTCondor.")
-@workflow_options
-@cog_profile_option
-@config_option
-@resource_options
-@click.option("--workers", type=click.IntRange(min=1), help="local engine: worker processes (default: one per CPU).")
-@click.option("--job-timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="local engine: kill a job attempt after this long and fail its row (default: env COG_PIPELINE_JOB_TIMEOUT, else 3600; 0: no limit).")
-@click.option("--max-pixels", type=click.IntRange(min=0), metavar="N", help="local engine: fail a row whose width*height*bands*bytes-per-sample exceeds N before converting (default: env COG_PIPELINE_MAX_PIXELS, else 6400000000; 0: no limit).")
+@setting_options(exclude=("crondor",))
 @click.option("--no-submit", is_flag=True, help="pegasus: plan the workflow but do not submit it.")
 @click.option("--dry-run", is_flag=True, help="List what would be claimed; change nothing.")
 @click.option("--quiet", is_flag=True, help="No progress display (it only shows when stdout is a terminal anyway).")
-@stac_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the tick, schema_version 1 (docs/operator.md; messages go to stderr).")
 @handle_errors
 def scan(**kw: Any) -> None:
@@ -66,9 +59,9 @@ def scan(**kw: Any) -> None:
     from .tick_log import now_iso
 
     check_scan_args(kw)
-    check_stac_args(kw)
+    config = effective_config(kw)  # the --config file, the environment, then the flags
+    check_stac(config)
     shown = ScanProgress(not kw["quiet"] and not kw["as_json"] and sys.stdout.isatty())
-    config = effective_config(kw)  # the --config file, then the flags
     options = ScanOptions(
         input_bucket=kw["input_bucket"],
         output_bucket=kw["output_bucket"],
@@ -77,15 +70,10 @@ def scan(**kw: Any) -> None:
         pattern=kw["pattern"],
         engine=kw["engine"],
         dry_run=kw["dry_run"],
-        workers=kw.get("workers"),
-        job_timeout=kw.get("job_timeout"),
-        max_pixels=kw.get("max_pixels"),
         progress=shown.enabled,
         submit=not kw["no_submit"],
-        workflow=workflow_settings_kwargs(config),
         output_prefix=kw.get("output_prefix"),
-        stac=kw["stac"],
-        stac_base_url=kw["stac_base_url"],
+        config=config,
         on_phase=shown.phase,
     )
     say = (lambda m: click.echo(m, err=True)) if kw["as_json"] else shown.echo
@@ -200,23 +188,30 @@ def finish_cmd(run_dir: Path) -> None:
 
 @main.command("run")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--workers", type=click.IntRange(min=1), help="Worker processes (default: one per CPU).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@setting_options(exclude=tuple(s for s in SECTIONS if s != "local"))
 @handle_errors
-def run_cmd(run_dir: Path, workers: int | None, quiet: bool) -> None:
+def run_cmd(run_dir: Path, quiet: bool, **kw: Any) -> None:
     """Execute RUN_DIR's generated workflow with the local engine (jobs already done are skipped).
 
     A finished run is reported and left exactly as it is.
     """
     from .engines.base import RunFinished
-    from .engines.local import run_workflow
+    from .engines.local import check_runnable, run_batch
+    from .pipeline import finish
     from .rundir import RunDir
 
+    config = effective_config(kw)
+    run = RunDir(run_dir)
     try:
-        result = run_workflow(RunDir(run_dir), workers=workers, progress=not quiet and sys.stderr.isatty())
+        check_runnable(run)
     except RunFinished as exc:
         click.echo(str(exc))
         return
+    (result,) = run_batch([run], workers=config.local.workers or None, timeout=config.local.job_timeout_s or None,
+                          max_pixels=config.local.max_pixels, progress=not quiet and sys.stderr.isatty(), finish=finish)
+    if result.problem:
+        fail(result.problem)
     click.echo(f"{result.succeeded} succeeded, {result.failed} failed, {result.skipped} already done")
     for cmd, code in result.hooks:
         if code:

@@ -227,15 +227,6 @@ def status_rows(work_dir: Path, now: float | None = None) -> list[dict[str, Any]
     return [status_row(r, now) for r in survey_run_dirs(work_dir)[0]]
 
 
-def require_stac() -> None:
-    """`--stac` needs the optional extra: say so before anything is claimed."""
-    try:
-        import pystac  # noqa: F401
-        import rio_stac  # noqa: F401
-    except ImportError:
-        raise click.UsageError("--stac needs pystac and rio-stac: run pip install -e '.[stac]' in the cog-pipeline checkout") from None
-
-
 def scan_json(report: Any) -> str:
     """A scan tick for scripts: every list of the ScanReport, run directories as paths, and for each
     reconciled run its counts, result keys and report."""

@@ -6,7 +6,6 @@ Kept apart from cli.py so crondor/ can use them without importing the CLI that i
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,17 +86,7 @@ def check_scan_args(kw: dict[str, Any]) -> None:
         fail(problem, EXIT_USAGE)
 
 
-def workflow_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """How each claimed manifest's workflow is generated (the same for a scan and for the Crondor's ticks)."""
-    return _apply(func, [
-        # No click defaults: a flag not given leaves the --config file's value (defaults: 10000 and 3).
-        click.option("-m", "--max-running", type=click.IntRange(min=1), help="Most conversion jobs running at once per workflow (DAGMan maxjobs; default 10000)."),
-        click.option("--retries", type=click.IntRange(min=0), help="Retries per job (default 3)."),
-        click.option("--cluster-size", type=click.IntRange(min=1), help="pegasus: cluster N images per HTCondor job."),
-    ])
-
-
-#: scan only: the Crondor's ticks take the conversion profile from the [profile] table of their --config file
+#: scan and crondor start: on top of the --config file's [profile]
 cog_profile_option = click.option(
     "--cog-profile", "cog_profile", multiple=True, metavar="NAME=VALUE",
     help="Override a conversion profile setting (compress, predictor, blocksize, overview_resampling, jpeg_quality, "
@@ -117,21 +106,16 @@ def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return _apply(func, options)
 
 
-def stac_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """`--stac` and `--stac-base-url`: scan's, and the Crondor's ticks'."""
-    return _apply(func, [
-        click.option("--stac", is_flag=True, help="Also write a STAC Item beside each COG and a Collection per manifest (needs the stac extra: pip install -e '.[stac]' in the checkout)."),
-        click.option("--stac-base-url", metavar="URL", help="With --stac: the published records' hrefs are under this https URL (e.g. https://cogs.example.org/), not s3://."),
-    ])
-
-
-def check_stac_args(kw: dict[str, Any]) -> None:
-    if kw.get("stac_base_url") and not (kw.get("stac") and kw["stac_base_url"].startswith(("https://", "http://"))):
-        fail("--stac-base-url needs --stac and an http(s) URL", EXIT_USAGE)
-    if kw.get("stac"):
-        from .operator_cli import require_stac
-
-        require_stac()
+def check_stac(config: Any) -> None:
+    """STAC needs its extra installed, and a base URL means nothing without STAC: one line, exit 2."""
+    if config.publish.stac_base_url and not config.publish.stac:
+        fail("--stac-base-url (publish.stac_base_url) needs --stac (publish.stac)", EXIT_USAGE)
+    if config.publish.stac:
+        try:
+            import pystac  # noqa: F401
+            import rio_stac  # noqa: F401
+        except ImportError:
+            fail("--stac needs pystac and rio-stac: run pip install -e '.[stac]' in the cog-pipeline checkout", EXIT_USAGE)
 
 
 def profile_option(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -9,7 +9,6 @@ and so do both engines' END hook (`cog-pipeline finish RUN_DIR`) and `cog-pipeli
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +16,9 @@ from typing import Any
 
 from . import publish
 from .claim import Claim, ClaimError, ClaimLost, claim_one, look, recover_claims, scan_lock
+from .config import PipelineConfig, load_config
 from .engines import get_engine
-from .engines.base import WorkflowError
-from .engines.local import LocalLimits
+from .engines.base import Engine, Outcome, WorkflowError
 from .errors import RUN_FILE_ERRORS, one_line, os_error_line
 from .reconcile import ReconcileResult, reconcile
 from .rundir import (
@@ -40,15 +39,12 @@ class ScanOptions:
     pattern: str = "*raw.csv"
     engine: str = "local"  # local | pegasus
     dry_run: bool = False
-    workers: int | None = None
-    job_timeout: float | None = None  # local engine: seconds per job attempt (None: env, else default; 0: none)
-    max_pixels: int | None = None  # local engine: size guard, width*height*bands*bytes (None: env/default; 0: none)
     progress: bool = True
     submit: bool = True  # pegasus: plan and submit; False: plan only
-    workflow: dict[str, Any] = field(default_factory=dict)  # WorkflowSettings overrides (retries, max_running, ...)
     output_prefix: str | None = None  # outputs at <prefix><key> in the output bucket (same-bucket mode)
-    stac: bool = False  # runs claimed by this tick also get STAC records at reconcile (recorded in run.json)
-    stac_base_url: str | None = None  # ... whose hrefs are under this URL (else the bucket's s3:// URLs)
+    # Every setting (config.py): the workflow's, the engines' own, publishing's. Default: the built-in values
+    # and the environment.
+    config: PipelineConfig = field(default_factory=lambda: load_config(None))
     on_phase: Callable[[str], None] | None = None  # told "claim", "preflight", "convert", "reconcile" (progress.py)
 
 
@@ -100,17 +96,22 @@ def _stderr(message: str) -> None:
 
 def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
     """One tick: claim and adopt under the scan lock, then carry every run this tick holds as far as it goes."""
-    if options.engine != "local" or options.dry_run:
-        return _scan(options, echo)
-    from .engines.local import default_workers
-    from .engines.local_pool import prestart, release_prestarted
-
-    # The local pool's workers start now: their imports overlap the listing, the claims and the workflows.
-    prestart(min(default_workers(), options.workers or default_workers()))
+    problem = work_dir_problem(options)
+    if problem:
+        raise ClaimError(problem)
+    if options.dry_run:
+        return _scan(options, None, echo)
+    engine = tick_engine(options, options.engine)
+    engine.begin()  # e.g. one line and nothing claimed when pegasus-plan cannot run here
     try:
-        return _scan(options, echo)
+        return _scan(options, engine, echo)
     finally:
-        release_prestarted()
+        engine.end()
+
+
+def tick_engine(options: ScanOptions, name: str) -> Engine:
+    """The engine `name` with this tick's settings; END hooks it runs in this process call `finish`."""
+    return get_engine(name, options.config, progress=options.progress, submit=options.submit, finish=finish)
 
 
 def work_dir_problem(options: ScanOptions) -> str | None:
@@ -127,27 +128,16 @@ def work_dir_problem(options: ScanOptions) -> str | None:
     return None
 
 
-def _scan(options: ScanOptions, echo: Echo) -> ScanReport:
-    problem = work_dir_problem(options)
-    if problem:
-        raise ClaimError(problem)
-    if options.engine == "pegasus" and not options.dry_run:
-        from .engines.pegasus.condor import check_pegasus
-
-        check_pegasus()  # one line and nothing claimed when pegasus-plan cannot run here
+def _scan(options: ScanOptions, engine: Engine | None, echo: Echo) -> ScanReport:
     report = ScanReport()
     input_store = open_store(options.input_bucket, options.store)
     # Claiming work that could never be delivered would only leave manifests processing: check the output
     # bucket is reachable first (an empty listing under a name no object has: one cheap request).
     list(open_store(options.output_bucket, options.store).list(".cog-pipeline-probe/"))
     _phase(options, "claim")
-    if not _claim_and_adopt(options, report, input_store, echo):
+    if not _claim_and_adopt(options, report, input_store, echo) or engine is None:
         return report  # a dry run: nothing was claimed
-    runs = [*report.claimed, *report.resumed]
-    if options.engine == "local" and len(runs) > 1:
-        _run_together(runs, options, input_store, echo)
-    for run_dir in runs:
-        _carry_on_reporting(run_dir, options, input_store, report, echo)
+    carry_on_all([*report.claimed, *report.resumed], options, input_store, report, echo)
     return report
 
 
@@ -190,8 +180,8 @@ def _claim_and_adopt(options: ScanOptions, report: ScanReport, input_store: Obje
                 echo(f"skipped {pending.info.key}: another scan claimed it")
                 continue
             claim.run_dir.acquire_lease()
-            if options.stac:
-                claim.run_dir.update(stac=True, stac_base_url=options.stac_base_url)
+            if options.config.publish.stac:
+                claim.run_dir.update(stac=True, stac_base_url=options.config.publish.stac_base_url or None)
             report.claimed.append(claim.run_dir)
             echo(f"claimed {pending.info.key} -> {claim.names.processing_key} ({claim.run_dir.path})")
         # Runs an earlier tick left unfinished: adopt them under the lock so two scans never both carry one on.
@@ -204,75 +194,79 @@ def _claim_and_adopt(options: ScanOptions, report: ScanReport, input_store: Obje
     return True
 
 
-def _run_together(runs: list[RunDir], options: ScanOptions, input_store: ObjectStore, echo: Echo) -> None:
-    """Generate each run (as the tick would), then run all local ones through one shared pool, so no manifest
-    waits behind another's huge image (issue 8.10). Never raises for one run's trouble: the tick's loop meets
-    that run again and reports it."""
-    from .engines.local_tick import run_workflows
-
-    ready = []
-    writes: set[tuple[str, str]] = set()
+def carry_on_all(runs: list[RunDir], options: ScanOptions, input_store: ObjectStore, report: ScanReport, echo: Echo) -> None:
+    """Generate each run's workflow (if it was not), hand the runs to their engines (each engine gets all of its
+    runs at once), and finish every run that ended. One run's trouble goes into the report and never stops the
+    tick's other runs; whatever happens, this process no longer carries a run afterwards."""
+    try:
+        by_engine: dict[str, list[RunDir]] = {}
+        for run_dir in runs:
+            info = _guarded(run_dir, report, echo, lambda r=run_dir: prepare(r, options, input_store, echo))
+            if info is not None:
+                by_engine.setdefault(info.engine, []).append(run_dir)
+        _phase(options, "convert")
+        outcomes: dict[Path, Outcome] = {}
+        for name, group in by_engine.items():
+            got = _guarded(group[0], report, echo, lambda n=name, g=group: tick_engine(options, n).run(g, echo), runs=group)
+            outcomes.update(got or {})
+        for run_dir in runs:
+            outcome = outcomes.get(run_dir.path)
+            if outcome is not None:
+                _guarded(run_dir, report, echo, lambda r=run_dir, o=outcome: _after_engine(r, o, input_store, options, echo))
+    finally:
+        for run_dir in runs:
+            # Whatever happened, this process no longer carries the run: the next tick may (a killed process
+            # is noticed by its lease instead; so is a lease that a read-only run directory keeps).
+            try:
+                run_dir.release_lease()
+            except OSError:
+                pass
     for run_dir in runs:
         try:
-            info = prepare(run_dir, options, input_store, echo)
-            keys = output_keys(run_dir, info)
-        except Exception:  # noqa: BLE001 - reported by the tick's loop, which carries this run on itself
-            continue
-        if info.engine != "local":
-            continue
-        if keys & writes:
-            # Two manifests of this tick write one output: side by side, the later upload would replace the
-            # earlier run's before its reconcile saw it. This run waits for the tick's loop, which carries the
-            # runs on one after the other, each reconciled before the next writes.
-            echo(f"{info.manifest_key}: shares outputs with another manifest of this tick; it runs after it")
-            continue
-        writes |= keys
-        ready.append(run_dir)
-    if len(ready) > 1:
-        started = time.monotonic()
-        limits = LocalLimits(options.job_timeout, options.max_pixels)
-        for problem in run_workflows(ready, workers=options.workers, limits=limits):
-            echo(f"warning: {problem}")
-        echo(f"ran {len(ready)} runs' jobs through one pool in {time.monotonic() - started:.1f} s")
+            if run_dir.load().state == RECONCILED:
+                report.reconciled.append(run_dir)
+        except (DamagedRunDir, OSError, *RUN_FILE_ERRORS):
+            pass
 
 
-def output_keys(run_dir: RunDir, info: RunInfo) -> set[tuple[str, str]]:
-    """(output bucket, key) of every COG and JPEG the run's rows write."""
-    from .manifest import parse_manifest
+def _after_engine(run_dir: RunDir, outcome: Outcome, input_store: ObjectStore, options: ScanOptions, echo: Echo) -> None:
+    if outcome.state == "error":
+        raise WorkflowError(outcome.problem or "the engine stopped")
+    if outcome.state == "ended":
+        _phase(options, "reconcile")
+        info = run_dir.load()
+        result = finish(run_dir, input_store=input_store, echo=echo)
+        echo(
+            f"reconciled {info.manifest_key}: {result.processed} processed, {result.failed} failed"
+            + (f" -> {result.failed_key}" if result.failed_key else "")
+        )
 
-    prefix = info.output_prefix or ""
-    rows = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes()).rows
-    return {(info.output_bucket, prefix + key) for row in rows for key in (row.key, row.jpg_key)}
 
-
-def _carry_on_reporting(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, report: ScanReport, echo: Echo) -> None:
-    """Carry one run on; its trouble goes into the report and never stops the tick's other runs."""
+def _guarded(run_dir: RunDir, report: ScanReport, echo: Echo, step: Callable[[], Any], runs: list[RunDir] | None = None) -> Any:
+    """`step()`, or None when it failed: the trouble is reported for `runs` (default: the one run), which stay
+    where they stopped for the next tick."""
+    names = [r.path.name for r in (runs or [run_dir])]
     try:
-        carry_on(run_dir, options, input_store, echo)
+        return step()
     except ClaimLost as exc:
         # Reconcile's fence: the processing file is no longer this claim's. The run is ABANDONED and wrote
         # no result file; whoever holds the manifest now answers for it.
-        report.lost.append(f"{run_dir.path.name}: {exc}")
-        echo(f"claim lost: {run_dir.path.name}: {exc}; no result file written, run abandoned")
+        report.lost.extend(f"{name}: {exc}" for name in names)
+        for name in names:
+            echo(f"claim lost: {name}: {exc}; no result file written, run abandoned")
     except (StoreError, WorkflowError, OSError, DamagedRunDir, *RUN_FILE_ERRORS) as exc:
         # One run's trouble (an unreachable bucket, a read-only or full disk, a damaged run file) must not
         # hold up the others; this run stays where it stopped and the next tick carries it on.
         line = os_error_line(exc) if isinstance(exc, OSError) else one_line(exc)
-        report.errors.append(f"{run_dir.path.name}: {line}")
-        echo(f"error: {run_dir.path.name}: {line}; left for the next tick")
+        for name in names:
+            report.errors.append(f"{name}: {line}")
+            echo(f"error: {name}: {line}; left for the next tick")
     except Exception as exc:  # noqa: BLE001 - a bug met by one run's input must not cost the tick's other runs
         line = f"{type(exc).__name__}: {one_line(exc)}"[:500]
-        report.errors.append(f"{run_dir.path.name}: {line}")
-        echo(f"error: {run_dir.path.name}: unexpected {line}; left for the next tick")
-    finally:
-        # Whatever happened, this process no longer carries the run: the next tick may (a killed process
-        # is noticed by its lease instead; so is a lease that a read-only run directory keeps).
-        try:
-            run_dir.release_lease()
-        except OSError:
-            pass
-    if run_dir.load().state == RECONCILED:
-        report.reconciled.append(run_dir)
+        for name in names:
+            report.errors.append(f"{name}: {line}")
+            echo(f"error: {name}: unexpected {line}; left for the next tick")
+    return None
 
 
 def _remove_late_copies(input_store: ObjectStore, view: Any, local_processing: dict[str, str], echo: Echo) -> None:
@@ -321,26 +315,30 @@ def _adopt_unfinished(options: ScanOptions, report: ScanReport, echo: Echo) -> d
     return local_processing
 
 
-def _switch_to_local(run_dir: RunDir, options: ScanOptions, echo: Echo) -> None:
-    """A tick with --engine local finishes a run a Pegasus attempt left unplanned (no Pegasus here, or the
-    plan failed): the workflow files are engine-neutral, so the local engine can run them as they are."""
+def _adopt_unplanned(run_dir: RunDir, options: ScanOptions, echo: Echo) -> None:
+    """A tick whose engine adopts unplanned runs (the local engine) finishes a run another engine's attempt left
+    unplanned (no Pegasus here, or the plan failed): the workflow files are engine-neutral, so it can run them
+    as they are."""
     info = run_dir.load()
-    if options.engine == "local" and info.engine != "local" and info.state in (CLAIMED, GENERATED) and not info.planned:
-        run_dir.update(engine="local", engine_waiting=None)
-        echo(f"{info.manifest_key}: was waiting for {info.engine}; running it with the local engine")
+    if info.engine == options.engine or info.state not in (CLAIMED, GENERATED) or info.planned:
+        return
+    if tick_engine(options, options.engine).adopts_unplanned:
+        run_dir.update(engine=options.engine, engine_waiting=None)
+        echo(f"{info.manifest_key}: was waiting for {info.engine}; running it with the {options.engine} engine")
 
 
 def prepare(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, echo: Echo = print) -> RunInfo:
-    """The run, switched to the local engine if it may be, with its workflow generated (if it was not)."""
+    """The run, handed to this tick's engine if it may be, with its workflow generated (if it was not)."""
     from .pegasus.workflow_gen import WorkflowSettings, generate
 
-    _switch_to_local(run_dir, options, echo)
+    _adopt_unplanned(run_dir, options, echo)
     info = run_dir.load()
     if info.state == CLAIMED:
         _phase(options, "preflight")
-        settings = WorkflowSettings(**options.workflow) if options.workflow else WorkflowSettings()
-        # Only the planner needs key material in a file; the local engine reads the key files itself.
-        settings.write_credentials = settings.write_credentials and info.engine == "pegasus"
+        # Only an engine that needs key material in a file (the planner) gets credentials.conf; keys its tools
+        # cannot carry fail at preflight.
+        engine = tick_engine(options, info.engine)
+        settings = WorkflowSettings(options.config, write_credentials=engine.writes_credentials, key_problem=engine.key_problem)
         generate(run_dir, input_store, settings)
         info = run_dir.load()
         echo(f"generated workflow in {run_dir.path}")
@@ -348,23 +346,8 @@ def prepare(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, ech
 
 
 def carry_on(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, echo: Echo = print) -> None:
-    """Take one run from wherever it stopped to the end its engine can reach in this tick."""
+    """Take one run from wherever it stopped to the end its engine can reach in this tick (raises its trouble)."""
     info = prepare(run_dir, options, input_store, echo)
-    engine = get_engine(
-        info.engine, workers=options.workers, progress=options.progress, submit=options.submit,
-        job_timeout=options.job_timeout, max_pixels=options.max_pixels,
-    )
     _phase(options, "convert")
-    if info.state == RUNNING and info.engine != "local":
-        # Adopted, so nothing runs it any more, yet it was never reconciled (its END hook did not run or
-        # failed, or the DAG was removed): this tick finishes it.
-        outcome = "ended"
-    else:
-        outcome = engine.submit(run_dir, echo)
-    if outcome == "ended":
-        _phase(options, "reconcile")
-        result = finish(run_dir, input_store=input_store, echo=echo)
-        echo(
-            f"reconciled {info.manifest_key}: {result.processed} processed, {result.failed} failed"
-            + (f" -> {result.failed_key}" if result.failed_key else "")
-        )
+    outcome = tick_engine(options, info.engine).run([run_dir], echo)[run_dir.path]
+    _after_engine(run_dir, outcome, input_store, options, echo)

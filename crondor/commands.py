@@ -20,15 +20,16 @@ import click
 
 from cog_pipeline.engines.pegasus import condor
 from cog_pipeline.engines.pegasus.condor import PegasusUnavailable
+from cog_pipeline.config import flag_values
 from cog_pipeline.options import (
-    EXIT_ERROR, bucket_options, check_scan_args, check_stac_args, fail, handle_errors, output_options, profile_option,
-    stac_options, store_config, store_options, workflow_options,
+    EXIT_ERROR, bucket_options, check_scan_args, check_stac, fail, handle_errors, output_options, profile_option,
+    store_config, store_options,
 )
-from cog_pipeline.config_cli import config_option, effective_config
+from cog_pipeline.config_cli import effective_config, setting_options
 from cog_pipeline.status import runs_in_flight, show_runs
 
 from .events import read_ticks
-from .submit import KEY_ATTRIBUTE, SCHEDULE, CrondorSpec, CrondorSpecError, build_submit, classad_string, crondor_key, write_description
+from .submit import KEY_ATTRIBUTE, CrondorSpec, CrondorSpecError, build_submit, classad_string, crondor_key, write_description
 
 STATUS_NAMES = {3: "removed", 4: "completed", 6: "transferring output", 7: "suspended"}  # 1, 2 and 5: phase_lines
 CRON_ATTRIBUTES = ("CronMinute", "CronHour", "CronDayOfMonth", "CronMonth", "CronDayOfWeek")
@@ -121,11 +122,8 @@ def crondor() -> None:
 @output_options
 @store_options
 @profile_option
-@stac_options
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where run directories, crondor.sub and the Crondor's logs are kept.")
-@workflow_options
-@config_option
-@click.option("--schedule", default=None, help=f"When ticks run, in cron syntax: 'minute hour day-of-month month day-of-week' (each field *, N, a-b, lists, /step); default: the --config file's [crondor] schedule, else '{SCHEDULE}'.")
+@setting_options(exclude=("local",))
 @click.option("--dry-run", is_flag=True, help="Write crondor.sub and print it; submit nothing.")
 @handle_errors
 def start(**kw: Any) -> None:
@@ -135,9 +133,9 @@ def start(**kw: Any) -> None:
     changes the next tick; it is checked now, so a bad value fails here rather than every 15 minutes.
     """
     check_scan_args(kw)  # the tick would refuse these every 15 minutes: refuse them now
-    check_stac_args(kw)
     store = store_config(kw)  # validates -a/-s (regular, readable key files; their bytes never echoed)
     config = effective_config(kw)  # one line naming the setting, exit 2
+    check_stac(config)
     config_path = kw.get("config_path")
     spec = CrondorSpec(
         input_bucket=kw["input_bucket"],
@@ -150,16 +148,13 @@ def start(**kw: Any) -> None:
         region=store.region,
         retry_mode=store.retry_mode,
         local_root=store.local_root,
-        max_running=kw["max_running"],
-        retries=kw["retries"],
-        cluster_size=kw.get("cluster_size"),
+        # the setting flags given, passed on as given (the schedule is the Crondor's own, not the tick's)
+        settings={k: v for k, v in flag_values(kw).items() if k != "crondor.schedule"},
         output_prefix=kw.get("output_prefix"),
         replace_inputs=bool(kw.get("replace_inputs")),
         aws_profile=kw.get("profile"),
-        stac=bool(kw.get("stac")),
-        stac_base_url=kw.get("stac_base_url"),
         config=Path(config_path).resolve() if config_path else None,
-        schedule=kw["schedule"] or config.crondor.schedule,
+        schedule=config.crondor.schedule,
     )
     try:
         spec.validate()

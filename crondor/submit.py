@@ -13,7 +13,6 @@ The tick's environment is set explicitly (``tick_environment``): the project run
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -21,15 +20,14 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from cog_pipeline.config import Crondor, flag_argv
+
+from .schedule import ScheduleError, cron_fields
+
 TEMPLATE = Path(__file__).resolve().parent / "crondor.sub.tmpl"
 DESCRIPTION_FILE = "crondor.sub"
 KEY_ATTRIBUTE = "CogPipelineKey"
 BATCH_PREFIX = "COG-Pipeline-Crondor-"
-SCHEDULE = "*/15 * * * *"  # cron syntax: minute hour day-of-month month day-of-week
-# The submit commands the five fields become, and each field's range.
-CRON_FIELDS = (("cron_minute", "minute", 0, 59), ("cron_hour", "hour", 0, 23), ("cron_day_of_month", "day of month", 1, 31),
-               ("cron_month", "month", 1, 12), ("cron_day_of_week", "day of week", 0, 7))
-_CRON_ITEM = re.compile(r"(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?")
 # Passed to the tick when set: names and paths only. Never AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
 # AWS_SESSION_TOKEN (S3 keys reach the tick as -a/-s FILE paths or through ~/.aws files under HOME).
 # PEGASUS_METRICS=false keeps the planner from sending usage metrics; PATH and PEGASUS_PYTHON are built by
@@ -61,17 +59,13 @@ class CrondorSpec:
     region: str | None = None
     retry_mode: str = "standard"
     local_root: Path | None = None
-    # Flags given to `start` (None: not given; the tick takes the value from `config`, else the default).
-    max_running: int | None = None
-    retries: int | None = None
-    cluster_size: int | None = None
+    # The setting flags given to `start` (dotted name -> value); the tick takes the rest from `config`.
+    settings: dict[str, Any] = field(default_factory=dict)
     output_prefix: str | None = None  # outputs at <prefix><key> (same-bucket mode)
     replace_inputs: bool = False  # same bucket, no prefix: the operator accepts COGs replacing the sources
     aws_profile: str | None = None  # --profile: a named AWS profile (its name only; never its keys)
-    stac: bool = False  # --stac: every tick publishes STAC Items and a Collection per manifest
-    stac_base_url: str | None = None
     config: Path | None = None  # the production configuration file: the tick reads it, flags are not copied out
-    schedule: str = SCHEDULE
+    schedule: str = Crondor.schedule
     command: list[str] = field(default_factory=lambda: default_command())
     environment: dict[str, str] = field(default_factory=lambda: tick_environment())
 
@@ -84,7 +78,10 @@ class CrondorSpec:
             raise CrondorSpecError("work_dir must be an absolute path")
         if self.config is not None and not self.config.is_absolute():
             raise CrondorSpecError("config must be an absolute path (the tick runs in the work directory)")
-        cron_fields(self.schedule)
+        try:
+            cron_fields(self.schedule)
+        except ScheduleError as exc:
+            raise CrondorSpecError(str(exc)) from None
 
     @property
     def key(self) -> str:
@@ -115,31 +112,6 @@ def default_command() -> list[str]:
     if found:
         return [str(Path(found).resolve())]
     return [sys.executable, "-m", "cog_pipeline"]
-
-
-def cron_fields(schedule: str) -> dict[str, str]:
-    """The five fields of a cron schedule as submit commands (cron_minute, ...); CrondorSpecError names the bad one.
-
-    Each field is `*` or a number, a range `a-b` or a list of them, each optionally `/step`, as HTCondor's
-    CronTab takes them (no names such as `mon`).
-    """
-    fields = schedule.split()
-    if len(fields) != len(CRON_FIELDS):
-        raise CrondorSpecError(
-            f"--schedule {schedule!r}: give 5 cron fields, 'minute hour day-of-month month day-of-week' "
-            f"(e.g. '{SCHEDULE}'), not {len(fields)}"
-        )
-    for value, (_, what, low, high) in zip(fields, CRON_FIELDS):
-        for item in value.split(","):
-            match = _CRON_ITEM.fullmatch(item)
-            numbers = [int(n) for n in match.groups()[1:3] if n is not None] if match else []
-            step = match.group(4) if match else None
-            if not match or any(not low <= n <= high for n in numbers) or (len(numbers) == 2 and numbers[0] > numbers[1]) or step == "0" or (step and int(step) < 1):
-                raise CrondorSpecError(
-                    f"--schedule {schedule!r}: the {what} field {value!r} is not '*', a number {low}-{high}, a range a-b "
-                    "or a list of them, each optionally /step"
-                )
-    return {command: value for value, (command, *_rest) in zip(fields, CRON_FIELDS)}
 
 
 def _project_bin_dirs() -> set[str]:
@@ -199,22 +171,13 @@ def scan_arguments(spec: CrondorSpec) -> list[str]:
     if spec.config is not None:
         # The path, not its settings: editing the file changes the next tick, and the description stays short.
         args += ["--config", str(spec.config)]
-    if spec.max_running is not None:
-        args += ["-m", str(spec.max_running)]
-    if spec.retries is not None:
-        args += ["--retries", str(spec.retries)]
-    if spec.cluster_size:
-        args += ["--cluster-size", str(spec.cluster_size)]
     if spec.output_prefix:
         args += ["--output-prefix", spec.output_prefix]
     if spec.replace_inputs:
         args.append("--replace-inputs")
     if spec.aws_profile:
         args += ["--profile", spec.aws_profile]
-    if spec.stac:
-        args.append("--stac")
-    if spec.stac_base_url:
-        args += ["--stac-base-url", spec.stac_base_url]
+    args += flag_argv(spec.settings)  # the setting flags `start` was given, as given
     args.append("--quiet")
     return args
 

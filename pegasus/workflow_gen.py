@@ -4,9 +4,9 @@ Contract (shared with the local engine ``cog_pipeline/engine_local.py``, reconci
 ===================================================================================================
 
 Entry points
-    ``generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettings) -> GenerationResult``
-    and ``main()`` (``python pegasus/workflow_gen.py RUN_DIR [options]``; it rebuilds the input store from
-    run.json's ``store`` with ``RunInfo.store_config`` + ``open_store``).
+    ``generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettings) -> GenerationResult``.
+    ``WorkflowSettings`` is the generator's view of the one configuration (``cog_pipeline.config``); the tick
+    (``cog_pipeline.pipeline.prepare``) calls it for every claimed run.
 
 Inputs
     ``<run>/manifest.csv`` (the claimed manifest) and ``<run>/run.json`` (input/output bucket, StoreConfig).
@@ -21,10 +21,9 @@ Pre-flight (before any job exists)
     (``replicas.pegasus_keys.pegasus_key_problem``) fails here with that reason, before any listing.
 
 Data configuration and configuration file
-    ``WorkflowSettings.data_configuration`` None: nonsharedfs for S3 buckets (staging site = the S3 site,
-    bypassed input staging, ``--cleanup none`` and ``<run>/scratch.json`` naming the scratch prefix the engine
-    removes with boto3), condorio for folder buckets. ``settings_from_config`` / ``--config FILE`` build the
-    settings from ``cog_pipeline.config`` (flags override the file); see docs/workflow.md.
+    ``data.configuration = "auto"``: nonsharedfs for S3 buckets (staging site = the S3 site, bypassed input
+    staging, ``--cleanup none`` and ``<run>/scratch.json`` naming the scratch prefix the engine removes with
+    boto3), condorio for folder buckets; see docs/workflow.md.
 
 Files written into the run directory (Pegasus' default names)
     ``workflow.yml``, ``replicas.yml``, ``outputs.yml``, ``transformations.yml``, ``sites.yml`` (rendered from the
@@ -76,16 +75,14 @@ Speed
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import getpass
 import json
 import logging
 import re
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -93,6 +90,7 @@ from typing import Any
 import yaml
 
 from cog_pipeline import rundir as rundir_mod
+from cog_pipeline.config import PipelineConfig, load_config
 from cog_pipeline.engines.base import NOT_RETRIED, end_hook_command, job_id_of
 from cog_pipeline.engines.pegasus.plan import COMPUTE_SITE, default_plan_args
 from cog_pipeline.listing import find_keys
@@ -109,10 +107,9 @@ from cog_pipeline.replicas.catalog import (
     yaml_json,
 )
 from cog_pipeline.replicas.credentials import CREDENTIALS_FILE, write_credentials
-from cog_pipeline.replicas.pegasus_keys import pegasus_key_problem
 from cog_pipeline.engines.pegasus.scratch import record_scratch
 from cog_pipeline.rundir import GENERATED, RunDir
-from cog_pipeline.store import ObjectStore, open_store
+from cog_pipeline.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +120,7 @@ TRANSFORMATION = "generate_cog"
 EMPTY_ON_FAILURE = "--empty-outputs-on-failure"
 CATEGORY = "cog"  # DAGMan category of the conversion jobs: dagman.cog.maxjobs throttles them
 SITES_TEMPLATE = Path(__file__).resolve().parent / "sites.yml"
-DEFAULT_IMAGE = ""  # no worker image until the operator publishes one (transformations/cog-worker.def, docs/chtc.md)
 WORKER_CONVERTER = "/usr/local/bin/generate_cog"  # where transformations/cog-worker.def installs the converter
-WORKER_PEGASUS_HOME = "/opt/pegasus"  # where the worker image (or a personal pool's machine) has Pegasus' tools
-DATA_CONFIGURATIONS = ("condorio", "nonsharedfs")
-CONTAINER_TYPES = ("singularity", "docker")
 _PLACEHOLDER = re.compile(r"\$\{(COG_[A-Z0-9_]+)\}")
 
 
@@ -140,65 +133,21 @@ def default_converter() -> Path:
 
 @dataclass
 class WorkflowSettings:
-    """Everything the generator needs besides the run directory; every field has a default."""
+    """The generator's view of the one configuration (``cog_pipeline.config``), plus what is fixed per run."""
 
-    retries: int = 3  # DAGMan retries of the transfer jobs; a conversion is retried by its holds (hold_profiles)
-    max_running: int = 10000  # --max-running: dagman.maxjobs and dagman.cog.maxjobs
-    max_transfers: int = 40  # cap on concurrent S3 transfers: (stage-in + stage-out jobs) x transfer_threads
-    transfer_threads: int = 4  # pegasus.transfer.threads: parallel transfers inside one transfer job
-    transfer_attempts: int = 3  # pegasus-transfer -m: attempts per URL pair inside one transfer job
-    backoff_base: int = 60  # seconds held before the first release of a failed transfer job
-    backoff_max: int = 3600  # cap on the exponential delay
-    backoff_releases: int = 3  # releases of a held job (a transient failure's retries) before it is removed
-    held_remove_s: int = 600  # a hold nobody releases (memory, wall time, condor_hold) fails its row after this
-    # glob on the manifest key -> its own cpus/memory/disk/wall-time (the config's [manifests."<glob>"])
-    manifest_resources: dict[str, dict[str, int]] = field(default_factory=dict)
-    cluster_size: int | None = None  # --cluster-size N: pegasus clusters.size, plan with --cluster horizontal
-    profile: tuple[str, ...] = ()  # conversion profile overrides, NAME=VALUE (transformations/profile.py)
-    s3_site: str = "storage"  # name of the object-store site (replicas and output site)
-    identity: str = "cog"  # user part of s3://<identity>@<site>/...; section [<identity>@<site>] in credentials
-    container_image: str = DEFAULT_IMAGE  # "" runs the converter without a container
-    container_type: str = "singularity"
-    # Pegasus' worker tools on the workers (the image's, or the machine's without one); "": Pegasus ships its
-    # worker package from the access point with every job.
-    worker_pegasus_home: str = WORKER_PEGASUS_HOME
-    cpus: int = 1
-    memory_mb: int = 1024
-    disk_mb: int = 2048
+    config: PipelineConfig = field(default_factory=lambda: load_config(None))
+    write_credentials: bool = True  # write <run>/credentials.conf when the store is S3 with key files
     converter: Path = field(default_factory=default_converter)  # this machine's copy (the local engine's)
     reconcile_command: str | None = None  # None: the END hook "<python> -m cog_pipeline finish <run_dir>"
     local_mode: bool | None = None  # buckets are folders; None: decided from run.json store.local_root
-    # None: nonsharedfs for S3 buckets (workers read S3 themselves; no image crosses the access point), condorio
-    # for folder buckets (one machine: today's behaviour). Either may be chosen explicitly.
+    # The data configuration this run plans with: data.configuration with "auto" resolved (None: not yet).
     data_configuration: str | None = None
-    wall_time_s: int = 7200  # 0: no limit; else a conversion running longer is held (with that reason), then removed
-    extra_properties: dict[str, str] = field(default_factory=dict)  # the config's [pegasus.properties]
-    pool_condor_profiles: dict[str, str] = field(default_factory=dict)  # the config's condor profiles (condorpool)
     scratch_prefix: str = "pegasus-scratch"  # staging area (nonsharedfs) in the output bucket: <prefix>/<ts>
-    write_credentials: bool = True  # write <run>/credentials.conf when the store is S3 with key files
     provenance: bool = True  # each job passes its provenance to the converter (--metadata-b64, cog_pipeline.provenance)
+    # Keys the engine's transfer tools cannot carry fail at preflight with this reason (Engine.key_problem).
+    key_problem: Callable[[str], str | None] | None = None
 
     def validate(self) -> None:
-        for name in ("retries", "transfer_attempts", "backoff_releases"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
-        for name in ("max_running", "max_transfers", "transfer_threads", "backoff_base", "backoff_max", "cpus", "memory_mb", "disk_mb"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.cluster_size is not None and self.cluster_size < 1:
-            raise ValueError("cluster_size must be >= 1")
-        if self.wall_time_s < 0:
-            raise ValueError("wall_time_s must be >= 0")
-        if self.data_configuration is not None and self.data_configuration not in DATA_CONFIGURATIONS:
-            raise ValueError(f"data_configuration must be one of {DATA_CONFIGURATIONS}")
-        if self.container_type not in CONTAINER_TYPES:
-            raise ValueError(f"container_type must be one of {CONTAINER_TYPES}")
-        for name in ("s3_site", "identity"):
-            # pegasus-transfer finds an S3 URL's bucket with s3://\w+@\w+/: anything else breaks mkdir.
-            if not re.fullmatch(r"\w+", getattr(self, name), re.ASCII):
-                raise ValueError(f"{name} {getattr(self, name)!r} must be word characters only (letters, digits, _)")
-        if self.s3_site in ("local", COMPUTE_SITE):
-            raise ValueError(f"s3_site must not reuse the site name {self.s3_site!r}")
         if not self.scratch_prefix or self.scratch_prefix.startswith("/"):
             raise ValueError("scratch_prefix must be a relative key prefix")
 
@@ -206,37 +155,48 @@ class WorkflowSettings:
     def worker_converter(self) -> str:
         """Where the conversion jobs find generate_cog: in the worker image, else this machine's copy (a personal
         pool, or a file system every worker shares)."""
-        return WORKER_CONVERTER if self.container_image else str(self.converter)
+        return WORKER_CONVERTER if self.config.container_image else str(self.converter)
+
+    @property
+    def profile(self) -> tuple[str, ...]:
+        """The conversion profile's overrides, NAME=VALUE (transformations/profile.py)."""
+        return tuple(f"{k}={v}" for k, v in self.config.profile.items())
+
+    @property
+    def extra_properties(self) -> dict[str, str]:
+        """The operator's [pegasus.properties], plus bypass=false when they turned input bypass off."""
+        props = {} if self.config.data.bypass_input_staging else {"pegasus.transfer.bypass.input.staging": "false"}
+        return {**props, **self.config.pegasus_properties}
 
     def for_manifest(self, manifest_key: str) -> "WorkflowSettings":
         """These settings with the resources of the first [manifests."<glob>"] matching `manifest_key`."""
-        from fnmatch import fnmatchcase
-
-        res = next((r for glob, r in self.manifest_resources.items() if fnmatchcase(manifest_key, glob)), None)
-        if res is None:
+        resources = self.config.resources_for(manifest_key)
+        if resources is self.config.resources:
             return self
-        return dataclasses.replace(
-            self, cpus=res["cores"], memory_mb=res["memory_mb"], disk_mb=res["disk_mb"],
-            wall_time_s=res["wall_time_s"], held_remove_s=res["held_remove_s"],
-        )
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, resources=resources))
 
     def disk_mb_for(self, input_bytes: int | None) -> int:
         """The disk a job requests: the input, the COG and its overviews, the preview (4 x the input + 256 MB),
-        never less than disk_mb."""
+        never less than resources.disk_mb."""
+        floor = self.config.resources.disk_mb
         if not input_bytes:
-            return self.disk_mb
-        return max(self.disk_mb, -(-4 * input_bytes // (1 << 20)) + 256)
+            return floor
+        return max(floor, -(-4 * input_bytes // (1 << 20)) + 256)
 
     def data_configuration_for(self, local_mode: bool) -> str:
-        """The data configuration this run plans with (see the field's comment for the automatic choice)."""
+        """data.configuration, "auto" resolved: nonsharedfs for S3 buckets (workers read S3 themselves; no image
+        crosses the access point), condorio for folder buckets (one machine)."""
         if self.data_configuration is not None:
             return self.data_configuration
+        chosen = self.config.data.configuration
+        if chosen != "auto":
+            return chosen
         return "condorio" if local_mode else "nonsharedfs"
 
     @property
     def transfer_jobs(self) -> int:
         """Concurrent stage-in jobs (and, separately, stage-out jobs) so that all transfers stay <= max_transfers."""
-        return max(1, self.max_transfers // (2 * self.transfer_threads))
+        return max(1, self.config.transfers.max_transfers // (2 * self.config.transfers.threads))
 
 
 @dataclass
@@ -278,14 +238,14 @@ def hold_profiles(settings: WorkflowSettings) -> dict[str, dict[str, str]]:
     exceeded, the wall-time limit, an operator's condor_hold) has lasted `held_remove_s`, the job is removed and
     its row fails with the hold reason.
     """
-    delay = _delay_expr(settings.backoff_base, settings.backoff_max)
-    releases = settings.backoff_releases
+    delay = _delay_expr(settings.config.backoff.base_s, settings.config.backoff.max_s)
+    releases = settings.config.backoff.releases
     waited = f"((time() - EnteredCurrentStatus) > {delay})"
     own_hold = "(HoldReasonCode =?= 3)"
     transfer_hold = "((HoldReasonCode =?= 12) || (HoldReasonCode =?= 13))"
 
     def remove(releasable: str, releases: int) -> str:
-        stuck = f"((time() - EnteredCurrentStatus) > {settings.held_remove_s})"
+        stuck = f"((time() - EnteredCurrentStatus) > {settings.config.resources.held_remove_s})"
         return f"(JobStatus == 5) && ((NumHolds > {releases}) || ((!{releasable}) && {stuck}))"
 
     pool_releasable = f"({own_hold} || {transfer_hold})"
@@ -299,8 +259,8 @@ def hold_profiles(settings: WorkflowSettings) -> dict[str, dict[str, str]]:
             "on_exit_hold": transient_exit_expr(),
             "on_exit_hold_reason": 'ifThenElse(ExitBySignal =?= true, strcat("transient failure: killed by signal ", ExitSignal), '
             'strcat("transient failure: exit code ", ExitCode))',
-            "periodic_release": f"{pool_releasable} && (NumHolds <= {settings.retries}) && {waited}",
-            "periodic_remove": remove(pool_releasable, settings.retries),
+            "periodic_release": f"{pool_releasable} && (NumHolds <= {settings.config.dagman.retries}) && {waited}",
+            "periodic_remove": remove(pool_releasable, settings.config.dagman.retries),
         },
     }
 
@@ -311,11 +271,11 @@ def pool_condor_profiles(settings: WorkflowSettings) -> dict[str, str]:
     HTCondor takes one periodic_remove per job, so the operator's is joined with ``||``: either removes it.
     """
     profiles = dict(hold_profiles(settings)[COMPUTE_SITE])
-    if settings.wall_time_s:
+    if settings.config.resources.wall_time_s:
         # Held (not removed) so the reason reaches the row: the hold is then removed after held_remove_s.
-        profiles["periodic_hold"] = f"(JobStatus == 2) && ((time() - EnteredCurrentStatus) > {int(settings.wall_time_s)})"
-        profiles["periodic_hold_reason"] = f'"ran longer than the wall-time limit of {int(settings.wall_time_s)} s"'
-    for name, value in settings.pool_condor_profiles.items():
+        profiles["periodic_hold"] = f"(JobStatus == 2) && ((time() - EnteredCurrentStatus) > {int(settings.config.resources.wall_time_s)})"
+        profiles["periodic_hold_reason"] = f'"ran longer than the wall-time limit of {int(settings.config.resources.wall_time_s)} s"'
+    for name, value in settings.config.condor_profiles.items():
         if name == "periodic_remove":
             profiles[name] = f"({profiles[name]}) || ({value})"
         else:
@@ -367,9 +327,9 @@ def site_values(run_dir: RunDir, info, settings: WorkflowSettings, local_root: P
         scratch_url = file_url(local_root, out_bucket, scratch)
     else:
         out_path = f"/{out_bucket}"
-        output_url = s3_url(out_bucket, identity=settings.identity, site=settings.s3_site)
+        output_url = s3_url(out_bucket, identity=settings.config.s3.identity, site=settings.config.s3.site)
         scratch_path = f"/{out_bucket}/{scratch}"
-        scratch_url = s3_url(out_bucket, scratch, identity=settings.identity, site=settings.s3_site)
+        scratch_url = s3_url(out_bucket, scratch, identity=settings.config.s3.identity, site=settings.config.s3.site)
     base = run_dir.path.resolve()
     profiles = hold_profiles(settings)
     pool = pool_condor_profiles(settings)
@@ -381,12 +341,12 @@ def site_values(run_dir: RunDir, info, settings: WorkflowSettings, local_root: P
         "COG_LOCAL_ON_EXIT_HOLD": profiles["local"]["on_exit_hold"],
         "COG_LOCAL_PERIODIC_RELEASE": profiles["local"]["periodic_release"],
         "COG_LOCAL_PERIODIC_REMOVE": profiles["local"]["periodic_remove"],
-        "COG_CPUS": settings.cpus,
-        "COG_MEMORY_MB": settings.memory_mb,
-        "COG_DISK_MB": settings.disk_mb,
+        "COG_CPUS": settings.config.resources.cores,
+        "COG_MEMORY_MB": settings.config.resources.memory_mb,
+        "COG_DISK_MB": settings.config.resources.disk_mb,
         "COG_POOL_PERIODIC_RELEASE": pool["periodic_release"],
         "COG_POOL_PERIODIC_REMOVE": pool["periodic_remove"],
-        "COG_STORAGE_SITE": settings.s3_site,
+        "COG_STORAGE_SITE": settings.config.s3.site,
         "COG_OUTPUT_PATH": out_path,
         "COG_OUTPUT_URL": output_url,
         "COG_SCRATCH_PATH": scratch_path,
@@ -404,11 +364,11 @@ def add_pool_limits(sites: dict[str, Any], settings: WorkflowSettings) -> dict[s
     the operator's condor profiles besides periodic_remove (that one is joined in site_values)."""
     pool = next(site for site in sites["sites"] if site["name"] == COMPUTE_SITE)
     profiles = pool.setdefault("profiles", {})
-    if settings.wall_time_s:
-        profiles.setdefault("pegasus", {})["maxwalltime"] = -(-settings.wall_time_s // 60)
-    if settings.worker_pegasus_home:
+    if settings.config.resources.wall_time_s:
+        profiles.setdefault("pegasus", {})["maxwalltime"] = -(-settings.config.resources.wall_time_s // 60)
+    if settings.config.container.pegasus_home:
         # Pegasus' tools are already on the worker: no worker package travels from the access point per job.
-        profiles.setdefault("env", {})["PEGASUS_HOME"] = settings.worker_pegasus_home
+        profiles.setdefault("env", {})["PEGASUS_HOME"] = settings.config.container.pegasus_home
     condor = profiles.setdefault("condor", {})
     for name, value in pool_condor_profiles(settings).items():
         condor[name] = value
@@ -426,9 +386,9 @@ def build_transformation_catalog(settings: WorkflowSettings):
 
     tc = TransformationCatalog()
     container = None
-    if settings.container_image:
-        image = settings.container_image if "://" in settings.container_image else f"docker://{settings.container_image}"
-        kind = Container.SINGULARITY if settings.container_type == "singularity" else Container.DOCKER
+    if settings.config.container_image:
+        image = settings.config.container_image if "://" in settings.config.container_image else f"docker://{settings.config.container_image}"
+        kind = Container.SINGULARITY if settings.config.container.type == "singularity" else Container.DOCKER
         # bypass: each worker pulls the image straight from where it is published (CHTC: /staging via OSDF,
         # cached near the workers), never through the access point.
         container = Container("cog-worker", kind, image=image, bypass_staging=True)
@@ -440,8 +400,8 @@ def build_transformation_catalog(settings: WorkflowSettings):
     tr.add_env(COG_PIPELINE_BAND_MISMATCH="warn")
     if settings.profile:
         tr.add_env(COG_PIPELINE_PROFILE=",".join(settings.profile))
-    if settings.cluster_size:
-        tr.add_pegasus_profile(clusters_size=settings.cluster_size)
+    if settings.config.clustering.size:
+        tr.add_pegasus_profile(clusters_size=settings.config.clustering.size)
     tc.add_transformations(tr)
     return tc
 
@@ -470,10 +430,10 @@ def build_properties(run_dir: RunDir, settings: WorkflowSettings):
     props["pegasus.catalog.transformation.file"] = str(base / RunDir.TRANSFORMATIONS)
     props["pegasus.data.configuration"] = settings.data_configuration
     # Throttling: all DAGMan nodes, and the conversion jobs' own category.
-    props["dagman.maxjobs"] = settings.max_running
-    props[f"dagman.{CATEGORY}.maxjobs"] = settings.max_running
+    props["dagman.maxjobs"] = settings.config.dagman.max_running
+    props[f"dagman.{CATEGORY}.maxjobs"] = settings.config.dagman.max_running
     # DAGMan's retries of the transfer and create-dir jobs; a conversion's own profile says 0 (its holds retry it).
-    props["dagman.retry"] = settings.retries
+    props["dagman.retry"] = settings.config.dagman.retries
     # Outputs land where outputs.yml says (the output replica catalog): LFNs stay job-local, keys stay in PFNs.
     props["pegasus.dir.storage.mapper"] = "Replica"
     _set_planner_only(props, "pegasus.dir.storage.mapper.replica", "YAML")
@@ -489,15 +449,15 @@ def build_properties(run_dir: RunDir, settings: WorkflowSettings):
     # S3 transfer cap: at most transfer_jobs stage-out jobs at once, each with transfer_threads transfers.
     props["dagman.stageout.maxjobs"] = settings.transfer_jobs
     props["dagman.stagein.maxjobs"] = settings.transfer_jobs
-    props["pegasus.transfer.threads"] = settings.transfer_threads
-    props["pegasus.transfer.arguments"] = f"-m {settings.transfer_attempts}"
-    props["pegasus.transfer.lite.arguments"] = f"-m {settings.transfer_attempts}"
+    props["pegasus.transfer.threads"] = settings.config.transfers.threads
+    props["pegasus.transfer.arguments"] = f"-m {settings.config.transfers.attempts}"
+    props["pegasus.transfer.lite.arguments"] = f"-m {settings.config.transfers.attempts}"
     if settings.data_configuration == "nonsharedfs":
         # Workers read inputs straight from the input bucket instead of a copy on the staging site.
         props["pegasus.transfer.bypass.input.staging"] = "true"
-    if settings.worker_pegasus_home:
+    if settings.config.container.pegasus_home:
         props["pegasus.transfer.worker.package"] = "false"  # the workers have it (PEGASUS_HOME in sites.yml)
-    if settings.container_image:
+    if settings.config.container_image:
         # Stage-in and stage-out run inside the worker image, with its own Pegasus tools.
         _set_planner_only(props, "pegasus.transfer.container.onhost", "false")
     for name, value in settings.extra_properties.items():  # the operator's [pegasus.properties] win
@@ -525,7 +485,7 @@ def row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: str | N
         # No DAGMan retry: a transient failure is retried by HTCondor itself (hold_profiles), a deterministic one
         # (a bad input) never is.
         .add_dagman_profile(retry=0, category=CATEGORY)
-        .add_pegasus_profile(diskspace=f"{disk_mb if disk_mb is not None else settings.disk_mb} MB")
+        .add_pegasus_profile(diskspace=f"{disk_mb if disk_mb is not None else settings.config.resources.disk_mb} MB")
         .add_metadata(key=key if key is not None else row.key, line=line if line is not None else row.line)
     )
     if wf is not None:
@@ -693,18 +653,18 @@ def _write_credentials(run_dir: RunDir, settings: WorkflowSettings, config) -> P
     if not settings.write_credentials or config.access_key_file is None or config.secret_key_file is None:
         return None
     return write_credentials(
-        run_dir.file(CREDENTIALS_FILE), settings.s3_site, settings.identity, config.endpoint, config.region,
+        run_dir.file(CREDENTIALS_FILE), settings.config.s3.site, settings.config.s3.identity, config.endpoint, config.region,
         config.access_key_file, config.secret_key_file,
     )
 
 
 def _record_generated(run_dir: RunDir, settings: WorkflowSettings, files: dict[str, Path], hook: str, credentials: Path | None, *, jobs: int, failed: int, duplicates: int, s3_scratch: bool = False) -> None:
     """Move the run to GENERATED with what the engines and an operator need to know about its files."""
-    cluster = bool(settings.cluster_size)
-    staging_site = settings.s3_site if settings.data_configuration == "nonsharedfs" else "local"
+    cluster = bool(settings.config.clustering.size)
+    staging_site = settings.config.s3.site if settings.data_configuration == "nonsharedfs" else "local"
     plan_args = default_plan_args(
-        files[RunDir.PROPERTIES], settings.s3_site,
-        staging_site=settings.s3_site if settings.data_configuration == "nonsharedfs" else None, cluster=cluster,
+        files[RunDir.PROPERTIES], settings.config.s3.site,
+        staging_site=settings.config.s3.site if settings.data_configuration == "nonsharedfs" else None, cluster=cluster,
     )
     if s3_scratch:
         # Pegasus' cleanup jobs delete the S3 scratch prefix with `pegasus-s3 rm -F`, which fails on keys with
@@ -713,18 +673,18 @@ def _record_generated(run_dir: RunDir, settings: WorkflowSettings, files: dict[s
     plan_args.append(str(files[RunDir.WORKFLOW].resolve()))
     run_dir.set_state(
         GENERATED,
-        output_site=settings.s3_site,
+        output_site=settings.config.s3.site,
         data_configuration=settings.data_configuration,
         staging_site=staging_site,
         cluster=cluster,
-        cluster_size=settings.cluster_size,
+        cluster_size=settings.config.clustering.size or None,
         jobs=jobs,
         empty=not jobs,
         preflight_failed=failed,
         duplicates=duplicates,
-        max_running=settings.max_running,
-        max_transfers=settings.max_transfers,
-        retries=settings.retries,
+        max_running=settings.config.dagman.max_running,
+        max_transfers=settings.config.transfers.max_transfers,
+        retries=settings.config.dagman.retries,
         pegasus_files={name: path.name for name, path in files.items()},
         pegasus_credentials=str(credentials) if credentials else None,
         plan_args=plan_args,
@@ -752,7 +712,7 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
         manifest,
         input_store,
         prefix if info.input_bucket == info.output_bucket else None,
-        refuse=pegasus_key_problem if info.engine == "pegasus" else None,
+        refuse=settings.key_problem,
         listed=listed,
     )
     # The inputs' sizes, from the listing preflight made anyway: the local engine starts big images first
@@ -761,7 +721,7 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     run_dir.write_json(RunDir.PREFLIGHT, {"failed": failed, "duplicates": duplicates, "jobs": len(rows), "sizes": sizes})
 
     files = {name: run_dir.file(name) for name in (RunDir.WORKFLOW, RunDir.REPLICAS, RunDir.OUTPUTS, RunDir.TRANSFORMATIONS, RunDir.SITES, RunDir.PROPERTIES, RunDir.PREFLIGHT)}
-    where = {"local_root": local_root, "identity": settings.identity, "site": settings.s3_site}
+    where = {"local_root": local_root, "identity": settings.config.s3.identity, "site": settings.config.s3.site}
     lfns = [job_lfns(job_id_of(row.line)) for row in rows]
     # Folder buckets are files on the access point: their inputs are replicas on site `local`, where the
     # planner's stage-in jobs run (a file:// replica on another site is one it cannot select).
@@ -791,7 +751,7 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     credentials = None if local_mode else _write_credentials(run_dir, settings, config)
     if credentials:
         files[CREDENTIALS_FILE] = credentials
-    cluster = bool(settings.cluster_size)
+    cluster = bool(settings.config.clustering.size)
     s3_scratch = not local_mode and settings.data_configuration == "nonsharedfs"
     if s3_scratch:
         record_scratch(run_dir, info.output_bucket, scratch_key(settings, info.timestamp))
@@ -803,96 +763,9 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
         failed=failed,
         duplicates=duplicates,
         files=files,
-        output_site=settings.s3_site,
+        output_site=settings.config.s3.site,
         data_configuration=settings.data_configuration,
         cluster=cluster,
         credentials=credentials,
         seconds=seconds,
     )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Flags override the configuration file (``--config``); a flag not given leaves the file's value."""
-    p = argparse.ArgumentParser(prog="workflow_gen", description="Write a run directory's Pegasus workflow, catalogs and properties.")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--config", type=Path, default=None, help="the production configuration file (TOML; docs/chtc.md)")
-    p.add_argument("--retries", type=int, help="DAGMan retries per job (default 3)")
-    p.add_argument("--max-running", type=int, help="most jobs DAGMan runs at once (default 10000)")
-    p.add_argument("--max-transfers", type=int, help="most concurrent S3 transfers (default 40)")
-    p.add_argument("--transfer-threads", type=int)
-    p.add_argument("--transfer-attempts", type=int)
-    p.add_argument("--backoff-base", type=int, help="seconds before the first release of a held transfer job")
-    p.add_argument("--backoff-max", type=int)
-    p.add_argument("--backoff-releases", type=int)
-    p.add_argument("--cluster-size", type=int, default=None, help="cluster N conversion jobs into one (horizontal clustering)")
-    p.add_argument("--s3-site")
-    p.add_argument("--identity")
-    p.add_argument("--container-image", help="'' to run without a container")
-    p.add_argument("--no-container", action="store_true", help="run the converter without a container")
-    p.add_argument("--container-type", choices=CONTAINER_TYPES)
-    p.add_argument("--cpus", type=int)
-    p.add_argument("--memory", type=int, help="MB (default 1024)")
-    p.add_argument("--disk", type=int, help="MB (default 2048)")
-    p.add_argument("--wall-time", type=int, help="seconds a conversion may run before it is removed (0: no limit)")
-    p.add_argument("--converter", type=Path, default=None)
-    p.add_argument("--reconcile-command", default=None)
-    p.add_argument("--data-configuration", choices=("auto", *DATA_CONFIGURATIONS))
-    p.add_argument("--scratch-prefix", default=WorkflowSettings.scratch_prefix)
-    p.add_argument("--no-credentials", action="store_true", help="do not write <run>/credentials.conf")
-    return p
-
-
-def settings_from_config(config, **fixed: Any) -> WorkflowSettings:
-    """WorkflowSettings from a loaded ``cog_pipeline.config.PipelineConfig`` (plus fields the file has not)."""
-    from cog_pipeline.config import workflow_settings_kwargs
-
-    return WorkflowSettings(**workflow_settings_kwargs(config), **fixed)
-
-
-def settings_from_args(args: argparse.Namespace) -> WorkflowSettings:
-    """Raises cog_pipeline.config.ConfigError (one line, naming the setting) for a bad file or flag."""
-    from cog_pipeline.config import load_config, overrides_from_flags
-
-    config = load_config(args.config, overrides_from_flags(vars(args)))
-    fixed: dict[str, Any] = {
-        "reconcile_command": args.reconcile_command, "scratch_prefix": args.scratch_prefix,
-        "write_credentials": not args.no_credentials,
-    }
-    if args.converter is not None:
-        fixed["converter"] = args.converter.resolve()
-    return settings_from_config(config, **fixed)
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    run_dir = RunDir(args.run_dir)
-    if not run_dir.exists():
-        print(f"error: {run_dir.path} has no run.json", file=sys.stderr)
-        return 2
-    from cog_pipeline.config import ConfigError
-
-    try:
-        settings = settings_from_args(args)
-        settings.validate()
-    except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    info = run_dir.load()
-    store = open_store(info.input_bucket, info.store_config)
-    result = generate(run_dir, store, settings)
-    summary = asdict(result)
-    summary["files"] = {k: str(v) for k, v in result.files.items()}
-    summary["credentials"] = str(result.credentials) if result.credentials else None
-    summary["failed"] = len(result.failed)
-    summary["duplicates"] = len(result.duplicates)
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -127,3 +127,15 @@ def buckets(request, tmp_path: Path) -> Buckets:
     client.create_bucket(Bucket=f"{name}-in")
     client.create_bucket(Bucket=f"{name}-out")
     return Buckets("s3", StoreConfig(endpoint=endpoint), f"{name}-in", f"{name}-out")
+
+
+def config_with(**values):
+    """The configuration with some settings given by their short name (`workers=1`: local.workers), as flags
+    would give them: the declared table (cog_pipeline.config) decides what each name means."""
+    from cog_pipeline.config import SETTINGS, load_config
+
+    dotted = {}
+    for name, value in values.items():
+        (item,) = [s for s in SETTINGS.values() if s.name == name]
+        dotted[item.dotted] = value
+    return load_config(None, dotted)

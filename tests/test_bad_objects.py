@@ -17,11 +17,12 @@ from cog_pipeline import locking
 from cog_pipeline.examples import write_raster
 from cog_pipeline.pipeline import ScanOptions, scan
 from cog_pipeline.store import LOCK_FILE, StoreConfig, StoreError
+from tests.conftest import config_with
 
 
 def _options(buckets, tmp_path: Path, **kw) -> ScanOptions:
-    return ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", workers=1,
-                       progress=False, **kw)
+    return ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work",
+                       progress=False, **kw, config=config_with(workers=1))
 
 
 def _file(buckets, kind: str) -> str:
@@ -86,7 +87,7 @@ def test_a_manifest_name_that_is_not_utf8_is_refused_and_the_others_go_on(tmp_pa
         fh.write(b"good.tif,1\n")
     (root / "in" / "ok_raw.csv").write_text("good.tif,1\n")
     lines: list[str] = []
-    options = ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", workers=1, progress=False)
+    options = ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", progress=False, config=config_with(workers=1))
     report = scan(options, echo=lines.append)
     assert report.errors == [] and len(report.reconciled) == 1
     assert any("caf\\xe9_raw.csv" in p and "not UTF-8" in p for p in report.refused), report.refused
@@ -113,7 +114,7 @@ def test_a_lock_held_by_a_stopped_scan_is_waited_for_a_bounded_time_and_named(tm
     try:
         assert holder.stdout.readline().strip() == "held"
         monkeypatch.setattr(locking, "LOCK_WAIT", 1.0)
-        options = ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", workers=1, progress=False)
+        options = ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", progress=False, config=config_with(workers=1))
         with pytest.raises(StoreError, match=r"waited 1 s for the lock of folder bucket 'in' \(.*\); the process holding it is stalled"):
             scan(options, echo=lambda _m: None)
         assert (root / "in" / "x_raw.csv").exists()

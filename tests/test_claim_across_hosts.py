@@ -15,6 +15,7 @@ from cog_pipeline import claim as claim_module
 from cog_pipeline.claim import claim_one
 from cog_pipeline.reconcile import reconcile
 from cog_pipeline.store import StoreError
+from tests.conftest import config_with
 
 UPLOAD_1 = "Counties/a.tif,1\nCounties/b.tif,3\n"
 UPLOAD_2 = "Counties/c.tif,1\n"
@@ -128,7 +129,7 @@ def test_a_late_copy_of_a_reconciled_runs_processing_file_is_removed_by_the_next
     from cog_pipeline.pipeline import ScanOptions, scan
 
     buckets.put_text("x_raw.csv", UPLOAD_1)
-    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "w", workers=1, progress=False)
+    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "w", progress=False, config=config_with(workers=1))
     first = scan(options, echo=lambda _m: None)
     (run,) = first.reconciled
     names = run.load()
@@ -152,7 +153,7 @@ def test_two_manifests_of_one_tick_listing_one_image_are_both_processed(buckets,
     buckets.put_file("a.tif", tmp_path / "a.tif")
     buckets.put_text("one_raw.csv", "a.tif,1\n")
     buckets.put_text("two_raw.csv", "a.tif,1\n")
-    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "w", workers=2, progress=False)
+    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "w", progress=False, config=config_with(workers=2))
     lines: list[str] = []
     report = scan(options, echo=lines.append)
     assert len(report.reconciled) == 2 and report.errors == []

@@ -15,6 +15,7 @@ from cog_pipeline.claim import ClaimError
 from cog_pipeline.examples import write_raster
 from cog_pipeline.pipeline import ScanOptions, scan
 from cog_pipeline.store import StoreConfig, StoreError, open_store
+from tests.conftest import config_with
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -29,7 +30,7 @@ def _folders(tmp_path: Path) -> Path:
 
 
 def _scan(root: Path, tmp_path: Path, **kw) -> object:
-    options = ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", workers=1, progress=False, **kw)
+    options = ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", progress=False, **kw, config=config_with(workers=1))
     return scan(options, echo=lambda _m: None)
 
 

@@ -8,6 +8,7 @@ import pytest
 from cog_pipeline.media import object_headers
 from cog_pipeline.pipeline import ScanOptions, scan
 from cog_pipeline.store import StoreConfig
+from tests.conftest import config_with
 
 
 @pytest.mark.parametrize(("key", "content_type"), [
@@ -30,7 +31,7 @@ def test_a_scan_on_s3_uploads_every_file_with_its_content_type(s3_server, bucket
     client.upload_file(str(src), f"{bucket_name}-in", "Eau Claire/a.tif")
     client.put_object(Bucket=f"{bucket_name}-in", Key="ct_raw.csv", Body=b"Eau Claire/a.tif,1\nmissing.tif,1\n")
     scan(ScanOptions(input_bucket=f"{bucket_name}-in", output_bucket=f"{bucket_name}-out", store=config,
-                     work_dir=tmp_path / "work", workers=1, progress=False, stac=True))
+                     work_dir=tmp_path / "work", progress=False, config=config_with(workers=1, stac=True)))
     seen = {}
     for bucket in (f"{bucket_name}-in", f"{bucket_name}-out"):
         for obj in client.list_objects_v2(Bucket=bucket).get("Contents", []):

@@ -134,7 +134,7 @@ def test_description_through_the_htcondor_bindings(tmp_path, key_files):
     work = tmp_path / "work"
     spec = CrondorSpec(
         "cog-in", "cog-out", work, endpoint="https://s3.example.org", access_key_file=key_files[0],
-        secret_key_file=key_files[1], max_running=500, retries=2, cluster_size=20,
+        secret_key_file=key_files[1], settings={"dagman.max_running": 500, "dagman.retries": 2, "clustering.size": 20},
     )
     sub = build_submit(spec)
     assert isinstance(sub, htcondor2.Submit)
@@ -156,7 +156,7 @@ def test_description_through_the_htcondor_bindings(tmp_path, key_files):
     assert argv == [
         "scan", "--engine", "pegasus", "--input-bucket", "cog-in", "--output-bucket", "cog-out", "-p", "*raw.csv",
         "-e", "https://s3.example.org", "-a", str(key_files[0]), "-s", str(key_files[1]),
-        "--work-dir", str(work), "-m", "500", "--retries", "2", "--cluster-size", "20", "--quiet",
+        "--work-dir", str(work), "--max-running", "500", "--retries", "2", "--cluster-size", "20", "--quiet",
     ]
     env = dict(item.split("=", 1) for item in condor_argv(sub["environment"]))
     # Pegasus' tools never find this venv's python3 first: its bin folder is not on the tick's PATH at all.
@@ -364,7 +364,7 @@ def test_a_bad_schedule_is_one_line_and_nothing_is_written(tmp_path, schedd, sch
     result = CliRunner().invoke(cli, start_args(work, "--schedule", schedule))
     assert result.exit_code == 2, result.output
     (line,) = result.output.strip().splitlines()
-    assert line.startswith("error: --schedule") and named in line, line
+    assert line.startswith("error: crondor.schedule (--schedule)") and named in line, line
     assert not (work / "crondor.sub").exists() and not schedd.submitted
 
 
@@ -675,14 +675,14 @@ def test_stac_and_an_aws_profile_reach_every_tick(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, start_args(work, "--stac", "--stac-base-url", "https://cogs.example.org/",
                                                 "--profile", "ops", "--dry-run"))
     assert result.exit_code == 0, result.output
-    sub = build_submit(CrondorSpec("cog-in", "cog-out", work, stac=True, stac_base_url="https://cogs.example.org/", aws_profile="ops"))
+    sub = build_submit(CrondorSpec("cog-in", "cog-out", work, settings={"publish.stac": True, "publish.stac_base_url": "https://cogs.example.org/"}, aws_profile="ops"))
     argv = condor_argv(sub["arguments"])
     assert argv[argv.index("--stac-base-url") + 1] == "https://cogs.example.org/" and "--stac" in argv
     assert argv[argv.index("--profile") + 1] == "ops"
     text = (work / "crondor.sub").read_text()
     assert "--stac-base-url https://cogs.example.org/" in text and "--profile ops" in text
     bad = CliRunner().invoke(cli, start_args(work, "--stac-base-url", "https://cogs.example.org/", "--dry-run"))
-    assert bad.exit_code == 2 and "--stac-base-url needs --stac" in bad.output
+    assert bad.exit_code == 2 and "needs --stac" in bad.output
 
 
 def test_the_schedule_comes_from_the_profile_unless_given(tmp_path, monkeypatch):

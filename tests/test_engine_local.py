@@ -20,6 +20,7 @@ from cog_pipeline.examples import write_raster
 from cog_pipeline.pipeline import ScanOptions, scan
 from cog_pipeline.rundir import list_run_dirs
 from cog_pipeline.store import StoreConfig
+from tests.conftest import config_with
 
 
 def _buckets(tmp_path: Path) -> Path:
@@ -31,7 +32,7 @@ def _buckets(tmp_path: Path) -> Path:
 
 def _options(root: Path, tmp_path: Path, **kw) -> ScanOptions:
     kw.setdefault("workers", 2)
-    return ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", progress=False, workflow={"retries": 0}, **kw)
+    return ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", progress=False, config=config_with(retries=0, **kw))
 
 
 def _records(tmp_path: Path) -> dict[str, dict]:
@@ -112,7 +113,7 @@ def test_a_job_over_the_wall_time_limit_is_killed_and_the_others_go_on(tmp_path)
     write_raster(root / "in" / "small.tif", 1, size=48)
     (root / "in" / "m_raw.csv").write_text("slow.tif,1\nsmall.tif,1\n")
     started = time.monotonic()
-    scan(_options(root, tmp_path, job_timeout=3, max_pixels=0), echo=lambda line: None)
+    scan(_options(root, tmp_path, job_timeout_s=3, max_pixels=0), echo=lambda line: None)
     assert time.monotonic() - started < 90
     assert _results(root, "processed") == ["small.tif,1"]
     assert _results(root, "failed") == ["slow.tif,1"]
@@ -249,8 +250,7 @@ def test_in_process_jobs_record_the_uploaded_outputs_etag_and_size(buckets, tmp_
     write_raster(image, 3, size=64)
     buckets.put_file("d/a b#1.tif", image)
     buckets.put_text("m_raw.csv", "d/a b#1.tif,3\n")
-    report = scan(ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work",
-                              workers=1, progress=False), echo=lambda line: None)
+    report = scan(ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", progress=False, config=config_with(workers=1)), echo=lambda line: None)
     assert len(report.reconciled) == 1
     (run,) = list_run_dirs(tmp_path / "work")
     (record,) = run.job_records().values()
@@ -311,7 +311,8 @@ def test_prestarted_workers_are_released_when_nothing_is_claimed(tmp_path):
 
 
 def test_the_engines_own_end_hook_runs_in_this_process(tmp_path, monkeypatch):
-    """`cog-pipeline finish RUN_DIR` is called, not spawned: a second interpreter would cost ~0.5 s a scan.
+    """`cog-pipeline finish RUN_DIR` is a call of pipeline.finish, not a process: a second interpreter would cost
+    ~0.5 s a scan.
     With COG_PIPELINE_LOCAL_INPROCESS=0 it is a /bin/sh command again, as DAGMan runs it."""
     import subprocess
 
@@ -337,11 +338,13 @@ def test_the_engines_own_end_hook_runs_in_this_process(tmp_path, monkeypatch):
 
 
 def test_a_foreign_end_hook_still_runs_in_a_shell(tmp_path):
-    from cog_pipeline.engines.base import run_end_hook
+    from cog_pipeline.engines.local import run_end_hook
+    from cog_pipeline.rundir import RunDir
 
     marker = tmp_path / "ran"
-    assert run_end_hook(f"touch '{marker}'; exit 3", tmp_path) == 3
-    assert marker.exists()
+    called = []
+    assert run_end_hook(f"touch '{marker}'; exit 3", RunDir(tmp_path), finish=called.append) == 3
+    assert marker.exists() and not called  # not the engines' own hook: never a call of finish
 
 
 def test_a_stopped_worker_exits_cleanly_after_its_start_up():

@@ -29,6 +29,7 @@ from cog_pipeline.engines.local import load_jobs, run_job
 from cog_pipeline.examples import write_raster
 from cog_pipeline.claim import claim_one
 from cog_pipeline.pipeline import carry_on, finish, ScanOptions, scan
+from tests.conftest import config_with
 from cog_pipeline.rundir import GENERATED, RECONCILED, RUNNING, RunDir, list_run_dirs
 from cog_pipeline.store import StoreConfig, open_store
 
@@ -76,10 +77,9 @@ def options(buckets: Buckets, work: Path, engine: str, *, submit: bool = True, *
         store=buckets.config,
         work_dir=work,
         engine=engine,
-        workers=2,
         progress=False,
         submit=submit,
-        workflow=workflow,
+        config=config_with(workers=2, **workflow),
     )
 
 
@@ -554,12 +554,15 @@ def test_submit_dir_gone_means_not_running(tmp_path):
 # The guarantee with the LOCAL engine (the same generated workflow, END hook run by the engine)
 
 
-def _local_exactly_once(buckets: Buckets, tmp_path: Path, case: str) -> None:
+def _local_exactly_once(buckets: Buckets, tmp_path: Path, case: str, monkeypatch) -> None:
     upload_batch(buckets, tmp_path, corrupt=case != "all succeed", missing=case != "all succeed")
     work = tmp_path / "work"
-    workflow = {"reconcile_command": "exit 1"} if case == "end hook fails" else {}
+    if case == "end hook fails":  # the workflow's END hook is a command that fails
+        import cog_pipeline.pegasus.workflow_gen as wg
+
+        monkeypatch.setattr(wg, "default_reconcile_command", lambda run_dir: "exit 1")
     messages: list[str] = []
-    report = scan(options(buckets, work, "local", **workflow), echo=messages.append)
+    report = scan(options(buckets, work, "local"), echo=messages.append)
     (run_dir,) = report.claimed
     assert [r.path for r in report.reconciled] == [run_dir.path]
     assert run_dir.load().state == RECONCILED
@@ -576,33 +579,33 @@ def _local_exactly_once(buckets: Buckets, tmp_path: Path, case: str) -> None:
         reasons = read_text(buckets, next(k for k in keys if k.endswith("-reasons.csv")))
         assert "INPUT_UNREADABLE" in reasons and "input object does not exist" in reasons
     snapshot = {k: read_text(buckets, k) for k in buckets.input_keys() if k.endswith(".csv")}
-    again = scan(options(buckets, work, "local", **workflow), echo=lambda _: None)
+    again = scan(options(buckets, work, "local"), echo=lambda _: None)
     assert not again.claimed and not again.resumed and not again.reconciled
     assert {k: read_text(buckets, k) for k in buckets.input_keys() if k.endswith(".csv")} == snapshot
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["all succeed", "some fail", "end hook fails"])
-def test_local_engine_reconciles_exactly_once(tmp_path, case):
-    _local_exactly_once(folder_buckets(tmp_path), tmp_path, case)
+def test_local_engine_reconciles_exactly_once(tmp_path, case, monkeypatch):
+    _local_exactly_once(folder_buckets(tmp_path), tmp_path, case, monkeypatch)
 
 
 @pytest.mark.slow
-def test_local_engine_reconciles_exactly_once_on_s3(tmp_path, s3_server, bucket_name):
+def test_local_engine_reconciles_exactly_once_on_s3(tmp_path, s3_server, bucket_name, monkeypatch):
     import boto3
 
     client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     client.create_bucket(Bucket=f"{bucket_name}-in")
     client.create_bucket(Bucket=f"{bucket_name}-out")
     buckets = Buckets("s3", StoreConfig(endpoint=s3_server), f"{bucket_name}-in", f"{bucket_name}-out")
-    _local_exactly_once(buckets, tmp_path, "some fail")
+    _local_exactly_once(buckets, tmp_path, "some fail", monkeypatch)
 
 
 @pytest.mark.slow
-def test_local_engine_run_that_died_before_reconcile_is_finished_by_the_next_tick(tmp_path):
+def test_local_engine_run_that_died_before_reconcile_is_finished_by_the_next_tick(tmp_path, monkeypatch):
     """Jobs ran but the process died before any reconcile (no hook, no in-process step): the next tick finishes it."""
+    import cog_pipeline.engines.local as engine_local
     from cog_pipeline.claim import claim_one
-    from cog_pipeline.engines.local import run_workflow
     from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
 
     buckets = folder_buckets(tmp_path)
@@ -610,7 +613,9 @@ def test_local_engine_run_that_died_before_reconcile_is_finished_by_the_next_tic
     work = tmp_path / "work"
     claim = claim_one(buckets.input, buckets.input.head(key), work_dir=work, output_bucket="out", store_config=buckets.config)
     generate(claim.run_dir, buckets.input, WorkflowSettings())
-    run_workflow(claim.run_dir, workers=2, progress=False, run_hooks=False)
+    with monkeypatch.context() as patched:
+        patched.setattr(engine_local, "run_end_hook", lambda cmd, run_dir, finish=None: 0)  # the hook never ran
+        engine_local.run_batch([claim.run_dir], workers=2)
     assert claim.run_dir.load().state == RUNNING
     report = scan(options(buckets, work, "local"), echo=lambda _: None)
     assert [r.path for r in report.reconciled] == [claim.run_dir.path]

@@ -42,15 +42,14 @@ STALE_SECONDS = 1.0
 # before creating its processing file (after it has read the manifest and fenced): the stall of issue 8.2.
 SCAN = textwrap.dedent(
     """
-    import json, sys
-    from datetime import timedelta
+    import json, os, sys
     from pathlib import Path
+    os.environ["COG_PIPELINE_STALE_MARKER_AGE"] = sys.argv[5]
     from cog_pipeline import claim
     from cog_pipeline.store import StoreConfig, open_store
 
     config = StoreConfig.from_json(json.loads(sys.argv[1]))
     bucket, work, mode = sys.argv[2], Path(sys.argv[3]), sys.argv[4]
-    claim.STALE_MARKER_AGE = timedelta(seconds=float(sys.argv[5]))
     output_bucket = sys.argv[6]
     store = open_store(bucket, config)
     if mode in ("pause", "pause-after"):

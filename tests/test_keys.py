@@ -15,6 +15,7 @@ import rasterio
 from cog_pipeline.pipeline import ScanOptions, scan
 
 from . import rasters
+from tests.conftest import config_with
 
 # (key, bands, size): each image has its own size and band count, so a mix-up is visible in the pixels.
 ODD_KEYS = [("X/a b.tif", 3, 24), ("X/a%20b.tif", 1, 20), ("Weird/hash#tag.tif", 1, 28), ("Weird/q?x.tif", 3, 32)]
@@ -29,7 +30,7 @@ def test_odd_keys_each_land_at_their_own_key_with_their_own_pixels(buckets, tmp_
         buckets.put_file(key, src)
         sources[key] = data
     buckets.put_text("odd_raw.csv", "".join(f"{key},{bands}\n" for key, bands, _ in ODD_KEYS))
-    report = scan(ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", workers=2, progress=False))
+    report = scan(ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", progress=False, config=config_with(workers=2)))
     assert len(report.reconciled) == 1 and not report.errors
     assert not [k for k in buckets.input_keys() if "failed" in k], "every row succeeded"
     outputs = set(buckets.output_keys())

@@ -189,7 +189,7 @@ def test_notify_settings_are_checked_and_the_webhook_is_hidden_in_config_show(tm
     assert result.exit_code == 2 and "notify.on must be one of failures, always, never" in result.output
     good = _profile(tmp_path / "good.toml", webhook_url="https://hooks.example.org/T0/B0/s3cret")
     shown = CliRunner().invoke(main, ["config", "show", "--config", str(good)]).output
-    assert "notify.webhook_url = '<set, hidden>'" in shown and "s3cret" not in shown
+    assert 'webhook_url = "<set, hidden>"  # file ' in shown and "s3cret" not in shown
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -332,9 +332,11 @@ def test_no_doc_or_message_installs_the_unregistered_package_name():
 
 def test_stac_base_url_needs_stac_and_an_http_url(tmp_path):
     args = ["scan", "--input-bucket", "a", "--output-bucket", "b", "--local-root", str(tmp_path)]
-    for extra in (["--stac-base-url", "https://cogs.example.org/"], ["--stac", "--stac-base-url", "cogs.example.org"]):
-        result = CliRunner().invoke(main, [*args, *extra])
-        assert (result.exit_code, result.output) == (2, "error: --stac-base-url needs --stac and an http(s) URL\n")
+    expected = {"https://cogs.example.org/": "error: --stac-base-url (publish.stac_base_url) needs --stac (publish.stac)\n",
+                "cogs.example.org": "error: publish.stac_base_url must be an http:// or https:// URL\n"}
+    for url, message in expected.items():
+        result = CliRunner().invoke(main, [*args, *(["--stac"] if url == "cogs.example.org" else []), "--stac-base-url", url])
+        assert (result.exit_code, result.output) == (2, message)
 
 
 def test_every_json_output_carries_the_schema_version_and_its_errors(tmp_path):

@@ -9,16 +9,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cog_pipeline.config import load_config
+from cog_pipeline.config import ConfigError, load_config
 from cog_pipeline.engines.pegasus.scratch import SCRATCH_FILE, remove_scratch
+from cog_pipeline.engines import get_engine
 from cog_pipeline.pegasus import workflow_gen as wg
-from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate, settings_from_config
+from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
 from cog_pipeline.replicas.pegasus_keys import pegasus_key_problem
 from cog_pipeline.rundir import RunDir
 from cog_pipeline.store import open_store
 
 from .test_replicas import schema_validator
 from .test_workflow_gen import TS, make_run, properties
+from tests.conftest import config_with
 
 PROFILE = """
 [resources]
@@ -87,7 +89,7 @@ def test_config_file_reaches_properties_sites_and_workflow(tmp_path, pegasus_sch
     profile = tmp_path / "cog-pipeline.toml"
     profile.write_text(PROFILE)
     run, store = folder_run(tmp_path, ["a/x.tif"])
-    generate(run, store, settings_from_config(load_config(profile, {"resources.cores": 2})))
+    generate(run, store, WorkflowSettings(load_config(profile, {"resources.cores": 2})))
     props = properties(run)
     assert props["dagman.retry"] == "5" and props["pegasus.mode"] == "production"
     pool = pool_site(run)
@@ -102,7 +104,7 @@ def test_config_file_reaches_properties_sites_and_workflow(tmp_path, pegasus_sch
 
 def test_wall_time_is_a_maxwalltime_profile_and_a_hold_with_its_reason(tmp_path):
     run, store = folder_run(tmp_path, ["a/x.tif"])
-    generate(run, store, WorkflowSettings(wall_time_s=5400))
+    generate(run, store, WorkflowSettings(config_with(wall_time_s=5400)))
     pool = pool_site(run)
     assert pool["profiles"]["pegasus"]["maxwalltime"] == 90  # minutes
     condor = pool["profiles"]["condor"]
@@ -112,30 +114,12 @@ def test_wall_time_is_a_maxwalltime_profile_and_a_hold_with_its_reason(tmp_path)
 
 def test_the_operators_periodic_remove_is_joined_with_the_holds_rule(tmp_path):
     run, store = folder_run(tmp_path, ["a/x.tif"])
-    generate(run, store, WorkflowSettings(wall_time_s=0, pool_condor_profiles={"periodic_remove": "(NumJobStarts > 9)"}))
+    config = dataclasses.replace(config_with(wall_time_s=0), condor_profiles={"periodic_remove": "(NumJobStarts > 9)"})
+    generate(run, store, WorkflowSettings(config))
     pool = pool_site(run)
     assert "maxwalltime" not in pool["profiles"]["pegasus"] and "periodic_hold" not in pool["profiles"]["condor"]
     rule = wg.hold_profiles(WorkflowSettings())["condorpool"]["periodic_remove"]
     assert pool["profiles"]["condor"]["periodic_remove"] == f"({rule}) || ((NumJobStarts > 9))"
-
-
-def test_workflow_gen_reads_the_config_file_and_flags_win(tmp_path, capsys):
-    profile = tmp_path / "cog-pipeline.toml"
-    profile.write_text(PROFILE)
-    run, _ = folder_run(tmp_path, ["a/x.tif"])
-    assert wg.main([str(run.path), "--config", str(profile), "--retries", "1"]) == 0
-    assert properties(run)["dagman.retry"] == "1"  # the flag
-    assert pool_site(run)["profiles"]["pegasus"]["memory"] == 4096  # the file
-
-
-def test_workflow_gen_bad_config_value_is_one_line_naming_the_setting(tmp_path, capsys):
-    profile = tmp_path / "bad.toml"
-    profile.write_text('[s3]\nsite = "s3-site"\n')
-    run, _ = folder_run(tmp_path, ["a/x.tif"])
-    assert wg.main([str(run.path), "--config", str(profile)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("error: s3.site")
-    assert not run.file(RunDir.WORKFLOW).exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -154,10 +138,7 @@ def test_s3_buckets_default_to_nonsharedfs_with_the_output_site_as_staging(tmp_p
     assert args[args.index("--cleanup") + 1] == "none"  # pegasus-s3 rm cannot delete keys with spaces
     assert (info.data_configuration, info.staging_site) == ("nonsharedfs", "storage")
     assert json.loads(run.file(SCRATCH_FILE).read_text()) == {"bucket": info.output_bucket, "prefix": f"pegasus-scratch/{TS}/"}
-    # the planner's view agrees with the config module's
-    from cog_pipeline.config import plan_args
-
-    assert all(a in args for a in plan_args(load_config(None)))
+    assert args[args.index("--sites") + 1] == "condorpool" and args[args.index("--output-sites") + 1] == "storage"
     for name, schema in ((RunDir.SITES, "sc-5.0.yml"), (RunDir.WORKFLOW, "wf-5.0.yml"), (RunDir.TRANSFORMATIONS, "tc-5.0.yml"), (RunDir.REPLICAS, "rc-5.0.yml")):
         assert not list(schema_validator(pegasus_schema_dir, schema).iter_errors(load(run.file(name)))), name
     # the input PFN keeps the key raw (the real pegasus-s3 takes it literally)
@@ -167,7 +148,7 @@ def test_s3_buckets_default_to_nonsharedfs_with_the_output_site_as_staging(tmp_p
 
 def test_condorio_stays_selectable_for_s3(tmp_path, s3_buckets):
     run = s3_run(tmp_path, s3_buckets, ["a/x.tif"])
-    generate(run, open_store(run.load().input_bucket, run.load().store_config), WorkflowSettings(data_configuration="condorio"))
+    generate(run, open_store(run.load().input_bucket, run.load().store_config), WorkflowSettings(config_with(configuration="condorio")))
     info = run.load()
     assert properties(run)["pegasus.data.configuration"] == "condorio"
     assert "--staging-site" not in info.plan_args and "--cleanup" not in info.plan_args
@@ -205,7 +186,7 @@ CARRIED = ["Counties/WI/Eau Claire/x.tif", "Counties/WI/Fond du Lac/Façade (1)+
 
 def test_pegasus_engine_fails_refused_keys_at_preflight_with_the_way_out(tmp_path):
     run, store = folder_run(tmp_path, REFUSED + CARRIED, engine="pegasus")
-    result = generate(run, store, WorkflowSettings())
+    result = generate(run, store, WorkflowSettings(key_problem=get_engine("pegasus").key_problem))  # as the tick does
     assert result.jobs == len(CARRIED)
     failed = {f["text"].rsplit(",", 1)[0]: f["reason"] for f in json.loads(run.file(RunDir.PREFLIGHT).read_text())["failed"]}
     assert set(failed) == set(REFUSED)
@@ -220,7 +201,7 @@ def test_pegasus_engine_fails_refused_keys_at_preflight_with_the_way_out(tmp_pat
 
 def test_local_engine_still_gives_those_keys_jobs(tmp_path):
     run, store = folder_run(tmp_path, REFUSED, engine="local")
-    result = generate(run, store, WorkflowSettings())
+    result = generate(run, store, WorkflowSettings(key_problem=get_engine("local").key_problem))
     assert result.jobs == len(REFUSED) and result.failed == []
 
 
@@ -241,7 +222,7 @@ def test_local_engine_converts_keys_the_pegasus_engine_refuses(tmp_path):
         assert pegasus_key_problem(key) is not None
         rasters.write(root / "in" / key, rasters.textured(1, 16, 16, seed=i + 1))
     (root / "in" / "odd_raw.csv").write_text("".join(f"{k},1\n" for k in keys), encoding="utf-8")
-    report = scan(ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", engine="local", workers=1, progress=False))
+    report = scan(ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", engine="local", progress=False, config=config_with(workers=1)))
     assert len(report.reconciled) == 1 and not report.errors
     for key in keys:
         with rasterio.open(root / "out" / key) as cog:
@@ -249,8 +230,7 @@ def test_local_engine_converts_keys_the_pegasus_engine_refuses(tmp_path):
     assert not list((root / "in").glob("odd_failed-*.csv"))
 
 
-@pytest.mark.parametrize("bad", [{"s3_site": "s3-site"}, {"identity": "my.id"}, {"s3_site": "Stöö"}])
-def test_site_and_identity_names_must_be_word_characters(tmp_path, bad):
-    run, store = folder_run(tmp_path, ["a/x.tif"])
-    with pytest.raises(ValueError, match="word characters"):
-        generate(run, store, WorkflowSettings(**bad))
+@pytest.mark.parametrize("bad", [{"site": "s3-site"}, {"identity": "my.id"}, {"site": "Stöö"}])
+def test_site_and_identity_names_must_be_word_characters(bad):
+    with pytest.raises(ConfigError, match="word characters"):
+        config_with(**bad)

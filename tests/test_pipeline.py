@@ -15,17 +15,17 @@ import rasterio
 from cog_pipeline.examples import EXAMPLE_BAD_ROWS, EXAMPLE_IMAGES, make_example_bucket, write_raster
 from cog_pipeline.pipeline import ScanOptions, scan
 from cog_pipeline.rundir import RECONCILED, list_run_dirs
+from tests.conftest import config_with
 
 
-def options(buckets, tmp_path: Path, **kw) -> ScanOptions:
+def options(buckets, tmp_path: Path) -> ScanOptions:
     return ScanOptions(
         input_bucket=buckets.input_bucket,
         output_bucket=buckets.output_bucket,
         store=buckets.config,
         work_dir=tmp_path / "work",
-        workers=2,
         progress=False,
-        **kw,
+        config=config_with(workers=2),
     )
 
 
@@ -177,15 +177,15 @@ def test_crash_in_the_middle_of_a_run_is_carried_on_by_the_next_scan(tmp_path, m
         monkeypatch.setattr(workflow_gen, "generate", lambda *a, **k: (_ for _ in ()).throw(Crash()))
     elif where == "run_workflow":
         # Jobs run in pool workers; crash the driver once two jobs are recorded.
-        real_execute = engine_local._execute
+        real_execute = engine_local.execute
 
-        def execute_then_crash(run_dir, todo, workers, progress, **kw):
-            real_execute(run_dir, todo[:2], 1, progress, **kw)
+        def execute_then_crash(todo, settings, on_final, **kw):
+            real_execute(todo[:2], settings, on_final, **kw)
             raise Crash()
 
-        monkeypatch.setattr(engine_local, "_execute", execute_then_crash)
+        monkeypatch.setattr(engine_local, "execute", execute_then_crash)
     else:
-        monkeypatch.setattr(engine_local, "run_workflow", _run_without_hooks(engine_local.run_workflow))
+        monkeypatch.setattr(engine_local, "run_end_hook", lambda cmd, run_dir, finish=None: 0)  # hooks do nothing
         monkeypatch.setattr(pipeline_mod, "reconcile", lambda *a, **k: (_ for _ in ()).throw(Crash()))
     with pytest.raises(Crash):
         scan(opts)
@@ -206,14 +206,6 @@ def test_crash_in_the_middle_of_a_run_is_carried_on_by_the_next_scan(tmp_path, m
     # And a third tick has nothing left to do.
     report = scan(opts)
     assert not report.claimed and not report.resumed
-
-
-def _run_without_hooks(real):
-    def run(run_dir, **kw):
-        kw["run_hooks"] = False
-        return real(run_dir, **kw)
-
-    return run
 
 
 @pytest.mark.slow
@@ -424,7 +416,7 @@ def test_workflow_yml_is_the_same_whichever_engine_runs_it(tmp_path):
         write_raster(root / "in" / "a.tif", 1, size=32)
         (root / "in" / "m_raw.csv").write_text("a.tif,1\n")
         (root / "out").mkdir()
-        opts = ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / engine / "work", engine=engine, workers=1, progress=False)
+        opts = ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / engine / "work", engine=engine, progress=False, config=config_with(workers=1))
         if engine == "pegasus":
             with pytest.raises(PegasusUnavailable, match="nothing was claimed"):  # a pegasus scan checks first
                 scan(opts, echo=lambda line: None)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from cog_pipeline.config import ConfigError, load_config, overrides_from_flags, workflow_settings_kwargs
+from cog_pipeline.config import ConfigError, flag_values, load_config
 from cog_pipeline.transformations import settings
 from cog_pipeline.transformations.convert import convert
 from cog_pipeline.transformations.profile import DEFAULT, with_overrides
@@ -83,13 +83,13 @@ def test_a_bad_environment_profile_is_a_usage_line(tmp_path: Path) -> None:
 def test_toml_profile_and_flags_reach_the_workflows_converter_environment(tmp_path: Path) -> None:
     toml = tmp_path / "c.toml"
     toml.write_text('[profile]\ncompress = "DEFLATE"\njpeg_quality = 90\n')
-    config = load_config(toml, overrides_from_flags({"cog_profile": ("jpeg_quality=70",)}))
+    config = load_config(toml, flag_values({"cog_profile": ("jpeg_quality=70",)}))
     assert config.profile == {"compress": "DEFLATE", "jpeg_quality": "70"}
-    kwargs = workflow_settings_kwargs(config)
-    assert kwargs["profile"] == ("compress=DEFLATE", "jpeg_quality=70")
     from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, build_transformation_catalog
 
-    catalog = build_transformation_catalog(WorkflowSettings(profile=kwargs["profile"], container_image=""))
+    settings = WorkflowSettings(config)
+    assert settings.profile == ("compress=DEFLATE", "jpeg_quality=70")
+    catalog = build_transformation_catalog(settings)
     out = tmp_path / "tc.yml"
     catalog.write(str(out))
     (tr,) = yaml.safe_load(out.read_text())["transformations"]

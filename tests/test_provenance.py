@@ -24,6 +24,7 @@ from cog_pipeline.provenance import (
     read_provenance_lines,
 )
 from cog_pipeline.store import ObjectInfo
+from tests.conftest import config_with
 
 KEY = "Eau Claire/a#b?c d/Ünïcødé 'x' %20.tif"
 
@@ -146,7 +147,7 @@ def _real_run(shared_testdata: Path, tmp_path: Path, key: str):
     (root / "in" / key).parent.mkdir(parents=True)
     shutil.copyfile(shared_testdata / "rasterio/byte.tif", root / "in" / key)
     (root / "in" / "m_raw.csv").write_text(f"{key},1\nnope.tif,1\n", encoding="utf-8")
-    report = scan(ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", workers=1, progress=False), echo=lambda _m: None)
+    report = scan(ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", progress=False, config=config_with(workers=1)), echo=lambda _m: None)
     return root, report.reconciled[0].path
 
 
@@ -274,7 +275,7 @@ def test_converter_refuses_a_damaged_metadata_argument(tmp_path: Path, shared_te
 def _scan(config, work: Path, input_bucket: str, output_bucket: str):
     from cog_pipeline.pipeline import ScanOptions, scan
 
-    report = scan(ScanOptions(input_bucket, output_bucket, config, work, workers=1, progress=False), echo=lambda _m: None)
+    report = scan(ScanOptions(input_bucket, output_bucket, config, work, progress=False, config=config_with(workers=1)), echo=lambda _m: None)
     assert len(report.reconciled) == 1, report
     return report.reconciled[0].path
 

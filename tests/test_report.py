@@ -18,6 +18,7 @@ from cog_pipeline.rundir import RunDir
 from cog_pipeline.store import LocalStore, StoreConfig
 
 from .conftest import REPO_ROOT
+from tests.conftest import config_with
 
 HOSTILE = 'Eau Claire/<script>alert(1)</script> "&\' Ünïcødé.tif'
 GOOD = {
@@ -46,7 +47,7 @@ def run(shared_testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     rows = [f"{key},{bands}" for key, (_, bands) in GOOD.items()] + BAD_ROWS
     (root / "in/batch_raw.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     config = StoreConfig(local_root=root)
-    options = ScanOptions("in", "out", config, root.parent / "work", workers=2, progress=False, workflow={"retries": 0})
+    options = ScanOptions("in", "out", config, root.parent / "work", progress=False, config=config_with(workers=2, retries=0))
     report = scan(options, echo=lambda _m: None)
     assert len(report.reconciled) == 1
     return report.reconciled[0].path, config

@@ -13,6 +13,7 @@ pytest.importorskip("rio_stac", reason="the 'stac' extra (pystac, rio-stac) is n
 
 from cog_pipeline.provenance import embed_with_copy  # noqa: E402
 from cog_pipeline.stac import CATALOG_KEY, SHIPPED_SCHEMAS, collection_key, item_key, offline_schema_map, validate, write_stac  # noqa: E402
+from tests.conftest import config_with
 
 KEY = "Eau Claire/a #1?/Ünïcødé scan.tif"
 JPG = KEY[: -len(".tif")] + ".jpg"
@@ -144,7 +145,7 @@ def test_scan_with_stac_publishes_valid_items_and_a_collection(buckets, shared_t
     buckets.put_file(keys[0], shared_testdata / "rasterio/byte.tif")
     buckets.put_file(keys[1], shared_testdata / "rasterio/RGB.byte.tif")
     buckets.put_text("Counties/m_raw.csv", f"{keys[0]},1\n{keys[1]},3\nmissing.tif,1\n")
-    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", workers=1, progress=False, stac=True)
+    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", progress=False, config=config_with(workers=1, stac=True))
     (run_dir,) = scan(options, echo=lambda _m: None).reconciled
     assert RunDir(run_dir.path).load().stac is True
     for key in keys:
@@ -171,5 +172,5 @@ def test_scan_without_stac_writes_none(buckets, shared_testdata: Path, tmp_path:
 
     buckets.put_file("a.tif", shared_testdata / "rasterio/byte.tif")
     buckets.put_text("m_raw.csv", "a.tif,1\n")
-    scan(ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", workers=1, progress=False), echo=lambda _m: None)
+    scan(ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", progress=False, config=config_with(workers=1)), echo=lambda _m: None)
     assert sorted(buckets.output_keys()) == ["a.jpg", "a.tif"]

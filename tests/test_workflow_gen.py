@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import configparser
 import json
 import stat
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from tests.urls import parse_location
 from cog_pipeline.store import RequestCounter, StoreConfig, open_store
 
 from .test_replicas import schema_validator
+from cog_pipeline.config import ConfigError, Resources
+from tests.conftest import config_with
 
 REPO = Path(__file__).resolve().parent.parent
 TS = "20240102-030405"
@@ -114,7 +117,7 @@ def test_schema_validator_rejects_broken_documents(pegasus_schema_dir):
 
 def test_jobs_match_manifest_rows(local_run):
     run, store, _ = local_run
-    generate(run, store, WorkflowSettings(retries=5))
+    generate(run, store, WorkflowSettings(config_with(retries=5)))
     wf = load(run.file(RunDir.WORKFLOW))
     jobs = wf["jobs"]
     assert [j["id"] for j in jobs] == ["ID0000001", "ID0000002", "ID0000007"]
@@ -145,7 +148,8 @@ def test_each_job_requests_disk_for_its_input_and_the_manifest_glob_sets_resourc
     big = next((root / "in").rglob("*.tif"))
     with open(big, "r+b") as fh:  # a sparse 1 GiB input: the listing's size is what counts
         fh.truncate(1 << 30)
-    settings = WorkflowSettings(manifest_resources={run.load().manifest_key: dict(cores=2, memory_mb=3000, disk_mb=100, wall_time_s=60, held_remove_s=30)})
+    resources = Resources(cores=2, memory_mb=3000, disk_mb=100, wall_time_s=60, held_remove_s=30)
+    settings = WorkflowSettings(dataclasses.replace(config_with(), manifests={run.load().manifest_key: resources}))
     generate(run, store, settings)
     disks = {job["metadata"]["key"]: job["profiles"]["pegasus"]["diskspace"] for job in load(run.file(RunDir.WORKFLOW))["jobs"]}
     big_key = big.relative_to(root / "in").as_posix()
@@ -222,7 +226,7 @@ def test_replicas_and_outputs_resolve_to_buckets_local(local_run):
 
 def test_fast_workflow_writer_equals_pegasus_api_write(tmp_path):
     rows = parse_manifest(MANIFEST).rows
-    settings = WorkflowSettings(retries=4)
+    settings = WorkflowSettings(config_with(retries=4))
     hook = "/usr/bin/python3 -m cog_pipeline reconcile '/tmp/run dir'"
     meta = {"run": TS, "manifest_key": "Counties/x_raw.csv"}
     fast = tmp_path / "fast.yml"
@@ -274,10 +278,7 @@ def properties(run: RunDir) -> dict[str, str]:
 
 def test_settings_land_where_pegasus_reads_them(local_run):
     run, store, _ = local_run
-    settings = WorkflowSettings(
-        retries=2, max_running=123, max_transfers=24, transfer_threads=3, transfer_attempts=7, cluster_size=17,
-        container_image="example.org/gdal:9", container_type="docker", cpus=2, memory_mb=3000, disk_mb=5000,
-    )
+    settings = WorkflowSettings(config_with(retries=2, max_running=123, max_transfers=24, threads=3, attempts=7, size=17, image="example.org/gdal:9", type="docker", cores=2, memory_mb=3000, disk_mb=5000))
     result = generate(run, store, settings)
     props = properties(run)
     assert props["dagman.maxjobs"] == "123"
@@ -341,7 +342,7 @@ def test_defaults_match_the_original(local_run):
 
 def test_no_container_when_image_is_empty(local_run, pegasus_schema_dir):
     run, store, _ = local_run
-    generate(run, store, WorkflowSettings(container_image=""))
+    generate(run, store, WorkflowSettings(config_with(image="")))
     tc = load(run.file(RunDir.TRANSFORMATIONS))
     assert "containers" not in tc or tc["containers"] == []
     assert all("container" not in site for site in tc["transformations"][0]["sites"])
@@ -379,7 +380,7 @@ def test_backoff_releases_with_exponential_delay(local_run):
     import classad2
 
     run, store, _ = local_run
-    generate(run, store, WorkflowSettings(backoff_base=60, backoff_max=600, backoff_releases=3, retries=3))
+    generate(run, store, WorkflowSettings(config_with(base_s=60, max_s=600, releases=3, retries=3)))
     local = _condor_profiles(run)["local"]
     now = int(time.time())
 
@@ -402,7 +403,7 @@ def test_backoff_releases_with_exponential_delay(local_run):
     assert ev(remove, NumHolds=4, EnteredCurrentStatus=now, **held)
     assert not ev(remove, NumHolds=2, EnteredCurrentStatus=now - 500, **held)
     assert not ev(remove, NumHolds=4, EnteredCurrentStatus=now, JobStatus=2, HoldReasonCode=0)
-    capped = WorkflowSettings(backoff_base=60, backoff_max=100, backoff_releases=10)
+    capped = WorkflowSettings(config_with(base_s=60, max_s=100, releases=10))
     expr = wg.hold_profiles(capped)["local"]["periodic_release"]
     assert ev(expr, NumHolds=8, EnteredCurrentStatus=now - 110, **held)  # 60*2^7 capped at 100 s
 
@@ -415,7 +416,7 @@ def test_conversions_retry_transient_failures_only_with_backoff(local_run):
     from cog_pipeline.transformations.exit_codes import ExitCode
 
     run, store, _ = local_run
-    generate(run, store, WorkflowSettings(backoff_base=60, backoff_max=600, retries=2))
+    generate(run, store, WorkflowSettings(config_with(base_s=60, max_s=600, retries=2)))
     pool = _condor_profiles(run)["condorpool"]
     now = int(time.time())
 
@@ -447,7 +448,7 @@ def test_wall_time_limit_holds_with_its_reason(local_run):
     import classad2
 
     run, store, _ = local_run
-    generate(run, store, WorkflowSettings(wall_time_s=900))
+    generate(run, store, WorkflowSettings(config_with(wall_time_s=900)))
     pool = _condor_profiles(run)["condorpool"]
     now = int(time.time())
     hold = classad2.ExprTree(pool["periodic_hold"])
@@ -455,7 +456,7 @@ def test_wall_time_limit_holds_with_its_reason(local_run):
     assert not hold.eval(classad2.ClassAd({"JobStatus": 2, "EnteredCurrentStatus": now - 800}))
     assert not hold.eval(classad2.ClassAd({"JobStatus": 1, "EnteredCurrentStatus": now - 5000}))
     assert classad2.ExprTree(pool["periodic_hold_reason"]).eval() == "ran longer than the wall-time limit of 900 s"
-    generate(run, store, WorkflowSettings(wall_time_s=0))
+    generate(run, store, WorkflowSettings(config_with(wall_time_s=0)))
     assert "periodic_hold" not in _condor_profiles(run)["condorpool"]
 
 
@@ -476,7 +477,7 @@ def test_empty_manifest_still_writes_files_and_flags_it(tmp_path):
 
 def test_nonsharedfs_uses_s3_staging_site(local_run):
     run, store, root = local_run
-    generate(run, store, WorkflowSettings(data_configuration="nonsharedfs"))
+    generate(run, store, WorkflowSettings(config_with(configuration="nonsharedfs")))
     extra = run.load()
     assert extra.data_configuration == "nonsharedfs" and extra.staging_site == "storage"
     assert "--staging-site" in extra.plan_args
@@ -488,26 +489,10 @@ def test_nonsharedfs_uses_s3_staging_site(local_run):
     assert scratch["fileServers"][0]["url"] == (root / "out" / "pegasus-scratch" / TS).resolve().as_uri()
 
 
-def test_invalid_settings_are_refused(local_run):
-    run, store, _ = local_run
-    for bad in (dict(max_running=0), dict(cluster_size=0), dict(data_configuration="sharedfs"), dict(retries=-1), dict(s3_site="local")):
-        with pytest.raises(ValueError):
-            generate(run, store, WorkflowSettings(**bad))
-
-
-def test_cli_main_and_standalone_script(local_run):
-    run, _, _ = local_run
-    assert wg.main([str(run.path), "--cluster-size", "3", "--max-running", "50", "--memory", "2048"]) == 0
-    assert run.load().cluster_size == 3
-    assert properties(run)["dagman.maxjobs"] == "50"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "pegasus" / "workflow_gen.py"), str(run.path), "--retries", "1"],
-        capture_output=True, text=True, timeout=60, cwd=run.path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout)
-    assert summary["jobs"] == 3 and summary["failed"] == 2
-    assert properties(run)["dagman.retry"] == "1"
+def test_invalid_settings_are_refused():
+    for bad in (dict(max_running=0), dict(size=-1), dict(configuration="sharedfs"), dict(retries=-1), dict(site="local")):
+        with pytest.raises(ConfigError):
+            config_with(**bad)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -591,7 +576,7 @@ def test_s3_without_key_files_writes_no_credentials(s3_run):
 
 def test_custom_site_and_identity_flow_into_every_url(s3_run):
     run, config, in_bucket, out_bucket = s3_run
-    generate(run, open_store(in_bucket, config), WorkflowSettings(s3_site="osn", identity="carto"))
+    generate(run, open_store(in_bucket, config), WorkflowSettings(config_with(site="osn", identity="carto")))
     replicas = load(run.file(RunDir.REPLICAS))["replicas"]
     assert all(r["pfns"][0]["site"] == "osn" and r["pfns"][0]["pfn"].startswith(f"s3://carto@osn/{in_bucket}/") for r in replicas)
     sites = {s["name"]: s for s in load(run.file(RunDir.SITES))["sites"]}

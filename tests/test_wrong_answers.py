@@ -16,6 +16,7 @@ from cog_pipeline.claim import claim_one
 from cog_pipeline.examples import write_raster
 from cog_pipeline.pipeline import ScanOptions, scan
 from cog_pipeline.rundir import RECONCILED, list_run_dirs
+from tests.conftest import config_with
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -62,7 +63,7 @@ def test_keys_starting_with_a_dash_are_converted(buckets, tmp_path):
         write_raster(path, bands=1, size=64)
         buckets.put_file(key, path)
     buckets.put_text("x_raw.csv", "-x.tif,1\n--bands.tif,1\nd/-y.tif,1\n")
-    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", workers=1, progress=False)
+    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", progress=False, config=config_with(workers=1))
     scan(options, echo=lambda _m: None)
     assert _results(buckets, "failed") == ""
     assert _results(buckets, "processed") == "-x.tif,1\n--bands.tif,1\nd/-y.tif,1\n"
@@ -103,7 +104,7 @@ def test_a_degenerate_strip_fails_at_once_and_is_not_retried(buckets, tmp_path):
     write_raster(tmp_path / "ok.tif", bands=1, size=64)
     buckets.put_file("ok.tif", tmp_path / "ok.tif")
     buckets.put_text("x_raw.csv", "strip.tif,1\nok.tif,1\n")
-    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", workers=1, progress=False)
+    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", progress=False, config=config_with(workers=1))
     scan(options, echo=lambda _m: None)
     assert _results(buckets, "processed") == "ok.tif,1\n"
     (run,) = list_run_dirs(tmp_path / "work")
@@ -123,7 +124,7 @@ def test_an_image_replaced_after_generation_is_not_converted_under_the_old_versi
     buckets.put_file("a.tif", tmp_path / "v1.tif")
     buckets.put_file("b.tif", tmp_path / "other.tif")
     buckets.put_text("x_raw.csv", "a.tif,1\nb.tif,1\n")
-    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", workers=1, progress=False)
+    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", progress=False, config=config_with(workers=1))
     claim = claim_one(buckets.input, buckets.input.head("x_raw.csv"), work_dir=tmp_path / "work",
                       output_bucket=buckets.output_bucket, store_config=buckets.config)
     prepare(claim.run_dir, options, buckets.input, echo=lambda _m: None)

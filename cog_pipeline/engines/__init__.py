@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..config import PipelineConfig
     from .base import Engine
 
 ENGINES = ("local", "pegasus")
 
 
-def get_engine(
-    name: str, *, workers: int | None = None, progress: bool = True, submit: bool = True,
-    job_timeout: float | None = None, max_pixels: int | None = None,
-) -> Engine:
-    """The engine called `name` (imported on demand: the local engine never loads the HTCondor bindings).
-    `job_timeout` and `max_pixels` are the local engine's per-job limits (None: env, else defaults)."""
-    if name == "local":
-        from .local import LocalEngine, LocalLimits
+def get_engine(name: str, config: PipelineConfig | None = None, **options: Any) -> Engine:
+    """The engine called `name`, with its options from `config` (None: the defaults and the environment).
+    `options`: progress (bool), submit (bool: pegasus plans and submits), finish (the pipeline's finish, for
+    END hooks run in this process). Imported on demand: the local engine never loads the HTCondor bindings."""
+    if config is None:
+        from ..config import load_config
 
-        return LocalEngine(workers=workers, progress=progress, limits=LocalLimits(job_timeout, max_pixels))
+        config = load_config(None)
+    if name == "local":
+        from .local import LocalEngine
+
+        return LocalEngine(config, **options)
     if name == "pegasus":
         from .pegasus.engine import PegasusEngine
 
-        return PegasusEngine(submit=submit)
+        return PegasusEngine(config, **options)
     raise ValueError(f"unknown engine {name!r} (known: {', '.join(ENGINES)})")

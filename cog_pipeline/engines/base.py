@@ -1,8 +1,9 @@
 """What every engine shares: the Engine protocol, the job record, the exit categories and the job-id convention.
 
 Defined once here so the engines never reach into each other, and so the pipeline tick can drive any engine
-the same way: ``submit`` (start or continue the run), ``is_running`` (someone is still executing it) and
-``collect_job_records`` (turn what the engine left behind into ``jobs/<id>.json``). Reconcile is not an
+the same way, without knowing which engine it is: ``run`` (start or continue a batch of runs), ``is_running``
+(someone is still executing it) and ``collect_job_records`` (turn what the engine left behind into
+``jobs/<id>.json``). Reconcile is not an
 engine's business: the tick (``pipeline.finish``) does it once every job has ended.
 """
 
@@ -13,7 +14,8 @@ import shlex
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from ..rundir import RunDir
@@ -95,60 +97,6 @@ def end_hook_command(run_dir: Path) -> str:
     return shlex.join([sys.executable, "-m", "cog_pipeline", "finish", str(Path(run_dir).resolve())])
 
 
-#: "0": the local engine runs every command as Pegasus would (converter and END hook in processes of their own)
-INPROCESS_ENV = "COG_PIPELINE_LOCAL_INPROCESS"
-
-
-def in_process_allowed() -> bool:
-    """False when env COG_PIPELINE_LOCAL_INPROCESS=0 asks the local engine to spawn what it could call."""
-    import os
-
-    return os.environ.get(INPROCESS_ENV, "1").strip() != "0"
-
-
-def run_end_hook(cmd: str, run_dir: Path) -> int:
-    """Run one END hook and return its exit code. The engines' own hook (:func:`end_hook_command`) runs in
-    this process, through the same click command, when the local engine executes it: a second interpreter
-    and its imports cost ~0.5 s at the end of every scan. Anything else, or env
-    COG_PIPELINE_LOCAL_INPROCESS=0, runs in ``/bin/sh`` as DAGMan would run it."""
-    import subprocess
-    import sys
-
-    if cmd == end_hook_command(run_dir) and in_process_allowed():
-        return _finish_in_process(Path(run_dir))
-    try:
-        to_stderr: int | None = sys.stderr.fileno()  # the caller's stdout stays its own (scan --json)
-    except (AttributeError, OSError, ValueError):
-        to_stderr = None
-    return subprocess.run(["/bin/sh", "-c", cmd], check=False, stdout=to_stderr).returncode
-
-
-def _finish_in_process(run_dir: Path) -> int:
-    """``cog-pipeline finish RUN_DIR`` as a call: its exit code; everything it prints goes to stderr, so a
-    caller's stdout stays its own (``scan --json`` prints only the JSON there)."""
-    import contextlib
-    import sys
-
-    import click
-
-    from ..cli import main
-
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            main(["finish", str(run_dir)], standalone_mode=False)
-    except SystemExit as exc:  # handle_errors' one-line failures
-        return exc.code if isinstance(exc.code, int) else 1
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - the caller finishes the run in-process again and reports it
-        click.echo(f"error: end hook failed: {type(exc).__name__}: {exc}", err=True)
-        return 1
-    return 0
-
-
 def last_line(text: str) -> str:
     """The one-line reason a tool printed last (generate_cog prints exactly one; planners print many)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -165,14 +113,41 @@ def read_record(path: Path) -> JobRecord:
     return JobRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
 
 
+class Outcome(NamedTuple):
+    """Where one run stands after its engine ran it in this tick."""
+
+    state: str  # "ended" (every job has ended: finish it now), "running" (someone else carries it on),
+    #             "planned" or "waiting" (a later tick carries it on), "error" (left for the next tick)
+    problem: str | None = None  # "error": one line saying why
+
+
+#: the pipeline's finish(run_dir), handed to an engine that runs END hooks in its own process
+Finish = Callable[["RunDir"], Any]
+
+
 class Engine(Protocol):
-    """One way to execute a generated run directory. Implementations: engines.local, engines.pegasus."""
+    """One way to execute generated run directories. Implementations: engines.local, engines.pegasus.
+
+    Built by ``engines.get_engine(name, config, progress=..., submit=..., finish=...)``: each engine takes its own
+    options from the configuration. The tick calls ``begin`` before it claims, ``run`` with the runs it carries
+    on, and ``end``; ``is_running`` and ``collect_job_records`` serve the finish of any run.
+    """
 
     name: str
+    adopts_unplanned: bool  # a tick of this engine may run a run another engine generated but never started
+    writes_credentials: bool  # the generator writes credentials.conf for it (the planner needs key material in a file)
+    key_problem: Callable[[str], str | None] | None  # why its tools cannot carry a key (preflight fails that row)
 
-    def submit(self, run_dir: RunDir, echo: Any) -> str:
-        """Start or continue the run. Returns "ended" (every job has ended: finish it now), "running"
-        (someone else carries it on), "planned" or "waiting" (a later tick carries it on)."""
+    def begin(self) -> None:
+        """Before the tick claims anything: check the engine can run here (raise with one line), warm it up."""
+        ...
+
+    def end(self) -> None:
+        """After the tick: release what `begin` started."""
+        ...
+
+    def run(self, runs: list[RunDir], echo: Callable[[str], None]) -> dict[Path, Outcome]:
+        """Start or continue each run (generated, or running); its Outcome by run directory path."""
         ...
 
     def is_running(self, run_dir: RunDir) -> bool:

@@ -11,7 +11,8 @@ other way round.
 Each finished job leaves `jobs/<id>.json` (outcome, exit code, one-line reason, attempts) and
 `jobs/<id>.log`, plus each uploaded output's ETag and size (so reconcile can tell this job's object from
 another's); a rerun skips jobs already recorded, which is how a crashed run resumes. The driver renews the
-run's lease (cog_pipeline/lease.py) while it works.
+run's lease (cog_pipeline/lease.py) while it works. One driver (`run_batch`) runs any number of runs through
+one pool; `cog-pipeline run RUN_DIR` is a batch of one.
 """
 
 from __future__ import annotations
@@ -19,20 +20,25 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import PipelineConfig, env_value
 from ..lease import LEASE_SECONDS
-from ..rundir import RUNNING, RunDir, RunState
+from ..rundir import RUNNING, LeaseHeld, RunDir, RunState
 from ..state import FINAL
 from ..store import LocalStore, StoreError, open_store
-from .base import ExitCode, JobRecord, RunFinished, WorkflowError, run_end_hook, write_record
-from .local_pool import PoolSettings, cores_available, execute, job_timeout_setting, plan_order, plan_workers
+from .base import ExitCode, Finish, JobRecord, Outcome, RunFinished, WorkflowError, end_hook_command, write_record
+from . import local_pool
+from .local_pool import PoolSettings, cores_available, execute, plan_order, plan_workers, run_of
 from .local_workflow import catalog_objects, read_document
-from .local_worker import AttemptOutcome, JobSpec, exhausted, max_pixels_setting, run_attempt
+from .local_worker import AttemptOutcome, JobSpec, exhausted, run_attempt
 
 
 @dataclass
@@ -183,26 +189,6 @@ def make_record(spec: JobSpec, outcome: AttemptOutcome, attempts: int, seconds: 
     )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The driver
-
-
-def _record_path(run_dir: RunDir, job_id: str) -> Path:
-    return run_dir.jobs_dir / f"{job_id}.json"
-
-
-def default_workers() -> int:
-    return cores_available()
-
-
-@dataclass(frozen=True)
-class LocalLimits:
-    """Per-job limits of the local engine (issue 8.10). None: the env setting, else the default."""
-
-    job_timeout: float | None = None  # seconds per attempt; 0: no limit (local_pool.job_timeout_setting)
-    max_pixels: int | None = None  # width*height*bands*bytes per sample; 0: no limit (local_worker)
-
-
 def input_sizes(run_dir: RunDir, jobs: list[JobSpec]) -> dict[str, int]:
     """Each job's input size in bytes, to start big images first: preflight.json's "sizes" when the generator
     recorded them, else one listing (folder buckets: a stat per key). Unknown sizes count as 0."""
@@ -228,20 +214,62 @@ def input_sizes(run_dir: RunDir, jobs: list[JobSpec]) -> dict[str, int]:
     return {job_id: int(recorded.get(key) or 0) for job_id, key in keys.items()}
 
 
-def run_workflow(
-    run_dir: RunDir,
-    *,
-    workers: int | None = None,
-    progress: bool = True,
-    run_hooks: bool = True,
-    limits: LocalLimits | None = None,
-) -> EngineResult:
-    """Run every job without a final record, then the END hooks, whatever the jobs' outcomes.
+# ---------------------------------------------------------------------------------------------------------------
+# The END hook
 
-    A record is written only when a job has used up its attempts, so a resumed run redoes neither its
-    successes nor its definitive failures. A finished run raises RunFinished and is left as it is; a run
-    another live process holds raises LeaseHeld.
-    """
+
+def run_end_hook(cmd: str, run_dir: RunDir, finish: Finish | None = None) -> int:
+    """Run one END hook; its exit code. The engines' own hook (`base.end_hook_command`) is a call of `finish` in
+    this process when one is given (a second interpreter and its imports cost ~0.5 s at the end of every
+    scan); anything else, or env COG_PIPELINE_LOCAL_INPROCESS=0, runs in ``/bin/sh`` as DAGMan would run it."""
+    if finish is not None and cmd == end_hook_command(run_dir.path) and env_value("local.in_process"):
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # a caller's stdout stays its own (scan --json)
+                finish(run_dir)
+        except Exception as exc:  # noqa: BLE001 - the tick finishes the run again and reports it
+            print(f"error: end hook failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    try:
+        to_stderr: int | None = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        to_stderr = None
+    return subprocess.run(["/bin/sh", "-c", cmd], check=False, stdout=to_stderr).returncode
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The driver: one or several runs through one pool
+
+
+@dataclass
+class RunResult:
+    """What one run's jobs did in this batch."""
+
+    run_dir: RunDir
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0  # recorded by an earlier attempt of the run
+    hooks: list[tuple[str, int]] = field(default_factory=list)  # (command, exit code)
+    problem: str | None = None  # why it did not start, or why rows were left for a later tick
+    finished: bool = False  # it was already in a final state (its END hook reconciled it): left as it is
+
+
+@dataclass
+class _Run:
+    result: RunResult
+    todo: list[JobSpec]
+    hooks: list[str]
+    taken: bool
+    sizes: dict[str, int]
+    left: int = 0
+    left_over: list[str] = field(default_factory=list)  # reasons of jobs that met a full disk
+    hook_thread: threading.Thread | None = None
+
+
+def check_runnable(run_dir: RunDir) -> None:
+    """RunFinished for a run in a final state (left exactly as it is); WorkflowError for one this engine
+    cannot run (not generated, or submitted to another engine)."""
     info = run_dir.load()
     if info.state in FINAL:
         raise RunFinished(f"{run_dir.path} is already {info.state}: nothing to do")
@@ -249,62 +277,98 @@ def run_workflow(
         raise WorkflowError(f"{run_dir.path} is {info.state}: generate its workflow first")
     if info.engine != "local" and info.state == RUNNING:
         raise WorkflowError(f"{run_dir.path} was submitted to {info.engine}; it cannot also run here")
+
+
+def _start(run_dir: RunDir) -> _Run:
+    """The run's jobs still to do, with its lease held and its state RUNNING."""
+    check_runnable(run_dir)
     jobs, hooks = load_jobs(run_dir)
     taken = run_dir.acquire_lease()
-    try:
-        done = set(run_dir.job_records())
-        todo = [job for job in jobs if job.job_id not in done]
-        run_dir.jobs_dir.mkdir(parents=True, exist_ok=True)
-        run_dir.set_state(RUNNING, engine="local")
-        succeeded = failed = 0
+    done = set(run_dir.job_records())
+    todo = [job for job in jobs if job.job_id not in done]
+    run_dir.jobs_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.set_state(RUNNING, engine="local")
+    sizes = input_sizes(run_dir, todo)
+    result = RunResult(run_dir, total=len(jobs), skipped=len(jobs) - len(todo))
+    return _Run(result, plan_order(todo, sizes), hooks, taken, sizes, left=len(todo))
+
+
+def run_batch(run_dirs: list[RunDir], *, workers: int | None = None, timeout: float | None = None,
+              max_pixels: int = 0, progress: bool = False, finish: Finish | None = None) -> list[RunResult]:
+    """Run the jobs of every run through one pool (the fair queue: no manifest waits behind another's huge
+    image), and each run's END hooks the moment its own last job ends, whatever the jobs' outcomes.
+
+    A record is written only when a job has used up its attempts, so a resumed run redoes neither its successes
+    nor its definitive failures; a job that met a full disk gets no record and its run no END hook: the rows
+    wait for a later tick (`problem` says so). A run that cannot start gets its `problem` and is left alone."""
+    results: list[RunResult] = []
+    runs: list[_Run] = []
+    for run_dir in run_dirs:
         try:
+            run = _start(run_dir)
+        except RunFinished as exc:
+            results.append(RunResult(run_dir, problem=str(exc), finished=True))
+            continue
+        except (WorkflowError, LeaseHeld, StoreError, OSError) as exc:
+            results.append(RunResult(run_dir, problem=str(exc)))
+            continue
+        runs.append(run)
+        results.append(run.result)
+    by_key = {str(run.result.run_dir.path / "scratch"): run for run in runs}
+    todo = [spec for run in runs for spec in run.todo]
+    sizes = {(run_of(spec), spec.job_id): run.sizes.get(spec.job_id, 0) for run in runs for spec in run.todo}
+
+    def start_hooks(run: _Run) -> None:
+        def hooks() -> None:
+            for cmd in run.hooks:
+                run.result.hooks.append((cmd, run_end_hook(cmd, run.result.run_dir, finish)))
+
+        run.hook_thread = threading.Thread(target=hooks, name=f"end-hook {run.result.run_dir.path.name}")
+        run.hook_thread.start()
+
+    try:
+        with _progress_bar(progress, f"converting ({plan_workers(cores_available(), len(todo), workers)} workers)", len(todo)) as advance:
+            started = time.monotonic()
+
+            def on_final(spec: JobSpec, outcome: AttemptOutcome, attempts: int, seconds: float) -> None:
+                run = by_key[run_of(spec)]
+                if exhausted(outcome):  # no record, no END hook: the rows wait for a later tick
+                    run.left_over.append(outcome.reason)
+                else:
+                    record = make_record(spec, outcome, attempts, seconds)
+                    write_record(run.result.run_dir.jobs_dir / f"{spec.job_id}.json", record)
+                    if record.status == "succeeded":
+                        run.result.succeeded += 1
+                    else:
+                        run.result.failed += 1
+                run.left -= 1
+                if run.left == 0 and not run.left_over:
+                    start_hooks(run)
+                done = sum(r.result.succeeded + r.result.failed for r in runs)
+                advance(f"{done / max(time.monotonic() - started, 1e-6):.2f}", sum(r.result.failed for r in runs))
+
+            def renew() -> None:
+                for run in runs:
+                    run.result.run_dir.renew_lease()
+
+            for run in runs:
+                if not run.todo:
+                    start_hooks(run)
             if todo:
-                todo = plan_order(todo, input_sizes(run_dir, todo))
-                workers = plan_workers(default_workers(), len(todo), workers)
-                succeeded, failed = _execute(run_dir, todo, workers, progress, limits=limits)
-        finally:
-            shutil.rmtree(run_dir.path / "scratch", ignore_errors=True)
-        # The workflow has ended (every job has its final record): now, and only now, the END hooks. A driver
-        # that dies before this point leaves the run RUNNING, and the next scan resumes the missing jobs.
-        hook_results: list[tuple[str, int]] = []
-        if run_hooks:
-            for cmd in hooks:
-                hook_results.append((cmd, run_end_hook(cmd, run_dir.path)))
+                settings = PoolSettings(workers=plan_workers(cores_available(), len(todo), workers), cores=cores_available(),
+                                        timeout=timeout, max_pixels=max_pixels, tick=LEASE_SECONDS / 4)
+                execute(todo, settings, on_final, on_tick=renew, sizes=sizes)
     finally:
-        if taken:
-            run_dir.release_lease()
-    return EngineResult(len(jobs), succeeded, failed, len(jobs) - len(todo), hook_results)
-
-
-def _execute(run_dir: RunDir, todo: list[JobSpec], workers: int, show_progress: bool, *, limits: LocalLimits | None = None) -> tuple[int, int]:
-    limits = limits or LocalLimits()
-    counts = {"succeeded": 0, "failed": 0}
-    left_over: list[str] = []  # reasons of jobs that met a full disk: recorded nowhere, run again next tick
-    started = time.monotonic()
-    settings = PoolSettings(
-        workers=workers,
-        cores=default_workers(),
-        timeout=job_timeout_setting(limits.job_timeout),
-        max_pixels=max_pixels_setting(limits.max_pixels),
-        tick=LEASE_SECONDS / 4,
-    )
-    with _progress_bar(show_progress, f"converting ({workers} workers)", len(todo)) as advance:
-
-        def on_final(spec: JobSpec, outcome: AttemptOutcome, attempts: int, seconds: float) -> None:
-            if exhausted(outcome):  # no record: the row is not failed, it waits for a later tick
-                left_over.append(outcome.reason)
-                return
-            record = make_record(spec, outcome, attempts, seconds)
-            write_record(_record_path(run_dir, record.job_id), record)
-            counts["succeeded" if record.status == "succeeded" else "failed"] += 1
-            done = counts["succeeded"] + counts["failed"]
-            advance(f"{done / max(time.monotonic() - started, 1e-6):.2f}", counts["failed"])
-
-        # The pool wakes at least a few times per lease period to renew it, even while one job runs for long.
-        execute(todo, settings, on_final, on_tick=run_dir.renew_lease)
-    if left_over:
-        raise WorkflowError(left_for_later(len(left_over), left_over[0]))
-    return counts["succeeded"], counts["failed"]
+        for run in runs:
+            if run.hook_thread is not None:
+                run.hook_thread.join()
+            shutil.rmtree(run.result.run_dir.path / "scratch", ignore_errors=True)
+            if run.taken:
+                run.result.run_dir.release_lease()
+    for run in runs:
+        if run.left_over:
+            run.result.problem = left_for_later(len(run.left_over), run.left_over[0])
+    return results
 
 
 def left_for_later(jobs: int, reason: str) -> str:
@@ -315,7 +379,7 @@ def left_for_later(jobs: int, reason: str) -> str:
 def _progress_bar(show: bool, description: str, total: int) -> Iterator[Callable[[str, int], None]]:
     """A rich progress bar; yields ``advance(rate, failed)``. Without a terminal (Crondor, tests) rich is not
     even imported: its import costs ~0.1 s of every scan."""
-    if not show:
+    if not show or not total:
         yield lambda rate, failed: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -329,24 +393,69 @@ def _progress_bar(show: bool, description: str, total: int) -> Iterator[Callable
         yield lambda rate, failed: bar.update(task, advance=1, rate=rate, failed=failed)
 
 
+def output_objects(run_dir: RunDir) -> set[tuple[str, str]]:
+    """(bucket, key) of every object the run's jobs write, from its outputs catalog."""
+    info = run_dir.load()
+    return set(catalog_objects(run_dir.file(RunDir.OUTPUTS), info.store_config.local_root).values())
+
+
 class LocalEngine:
-    """The Engine protocol for this machine's process pool (see engines/base.py)."""
+    """The Engine protocol (engines/base.py) for this machine's process pool."""
 
     name = "local"
+    adopts_unplanned = True  # it runs a run another engine's tick generated but never handed over
+    writes_credentials = False  # it reads the key files itself
+    key_problem = None  # it carries any key the stores take
 
-    def __init__(self, workers: int | None = None, progress: bool = True, limits: LocalLimits | None = None) -> None:
-        self.workers, self.progress, self.limits = workers, progress, limits
+    def __init__(self, config: PipelineConfig, *, progress: bool = False, finish: Finish | None = None, **_: Any) -> None:
+        self.workers = config.local.workers or None
+        self.timeout = config.local.job_timeout_s or None
+        self.max_pixels = config.local.max_pixels
+        self.progress = progress
+        self.finish = finish
 
-    def submit(self, run_dir: RunDir, echo: Callable[[str], None]) -> str:
-        try:
-            result = run_workflow(run_dir, workers=self.workers, progress=self.progress, run_hooks=True, limits=self.limits)
-        except RunFinished:
-            return "ended"  # its END hook already reconciled it (local_tick runs a tick's runs together)
+    def begin(self) -> None:
+        """The pool's workers start now: their imports overlap the listing, the claims and the workflows."""
+        local_pool.prestart(plan_workers(cores_available(), cores_available(), self.workers))
+
+    def end(self) -> None:
+        local_pool.release_prestarted()
+
+    def run(self, runs: list[RunDir], echo: Callable[[str], None]) -> dict[Path, Outcome]:
+        """Every run through one pool. Two runs that write one output never run side by side: the later one
+        goes in a later batch, after the earlier one's END hook has reconciled it."""
+        outcomes: dict[Path, Outcome] = {}
+        waiting = list(runs)
+        while waiting:
+            batch, writes, later = [], set(), []
+            for run_dir in waiting:
+                try:
+                    objects = output_objects(run_dir)
+                except (OSError, ValueError, WorkflowError):
+                    objects = set()  # _start names the problem
+                if objects & writes:
+                    echo(f"{run_dir.load().manifest_key}: shares outputs with another manifest of this tick; it runs after it")
+                    later.append(run_dir)
+                    continue
+                writes |= objects
+                batch.append(run_dir)
+            for result in run_batch(batch, workers=self.workers, timeout=self.timeout, max_pixels=self.max_pixels,
+                                    progress=self.progress, finish=self.finish):
+                outcomes[result.run_dir.path] = self._outcome(result, echo)
+            waiting = later
+        return outcomes
+
+    @staticmethod
+    def _outcome(result: RunResult, echo: Callable[[str], None]) -> Outcome:
+        if result.finished:
+            return Outcome("ended")  # its END hook reconciled it already
+        if result.problem and not result.total:
+            return Outcome("error", result.problem)
         echo(f"jobs: {result.succeeded} succeeded, {result.failed} failed, {result.skipped} already done")
         for cmd, code in result.hooks:
             if code != 0:
                 echo(f"warning: end hook exited {code}: {cmd}; finishing in-process")
-        return "ended"
+        return Outcome("error", result.problem) if result.problem else Outcome("ended")
 
     def is_running(self, run_dir: RunDir) -> bool:
         return run_dir.is_owned()

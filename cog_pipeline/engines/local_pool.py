@@ -34,25 +34,9 @@ from .local_worker import AttemptOutcome, attempt_dir, worker_main
 if TYPE_CHECKING:
     from .local_worker import JobSpec
 
-TIMEOUT_ENV = "COG_PIPELINE_JOB_TIMEOUT"
-DEFAULT_JOB_TIMEOUT = 3600.0  # seconds per attempt; a 10000² 4-band image takes ~20 s on one core
 # A worker is replaced after this many attempts, so heap fragmentation or a leak in a library cannot grow
 # one process's memory without bound; start-up then costs ~1 CPU-s per this many images.
 JOBS_PER_WORKER = 200
-
-
-def job_timeout_setting(explicit: float | None = None) -> float | None:
-    """--job-timeout, else env COG_PIPELINE_JOB_TIMEOUT, else DEFAULT_JOB_TIMEOUT; 0 means no limit."""
-    value: float
-    if explicit is not None:
-        value = float(explicit)
-    else:
-        env = os.environ.get(TIMEOUT_ENV, "").strip()
-        try:
-            value = float(env) if env else DEFAULT_JOB_TIMEOUT
-        except ValueError:
-            value = DEFAULT_JOB_TIMEOUT
-    return value if value > 0 else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -320,7 +304,7 @@ def _collect(worker: _Worker, job: _Running, timeout: float | None) -> AttemptOu
         return AttemptOutcome(
             "failed", None, "TIMEOUT",
             f"TIMEOUT: the job ran longer than the {timeout:g} s wall-time limit and was killed "
-            "(--job-timeout / COG_PIPELINE_JOB_TIMEOUT; 0 disables it)",
+            "(local.job_timeout_s: --job-timeout, COG_PIPELINE_JOB_TIMEOUT; 0 disables it)",
             retry=False,
         )
     return None

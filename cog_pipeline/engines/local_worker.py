@@ -30,13 +30,10 @@ from typing import Any
 from ..transformations.linux import set_pdeathsig
 from ..store import LocalStore, ObjectStore, PreconditionFailed, StoreConfig, StoreError, open_store
 from ..thumbnail import thumbnail_path, write_thumbnail
-from .base import NOT_RETRIED, SUCCESS_CODES, ExitCode, WorkflowError, category, in_process_allowed, last_line
+from ..config import env_value
+from .base import NOT_RETRIED, SUCCESS_CODES, ExitCode, WorkflowError, category, last_line
 
-MAX_PIXELS_ENV = "COG_PIPELINE_MAX_PIXELS"
 THREADS_ENV = "COG_PIPELINE_THREADS"  # the converter's own thread setting (transformations/settings.py)
-# The largest input the converter's memory budget is specified for (issue 10.4: 1-4 bands up to 40000² in a
-# 1 GB slot), counted as width x height x bands x bytes per sample. A 100000² image is refused before any read.
-DEFAULT_MAX_PIXELS = 40000 * 40000 * 4
 # Failures of this machine, not of the row: no record is written, so the row waits for a later tick.
 RESOURCE_EXHAUSTED = frozenset({"OUT_OF_DISK"})
 MAX_ASPECT = 10_000  # longest side over shortest: beyond it an image is a degenerate strip, refused before converting
@@ -76,14 +73,6 @@ class AttemptOutcome:
     retry: bool = True  # False: the failure is deterministic, another attempt only burns time
     warning: str | None = None
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def max_pixels_setting(explicit: int | None = None) -> int:
-    """--max-pixels, else env COG_PIPELINE_MAX_PIXELS, else DEFAULT_MAX_PIXELS; 0 disables the guard."""
-    if explicit is not None:
-        return int(explicit)
-    env = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    return int(env) if env.isdigit() else DEFAULT_MAX_PIXELS
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -250,7 +239,7 @@ def size_problem(path: Path, max_pixels: int) -> str | None:
     return (
         f"TOO_LARGE: {info.width}x{info.height}x{info.count} {info.dtypes[0] if info.dtypes else ''} is "
         f"{weight:,} pixel-bytes uncompressed, over the limit of {max_pixels:,} "
-        f"(--max-pixels / {MAX_PIXELS_ENV}; 0 disables the check)"
+        "(local.max_pixels: --max-pixels, COG_PIPELINE_MAX_PIXELS; 0 disables the check)"
     )
 
 
@@ -268,7 +257,7 @@ def bundled_converter() -> Path:
 def runs_in_process(executable: str) -> bool:
     """The bundled converter runs in-process unless COG_PIPELINE_LOCAL_INPROCESS=0; anything else is a
     subprocess, exactly as Pegasus would run it."""
-    if not in_process_allowed():
+    if not env_value("local.in_process"):
         return False
     try:
         return os.path.samefile(executable, bundled_converter())
@@ -337,7 +326,7 @@ def run_attempt(spec: JobSpec, attempt: int, *, threads: int | None = None, max_
     env = dict(spec.env)
     if threads and THREADS_ENV not in env:
         env[THREADS_ENV] = str(threads)
-    limit = max_pixels_setting(max_pixels)
+    limit = env_value("local.max_pixels") if max_pixels is None else max_pixels
     with open(spec.log_path, "a", encoding="utf-8") as log:
         try:
             workdir.mkdir(parents=True)

@@ -3,23 +3,47 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from ...rundir import RunDir
+from ...config import PipelineConfig
+from ...replicas.pegasus_keys import pegasus_key_problem
+from ...rundir import RUNNING, RunDir
+from ..base import Outcome
+from .condor import check_pegasus
+from .labels import label_outputs
 from .monitor import workflow_is_running
 from .plan import plan_and_submit
-from .labels import label_outputs
 from .records import collect_job_records
 from .scratch import remove_scratch
 
 
 class PegasusEngine:
     name = "pegasus"
+    adopts_unplanned = False
+    writes_credentials = True  # pegasus-plan and the transfer jobs read key material from credentials.conf
+    key_problem = staticmethod(pegasus_key_problem)  # keys pegasus-transfer / pegasus-s3 cannot carry
 
-    def __init__(self, submit: bool = True) -> None:
+    def __init__(self, config: PipelineConfig, *, submit: bool = True, **_: Any) -> None:
         self.submit_plan = submit
 
-    def submit(self, run_dir: RunDir, echo: Callable[[str], None]) -> str:
-        return plan_and_submit(run_dir, submit=self.submit_plan, echo=echo)
+    def begin(self) -> None:
+        check_pegasus()  # one line and nothing claimed when pegasus-plan cannot run here
+
+    def end(self) -> None:
+        pass
+
+    def run(self, runs: list[RunDir], echo: Callable[[str], None]) -> dict[Path, Outcome]:
+        """Plan and submit each run. A RUNNING run handed here was adopted by the tick, so nothing runs it any
+        more, yet it was never reconciled (its END hook did not run or failed, or the DAG was removed): it has
+        ended, and the tick finishes it."""
+        outcomes = {}
+        for run_dir in runs:
+            if run_dir.load().state == RUNNING:
+                outcomes[run_dir.path] = Outcome("ended")
+            else:
+                outcomes[run_dir.path] = Outcome(plan_and_submit(run_dir, submit=self.submit_plan, echo=echo))
+        return outcomes
 
     def is_running(self, run_dir: RunDir) -> bool:
         return workflow_is_running(run_dir)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ...config import COMPUTE_SITE
 from ...rundir import GENERATED, RECONCILED, RUNNING, RunDir
 from ..base import WorkflowError, last_line
 from .condor import PegasusUnavailable
@@ -25,7 +26,6 @@ from .records import write_plan_failure_records
 Echo = Callable[[str], None]
 
 PLAN_LOG = "plan.log"
-COMPUTE_SITE = "condorpool"
 _SUBMITTED_RE = re.compile(r"submitted to cluster (\d+)")
 MAX_PLAN_ATTEMPTS = 3  # after this many failed pegasus-plan runs the rows are reconciled as failed
 LOCAL_HINT = "or run this manifest without HTCondor: cog-pipeline scan --engine local ... (or cog-pipeline run RUN_DIR)"
