@@ -619,18 +619,13 @@ def recover_claims(store: ObjectStore, work_dir: Path, view: BucketView, now: da
             continue  # renewed since the listing, or another scan may be mid-claim right now
         actions.extend(_recover_stale(store, manifest_key, marker.key, body, current))
     for ts, run_dir in runs.items():
-        if ts in handled:
-            continue
-        info = run_dir.load()
-        if info.state == CLAIMING and info.input_bucket == store.bucket:
+        info = run_dir.load() if ts not in handled or run_dir.path.is_dir() else None
+        if ts not in handled and info.state == CLAIMING and info.input_bucket == store.bucket:
             actions.extend(_recover_local(store, run_dir))
-    for run_dir in runs.values():
-        # A manifest failing whole whose claim a crash interrupted after the processing file: answer it
-        # now, before the tick adopts unfinished runs (which would convert its rows).
-        if not run_dir.path.is_dir():
-            continue  # an interrupted claim undone above
-        info = run_dir.load()
-        if info.unknown.get(FAILS_WHOLE) and info.state == CLAIMED and info.input_bucket == store.bucket:
+            info = run_dir.load() if run_dir.path.is_dir() else None  # None: the claim was undone
+        # A manifest failing whole whose claim a crash interrupted after the processing file: answer it now,
+        # before the tick adopts unfinished runs (which would convert its rows).
+        if info is not None and info.unknown.get(FAILS_WHOLE) and info.state == CLAIMED and info.input_bucket == store.bucket:
             _fail_whole(store, run_dir)
             actions.append(f"failed {info.manifest_key} whole, after an interrupted claim: {info.unknown[FAILS_WHOLE]}")
     return actions
