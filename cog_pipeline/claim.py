@@ -76,12 +76,18 @@ class PendingManifest:
     info: ObjectInfo
     problem: str | None = None  # why it will not be claimed (e.g. base name not unique)
 
+    @property
+    def name(self) -> str:
+        """The key as messages and result files show it (always UTF-8: see `safe_manifest_name`)."""
+        return safe_manifest_name(self.info.key)
+
 
 @dataclass(frozen=True)
 class Claim:
     run_dir: RunDir
     names: RunNames
     token: ClaimToken | None = None
+    failed: str | None = None  # the manifest failed whole at its claim (its name): the run is reconciled already
 
 
 @contextmanager
@@ -140,15 +146,35 @@ def manifest_object_problem(store: ObjectStore, info: ObjectInfo) -> str | None:
     return None
 
 
-def _name_problem(key: str) -> str | None:
-    """A folder bucket can hold a file name that is not UTF-8 (S3 keys always are): no result file can be
-    named after it in UTF-8, so it is refused, left in place and reported, and the other manifests go on."""
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
+# Run-record fields (kept by RunInfo.unknown) of a manifest whose name is not UTF-8.
+SOURCE_KEY = "source_key"  # the key exactly as listed (a folder name's bytes as surrogates), read and deleted
+FAILS_WHOLE = "fails_whole"  # why every row fails: set at the claim, before the processing file exists
+
+
+def safe_manifest_name(key: str) -> str:
+    """`key` in UTF-8: each byte of a folder file name that is not UTF-8 (a surrogate here) becomes U+FFFD,
+    which is what S3 clients list for such bytes in a key (botocore decodes listings with errors='replace')."""
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def manifest_name_problem(key: str) -> str | None:
+    """Why the manifest's name is not UTF-8, or None. Such a manifest is claimed under `safe_manifest_name`
+    and failed whole, a reason on every row, so its rows are answered (in a failed file beside it, named from
+    the safe rendering) and no result file carries a name the uploader did not write. No row is converted:
+    result files named after a rendering would be answers to a manifest nobody uploaded under that name.
+
+    A folder bucket can hold such a file name (its bytes are kept); an S3 key that was not UTF-8 reaches us
+    with U+FFFD for each bad byte (the store, or botocore's listing, replaced them)."""
+    safe = safe_manifest_name(key)
+    if safe != key:
         shown = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        return f"manifest name '{shown}' is not UTF-8; rename it (object keys are UTF-8); it is left in place"
-    return None
+        what = f"the manifest's name '{shown}' is not UTF-8 (\\xNN: a byte that is not)"
+    elif "\ufffd" in key:
+        what = f"the manifest's name '{key}' was not UTF-8 (the store lists each byte that was not as U+FFFD)"
+    else:
+        return None
+    return (f"{what}; object keys are UTF-8, so its results are named after '{safe}' and none of its rows was "
+            "converted: rename the manifest in UTF-8 and upload it again")
 
 
 def look(store: ObjectStore, pattern: str) -> BucketView:
@@ -170,7 +196,7 @@ def look(store: ObjectStore, pattern: str) -> BucketView:
     pending = []
     for info in manifests:
         same = by_name[PurePosixPath(info.key).name]
-        problem = _name_problem(info.key) or manifest_object_problem(store, info)
+        problem = manifest_object_problem(store, info)
         if problem is None and len(same) > 1:
             problem = (
                 f"manifest base name {PurePosixPath(info.key).name!r} is not unique in the bucket "
@@ -392,8 +418,25 @@ def claim_one(
         ts, run_dir = allocate_run_dir(work_dir, moment, taken)
         outcome = _claim_as(store, manifest, ts, run_dir, output_bucket, store_config, engine, output_prefix)
         if not isinstance(outcome, frozenset):
-            return outcome
+            break
         taken = taken | outcome
+    if outcome is not None and outcome.run_dir.load().unknown.get(FAILS_WHOLE):
+        return replace(outcome, failed=_fail_whole(store, outcome.run_dir))
+    return outcome
+
+
+def _fail_whole(store: ObjectStore, run_dir: RunDir) -> str:
+    """Answer a claimed run whose manifest fails whole: every row that parsed is failed with the run's reason
+    (rows that did not parse keep their own), through reconcile, so the result files are written as always
+    (conditionally, fenced) and the processing file retired. Returns the reason."""
+    from .manifest import parse_manifest
+    from .reconcile import reconcile
+
+    reason = str(run_dir.load().unknown[FAILS_WHOLE])
+    manifest = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes())
+    run_dir.write_json(RunDir.PREFLIGHT, {"failed": [{"line": row.line, "reason": reason} for row in manifest.rows]})
+    reconcile(run_dir, input_store=store)
+    return reason
 
 
 def _claim_as(
@@ -401,13 +444,14 @@ def _claim_as(
     store_config: StoreConfig, engine: str, output_prefix: str | None,
 ) -> Claim | None | frozenset[str]:
     """claim_one with the timestamp `ts`; the bucket's used timestamps of that second when `ts` is one."""
-    names = RunNames(manifest.key, ts)
+    name_problem = manifest_name_problem(manifest.key)
+    names = RunNames(safe_manifest_name(manifest.key), ts)  # every file the run writes has a UTF-8 name
     token = ClaimToken.new(ts, manifest.etag)
     info = RunInfo(
         timestamp=ts,
         input_bucket=store.bucket,
         output_bucket=output_bucket,
-        manifest_key=manifest.key,
+        manifest_key=names.manifest_key,
         processing_key=names.processing_key,
         store=store_config.to_json(),
         state=CLAIMING,
@@ -415,6 +459,8 @@ def _claim_as(
         output_prefix=output_prefix or None,
     )
     info.claim_token = token.to_json()
+    if name_problem:
+        info.unknown.update({SOURCE_KEY: manifest.key, FAILS_WHOLE: name_problem})
     run_dir.save(info)
     fence = _take_marker(store, names.claim_marker_key, token)
     if fence is None:
@@ -436,7 +482,7 @@ def _claim_as(
     info.manifest_etag = read.etag
     run_dir.save(info)
     try:
-        processing = _publish_processing(store, names, data, fence, read.etag)
+        processing = _publish_processing(store, names, data, fence, read.etag, manifest.key)
     except ClaimLost:
         # Not "another scan claimed it": we held the marker and a takeover (after a stall) took it.
         run_dir.set_state(ABANDONED)
@@ -451,14 +497,21 @@ def _claim_as(
     return Claim(run_dir, names, token)
 
 
-def _publish_processing(store: ObjectStore, names: RunNames, data: bytes, fence: _Fence, etag: str) -> ObjectInfo:
+def _raw_key(info: RunInfo) -> str:
+    """The key the run's manifest was read from (its name as listed, which a run names only in UTF-8)."""
+    return str(info.unknown.get(SOURCE_KEY) or info.manifest_key)
+
+
+def _publish_processing(
+    store: ObjectStore, names: RunNames, data: bytes, fence: _Fence, etag: str, raw_key: str | None = None
+) -> ObjectInfo:
     """Create the processing file between two fences; undo it if the second shows the claim was taken over."""
     _renew(store, fence)
     processing = write_recognised(store, names.processing_key, data, None)
     try:
         _renew(store, fence)
     except ClaimLost:
-        if not _taken_over(store, names, etag):
+        if not _taken_over(store, names, etag, raw_key):
             # A scan that found our marker stale *with* our processing file completed our claim for us.
             return processing
         try:
@@ -469,14 +522,14 @@ def _publish_processing(store: ObjectStore, names: RunNames, data: bytes, fence:
     return processing
 
 
-def _taken_over(store: ObjectStore, names: RunNames, manifest_etag: str) -> bool:
+def _taken_over(store: ObjectStore, names: RunNames, manifest_etag: str, raw_key: str | None = None) -> bool:
     """After losing the marker with our processing file published: did another scan take the claim over?
 
     A takeover claims from the raw manifest and deletes it only after creating its own processing file; a
     scan completing *our* claim deletes the raw manifest and creates nothing. So: raw still at the version we
     read, or another processing file of this manifest present -> taken over.
     """
-    raw = store.head(names.manifest_key)
+    raw = store.head(raw_key or names.manifest_key)
     if raw is not None and raw.etag == manifest_etag:
         return True
     prefix = f"{names.base}processing-"
@@ -499,7 +552,7 @@ def _finish_claim(
         except ClaimLost:
             # Only a scan that saw our processing file can have removed our marker now: it completed the claim.
             fence_check(store, names, fence.token)
-    _delete_raw(store, names.manifest_key, etag)
+    _delete_raw(store, _raw_key(info), etag)
     if fence is not None:
         _release_marker(store, fence.key, fence.etag)
     else:
@@ -561,11 +614,15 @@ def recover_claims(store: ObjectStore, work_dir: Path, view: BucketView, now: da
             continue  # renewed since the listing, or another scan may be mid-claim right now
         actions.extend(_recover_stale(store, manifest_key, marker.key, body, current))
     for ts, run_dir in runs.items():
-        if ts in handled:
-            continue
-        info = run_dir.load()
-        if info.state == CLAIMING and info.input_bucket == store.bucket:
+        info = run_dir.load() if ts not in handled or run_dir.path.is_dir() else None
+        if ts not in handled and info.state == CLAIMING and info.input_bucket == store.bucket:
             actions.extend(_recover_local(store, run_dir))
+            info = run_dir.load() if run_dir.path.is_dir() else None  # None: the claim was undone
+        # A manifest failing whole whose claim a crash interrupted after the processing file: answer it now,
+        # before the tick adopts unfinished runs (which would convert its rows).
+        if info is not None and info.unknown.get(FAILS_WHOLE) and info.state == CLAIMED and info.input_bucket == store.bucket:
+            _fail_whole(store, run_dir)
+            actions.append(f"failed {info.manifest_key} whole, after an interrupted claim: {info.unknown[FAILS_WHOLE]}")
     return actions
 
 
@@ -625,7 +682,7 @@ def _recover_local(store: ObjectStore, run_dir: RunDir) -> list[str]:
         _finish_claim(store, run_dir, names, processing, etag)
         return [f"completed an interrupted claim of {info.manifest_key} -> {names.processing_key}"]
     # Claimed, but the raw manifest or the marker outlived a crash.
-    _delete_raw(store, names.manifest_key, etag)
+    _delete_raw(store, _raw_key(info), etag)
     _release_own_marker(store, names, info.timestamp)
     return [f"cleaned up after the claim of {info.manifest_key} -> {names.processing_key}"]
 

@@ -106,7 +106,7 @@ def scan(**kw: Any) -> None:
         if not report.would_claim:
             click.echo("nothing to claim")
         return
-    if not (report.claimed or report.resumed):
+    if not (report.claimed or report.resumed or report.reconciled):  # reconciled: a manifest failed whole at its claim
         click.echo("nothing to do: no manifest matches and no run is waiting")
     for run in (record or {}).get("runs", []):
         if run["report"]:

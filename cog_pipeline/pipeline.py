@@ -149,7 +149,7 @@ def _claim_and_adopt(options: ScanOptions, report: ScanReport, input_store: Obje
             echo(f"warning: removed {path}: an interrupted claim left it empty")
         view = look(input_store, options.pattern)
         if options.dry_run:
-            report.would_claim = [p.info.key for p in view.pending if p.problem is None]
+            report.would_claim = [p.name for p in view.pending if p.problem is None]
             report.refused = [p.problem for p in view.pending if p.problem]
             return False
         report.recovered = recover_claims(input_store, options.work_dir, view)
@@ -173,11 +173,15 @@ def _claim_and_adopt(options: ScanOptions, report: ScanReport, input_store: Obje
                     output_prefix=options.output_prefix,
                 )
             except ClaimLost as exc:
-                report.lost.append(f"{pending.info.key}: {exc}")
-                echo(f"claim lost: {pending.info.key}: {exc}; the scan that took it over answers for it")
+                report.lost.append(f"{pending.name}: {exc}")
+                echo(f"claim lost: {pending.name}: {exc}; the scan that took it over answers for it")
                 continue
             if claim is None:
-                echo(f"skipped {pending.info.key}: another scan claimed it")
+                echo(f"skipped {pending.name}: another scan claimed it")
+                continue
+            if claim.failed:  # its name is not UTF-8: answered at the claim, every row failed with the reason
+                report.reconciled.append(claim.run_dir)
+                echo(f"failed {pending.name} whole: {claim.failed}")
                 continue
             claim.run_dir.acquire_lease()
             if options.config.publish.stac:

@@ -49,14 +49,17 @@ def needs_publishing(run_dir: RunDir) -> bool:
 
 
 def write_run_provenance(run_dir: RunDir, input_store: ObjectStore, output_store: ObjectStore) -> int:
-    """provenance.jsonl from two listings (inputs, outputs) of the processed rows' keys; returns its lines."""
-    from .listing import find_keys
+    """provenance.jsonl from the inputs' versions the workflow listed (each job read that version) and a listing
+    of the outputs, for the processed rows' keys; returns its lines."""
+    from .listing import find_keys, listed_versions
     from .provenance import record_provenance
 
     info = run_dir.load()
     pairs = processed_outputs(run_dir)
     prefix = info.output_prefix or ""
-    sources = find_keys(input_store, [k for k, _ in pairs])
+    sources = listed_versions(run_dir.read_json(RunDir.PREFLIGHT, {}), [k for k, _ in pairs])
+    if sources is None:  # generated before the versions were recorded: a listing, as then
+        sources = find_keys(input_store, [k for k, _ in pairs])
     # Same-bucket mode: the outputs are at <prefix><key>; each is recorded under its row's key, with its own key.
     listed = find_keys(output_store, [prefix + k for pair in pairs for k in pair])
     outputs = {key[len(prefix):]: found for key, found in listed.items()}

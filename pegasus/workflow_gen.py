@@ -13,7 +13,7 @@ Inputs
 
 Pre-flight (before any job exists)
     Input keys are checked with ``listing.find_keys`` (a few paginated listings, never one request per key).
-    ``<run>/preflight.json`` = ``{"failed": [...], "duplicates": [...], "jobs": N}`` where
+    ``<run>/preflight.json`` = ``{"failed": [...], "duplicates": [...], "jobs": N, "sizes": {key: bytes}, "etags": {key: etag}}`` where
     ``failed`` holds ``{"line": int, "text": str, "reason": str}`` for the manifest's rejected rows and for rows
     whose input object does not exist, sorted by line; ``duplicates`` holds
     ``{"line": int, "text": str, "duplicate_of": first_line}``. Only existing inputs get jobs. On a run whose
@@ -718,7 +718,9 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     # The inputs' sizes, from the listing preflight made anyway: the local engine starts big images first
     # without listing the bucket a second time.
     sizes = {row.key: listed[row.key].size for row in rows if row.key in listed}
-    run_dir.write_json(RunDir.PREFLIGHT, {"failed": failed, "duplicates": duplicates, "jobs": len(rows), "sizes": sizes})
+    # ... and their ETags: the version each job reads (If-Match) and its lineage names, which provenance.jsonl records.
+    etags = {row.key: listed[row.key].etag for row in rows if row.key in listed}
+    run_dir.write_json(RunDir.PREFLIGHT, {"failed": failed, "duplicates": duplicates, "jobs": len(rows), "sizes": sizes, "etags": etags})
 
     files = {name: run_dir.file(name) for name in (RunDir.WORKFLOW, RunDir.REPLICAS, RunDir.OUTPUTS, RunDir.TRANSFORMATIONS, RunDir.SITES, RunDir.PROPERTIES, RunDir.PREFLIGHT)}
     where = {"local_root": local_root, "identity": settings.config.s3.identity, "site": settings.config.s3.site}

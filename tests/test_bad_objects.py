@@ -76,23 +76,86 @@ def test_a_malformed_claim_marker_is_quarantined_and_the_manifest_claimed(bucket
     assert _file(buckets, "processed") == "good.tif,1\n"
 
 
-def test_a_manifest_name_that_is_not_utf8_is_refused_and_the_others_go_on(tmp_path):
-    """On folders such a name used to end every tick in a traceback after the claim."""
-    root = tmp_path / "buckets"
-    (root / "in").mkdir(parents=True)
-    (root / "out").mkdir()
-    write_raster(root / "in" / "good.tif", bands=1, size=64)
-    bad = os.fsencode(root / "in") + b"/caf\xe9_raw.csv"
-    with open(bad, "wb") as fh:
-        fh.write(b"good.tif,1\n")
-    (root / "in" / "ok_raw.csv").write_text("good.tif,1\n")
+def _put_misnamed(buckets, data: bytes) -> None:
+    """A manifest whose name holds the byte 0xE9 (Latin-1 'é'), which is not UTF-8: on a folder bucket a file of
+    that name; on S3 a PUT whose path says %E9 (boto3 cannot send such a key, another client can)."""
+    if buckets.kind == "folder":
+        with open(os.fsencode(buckets.input.base) + b"/caf\xe9_raw.csv", "wb") as fh:
+            fh.write(data)
+        return
+    import http.client
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(buckets.config.endpoint)
+    conn = http.client.HTTPConnection(endpoint.hostname, endpoint.port, timeout=30)
+    conn.request("PUT", f"/{buckets.input_bucket}/caf%E9_raw.csv", body=data)
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
+def test_a_manifest_name_that_is_not_utf8_fails_that_manifest_and_the_tick_goes_on(buckets, tmp_path):
+    """Such a name used to be refused (folders) or to end the tick in a traceback after the claim, on every
+    tick: its rows were never answered. Now the manifest is answered with a failed file named from the name's
+    safe rendering (U+FFFD for each byte that is not UTF-8, as S3 clients list it), a reason per row, and the
+    tick's other manifest is converted."""
+    _good_image(buckets, tmp_path)
+    rows = [b"good.tif,1", b"other.tif,3", b"big.tif," + b"9" * 5000, b"caf\xe9.tif,1"]
+    _put_misnamed(buckets, b"\n".join(rows) + b"\n")
+    buckets.put_text("ok_raw.csv", "good.tif,1\n")
     lines: list[str] = []
-    options = ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / "work", progress=False, config=config_with(workers=1))
-    report = scan(options, echo=lines.append)
-    assert report.errors == [] and len(report.reconciled) == 1
-    assert any("caf\\xe9_raw.csv" in p and "not UTF-8" in p for p in report.refused), report.refused
-    assert os.path.exists(bad)  # left in place, nothing of it claimed
-    assert [p.name for p in (root / "in").glob("ok_processed-*.csv")]
+    report = scan(_options(buckets, tmp_path), echo=lines.append)
+    assert report.errors == [] and report.refused == [], (report.errors, report.refused)
+    assert len(report.reconciled) == 2, lines
+    keys = buckets.input_keys()
+    processed = [k for k in keys if "_processed-" in k]
+    assert [k.split("_")[0] for k in processed] == ["ok"], keys  # only the good manifest of the same tick
+    assert buckets.input.read_bytes(processed[0])[0] == b"good.tif,1\n"
+    failed = [k for k in keys if k.startswith("caf\ufffd_failed-") and not k.endswith("-reasons.csv")]
+    assert len(failed) == 1, keys
+    assert buckets.input.read_bytes(failed[0])[0] == b"\n".join(rows) + b"\n"  # every row, byte for byte
+    import csv
+    import io
+
+    reasons_key = failed[0][: -len(".csv")] + "-reasons.csv"
+    table = list(csv.DictReader(io.StringIO(buckets.input.read_bytes(reasons_key)[0].decode("utf-8"))))
+    assert [int(r["line"]) for r in table] == [1, 2, 3, 4]
+    assert all("not UTF-8" in r["reason"] for r in table[:2]), table
+    assert "out of range 1-1024" in table[2]["reason"] and "not valid UTF-8" in table[3]["reason"], table
+    # Answered once: the misnamed manifest is gone (its rows are in the failed file), no processing file is left,
+    # and the next tick finds nothing more to do with it.
+    assert not [k for k in keys if "raw.csv" in k or "processing" in k or k.endswith(".claim")], keys
+    if buckets.kind == "folder":
+        assert not os.path.exists(os.fsencode(buckets.input.base) + b"/caf\xe9_raw.csv")
+    again = scan(_options(buckets, tmp_path), echo=lines.append)
+    assert again.claimed == [] and again.reconciled == [] and again.errors == []
+    assert sorted(buckets.input_keys()) == sorted(keys)
+
+
+def test_a_misnamed_manifest_whose_claim_was_interrupted_is_failed_by_the_next_tick_not_converted(buckets, tmp_path, monkeypatch):
+    """The process dies between the claim and failing the manifest (a BaseException stands in for the death):
+    the next tick answers it, failed whole, before it adopts unfinished runs, which would convert its rows."""
+    from cog_pipeline import claim as claim_module
+
+    _good_image(buckets, tmp_path)
+    _put_misnamed(buckets, b"good.tif,1\n")
+
+    def dies(store, run_dir):
+        raise KeyboardInterrupt("killed after the claim")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(claim_module, "_fail_whole", dies)
+        with pytest.raises(KeyboardInterrupt):
+            scan(_options(buckets, tmp_path), echo=lambda _m: None)
+    assert [k for k in buckets.input_keys() if k.startswith("caf\ufffd_processing-")]
+    lines: list[str] = []
+    report = scan(_options(buckets, tmp_path), echo=lines.append)
+    assert report.errors == [] and report.resumed == [], lines
+    assert any(line.startswith("failed caf\ufffd_raw.csv whole, after an interrupted claim") for line in lines), lines
+    keys = buckets.input_keys()
+    assert not [k for k in keys if "_processed-" in k or "processing" in k], keys
+    (failed,) = [k for k in keys if "_failed-" in k and not k.endswith("-reasons.csv")]
+    assert buckets.input.read_bytes(failed)[0] == b"good.tif,1\n"
+    assert buckets.output_keys() == []  # nothing converted
 
 
 def test_a_lock_held_by_a_stopped_scan_is_waited_for_a_bounded_time_and_named(tmp_path, monkeypatch):

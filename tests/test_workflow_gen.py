@@ -166,8 +166,10 @@ def test_preflight_json_lists_bad_missing_and_duplicate_rows(local_run):
     run, store, root = local_run
     result = generate(run, store, WorkflowSettings())
     pre = json.loads(run.file(RunDir.PREFLIGHT).read_text())
-    assert set(pre) == {"failed", "duplicates", "jobs", "sizes"}
+    assert set(pre) == {"failed", "duplicates", "jobs", "sizes", "etags"}
     assert pre["jobs"] == 3
+    # Each job's input version as listed: what the job reads (If-Match) and provenance.jsonl names.
+    assert pre["etags"] == {k: store.head(k).etag for k in pre["sizes"]} and len(pre["etags"]) == 3
     assert [f["line"] for f in pre["failed"]] == [3, 4]
     assert pre["failed"][0]["text"] == "Counties/WI/notatif.png,3"
     assert "does not end in '.tif'" in pre["failed"][0]["reason"]

@@ -134,3 +134,50 @@ def test_an_image_replaced_after_generation_is_not_converted_under_the_old_versi
     assert rows["b.tif,1"]["status"] == "processed"
     assert rows["a.tif,1"]["status"] == "failed" and rows["a.tif,1"]["reason"].startswith("SOURCE_CHANGED: "), rows
     assert "a.tif" not in buckets.output_keys()
+
+
+def test_lineage_and_provenance_name_the_version_converted_when_images_are_reuploaded(buckets, tmp_path):
+    """provenance.jsonl used to take each source's ETag from a listing made when the run published: an image
+    re-uploaded after its job had read it was recorded as the new version, while the COG (and the lineage
+    embedded in it) came from the old one. Both now name the version the workflow listed and the job read,
+    pinned with If-Match. An image re-uploaded between generation and its job is not converted at all."""
+    import numpy as np
+    import rasterio
+
+    import cog_pipeline.engines.local as engine_local
+    from cog_pipeline.pipeline import finish, prepare
+    from cog_pipeline.provenance import read_provenance, read_provenance_lines
+
+    for name, seed in (("a1", 1), ("a2", 2), ("c1", 3), ("c2", 4)):
+        write_raster(tmp_path / f"{name}.tif", bands=1, size=64, seed=seed)
+    buckets.put_file("a.tif", tmp_path / "a1.tif")
+    buckets.put_file("c.tif", tmp_path / "c1.tif")
+    buckets.put_text("x_raw.csv", "a.tif,1\nc.tif,1\n")
+    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", progress=False, config=config_with(workers=1))
+    claim = claim_one(buckets.input, buckets.input.head("x_raw.csv"), work_dir=tmp_path / "work",
+                      output_bucket=buckets.output_bucket, store_config=buckets.config)
+    prepare(claim.run_dir, options, buckets.input, echo=lambda _m: None)
+    converted = buckets.input.head("a.tif")  # the version the workflow listed
+    buckets.put_file("c.tif", tmp_path / "c2.tif")  # re-uploaded between generation and its job
+    with pytest.MonkeyPatch.context() as patched:  # the END hook does not run: finish is called below, after the re-upload
+        patched.setattr(engine_local, "run_end_hook", lambda cmd, run_dir, finish=None: 0)
+        (ran,) = engine_local.run_batch([claim.run_dir], workers=1)
+    assert ran.succeeded + ran.failed == 2
+    buckets.put_file("a.tif", tmp_path / "a2.tif")  # re-uploaded after its job read it, before the run publishes
+    assert buckets.input.head("a.tif").etag != converted.etag
+    finish(claim.run_dir, input_store=buckets.input, echo=lambda _m: None)
+
+    rows = {r["text"]: r for r in claim.run_dir.read_json("reconcile.json")["rows"]}
+    assert rows["a.tif,1"]["status"] == "processed", rows
+    assert rows["c.tif,1"]["status"] == "failed" and rows["c.tif,1"]["reason"].startswith("SOURCE_CHANGED: "), rows
+    assert "c.tif" not in buckets.output_keys()
+    # The COG holds the first upload's pixels, and its embedded lineage names that version ...
+    buckets.output.download("a.tif", tmp_path / "cog.tif")
+    with rasterio.open(tmp_path / "cog.tif") as cog, rasterio.open(tmp_path / "a1.tif") as a1, rasterio.open(tmp_path / "a2.tif") as a2:
+        pixels = cog.read()
+        assert np.array_equal(pixels, a1.read()) and not np.array_equal(pixels, a2.read())
+    lineage = read_provenance(buckets.output, "a.tif")
+    assert (lineage["SOURCE_ETAG"], lineage["SOURCE_SIZE"]) == (converted.etag, str(converted.size))
+    # ... and so does provenance.jsonl, which has no line for the row that was not converted.
+    (line,) = read_provenance_lines(claim.run_dir.path)
+    assert line["source"] == {"bucket": buckets.input_bucket, "key": "a.tif", "etag": converted.etag, "size": converted.size}
