@@ -421,22 +421,9 @@ def claim_one(
             break
         taken = taken | outcome
     if outcome is not None and outcome.run_dir.load().unknown.get(FAILS_WHOLE):
-        return replace(outcome, failed=_fail_whole(store, outcome.run_dir))
+        # Its rows are failed by the workflow's preflight, and the run answered as any other.
+        return replace(outcome, failed=str(outcome.run_dir.load().unknown[FAILS_WHOLE]))
     return outcome
-
-
-def _fail_whole(store: ObjectStore, run_dir: RunDir) -> str:
-    """Answer a claimed run whose manifest fails whole: every row that parsed is failed with the run's reason
-    (rows that did not parse keep their own), through reconcile, so the result files are written as always
-    (conditionally, fenced) and the processing file retired. Returns the reason."""
-    from .manifest import parse_manifest
-    from .reconcile import reconcile
-
-    reason = str(run_dir.load().unknown[FAILS_WHOLE])
-    manifest = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes())
-    run_dir.write_json(RunDir.PREFLIGHT, {"failed": [{"line": row.line, "reason": reason} for row in manifest.rows]})
-    reconcile(run_dir, input_store=store)
-    return reason
 
 
 def _claim_as(
@@ -618,11 +605,6 @@ def recover_claims(store: ObjectStore, work_dir: Path, view: BucketView, now: da
         if ts not in handled and info.state == CLAIMING and info.input_bucket == store.bucket:
             actions.extend(_recover_local(store, run_dir))
             info = run_dir.load() if run_dir.path.is_dir() else None  # None: the claim was undone
-        # A manifest failing whole whose claim a crash interrupted after the processing file: answer it now,
-        # before the tick adopts unfinished runs (which would convert its rows).
-        if info is not None and info.unknown.get(FAILS_WHOLE) and info.state == CLAIMED and info.input_bucket == store.bucket:
-            _fail_whole(store, run_dir)
-            actions.append(f"failed {info.manifest_key} whole, after an interrupted claim: {info.unknown[FAILS_WHOLE]}")
     return actions
 
 

@@ -179,10 +179,8 @@ def _claim_and_adopt(options: ScanOptions, report: ScanReport, input_store: Obje
             if claim is None:
                 echo(f"skipped {pending.name}: another scan claimed it")
                 continue
-            if claim.failed:  # its name is not UTF-8: answered at the claim, every row failed with the reason
-                report.reconciled.append(claim.run_dir)
-                echo(f"failed {pending.name} whole: {claim.failed}")
-                continue
+            if claim.failed:  # its name is not UTF-8: the preflight fails every row with the reason
+                echo(f"failing {pending.name} whole: {claim.failed}")
             claim.run_dir.acquire_lease()
             if options.config.publish.stac:
                 claim.run_dir.update(stac=True, stac_base_url=options.config.publish.stac_base_url or None)

@@ -90,6 +90,7 @@ from typing import Any
 import yaml
 
 from cog_pipeline import rundir as rundir_mod
+from cog_pipeline.claim import FAILS_WHOLE
 from cog_pipeline.config import PipelineConfig, load_config
 from cog_pipeline.engines.base import NOT_RETRIED, end_hook_command, job_id_of
 from cog_pipeline.engines.pegasus.plan import COMPUTE_SITE, default_plan_args
@@ -712,7 +713,8 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
         manifest,
         input_store,
         prefix if info.input_bucket == info.output_bucket else None,
-        refuse=settings.key_problem,
+        # A manifest failing whole (its name is not UTF-8: claim.FAILS_WHOLE) fails every row with its reason.
+        refuse=(lambda _key: whole) if (whole := info.unknown.get(FAILS_WHOLE)) else settings.key_problem,
         listed=listed,
     )
     # The inputs' sizes, from the listing preflight made anyway: the local engine starts big images first

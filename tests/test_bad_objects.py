@@ -133,24 +133,24 @@ def test_a_manifest_name_that_is_not_utf8_fails_that_manifest_and_the_tick_goes_
 
 def test_a_misnamed_manifest_whose_claim_was_interrupted_is_failed_by_the_next_tick_not_converted(buckets, tmp_path, monkeypatch):
     """The process dies between the claim and failing the manifest (a BaseException stands in for the death):
-    the next tick answers it, failed whole, before it adopts unfinished runs, which would convert its rows."""
-    from cog_pipeline import claim as claim_module
+    the next tick carries it on, and its preflight fails every row with the reason: nothing is converted."""
+    import cog_pipeline.pegasus.workflow_gen as workflow_gen
 
     _good_image(buckets, tmp_path)
     _put_misnamed(buckets, b"good.tif,1\n")
 
-    def dies(store, run_dir):
+    def dies(*_a, **_k):
         raise KeyboardInterrupt("killed after the claim")
 
     with monkeypatch.context() as patched:
-        patched.setattr(claim_module, "_fail_whole", dies)
+        patched.setattr(workflow_gen, "generate", dies)
         with pytest.raises(KeyboardInterrupt):
             scan(_options(buckets, tmp_path), echo=lambda _m: None)
     assert [k for k in buckets.input_keys() if k.startswith("caf\ufffd_processing-")]
     lines: list[str] = []
     report = scan(_options(buckets, tmp_path), echo=lines.append)
-    assert report.errors == [] and report.resumed == [], lines
-    assert any(line.startswith("failed caf\ufffd_raw.csv whole, after an interrupted claim") for line in lines), lines
+    assert report.errors == [] and len(report.resumed) == 1 == len(report.reconciled), lines
+    assert any(line.startswith("reconciled caf\ufffd_raw.csv: 0 processed, 1 failed") for line in lines), lines
     keys = buckets.input_keys()
     assert not [k for k in keys if "_processed-" in k or "processing" in k], keys
     (failed,) = [k for k in keys if "_failed-" in k and not k.endswith("-reasons.csv")]
