@@ -189,7 +189,7 @@ def finish_cmd(run_dir: Path) -> None:
 @main.command("run")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@setting_options(exclude=tuple(s for s in SECTIONS if s != "local"))
+@setting_options(exclude=tuple(s for s in SECTIONS if s != "local"), cog_profile=False)  # the rest is in the workflow
 @handle_errors
 def run_cmd(run_dir: Path, quiet: bool, **kw: Any) -> None:
     """Execute RUN_DIR's generated workflow with the local engine (jobs already done are skipped).

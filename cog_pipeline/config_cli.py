@@ -23,11 +23,12 @@ def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def setting_options(*, exclude: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def setting_options(*, exclude: tuple[str, ...] = (), cog_profile: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--config, every declared setting's flag (but those of the `exclude`d sections) and --cog-profile."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        return config_option(cog_profile_option(click_options(exclude=exclude)(func)))
+        func = click_options(exclude=exclude)(func)
+        return config_option(cog_profile_option(func) if cog_profile else func)
 
     return decorate
 

@@ -45,6 +45,7 @@ class ScanOptions:
     # Every setting (config.py): the workflow's, the engines' own, publishing's. Default: the built-in values
     # and the environment.
     config: PipelineConfig = field(default_factory=lambda: load_config(None))
+    engines: dict[str, Engine] = field(default_factory=dict, repr=False)  # built once per tick (tick_engine)
     on_phase: Callable[[str], None] | None = None  # told "claim", "preflight", "convert", "reconcile" (progress.py)
 
 
@@ -110,8 +111,11 @@ def scan(options: ScanOptions, echo: Echo = print) -> ScanReport:
 
 
 def tick_engine(options: ScanOptions, name: str) -> Engine:
-    """The engine `name` with this tick's settings; END hooks it runs in this process call `finish`."""
-    return get_engine(name, options.config, progress=options.progress, submit=options.submit, finish=finish)
+    """The engine `name` with this tick's settings, built once per tick; END hooks it runs in this process
+    call `finish`."""
+    if name not in options.engines:
+        options.engines[name] = get_engine(name, options.config, progress=options.progress, submit=options.submit, finish=finish)
+    return options.engines[name]
 
 
 def work_dir_problem(options: ScanOptions) -> str | None:
