@@ -20,7 +20,6 @@ ENV: Dict[str, Setting] = {
     "COG_PIPELINE_MEMORY_BUDGET": Setting("", "MB a conversion may use (default: the HTCondor job ad's RequestMemory, "
                                               "else 1024)"),
     "COG_PIPELINE_PROFILE": Setting("", "profile overrides, NAME=VALUE[,NAME=VALUE] (see profile.py)"),
-    "COG_PIPELINE_VALIDATOR": Setting("auto", "COG validator: auto, rio-cogeo, gdal or builtin"),
     "COG_PIPELINE_BAND_MISMATCH": Setting("fail", "'warn': a band-count mismatch exits 0 with a WARNING line"),
 }
 
