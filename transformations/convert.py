@@ -173,9 +173,9 @@ def convert(
         be.set_cachemax(cache_cap_mb(budget_mb) << 20)
     cachemax_mb = be.get_cachemax() >> 20
     writer = choose_writer(plan.width, plan.height, plan.band_count, budget_mb)
-    composite = writer == "pillow" and composites_in_numpy(plan)
+    composite = (info.path, plan.bands) if writer == "pillow" and composites_in_numpy(plan) else None
     try:
-        _write_text(paths.preview_vrt, preview_vrt(info, plan, alpha_band=composite))
+        _write_text(paths.preview_vrt, preview_vrt(info, plan))
         t0 = time.perf_counter()
         _write_cog(info, paths, profile, threads, provenance, out_dirs)
         timings["cog"] = time.perf_counter() - t0
@@ -282,12 +282,14 @@ class _gdal_config:
 
 
 def _write_jpeg(info: RasterInfo, plan: PreviewPlan, paths: _Paths, profile: Profile, writer: str,
-                composite: bool, out_dirs: List[str]) -> str:
+                composite: Optional[Tuple[str, List[int]]], out_dirs: List[str]) -> str:
     try:
         method = write_preview(paths.preview_vrt, paths.jpg, paths.strips, plan.band_count, profile.jpeg_quality,
                                writer, composite)
     except GdalFailure as exc:
         raise classify_write_failure(exc, info, out_dirs, "JPEG") from None
+    except ValueError as exc:  # strips this libtiff did not lay out as jpeg_strips.py expects
+        raise ConversionError(ExitCode.INTERNAL, f"cannot join the JPEG strips: {exc}") from None
     finally:
         remove_outputs(paths.strips)
     try:

@@ -38,5 +38,4 @@ DEFAULT_MEMORY_BUDGET_MB = 1024
 CACHE_SHARE = 8
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-COMPLEX_TYPES = ("complex_int16", "complex_int32", "complex64", "complex128")
 SUPPORTED_TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64")
