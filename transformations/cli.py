@@ -39,7 +39,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="append", default=[], metavar="NAME=VALUE",
                    help=f"override a profile setting ({', '.join(FIELDS)}; repeatable; on top of env "
                    "COG_PIPELINE_PROFILE), e.g. compress=DEFLATE")
-    p.add_argument("--resampling", default=None, help="overview resampling: --profile overview_resampling=NAME")
     p.add_argument("--threads", type=int, default=None, help="threads for compression and overviews "
                    "(default: env COG_PIPELINE_THREADS, OMP_NUM_THREADS, or the CPUs available)")
     p.add_argument("--memory-budget", type=int, default=None, metavar="MB",
@@ -107,8 +106,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.bands is not None and args.bands < 1:
         raise _UsageError("--bands must be at least 1")
     try:
-        overrides = args.profile + ([f"overview_resampling={args.resampling}"] if args.resampling else [])
-        args.profile = with_overrides(overrides, default_profile())
+        args.profile = with_overrides(args.profile, default_profile())
     except (ValueError, ConversionError) as exc:
         raise _UsageError(f"--profile: {exc}") from None
 

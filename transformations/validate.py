@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import struct
 from typing import List, Optional, Tuple
 
 from .backend import get_backend
@@ -81,61 +80,42 @@ def builtin_check(path: str) -> Tuple[List[str], List[str]]:
 
 
 
-def _jpeg_header(path: str) -> Tuple[int, int, int]:
-    """(width, height, components) from the JPEG markers; ValueError if it is not a complete JPEG."""
+def _jpeg_complete(path: str) -> None:
+    """ValueError unless the file starts with JPEG's start-of-image and ends with its end-of-image marker."""
     with open(path, "rb") as fh:
-        data = fh.read(1 << 20)
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        fh.seek(max(0, size - 2))
+        head = fh.read(2)
+        fh.seek(max(0, os.fstat(fh.fileno()).st_size - 2))
         tail = fh.read(2)
-    if data[:2] != b"\xff\xd8":
+    if head != b"\xff\xd8":
         raise ValueError("no JPEG start-of-image marker")
     if tail != b"\xff\xd9":
         raise ValueError("no JPEG end-of-image marker (truncated?)")
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            raise ValueError(f"bad JPEG marker at byte {pos}")
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        seg_len = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            h, w = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return w, h, data[pos + 9]
-        if marker == 0xDA:
-            break
-        pos += 2 + seg_len
-    raise ValueError("no JPEG frame header")
 
 
 def validate_jpeg(path: str, width: int, height: int, bands: int) -> Tuple[List[str], Tuple[float, float]]:
-    """(errors, (min, max) of the decoded samples): the JPEG is complete (start and end markers), has the
-    expected size and band count, GDAL opens it as such, and every block entropy-decodes (at 1/8 scale)."""
+    """(errors, (min, max) of the decoded samples): the JPEG is complete (start and end markers), GDAL opens it
+    as a JPEG of the expected size and band count, and every block entropy-decodes (at 1/8 scale)."""
     be = get_backend()
     try:
-        w, h, comps = _jpeg_header(path)
-    except (ValueError, OSError, struct.error) as exc:
-        return [f"JPEG {exc}"], (0.0, 0.0)
-    errors = []
-    if (w, h) != (width, height):
-        errors.append(f"JPEG is {w}x{h}, expected {width}x{height}")
-    if comps != bands:
-        errors.append(f"JPEG has {comps} bands, expected {bands}")
-    if errors:
-        return errors, (0.0, 0.0)
-    try:
+        _jpeg_complete(path)
         info = be.info(path, overviews=False)
-        if info.driver != "JPEG" or (info.width, info.height, info.count) != (width, height, bands):
-            return [f"GDAL reads it as {info.driver} {info.width}x{info.height}x{info.count}"], (0.0, 0.0)
+        errors = []
+        if info.driver != "JPEG":
+            errors.append(f"GDAL reads it as {info.driver}")
+        if (info.width, info.height) != (width, height):
+            errors.append(f"JPEG is {info.width}x{info.height}, expected {width}x{height}")
+        if info.count != bands:
+            errors.append(f"JPEG has {info.count} bands, expected {bands}")
+        if errors:
+            return errors, (0.0, 0.0)
         # libjpeg reports corrupt entropy-coded data as a warning and decodes on (grey blocks)
         messages, value_range = be.decode_check(path)
         corrupt = [m for m in messages if "libjpeg" in m]
         if corrupt:
             detail = corrupt[0].split("(this warning")[0].split("libjpeg:", 1)[-1].strip()
             return [f"JPEG does not decode cleanly: {detail}"], value_range
+    except (ValueError, OSError) as exc:
+        return [f"JPEG {exc}"], (0.0, 0.0)
     except GdalFailure as exc:
         return [f"JPEG does not decode: {exc.text}"], (0.0, 0.0)
     return [], value_range
