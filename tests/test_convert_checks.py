@@ -143,9 +143,6 @@ def test_each_check_fires_on_a_damaged_output(tmp_path: Path, monkeypatch: pytes
     _damage(monkeypatch, driver, damage)
     # 8 MB: the preview goes through GDAL's JPEG driver (past Pillow's share), so the JPEG seam is the binding's
     monkeypatch.setenv("COG_PIPELINE_MEMORY_BUDGET", "8")
-    # one validator whatever this process has imported (auto takes rio-cogeo once loaded); test_convert_validation
-    # proves the built-in check reaches rio-cogeo's verdicts
-    monkeypatch.setenv("COG_PIPELINE_VALIDATOR", "builtin")
     with pytest.raises(ConversionError) as caught:
         convert(src, out / "x.tif", out / "x.jpg", 3, verify_pixels=True)
     assert caught.value.code == code and words in caught.value.reason, caught.value.reason

@@ -66,7 +66,6 @@ class OsgeoBackend:
             for i in range(b1.GetOverviewCount()):
                 o = b1.GetOverview(i)
                 ovr.append((o.XSize, o.YSize))
-        gt = ds.GetGeoTransform(can_return_null=True)
         return RasterInfo(
             path=path,
             driver=ds.GetDriver().ShortName,
@@ -80,7 +79,6 @@ class OsgeoBackend:
             block_size=tuple(b1.GetBlockSize()) if b1 is not None else (0, 0),
             overview_sizes=ovr,
             has_palette=bool(b1 is not None and b1.GetColorTable() is not None),
-            georeferenced=bool(ds.GetProjection() or gt is not None or ds.GetGCPCount()),
         )
 
     def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]:

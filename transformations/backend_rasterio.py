@@ -106,7 +106,6 @@ class RasterioBackend:
                 block_size=(ds.block_shapes[0][1], ds.block_shapes[0][0]) if ds.count else (0, 0),
                 overview_sizes=ovr,
                 has_palette=has_palette,
-                georeferenced=bool(ds.crs or not ds.transform.is_identity or ds.gcps[0]),
             )
 
     def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]:

@@ -19,7 +19,6 @@ from .convert import ConversionResult, convert, default_profile
 from .exit_codes import ConversionError, ExitCode, one_line
 from .profile import FIELDS, with_overrides
 from .settings import CACHE_SHARE, DEFAULT_MEMORY_BUDGET_MB, ENV, env
-from .validate import VALIDATORS
 
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
@@ -40,7 +39,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="append", default=[], metavar="NAME=VALUE",
                    help=f"override a profile setting ({', '.join(FIELDS)}; repeatable; on top of env "
                    "COG_PIPELINE_PROFILE), e.g. compress=DEFLATE")
-    p.add_argument("--resampling", default=None, help="overview resampling: --profile overview_resampling=NAME")
     p.add_argument("--threads", type=int, default=None, help="threads for compression and overviews "
                    "(default: env COG_PIPELINE_THREADS, OMP_NUM_THREADS, or the CPUs available)")
     p.add_argument("--memory-budget", type=int, default=None, metavar="MB",
@@ -50,8 +48,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="provenance to embed in the COG's GDAL metadata, domain COG_PIPELINE (repeatable)")
     p.add_argument("--metadata-b64", default=None, metavar="B64",
                    help="provenance as one base64url JSON object (safe through any argument quoting); adds GDAL_VERSION and CREATED_UTC")
-    p.add_argument("--validator", choices=VALIDATORS, default=None,
-                   help="COG validator (default: env COG_PIPELINE_VALIDATOR, else auto: the lightest that proves the same)")
     p.add_argument("--verify-pixels", action="store_true", help="also compare full-resolution checksums of input and COG, and decode the JPEG back")
     p.add_argument("--empty-outputs-on-failure", action="store_true",
                    help="after a failure, leave empty output files (inside a Pegasus job, whose wrapper stages every "
@@ -110,8 +106,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.bands is not None and args.bands < 1:
         raise _UsageError("--bands must be at least 1")
     try:
-        overrides = args.profile + ([f"overview_resampling={args.resampling}"] if args.resampling else [])
-        args.profile = with_overrides(overrides, default_profile())
+        args.profile = with_overrides(args.profile, default_profile())
     except (ValueError, ConversionError) as exc:
         raise _UsageError(f"--profile: {exc}") from None
 
@@ -187,7 +182,6 @@ def _convert_args(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[i
         threads=args.threads,
         verify_pixels=args.verify_pixels,
         metadata=metadata,
-        validator=args.validator,
         memory_budget_mb=args.memory_budget,
     )
     code: int = result.exit_code
@@ -207,7 +201,7 @@ def _summary(result: ConversionResult) -> str:
     """The --verbose line on stdout: what was written, how, and where the time went."""
     return (
         f"{result.cog}: {result.width}x{result.height}x{result.bands} {result.dtype}, overviews "
-        f"{result.overview_sizes}, valid ({result.validator}); {result.jpeg}: {result.jpeg_size[0]}x"
+        f"{result.overview_sizes}, valid; {result.jpeg}: {result.jpeg_size[0]}x"
         f"{result.jpeg_size[1]}x{result.jpeg_bands} ({result.preview}); {result.backend} GDAL "
         f"{result.gdal_version}, {result.threads} threads, {result.profile}, jpeg {result.jpeg_method}, budget "
         f"{result.memory_budget_mb} MB, cache {result.cachemax_mb} MB, "

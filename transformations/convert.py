@@ -25,7 +25,7 @@ from .profile import DEFAULT, Profile, split, with_overrides
 from .provenance import PROVENANCE_DOMAIN, fill_slot, slot_vrt_metadata
 from .rasterinfo import RasterInfo
 from .settings import env
-from .validate import validate_cog, validate_jpeg
+from .validate import builtin_check, validate_jpeg
 
 
 @dataclass
@@ -45,7 +45,6 @@ class ConversionResult:
     jpeg_downsample: int
     preview: str
     overview_sizes: List[Tuple[int, int]]
-    validator: str
     backend: str
     gdal_version: str
     threads: int
@@ -77,8 +76,6 @@ class ConvertOptions:
     verify_pixels: bool = False
     #: provenance written into the COG's GDAL metadata, domain ``COG_PIPELINE``
     metadata: Mapping[str, str] = field(default_factory=dict)
-    #: "auto", "rio-cogeo", "gdal" or "builtin" (see validate.validate_cog)
-    validator: Optional[str] = None
     #: MB this conversion may use (default: the HTCondor slot's, else 1024; see budget.py)
     memory_budget_mb: Optional[int] = None
 
@@ -176,9 +173,9 @@ def convert(
         be.set_cachemax(cache_cap_mb(budget_mb) << 20)
     cachemax_mb = be.get_cachemax() >> 20
     writer = choose_writer(plan.width, plan.height, plan.band_count, budget_mb)
-    composite = writer == "pillow" and composites_in_numpy(plan)
+    composite = (info.path, plan.bands) if writer == "pillow" and composites_in_numpy(plan) else None
     try:
-        _write_text(paths.preview_vrt, preview_vrt(info, plan, alpha_band=composite))
+        _write_text(paths.preview_vrt, preview_vrt(info, plan))
         t0 = time.perf_counter()
         _write_cog(info, paths, profile, threads, provenance, out_dirs)
         timings["cog"] = time.perf_counter() - t0
@@ -187,7 +184,7 @@ def convert(
         timings["jpeg"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         _fill_provenance(paths.tif, provenance)
-        validator, warns, out_info = verify_cog(paths.tif, info, profile, opts.validator, opts.verify_pixels)
+        warns, out_info = verify_cog(paths.tif, info, profile, opts.verify_pixels)
         uniform = verify_jpeg(paths.jpg, plan)
         timings["verify"] = time.perf_counter() - t0
         _move_into_place(paths, output_tif, output_jpg)
@@ -202,7 +199,7 @@ def convert(
         input=input, cog=output_tif, jpeg=output_jpg, width=info.width, height=info.height, bands=info.count,
         manifest_bands=None if bands is None else int(bands), dtype=info.dtypes[0], jpeg_bands=plan.band_count,
         jpeg_size=(plan.width, plan.height), jpeg_downsample=plan.downsample, preview=plan.description,
-        overview_sizes=list(out_info.overview_sizes), validator=validator, backend=be.name,
+        overview_sizes=list(out_info.overview_sizes), backend=be.name,
         gdal_version=str(be.version), threads=threads, profile=profile, timings=timings, jpeg_method=jpeg_method,
         preview_uniform=uniform, warnings=list(warns), memory_budget_mb=budget_mb,
         cachemax_mb=cachemax_mb, exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK, reason=mismatch,
@@ -285,12 +282,14 @@ class _gdal_config:
 
 
 def _write_jpeg(info: RasterInfo, plan: PreviewPlan, paths: _Paths, profile: Profile, writer: str,
-                composite: bool, out_dirs: List[str]) -> str:
+                composite: Optional[Tuple[str, List[int]]], out_dirs: List[str]) -> str:
     try:
         method = write_preview(paths.preview_vrt, paths.jpg, paths.strips, plan.band_count, profile.jpeg_quality,
                                writer, composite)
     except GdalFailure as exc:
         raise classify_write_failure(exc, info, out_dirs, "JPEG") from None
+    except ValueError as exc:  # strips this libtiff did not lay out as jpeg_strips.py expects
+        raise ConversionError(ExitCode.INTERNAL, f"cannot join the JPEG strips: {exc}") from None
     finally:
         remove_outputs(paths.strips)
     try:
@@ -300,13 +299,13 @@ def _write_jpeg(info: RasterInfo, plan: PreviewPlan, paths: _Paths, profile: Pro
     return method
 
 
-def verify_cog(path: str, info: RasterInfo, profile: Profile, validator: Optional[str] = None,
-               verify_pixels: bool = False) -> Tuple[str, List[str], RasterInfo]:
+def verify_cog(path: str, info: RasterInfo, profile: Profile, verify_pixels: bool = False
+               ) -> Tuple[List[str], RasterInfo]:
     """Validate the written COG and compare it with the input; ConversionError(OUTPUT_INVALID) if it fails.
 
-    Returns (validator name, its warnings, the COG as GDAL reopens it)."""
+    Returns (the validator's warnings, the COG as GDAL reopens it)."""
     be = get_backend()
-    validator, errors, warns = validate_cog(path, validator)
+    errors, warns = builtin_check(path)
     out_info = None
     try:
         out_info = be.info(path)
@@ -323,7 +322,7 @@ def verify_cog(path: str, info: RasterInfo, profile: Profile, validator: Optiona
         if max(smallest) > profile.blocksize:
             errors.append(f"COG overviews stop at {smallest[0]}x{smallest[1]}, larger than one tile")
     if errors or out_info is None:
-        raise ConversionError(ExitCode.OUTPUT_INVALID, f"COG failed validation ({validator}): {'; '.join(errors)}")
+        raise ConversionError(ExitCode.OUTPUT_INVALID, f"COG failed validation: {'; '.join(errors)}")
     if verify_pixels:
         try:
             same = be.checksums(info.path) == be.checksums(path)
@@ -331,7 +330,7 @@ def verify_cog(path: str, info: RasterInfo, profile: Profile, validator: Optiona
             raise ConversionError(ExitCode.OUTPUT_INVALID, f"cannot compare pixels: {exc.text}") from None
         if not same:
             raise ConversionError(ExitCode.OUTPUT_INVALID, "COG pixels differ from the input's")
-    return validator, warns, out_info
+    return warns, out_info
 
 
 def verify_jpeg(path: str, plan: PreviewPlan) -> Optional[int]:

@@ -11,24 +11,6 @@ from .backend import get_backend
 from .exit_codes import ConversionError, ExitCode, GdalFailure
 from .rasterinfo import RasterInfo
 
-_WRITE_ERROR_WORDS = (
-    "no space",
-    "enospc",
-    "disk full",
-    "quota",
-    "write error",
-    "error writing",
-    "io error writing",
-    "failed to write",
-    "could not write",
-    "cannot write",
-    "short write",
-    "seek error",
-    "cannot be rewritten",  # libtiff, when the bytes it wrote never reached the disk
-    "tiffrewritedirectory",
-)
-
-
 def _free_bytes(path: str) -> int:
     try:
         st = os.statvfs(path)
@@ -50,18 +32,18 @@ def _probe_input(info: RasterInfo) -> Optional[str]:
 
 
 def classify_write_failure(exc: GdalFailure, info: RasterInfo, out_dirs: Sequence[str], what: str) -> ConversionError:
+    """OUT_OF_DISK when GDAL says the disk is full; else INPUT_UNREADABLE when the input does not read back;
+    else OUT_OF_DISK when the output file system has less room left than the image needs (libtiff's messages
+    on a full disk do not always say so); else INTERNAL with GDAL's message."""
     text = exc.text
-    low = text.lower()
-    raw_bytes = info.width * info.height * info.count * 2  # pessimistic: full-res + temp overviews
     free = min((_free_bytes(d) for d in out_dirs), default=-1)
-    write_trouble = any(w in low for w in _WRITE_ERROR_WORDS)
-    if "no space" in low or "enospc" in low or "disk full" in low or (write_trouble and 0 <= free < raw_bytes):
+    if any(word in text.lower() for word in ("no space", "enospc", "disk full", "quota")):
         return ConversionError(ExitCode.OUT_OF_DISK, f"no space left while writing the {what} ({free} bytes free): {text}")
     problem = _probe_input(info)
     if problem:
         return ConversionError(ExitCode.INPUT_UNREADABLE, f"corrupt pixel data: {problem}")
-    if 0 <= free < (1 << 20):
-        return ConversionError(ExitCode.OUT_OF_DISK, f"no space left while writing the {what}: {text}")
+    if 0 <= free < info.width * info.height * info.count * 2:  # pessimistic: full resolution + temporary overviews
+        return ConversionError(ExitCode.OUT_OF_DISK, f"no space left while writing the {what} ({free} bytes free): {text}")
     return ConversionError(ExitCode.INTERNAL, f"writing the {what} failed: {text}")
 
 

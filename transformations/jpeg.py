@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 from .backend import get_backend
 from .jpeg_strips import coefficient_buffer_bytes, write_streamed_jpeg
@@ -45,35 +45,34 @@ def choose_writer(width: int, height: int, bands: int, budget_mb: int) -> str:
 
 
 def write_preview(vrt: str, jpg: str, strips_tif: str, bands: int, quality: int, writer: str,
-                  composite: bool = False) -> str:
-    """Write the preview with ``writer``; returns the writer used (strips that this libtiff did not lay out
-    as expected fall back to the driver: "driver (strips: <why>)"). ``composite``: the VRT's last band is the
-    mask to composite the others onto black with (Pillow only; preview.composites_in_numpy)."""
+                  composite: Optional[Tuple[str, List[int]]] = None) -> str:
+    """Write the preview with ``writer`` ("strips", "pillow" or "driver"); returns it. ``composite`` (Pillow
+    only; preview.composites_in_numpy): (input path, preview bands) read straight from the input and composited
+    onto black with the first band's mask, instead of through the VRT."""
     if writer == "strips":
-        try:
-            write_streamed_jpeg(vrt, strips_tif, jpg, bands, quality)
-            return "strips"
-        except ValueError as exc:
-            get_backend().create_copy("JPEG", vrt, jpg, {"QUALITY": str(quality)})
-            return f"driver (strips: {exc})"
-    if writer == "pillow":
+        write_streamed_jpeg(vrt, strips_tif, jpg, bands, quality)
+    elif writer == "pillow":
         _write_pillow(vrt, jpg, bands, quality, composite)
-        return "pillow"
-    get_backend().create_copy("JPEG", vrt, jpg, {"QUALITY": str(quality)})
-    return "driver"
+    else:
+        get_backend().create_copy("JPEG", vrt, jpg, {"QUALITY": str(quality)})
+    return writer
 
 
-def _write_pillow(vrt: str, jpg: str, bands: int, quality: int, composite: bool = False) -> None:
+def _write_pillow(vrt: str, jpg: str, bands: int, quality: int,
+                  composite: Optional[Tuple[str, List[int]]] = None) -> None:
     """libjpeg's defaults (4:2:0, ISLOW DCT) and optimised Huffman tables: what GDAL's driver asks for."""
     from PIL import Image  # noqa: PLC0415
 
-    planes = get_backend().read(vrt, list(range(1, bands + 1 + composite)))
+    be = get_backend()
     if composite:  # round(value * alpha / 255), in 16 bits (65025 + 127 fits), band by band
         import numpy as np  # noqa: PLC0415
 
-        alpha = planes[-1].astype(np.uint16)
-        planes = np.stack([((plane * alpha + 127) // 255).astype(np.uint8) for plane in planes[:-1]])
+        path, picks = composite
+        alpha = be.read(path, picks[:1], masks=True)[0].astype(np.uint16)
+        planes = np.stack([((plane * alpha + 127) // 255).astype(np.uint8) for plane in be.read(path, picks)])
         del alpha
+    else:
+        planes = be.read(vrt, list(range(1, bands + 1)))
     height, width = planes.shape[1:]
     layers = [Image.frombuffer("L", (width, height), plane, "raw", "L", 0, 1) for plane in planes]
     image = layers[0] if bands == 1 else Image.merge("RGB", layers)

@@ -60,7 +60,7 @@ def write_streamed_jpeg(vrt: str, strips_tif: str, out: str, bands: int, quality
 
     ``strips_tif`` is the JPEG-in-TIFF intermediate (about the size of the JPEG); the caller
     deletes it. Raises GdalFailure when GDAL fails, ValueError when a strip is not what this
-    module expects (the caller then falls back to GDAL's JPEG driver), OSError on write errors."""
+    module expects (GDAL's driver would need the memory the strips avoid), OSError on write errors."""
     get_backend().create_copy("GTiff", vrt, strips_tif, strip_options(bands, quality))
     join_strips(strips_tif, out)
 

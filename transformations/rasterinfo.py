@@ -7,10 +7,8 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 # GDAL mask flags (gdal.h)
-GMF_ALL_VALID = 0x01
 GMF_PER_DATASET = 0x02
 GMF_ALPHA = 0x04
-GMF_NODATA = 0x08
 
 
 @dataclass
@@ -29,7 +27,6 @@ class RasterInfo:
     block_size: Tuple[int, int]
     overview_sizes: List[Tuple[int, int]]
     has_palette: bool
-    georeferenced: bool
 
 
 def numpy_dtype_name(gdal_name: str) -> str:

@@ -20,7 +20,6 @@ ENV: Dict[str, Setting] = {
     "COG_PIPELINE_MEMORY_BUDGET": Setting("", "MB a conversion may use (default: the HTCondor job ad's RequestMemory, "
                                               "else 1024)"),
     "COG_PIPELINE_PROFILE": Setting("", "profile overrides, NAME=VALUE[,NAME=VALUE] (see profile.py)"),
-    "COG_PIPELINE_VALIDATOR": Setting("auto", "COG validator: auto, rio-cogeo, gdal or builtin"),
     "COG_PIPELINE_BAND_MISMATCH": Setting("fail", "'warn': a band-count mismatch exits 0 with a WARNING line"),
 }
 
@@ -39,5 +38,4 @@ DEFAULT_MEMORY_BUDGET_MB = 1024
 CACHE_SHARE = 8
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-COMPLEX_TYPES = ("complex_int16", "complex_int32", "complex64", "complex128")
 SUPPORTED_TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64")

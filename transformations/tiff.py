@@ -16,35 +16,24 @@ from .exit_codes import ConversionError, ExitCode
 from .settings import TIFF_MAGICS
 
 class TiffTag(IntEnum):
-    """The TIFF tags the converter reads or writes (TIFF 6.0 and the TIFF Technical Notes)."""
+    """The TIFF tags the converter reads (TIFF 6.0 and the TIFF Technical Notes)."""
 
     NEW_SUBFILE_TYPE = 254
     IMAGE_WIDTH = 256
     IMAGE_LENGTH = 257
-    BITS_PER_SAMPLE = 258
-    COMPRESSION = 259
-    PHOTOMETRIC = 262
-    FILL_ORDER = 266
     STRIP_OFFSETS = 273
-    SAMPLES_PER_PIXEL = 277
     ROWS_PER_STRIP = 278
     STRIP_BYTE_COUNTS = 279
-    PLANAR_CONFIG = 284
-    PREDICTOR = 317
     TILE_WIDTH = 322
     TILE_LENGTH = 323
     TILE_OFFSETS = 324
     TILE_BYTE_COUNTS = 325
-    EXTRA_SAMPLES = 338
-    SAMPLE_FORMAT = 339
     JPEG_TABLES = 347
 
 
 TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 TIFF_FORMATS = {1: "B", 3: "H", 7: "B", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q", 17: "q", 18: "Q"}
-_WANTED_TAGS = {TiffTag.NEW_SUBFILE_TYPE, TiffTag.IMAGE_WIDTH, TiffTag.IMAGE_LENGTH, TiffTag.COMPRESSION, TiffTag.STRIP_OFFSETS, TiffTag.ROWS_PER_STRIP, TiffTag.STRIP_BYTE_COUNTS, TiffTag.TILE_WIDTH, TiffTag.TILE_LENGTH, TiffTag.TILE_OFFSETS, TiffTag.TILE_BYTE_COUNTS, TiffTag.EXTRA_SAMPLES, TiffTag.JPEG_TABLES,
-                TiffTag.BITS_PER_SAMPLE, TiffTag.PHOTOMETRIC, TiffTag.FILL_ORDER, TiffTag.SAMPLES_PER_PIXEL,
-                TiffTag.PLANAR_CONFIG, TiffTag.SAMPLE_FORMAT}
+_WANTED_TAGS = frozenset(TiffTag)
 
 
 @dataclass
