@@ -85,7 +85,7 @@ def finish(run_dir: RunDir, input_store: ObjectStore | None = None, echo: Echo |
             (echo or _stderr)(f"warning: could not read job outcomes of {run_dir.path.name}: {exc}")
     result = reconcile(run_dir, input_store=input_store)
     if publish.needs_publishing(run_dir):  # provenance, STAC, report: best effort, never fails the reconcile
-        publish.after_reconcile(run_dir, input_store=input_store, echo=echo)
+        publish.after_reconcile(run_dir, input_store=input_store, echo=echo, decisions=result.decisions)
     return result
 
 
@@ -325,7 +325,7 @@ def _switch_to_local(run_dir: RunDir, options: ScanOptions, echo: Echo) -> None:
     """A tick with --engine local finishes a run a Pegasus attempt left unplanned (no Pegasus here, or the
     plan failed): the workflow files are engine-neutral, so the local engine can run them as they are."""
     info = run_dir.load()
-    if options.engine == "local" and info.engine != "local" and info.state in (CLAIMED, GENERATED) and not info.planned:
+    if options.engine == "local" and info.engine != "local" and info.state in (CLAIMED, GENERATED) and not info.pegasus.planned:
         run_dir.update(engine="local", engine_waiting=None)
         echo(f"{info.manifest_key}: was waiting for {info.engine}; running it with the local engine")
 

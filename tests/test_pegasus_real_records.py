@@ -36,7 +36,7 @@ def hand_planned_run(tmp_path: Path) -> RunDir:
 
 def test_end_hook_takes_reasons_from_the_real_failed_job_via_pegasus_submit_dir(tmp_path, samples):
     run = hand_planned_run(tmp_path)
-    assert run.load().submit_dir is None
+    assert run.load().pegasus.submit_dir is None
     result = CliRunner().invoke(cli, ["finish", str(run.path)], env={"PEGASUS_SUBMIT_DIR": str(samples / "process_wf_failure")})
     assert result.exit_code == 0, result.output
     rows = {r["line"]: r for r in run.read_json(RunDir.RECONCILE)["rows"]}

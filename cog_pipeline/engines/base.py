@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
 # The converter's exit codes, defined once in the converter (it ships as one file to workers, so the
 # dependency points this way): the engines classify what the converter itself declares.
 from ..transformations.exit_codes import ExitCode  # noqa: E402
+from ..rundir.jobs import JobRecord  # noqa: E402,F401 - the record's home is the run directory's package
 
 # Input problems are deterministic: retrying them only burns time, so the local engine does not.
 NOT_RETRIED = frozenset({ExitCode.USAGE, ExitCode.INPUT_UNREADABLE, ExitCode.UNSUPPORTED_INPUT, ExitCode.BAND_MISMATCH})
@@ -57,36 +57,6 @@ class WorkflowError(RuntimeError):
 
 class RunFinished(WorkflowError):
     """The run has reached a final state: there is nothing left to do, and nothing is changed."""
-
-
-@dataclass
-class JobRecord:
-    """jobs/<id>.json: how one job ended, written once its attempts are used up.
-
-    ``outputs`` maps each uploaded output key to ``{"etag": ..., "size": ...}`` as the store reported them
-    right after the upload, so reconcile can prove the object at a key is this job's output.
-    """
-
-    job_id: str
-    status: str  # "succeeded" | "failed"
-    exit_code: int | None
-    category: str
-    reason: str
-    attempts: int
-    seconds: float
-    key: str | None = None
-    line: int | None = None
-    warning: str | None = None
-    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> JobRecord:
-        """Tolerant of fields a newer writer added (they are dropped, the rest is kept)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def end_hook_command(run_dir: Path) -> str:
@@ -156,9 +126,7 @@ def last_line(text: str) -> str:
 
 
 def write_record(path: Path, record: JobRecord) -> None:
-    from ..rundir import write_json_atomic
-
-    write_json_atomic(path, record.to_json())
+    record.save(path)
 
 
 def read_record(path: Path) -> JobRecord:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..lease import LEASE_SECONDS
-from ..rundir import RUNNING, RunDir, RunState
+from ..rundir import RUNNING, Preflight, RunDir, RunState
 from ..state import FINAL
 from ..store import LocalStore, StoreError, open_store
 from .base import ExitCode, JobRecord, RunFinished, WorkflowError, run_end_hook, write_record
@@ -204,9 +204,10 @@ class LocalLimits:
 
 
 def input_sizes(run_dir: RunDir, jobs: list[JobSpec]) -> dict[str, int]:
-    """Each job's input size in bytes, to start big images first: preflight.json's "sizes" when the generator
+    """Each job's input size in bytes, to start big images first: pre-flight's sizes when the generator
     recorded them, else one listing (folder buckets: a stat per key). Unknown sizes count as 0."""
-    recorded = (run_dir.read_json(RunDir.PREFLIGHT, {}) or {}).get("sizes") or {}
+    checked = Preflight.load(run_dir.path)
+    recorded = checked.sizes() if checked is not None else {}
     keys = {job.job_id: next(iter(job.inputs.values()), "") for job in jobs}
     if not recorded and jobs:
         info = run_dir.load()
