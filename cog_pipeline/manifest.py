@@ -248,6 +248,8 @@ def iter_raw_lines(path: Path) -> Iterator[bytes]:
                 first = False
                 if chunk.startswith(codecs.BOM_UTF8):
                     chunk = chunk[len(codecs.BOM_UTF8):]
+                    if not chunk:  # the file is a BOM and nothing else
+                        return
             if chunk.endswith(b"\n"):
                 chunk = chunk[:-1]
             if chunk.endswith(b"\r"):

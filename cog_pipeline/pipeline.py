@@ -238,10 +238,10 @@ def _run_together(runs: list[RunDir], options: ScanOptions, input_store: ObjectS
 
 def output_keys(run_dir: RunDir, info: RunInfo) -> set[tuple[str, str]]:
     """(output bucket, key) of every COG and JPEG the run's rows write."""
-    from .manifest import parse_manifest
+    from .manifest import ManifestRow, iter_manifest_file
 
     prefix = info.output_prefix or ""
-    rows = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes()).rows
+    rows = (p for p in iter_manifest_file(run_dir.file(RunDir.MANIFEST)) if isinstance(p, ManifestRow))
     return {(info.output_bucket, prefix + key) for row in rows for key in (row.key, row.jpg_key)}
 
 

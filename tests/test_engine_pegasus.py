@@ -29,7 +29,7 @@ from cog_pipeline.engines.local import load_jobs, run_job
 from cog_pipeline.examples import write_raster
 from cog_pipeline.claim import claim_one
 from cog_pipeline.pipeline import carry_on, finish, ScanOptions, scan
-from cog_pipeline.rundir import GENERATED, RECONCILED, RUNNING, RunDir, list_run_dirs
+from cog_pipeline.rundir import GENERATED, RECONCILED, RUNNING, Decisions, RunDir, list_run_dirs
 from cog_pipeline.store import StoreConfig, open_store
 
 from .conftest import Buckets
@@ -570,8 +570,7 @@ def _local_exactly_once(buckets: Buckets, tmp_path: Path, case: str) -> None:
     assert len([k for k in keys if "processed-" in k]) == 1
     assert len([k for k in keys if "failed-" in k]) == (0 if case == "all succeed" else 2)
     assert set(buckets.output_keys()) >= {k for k, _ in GOOD} | {k[:-4] + ".jpg" for k, _ in GOOD}
-    saved = json.loads(run_dir.file("reconcile.json").read_text())
-    assert saved["result"]["processed"] == len(GOOD)
+    assert Decisions.load(run_dir.path).processed == len(GOOD)
     if case != "all succeed":
         reasons = read_text(buckets, next(k for k in keys if k.endswith("-reasons.csv")))
         assert "INPUT_UNREADABLE" in reasons and "input object does not exist" in reasons

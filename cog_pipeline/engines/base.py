@@ -126,7 +126,9 @@ def last_line(text: str) -> str:
 
 
 def write_record(path: Path, record: JobRecord) -> None:
-    record.save(path)
+    from ..rundir import write_json_atomic
+
+    write_json_atomic(path, record.to_json())
 
 
 def read_record(path: Path) -> JobRecord:
