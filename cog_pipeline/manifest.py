@@ -210,9 +210,10 @@ def iter_parsed(lines: Iterable[bytes]) -> Iterator[Parsed]:
     """Every row, parsed, in line order, one at a time (blank lines are not rows).
 
     The only state kept per row is the index that finds duplicates: each good row's preview key (its stem
-    plus `.jpg`; `a.tif` and `a.TIF` would both make `a.jpg`) with its line and key suffix.
+    plus `.jpg`; `a.tif` and `a.TIF` would both make `a.jpg`) with its line and its key's suffix (stored as
+    the bare line number for the usual `.tif`, about 100 bytes a row in all).
     """
-    seen: dict[str, tuple[int, str]] = {}  # jpg key -> (first line, the key's suffix after the stem)
+    seen: dict[str, int | tuple[int, str]] = {}  # jpg key -> first line (suffix .tif) or (first line, suffix)
     for line_no, raw in enumerate(lines, start=1):
         raw = raw.rstrip(b"\r\n")
         # Readable form for messages and the reasons file: bytes that are not UTF-8 shown as \xNN, never U+FFFD.
@@ -230,12 +231,15 @@ def iter_parsed(lines: Iterable[bytes]) -> Iterator[Parsed]:
         jpg = parsed.jpg_key
         earlier = seen.get(jpg)
         if earlier is None:
-            seen[jpg] = (line_no, parsed.key[len(jpg) - 4:])
+            suffix = parsed.key[len(jpg) - 4:]
+            seen[jpg] = line_no if suffix == ".tif" else (line_no, suffix)
             yield parsed
-        elif jpg[:-4] + earlier[1] == parsed.key:
-            yield DuplicateRow(parsed, earlier[0])
+            continue
+        first_line, suffix = (earlier, ".tif") if isinstance(earlier, int) else earlier
+        if jpg[:-4] + suffix == parsed.key:
+            yield DuplicateRow(parsed, first_line)
         else:
-            yield RejectedRow(line_no, text, f"bad key: its preview {jpg} would overwrite line {earlier[0]}'s; "
+            yield RejectedRow(line_no, text, f"bad key: its preview {jpg} would overwrite line {first_line}'s; "
                               "rename one of the two images", raw)
 
 

@@ -1,12 +1,12 @@
 """The run report: one self-contained HTML page answering "did it work, what failed and why, how do I fix it".
 
-Built only from what the run directory holds (run.json, manifest.csv, preflight.json, reconcile.json,
-jobs/*.json) plus cheap looks at the buckets: one listing for sizes and, per processed image, the picture
-its local-engine worker left beside the job's record when the COG in the bucket is still that job's
-(thumbnail.py), else a ranged read of its COG's smallest overview (a COG keeps it near the front, so GDAL
-fetches one or two 64 KiB blocks instead of the whole file or the full-size JPEG, and it works the same on
-S3 and folder buckets).
-Every piece may be missing: a report is written for a run in any state. Every key is user data and is
+Built from the run directory's typed documents (cog_pipeline.rundir: RunInfo, Preflight, Decisions, JobRecord),
+which publishing hands over when it has them, plus cheap looks at the buckets: one listing for sizes and, per
+processed image shown, the picture its local-engine worker left beside the job's record when the COG in the
+bucket is still that job's (thumbnail.py), else a ranged read of its COG's smallest overview (a COG keeps it
+near the front, so GDAL fetches one or two 64 KiB blocks instead of the whole file or the full-size JPEG, and
+it works the same on S3 and folder buckets). The page is bounded: at most SHOWN_ROWS failed rows, images and
+jobs, each table with the count of the rest. Every piece may be missing: a report is written for a run in any state. Every key is user data and is
 escaped; the page fetches nothing and needs no JavaScript (one inline line only marks images as loaded).
 """
 
