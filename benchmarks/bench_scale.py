@@ -62,8 +62,9 @@ def main() -> None:
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.monotonic() - started
-    rss = next((line.split(":")[1].strip() for line in proc.stderr.splitlines() if "Maximum resident" in line), "?")
-    print(f"exit {proc.returncode}; wall {seconds:.1f} s; peak RSS {int(rss) / 1024:.0f} MiB" if rss != "?" else proc.stderr[-3000:])
+    timed = dict(line.strip().rsplit(": ", 1) for line in proc.stderr.splitlines() if line.startswith("\t") and ": " in line)
+    rss, cpu = int(timed["Maximum resident set size (kbytes)"]), float(timed["User time (seconds)"]) + float(timed["System time (seconds)"])
+    print(f"exit {proc.returncode}; wall {seconds:.1f} s; CPU {cpu:.1f} s; peak RSS {rss / 1024:.0f} MiB")
     if proc.returncode:
         print(proc.stdout[-3000:], proc.stderr[-3000:])
     for run in sorted(work.glob("workflow-run-*")):

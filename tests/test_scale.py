@@ -112,3 +112,47 @@ def test_the_streamed_manifest_has_the_same_rows_as_the_whole_one(tmp_path, data
     path = tmp_path / "m.csv"
     path.write_bytes(data)
     assert list(iter_raw_lines(path)) == split_raw_lines(data)
+
+
+class _CountingStore:
+    """A real folder store that counts its listings (everything else is the store's own)."""
+
+    def __init__(self, store):
+        self.store, self.listings = store, 0
+
+    def list(self, prefix: str = ""):
+        self.listings += 1
+        return self.store.list(prefix)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+@pytest.mark.slow
+def test_publishing_takes_reconciles_outputs_and_lists_the_output_bucket_only_when_recovering(tmp_path):
+    from cog_pipeline import publish
+    from cog_pipeline.provenance import read_provenance_lines
+    from cog_pipeline.reconcile import reconcile
+    from cog_pipeline.store import LocalStore
+
+    run = _scan_big_manifest(tmp_path, 10)
+    before = read_provenance_lines(run.path)
+    assert sorted(ln["source"]["key"] for ln in before) == ["real/img0.tif", "real/img1.tif"]
+    root = run.load().store_config.local_root
+    result = reconcile(run)  # a repeat: its decisions, from reconcile.json (no outputs in memory)
+    assert result.already_done and result.decisions.outputs is None
+    (run.path / REPORT_NAME).unlink()
+    (run.path / "provenance.jsonl").unlink()
+
+    # Handed over by reconcile (as pipeline.finish does): the output bucket is not listed again.
+    handed = Decisions.load(run.path)
+    handed.outputs = publish.processed_outputs(run, run.load(), LocalStore(root, "out"), None)
+    out = _CountingStore(LocalStore(root, "out"))
+    done = publish.after_reconcile(run, input_store=LocalStore(root, "in"), output_store=out, decisions=handed, echo=print)
+    assert done["provenance"] == 2 and (run.path / REPORT_NAME).is_file() and out.listings == 0
+    # A publish a crash interrupted has no decisions in memory: it decides again, with one listing.
+    out = _CountingStore(LocalStore(root, "out"))
+    done = publish.after_reconcile(run, input_store=LocalStore(root, "in"), output_store=out, echo=print)
+    assert done["provenance"] == 2 and out.listings >= 1
+    after = read_provenance_lines(run.path)
+    assert [(ln["source"], ln["outputs"]) for ln in after] == [(ln["source"], ln["outputs"]) for ln in before]

@@ -7,7 +7,6 @@ is checked against the state machine in `state.py`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
