@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..rundir import RunDir
+    from ..rundir.jobs import JobRecord
 
 
 # The converter's exit codes, defined once in the converter (it ships as one file to workers, so the
 # dependency points this way): the engines classify what the converter itself declares.
 from ..transformations.exit_codes import ExitCode  # noqa: E402
-from ..rundir.jobs import JobRecord  # noqa: E402,F401 - the record's home is the run directory's package
 
 # Input problems are deterministic: retrying them only burns time, so the local engine does not.
 NOT_RETRIED = frozenset({ExitCode.USAGE, ExitCode.INPUT_UNREADABLE, ExitCode.UNSUPPORTED_INPUT, ExitCode.BAND_MISMATCH})
@@ -57,6 +57,17 @@ class WorkflowError(RuntimeError):
 
 class RunFinished(WorkflowError):
     """The run has reached a final state: there is nothing left to do, and nothing is changed."""
+
+
+def __getattr__(name: str) -> Any:
+    """`JobRecord` lives in the run directory's package (cog_pipeline.rundir.jobs). It is imported only when
+    asked for, so a pool worker, which imports this module for the exit categories, never loads the run
+    directory's layers."""
+    if name == "JobRecord":
+        from ..rundir.jobs import JobRecord
+
+        return JobRecord
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def end_hook_command(run_dir: Path) -> str:
@@ -132,6 +143,8 @@ def write_record(path: Path, record: JobRecord) -> None:
 
 
 def read_record(path: Path) -> JobRecord:
+    from ..rundir.jobs import JobRecord
+
     return JobRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
 
 
