@@ -206,8 +206,9 @@ class DuplicateRow:
 Parsed = ManifestRow | RejectedRow | DuplicateRow
 
 
-def iter_parsed(lines: Iterable[bytes]) -> Iterator[Parsed]:
-    """Every row, parsed, in line order, one at a time (blank lines are not rows).
+def iter_parsed(lines: Iterable[bytes], duplicates: bool = True) -> Iterator[Parsed]:
+    """Every row, parsed, in line order, one at a time (blank lines are not rows). `duplicates=False` skips
+    finding duplicates (each repeat is yielded as a row of its own), and so keeps no state at all.
 
     The only state kept per row is the index that finds duplicates: each good row's preview key (its stem
     plus `.jpg`; `a.tif` and `a.TIF` would both make `a.jpg`) with its line and its key's suffix (stored as
@@ -225,7 +226,7 @@ def iter_parsed(lines: Iterable[bytes]) -> Iterator[Parsed]:
             yield RejectedRow(line_no, text, problem, raw)
             continue
         parsed = parse_row(line_no, text, raw)
-        if isinstance(parsed, RejectedRow):
+        if isinstance(parsed, RejectedRow) or not duplicates:
             yield parsed
             continue
         jpg = parsed.jpg_key
@@ -261,9 +262,9 @@ def iter_raw_lines(path: Path) -> Iterator[bytes]:
             yield from chunk.split(b"\r")
 
 
-def iter_manifest_file(path: Path) -> Iterator[Parsed]:
+def iter_manifest_file(path: Path, duplicates: bool = True) -> Iterator[Parsed]:
     """Every row of a manifest file, parsed, as a stream (see `iter_parsed`)."""
-    return iter_parsed(iter_raw_lines(path))
+    return iter_parsed(iter_raw_lines(path), duplicates)
 
 
 def parse_raw_lines(lines: Iterable[bytes]) -> Manifest:

@@ -667,7 +667,9 @@ def preflight(
             return f"input key is under the output prefix {guarded_prefix!r} of this bucket, where outputs are written"
         return refuse(row.key) if refuse is not None else None
 
-    candidates = (p.key for p in iter_manifest_file(manifest) if isinstance(p, ManifestRow) and problem(p) is None)
+    # The keys to list (a repeated key is listed once anyway): without the duplicate index, so that index and
+    # this key set are never in memory together.
+    candidates = (p.key for p in iter_manifest_file(manifest, duplicates=False) if isinstance(p, ManifestRow) and problem(p) is None)
     found = find_keys(input_store, candidates)
     ok: list[ManifestRow] = []
     out = PreflightWriter(run_dir.path)

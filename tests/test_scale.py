@@ -156,3 +156,11 @@ def test_publishing_takes_reconciles_outputs_and_lists_the_output_bucket_only_wh
     assert done["provenance"] == 2 and out.listings >= 1
     after = read_provenance_lines(run.path)
     assert [(ln["source"], ln["outputs"]) for ln in after] == [(ln["source"], ln["outputs"]) for ln in before]
+
+
+def test_a_parse_without_the_duplicate_index_yields_repeats_as_rows():
+    from cog_pipeline.manifest import DuplicateRow, ManifestRow, RejectedRow, iter_parsed
+
+    lines = [b"a.tif,1", b"a.tif,1", b"a.TIF,1", b"bad"]
+    assert [type(p) for p in iter_parsed(lines)] == [ManifestRow, DuplicateRow, RejectedRow, RejectedRow]
+    assert [type(p) for p in iter_parsed(lines, duplicates=False)] == [ManifestRow, ManifestRow, ManifestRow, RejectedRow]
