@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from datetime import datetime, timezone
-from typing import Any
 
 from .store import ObjectInfo, ObjectStore
 
@@ -59,15 +57,3 @@ def find_keys(store: ObjectStore, keys: Iterable[str], max_listings: int = MAX_F
             if info.key in wanted:
                 found[info.key] = info
     return found
-
-
-def listed_versions(preflight: dict[str, Any], keys: Iterable[str]) -> dict[str, ObjectInfo] | None:
-    """The version (ETag, size) of each of `keys` that the workflow generator listed and recorded in
-    preflight.json: what each job read, pinned with If-Match, and what the COG's lineage names. Not a listing
-    now, which would name an image re-uploaded since. None for a run generated before ETags were recorded.
-    (last_modified is not recorded: the epoch stands in.)"""
-    etags, sizes = (preflight or {}).get("etags"), (preflight or {}).get("sizes") or {}
-    if not isinstance(etags, dict):
-        return None
-    epoch = datetime.fromtimestamp(0, timezone.utc)
-    return {key: ObjectInfo(key, int(sizes.get(key, 0)), str(etags[key]), epoch) for key in keys if key in etags}

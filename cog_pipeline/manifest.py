@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .naming import image_stem, image_suffix
 
@@ -190,10 +191,30 @@ def parse_manifest(data: bytes | str) -> Manifest:
     return parse_raw_lines(split_raw_lines(data))
 
 
-def parse_raw_lines(lines: Iterable[bytes]) -> Manifest:
-    manifest = Manifest()
-    first_line_of: dict[str, int] = {}
-    jpg_line_of: dict[str, int] = {}  # `a.tif` and `a.TIF` would both make `a.jpg`
+@dataclass(frozen=True)
+class DuplicateRow:
+    """A later occurrence of a key already in an earlier row: converted once, filed with its first occurrence."""
+
+    row: ManifestRow
+    first_line: int
+
+    @property
+    def line(self) -> int:
+        return self.row.line
+
+
+Parsed = ManifestRow | RejectedRow | DuplicateRow
+
+
+def iter_parsed(lines: Iterable[bytes], duplicates: bool = True) -> Iterator[Parsed]:
+    """Every row, parsed, in line order, one at a time (blank lines are not rows). `duplicates=False` skips
+    finding duplicates (each repeat is yielded as a row of its own), and so keeps no state at all.
+
+    The only state kept per row is the index that finds duplicates: each good row's preview key (its stem
+    plus `.jpg`; `a.tif` and `a.TIF` would both make `a.jpg`) with its line and its key's suffix (stored as
+    the bare line number for the usual `.tif`, about 100 bytes a row in all).
+    """
+    seen: dict[str, int | tuple[int, str]] = {}  # jpg key -> first line (suffix .tif) or (first line, suffix)
     for line_no, raw in enumerate(lines, start=1):
         raw = raw.rstrip(b"\r\n")
         # Readable form for messages and the reasons file: bytes that are not UTF-8 shown as \xNN, never U+FFFD.
@@ -202,21 +223,60 @@ def parse_raw_lines(lines: Iterable[bytes]) -> Manifest:
             continue
         problem = _utf8_problem(raw)
         if problem:
-            manifest.rejected.append(RejectedRow(line_no, text, problem, raw))
+            yield RejectedRow(line_no, text, problem, raw)
             continue
         parsed = parse_row(line_no, text, raw)
-        if isinstance(parsed, RejectedRow):
-            manifest.rejected.append(parsed)
-        elif parsed.key in first_line_of:
-            manifest.duplicates.append((parsed, first_line_of[parsed.key]))
-        elif parsed.jpg_key in jpg_line_of:
-            manifest.rejected.append(RejectedRow(
-                line_no, text, f"bad key: its preview {parsed.jpg_key} would overwrite line {jpg_line_of[parsed.jpg_key]}'s; "
-                "rename one of the two images", raw))
+        if isinstance(parsed, RejectedRow) or not duplicates:
+            yield parsed
+            continue
+        jpg = parsed.jpg_key
+        earlier = seen.get(jpg)
+        if earlier is None:
+            suffix = parsed.key[len(jpg) - 4:]
+            seen[jpg] = line_no if suffix == ".tif" else (line_no, suffix)
+            yield parsed
+            continue
+        first_line, suffix = (earlier, ".tif") if isinstance(earlier, int) else earlier
+        if jpg[:-4] + suffix == parsed.key:
+            yield DuplicateRow(parsed, first_line)
         else:
-            first_line_of[parsed.key] = line_no
-            jpg_line_of[parsed.jpg_key] = line_no
+            yield RejectedRow(line_no, text, f"bad key: its preview {jpg} would overwrite line {first_line}'s; "
+                              "rename one of the two images", raw)
+
+
+def iter_raw_lines(path: Path) -> Iterator[bytes]:
+    """The rows of a manifest file as bytes, read as a stream: the same rows as `split_raw_lines` gives."""
+    with open(path, "rb") as fh:
+        first = True
+        for chunk in fh:  # ends at b"\n" (or at the end of the file)
+            if first:
+                first = False
+                if chunk.startswith(codecs.BOM_UTF8):
+                    chunk = chunk[len(codecs.BOM_UTF8):]
+                    if not chunk:  # the file is a BOM and nothing else
+                        return
+            if chunk.endswith(b"\n"):
+                chunk = chunk[:-1]
+            if chunk.endswith(b"\r"):
+                chunk = chunk[:-1]
+            yield from chunk.split(b"\r")
+
+
+def iter_manifest_file(path: Path, duplicates: bool = True) -> Iterator[Parsed]:
+    """Every row of a manifest file, parsed, as a stream (see `iter_parsed`)."""
+    return iter_parsed(iter_raw_lines(path), duplicates)
+
+
+def parse_raw_lines(lines: Iterable[bytes]) -> Manifest:
+    """The whole manifest in memory (for small manifests and tests; the pipeline streams `iter_parsed`)."""
+    manifest = Manifest()
+    for parsed in iter_parsed(lines):
+        if isinstance(parsed, ManifestRow):
             manifest.rows.append(parsed)
+        elif isinstance(parsed, RejectedRow):
+            manifest.rejected.append(parsed)
+        else:
+            manifest.duplicates.append((parsed.row, parsed.first_line))
     return manifest
 
 

@@ -62,19 +62,23 @@ def report_cmd(run_dir: Path, no_thumbnails: bool, upload: bool) -> None:
         runs = sorted(p.name for p in run_dir.glob("workflow-run-*") if (p / "run.json").is_file())
         hint = f"; it holds {len(runs)} run(s), e.g. {run_dir / runs[-1]}" if runs else ""
         fail(f"{run_dir} is not a run directory (no run.json){hint}", EXIT_USAGE)
-    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    from .rundir import DamagedRunDir, RunDir
+
+    try:
+        info = RunDir(run_dir).load()
+    except DamagedRunDir as exc:
+        fail(str(exc), EXIT_USAGE)
     output_store = input_store = None
     try:
-        if info and not no_thumbnails:
-            config = StoreConfig.from_json(info.get("store") or {})
-            output_store = open_store(info["output_bucket"], config)
-            input_store = open_store(info["input_bucket"], config)
-        path = write_report(run_dir, output_store=output_store, input_store=input_store)
+        if not no_thumbnails:
+            output_store = open_store(info.output_bucket, info.store_config)
+            input_store = open_store(info.input_bucket, info.store_config)
+        path = write_report(run_dir, output_store=output_store, input_store=input_store, info=info)
         click.echo(str(path))
         if upload:
             if input_store is None:
-                input_store = open_store(info["input_bucket"], StoreConfig.from_json(info.get("store") or {}))
-            click.echo(f"uploaded {upload_report(run_dir, input_store)}")
+                input_store = open_store(info.input_bucket, info.store_config)
+            click.echo(f"uploaded {upload_report(run_dir, input_store, info=info)}")
     except (StoreError, KeyError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -117,8 +121,13 @@ def provenance_cmd(location: str | None, bucket: str | None, key: str | None, lo
     if work_dir and lineage.get("RUN_ID"):
         found = find_run_dir(work_dir, lineage["RUN_ID"])
         if found:
-            run = json.loads((found / "run.json").read_text(encoding="utf-8"))
-            run.pop("store", None)  # paths of key files: not lineage
+            from .rundir import DamagedRunDir, RunDir
+
+            try:
+                run = RunDir(found).load().to_json()
+                run.pop("store", None)  # paths of key files: not lineage
+            except DamagedRunDir:
+                run = None
             lines = [ln for ln in read_provenance_lines(found) if any(o.get("key") == key for o in ln.get("outputs", []))]
     if as_json:
         click.echo(json.dumps({"schema_version": SCHEMA_VERSION, "bucket": bucket, "key": key, "lineage": lineage, "run": run, "provenance": lines,
@@ -203,20 +212,22 @@ def status_row(run_dir: Any, now: float | None = None) -> dict[str, Any]:
     from .report import REPORT_NAME, _manifest_rows
     from .status import age_text
 
+    from .rundir import Decisions, Preflight
+
     info = run_dir.load()
-    saved = run_dir.read_json(run_dir.RECONCILE) or {}
-    if saved.get("result"):
-        done, failed = saved["result"].get("processed"), saved["result"].get("failed")
+    saved = Decisions.load(run_dir.path)
+    if saved is not None:
+        done, failed = saved.processed, saved.failed
     else:  # rows decided so far: converted by a job, or failed by a job or the pre-flight
         records = run_dir.job_records().values()
-        preflight = run_dir.read_json(run_dir.PREFLIGHT) or {}
-        done = sum(r.get("status") == "succeeded" for r in records)
-        failed = sum(r.get("status") == "failed" for r in records) + len(preflight.get("failed", []))
+        preflight = Preflight.load(run_dir.path)
+        done = sum(r.status == "succeeded" for r in records)
+        failed = sum(r.status == "failed" for r in records) + (preflight.failed if preflight is not None else 0)
     report = run_dir.path / REPORT_NAME
-    where = report if report.is_file() else (info.submit_dir or run_dir.path)
+    where = report if report.is_file() else (info.pegasus.submit_dir or run_dir.path)
     claimed = _claimed_epoch(info, run_dir.path.name)
     return {"run": run_dir.path.name, "manifest": info.manifest_key, "state": str(info.state),
-            "rows": len(saved.get("rows") or []) or _manifest_rows(run_dir.path), "done": done, "failed": failed,
+            "rows": (saved.rows if saved is not None else 0) or _manifest_rows(run_dir.path), "done": done, "failed": failed,
             "age": age_text((now or time.time()) - claimed) if claimed else None, "engine": info.engine, "where": str(where)}
 
 
@@ -232,10 +243,12 @@ def scan_json(report: Any) -> str:
     reconciled run its counts, result keys and report."""
     from .report import REPORT_NAME
 
+    from .rundir import Decisions
+
     def reconciled(run_dir: Any) -> dict[str, Any]:
-        saved = run_dir.read_json(run_dir.RECONCILE) or {}
+        saved = Decisions.load(run_dir.path)
         report_path = run_dir.path / REPORT_NAME
-        return {"run_dir": str(run_dir.path), "manifest_key": run_dir.load().manifest_key, **(saved.get("result") or {}),
+        return {"run_dir": str(run_dir.path), "manifest_key": run_dir.load().manifest_key, **(saved.result if saved else {}),
                 "report": str(report_path) if report_path.is_file() else None}
 
     out: dict[str, Any] = {name: list(getattr(report, name)) for name in ("would_claim", "refused", "recovered", "orphans", "errors", "damaged")}

@@ -82,7 +82,7 @@ def finish(run_dir: RunDir, input_store: ObjectStore | None = None, echo: Echo |
             (echo or _stderr)(f"warning: could not read job outcomes of {run_dir.path.name}: {exc}")
     result = reconcile(run_dir, input_store=input_store)
     if publish.needs_publishing(run_dir):  # provenance, STAC, report: best effort, never fails the reconcile
-        publish.after_reconcile(run_dir, input_store=input_store, echo=echo)
+        publish.after_reconcile(run_dir, input_store=input_store, echo=echo, decisions=result.decisions)
     return result
 
 
@@ -326,7 +326,9 @@ def _adopt_unplanned(run_dir: RunDir, options: ScanOptions, echo: Echo) -> None:
     unplanned (no Pegasus here, or the plan failed): the workflow files are engine-neutral, so it can run them
     as they are."""
     info = run_dir.load()
-    if info.engine == options.engine or info.state not in (CLAIMED, GENERATED) or info.planned:
+    if info.engine == options.engine or info.state not in (CLAIMED, GENERATED):
+        return
+    if tick_engine(options, info.engine).handed_over(run_dir):
         return
     if tick_engine(options, options.engine).adopts_unplanned:
         run_dir.update(engine=options.engine, engine_waiting=None)

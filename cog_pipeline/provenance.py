@@ -19,11 +19,14 @@ import json
 import os
 import socket
 from datetime import datetime, timezone
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .store import ObjectInfo, ObjectStore
+
+if TYPE_CHECKING:
+    from .rundir import ProcessedOutput
 
 DOMAIN = "COG_PIPELINE"
 PROVENANCE_FILE = "provenance.jsonl"
@@ -203,39 +206,36 @@ def append_provenance(run_dir: Path, line: dict[str, Any]) -> None:
 def record_provenance(
     run_dir: Path,
     *,
+    processed: Iterable[ProcessedOutput],
     sources: dict[str, ObjectInfo],
-    outputs: dict[str, ObjectInfo],
     source_bucket: str,
     output_bucket: str,
 ) -> int:
-    """Write provenance.jsonl for every processed row of reconcile.json, whole and atomically; returns the lines.
+    """Write provenance.jsonl, one line per processed row, whole and atomically; returns the lines.
 
-    For reconcile, which already holds `outputs` (its find_keys listing) and can list `sources` the same way:
-    rewriting the file (not appending) keeps a repeated reconcile from duplicating lines.
+    `processed`: reconcile's decisions, each with its outputs as reconcile's listing found them (recorded
+    under the row's key); `sources`: a listing of their inputs. Rewriting the file (not appending) keeps a
+    repeated reconcile from duplicating lines; lines are written as they are made, never all held at once.
     """
     from . import atomic
-    from .manifest import parse_row
+    from .engines.base import job_id_of
+    from .naming import image_stem
+    from .rundir import JobRecord
 
     run_dir = Path(run_dir)
-    saved = json.loads((run_dir / "reconcile.json").read_text(encoding="utf-8"))
-    records: dict[int, dict[str, Any]] = {}
-    for path in (run_dir / "jobs").glob("*.json"):
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if record.get("line") is not None:
-            records[int(record["line"])] = record
     run_id = run_dir.name.rpartition("workflow-run-")[2]
-    lines = []
-    for row in saved.get("rows", []):
-        parsed = parse_row(int(row["line"]), str(row["text"]))
-        if row.get("status") != "processed" or not hasattr(parsed, "key") or str(row.get("note", "")).startswith("duplicate"):
-            continue
-        wanted = {k: outputs[k] for k in (parsed.key, parsed.jpg_key) if k in outputs}
-        record = records.get(parsed.line, {"key": parsed.key})
-        lines.append(provenance_line(record=record, source=sources.get(parsed.key), outputs=wanted,
-                                     source_bucket=source_bucket, output_bucket=output_bucket, run_id=run_id))
-    data = "".join(json.dumps(ln, ensure_ascii=False, sort_keys=True, default=str) + "\n" for ln in lines)
-    atomic.write_bytes(run_dir / PROVENANCE_FILE, data.encode("utf-8"), 0o644)
-    return len(lines)
+    host = socket.gethostname()
+    count = 0
+    with atomic.replacing(run_dir / PROVENANCE_FILE, 0o644) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for row in processed:
+            record = JobRecord.load(run_dir / "jobs" / f"{job_id_of(row.line)}.json")
+            facts = record.to_json() if record is not None and record.line == row.line else {"key": row.key}
+            jpg_key = image_stem(row.key) + ".jpg"
+            line = provenance_line(record=facts, source=sources.get(row.key), outputs={row.key: row.cog, jpg_key: row.jpg},
+                                   source_bucket=source_bucket, output_bucket=output_bucket, run_id=run_id, host=host)
+            fh.write(json.dumps(line, ensure_ascii=False, sort_keys=True, default=str) + "\n")
+            count += 1
+    return count
 
 
 def read_provenance_lines(run_dir: Path) -> list[dict[str, Any]]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .rundir import RunDir
-from .store import ObjectStore, open_store
+from .rundir import Decisions, Preflight, ProcessedOutput, RunDir, RunInfo
+from .store import ObjectInfo, ObjectStore, open_store
 
 Echo = Callable[[str], None]
 
@@ -24,21 +25,25 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def processed_outputs(run_dir: RunDir) -> list[tuple[str, str]]:
-    """(COG key, JPEG key) of every processed row of reconcile.json, duplicates once, in manifest order."""
-    from .manifest import ManifestRow, parse_row
+def processed_outputs(run_dir: RunDir, info: RunInfo, output_store: ObjectStore, decisions: Decisions | None) -> list[ProcessedOutput]:
+    """Every processed row's outputs (duplicates once, in manifest order): as reconcile handed them over, or,
+    when this process did not reconcile the run (a publish a crash interrupted), decided again from the bucket."""
+    if decisions is not None and decisions.outputs is not None:
+        return decisions.outputs
+    from .reconcile import decided_rows
 
-    saved = run_dir.read_json(RunDir.RECONCILE, {}) or {}
-    out: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for row in saved.get("rows", []):
-        if row.get("status") != "processed":
-            continue
-        parsed = parse_row(int(row["line"]), str(row["text"]))
-        if isinstance(parsed, ManifestRow) and parsed.key not in seen:
-            seen.add(parsed.key)
-            out.append((parsed.key, parsed.jpg_key))
-    return out
+    return [o.output for o in decided_rows(run_dir, info, output_store, Preflight.load(run_dir.path)) if o.output is not None]
+
+
+def listed_versions(preflight: Preflight | None, keys: set[str]) -> dict[str, ObjectInfo] | None:
+    """The version (ETag, size) of each of `keys` the workflow generator listed; None when it recorded none.
+    (last_modified is not recorded: the epoch stands in.)"""
+    etags = preflight.etags() if preflight is not None else None
+    if etags is None:
+        return None
+    sizes = preflight.sizes()
+    epoch = datetime.fromtimestamp(0, timezone.utc)
+    return {key: ObjectInfo(key, sizes.get(key, 0), etags[key], epoch) for key in keys if key in etags}
 
 
 def needs_publishing(run_dir: RunDir) -> bool:
@@ -48,48 +53,47 @@ def needs_publishing(run_dir: RunDir) -> bool:
     return not (run_dir.path / REPORT_NAME).is_file()
 
 
-def write_run_provenance(run_dir: RunDir, input_store: ObjectStore, output_store: ObjectStore) -> int:
-    """provenance.jsonl from the inputs' versions the workflow listed (each job read that version) and a listing
-    of the outputs, for the processed rows' keys; returns its lines."""
-    from .listing import find_keys, listed_versions
+def write_run_provenance(run_dir: RunDir, info: RunInfo, input_store: ObjectStore, processed: list[ProcessedOutput]) -> tuple[int, dict[str, ObjectInfo]]:
+    """provenance.jsonl from reconcile's outputs and the inputs' versions: (lines, those versions).
+
+    Each input's version is the one the workflow generator listed (preflight-sizes.csv): each job read exactly
+    that version (If-Match) and its COG's lineage names it, so a listing now would name an image re-uploaded
+    since. A run generated before the ETags were recorded lists its inputs, as then."""
+    from .listing import find_keys
     from .provenance import record_provenance
 
-    info = run_dir.load()
-    pairs = processed_outputs(run_dir)
-    prefix = info.output_prefix or ""
-    sources = listed_versions(run_dir.read_json(RunDir.PREFLIGHT, {}), [k for k, _ in pairs])
-    if sources is None:  # generated before the versions were recorded: a listing, as then
-        sources = find_keys(input_store, [k for k, _ in pairs])
-    # Same-bucket mode: the outputs are at <prefix><key>; each is recorded under its row's key, with its own key.
-    listed = find_keys(output_store, [prefix + k for pair in pairs for k in pair])
-    outputs = {key[len(prefix):]: found for key, found in listed.items()}
-    return record_provenance(run_dir.path, sources=sources, outputs=outputs,
-                             source_bucket=info.input_bucket, output_bucket=info.output_bucket)
+    sources = listed_versions(Preflight.load(run_dir.path), {o.key for o in processed})
+    if sources is None:
+        sources = find_keys(input_store, (o.key for o in processed))
+    lines = record_provenance(run_dir.path, processed=processed, sources=sources,
+                              source_bucket=info.input_bucket, output_bucket=info.output_bucket)
+    return lines, sources
 
 
-def write_run_stac(run_dir: RunDir, output_store: ObjectStore) -> list[str]:
+def write_run_stac(info: RunInfo, output_store: ObjectStore, processed: list[ProcessedOutput]) -> list[str]:
     """An Item beside each processed COG and the manifest's Collection (only for runs claimed with --stac)."""
     from .stac import write_stac
 
-    pairs = processed_outputs(run_dir)
-    info = run_dir.load()
-    prefix = info.output_prefix or ""
-    outputs = [(prefix + cog, prefix + jpg) for cog, jpg in pairs]
+    outputs = [(o.cog.key, o.jpg.key) for o in processed]  # where reconcile found them (<prefix><key>)
     return write_stac(output_store, outputs, info.manifest_key, base_url=info.stac_base_url) if outputs else []
 
 
-def write_and_upload_report(run_dir: RunDir, input_store: ObjectStore, output_store: ObjectStore) -> tuple[Path, str]:
+def write_and_upload_report(run_dir: RunDir, info: RunInfo, input_store: ObjectStore, output_store: ObjectStore,
+                            processed: list[ProcessedOutput], decisions: Decisions | None,
+                            sources: dict[str, ObjectInfo] | None) -> tuple[Path, str]:
     """report.html in the run directory, then the same file beside the result files: (path, key)."""
     from .report import upload_report, write_report
 
-    path = write_report(run_dir.path, output_store=output_store, input_store=input_store)
-    return path, upload_report(run_dir.path, input_store)
+    path = write_report(run_dir.path, output_store=output_store, input_store=input_store, info=info,
+                        decisions=decisions, processed=processed, sources=sources)
+    return path, upload_report(run_dir.path, input_store, info=info)
 
 
 def after_reconcile(run_dir: RunDir, input_store: ObjectStore | None = None, output_store: ObjectStore | None = None,
-                    echo: Echo | None = None) -> dict[str, Any]:
+                    echo: Echo | None = None, decisions: Decisions | None = None) -> dict[str, Any]:
     """Provenance, STAC (when run.json says `stac`), report: each best effort, one warning line when it fails.
 
+    `decisions`: what reconcile decided, with the outputs its listing found (ReconcileResult.decisions).
     Returns what was written: {"provenance": lines, "stac": keys, "report": path, "report_key": key}.
     """
     say = echo or _stderr
@@ -98,13 +102,23 @@ def after_reconcile(run_dir: RunDir, input_store: ObjectStore | None = None, out
     try:
         input_store = input_store or open_store(info.input_bucket, info.store_config)
         output_store = output_store or open_store(info.output_bucket, info.store_config)
+        if decisions is None:
+            decisions = Decisions.load(run_dir.path)
+        processed = processed_outputs(run_dir, info, output_store, decisions)
     except Exception as exc:  # noqa: BLE001 - the result files are out; this is a nicety
-        say(f"warning: {run_dir.path.name}: no report or provenance: cannot open the buckets: {exc}")
+        say(f"warning: {run_dir.path.name}: no report or provenance: cannot read the buckets: {exc}")
         return done
-    steps: list[tuple[str, Callable[[], Any]]] = [("provenance", lambda: write_run_provenance(run_dir, input_store, output_store))]
+    sources: dict[str, ObjectInfo] | None = None
+
+    def provenance() -> int:
+        nonlocal sources
+        lines, sources = write_run_provenance(run_dir, info, input_store, processed)
+        return lines
+
+    steps: list[tuple[str, Callable[[], Any]]] = [("provenance", provenance)]
     if info.stac:
-        steps.append(("stac", lambda: write_run_stac(run_dir, output_store)))
-    steps.append(("report", lambda: write_and_upload_report(run_dir, input_store, output_store)))
+        steps.append(("stac", lambda: write_run_stac(info, output_store, processed)))
+    steps.append(("report", lambda: write_and_upload_report(run_dir, info, input_store, output_store, processed, decisions, sources)))
     for name, step in steps:
         try:
             done[name] = step()

@@ -10,19 +10,21 @@ result, and the processing file is removed only after the result files are safel
 from __future__ import annotations
 
 import csv
-import io
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from . import locking
 from .claim import fence_before_results, write_recognised
+from .engines.base import job_id_of
 from .listing import find_keys
-from .manifest import Manifest, ManifestRow, parse_manifest
+from .manifest import DuplicateRow, ManifestRow, Parsed, RejectedRow, iter_manifest_file
 from .naming import RunNames
-from .rundir import RECONCILED, RunDir
+from .rundir import RECONCILED, Decisions, JobRecord, Preflight, ProcessedOutput, RunDir, RunInfo
 from .store import ObjectInfo, ObjectStore, PreconditionFailed, StoreError, open_store
 
 PROCESSED = "processed"
@@ -36,6 +38,9 @@ class RowOutcome:
     status: str  # processed | failed
     reason: str = ""
     note: str = ""  # e.g. a band-count warning on a processed row
+    raw: bytes = field(default=b"", repr=False, compare=False)  # the row's bytes, for the result files
+    duplicate: bool = False
+    output: ProcessedOutput | None = field(default=None, repr=False, compare=False)  # processed, not a duplicate
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class ReconcileResult:
     failed_key: str | None
     reasons_key: str | None
     already_done: bool = False
+    decisions: Decisions | None = field(default=None, repr=False, compare=False)  # handed on to publishing
 
 
 def _second(moment: datetime) -> datetime:
@@ -57,41 +63,70 @@ def written_since(obj: ObjectInfo, claimed_at: datetime | None) -> bool:
     return claimed_at is None or _second(obj.last_modified) >= _second(claimed_at)
 
 
-def decide(
-    manifest: Manifest,
-    outputs: dict[str, Any],
-    claimed_at: datetime | None,
-    preflight: dict[str, Any],
-    records: dict[str, dict[str, Any]],
-    output_prefix: str = "",
-) -> list[RowOutcome]:
-    """Pure decision logic: every row of the manifest gets exactly one outcome (outputs at output_prefix + key)."""
-    pre_failed = {int(item["line"]): str(item["reason"]) for item in preflight.get("failed", [])}
-    record_by_line = {int(r["line"]): r for r in records.values() if r.get("line") is not None}
-    outcomes: dict[int, RowOutcome] = {}
+class _PreFailed:
+    """Pre-flight's failed rows, (line, reason) in line order, looked up by ascending line as a stream."""
 
-    for rejected in manifest.rejected:
-        outcomes[rejected.line] = RowOutcome(rejected.line, rejected.text, FAILED, rejected.reason)
+    def __init__(self, failed: Iterable[tuple[int, str]]) -> None:
+        self._items = iter(failed)
+        self._next = next(self._items, None)
+
+    def reason(self, line: int) -> str | None:
+        while self._next is not None and self._next[0] < line:
+            self._next = next(self._items, None)
+        if self._next is not None and self._next[0] == line:
+            return self._next[1]
+        return None
+
+
+def wanted_outputs(parsed: Iterable[Parsed], pre_failed: Iterable[tuple[int, str]], output_prefix: str,
+                   firsts: set[int]) -> Iterator[str]:
+    """The output keys reconcile must look for: those of every row that got a job. Adds to `firsts` the
+    lines whose outcome a later duplicate repeats."""
+    pre = _PreFailed(pre_failed)
+    for item in parsed:
+        if isinstance(item, DuplicateRow):
+            firsts.add(item.first_line)
+        elif isinstance(item, ManifestRow) and pre.reason(item.line) is None:
+            yield output_prefix + item.key
+            yield output_prefix + item.jpg_key
+
+
+def decide(
+    parsed: Iterable[Parsed],
+    outputs: dict[str, ObjectInfo],
+    claimed_at: datetime | None,
+    pre_failed: Iterable[tuple[int, str]],
+    record_for: Callable[[int], JobRecord | None],
+    output_prefix: str = "",
+    firsts: set[int] | None = None,
+) -> Iterator[RowOutcome]:
+    """Every row gets exactly one outcome, in line order, as a stream (outputs at output_prefix + key).
+
+    `pre_failed`: pre-flight's failures in line order; `record_for(line)`: the row's job record, if any;
+    `firsts`: the lines later duplicates refer to (only their outcomes are remembered; None: all)."""
+    pre = _PreFailed(pre_failed)
+    remembered: dict[int, RowOutcome] = {}
 
     def judge(row: ManifestRow) -> RowOutcome:
-        if row.line in pre_failed:
-            return RowOutcome(row.line, row.text, FAILED, pre_failed[row.line])
-        record = record_by_line.get(row.line)
+        pre_reason = pre.reason(row.line)
+        if pre_reason is not None:
+            return RowOutcome(row.line, row.text, FAILED, pre_reason, raw=row.raw)
+        record = record_for(row.line)
         tif_key, jpg_key = output_prefix + row.key, output_prefix + row.jpg_key
         tif, jpg = outputs.get(tif_key), outputs.get(jpg_key)
         fresh = [o for o in (tif, jpg) if o is not None and written_since(o, claimed_at)]
         foreign = _not_this_jobs(record, ((tif_key, tif), (jpg_key, jpg)))
         if len(fresh) == 2 and foreign:
-            return RowOutcome(row.line, row.text, FAILED, "the object at " + ", ".join(foreign) + " is not this row's output (its ETag/size differ from what the job uploaded)")
+            return RowOutcome(row.line, row.text, FAILED, "the object at " + ", ".join(foreign) + " is not this row's output (its ETag/size differ from what the job uploaded)", raw=row.raw)
         if len(fresh) == 2:
-            note = str(record.get("warning") or "") if record else ""
-            return RowOutcome(row.line, row.text, PROCESSED, note=note)
-        if record is not None and record.get("status") == "failed":
-            category, detail = str(record.get("category") or ""), str(record.get("reason") or "")
+            note = str(record.warning or "") if record else ""
+            return RowOutcome(row.line, row.text, PROCESSED, note=note, raw=row.raw, output=ProcessedOutput(row.line, row.key, tif, jpg, note))
+        if record is not None and record.status == "failed":
+            category, detail = str(record.category or ""), str(record.reason or "")
             reason = detail if detail.split(":")[0] in (category, category.split("_")[0]) else f"{category}: {detail}"
-            if record.get("attempts", 1) > 1:
-                reason += f" (after {record['attempts']} attempts)"
-            return RowOutcome(row.line, row.text, FAILED, reason)
+            if (record.attempts or 1) > 1:
+                reason += f" (after {record.attempts} attempts)"
+            return RowOutcome(row.line, row.text, FAILED, reason, raw=row.raw)
         missing = [k for k, o in ((tif_key, tif), (jpg_key, jpg)) if o is None]
         stale = [k for k, o in ((tif_key, tif), (jpg_key, jpg)) if o is not None and o not in fresh]
         parts = []
@@ -101,25 +136,29 @@ def decide(
             parts.append("only stale outputs from an earlier run: " + ", ".join(stale))
         if record is None:
             parts.append("no job record (the job did not run or did not finish)")
-        return RowOutcome(row.line, row.text, FAILED, "; ".join(parts))
+        return RowOutcome(row.line, row.text, FAILED, "; ".join(parts), raw=row.raw)
 
-    for row in manifest.rows:
-        outcomes[row.line] = judge(row)
-    for duplicate, first_line in manifest.duplicates:
-        first = outcomes[first_line]
-        reason = f"duplicate of line {first_line}" + (f": {first.reason}" if first.reason else "")
-        outcomes[duplicate.line] = RowOutcome(
-            duplicate.line, duplicate.text, first.status, reason if first.status == FAILED else "", f"duplicate of line {first_line}, converted once"
-        )
-    return [outcomes[line] for line in sorted(outcomes)]
+    for item in parsed:
+        if isinstance(item, RejectedRow):
+            outcome = RowOutcome(item.line, item.text, FAILED, item.reason, raw=item.raw)
+        elif isinstance(item, DuplicateRow):
+            first = remembered[item.first_line]
+            reason = f"duplicate of line {item.first_line}" + (f": {first.reason}" if first.reason else "")
+            outcome = RowOutcome(item.line, item.row.text, first.status, reason if first.status == FAILED else "",
+                                 f"duplicate of line {item.first_line}, converted once", raw=item.row.raw, duplicate=True)
+        else:
+            outcome = judge(item)
+            if firsts is None or item.line in firsts:
+                remembered[item.line] = outcome
+        yield outcome
 
 
-def _not_this_jobs(record: dict[str, Any] | None, found: tuple[tuple[str, Any], ...]) -> list[str]:
+def _not_this_jobs(record: JobRecord | None, found: tuple[tuple[str, Any], ...]) -> list[str]:
     """Keys whose listed object differs from what the row's job recorded right after uploading it.
 
     Jobs that record no outputs (Pegasus stages outputs itself) are trusted on freshness alone.
     """
-    uploaded = (record or {}).get("outputs") or {}
+    uploaded = (record.outputs if record is not None else None) or {}
     foreign = []
     for key, info in found:
         mine = uploaded.get(key)
@@ -130,20 +169,67 @@ def _not_this_jobs(record: dict[str, Any] | None, found: tuple[tuple[str, Any], 
     return foreign
 
 
-def _csv_rows(outcomes: list[RowOutcome], status: str, raw_by_line: dict[int, bytes] | None = None) -> bytes:
-    """The rows with this status, each exactly as the manifest held it (its bytes, whatever the encoding)."""
-    raw_by_line = raw_by_line or {}
-    return b"".join(raw_by_line.get(o.line, o.text.encode("utf-8")) + b"\n" for o in outcomes if o.status == status)
+def record_reader(run_dir: RunDir) -> Callable[[int], JobRecord | None]:
+    """A row's job record by its line, read when asked (jobs/<job id>.json): records are never all in memory."""
+    def record_for(line: int) -> JobRecord | None:
+        record = JobRecord.load(run_dir.jobs_dir / f"{job_id_of(line)}.json")
+        return record if record is not None and record.line == line else None
+
+    return record_for
 
 
-def _reasons_csv(outcomes: list[RowOutcome]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["line", "row", "reason"])
-    for o in outcomes:
-        if o.status == FAILED:
-            writer.writerow([o.line, o.text, o.reason])
-    return buffer.getvalue().encode("utf-8")
+def decided_rows(run_dir: RunDir, info: RunInfo, output_store: ObjectStore, preflight: Preflight | None) -> Iterator[RowOutcome]:
+    """Every row's outcome, from the manifest (read twice, as streams), pre-flight's failures, the job
+    records and one listing of the output keys of the rows that got a job."""
+    manifest = run_dir.file(RunDir.MANIFEST)
+    prefix = info.output_prefix or ""  # same-bucket mode: outputs at <prefix><key>
+
+    def pre_failed() -> Iterable[tuple[int, str]]:
+        return preflight.iter_failed() if preflight is not None else ()
+
+    firsts: set[int] = set()
+    outputs = find_keys(output_store, wanted_outputs(iter_manifest_file(manifest), pre_failed(), prefix, firsts))
+    claimed_at = datetime.fromisoformat(info.claimed_at) if info.claimed_at else None
+    return decide(iter_manifest_file(manifest), outputs, claimed_at, pre_failed(), record_reader(run_dir), prefix, firsts)
+
+
+class _ResultFiles:
+    """The processed, failed and reasons files, written row by row into results/ under temporary names."""
+
+    PARTS = (PROCESSED, FAILED, "reasons")
+
+    def __init__(self, results_dir: Path) -> None:
+        results_dir.mkdir(exist_ok=True)
+        self.dir = results_dir
+        self.files = {part: open(results_dir / f".{part}.part", "wb") for part in self.PARTS}
+        self.reasons = csv.writer(_TextSink(self.files["reasons"]), lineterminator="\n")
+        self.reasons.writerow(["line", "row", "reason"])
+
+    def add(self, outcome: RowOutcome) -> None:
+        # Each row exactly as the manifest held it (its bytes, whatever the encoding).
+        self.files[outcome.status].write((outcome.raw or outcome.text.encode("utf-8")) + b"\n")
+        if outcome.status == FAILED:
+            self.reasons.writerow([outcome.line, outcome.text, outcome.reason])
+
+    def finish(self, keys: dict[str, str | None]) -> None:
+        """Each file under its key's name, or removed when its key is None (no such file)."""
+        for part, fh in self.files.items():
+            fh.close()
+            path, key = self.dir / f".{part}.part", keys[part]
+            if key:
+                os.replace(path, self.dir / key.rpartition("/")[2])
+            else:
+                path.unlink()
+
+
+class _TextSink:
+    """A text `write` for csv.writer over a binary file (UTF-8, undecodable text kept as written)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+
+    def write(self, text: str) -> int:
+        return self.fh.write(text.encode("utf-8", "surrogateescape"))
 
 
 def reconcile(
@@ -169,64 +255,23 @@ def _run_lock(run_dir: RunDir) -> Iterator[None]:
         raise StoreError(str(exc)) from None
 
 
-def _saved_decisions(run_dir: RunDir) -> dict[str, Any] | None:
-    """reconcile.json, or None when it is absent or damaged: decisions are recomputed from the bucket (the
-    same outputs, the same claim time give the same decisions), so a damaged file never wedges the run."""
-    try:
-        saved = run_dir.read_json(RunDir.RECONCILE)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    ok = isinstance(saved, dict) and isinstance(saved.get("result"), dict) and isinstance(saved.get("rows"), list)
-    return saved if ok else None
-
-
 def _reconcile(run_dir: RunDir, input_store: ObjectStore | None, output_store: ObjectStore | None) -> ReconcileResult:
     info = run_dir.load()
     names = RunNames(info.manifest_key, info.timestamp)
-    saved = _saved_decisions(run_dir)
+    # A damaged or absent reconcile.json is decided again from the bucket (the same outputs and claim time
+    # give the same decisions), so a damaged file never wedges the run.
+    saved = Decisions.load(run_dir.path)
     if info.state == RECONCILED and saved is not None:
-        return ReconcileResult(**{**saved["result"], "already_done": True})
+        return ReconcileResult(**saved.result, already_done=True, decisions=saved)
     config = info.store_config
     input_store = input_store or open_store(info.input_bucket, config)
 
     if saved is None:
         output_store = output_store or open_store(info.output_bucket, config)
-        manifest = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes())
-        prefix = info.output_prefix or ""  # same-bucket mode: outputs at <prefix><key>
-        wanted = [prefix + k for row in manifest.rows for k in (row.key, row.jpg_key)]
-        outputs = find_keys(output_store, wanted)
-        claimed_at = datetime.fromisoformat(info.claimed_at) if info.claimed_at else None
-        outcomes = decide(manifest, outputs, claimed_at, run_dir.read_json(RunDir.PREFLIGHT, {}), run_dir.job_records(), output_prefix=prefix)
-        n_processed = sum(o.status == PROCESSED for o in outcomes)
-        n_failed = len(outcomes) - n_processed
-        result = ReconcileResult(
-            processed=n_processed,
-            failed=n_failed,
-            # Each file only when it has rows, as the original; but an empty manifest still gets a (empty)
-            # processed file, so whoever uploaded it sees that it was handled.
-            processed_key=names.processed_key if n_processed or not outcomes else None,
-            failed_key=names.failed_key if n_failed else None,
-            reasons_key=names.reasons_key if n_failed else None,
-        )
-        results_dir = run_dir.path / RunDir.RESULTS
-        results_dir.mkdir(exist_ok=True)
-        files = {
-            result.processed_key: _csv_rows(outcomes, PROCESSED, manifest.raw_by_line()),
-            result.failed_key: _csv_rows(outcomes, FAILED, manifest.raw_by_line()),
-            result.reasons_key: _reasons_csv(outcomes),
-        }
-        for key, data in files.items():
-            if key:
-                (results_dir / key.rpartition("/")[2]).write_bytes(data)
-        saved = {
-            "result": {k: v for k, v in result.__dict__.items() if k != "already_done"},
-            "rows": [o.__dict__ for o in outcomes],
-        }
-        run_dir.write_json(RunDir.RECONCILE, saved)
+        saved = _decide_and_write(run_dir, info, names, output_store)
 
-    result = ReconcileResult(**saved["result"])
     results_dir = run_dir.path / RunDir.RESULTS
-    publish = {k: results_dir / k.rpartition("/")[2] for k in (result.processed_key, result.failed_key, result.reasons_key) if k}
+    publish = {k: results_dir / k.rpartition("/")[2] for k in (saved.processed_key, saved.failed_key, saved.reasons_key) if k}
     fence_before_results(input_store, run_dir, names, publish)  # ClaimLost: the run is ABANDONED, nothing written
     for key, path in publish.items():
         # Created only if absent (a repeat recognises its own bytes): never over another run's result file.
@@ -236,4 +281,29 @@ def _reconcile(run_dir: RunDir, input_store: ObjectStore | None, output_store: O
             raise StoreError(f"{input_store.url(key)} exists with other content (another run's result file); not overwritten") from None
     input_store.delete(names.processing_key)
     run_dir.set_state(RECONCILED)
-    return result
+    return ReconcileResult(**saved.result, decisions=saved)
+
+
+def _decide_and_write(run_dir: RunDir, info: RunInfo, names: RunNames, output_store: ObjectStore) -> Decisions:
+    """Decide every row, writing the result files into results/ as the rows stream by; then reconcile.json."""
+    decisions = Decisions(outputs=[])
+    files = _ResultFiles(run_dir.path / RunDir.RESULTS)
+    try:
+        for outcome in decided_rows(run_dir, info, output_store, Preflight.load(run_dir.path)):
+            files.add(outcome)
+            decisions.add(outcome.line, outcome.text, outcome.status, outcome.reason, outcome.note, outcome.duplicate,
+                          outcome.output.key if outcome.output is not None else None)
+            if outcome.output is not None:
+                decisions.outputs.append(outcome.output)
+    except BaseException:
+        for fh in files.files.values():
+            fh.close()
+        raise
+    # Each file only when it has rows, as the original; but an empty manifest still gets a (empty) processed
+    # file, so whoever uploaded it sees that it was handled.
+    decisions.processed_key = names.processed_key if decisions.processed or not decisions.rows else None
+    decisions.failed_key = names.failed_key if decisions.failed else None
+    decisions.reasons_key = names.reasons_key if decisions.failed else None
+    files.finish({PROCESSED: decisions.processed_key, FAILED: decisions.failed_key, "reasons": decisions.reasons_key})
+    decisions.save(run_dir.path)
+    return decisions

@@ -1,20 +1,20 @@
 """The run report: one self-contained HTML page answering "did it work, what failed and why, how do I fix it".
 
-Built only from what the run directory holds (run.json, manifest.csv, preflight.json, reconcile.json,
-jobs/*.json) plus cheap looks at the buckets: one listing for sizes and, per processed image, the picture
-its local-engine worker left beside the job's record when the COG in the bucket is still that job's
-(thumbnail.py), else a ranged read of its COG's smallest overview (a COG keeps it near the front, so GDAL
-fetches one or two 64 KiB blocks instead of the whole file or the full-size JPEG, and it works the same on
-S3 and folder buckets).
-Every piece may be missing: a report is written for a run in any state. Every key is user data and is
+Built from the run directory's typed documents (cog_pipeline.rundir: RunInfo, Preflight, Decisions, JobRecord),
+which publishing hands over when it has them, plus cheap looks at the buckets: one listing for sizes and, per
+processed image shown, the picture its local-engine worker left beside the job's record when the COG in the
+bucket is still that job's (thumbnail.py), else a ranged read of its COG's smallest overview (a COG keeps it
+near the front, so GDAL fetches one or two 64 KiB blocks instead of the whole file or the full-size JPEG, and
+it works the same on S3 and folder buckets). The page is bounded: at most SHOWN_ROWS failed rows, images and
+jobs, each table with the count of the rest. Every piece may be missing: a report is written for a run in any state. Every key is user data and is
 escaped; the page fetches nothing and needs no JavaScript (one inline line only marks images as loaded).
 """
 
 from __future__ import annotations
 
 import base64
+import heapq
 import html
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,12 +22,17 @@ from typing import Any
 from urllib.parse import quote
 
 from .naming import RunNames, base_of
+from .rundir import DamagedRunDir, Decisions, JobRecord, Preflight, ProcessedOutput, RunDir, RunInfo
+from .rundir.jobs import iter_job_records
 from .store import ObjectInfo, ObjectStore, StoreError
 from .thumbnail import THUMB_PX, read_thumbnail, thumbnail_jpeg, thumbnail_path
 
 REPORT_NAME = "report.html"
 # Result-file links: the run directory keeps copies under results/; the uploaded copy sits beside them.
 RESULTS_HREF = "results/"
+# The page shows at most this many failed rows, images and jobs (with the counts of all): a 2,000,000-row
+# manifest gets a page of a few MB, and the result files in the bucket list every row.
+SHOWN_ROWS = 1000
 
 
 @dataclass
@@ -59,23 +64,9 @@ class RunView:
     jobs: list[dict[str, Any]] = field(default_factory=list)  # job_id, key, status, seconds, end (epoch)
     result: dict[str, Any] = field(default_factory=dict)
     provenance_lines: int = 0  # lines of provenance.jsonl (written at reconcile, before the report)
-
-
-def _read_json(path: Path, default: Any = None) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default
-
-
-def _job_records(run_dir: Path) -> list[dict[str, Any]]:
-    out = []
-    for path in sorted((run_dir / "jobs").glob("*.json")):
-        record = _read_json(path)
-        if isinstance(record, dict):
-            record["_end"] = path.stat().st_mtime  # written when the job ended: the timeline's end point
-            out.append(record)
-    return out
+    more_failed: int = 0  # failed rows not shown (the reasons file lists every one)
+    more_images: int = 0  # processed images not shown (the processed file lists every one)
+    more_jobs: int = 0  # jobs not on the timeline
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -104,12 +95,9 @@ def next_step(reason: str, category: str, resubmit: str) -> tuple[str, str]:
     return (category or "NOT_DELIVERED"), f"Look at the job log in jobs/ and {resubmit}; if it fails again, report it."
 
 
-def _failed_rows(reconciled: dict[str, Any], records: list[dict[str, Any]], resubmit: str) -> list[dict[str, Any]]:
-    category_of = {int(r["line"]): str(r.get("category") or "") for r in records if r.get("line") is not None and r.get("status") == "failed"}
+def _failed_rows(failed_sample: list[dict[str, Any]], category_of: dict[int, str], resubmit: str) -> list[dict[str, Any]]:
     rows = []
-    for row in reconciled.get("rows", []):
-        if row.get("status") != "failed":
-            continue
+    for row in failed_sample:
         line = int(row.get("line", 0))
         reason = str(row.get("reason") or "")
         category, step = next_step(reason, category_of.get(line, ""), resubmit)
@@ -134,61 +122,108 @@ def _resubmit_hint(manifest_key: str, failed_key: str | None) -> str:
 # Reading the run
 
 def load_run(run_dir: Path, *, output_store: ObjectStore | None = None, input_store: ObjectStore | None = None,
-             thumbnails: bool = True) -> RunView:
-    """Read a run directory (and, when stores are given, sizes and thumbnails) into a RunView."""
-    info = _read_json(run_dir / "run.json", {}) or {}
-    reconciled = _read_json(run_dir / "reconcile.json", {}) or {}
-    preflight = _read_json(run_dir / "preflight.json", {}) or {}
-    records = _job_records(run_dir)
-    result = dict(reconciled.get("result") or {})
-    resubmit = _resubmit_hint(str(info.get("manifest_key", "")), result.get("failed_key"))
-    rows = list(reconciled.get("rows", []))
-    counts = {
-        "rows": len(rows) if rows else _manifest_rows(run_dir),
-        "processed": int(result.get("processed", 0)),
-        "failed": int(result.get("failed", 0)),
-        "jobs": int(preflight.get("jobs", len(records))),
-        "job_failures": sum(r.get("status") == "failed" for r in records),
-    }
-    view = RunView(run_dir.name, info, counts, _failed_rows(reconciled, records, resubmit), result=result)
-    try:
-        from .provenance import read_provenance_lines
+             thumbnails: bool = True, info: RunInfo | None = None, decisions: Decisions | None = None,
+             processed: list[ProcessedOutput] | None = None, sources: dict[str, ObjectInfo] | None = None) -> RunView:
+    """Read a run directory (and, when stores are given, sizes and thumbnails) into a RunView.
 
-        view.provenance_lines = len(read_provenance_lines(run_dir))
-    except (OSError, ValueError):
-        pass
-    by_line = {int(r["line"]): r for r in records if r.get("line") is not None}
-    view.jobs = [
-        {"job_id": str(r.get("job_id", "")), "key": str(r.get("key") or ""), "status": str(r.get("status", "")),
-         "seconds": float(r.get("seconds") or 0.0), "end": float(r["_end"])}
-        for r in records
-    ]
-    keys = [_row_key(row) for row in rows if row.get("status") == "processed" and not str(row.get("note", "")).startswith("duplicate")]
-    sizes_in = _listed(input_store, [k for _, k in keys if k])
-    listed_out = _listed(output_store, [k for _, k in keys if k])
-    for line, key in keys:
-        if not key:
-            continue
-        rec = by_line.get(line, {})
-        out = listed_out.get(key)
-        image = ImageRow(line, key, getattr(sizes_in.get(key), "size", None), getattr(out, "size", None),
-                         rec.get("seconds"), rec.get("attempts"), str(next((r.get("note", "") for r in rows if r.get("line") == line), "")),
-                         uniform_preview=rec.get("preview_uniform") or "PREVIEW_UNIFORM" in str(rec.get("warning") or ""))
-        if thumbnails and output_store is not None and out is not None:
-            image.thumbnail = _job_thumbnail(run_dir, rec, key, out.etag)
-            if image.thumbnail is None and info.get("engine") != "pegasus":
+    Publishing hands over what it holds (run.json, reconcile's decisions with the outputs its listing found,
+    the inputs' listing); anything not given is read from the run directory (and the buckets) here. The view
+    is bounded: at most `SHOWN_ROWS` failed rows, images and jobs, with the counts of all of them.
+    """
+    run_dir = Path(run_dir)
+    rd = RunDir(run_dir)
+    if info is None:
+        try:
+            info = rd.load()
+        except DamagedRunDir:
+            info = None
+    if decisions is None:
+        decisions = Decisions.load(run_dir)
+    preflight = Preflight.load(run_dir)
+    result = decisions.result if decisions is not None else {}
+    manifest_key = info.manifest_key if info is not None else ""
+    resubmit = _resubmit_hint(manifest_key, result.get("failed_key"))
+    failed_sample = decisions.failed_sample[:SHOWN_ROWS] if decisions is not None else []
+    if processed is not None:  # handed over by publishing: its outputs as reconcile's listing found them
+        shown = [(o.line, o.key, o.cog, o.note) for o in processed[:SHOWN_ROWS]]
+        n_images = len(processed)
+    else:  # the first processed rows reconcile kept, with their COGs as they are now
+        sample = decisions.processed_sample[:SHOWN_ROWS] if decisions is not None else []
+        prefix = (info.output_prefix or "") if info is not None else ""
+        listed = _listed(output_store, [prefix + str(r["key"]) for r in sample])
+        shown = [(int(r["line"]), str(r["key"]), listed.get(prefix + str(r["key"])), "") for r in sample]
+        n_images = len(shown) if decisions is None else decisions.images
+    wanted_lines = {int(r.get("line", 0)) for r in failed_sample} | {line for line, *_ in shown}
+    records, timeline, n_records, n_failed = _read_records(run_dir / "jobs", wanted_lines)
+    counts = {
+        "rows": decisions.rows if decisions is not None and decisions.rows else _manifest_rows(run_dir),
+        "processed": int(result.get("processed") or 0),
+        "failed": int(result.get("failed") or 0),
+        "jobs": preflight.jobs if preflight is not None else n_records,
+        "job_failures": n_failed,
+    }
+    category_of = {line: str(r.category or "") for line, r in records.items() if r.status == "failed"}
+    view = RunView(run_dir.name, info.to_json() if info is not None else {}, counts,
+                   _failed_rows(failed_sample, category_of, resubmit), result=result)
+    view.more_failed = counts["failed"] - len(view.failed)
+    view.more_images = n_images - len(shown)
+    view.more_jobs = n_records - len(timeline)
+    view.provenance_lines = _count_lines(run_dir / "provenance.jsonl")
+    view.jobs = timeline
+    notes = {int(n["line"]): str(n.get("note") or "") for n in (decisions.noted_sample if decisions is not None else [])}
+    if sources is None and shown:
+        sources = _listed(input_store, [key for _, key, *_ in shown])
+    for line, key, cog, note in shown:
+        rec = records.get(line)
+        image = ImageRow(line, key, getattr((sources or {}).get(key), "size", None), getattr(cog, "size", None),
+                         rec.seconds if rec else None, rec.attempts if rec else None, note or notes.get(line, ""),
+                         uniform_preview="PREVIEW_UNIFORM" in str((rec.warning if rec else "") or ""))
+        if thumbnails and output_store is not None and cog is not None:
+            image.thumbnail = _job_thumbnail(run_dir, rec, cog.key, cog.etag)
+            if image.thumbnail is None and (info is None or info.engine != "pegasus"):
                 # Never on the Pegasus engine: no image byte is read on the access point (docs/chtc.md).
-                image.thumbnail = thumbnail_data_uri(output_store, key, out.size)
+                image.thumbnail = thumbnail_data_uri(output_store, cog.key, cog.size)
         view.images.append(image)
     return view
 
 
-def _job_thumbnail(run_dir: Path, record: dict[str, Any], key: str, etag: str) -> str | None:
+def _read_records(jobs_dir: Path, lines: set[int]) -> tuple[dict[int, JobRecord], list[dict[str, Any]], int, int]:
+    """One pass over the job records: (the records of `lines`, the first SHOWN_ROWS jobs by start time for
+    the timeline, how many records, how many failed). Records are read one at a time, never all kept."""
+    wanted: dict[int, JobRecord] = {}
+    count = failed = 0
+
+    def entries() -> Any:
+        nonlocal count, failed
+        for record, end in iter_job_records(jobs_dir):
+            count += 1
+            failed += record.status == "failed"
+            if record.line is not None and record.line in lines:
+                wanted[record.line] = record
+            seconds = float(record.seconds or 0.0)
+            yield {"job_id": str(record.job_id), "key": str(record.key or ""), "status": str(record.status),
+                   "seconds": seconds, "end": float(end)}
+
+    timeline = heapq.nsmallest(SHOWN_ROWS, entries(), key=lambda j: (j["end"] - j["seconds"], j["job_id"]))
+    return wanted, timeline, count, failed
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    except OSError:
+        return 0
+
+
+def _job_thumbnail(run_dir: Path, record: JobRecord | None, key: str, etag: str) -> str | None:
     """The picture the job's worker made (thumbnail.py), if the COG in the bucket is still the one it made."""
-    made = (record.get("outputs") or {}).get(key) or {}
-    if record.get("status") != "succeeded" or not made.get("etag") or made.get("etag") != etag:
+    if record is None:
         return None
-    data = read_thumbnail(thumbnail_path(run_dir / "jobs", str(record.get("job_id", ""))))
+    made = (record.outputs or {}).get(key) or {}
+    if record.status != "succeeded" or not made.get("etag") or made.get("etag") != etag:
+        return None
+    data = read_thumbnail(thumbnail_path(run_dir / "jobs", str(record.job_id)))
     return _jpeg_data_uri(data) if data else None
 
 
@@ -197,18 +232,13 @@ def _jpeg_data_uri(data: bytes) -> str:
 
 
 def _manifest_rows(run_dir: Path) -> int:
+    """The manifest's rows (blank lines are not rows), counted as a stream."""
+    from .manifest import iter_raw_lines
+
     try:
-        return sum(1 for line in (run_dir / "manifest.csv").read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
+        return sum(1 for line in iter_raw_lines(run_dir / "manifest.csv") if line.strip(b" \t"))
     except OSError:
         return 0
-
-
-def _row_key(row: dict[str, Any]) -> tuple[int, str | None]:
-    """A processed row's key, from its text, as the manifest parser reads it (split at the last comma)."""
-    from .manifest import parse_row
-
-    parsed = parse_row(int(row.get("line", 0)), str(row.get("text", "")))
-    return int(row.get("line", 0)), getattr(parsed, "key", None)
 
 
 def _listed(store: ObjectStore | None, keys: list[str]) -> dict[str, ObjectInfo]:
@@ -303,7 +333,13 @@ def _failed_html(view: RunView) -> str:
         f'<td data-label="category">{_e(r["category"])}</td><td class="reason" data-label="reason">{_e(r["reason"])}</td>'
         f'<td class="next-step" data-label="next step">{_e(r["next_step"])}</td></tr>' for r in view.failed)
     return ('<div class="scroll"><table id="failed"><thead><tr><th>line</th><th>row</th><th>category</th><th>reason</th>'
-            f"<th>next step</th></tr></thead><tbody>{body}</tbody></table></div>")
+            f"<th>next step</th></tr></thead><tbody>{body}</tbody></table></div>"
+            + _more(view.more_failed, "failed rows", "the reasons file lists every one"))
+
+
+def _more(count: int, what: str, where: str) -> str:
+    """The line under a table that shows only the first rows."""
+    return f'<p class="meta more">{count:,} more {_e(what)} not shown: {_e(where)}.</p>' if count > 0 else ""
 
 
 def _images_html(view: RunView) -> str:
@@ -318,7 +354,8 @@ def _images_html(view: RunView) -> str:
         f'<td class="num">{(f"{i.seconds:.1f} s" if i.seconds is not None else "–")}</td><td class="num">{_e(i.attempts if i.attempts is not None else "–")}</td>'
         f"<td>{_e(i.note)}</td></tr>" for i in view.images)
     return (f'<div class="grid">{figures}</div><div class="scroll"><table id="images"><thead><tr><th>key</th><th>in</th>'
-            f'<th>out</th><th>out/in</th><th>conversion</th><th>attempts</th><th>note</th></tr></thead><tbody>{rows}</tbody></table></div>')
+            f'<th>out</th><th>out/in</th><th>conversion</th><th>attempts</th><th>note</th></tr></thead><tbody>{rows}</tbody></table></div>'
+            + _more(view.more_images, "processed images", "the processed file lists every one"))
 
 
 def _uniform(image: ImageRow) -> str:
@@ -339,13 +376,14 @@ def _timeline_html(view: RunView) -> str:
         cls = "failed" if j["status"] == "failed" else ""
         rows.append(f'<tr><td class="key">{_key(j["key"] or j["job_id"])}</td><td class="num">{j["seconds"]:.1f} s</td>'
                     f'<td style="width:50%"><div class="bar"><span class="{cls}" style="left:{left:.2f}%;width:{width:.2f}%"></span></div></td></tr>')
-    return f'<p class="meta">Span {span:.1f} s from the first job start to the last job end.</p><div class="scroll"><table id="timeline">{"".join(rows)}</table></div>'
+    return (f'<p class="meta">Span {span:.1f} s from the first job start to the last job end.</p><div class="scroll"><table id="timeline">{"".join(rows)}</table></div>'
+            + _more(view.more_jobs, "jobs", "the first to start are shown; jobs/ holds every record"))
 
 
 def _engine_html(view: RunView) -> str:
-    info, extra = view.info, view.info.get("extra") or {}
+    info = view.info
     parts = [f"<p>Engine: <b>{_e(info.get('engine', 'unknown'))}</b>; state <b>{_e(info.get('state', 'unknown'))}</b>.</p>"]
-    submit_dir = info.get("submit_dir") or extra.get("submit_dir")  # run.json v2 types it; v1 kept it in extra
+    submit_dir = (info.get("pegasus") or {}).get("submit_dir")
     if info.get("engine") == "pegasus":
         if submit_dir:
             parts.append(f"<p>Submit directory: <code>{_e(submit_dir)}</code></p><pre><code>pegasus-analyzer {_e(_shell(submit_dir))}\n"
@@ -395,12 +433,14 @@ def render(view: RunView) -> str:
     )
 
 
-def write_report(run_dir_path: Path, *, output_store: ObjectStore | None, input_store: ObjectStore | None = None) -> Path:
-    """Write report.html in the run directory (atomically) and return its path. Never needs a bucket."""
+def write_report(run_dir_path: Path, *, output_store: ObjectStore | None, input_store: ObjectStore | None = None,
+                 **given: Any) -> Path:
+    """Write report.html in the run directory (atomically) and return its path. Never needs a bucket.
+    `given`: the documents the caller already holds (see `load_run`)."""
     from . import atomic
 
     run_dir_path = Path(run_dir_path)
-    page = render(load_run(run_dir_path, output_store=output_store, input_store=input_store))
+    page = render(load_run(run_dir_path, output_store=output_store, input_store=input_store, **given))
     path = run_dir_path / REPORT_NAME
     atomic.write_bytes(path, page.encode("utf-8"), 0o644)
     return path
@@ -411,11 +451,11 @@ def report_key(manifest_key: str, timestamp: str) -> str:
     return f"{RunNames(manifest_key, timestamp).base}report-{timestamp}.html"
 
 
-def upload_report(run_dir_path: Path, input_store: ObjectStore) -> str:
+def upload_report(run_dir_path: Path, input_store: ObjectStore, info: RunInfo | None = None) -> str:
     """Put the run's report.html beside its result files in the input bucket; returns the key."""
     run_dir_path = Path(run_dir_path)
-    info = _read_json(run_dir_path / "run.json", {}) or {}
-    key = report_key(str(info["manifest_key"]), str(info["timestamp"]))
+    info = info or RunDir(run_dir_path).load()
+    key = report_key(info.manifest_key, info.timestamp)
     page = (run_dir_path / REPORT_NAME).read_bytes()
     # Beside the result files, its links point at them, not at the run directory's results/ copies.
     page = page.replace(f'class="result-file" href="{RESULTS_HREF}'.encode(), b'class="result-file" href="')

@@ -63,14 +63,14 @@ def status_row(run_dir: RunDir, now: float | None = None) -> dict[str, Any]:
     except OSError:
         age = None
     row: dict[str, Any] = {"run": run_dir.path.name, "state": str(info.state), "done": None, "failed": None, "age": age,
-                           "engine": info.engine, "where": info.submit_dir or str(run_dir.path), "submit_dir": info.submit_dir,
+                           "engine": info.engine, "where": info.pegasus.submit_dir or str(run_dir.path), "submit_dir": info.pegasus.submit_dir,
                            "dagman": None, "counts_from": None, "analyzer": None, "manifest": info.manifest_key}
-    if info.state == RUNNING and info.submit_dir and Path(info.submit_dir).is_dir():
-        facts = dagman_facts(Path(info.submit_dir))
+    if info.state == RUNNING and info.pegasus.submit_dir and Path(info.pegasus.submit_dir).is_dir():
+        facts = dagman_facts(Path(info.pegasus.submit_dir))
         row.update({k: facts[k] for k in ("dagman", "counts_from", "done", "failed")})
         row["counts"] = facts["counts"]
         if facts["failed"]:
-            row["analyzer"] = analyzer_command(info.submit_dir)
+            row["analyzer"] = analyzer_command(info.pegasus.submit_dir)
     return row
 
 
@@ -100,14 +100,14 @@ def show_runs(work_dir: Path, long_: bool = False) -> None:
         if info.state == GENERATED:
             if info.engine_waiting:
                 click.echo(f"    waiting: {info.engine_waiting} (next tick retries; or: cog-pipeline run {run_dir.path})")
-            if info.plan_error:
-                click.echo(f"    last pegasus-plan error: {info.plan_error} (attempt {info.plan_attempts}; {info.plan_log})")
-            if info.planned and info.plan_dir:
-                click.echo(f"    planned, not submitted: pegasus-run {info.plan_dir}")
+            if info.pegasus.plan_error:
+                click.echo(f"    last pegasus-plan error: {info.pegasus.plan_error} (attempt {info.pegasus.plan_attempts}; {info.pegasus.plan_log})")
+            if info.pegasus.planned and info.pegasus.plan_dir:
+                click.echo(f"    planned, not submitted: pegasus-run {info.pegasus.plan_dir}")
             continue
         if info.state != RUNNING:
             continue
-        submit_dir = info.submit_dir
+        submit_dir = info.pegasus.submit_dir
         if not submit_dir:
             click.echo("    running with the local engine" if info.engine == "local" else "    no submit directory recorded")
             continue
@@ -121,7 +121,7 @@ def _held_jobs(runs: list[RunDir]) -> dict[str, list[dict[str, Any]]]:
     from .engines.pegasus.condor import held_jobs
 
     infos = {run.path.name: run.load() for run in runs}
-    clusters = {name: info.dagman_cluster for name, info in infos.items() if info.state == RUNNING and info.dagman_cluster is not None}
+    clusters = {name: info.pegasus.dagman_cluster for name, info in infos.items() if info.state == RUNNING and info.pegasus.dagman_cluster is not None}
     if not clusters:
         return {}
     try:

@@ -42,8 +42,10 @@ def _version() -> str:
 def _run(run_dir: Any) -> dict[str, Any]:
     from .report import REPORT_NAME
 
-    saved = run_dir.read_json(run_dir.RECONCILE) or {}
-    result = saved.get("result") or {}
+    from .rundir import Decisions
+
+    saved = Decisions.load(run_dir.path)
+    result = saved.result if saved is not None else {}
     report_path = run_dir.path / REPORT_NAME
     return {"run_dir": str(run_dir.path), "manifest_key": run_dir.load().manifest_key,
             "processed": result.get("processed"), "failed": result.get("failed"),

@@ -13,10 +13,11 @@ Inputs
 
 Pre-flight (before any job exists)
     Input keys are checked with ``listing.find_keys`` (a few paginated listings, never one request per key).
-    ``<run>/preflight.json`` = ``{"failed": [...], "duplicates": [...], "jobs": N, "sizes": {key: bytes}, "etags": {key: etag}}`` where
-    ``failed`` holds ``{"line": int, "text": str, "reason": str}`` for the manifest's rejected rows and for rows
-    whose input object does not exist, sorted by line; ``duplicates`` holds
-    ``{"line": int, "text": str, "duplicate_of": first_line}``. Only existing inputs get jobs. On a run whose
+    ``<run>/preflight.json`` (``rundir.Preflight``): the counts of jobs, failed rows and duplicates, and the
+    first failed rows (``{"line", "text", "reason"}``: the manifest's rejected rows and rows whose input object
+    does not exist) and duplicates (``{"line", "text", "duplicate_of"}``); every failed row is in
+    ``<run>/preflight-failed.csv`` and every job's input size in ``<run>/preflight-sizes.csv``, both written as
+    the manifest streams by. Only existing inputs get jobs. On a run whose
     engine is ``pegasus``, a key the Pegasus transfer tools cannot carry
     (``replicas.pegasus_keys.pegasus_key_problem``) fails here with that reason, before any listing.
 
@@ -95,7 +96,7 @@ from cog_pipeline.config import PipelineConfig, load_config
 from cog_pipeline.engines.base import NOT_RETRIED, end_hook_command, job_id_of
 from cog_pipeline.engines.pegasus.plan import COMPUTE_SITE, default_plan_args
 from cog_pipeline.listing import find_keys
-from cog_pipeline.manifest import ManifestRow, parse_manifest
+from cog_pipeline.manifest import DuplicateRow, ManifestRow, RejectedRow, iter_manifest_file
 from cog_pipeline.naming import key_under_output_prefix
 from cog_pipeline.provenance import METADATA_B64, job_metadata_encoder
 from cog_pipeline.replicas.catalog import (
@@ -109,7 +110,7 @@ from cog_pipeline.replicas.catalog import (
 )
 from cog_pipeline.replicas.credentials import CREDENTIALS_FILE, write_credentials
 from cog_pipeline.engines.pegasus.scratch import record_scratch
-from cog_pipeline.rundir import GENERATED, RunDir
+from cog_pipeline.rundir import GENERATED, Preflight, PreflightWriter, RunDir
 from cog_pipeline.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -604,44 +605,52 @@ def write_workflow(
 
 
 def preflight(
-    manifest,
+    run_dir: RunDir,
     input_store: ObjectStore,
     guarded_prefix: str | None = None,
     refuse: Callable[[str], str | None] | None = None,
     listed: dict | None = None,
-) -> tuple[list[ManifestRow], list[dict], list[dict]]:
-    """(rows that get jobs, failed entries, duplicate entries).
+) -> tuple[list[ManifestRow], Preflight]:
+    """(rows that get jobs, the pre-flight summary), with every failed row and job size written to the run
+    directory as they are decided (rundir.preflight). The manifest is read twice, as a stream: once for the
+    keys to list, once to decide.
 
     `guarded_prefix`: the output prefix when outputs share the input bucket; a row whose key lies under it
     fails, because another row's output could land on it (naming.key_under_output_prefix).
     `refuse(key)` (the pegasus engine: ``replicas.pegasus_keys.pegasus_key_problem``) fails a row here, with
     its reason, when its key cannot be carried: one such key in a stage-in job would fail every image in it.
-    `listed`, when given, receives the listing (each input's ETag and size: its provenance).
+    `listed`, when given, receives the listing of the rows that got jobs (each input's ETag and size: its provenance).
     """
-    failed: list[dict[str, Any]] = [{"line": r.line, "text": r.text, "reason": r.reason} for r in manifest.rejected]
-    candidates: list[ManifestRow] = []
-    for row in manifest.rows:
-        problem = refuse(row.key) if refuse is not None else None
+    manifest = run_dir.file(RunDir.MANIFEST)
+
+    def problem(row: ManifestRow) -> str | None:
         if key_under_output_prefix(row.key, guarded_prefix):
-            failed.append({"line": row.line, "text": row.text, "reason": f"input key is under the output prefix {guarded_prefix!r} of this bucket, where outputs are written"})
-        elif problem:
-            failed.append({"line": row.line, "text": row.text, "reason": problem})
-        else:
-            candidates.append(row)
-    found = find_keys(input_store, (row.key for row in candidates))
-    if listed is not None:
-        listed.update(found)
+            return f"input key is under the output prefix {guarded_prefix!r} of this bucket, where outputs are written"
+        return refuse(row.key) if refuse is not None else None
+
+    # The keys to list (a repeated key is listed once anyway): without the duplicate index, so that index and
+    # this key set are never in memory together.
+    candidates = (p.key for p in iter_manifest_file(manifest, duplicates=False) if isinstance(p, ManifestRow) and problem(p) is None)
+    found = find_keys(input_store, candidates)
     ok: list[ManifestRow] = []
-    for row in candidates:
-        if row.key in found:
-            ok.append(row)
+    out = PreflightWriter(run_dir.path)
+    for parsed in iter_manifest_file(manifest):
+        if isinstance(parsed, RejectedRow):
+            out.failed(parsed.line, parsed.text, parsed.reason)
+        elif isinstance(parsed, DuplicateRow):
+            out.duplicate(parsed.line, parsed.row.text, parsed.first_line)
+        elif problem(parsed) is not None:
+            out.failed(parsed.line, parsed.text, problem(parsed))
+        elif parsed.key not in found:
+            out.failed(parsed.line, parsed.text, f"input object does not exist: {input_store.where(parsed.key)}")
         else:
-            failed.append({"line": row.line, "text": row.text, "reason": f"input object does not exist: {input_store.where(row.key)}"})
-    failed.sort(key=lambda item: item["line"])
-    duplicates = [{"line": row.line, "text": row.text, "duplicate_of": first} for row, first in manifest.duplicates]
-    duplicates.sort(key=lambda item: item["line"])
+            ok.append(parsed)
+            out.job(parsed.key, found[parsed.key].size, found[parsed.key].etag)
+            if listed is not None:
+                listed[parsed.key] = found[parsed.key]
+    del found
     # No checksum is known: S3 listings return none, and an ETag is not a sha256 (so replicas carry none).
-    return ok, failed, duplicates
+    return ok, out.close()
 
 
 def default_reconcile_command(run_dir: RunDir) -> str:
@@ -706,11 +715,10 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     local_root = config.local_root if local_mode else None
     settings = dataclasses.replace(settings.for_manifest(info.manifest_key), data_configuration=settings.data_configuration_for(local_mode))
 
-    manifest = parse_manifest(run_dir.file(RunDir.MANIFEST).read_bytes())
     prefix = info.output_prefix or ""
     listed: dict = {}
-    rows, failed, duplicates = preflight(
-        manifest,
+    rows, checked = preflight(
+        run_dir,
         input_store,
         prefix if info.input_bucket == info.output_bucket else None,
         # A manifest failing whole (its name is not UTF-8: claim.FAILS_WHOLE) fails every row with its reason.
@@ -718,11 +726,8 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
         listed=listed,
     )
     # The inputs' sizes, from the listing preflight made anyway: the local engine starts big images first
-    # without listing the bucket a second time.
+    # without listing the bucket a second time (preflight-sizes.csv has them too).
     sizes = {row.key: listed[row.key].size for row in rows if row.key in listed}
-    # ... and their ETags: the version each job reads (If-Match) and its lineage names, which provenance.jsonl records.
-    etags = {row.key: listed[row.key].etag for row in rows if row.key in listed}
-    run_dir.write_json(RunDir.PREFLIGHT, {"failed": failed, "duplicates": duplicates, "jobs": len(rows), "sizes": sizes, "etags": etags})
 
     files = {name: run_dir.file(name) for name in (RunDir.WORKFLOW, RunDir.REPLICAS, RunDir.OUTPUTS, RunDir.TRANSFORMATIONS, RunDir.SITES, RunDir.PROPERTIES, RunDir.PREFLIGHT)}
     where = {"local_root": local_root, "identity": settings.config.s3.identity, "site": settings.config.s3.site}
@@ -759,13 +764,13 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     s3_scratch = not local_mode and settings.data_configuration == "nonsharedfs"
     if s3_scratch:
         record_scratch(run_dir, info.output_bucket, scratch_key(settings, info.timestamp))
-    _record_generated(run_dir, settings, files, hook, credentials, jobs=len(rows), failed=len(failed), duplicates=len(duplicates), s3_scratch=s3_scratch)
+    _record_generated(run_dir, settings, files, hook, credentials, jobs=len(rows), failed=checked.failed, duplicates=checked.duplicates, s3_scratch=s3_scratch)
     seconds = time.perf_counter() - started
-    log.info("%s: %d jobs, %d failed in pre-flight, %d duplicates (%.2f s)", run_dir, len(rows), len(failed), len(duplicates), seconds)
+    log.info("%s: %d jobs, %d failed in pre-flight, %d duplicates (%.2f s)", run_dir, len(rows), checked.failed, checked.duplicates, seconds)
     return GenerationResult(
         jobs=len(rows),
-        failed=failed,
-        duplicates=duplicates,
+        failed=checked.failed_sample,
+        duplicates=checked.duplicate_sample,
         files=files,
         output_site=settings.config.s3.site,
         data_configuration=settings.data_configuration,

@@ -216,5 +216,5 @@ def test_profile_drives_schema_valid_generated_files(tmp_path, pegasus_schema_di
     assert "pegasus.data.configuration = condorio" in props and "pegasus.mode = production" in props
     tc = run.file(RunDir.TRANSFORMATIONS).read_text()
     assert "ubuntu-full-3.9.0" in tc
-    args = run.load().plan_args
+    args = run.load().pegasus.plan_args
     assert args[args.index("--output-sites") + 1] == "osn" and "--staging-site" not in args

@@ -256,11 +256,14 @@ def test_stop_removes_it_and_start_works_again(tmp_path, schedd):
     assert restart.exit_code == 0 and "job 103.0" in restart.output
 
 
-def _run_dir(work: Path, ts: str, state: str, **extra) -> RunDir:
+def _run_dir(work: Path, ts: str, state: str, **facts) -> RunDir:
     run = RunDir(work / f"workflow-run-{ts}")
     run.path.mkdir(parents=True)
-    run.save(RunInfo(timestamp=ts, input_bucket="cog-in", output_bucket="cog-out", manifest_key=f"{ts}_raw.csv",
-                     processing_key=f"{ts}_processing-{ts}.csv", store={}, state=state, engine="pegasus", **extra))
+    info = RunInfo(timestamp=ts, input_bucket="cog-in", output_bucket="cog-out", manifest_key=f"{ts}_raw.csv",
+                   processing_key=f"{ts}_processing-{ts}.csv", store={}, state=state, engine="pegasus")
+    for name, value in facts.items():  # core facts, or the Pegasus engine's (they land in info.pegasus)
+        info.set_fact(name, value)
+    run.save(info)
     return run
 
 

@@ -37,7 +37,7 @@ def _options(root: Path, tmp_path: Path, **kw) -> ScanOptions:
 
 def _records(tmp_path: Path) -> dict[str, dict]:
     (run,) = list_run_dirs(tmp_path / "work")
-    return {rec["key"]: rec for rec in run.job_records().values()}
+    return {rec.key: rec for rec in run.job_records().values()}
 
 
 def _results(root: Path, kind: str) -> list[str]:
@@ -101,7 +101,7 @@ def test_a_worker_that_dies_fails_only_its_image(tmp_path, sig):
     assert sorted(_results(root, "processed")) == sorted(rows[1:])
     assert _results(root, "failed") == ["victim.tif,3"]
     record = _records(tmp_path)["victim.tif"]
-    assert record["category"] == "WORKER_DIED" and signal.Signals(sig).name in record["reason"]
+    assert record.category == "WORKER_DIED" and signal.Signals(sig).name in record.reason
     reasons = next((root / "in").glob("*-reasons.csv")).read_text()
     assert "WORKER_DIED" in reasons and signal.Signals(sig).name in reasons
 
@@ -118,8 +118,8 @@ def test_a_job_over_the_wall_time_limit_is_killed_and_the_others_go_on(tmp_path)
     assert _results(root, "processed") == ["small.tif,1"]
     assert _results(root, "failed") == ["slow.tif,1"]
     record = _records(tmp_path)["slow.tif"]
-    assert record["category"] == "TIMEOUT" and "3 s" in record["reason"] and "--job-timeout" in record["reason"]
-    assert record["attempts"] == 1
+    assert record.category == "TIMEOUT" and "3 s" in record.reason and "--job-timeout" in record.reason
+    assert record.attempts == 1
 
 
 def test_a_huge_sparse_image_fails_fast_naming_its_size_and_the_setting(tmp_path):
@@ -133,9 +133,9 @@ def test_a_huge_sparse_image_fails_fast_naming_its_size_and_the_setting(tmp_path
     assert time.monotonic() - started < 60
     assert _results(root, "failed") == ["huge.tif,1"] and _results(root, "processed") == ["small.tif,1"]
     record = _records(tmp_path)["huge.tif"]
-    assert record["category"] == "TOO_LARGE"
-    assert "100000x100000x1" in record["reason"] and "--max-pixels" in record["reason"]
-    assert "COG_PIPELINE_MAX_PIXELS" in record["reason"]
+    assert record.category == "TOO_LARGE"
+    assert "100000x100000x1" in record.reason and "--max-pixels" in record.reason
+    assert "COG_PIPELINE_MAX_PIXELS" in record.reason
     assert not (root / "out" / "huge.tif").exists()
 
 
@@ -145,7 +145,7 @@ def test_max_pixels_is_configurable(tmp_path):
     (root / "in" / "m_raw.csv").write_text("a.tif,1\n")
     scan(_options(root, tmp_path, max_pixels=4000, workers=1), echo=lambda line: None)
     assert _results(root, "failed") == ["a.tif,1"]
-    assert "over the limit of 4,000" in _records(tmp_path)["a.tif"]["reason"]
+    assert "over the limit of 4,000" in _records(tmp_path)["a.tif"].reason
 
 
 def test_in_process_outputs_match_the_executable(tmp_path, monkeypatch):
@@ -157,9 +157,9 @@ def test_in_process_outputs_match_the_executable(tmp_path, monkeypatch):
         root = _scan_one_image(sub, "x y#1.tif", 3, 96, manifest_bands=4)
         assert _results(root, "processed") == ["x y#1.tif,4"]
         record = _records(sub)["x y#1.tif"]
-        assert record["status"] == "succeeded" and "BAND_MISMATCH" in (record["warning"] or "")
-        assert set(record["outputs"]) == {"x y#1.tif", "x y#1.jpg"}
-        assert record["outputs"]["x y#1.tif"]["size"] == (root / "out" / "x y#1.tif").stat().st_size
+        assert record.status == "succeeded" and "BAND_MISMATCH" in (record.warning or "")
+        assert set(record.outputs) == {"x y#1.tif", "x y#1.jpg"}
+        assert record.outputs["x y#1.tif"]["size"] == (root / "out" / "x y#1.tif").stat().st_size
         with rasterio.open(root / "out" / "x y#1.tif") as cog:
             outs[mode] = (cog.read(), cog.overviews(1))
         log = next((sub / "work").glob("workflow-run-*/jobs/*.log")).read_text()
@@ -177,7 +177,7 @@ def test_big_images_start_first(tmp_path):
     scan(_options(root, tmp_path, workers=1), echo=lambda line: None)
     (run,) = list_run_dirs(tmp_path / "work")
     finished = sorted(run.jobs_dir.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-    keys = [run.job_records()[p.stem]["key"] for p in finished]
+    keys = [run.job_records()[p.stem].key for p in finished]
     assert keys == ["big.tif", "medium.tif", "small.tif"]
 
 
@@ -254,10 +254,10 @@ def test_in_process_jobs_record_the_uploaded_outputs_etag_and_size(buckets, tmp_
     assert len(report.reconciled) == 1
     (run,) = list_run_dirs(tmp_path / "work")
     (record,) = run.job_records().values()
-    assert record["status"] == "succeeded" and record["attempts"] == 1
+    assert record.status == "succeeded" and record.attempts == 1
     for key in ("d/a b#1.tif", "d/a b#1.jpg"):
         head = buckets.output.head(key)
-        assert head is not None and record["outputs"][key] == {"etag": head.etag, "size": head.size}
+        assert head is not None and record.outputs[key] == {"etag": head.etag, "size": head.size}
 
 
 def test_a_worker_is_replaced_after_its_share_of_jobs(tmp_path, monkeypatch):
@@ -423,8 +423,8 @@ def test_a_uniform_preview_is_converted_and_flagged_in_the_record_and_the_report
     scan(_options(root, tmp_path, workers=1), echo=lambda line: None)
     assert sorted(_results(root, "processed")) == ["fine.tif,1", "flat.tif,1"]
     records = _records(tmp_path)
-    assert records["flat.tif"]["warning"].startswith("WARNING PREVIEW_UNIFORM: every sample of the JPEG preview is 77")
-    assert records["fine.tif"]["warning"] is None
+    assert records["flat.tif"].warning.startswith("WARNING PREVIEW_UNIFORM: every sample of the JPEG preview is 77")
+    assert records["fine.tif"].warning is None
     (run,) = list_run_dirs(tmp_path / "work")
     page = (run.path / "report.html").read_text(encoding="utf-8")
     assert 'flat.tif <span class="flag uniform-preview"' in page and 'fine.tif <span class="flag' not in page

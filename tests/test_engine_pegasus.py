@@ -30,7 +30,7 @@ from cog_pipeline.examples import write_raster
 from cog_pipeline.claim import claim_one
 from cog_pipeline.pipeline import carry_on, finish, ScanOptions, scan
 from tests.conftest import config_with
-from cog_pipeline.rundir import GENERATED, RECONCILED, RUNNING, RunDir, list_run_dirs
+from cog_pipeline.rundir import GENERATED, RECONCILED, RUNNING, Decisions, RunDir, list_run_dirs
 from cog_pipeline.store import StoreConfig, open_store
 
 from .conftest import Buckets
@@ -299,9 +299,9 @@ def test_plan_runs_from_the_run_directory_with_its_inputs_and_credentials(tmp_pa
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
     assert secret in credentials.read_text()
     # Recorded for the next tick and for operators.
-    submit_dir = Path(info.submit_dir)
+    submit_dir = Path(info.pegasus.submit_dir)
     assert (submit_dir / "braindump.yml").is_file() and submit_dir.is_relative_to(run_dir.path / "submit")
-    assert info.dagman_cluster == CLUSTER
+    assert info.pegasus.dagman_cluster == CLUSTER
     assert "submitted to cluster" in run_dir.file("plan.log").read_text()
     # No key material in any file written, except credentials.conf itself.
     leaked = [
@@ -324,9 +324,9 @@ def test_no_submit_plans_and_leaves_the_planner_inputs_valid(tmp_path, fake_pega
     assert result.exit_code == 0, result.output
     (run_dir,) = list_run_dirs(work)
     info = run_dir.load()
-    assert info.state == GENERATED and info.planned is True
+    assert info.state == GENERATED and info.pegasus.planned is True
     assert "--submit" not in fake_pegasus("pegasus-plan")[0]["argv"]
-    assert Path(info.plan_dir).is_dir()
+    assert Path(info.pegasus.plan_dir).is_dir()
     for name, schema in (("workflow.yml", "wf-5.0.yml"), ("replicas.yml", "rc-5.0.yml"), ("transformations.yml", "tc-5.0.yml"), ("sites.yml", "sc-5.0.yml")):
         doc = yaml.safe_load(run_dir.file(name).read_text())
         errors = list(schema_validator(pegasus_schema_dir, schema).iter_errors(doc))
@@ -342,9 +342,9 @@ def test_no_submit_plans_and_leaves_the_planner_inputs_valid(tmp_path, fake_pega
     use_schedd(monkeypatch, None)
     scan(options(buckets, work, "pegasus"), echo=lambda _: None)
     (run_call,) = fake_pegasus("pegasus-run")
-    assert run_call["argv"] == [info.plan_dir]
+    assert run_call["argv"] == [info.pegasus.plan_dir]
     info = run_dir.load()
-    assert info.state == RUNNING and info.submit_dir == info.plan_dir and info.dagman_cluster == 4343
+    assert info.state == RUNNING and info.pegasus.submit_dir == info.pegasus.plan_dir and info.pegasus.dagman_cluster == 4343
 
 
 @pytest.mark.slow
@@ -354,12 +354,12 @@ def test_a_plan_submitted_by_hand_is_followed_not_submitted_again(tmp_path, fake
     work = tmp_path / "work"
     scan(options(buckets, work, "pegasus", submit=False), echo=lambda _: None)
     (run_dir,) = list_run_dirs(work)
-    plan_dir = Path(run_dir.load().plan_dir)
+    plan_dir = Path(run_dir.load().pegasus.plan_dir)
     (plan_dir / "monitord.started").write_text("")  # the operator ran pegasus-run by hand
     use_schedd(monkeypatch, [{"ClusterId": CLUSTER, "ProcId": 0, "JobStatus": 2, "JobUniverse": 7, "Iwd": str(plan_dir)}])
     scan(options(buckets, work, "pegasus"), echo=lambda _: None)
     assert not fake_pegasus("pegasus-run")
-    assert run_dir.load().state == RUNNING and run_dir.load().submit_dir == str(plan_dir)
+    assert run_dir.load().state == RUNNING and run_dir.load().pegasus.submit_dir == str(plan_dir)
 
 
 @pytest.mark.slow
@@ -407,7 +407,7 @@ def test_plan_failures_are_retried_then_reconciled_as_failed_rows(tmp_path, fake
     messages: list[str] = []
     scan(options(buckets, work, "pegasus"), echo=messages.append)
     (run_dir,) = list_run_dirs(work)
-    assert run_dir.load().state == GENERATED and run_dir.load().plan_attempts == 1
+    assert run_dir.load().state == GENERATED and run_dir.load().pegasus.plan_attempts == 1
     assert any("Unable to load the site catalog" in m for m in messages)
     for _ in range(plan.MAX_PLAN_ATTEMPTS - 1):
         scan(options(buckets, work, "pegasus"), echo=messages.append)
@@ -446,7 +446,7 @@ def submitted_run(tmp_path, fake_pegasus, monkeypatch):
     assert run_dir.load().state == RUNNING
     records = run_dag_jobs(run_dir)
     assert {r.status for r in records.values()} == {"succeeded", "failed"}
-    return buckets, work, run_dir, Path(run_dir.load().submit_dir), records
+    return buckets, work, run_dir, Path(run_dir.load().pegasus.submit_dir), records
 
 
 @pytest.mark.parametrize(
@@ -573,8 +573,7 @@ def _local_exactly_once(buckets: Buckets, tmp_path: Path, case: str, monkeypatch
     assert len([k for k in keys if "processed-" in k]) == 1
     assert len([k for k in keys if "failed-" in k]) == (0 if case == "all succeed" else 2)
     assert set(buckets.output_keys()) >= {k for k, _ in GOOD} | {k[:-4] + ".jpg" for k, _ in GOOD}
-    saved = json.loads(run_dir.file("reconcile.json").read_text())
-    assert saved["result"]["processed"] == len(GOOD)
+    assert Decisions.load(run_dir.path).processed == len(GOOD)
     if case != "all succeed":
         reasons = read_text(buckets, next(k for k in keys if k.endswith("-reasons.csv")))
         assert "INPUT_UNREADABLE" in reasons and "input object does not exist" in reasons
@@ -629,7 +628,7 @@ def test_submitted_run_whose_submit_dir_was_not_named_is_found_again(submitted_r
     run_dir.set_state(RUNNING, submit_dir=None)
     use_schedd(monkeypatch, [{"ClusterId": CLUSTER, "ProcId": 0, "JobStatus": 2}])
     assert monitor.workflow_is_running(run_dir) is True
-    assert run_dir.load().submit_dir == str(submit_dir)
+    assert run_dir.load().pegasus.submit_dir == str(submit_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from cog_pipeline.cli import main as cli
 from cog_pipeline.engines.pegasus.records import collect_job_records
 from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
-from cog_pipeline.rundir import RUNNING, RunDir
+from cog_pipeline.rundir import RUNNING, Decisions, RunDir
 from cog_pipeline.status import status_row
 
 from .test_pegasus_wiring import folder_run
@@ -36,12 +36,12 @@ def hand_planned_run(tmp_path: Path) -> RunDir:
 
 def test_end_hook_takes_reasons_from_the_real_failed_job_via_pegasus_submit_dir(tmp_path, samples):
     run = hand_planned_run(tmp_path)
-    assert run.load().submit_dir is None
+    assert run.load().pegasus.submit_dir is None
     result = CliRunner().invoke(cli, ["finish", str(run.path)], env={"PEGASUS_SUBMIT_DIR": str(samples / "process_wf_failure")})
     assert result.exit_code == 0, result.output
-    rows = {r["line"]: r for r in run.read_json(RunDir.RECONCILE)["rows"]}
+    rows = {r["line"]: r for r in Decisions.load(run.path).failed_sample}
     # line 1 is the sample's failed job: the converter's (here ls's) last stderr line from the latest attempt
-    assert rows[1]["status"] == "failed"
+    assert 1 in rows
     assert rows[1]["reason"] == "USAGE: Try '/bin/ls --help' for more information. (after 2 attempts)"  # exit 2: the usage category
     assert "no job record" in rows[2]["reason"]  # line 2 never ran in that DAG
     record = json.loads((run.jobs_dir / "ID0000001.json").read_text())

@@ -15,7 +15,7 @@ from cog_pipeline.engines import get_engine
 from cog_pipeline.pegasus import workflow_gen as wg
 from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
 from cog_pipeline.replicas.pegasus_keys import pegasus_key_problem
-from cog_pipeline.rundir import RunDir
+from cog_pipeline.rundir import Preflight, RunDir
 from cog_pipeline.store import open_store
 
 from .test_replicas import schema_validator
@@ -133,10 +133,10 @@ def test_s3_buckets_default_to_nonsharedfs_with_the_output_site_as_staging(tmp_p
     props = properties(run)
     assert props["pegasus.data.configuration"] == "nonsharedfs"
     assert props["pegasus.transfer.bypass.input.staging"] == "true"
-    args = info.plan_args
+    args = info.pegasus.plan_args
     assert args[args.index("--staging-site") + 1] == "condorpool=storage"
     assert args[args.index("--cleanup") + 1] == "none"  # pegasus-s3 rm cannot delete keys with spaces
-    assert (info.data_configuration, info.staging_site) == ("nonsharedfs", "storage")
+    assert (info.data_configuration, info.pegasus.staging_site) == ("nonsharedfs", "storage")
     assert json.loads(run.file(SCRATCH_FILE).read_text()) == {"bucket": info.output_bucket, "prefix": f"pegasus-scratch/{TS}/"}
     assert args[args.index("--sites") + 1] == "condorpool" and args[args.index("--output-sites") + 1] == "storage"
     for name, schema in ((RunDir.SITES, "sc-5.0.yml"), (RunDir.WORKFLOW, "wf-5.0.yml"), (RunDir.TRANSFORMATIONS, "tc-5.0.yml"), (RunDir.REPLICAS, "rc-5.0.yml")):
@@ -151,7 +151,7 @@ def test_condorio_stays_selectable_for_s3(tmp_path, s3_buckets):
     generate(run, open_store(run.load().input_bucket, run.load().store_config), WorkflowSettings(config_with(configuration="condorio")))
     info = run.load()
     assert properties(run)["pegasus.data.configuration"] == "condorio"
-    assert "--staging-site" not in info.plan_args and "--cleanup" not in info.plan_args
+    assert "--staging-site" not in info.pegasus.plan_args and "--cleanup" not in info.pegasus.plan_args
     assert not run.file(SCRATCH_FILE).exists()
 
 
@@ -159,7 +159,7 @@ def test_folder_buckets_keep_condorio(tmp_path):
     run, store = folder_run(tmp_path, ["a/x.tif"])
     generate(run, store, WorkflowSettings())
     assert properties(run)["pegasus.data.configuration"] == "condorio"
-    assert "--staging-site" not in run.load().plan_args
+    assert "--staging-site" not in run.load().pegasus.plan_args
 
 
 def test_scratch_prefix_is_removed_with_boto3_and_outputs_stay(tmp_path, s3_buckets):
@@ -188,7 +188,7 @@ def test_pegasus_engine_fails_refused_keys_at_preflight_with_the_way_out(tmp_pat
     run, store = folder_run(tmp_path, REFUSED + CARRIED, engine="pegasus")
     result = generate(run, store, WorkflowSettings(key_problem=get_engine("pegasus").key_problem))  # as the tick does
     assert result.jobs == len(CARRIED)
-    failed = {f["text"].rsplit(",", 1)[0]: f["reason"] for f in json.loads(run.file(RunDir.PREFLIGHT).read_text())["failed"]}
+    failed = {f["text"].rsplit(",", 1)[0]: f["reason"] for f in Preflight.load(run.path).failed_sample}
     assert set(failed) == set(REFUSED)
     for key, reason in failed.items():
         assert reason == pegasus_key_problem(key)

@@ -14,7 +14,7 @@ import rasterio
 
 from cog_pipeline.examples import EXAMPLE_BAD_ROWS, EXAMPLE_IMAGES, make_example_bucket, write_raster
 from cog_pipeline.pipeline import ScanOptions, scan
-from cog_pipeline.rundir import RECONCILED, list_run_dirs
+from cog_pipeline.rundir import RECONCILED, Decisions, list_run_dirs
 from tests.conftest import config_with
 
 
@@ -74,7 +74,7 @@ def test_seed_manifest_end_to_end(buckets, tmp_path, shared_testdata):
         assert_valid_outputs(buckets, key, tmp_path, bands=1)
     # The manifest says 4 bands for a 1-band file: converted per the file, and the mismatch is on record.
     (run,) = list_run_dirs(tmp_path / "work")
-    notes = [row["note"] for row in run.read_json("reconcile.json")["rows"] if "4band" in row["text"]]
+    notes = [row["note"] for row in Decisions.load(run.path).noted_sample if "4band" in row["text"]]
     assert notes and all("band" in n.lower() for n in notes)
 
 

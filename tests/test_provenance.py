@@ -84,6 +84,8 @@ def test_command_folder_bucket_with_run_record(tmp_path: Path, tagged_cog: Path)
     run_dir = tmp_path / "work" / "workflow-run-20261201-101500"
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps({"state": "reconciled", "engine": "local", "manifest_key": "Counties/x_raw.csv",
+                                                  "timestamp": "20261201-101500", "input_bucket": "in", "output_bucket": "out",
+                                                  "processing_key": "Counties/x_processing-20261201-101500.csv",
                                                   "store": {"access_key_file": "/secret/path"}}))
     info = ObjectInfo(KEY, 1234, "abc123", datetime.now(timezone.utc))
     append_provenance(run_dir, provenance_line(record={"status": "succeeded", "attempts": 2, "seconds": 1.5, "key": KEY},
@@ -156,14 +158,17 @@ def test_record_provenance_from_a_real_run(shared_testdata: Path, tmp_path: Path
     """After a real scan, one line per processed row (input version -> both outputs); a rerun does not duplicate."""
     from cog_pipeline.listing import find_keys
     from cog_pipeline.provenance import record_provenance
+    from cog_pipeline.rundir import ProcessedOutput, RunDir
     from cog_pipeline.store import LocalStore
 
     key, jpg = "Eau Claire/a ü 'x' 1.tif", "Eau Claire/a ü 'x' 1.jpg"
     root, run_dir = _real_run(shared_testdata, tmp_path, key)
     src, out = LocalStore(root, "in"), LocalStore(root, "out")
     sources, outputs = find_keys(src, [key]), find_keys(out, [key, jpg])
+    (line_no,) = [r.line for r in RunDir(run_dir).job_records().values()]
+    processed = [ProcessedOutput(line_no, key, outputs[key], outputs[jpg])]
     for _ in range(2):
-        assert record_provenance(run_dir, sources=sources, outputs=outputs, source_bucket="in", output_bucket="out") == 1
+        assert record_provenance(run_dir, processed=processed, sources=sources, source_bucket="in", output_bucket="out") == 1
     (line,) = read_provenance_lines(run_dir)
     assert line["source"] == {"bucket": "in", "key": key, "etag": sources[key].etag, "size": sources[key].size}
     assert sorted((o["key"], o["etag"]) for o in line["outputs"]) == sorted((k, outputs[k].etag) for k in (key, jpg))

@@ -103,15 +103,20 @@ def test_hostile_keys_are_escaped(run: tuple[Path, StoreConfig]) -> None:
     assert page.count("<script>") == 1  # only the page's own image-loaded marker
 
 
+_V1_RUN = ('{"timestamp": "20250101-000000", "input_bucket": "in", "output_bucket": "out", "manifest_key": "a_raw.csv", '
+           '"processing_key": "a_processing-20250101-000000.csv", "store": {}, "engine": "pegasus", "state": "%s", "extra": %s}')
+
+
 def test_report_of_a_bare_run_dir(tmp_path: Path) -> None:
     """A run directory holding nothing but run.json (claimed, never run) still gets a report."""
-    (tmp_path / "run.json").write_text('{"manifest_key": "a_raw.csv", "engine": "pegasus", "state": "claimed", "extra": {}}')
+    (tmp_path / "run.json").write_text(_V1_RUN % ("claimed", "{}"))
     page = write_report(tmp_path, output_store=None).read_text(encoding="utf-8")
     assert "Not reconciled yet" in page and "No submit directory recorded" in page
 
 
 def test_pegasus_commands_are_named(tmp_path: Path) -> None:
-    (tmp_path / "run.json").write_text('{"manifest_key": "a_raw.csv", "engine": "pegasus", "state": "running", "extra": {"submit_dir": "/s/run 1"}}')
+    # A version-1 run.json (its Pegasus facts in "extra"): read through the migration in cog_pipeline.rundir.
+    (tmp_path / "run.json").write_text(_V1_RUN % ("running", '{"submit_dir": "/s/run 1"}'))
     page = write_report(tmp_path, output_store=None).read_text(encoding="utf-8")
     assert "pegasus-analyzer &#x27;/s/run 1&#x27;" in page
     assert "pegasus-statistics -s all &#x27;/s/run 1&#x27;" in page
@@ -312,9 +317,9 @@ def test_the_report_shows_the_pictures_the_workers_left_while_the_cog_is_theirs(
 
     run_dir, config = run
     out_store = LocalStore(config.local_root, "out")
-    records = {r["key"]: r for r in RunDir(run_dir).job_records().values() if r["status"] == "succeeded"}
+    records = {r.key: r for r in RunDir(run_dir).job_records().values() if r.status == "succeeded"}
     assert len(records) == 3
-    thumbs = {key: run_dir / "jobs" / f"{rec['job_id']}.thumb.jpg" for key, rec in records.items()}
+    thumbs = {key: run_dir / "jobs" / f"{rec.job_id}.thumb.jpg" for key, rec in records.items()}
     assert all(p.read_bytes()[:2] == b"\xff\xd8" for p in thumbs.values())
 
     def srcs() -> dict[str, str]:

@@ -72,7 +72,7 @@ def test_a_version_1_record_is_migrated(tmp_path: Path) -> None:
         "extra": {"plan_attempts": 2, "owner_pid": 1, "owner_host": "h", "mystery": 5},
     }))
     info = run.load()
-    assert (info.plan_attempts, info.owner, info.unknown, info.version) == (2, None, {"mystery": 5}, RUN_RECORD_VERSION)
+    assert (info.pegasus.plan_attempts, info.owner, info.unknown, info.version) == (2, None, {"mystery": 5}, RUN_RECORD_VERSION)
 
 
 def test_a_newer_version_is_refused_with_one_line(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from cog_pipeline.manifest import ManifestRow, parse_manifest
 from cog_pipeline.pegasus import workflow_gen as wg
 from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
 from cog_pipeline.replicas.catalog import job_lfns
-from cog_pipeline.rundir import CLAIMED, GENERATED, RunDir, RunInfo
+from cog_pipeline.rundir import CLAIMED, GENERATED, Preflight, RunDir, RunInfo
 from tests.oracles import build_api_workflow
 from tests.urls import parse_location
 from cog_pipeline.store import RequestCounter, StoreConfig, open_store
@@ -165,21 +165,18 @@ def test_each_job_requests_disk_for_its_input_and_the_manifest_glob_sets_resourc
 def test_preflight_json_lists_bad_missing_and_duplicate_rows(local_run):
     run, store, root = local_run
     result = generate(run, store, WorkflowSettings())
-    pre = json.loads(run.file(RunDir.PREFLIGHT).read_text())
-    assert set(pre) == {"failed", "duplicates", "jobs", "sizes", "etags"}
-    assert pre["jobs"] == 3
+    pre = Preflight.load(run.path)
+    assert (pre.jobs, pre.failed, pre.duplicates) == (3, 2, 1)
+    assert [f["line"] for f in pre.failed_sample] == [3, 4]
+    assert pre.failed_sample[0]["text"] == "Counties/WI/notatif.png,3"
+    assert "does not end in '.tif'" in pre.failed_sample[0]["reason"]
+    gone = f"input object does not exist: {root / 'in' / 'Counties/WI/Missing/gone.tif'}"
+    assert pre.failed_sample[1] == {"line": 4, "text": "Counties/WI/Missing/gone.tif,1", "reason": gone}
+    assert list(pre.iter_failed()) == [(3, pre.failed_sample[0]["reason"]), (4, gone)]  # the line file, streamed
+    assert pre.duplicate_sample == [{"line": 5, "text": "Counties/WI/Wood/1band.tif,2", "duplicate_of": 1}]
+    assert result.failed == pre.failed_sample and result.duplicates == pre.duplicate_sample
     # Each job's input version as listed: what the job reads (If-Match) and provenance.jsonl names.
-    assert pre["etags"] == {k: store.head(k).etag for k in pre["sizes"]} and len(pre["etags"]) == 3
-    assert [f["line"] for f in pre["failed"]] == [3, 4]
-    assert pre["failed"][0]["text"] == "Counties/WI/notatif.png,3"
-    assert "does not end in '.tif'" in pre["failed"][0]["reason"]
-    assert pre["failed"][1] == {
-        "line": 4,
-        "text": "Counties/WI/Missing/gone.tif,1",
-        "reason": f"input object does not exist: {root / 'in' / 'Counties/WI/Missing/gone.tif'}",
-    }
-    assert pre["duplicates"] == [{"line": 5, "text": "Counties/WI/Wood/1band.tif,2", "duplicate_of": 1}]
-    assert result.failed == pre["failed"] and result.duplicates == pre["duplicates"]
+    assert pre.etags() == {k: store.head(k).etag for k in pre.sizes()} and len(pre.etags()) == 3
     # Missing rows get no job and no replica.
     assert all("gone" not in r["lfn"] for r in load(run.file(RunDir.REPLICAS))["replicas"])
 
@@ -190,7 +187,7 @@ def test_preflight_records_each_job_inputs_size_from_its_listing(local_run):
 
     run, store, root = local_run
     generate(run, store, WorkflowSettings())
-    sizes = json.loads(run.file(RunDir.PREFLIGHT).read_text())["sizes"]
+    sizes = Preflight.load(run.path).sizes()
     jobs, _ = load_jobs(run)
     assert sizes == {key: (root / "in" / key).stat().st_size for key in {next(iter(j.inputs.values())) for j in jobs}}
     for key in sizes:  # gone from the bucket: the recorded sizes are what the engine uses
@@ -321,7 +318,7 @@ def test_settings_land_where_pegasus_reads_them(local_run):
 
     extra = run.load()
     assert extra.cluster is True and extra.cluster_size == 17 and result.cluster
-    assert extra.plan_args[-3:-1] == ["--cluster", "horizontal"]
+    assert extra.pegasus.plan_args[-3:-1] == ["--cluster", "horizontal"]
     assert extra.max_running == 123
 
 
@@ -339,7 +336,7 @@ def test_defaults_match_the_original(local_run):
     assert pool["profiles"]["pegasus"] == {"style": "condor", "cores": 1, "memory": 1024, "diskspace": 2048, "maxwalltime": 120}
     assert pool["profiles"]["env"] == {"PEGASUS_HOME": "/opt/pegasus"}
     assert run.load().cluster is False
-    assert "--cluster" not in run.load().plan_args
+    assert "--cluster" not in run.load().pegasus.plan_args
 
 
 def test_no_container_when_image_is_empty(local_run, pegasus_schema_dir):
@@ -474,15 +471,15 @@ def test_empty_manifest_still_writes_files_and_flags_it(tmp_path):
     assert wf["jobs"] == [] and wf["hooks"]["shell"][0]["_on"] == "all"
     assert load(run.file(RunDir.REPLICAS))["replicas"] == []
     assert run.load().empty is True
-    assert [f["line"] for f in json.loads(run.file(RunDir.PREFLIGHT).read_text())["failed"]] == [1, 2]
+    assert [line for line, _ in Preflight.load(run.path).iter_failed()] == [1, 2]
 
 
 def test_nonsharedfs_uses_s3_staging_site(local_run):
     run, store, root = local_run
     generate(run, store, WorkflowSettings(config_with(configuration="nonsharedfs")))
     extra = run.load()
-    assert extra.data_configuration == "nonsharedfs" and extra.staging_site == "storage"
-    assert "--staging-site" in extra.plan_args
+    assert extra.data_configuration == "nonsharedfs" and extra.pegasus.staging_site == "storage"
+    assert "--staging-site" in extra.pegasus.plan_args
     props = properties(run)
     assert props["pegasus.data.configuration"] == "nonsharedfs"
     assert props["pegasus.transfer.bypass.input.staging"] == "true"
@@ -528,10 +525,10 @@ def test_s3_preflight_replicas_sites_and_credentials(s3_run, pegasus_schema_dir)
     # Pre-flight listed; it never asked once per key.
     assert set(counter.by_operation) == {"ListObjectsV2"}
     assert counter.total <= 3
-    pre = json.loads(run.file(RunDir.PREFLIGHT).read_text())
-    assert [f["line"] for f in pre["failed"]] == [3, 4]
-    assert pre["failed"][1]["reason"] == f"input object does not exist: s3://{in_bucket}/Counties/WI/Missing/gone.tif"
-    assert pre["duplicates"][0]["duplicate_of"] == 1
+    pre = Preflight.load(run.path)
+    assert [line for line, _ in pre.iter_failed()] == [3, 4]
+    assert pre.failed_sample[1]["reason"] == f"input object does not exist: s3://{in_bucket}/Counties/WI/Missing/gone.tif"
+    assert pre.duplicate_sample[0]["duplicate_of"] == 1
 
     replicas = load(run.file(RunDir.REPLICAS))["replicas"]
     assert len(replicas) == 3
@@ -560,7 +557,7 @@ def test_s3_preflight_replicas_sites_and_credentials(s3_run, pegasus_schema_dir)
     ini.read(cred)
     assert ini["storage"]["endpoint"] == config.endpoint
     assert ini["cog@storage"]["access_key"] == ACCESS and ini["cog@storage"]["secret_key"] == SECRET
-    assert run.load().pegasus_credentials == str(cred)
+    assert run.load().pegasus.pegasus_credentials == str(cred)
 
     # No secret anywhere but credentials.conf.
     for path in run.path.rglob("*"):
@@ -573,7 +570,7 @@ def test_s3_without_key_files_writes_no_credentials(s3_run):
     run, config, in_bucket, _ = s3_run
     generate(run, open_store(in_bucket, config), WorkflowSettings(write_credentials=False))
     assert not run.file("credentials.conf").exists()
-    assert run.load().pegasus_credentials is None
+    assert run.load().pegasus.pegasus_credentials is None
 
 
 def test_custom_site_and_identity_flow_into_every_url(s3_run):

@@ -15,7 +15,7 @@ import pytest
 from cog_pipeline.claim import claim_one
 from cog_pipeline.examples import write_raster
 from cog_pipeline.pipeline import ScanOptions, scan
-from cog_pipeline.rundir import RECONCILED, list_run_dirs
+from cog_pipeline.rundir import RECONCILED, Decisions, list_run_dirs
 from tests.conftest import config_with
 
 
@@ -108,7 +108,7 @@ def test_a_degenerate_strip_fails_at_once_and_is_not_retried(buckets, tmp_path):
     scan(options, echo=lambda _m: None)
     assert _results(buckets, "processed") == "ok.tif,1\n"
     (run,) = list_run_dirs(tmp_path / "work")
-    (row,) = [r for r in run.read_json("reconcile.json")["rows"] if r["status"] == "failed"]
+    (row,) = Decisions.load(run.path).failed_sample
     assert row["text"] == "strip.tif,1" and row["reason"].startswith("DEGENERATE_SHAPE: 60000000x1 is over 10,000:1")
     assert "attempts" not in row["reason"]  # refused once, never retried
 
@@ -130,9 +130,10 @@ def test_an_image_replaced_after_generation_is_not_converted_under_the_old_versi
     prepare(claim.run_dir, options, buckets.input, echo=lambda _m: None)
     buckets.put_file("a.tif", tmp_path / "v2.tif")  # re-uploaded between generation and the job
     carry_on(claim.run_dir, options, buckets.input, echo=lambda _m: None)
-    rows = {r["text"]: r for r in claim.run_dir.read_json("reconcile.json")["rows"]}
-    assert rows["b.tif,1"]["status"] == "processed"
-    assert rows["a.tif,1"]["status"] == "failed" and rows["a.tif,1"]["reason"].startswith("SOURCE_CHANGED: "), rows
+    decisions = Decisions.load(claim.run_dir.path)
+    assert [r["key"] for r in decisions.processed_sample] == ["b.tif"]
+    (row,) = decisions.failed_sample
+    assert row["text"] == "a.tif,1" and row["reason"].startswith("SOURCE_CHANGED: "), row
     assert "a.tif" not in buckets.output_keys()
 
 
@@ -167,9 +168,10 @@ def test_lineage_and_provenance_name_the_version_converted_when_images_are_reupl
     assert buckets.input.head("a.tif").etag != converted.etag
     finish(claim.run_dir, input_store=buckets.input, echo=lambda _m: None)
 
-    rows = {r["text"]: r for r in claim.run_dir.read_json("reconcile.json")["rows"]}
-    assert rows["a.tif,1"]["status"] == "processed", rows
-    assert rows["c.tif,1"]["status"] == "failed" and rows["c.tif,1"]["reason"].startswith("SOURCE_CHANGED: "), rows
+    decisions = Decisions.load(claim.run_dir.path)
+    assert [r["key"] for r in decisions.processed_sample] == ["a.tif"], decisions
+    (failed,) = decisions.failed_sample
+    assert failed["text"] == "c.tif,1" and failed["reason"].startswith("SOURCE_CHANGED: "), decisions
     assert "c.tif" not in buckets.output_keys()
     # The COG holds the first upload's pixels, and its embedded lineage names that version ...
     buckets.output.download("a.tif", tmp_path / "cog.tif")

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from ..rundir import RunDir
+    from ..rundir.jobs import JobRecord
 
 
 # The converter's exit codes, defined once in the converter (it ships as one file to workers, so the
@@ -61,34 +61,15 @@ class RunFinished(WorkflowError):
     """The run has reached a final state: there is nothing left to do, and nothing is changed."""
 
 
-@dataclass
-class JobRecord:
-    """jobs/<id>.json: how one job ended, written once its attempts are used up.
+def __getattr__(name: str) -> Any:
+    """`JobRecord` lives in the run directory's package (cog_pipeline.rundir.jobs). It is imported only when
+    asked for, so a pool worker, which imports this module for the exit categories, never loads the run
+    directory's layers."""
+    if name == "JobRecord":
+        from ..rundir.jobs import JobRecord
 
-    ``outputs`` maps each uploaded output key to ``{"etag": ..., "size": ...}`` as the store reported them
-    right after the upload, so reconcile can prove the object at a key is this job's output.
-    """
-
-    job_id: str
-    status: str  # "succeeded" | "failed"
-    exit_code: int | None
-    category: str
-    reason: str
-    attempts: int
-    seconds: float
-    key: str | None = None
-    line: int | None = None
-    warning: str | None = None
-    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> JobRecord:
-        """Tolerant of fields a newer writer added (they are dropped, the rest is kept)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return JobRecord
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def end_hook_command(run_dir: Path) -> str:
@@ -110,6 +91,8 @@ def write_record(path: Path, record: JobRecord) -> None:
 
 
 def read_record(path: Path) -> JobRecord:
+    from ..rundir.jobs import JobRecord
+
     return JobRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
 
 
@@ -152,6 +135,11 @@ class Engine(Protocol):
 
     def is_running(self, run_dir: RunDir) -> bool:
         """Whether something is still executing this run's jobs (never reconcile while it is)."""
+        ...
+
+    def handed_over(self, run_dir: RunDir) -> bool:
+        """Whether this engine has taken the run beyond its generated files (planned, submitted, running): then
+        no other engine may take it."""
         ...
 
     def collect_job_records(self, run_dir: RunDir) -> int:

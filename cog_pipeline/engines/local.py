@@ -31,7 +31,7 @@ from typing import Any
 
 from ..config import PipelineConfig, env_value
 from ..lease import LEASE_SECONDS
-from ..rundir import RUNNING, LeaseHeld, RunDir, RunState
+from ..rundir import RUNNING, LeaseHeld, Preflight, RunDir, RunState
 from ..state import FINAL
 from ..store import LocalStore, StoreError, open_store
 from .base import ExitCode, Finish, JobRecord, Outcome, RunFinished, WorkflowError, end_hook_command, write_record
@@ -190,9 +190,10 @@ def make_record(spec: JobSpec, outcome: AttemptOutcome, attempts: int, seconds: 
 
 
 def input_sizes(run_dir: RunDir, jobs: list[JobSpec]) -> dict[str, int]:
-    """Each job's input size in bytes, to start big images first: preflight.json's "sizes" when the generator
+    """Each job's input size in bytes, to start big images first: pre-flight's sizes when the generator
     recorded them, else one listing (folder buckets: a stat per key). Unknown sizes count as 0."""
-    recorded = (run_dir.read_json(RunDir.PREFLIGHT, {}) or {}).get("sizes") or {}
+    checked = Preflight.load(run_dir.path)
+    recorded = checked.sizes() if checked is not None else {}
     keys = {job.job_id: next(iter(job.inputs.values()), "") for job in jobs}
     if not recorded and jobs:
         info = run_dir.load()
@@ -459,6 +460,9 @@ class LocalEngine:
 
     def is_running(self, run_dir: RunDir) -> bool:
         return run_dir.is_owned()
+
+    def handed_over(self, run_dir: RunDir) -> bool:
+        return run_dir.load().state == RUNNING
 
     def collect_job_records(self, run_dir: RunDir) -> int:
         return 0  # the driver writes each record as its job ends

@@ -3,7 +3,7 @@
 Production code carries no hook: this module exists only on the PYTHONPATH the crash-matrix test gives the
 `cog-pipeline scan` process it starts (and so also to that scan's pool workers, END hook and converters).
 With COG_CRASH_COUNTER set, it wraps every object-store call (LocalStore and S3Store) and every run-state
-write (rundir.write_json_atomic: run.json, reconcile.json, jobs/*.json) so that each one first takes the next
+write (rundir.files.write_json_atomic: run.json, preflight.json, reconcile.json, jobs/*.json) so that each one first takes the next
 number from a counter file shared by the whole process tree. In a counting run it appends the point's name to
 COG_CRASH_LOG; when the number equals COG_CRASH_AT it SIGKILLs the whole process group before the call runs,
 as a power cut or `kill -9` of the tick would; when it equals COG_CRASH_AFTER, right after the call returns (a
@@ -56,7 +56,8 @@ def _wrap(owner: type, name: str, label: str) -> None:
 
 
 def _install() -> None:
-    from cog_pipeline import rundir, store
+    from cog_pipeline import store
+    from cog_pipeline.rundir import files as rundir
 
     for cls in (store.LocalStore, store.S3Store):
         for name in _STORE_CALLS:

@@ -189,7 +189,7 @@ def test_a_tick_whose_pegasus_cannot_run_claims_nothing(pool, place, pool_bindin
 
 def test_status_shows_a_real_dags_held_job_with_its_reason(pool, place, pool_bindings):
     """held_jobs asks the real schedd for jobs whose DAGManJobId is a run's DAGMan job (one node submitted on hold)."""
-    from cog_pipeline.rundir import RUNNING, RunDir, RunInfo
+    from cog_pipeline.rundir import RUNNING, PegasusRecord, RunDir, RunInfo
 
     dag_dir = place / "dag"
     dag_dir.mkdir()
@@ -212,7 +212,7 @@ def test_status_shows_a_real_dags_held_job_with_its_reason(pool, place, pool_bin
         assert len(held) == 1 and held[0]["node"] == "one_node" and "hold" in held[0]["reason"].lower(), held
         run.save(RunInfo(timestamp="20261207-000000", input_bucket="cog-in", output_bucket="cog-out", manifest_key="m_raw.csv",
                          processing_key="m_processing-20261207-000000.csv", store={}, state=RUNNING, engine="pegasus",
-                         submit_dir=str(dag_dir), dagman_cluster=cluster))
+                         pegasus=PegasusRecord(submit_dir=str(dag_dir), dagman_cluster=cluster)))
         if os.geteuid() == 0:
             shutil.chown(run.file("run.json"), USER, USER)
         shown = cog(pool, "status", "-w", str(place / "work"))

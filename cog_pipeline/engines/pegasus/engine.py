@@ -48,6 +48,10 @@ class PegasusEngine:
     def is_running(self, run_dir: RunDir) -> bool:
         return workflow_is_running(run_dir)
 
+    def handed_over(self, run_dir: RunDir) -> bool:
+        info = run_dir.load()
+        return info.state == RUNNING or info.pegasus.planned
+
     def collect_job_records(self, run_dir: RunDir) -> int:
         """Every job has ended: per-row reasons from the submit directory, the outputs' Content-Type, then the
         S3 scratch prefix goes."""

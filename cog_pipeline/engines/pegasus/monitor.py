@@ -98,9 +98,9 @@ def workflow_is_running(run_dir: RunDir) -> bool:
     info = run_dir.load()
     if info.state != RUNNING:
         return False
-    submit_dir = info.submit_dir
-    cluster = info.dagman_cluster
-    if not submit_dir and info.submitted_at:
+    submit_dir = info.pegasus.submit_dir
+    cluster = info.pegasus.dagman_cluster
+    if not submit_dir and info.pegasus.submitted_at:
         # Submitted, but the planner's output did not name the submit directory: look for it under <run>/submit.
         found = find_submit_dir(run_dir, "")
         if found is not None:

@@ -60,7 +60,7 @@ def unavailable_message(missing: list[str], run_dir: RunDir) -> str:
 
 def planner_env(run_dir: RunDir) -> dict[str, str]:
     env = dict(os.environ)
-    credentials = run_dir.load().pegasus_credentials
+    credentials = run_dir.load().pegasus.pegasus_credentials
     if credentials:
         env["PEGASUS_CREDENTIALS"] = str(credentials)
     return env
@@ -70,7 +70,7 @@ def plan_command(run_dir: RunDir, submit: bool) -> list[str]:
     """pegasus-plan's command line for this run (the generator's plan_args + --dir/--cleanup/--submit)."""
     info = run_dir.load()
     workflow = str(run_dir.file(RunDir.WORKFLOW).resolve())
-    args = [str(a) for a in info.plan_args]
+    args = [str(a) for a in info.pegasus.plan_args]
     if args and args[-1].endswith(".yml") and not args[-1].startswith("-"):
         workflow = args.pop()
     if not args:
@@ -122,7 +122,7 @@ def plan_and_submit(run_dir: RunDir, submit: bool = True, echo: Echo = print) ->
     if info.state == RECONCILED:
         return "ended"
     if info.state == RUNNING:
-        echo(f"{run_dir.path} is already running in {info.submit_dir}")
+        echo(f"{run_dir.path} is already running in {info.pegasus.submit_dir}")
         return "running"
     if info.state != GENERATED:
         raise WorkflowError(f"{run_dir.path} is {info.state}: generate its workflow before planning")
@@ -130,7 +130,7 @@ def plan_and_submit(run_dir: RunDir, submit: bool = True, echo: Echo = print) ->
         echo(f"{info.manifest_key}: no row got a job; nothing to plan")
         return "ended"
 
-    plan_dir = Path(info.plan_dir) if info.plan_dir else None
+    plan_dir = Path(info.pegasus.plan_dir) if info.pegasus.plan_dir else None
     if plan_dir is not None and plan_dir.is_dir():
         return _submit_existing_plan(run_dir, plan_dir, submit, echo)
 
@@ -160,7 +160,7 @@ def plan_and_submit(run_dir: RunDir, submit: bool = True, echo: Echo = print) ->
     # pegasus-plan --submit may have written a complete plan and failed only at condor_submit_dag: keep it so
     # the next tick submits that plan instead of planning again.
     complete = submit_dir is not None and any(submit_dir.glob("*.dag"))
-    attempts = info.plan_attempts + 1
+    attempts = info.pegasus.plan_attempts + 1
     reason = _plan_error(output) or f"exit code {code}"
     run_dir.set_state(
         GENERATED, plan_attempts=attempts, plan_error=reason, plan_log=plan_log,

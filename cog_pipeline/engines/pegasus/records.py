@@ -91,7 +91,7 @@ def collect_job_records(run_dir: RunDir, env: dict[str, str] | None = None) -> i
     import os
 
     info = run_dir.load()
-    recorded = info.submit_dir
+    recorded = info.pegasus.submit_dir
     submit_dir = submit_dir_for_hook(os.environ if env is None else env, Path(recorded) if recorded else None)
     if submit_dir is None or not submit_dir.is_dir():
         return 0
