@@ -18,6 +18,8 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
+
+from cog_pipeline.rundir import RunDir
 import rasterio
 
 from cog_pipeline.replicas.pegasus_keys import pegasus_key_problem
@@ -160,9 +162,9 @@ def test_a_manifest_runs_end_to_end_on_the_pool(pool: Pool, s3, workspace: Path,
     # The run: reconciled by the END hook, which pegasus-monitord fired once at the start (ignored) and once
     # at the end; the truncated image failed once, with no retry.
     (run_dir,) = (workspace / "work").glob("workflow-run-*")
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["state"] == "reconciled"
-    submit_dir = Path(info["submit_dir"])
+    info = RunDir(run_dir).load()
+    assert info.state == "reconciled"
+    submit_dir = Path(info.pegasus.submit_dir)
     # monitord logs a notification once its command has exited, just after the hook wrote the result files.
     notifications = wait_for(lambda: (t := (submit_dir / "monitord-notifications.log").read_text(errors="replace"))
                              and "PEGASUS_EVENT : at_end" in t and t, timeout=120, what="monitord's notifications log")

@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 
+from cog_pipeline.rundir import RunDir
+
 from .conftest import Pool, wait_for
 from .test_pegasus_pool import TESTDATA, _config, _csv_rows, _results, _scan, buckets  # noqa: F401 - buckets is a fixture
 
@@ -21,7 +23,7 @@ def _submit(pool, s3, workspace, client, in_bucket, out_bucket, name: str, keys:
     done = _scan(pool, s3, workspace, in_bucket, out_bucket, config, "-p", f"{name}_raw.csv")
     assert done.returncode == 0, done.stdout + done.stderr
     run_dir = max((workspace / "work").glob("workflow-run-*"))
-    return run_dir, json.loads((run_dir / "run.json").read_text())["dagman_cluster"]
+    return run_dir, RunDir(run_dir).load().pegasus.dagman_cluster
 
 
 def _conversion_jobs(pool: Pool, dagman: int) -> list[str]:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from cog_pipeline.rundir import RunDir
+
 from .conftest import Pool, wait_for
 from .test_pegasus_pool import TESTDATA, _config, buckets  # noqa: F401 - buckets is a fixture
 
@@ -47,9 +49,9 @@ def _conversion_seconds(run_dir: Path) -> float:
     """The converters' own run time, from the kickstart records of the run (what a job spent converting)."""
     from cog_pipeline.engines.pegasus.submit_dir import _invocations
 
-    info = json.loads((run_dir / "run.json").read_text())
+    info = RunDir(run_dir).load()
     total = 0.0
-    for out in Path(info["submit_dir"]).rglob("*.out.[0-9][0-9][0-9]"):
+    for out in Path(info.pegasus.submit_dir).rglob("*.out.[0-9][0-9][0-9]"):
         for record in _invocations(out.read_text(errors="replace")):
             if record.get("transformation") == "generate_cog":
                 total += float((record.get("mainjob") or {}).get("duration") or record.get("duration") or 0)
