@@ -210,7 +210,7 @@ def status_row(run_dir: Any, now: float | None = None) -> dict[str, Any]:
     import time
 
     from .report import REPORT_NAME, _manifest_rows
-    from .status import age_text
+    from .status import age_text, shown_state
 
     from .rundir import Decisions, Preflight
 
@@ -226,7 +226,7 @@ def status_row(run_dir: Any, now: float | None = None) -> dict[str, Any]:
     report = run_dir.path / REPORT_NAME
     where = report if report.is_file() else (info.pegasus.submit_dir or run_dir.path)
     claimed = _claimed_epoch(info, run_dir.path.name)
-    return {"run": run_dir.path.name, "manifest": info.manifest_key, "state": str(info.state),
+    return {"run": run_dir.path.name, "manifest": info.manifest_key, "state": shown_state(run_dir, info),
             "rows": (saved.rows if saved is not None else 0) or _manifest_rows(run_dir.path), "done": done, "failed": failed,
             "age": age_text((now or time.time()) - claimed) if claimed else None, "engine": info.engine, "where": str(where)}
 

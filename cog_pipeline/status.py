@@ -109,7 +109,10 @@ def show_runs(work_dir: Path, long_: bool = False) -> None:
             continue
         submit_dir = info.pegasus.submit_dir
         if not submit_dir:
-            click.echo("    running with the local engine" if info.engine == "local" else "    no submit directory recorded")
+            if shown_state(run_dir, info) == "stopped":
+                click.echo("    stopped: its process is gone (lease expired); the next scan carries it on")
+            else:
+                click.echo("    running here (its process holds the lease)" if run_dir.is_owned() else "    no submit directory recorded")
             continue
         _show_submitted(run_dir, submit_dir, long_, on_path)
         for job in held.get(run_dir.path.name, []):
@@ -148,3 +151,15 @@ def _show_submitted(run_dir: RunDir, submit_dir: str, long_: bool, on_path: bool
         proc = subprocess.run(["pegasus-status", "-l", submit_dir], capture_output=True, text=True, check=False)
         for line in (proc.stdout + proc.stderr).rstrip().splitlines():
             click.echo(f"    {line}")
+
+
+def shown_state(run_dir: Any, info: Any) -> str:
+    """The run's state, except that a run recorded as running whose process and workflow are gone (its lease
+    expired or its owner is dead, and its engine runs nothing of it: `pipeline.run_is_active`, as the scan
+    decides) is "stopped": the next scan carries it on."""
+    from .pipeline import run_is_active
+    from .state import RunState
+
+    if info.state == RunState.RUNNING and not run_is_active(run_dir):
+        return "stopped"
+    return str(info.state)

@@ -42,6 +42,16 @@ def _scan_cmd(root: Path, work: Path) -> list[str]:
             "--workers", "2", "--retries", "0", "--quiet"]
 
 
+def _status_states(work: Path) -> list[str]:
+    """The state column of `cog-pipeline status --json`, as an operator reads it."""
+    import json
+
+    exe = str(Path(sys.executable).with_name("cog-pipeline"))
+    done = subprocess.run([exe, "status", "-w", str(work), "--json"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [row["state"] for row in json.loads(done.stdout)["runs"]]
+
+
 def _wait_for(predicate, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -75,6 +85,7 @@ def test_kill_9_of_a_scan_leaves_no_worker_and_the_rerun_finishes_once(tmp_path)
         scan_b = subprocess.run(_scan_cmd(root, work), env=env, capture_output=True, text=True, timeout=120)
         assert scan_b.returncode == 0, scan_b.stdout + scan_b.stderr
         assert "nothing to do" in scan_b.stdout and "carrying on" not in scan_b.stdout
+        assert _status_states(work) == ["running"]  # its owner lives
 
         scan_a.send_signal(signal.SIGKILL)
         scan_a.wait(10)
@@ -87,6 +98,7 @@ def test_kill_9_of_a_scan_leaves_no_worker_and_the_rerun_finishes_once(tmp_path)
     assert run.load().state != RECONCILED
     before = set(run.job_records())
     assert len(before) < len(rows), "scan A finished before it was killed: use bigger images"
+    assert _status_states(work) == ["stopped"]  # run.json still says running; its lease says its owner is gone
 
     scan_c = subprocess.run(_scan_cmd(root, work), env=env, capture_output=True, text=True, timeout=600)
     assert scan_c.returncode == 0 and "Traceback" not in scan_c.stdout + scan_c.stderr, scan_c.stdout + scan_c.stderr
