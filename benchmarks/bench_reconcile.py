@@ -41,9 +41,9 @@ def main() -> None:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request otherwise
     from moto.server import ThreadedMotoServer
 
-    from cog_pipeline.claim import claim_one
-    from cog_pipeline.reconcile import reconcile
-    from cog_pipeline.store import RequestCounter, StoreConfig, open_store
+    from cog_pipeline.run.claim import claim_one
+    from cog_pipeline.publishing.reconcile import reconcile
+    from cog_pipeline.storage.store import RequestCounter, StoreConfig, open_store
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

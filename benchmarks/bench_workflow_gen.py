@@ -31,11 +31,11 @@ def _key(i: int) -> str:
 
 
 def child(size: int, api_reference: bool) -> dict:
-    from cog_pipeline.listing import find_keys
-    from cog_pipeline.manifest import parse_manifest
+    from cog_pipeline.storage.listing import find_keys
+    from cog_pipeline.run.manifest import parse_manifest
     from cog_pipeline.pegasus import workflow_gen as wg
-    from cog_pipeline.rundir import CLAIMED, RunDir, RunInfo
-    from cog_pipeline.store import StoreConfig, open_store
+    from cog_pipeline.run.rundir import CLAIMED, RunDir, RunInfo
+    from cog_pipeline.storage.store import StoreConfig, open_store
 
     with tempfile.TemporaryDirectory(prefix="bench-wfgen-") as tmp:
         root = Path(tmp) / "buckets"

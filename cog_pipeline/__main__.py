@@ -1,6 +1,6 @@
 """`python -m cog_pipeline` is the `cog-pipeline` command (workflow hooks use this form: no PATH needed)."""
 
-from .cli import main
+from cog_pipeline.cli.main import main
 
 if __name__ == "__main__":
     main()

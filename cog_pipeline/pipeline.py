@@ -14,18 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import publish
-from .claim import Claim, ClaimError, ClaimLost, claim_one, look, recover_claims, scan_lock
+from cog_pipeline.publishing import publish
+from cog_pipeline.run.claim import Claim, ClaimError, ClaimLost, claim_one, look, recover_claims, scan_lock
 from .config import PipelineConfig, load_config
 from .engines import get_engine
 from .engines.base import Engine, Outcome, WorkflowError
 from .errors import RUN_FILE_ERRORS, one_line, os_error_line
-from .reconcile import ReconcileResult, reconcile
-from .rundir import (
+from cog_pipeline.publishing.reconcile import ReconcileResult, reconcile
+from cog_pipeline.run.rundir import (
     CLAIMED, GENERATED, RECONCILED, RUNNING, DamagedRunDir, LeaseHeld, RunDir, RunInfo, remove_empty_run_dirs, survey_run_dirs,
 )
-from .state import IN_FLIGHT
-from .store import ObjectStore, StoreConfig, StoreError, bucket_folder, open_store
+from cog_pipeline.run.state import IN_FLIGHT
+from cog_pipeline.storage.store import ObjectStore, StoreConfig, StoreError, bucket_folder, open_store
 
 Echo = Callable[[str], None]
 

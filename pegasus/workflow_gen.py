@@ -35,7 +35,7 @@ Jobs (one per valid manifest row)
     id ``ID{line:07d}`` (line = 1-based manifest line), transformation ``generate_cog``, arguments exactly
     ``["--empty-outputs-on-failure", <in LFN>, <tif LFN>, <jpg LFN>, "--bands", str(bands)]``, then
     ``"--metadata-b64", <provenance>`` (``settings.provenance``, default on: the row's lineage as base64url JSON,
-    see ``cog_pipeline.provenance``); uses: the input LFN (``input``) and the two output LFNs (``output``,
+    see ``cog_pipeline.publishing.provenance``); uses: the input LFN (``input``) and the two output LFNs (``output``,
     ``stageOut: true``, ``registerReplica: false``); metadata ``key`` (the manifest key) and ``line`` (as a
     string, as Pegasus.api stores metadata); profiles ``dagman: {RETRY: 0, CATEGORY: "cog"}`` (HTCondor's holds
     retry a transient failure: ``hold_profiles``) and ``pegasus: {diskspace: ...}`` (``disk_mb_for``).
@@ -90,15 +90,15 @@ from typing import Any
 
 import yaml
 
-from cog_pipeline import rundir as rundir_mod
-from cog_pipeline.claim import FAILS_WHOLE
+from cog_pipeline.run import rundir as rundir_mod
+from cog_pipeline.run.claim import FAILS_WHOLE
 from cog_pipeline.config import PipelineConfig, load_config
 from cog_pipeline.engines.base import NOT_RETRIED, end_hook_command, job_id_of
 from cog_pipeline.engines.pegasus.plan import COMPUTE_SITE, default_plan_args
-from cog_pipeline.listing import find_keys
-from cog_pipeline.manifest import DuplicateRow, ManifestRow, RejectedRow, iter_manifest_file
-from cog_pipeline.naming import key_under_output_prefix
-from cog_pipeline.provenance import METADATA_B64, job_metadata_encoder
+from cog_pipeline.storage.listing import find_keys
+from cog_pipeline.run.manifest import DuplicateRow, ManifestRow, RejectedRow, iter_manifest_file
+from cog_pipeline.run.naming import key_under_output_prefix
+from cog_pipeline.publishing.provenance import METADATA_B64, job_metadata_encoder
 from cog_pipeline.replicas.catalog import (
     ReplicaEntry,
     file_url,
@@ -110,8 +110,8 @@ from cog_pipeline.replicas.catalog import (
 )
 from cog_pipeline.replicas.credentials import CREDENTIALS_FILE, write_credentials
 from cog_pipeline.engines.pegasus.scratch import record_scratch
-from cog_pipeline.rundir import GENERATED, Preflight, PreflightWriter, RunDir
-from cog_pipeline.store import ObjectStore
+from cog_pipeline.run.rundir import GENERATED, Preflight, PreflightWriter, RunDir
+from cog_pipeline.storage.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class WorkflowSettings:
     # The data configuration this run plans with: data.configuration with "auto" resolved (None: not yet).
     data_configuration: str | None = None
     scratch_prefix: str = "pegasus-scratch"  # staging area (nonsharedfs) in the output bucket: <prefix>/<ts>
-    provenance: bool = True  # each job passes its provenance to the converter (--metadata-b64, cog_pipeline.provenance)
+    provenance: bool = True  # each job passes its provenance to the converter (--metadata-b64, cog_pipeline.publishing.provenance)
     # Keys the engine's transfer tools cannot carry fail at preflight with this reason (Engine.key_problem).
     key_problem: Callable[[str], str | None] | None = None
 

@@ -14,7 +14,7 @@ Pegasus (pegasus-plan, pegasus-transfer, pegasus-s3) reads an INI file named by 
 Rules kept here:
 
 * the file is created with mode 0600 from the first byte (``mkstemp`` in the same folder, then an atomic
-  rename: ``cog_pipeline.atomic``); it is never chmod-ed afterwards and never briefly world-readable;
+  rename: ``cog_pipeline.storage.atomic``); it is never chmod-ed afterwards and never briefly world-readable;
 * key material is read from the key files given on the command line and written only into this file: it is
   never logged, never part of an exception message, never copied into run.json, catalogs or submit files;
 * without key files (or with a local-folder store) no file is written: Pegasus then uses whatever
@@ -27,8 +27,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cog_pipeline import atomic
-from cog_pipeline.store import normalise_endpoint, read_key_file
+from cog_pipeline.storage import atomic
+from cog_pipeline.storage.store import normalise_endpoint, read_key_file
 
 from cog_pipeline.replicas.catalog import check_name
 

@@ -86,7 +86,7 @@ class Buckets:
     """An input and an output bucket on one backend, plus the StoreConfig that reaches them."""
 
     def __init__(self, kind: str, config, input_bucket: str, output_bucket: str) -> None:
-        from cog_pipeline.store import RequestCounter, open_store
+        from cog_pipeline.storage.store import RequestCounter, open_store
 
         self.kind = kind
         self.config = config
@@ -112,7 +112,7 @@ class Buckets:
 @pytest.fixture(params=["folder", "s3"])
 def buckets(request, tmp_path: Path) -> Buckets:
     """The same test against a local-folder bucket and a real HTTP S3 server (moto)."""
-    from cog_pipeline.store import StoreConfig
+    from cog_pipeline.storage.store import StoreConfig
 
     if request.param == "folder":
         root = tmp_path / "buckets"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cog_pipeline import locking
+from cog_pipeline.storage import locking
 from cog_pipeline.examples import write_raster
 from cog_pipeline.pipeline import ScanOptions, scan
-from cog_pipeline.store import LOCK_FILE, StoreConfig, StoreError
+from cog_pipeline.storage.store import LOCK_FILE, StoreConfig, StoreError
 from tests.conftest import config_with
 
 
@@ -188,13 +188,13 @@ def test_a_lock_held_by_a_stopped_scan_is_waited_for_a_bounded_time_and_named(tm
 
 def test_a_lock_wait_in_another_process_ends_after_its_bound_and_names_the_lock(tmp_path):
     """Between two real processes: the waiter gives up after its bound with the lock's name, never hangs."""
-    from cog_pipeline.locking import held
+    from cog_pipeline.storage.locking import held
 
     path = tmp_path / "lock"
     with held(path, "the test's lock"):
         other = subprocess.run(
             [sys.executable, "-c", (
-                "from pathlib import Path\nfrom cog_pipeline.locking import held\n"
+                "from pathlib import Path\nfrom cog_pipeline.storage.locking import held\n"
                 f"with held(Path({str(path)!r}), 'the test lock', timeout=0.5):\n    pass\n"
             )],
             capture_output=True, text=True, timeout=60,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cog_pipeline.claim import STALE_MARKER_AGE, allocate_run_dir, claim_one, look, recover_claims
-from cog_pipeline.naming import RunNames
-from cog_pipeline.rundir import CLAIMED, CLAIMING, RunDir, list_run_dirs
-from cog_pipeline.store import PreconditionFailed
+from cog_pipeline.run.claim import STALE_MARKER_AGE, allocate_run_dir, claim_one, look, recover_claims
+from cog_pipeline.run.naming import RunNames
+from cog_pipeline.run.rundir import CLAIMED, CLAIMING, RunDir, list_run_dirs
+from cog_pipeline.storage.store import PreconditionFailed
 
 MANIFEST = "Counties/WI/Wood/a.tif,1\nCounties/WI/Wood/b.tif,3\n"
 
@@ -118,7 +118,7 @@ def test_two_hosts_racing_for_one_manifest_claim_it_once(buckets, tmp_path):
                 barrier.wait(timeout=10)
             return self._store.create(key, data)
 
-    from cog_pipeline.store import open_store
+    from cog_pipeline.storage.store import open_store
 
     def worker(n):
         store = Racing(open_store(buckets.input_bucket, buckets.config))
@@ -287,7 +287,7 @@ def test_a_latin1_manifest_is_still_a_manifest(buckets):
 
 
 def test_an_oversized_object_is_not_a_manifest(buckets, monkeypatch):
-    from cog_pipeline import claim as claim_mod
+    from cog_pipeline.run import claim as claim_mod
 
     monkeypatch.setattr(claim_mod, "MAX_MANIFEST_BYTES", 10)
     buckets.put_text("x_raw.csv", MANIFEST)

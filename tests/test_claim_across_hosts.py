@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from cog_pipeline import claim as claim_module
-from cog_pipeline.claim import claim_one
-from cog_pipeline.reconcile import reconcile
-from cog_pipeline.store import StoreError
+from cog_pipeline.run import claim as claim_module
+from cog_pipeline.run.claim import claim_one
+from cog_pipeline.publishing.reconcile import reconcile
+from cog_pipeline.storage.store import StoreError
 from tests.conftest import config_with
 
 UPLOAD_1 = "Counties/a.tif,1\nCounties/b.tif,3\n"
@@ -110,7 +110,7 @@ def test_a_repeated_reconcile_recognises_its_own_result_files(buckets, tmp_path)
 
 
 def test_result_files_in_a_folder_bucket_are_readable_by_the_folders_other_users(tmp_path):
-    from cog_pipeline.store import StoreConfig, open_store
+    from cog_pipeline.storage.store import StoreConfig, open_store
 
     root = tmp_path / "buckets"
     (root / "in").mkdir(parents=True)

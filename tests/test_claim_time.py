@@ -11,8 +11,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from cog_pipeline.claim import claim_one
-from cog_pipeline.store import StoreConfig, open_store
+from cog_pipeline.run.claim import claim_one
+from cog_pipeline.storage.store import StoreConfig, open_store
 
 from .fault_proxy import FaultProxy
 

@@ -162,7 +162,7 @@ def test_the_docs_table_is_the_declared_table():
 
 
 def test_environment_only_settings_are_refused_in_the_file_and_read_where_used(tmp_path, monkeypatch):
-    from cog_pipeline.claim import stale_marker_age
+    from cog_pipeline.run.claim import stale_marker_age
 
     with pytest.raises(ConfigError, match="COG_PIPELINE_LOCAL_INPROCESS only"):
         load_config(_write(tmp_path, "[local]\nin_process = false\n"))
@@ -188,8 +188,8 @@ def test_profile_drives_schema_valid_generated_files(tmp_path, pegasus_schema_di
     import yaml
 
     from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
-    from cog_pipeline.rundir import RunDir
-    from cog_pipeline.store import StoreConfig, open_store
+    from cog_pipeline.run.rundir import RunDir
+    from cog_pipeline.storage.store import StoreConfig, open_store
 
     from .test_replicas import schema_validator
     from .test_workflow_gen import PRESENT, make_run

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cog_pipeline import config_cli
+from cog_pipeline.cli import config as config_cli
 from cog_pipeline.config import SETTINGS, flag_argv
 
-from cog_pipeline.cli import main as cli
+from cog_pipeline.cli.main import main as cli
 from cog_pipeline.crondor.submit import CrondorSpec, render_description, submit_commands
 
 from .test_crondor import condor_argv
@@ -104,7 +104,7 @@ def test_every_setting_flag_given_to_the_crondor_reaches_its_ticks(tmp_path, ite
     (root / "cog-out").mkdir(parents=True)
     tick = [a for a in argv if a != "pegasus"]
     tick[tick.index("--engine")] = "--dry-run"  # the tick's scan, without Pegasus, changing nothing
-    import cog_pipeline.cli as cli_mod
+    import cog_pipeline.cli.main as cli_mod
 
     cli_mod.effective_config, saved = spy, cli_mod.effective_config
     try:

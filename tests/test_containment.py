@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cog_pipeline.claim import ClaimError
+from cog_pipeline.run.claim import ClaimError
 from cog_pipeline.examples import write_raster
 from cog_pipeline.pipeline import ScanOptions, scan
-from cog_pipeline.store import StoreConfig, StoreError, open_store
+from cog_pipeline.storage.store import StoreConfig, StoreError, open_store
 from tests.conftest import config_with
 
 

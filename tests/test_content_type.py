@@ -5,9 +5,9 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from cog_pipeline.media import object_headers
+from cog_pipeline.storage.media import object_headers
 from cog_pipeline.pipeline import ScanOptions, scan
-from cog_pipeline.store import StoreConfig
+from cog_pipeline.storage.store import StoreConfig
 from tests.conftest import config_with
 
 

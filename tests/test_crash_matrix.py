@@ -23,8 +23,8 @@ import pytest
 import rasterio
 
 from cog_pipeline.examples import write_raster
-from cog_pipeline.rundir import RECONCILED, list_run_dirs
-from cog_pipeline.store import StoreConfig, open_store
+from cog_pipeline.run.rundir import RECONCILED, list_run_dirs
+from cog_pipeline.storage.store import StoreConfig, open_store
 
 pytestmark = pytest.mark.slow
 

@@ -20,10 +20,10 @@ import pytest
 from click.testing import CliRunner
 
 from cog_pipeline.engines.pegasus import condor
-from cog_pipeline.cli import main as cli
+from cog_pipeline.cli.main import main as cli
 from cog_pipeline.crondor import submit as crondor_submit
 from cog_pipeline.crondor.submit import CrondorSpec, build_submit, render_description
-from cog_pipeline.rundir import GENERATED, RUNNING, RunDir, RunInfo
+from cog_pipeline.run.rundir import GENERATED, RUNNING, RunDir, RunInfo
 
 ACCESS = "AKIACRONDORTESTKEY"
 SECRET = "crondor/Secret+Key=MUST-NOT-APPEAR"

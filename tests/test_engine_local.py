@@ -18,8 +18,8 @@ import rasterio
 from cog_pipeline.engines.local_pool import plan_order, plan_workers, threads_for
 from cog_pipeline.examples import write_raster
 from cog_pipeline.pipeline import ScanOptions, scan
-from cog_pipeline.rundir import list_run_dirs
-from cog_pipeline.store import StoreConfig
+from cog_pipeline.run.rundir import list_run_dirs
+from cog_pipeline.storage.store import StoreConfig
 from tests.conftest import config_with
 
 
@@ -339,7 +339,7 @@ def test_the_engines_own_end_hook_runs_in_this_process(tmp_path, monkeypatch):
 
 def test_a_foreign_end_hook_still_runs_in_a_shell(tmp_path):
     from cog_pipeline.engines.local import run_end_hook
-    from cog_pipeline.rundir import RunDir
+    from cog_pipeline.run.rundir import RunDir
 
     marker = tmp_path / "ran"
     called = []
@@ -407,7 +407,7 @@ def test_a_worker_unpickling_its_job_imports_no_engine_layers() -> None:
     code = ("import pickle, sys\n"
             "spec = pickle.loads(sys.stdin.buffer.read())\n"
             "print(spec.job_id, *sorted(m for m in sys.modules if m in ('yaml', 'cog_pipeline.engines.local', "
-            "'cog_pipeline.rundir', 'cog_pipeline.state')))\n")
+            "'cog_pipeline.run.rundir', 'cog_pipeline.run.state')))\n")
     proc = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(spec), capture_output=True, timeout=60)
     assert proc.stdout.decode().split() == ["ID0000001"], proc.stderr.decode()
 

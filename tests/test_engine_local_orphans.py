@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cog_pipeline.examples import write_raster
-from cog_pipeline.rundir import RECONCILED, list_run_dirs
+from cog_pipeline.run.rundir import RECONCILED, list_run_dirs
 
 MARKER = "COG_PIPELINE_TEST_MARKER"
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import yaml
 
-from cog_pipeline.claim import claim_one, look
+from cog_pipeline.run.claim import claim_one, look
 from cog_pipeline.engines.local_workflow import read_document, read_fast
 from cog_pipeline.examples import write_raster
 from cog_pipeline.pipeline import ScanOptions, prepare
-from cog_pipeline.store import StoreConfig, open_store
+from cog_pipeline.storage.store import StoreConfig, open_store
 
 KEYS = ["a b.tif", "a%20b.tif", "Weird/hash#tag.tif", "Weird/q?x.tif", "o'brien \"n\".tif", "Comtés/été ñ.tif",
         "line\u2028sep.tif", "emoji \U0001F600.tif", "a,b/c.tif", "- dash.tif", "key: colon.tif"]

@@ -22,16 +22,16 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cog_pipeline import lease
+from cog_pipeline.run import lease
 from cog_pipeline.engines.pegasus import condor, monitor, plan, records
-from cog_pipeline.cli import main as cli
+from cog_pipeline.cli.main import main as cli
 from cog_pipeline.engines.local import load_jobs, run_job
 from cog_pipeline.examples import write_raster
-from cog_pipeline.claim import claim_one
+from cog_pipeline.run.claim import claim_one
 from cog_pipeline.pipeline import carry_on, finish, ScanOptions, scan
 from tests.conftest import config_with
-from cog_pipeline.rundir import GENERATED, RECONCILED, RUNNING, Decisions, RunDir, list_run_dirs
-from cog_pipeline.store import StoreConfig, open_store
+from cog_pipeline.run.rundir import GENERATED, RECONCILED, RUNNING, Decisions, RunDir, list_run_dirs
+from cog_pipeline.storage.store import StoreConfig, open_store
 
 from .conftest import Buckets
 from .test_replicas import schema_validator
@@ -193,7 +193,7 @@ def run_dag_jobs(run_dir: RunDir) -> dict[str, object]:
     The batch is the same in every test, so the real conversions run once per session; later runs stage the
     same converted bytes to their own (fresh) output bucket, as the DAG's stage-out jobs would.
     """
-    from cog_pipeline.store import open_store
+    from cog_pipeline.storage.store import open_store
 
     info = run_dir.load()
     output = open_store(info.output_bucket, info.store_config)
@@ -604,7 +604,7 @@ def test_local_engine_reconciles_exactly_once_on_s3(tmp_path, s3_server, bucket_
 def test_local_engine_run_that_died_before_reconcile_is_finished_by_the_next_tick(tmp_path, monkeypatch):
     """Jobs ran but the process died before any reconcile (no hook, no in-process step): the next tick finishes it."""
     import cog_pipeline.engines.local as engine_local
-    from cog_pipeline.claim import claim_one
+    from cog_pipeline.run.claim import claim_one
     from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
 
     buckets = folder_buckets(tmp_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cog_pipeline.cli import main as cli
+from cog_pipeline.cli.main import main as cli
 
 
 def _one_line(output: str) -> str:
@@ -137,8 +137,8 @@ def test_read_only_work_dir_is_one_line_and_nothing_is_claimed(tmp_path, mounts)
 
 @pytest.mark.slow
 def test_run_dir_made_read_only_mid_run_is_one_line_and_the_next_tick_finishes(tmp_path, mounts):
-    from cog_pipeline.claim import claim_one
-    from cog_pipeline.store import StoreConfig, open_store
+    from cog_pipeline.run.claim import claim_one
+    from cog_pipeline.storage.store import StoreConfig, open_store
 
     root = _bucket(tmp_path / "b")
     store = open_store("in", StoreConfig(local_root=root))
@@ -183,8 +183,8 @@ def test_full_input_disk_is_one_line_and_the_run_finishes_once_there_is_room(tmp
 
 
 def _claimed(tmp_path: Path, rows: str = "missing.tif,1\n"):
-    from cog_pipeline.claim import claim_one
-    from cog_pipeline.store import StoreConfig, open_store
+    from cog_pipeline.run.claim import claim_one
+    from cog_pipeline.storage.store import StoreConfig, open_store
 
     root = _bucket(tmp_path / "b", rows)
     store = open_store("in", StoreConfig(local_root=root))
@@ -220,7 +220,7 @@ def test_store_null_in_run_json_is_reported_once_and_skipped(tmp_path):
 
 def test_corrupt_workflow_yml_is_one_line_and_the_run_stays(tmp_path):
     from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
-    from cog_pipeline.store import StoreConfig, open_store
+    from cog_pipeline.storage.store import StoreConfig, open_store
 
     root, claim = _claimed(tmp_path, "a.tif,1\n")
     generate(claim.run_dir, open_store("in", StoreConfig(local_root=root)), WorkflowSettings(write_credentials=False))
@@ -238,7 +238,7 @@ def test_corrupt_workflow_yml_is_one_line_and_the_run_stays(tmp_path):
 @pytest.mark.slow
 def test_corrupt_job_record_reruns_that_job(tmp_path):
     from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
-    from cog_pipeline.store import StoreConfig, open_store
+    from cog_pipeline.storage.store import StoreConfig, open_store
 
     root, claim = _claimed(tmp_path, "a.tif,1\n")
     generate(claim.run_dir, open_store("in", StoreConfig(local_root=root)), WorkflowSettings(write_credentials=False))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from cog_pipeline import claim as claim_mod
-from cog_pipeline.claim import (
+from cog_pipeline.run import claim as claim_mod
+from cog_pipeline.run.claim import (
     STALE_MARKER_AGE,
     ClaimLost,
     _Fence,
@@ -30,10 +30,10 @@ from cog_pipeline.claim import (
     look,
     recover_claims,
 )
-from cog_pipeline.naming import RunNames
-from cog_pipeline.reconcile import reconcile
-from cog_pipeline.rundir import CLAIMED, list_run_dirs
-from cog_pipeline.store import PreconditionFailed, open_store
+from cog_pipeline.run.naming import RunNames
+from cog_pipeline.publishing.reconcile import reconcile
+from cog_pipeline.run.rundir import CLAIMED, list_run_dirs
+from cog_pipeline.storage.store import PreconditionFailed, open_store
 
 MANIFEST = "Counties/a.tif,1\nCounties/b.tif,3\n"
 STALE_SECONDS = 1.0
@@ -45,8 +45,8 @@ SCAN = textwrap.dedent(
     import json, os, sys
     from pathlib import Path
     os.environ["COG_PIPELINE_STALE_MARKER_AGE"] = sys.argv[5]
-    from cog_pipeline import claim
-    from cog_pipeline.store import StoreConfig, open_store
+    from cog_pipeline.run import claim
+    from cog_pipeline.storage.store import StoreConfig, open_store
 
     config = StoreConfig.from_json(json.loads(sys.argv[1]))
     bucket, work, mode = sys.argv[2], Path(sys.argv[3]), sys.argv[4]
@@ -164,7 +164,7 @@ def _put_loses_first_response(store, key_part: str, seen: list[int]) -> None:
 @pytest.mark.parametrize("key_part", [".claim", "processing-"])
 def test_lost_response_on_a_conditional_put_is_recognised_as_our_own(s3_server, bucket_name, tmp_path, key_part):
     """The server applies the PUT, its answer is 'lost', the retry gets 412: the claim carries on at once."""
-    from cog_pipeline.store import StoreConfig
+    from cog_pipeline.storage.store import StoreConfig
 
     config = StoreConfig(endpoint=s3_server, max_attempts=3)
     store = open_store(bucket_name, config)
@@ -180,7 +180,7 @@ def test_lost_response_on_a_conditional_put_is_recognised_as_our_own(s3_server, 
 
 
 def test_lost_response_on_a_renewal_is_recognised_as_our_own(s3_server, bucket_name, tmp_path):
-    from cog_pipeline.store import StoreConfig
+    from cog_pipeline.storage.store import StoreConfig
 
     config = StoreConfig(endpoint=s3_server, max_attempts=3)
     store = open_store(bucket_name, config)
@@ -298,7 +298,7 @@ def _result_keys(buckets):
 
 def test_reconcile_of_a_claim_whose_processing_file_was_replaced_writes_nothing(buckets, tmp_path):
     """Issue 8.2: a run whose processing file is another claim's must not answer for the manifest."""
-    from cog_pipeline.rundir import ABANDONED
+    from cog_pipeline.run.rundir import ABANDONED
 
     claim = _claimed(buckets, tmp_path)
     buckets.input.put_bytes(claim.names.processing_key, b"another claim's bytes\n")
@@ -343,8 +343,8 @@ def test_a_scan_says_claim_lost_and_leaves_the_other_claims_processing_file(tmp_
     """The tick carries an unfinished run on; its fence fails: one 'claim lost:' line, exit 0, nothing written."""
     from click.testing import CliRunner
 
-    from cog_pipeline.cli import main as cli
-    from cog_pipeline.store import StoreConfig
+    from cog_pipeline.cli.main import main as cli
+    from cog_pipeline.storage.store import StoreConfig
 
     root = tmp_path / "buckets"
     (root / "in").mkdir(parents=True)
@@ -383,7 +383,7 @@ def test_a_scan_whose_marker_is_taken_over_mid_claim_says_claim_lost(tmp_path, m
     """Issue 8.2/8.3: not "another scan claimed it" (that is a marker we never held), and nothing is left."""
     from cog_pipeline import pipeline
     from cog_pipeline.pipeline import ScanOptions, scan
-    from cog_pipeline.store import StoreConfig
+    from cog_pipeline.storage.store import StoreConfig
 
     root = tmp_path / "buckets"
     (root / "in").mkdir(parents=True)

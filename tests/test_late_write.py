@@ -18,7 +18,7 @@ import pytest
 
 from cog_pipeline.examples import write_raster
 from cog_pipeline.pipeline import ScanOptions, scan
-from cog_pipeline.store import StoreConfig, open_store
+from cog_pipeline.storage.store import StoreConfig, open_store
 
 from .conftest import config_with
 from .fault_proxy import FaultProxy

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cog_pipeline.listing import MAX_FOLDER_LISTINGS, find_keys, folder_of, plan_prefixes
-from cog_pipeline.store import LocalStore, ObjectStore, RequestCounter, StoreConfig, open_store
+from cog_pipeline.storage.listing import MAX_FOLDER_LISTINGS, find_keys, folder_of, plan_prefixes
+from cog_pipeline.storage.store import LocalStore, ObjectStore, RequestCounter, StoreConfig, open_store
 
 
 def covers(prefixes: list[str], keys: list[str]) -> bool:

@@ -6,7 +6,7 @@ import codecs
 
 import pytest
 
-from cog_pipeline.manifest import ManifestRow, RejectedRow, parse_lines, parse_manifest, parse_row
+from cog_pipeline.run.manifest import ManifestRow, RejectedRow, parse_lines, parse_manifest, parse_row
 
 
 def keys(data: bytes | str) -> list[str]:
@@ -227,8 +227,8 @@ def test_key_merely_starting_with_a_quote_is_taken_literally() -> None:
 
 def test_failed_csv_returns_a_latin1_row_byte_identical(buckets, tmp_path) -> None:
     """End to end: claim, reconcile (no outputs, so every row fails), read the failed file back."""
-    from cog_pipeline.claim import claim_one
-    from cog_pipeline.reconcile import reconcile
+    from cog_pipeline.run.claim import claim_one
+    from cog_pipeline.publishing.reconcile import reconcile
 
     data = b"Counties/caf\xe9.tif,1\r\n  Counties/ok.tif , 1\r\n"
     buckets.input.put_bytes("m_raw.csv", data)

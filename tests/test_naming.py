@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from cog_pipeline.naming import (
+from cog_pipeline.run.naming import (
     PROCESSING_RE,
     RunNames,
     base_of,
@@ -165,7 +165,7 @@ def test_every_key_a_pattern_matches_starts_with_its_listing_prefix(pattern: str
 
 @pytest.mark.parametrize("pattern", ["*", "*.tif", "img*", "*raw*", "*.c?v", "*.CSV", "", "a/b.tif"])
 def test_patterns_that_could_match_an_image_are_refused(pattern):
-    from cog_pipeline.naming import check_pattern
+    from cog_pipeline.run.naming import check_pattern
 
     problem = check_pattern(pattern)
     assert problem is not None and "'.csv'" in problem and "\n" not in problem
@@ -173,13 +173,13 @@ def test_patterns_that_could_match_an_image_are_refused(pattern):
 
 @pytest.mark.parametrize("pattern", ["*raw.csv", "*.csv", "Counties/*_raw.csv", "x_raw.csv"])
 def test_patterns_ending_in_csv_are_accepted(pattern):
-    from cog_pipeline.naming import check_pattern
+    from cog_pipeline.run.naming import check_pattern
 
     assert check_pattern(pattern) is None
 
 
 def test_timestamps_with_an_ordinal_parse_to_their_second():
-    from cog_pipeline.naming import PROCESSING_RE, RunNames, parse_timestamp
+    from cog_pipeline.run.naming import PROCESSING_RE, RunNames, parse_timestamp
 
     names = RunNames("Counties/t_raw.csv", "20261124-213600-2")
     assert PROCESSING_RE.match(names.processing_key).group("ts") == "20261124-213600-2"
@@ -204,7 +204,7 @@ def test_timestamps_with_an_ordinal_parse_to_their_second():
     ],
 )
 def test_check_buckets_refuses_outputs_that_could_overwrite_inputs(args, refused):
-    from cog_pipeline.naming import check_buckets
+    from cog_pipeline.run.naming import check_buckets
 
     problem = check_buckets(*args)
     assert (problem is not None) == refused
@@ -213,7 +213,7 @@ def test_check_buckets_refuses_outputs_that_could_overwrite_inputs(args, refused
 
 
 def test_key_under_the_output_prefix_is_detected():
-    from cog_pipeline.naming import key_under_output_prefix
+    from cog_pipeline.run.naming import key_under_output_prefix
 
     assert (key_under_output_prefix("cogs/a.tif", "cogs/"), key_under_output_prefix("a.tif", "cogs/"),
             key_under_output_prefix("a.tif", None)) == (True, False, False)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cog_pipeline.cli import main
-from cog_pipeline.operator_cli import render_status_table
-from cog_pipeline.tick_log import SCHEMA_VERSION, prometheus_text, read_history
+from cog_pipeline.cli.main import main
+from cog_pipeline.cli.operator import render_status_table
+from cog_pipeline.cli.tick_log import SCHEMA_VERSION, prometheus_text, read_history
 
 KEY = "Counties/Eau Claire/byte.tif"
 
@@ -161,7 +161,7 @@ def test_a_tick_with_failed_rows_sends_an_email_and_posts_the_webhook(shared_tes
 
 def test_unreachable_mail_and_a_failing_webhook_are_one_warning_each_and_never_print_the_url(tmp_path, webhook_sink):
     from cog_pipeline.config import Notify
-    from cog_pipeline.notify import notify
+    from cog_pipeline.cli.notify import notify
 
     _, http_port = webhook_sink
     closed = _free_port()
@@ -200,7 +200,7 @@ def test_warnings_raised_inside_a_tick_are_lines_in_the_log(shared_testdata, tmp
 
     import rasterio
 
-    from cog_pipeline.warnings_log import warnings_to_log
+    from cog_pipeline.cli.warnings_log import warnings_to_log
 
     with warnings_to_log(tmp_path / "work") as log:
         warnings.simplefilter("always")
@@ -299,7 +299,7 @@ def test_profile_takes_keys_and_region_from_the_aws_files(s3_server, bucket_name
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
-    from cog_pipeline.store import StoreConfig, StoreError
+    from cog_pipeline.storage.store import StoreConfig, StoreError
 
     client = StoreConfig(endpoint=s3_server, profile="ops").s3_client()
     assert client.meta.region_name == "eu-west-2"

@@ -9,7 +9,7 @@ from pathlib import Path
 from cog_pipeline.engines.pegasus.clusters import stage_out_failed_clusters, task_records
 from cog_pipeline.engines.pegasus.submit_dir import read_submit_dir
 from cog_pipeline.replicas.catalog import object_of_pfn
-from cog_pipeline.store import StoreConfig, open_store
+from cog_pipeline.storage.store import StoreConfig, open_store
 
 from .test_pegasus_wiring import s3_buckets  # noqa: F401 - a fixture
 
@@ -75,7 +75,7 @@ def test_staged_outputs_get_their_content_type_inside_the_store(tmp_path, s3_buc
     """pegasus-s3 uploads without a Content-Type: the END hook labels each output outputs.yml names, in place."""
     from cog_pipeline.engines.pegasus.labels import label_outputs
     from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
-    from cog_pipeline.rundir import RunDir
+    from cog_pipeline.run.rundir import RunDir
 
     from .test_pegasus_wiring import s3_run
 

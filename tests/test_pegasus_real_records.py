@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cog_pipeline.cli import main as cli
+from cog_pipeline.cli.main import main as cli
 from cog_pipeline.engines.pegasus.records import collect_job_records
 from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
-from cog_pipeline.rundir import RUNNING, Decisions, RunDir
-from cog_pipeline.status import status_row
+from cog_pipeline.run.rundir import RUNNING, Decisions, RunDir
+from cog_pipeline.cli.status import status_row
 
 from .test_pegasus_wiring import folder_run
 
@@ -119,7 +119,7 @@ def test_an_event_log_htcondor_cannot_read_does_not_lose_the_reasons(tmp_path, s
 
 @pytest.mark.slow
 def test_status_table_is_the_shared_renderer_fed_with_pegasus_facts(tmp_path, samples):
-    from cog_pipeline.operator_cli import render_status_table
+    from cog_pipeline.cli.operator import render_status_table
 
     run = hand_planned_run(tmp_path)
     run.update(submit_dir=str(samples / "process_wf_failure"))

@@ -210,7 +210,7 @@ def test_plain_key_round_trips_with_the_real_tools(real_results):
 @pytest.mark.slow
 @pytest.mark.parametrize("key", [k for _, k in KEYS], ids=[i for i, _ in KEYS])
 def test_rule_refuses_exactly_the_keys_the_real_tools_fail_on(real_results, key):
-    from cog_pipeline.manifest import check_key
+    from cog_pipeline.run.manifest import check_key
 
     if check_key(key):
         pytest.skip(f"the manifest refuses {key!r} for every engine ({check_key(key)}): it never reaches Pegasus")

@@ -15,8 +15,8 @@ from cog_pipeline.engines import get_engine
 from cog_pipeline.pegasus import workflow_gen as wg
 from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
 from cog_pipeline.replicas.pegasus_keys import pegasus_key_problem
-from cog_pipeline.rundir import Preflight, RunDir
-from cog_pipeline.store import open_store
+from cog_pipeline.run.rundir import Preflight, RunDir
+from cog_pipeline.storage.store import open_store
 
 from .test_replicas import schema_validator
 from .test_workflow_gen import TS, make_run, properties
@@ -47,7 +47,7 @@ def pool_site(run: RunDir) -> dict:
 
 
 def folder_run(tmp_path: Path, keys: list[str], engine: str = "local") -> tuple[RunDir, object]:
-    from cog_pipeline.store import StoreConfig
+    from cog_pipeline.storage.store import StoreConfig
 
     root = tmp_path / "buckets"
     for key in keys:
@@ -63,7 +63,7 @@ def folder_run(tmp_path: Path, keys: list[str], engine: str = "local") -> tuple[
 
 @pytest.fixture()
 def s3_buckets(s3_server, bucket_name):
-    from cog_pipeline.store import StoreConfig
+    from cog_pipeline.storage.store import StoreConfig
 
     config = StoreConfig(endpoint=s3_server, region="us-east-1")
     client = config.s3_client()
@@ -211,7 +211,7 @@ def test_local_engine_converts_keys_the_pegasus_engine_refuses(tmp_path):
     import rasterio
 
     from cog_pipeline.pipeline import ScanOptions, scan
-    from cog_pipeline.store import StoreConfig
+    from cog_pipeline.storage.store import StoreConfig
 
     from . import rasters
 

@@ -14,7 +14,7 @@ import rasterio
 
 from cog_pipeline.examples import EXAMPLE_BAD_ROWS, EXAMPLE_IMAGES, make_example_bucket, write_raster
 from cog_pipeline.pipeline import ScanOptions, scan
-from cog_pipeline.rundir import RECONCILED, Decisions, list_run_dirs
+from cog_pipeline.run.rundir import RECONCILED, Decisions, list_run_dirs
 from tests.conftest import config_with
 
 
@@ -160,7 +160,7 @@ class Crash(BaseException):
 @pytest.mark.parametrize("where", ["generate", "run_workflow", "reconcile"])
 @pytest.mark.slow
 def test_crash_in_the_middle_of_a_run_is_carried_on_by_the_next_scan(tmp_path, monkeypatch, where):
-    from cog_pipeline.store import StoreConfig
+    from cog_pipeline.storage.store import StoreConfig
     from tests.conftest import Buckets
 
     root = tmp_path / "buckets"
@@ -262,9 +262,9 @@ def test_demo_command_runs_the_pipeline(tmp_path):
 
 
 def test_a_run_owned_by_a_dead_process_is_carried_on(tmp_path):
-    from cog_pipeline import lease
+    from cog_pipeline.run import lease
     from cog_pipeline.pipeline import run_is_active
-    from cog_pipeline.rundir import CLAIMED, RunDir, RunInfo
+    from cog_pipeline.run.rundir import CLAIMED, RunDir, RunInfo
 
     run = RunDir(tmp_path / "workflow-run-20260101-000000")
     run.save(RunInfo("20260101-000000", "in", "out", "m_raw.csv", "m_processing-20260101-000000.csv", {}, CLAIMED))
@@ -361,7 +361,7 @@ def test_cli_scan_on_s3_without_credentials_fails_clearly(s3_server, bucket_name
                                    # issue 22.4: a bug met by one manifest's input used to end the tick in a traceback
                                    "ValueError: Exceeds the limit (4300 digits) for integer string conversion"])
 def test_one_runs_error_does_not_hold_up_the_others(tmp_path, monkeypatch, error):
-    from cog_pipeline.store import StoreConfig, StoreError
+    from cog_pipeline.storage.store import StoreConfig, StoreError
     from tests.conftest import Buckets
 
     root = tmp_path / "buckets"
@@ -405,10 +405,10 @@ def test_workflow_yml_is_the_same_whichever_engine_runs_it(tmp_path):
     """Both engines end with `cog-pipeline finish RUN_DIR`; a pegasus run claimed while Pegasus could run fails to
     plan where it cannot (no Pegasus here) and a tick with --engine local finishes that very run (issue 8.13: the
     hint it prints is true)."""
-    from cog_pipeline.claim import claim_one
+    from cog_pipeline.run.claim import claim_one
     from cog_pipeline.engines.pegasus.condor import PegasusUnavailable
     from cog_pipeline.pipeline import carry_on
-    from cog_pipeline.store import StoreConfig, open_store
+    from cog_pipeline.storage.store import StoreConfig, open_store
 
     texts = {}
     for engine in ("pegasus", "local"):

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cog_pipeline.cli import main
-from cog_pipeline.progress import ScanProgress
+from cog_pipeline.cli.main import main
+from cog_pipeline.cli.progress import ScanProgress
 
 KEY = "Eau Claire/a #1 ü.tif"
 

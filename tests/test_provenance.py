@@ -13,8 +13,8 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from cog_pipeline.operator_cli import provenance_cmd, split_location
-from cog_pipeline.provenance import (
+from cog_pipeline.cli.operator import provenance_cmd, split_location
+from cog_pipeline.publishing.provenance import (
     append_provenance,
     embed_with_copy,
     metadata_arguments,
@@ -23,7 +23,7 @@ from cog_pipeline.provenance import (
     read_provenance,
     read_provenance_lines,
 )
-from cog_pipeline.store import ObjectInfo
+from cog_pipeline.storage.store import ObjectInfo
 from tests.conftest import config_with
 
 KEY = "Eau Claire/a#b?c d/Ünïcødé 'x' %20.tif"
@@ -142,7 +142,7 @@ def _real_run(shared_testdata: Path, tmp_path: Path, key: str):
     import shutil
 
     from cog_pipeline.pipeline import ScanOptions, scan
-    from cog_pipeline.store import StoreConfig
+    from cog_pipeline.storage.store import StoreConfig
 
     root = tmp_path / "buckets"
     (root / "out").mkdir(parents=True)
@@ -156,10 +156,10 @@ def _real_run(shared_testdata: Path, tmp_path: Path, key: str):
 @pytest.mark.slow
 def test_record_provenance_from_a_real_run(shared_testdata: Path, tmp_path: Path) -> None:
     """After a real scan, one line per processed row (input version -> both outputs); a rerun does not duplicate."""
-    from cog_pipeline.listing import find_keys
-    from cog_pipeline.provenance import record_provenance
-    from cog_pipeline.rundir import ProcessedOutput, RunDir
-    from cog_pipeline.store import LocalStore
+    from cog_pipeline.storage.listing import find_keys
+    from cog_pipeline.publishing.provenance import record_provenance
+    from cog_pipeline.run.rundir import ProcessedOutput, RunDir
+    from cog_pipeline.storage.store import LocalStore
 
     key, jpg = "Eau Claire/a ü 'x' 1.tif", "Eau Claire/a ü 'x' 1.jpg"
     root, run_dir = _real_run(shared_testdata, tmp_path, key)
@@ -185,7 +185,7 @@ def test_local_engine_delivers_keys_with_hash(shared_testdata: Path, tmp_path: P
 # Wired: the generator gives every job its provenance; a real run embeds it; reconcile writes provenance.jsonl
 
 def _job_provenance(job: dict) -> dict[str, str]:
-    from cog_pipeline.provenance import METADATA_B64, decode_metadata
+    from cog_pipeline.publishing.provenance import METADATA_B64, decode_metadata
 
     args = job["arguments"]
     return decode_metadata(args[args.index(METADATA_B64) + 1])
@@ -198,11 +198,11 @@ def test_generated_jobs_carry_their_provenance(tmp_path: Path) -> None:
 
     import yaml
 
-    from cog_pipeline.listing import find_keys
+    from cog_pipeline.storage.listing import find_keys
     from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
-    from cog_pipeline.rundir import RunDir
+    from cog_pipeline.run.rundir import RunDir
 
-    from cog_pipeline.store import StoreConfig, open_store
+    from cog_pipeline.storage.store import StoreConfig, open_store
 
     from .test_workflow_gen import PRESENT, TS, make_run
 
@@ -233,9 +233,9 @@ def test_generated_jobs_carry_their_provenance(tmp_path: Path) -> None:
 def test_fast_writer_with_provenance_equals_pegasus_api(tmp_path: Path) -> None:
     import yaml
 
-    from cog_pipeline.manifest import parse_manifest
+    from cog_pipeline.run.manifest import parse_manifest
     from cog_pipeline.pegasus import workflow_gen as wg
-    from cog_pipeline.provenance import encode_metadata
+    from cog_pipeline.publishing.provenance import encode_metadata
 
     from .oracles import build_api_workflow
     from .test_workflow_gen import MANIFEST
@@ -260,7 +260,7 @@ def test_fast_writer_with_provenance_equals_pegasus_api(tmp_path: Path) -> None:
 
 
 def test_encoding_round_trips_any_text() -> None:
-    from cog_pipeline.provenance import decode_metadata, encode_metadata
+    from cog_pipeline.publishing.provenance import decode_metadata, encode_metadata
 
     meta = {"SOURCE_KEY": KEY + ' \n\t"&<>=%?#\\', "EMPTY": ""}
     assert decode_metadata(encode_metadata(meta)) == meta
@@ -293,8 +293,8 @@ def test_real_run_embeds_provenance_in_the_cog(shared_testdata: Path, tmp_path: 
 
     from rio_cogeo.cogeo import cog_validate
 
-    from cog_pipeline.listing import find_keys
-    from cog_pipeline.store import LocalStore
+    from cog_pipeline.storage.listing import find_keys
+    from cog_pipeline.storage.store import LocalStore
 
     key = "Eau Claire/a #1 ü 'x' %20.tif"
     root, run_dir = _real_run(shared_testdata, tmp_path, key)

@@ -8,11 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cog_pipeline.claim import claim_one
-from cog_pipeline.manifest import parse_manifest
-from cog_pipeline.reconcile import reconcile
-from cog_pipeline.rundir import RECONCILED, RunDir
-from cog_pipeline.store import RequestCounter, open_store
+from cog_pipeline.run.claim import claim_one
+from cog_pipeline.run.manifest import parse_manifest
+from cog_pipeline.publishing.reconcile import reconcile
+from cog_pipeline.run.rundir import RECONCILED, RunDir
+from cog_pipeline.storage.store import RequestCounter, open_store
 
 
 def claimed_run(buckets, tmp_path, manifest: str, key: str = "batch_raw.csv") -> RunDir:
@@ -172,7 +172,7 @@ def test_reconcile_lists_instead_of_asking_per_row(s3_server, bucket_name, tmp_p
     """N rows in a few folders cost about one ListObjectsV2 page per 1000 outputs, not one request per row."""
     import boto3
 
-    from cog_pipeline.store import StoreConfig
+    from cog_pipeline.storage.store import StoreConfig
     from tests.conftest import Buckets
 
     client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")

@@ -24,7 +24,7 @@ from cog_pipeline.replicas.catalog import (
 )
 from cog_pipeline.replicas.credentials import render_credentials, write_credentials
 from tests.urls import parse_location
-from cog_pipeline.store import LocalStore
+from cog_pipeline.storage.store import LocalStore
 
 AWKWARD_KEYS = [
     "Counties/WI/Wood/1band.tif",
@@ -234,7 +234,7 @@ def test_credentials_refuse_line_breaks_without_echoing_them(tmp_path):
 
 
 def test_missing_key_file_error_does_not_leak(tmp_path, key_files):
-    from cog_pipeline.store import StoreError
+    from cog_pipeline.storage.store import StoreError
 
     with pytest.raises(StoreError) as err:
         write_credentials(tmp_path / "c.conf", "storage", "cog", None, None, key_files[0], tmp_path / "nope")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from cog_pipeline.pipeline import ScanOptions, scan
-from cog_pipeline.report import next_step, report_key, upload_report, write_report
-from cog_pipeline.rundir import RunDir
-from cog_pipeline.store import LocalStore, StoreConfig
+from cog_pipeline.publishing.report import next_step, report_key, upload_report, write_report
+from cog_pipeline.run.rundir import RunDir
+from cog_pipeline.storage.store import LocalStore, StoreConfig
 
 from .conftest import REPO_ROOT
 from tests.conftest import config_with
@@ -115,7 +115,7 @@ def test_report_of_a_bare_run_dir(tmp_path: Path) -> None:
 
 
 def test_pegasus_commands_are_named(tmp_path: Path) -> None:
-    # A version-1 run.json (its Pegasus facts in "extra"): read through the migration in cog_pipeline.rundir.
+    # A version-1 run.json (its Pegasus facts in "extra"): read through the migration in cog_pipeline.run.rundir.
     (tmp_path / "run.json").write_text(_V1_RUN % ("running", '{"submit_dir": "/s/run 1"}'))
     page = write_report(tmp_path, output_store=None).read_text(encoding="utf-8")
     assert "pegasus-analyzer &#x27;/s/run 1&#x27;" in page
@@ -225,7 +225,7 @@ def test_report_in_headless_chromium_at_desktop_and_phone_width(run: tuple[Path,
 
 
 def test_reason_is_said_once_keys_wrap_at_folders_and_a_uniform_preview_is_flagged() -> None:
-    from cog_pipeline.report import ImageRow, RunView, reason_once, render
+    from cog_pipeline.publishing.report import ImageRow, RunView, reason_once, render
 
     assert reason_once("INPUT_UNREADABLE: INPUT_UNREADABLE: truncated", "INPUT_UNREADABLE") == "truncated"
     assert reason_once("input object does not exist: x", "MISSING_INPUT") == "input object does not exist: x"
@@ -243,7 +243,7 @@ def test_reason_is_said_once_keys_wrap_at_folders_and_a_uniform_preview_is_flagg
 def test_report_command_rewrites_and_uploads(run: tuple[Path, StoreConfig]) -> None:
     from click.testing import CliRunner
 
-    from cog_pipeline.operator_cli import report_cmd
+    from cog_pipeline.cli.operator import report_cmd
 
     run_dir, config = run
     (run_dir / "report.html").unlink(missing_ok=True)
@@ -256,7 +256,7 @@ def test_report_command_rewrites_and_uploads(run: tuple[Path, StoreConfig]) -> N
 
 
 def test_status_table_shows_user_text_literally() -> None:
-    from cog_pipeline.operator_cli import render_status_table
+    from cog_pipeline.cli.operator import render_status_table
 
     rows = [
         {"run": "workflow-run-20261201-101500", "state": "running", "done": 7, "failed": 1, "age": "3m", "engine": "pegasus", "where": "/s/[b]x[/b] ü"},
@@ -271,7 +271,7 @@ def test_status_table_shows_user_text_literally() -> None:
 def test_status_json_is_stable() -> None:
     import json
 
-    from cog_pipeline.operator_cli import STATUS_COLUMNS, status_json
+    from cog_pipeline.cli.operator import STATUS_COLUMNS, status_json
 
     out = json.loads(status_json([{"run": "r", "state": "running", "done": 1, "extra": "dropped"}]))
     assert out["schema_version"] == 1
@@ -286,7 +286,7 @@ def test_thumbnail_by_ranged_reads_on_both_stores(buckets, shared_testdata: Path
     from rasterio.io import MemoryFile
     from rasterio.shutil import copy
 
-    from cog_pipeline.report import THUMB_PX, thumbnail_data_uri
+    from cog_pipeline.publishing.report import THUMB_PX, thumbnail_data_uri
 
     cog = tmp_path / "cog.tif"
     copy(shared_testdata / "rasterio/RGB.byte.tif", cog, driver="COG", compress="LZW", blocksize=256)
@@ -313,7 +313,7 @@ def test_the_report_shows_the_pictures_the_workers_left_while_the_cog_is_theirs(
     uses it only while the bucket still holds that job's COG (same etag), and a torn picture is never used."""
     import base64
 
-    from cog_pipeline.report import thumbnail_data_uri
+    from cog_pipeline.publishing.report import thumbnail_data_uri
 
     run_dir, config = run
     out_store = LocalStore(config.local_root, "out")
@@ -356,7 +356,7 @@ def test_a_thumbnail_is_rgb_from_three_bands_grey_from_one_and_stretched_from_ui
     import numpy as np
     from PIL import Image
 
-    from cog_pipeline.thumbnail import THUMB_PX, thumbnail_jpeg
+    from cog_pipeline.publishing.thumbnail import THUMB_PX, thumbnail_jpeg
     from tests import rasters
 
     cases = {
@@ -421,7 +421,7 @@ def test_demo_ends_with_its_report(tmp_path: Path) -> None:
     """`cog-pipeline demo` prints the report's path last; the page shows the five images and both failed rows."""
     from click.testing import CliRunner
 
-    from cog_pipeline.cli import main
+    from cog_pipeline.cli.main import main
     from cog_pipeline.examples import EXAMPLE_BAD_ROWS, EXAMPLE_IMAGES
 
     result = CliRunner().invoke(main, ["demo", "--dir", str(tmp_path / "demo"), "--size", "64", "--quiet"])

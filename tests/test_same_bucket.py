@@ -10,7 +10,7 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from cog_pipeline.cli import main as cli
+from cog_pipeline.cli.main import main as cli
 from cog_pipeline.examples import write_raster
 
 KEYS = ("Eau Claire/a b.tif", "X/a%20b.tif", "Weird/hash#tag.tif")
@@ -134,10 +134,10 @@ def test_the_generated_workflow_names_prefixed_outputs_for_both_engines(tmp_path
     <prefix><key>; the input replica and the job's key metadata stay the row's key."""
     import yaml
 
-    from cog_pipeline.claim import claim_one
+    from cog_pipeline.run.claim import claim_one
     from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
     from cog_pipeline.replicas.catalog import job_lfns, object_of_pfn
-    from cog_pipeline.store import StoreConfig, open_store
+    from cog_pipeline.storage.store import StoreConfig, open_store
 
     bucket = _bucket(tmp_path)
     config = StoreConfig(local_root=tmp_path)

@@ -10,12 +10,12 @@ import pytest
 
 from tests.conftest import config_with
 from cog_pipeline.examples import write_raster
-from cog_pipeline.manifest import iter_raw_lines, split_raw_lines
+from cog_pipeline.run.manifest import iter_raw_lines, split_raw_lines
 from cog_pipeline.pipeline import ScanOptions, scan
-from cog_pipeline.report import REPORT_NAME
-from cog_pipeline.rundir import RUN_RECORD_VERSION, Decisions, Preflight, RunDir, list_run_dirs
-from cog_pipeline.rundir.files import SAMPLE_ROWS
-from cog_pipeline.store import StoreConfig
+from cog_pipeline.publishing.report import REPORT_NAME
+from cog_pipeline.run.rundir import RUN_RECORD_VERSION, Decisions, Preflight, RunDir, list_run_dirs
+from cog_pipeline.run.rundir.files import SAMPLE_ROWS
+from cog_pipeline.storage.store import StoreConfig
 
 DOCUMENTS = ("preflight.json", "reconcile.json", REPORT_NAME)
 
@@ -131,10 +131,10 @@ class _CountingStore:
 
 @pytest.mark.slow
 def test_publishing_takes_reconciles_outputs_and_lists_the_output_bucket_only_when_recovering(tmp_path):
-    from cog_pipeline import publish
-    from cog_pipeline.provenance import read_provenance_lines
-    from cog_pipeline.reconcile import reconcile
-    from cog_pipeline.store import LocalStore
+    from cog_pipeline.publishing import publish
+    from cog_pipeline.publishing.provenance import read_provenance_lines
+    from cog_pipeline.publishing.reconcile import reconcile
+    from cog_pipeline.storage.store import LocalStore
 
     run = _scan_big_manifest(tmp_path, 10)
     before = read_provenance_lines(run.path)
@@ -160,7 +160,7 @@ def test_publishing_takes_reconciles_outputs_and_lists_the_output_bucket_only_wh
 
 
 def test_a_parse_without_the_duplicate_index_yields_repeats_as_rows():
-    from cog_pipeline.manifest import DuplicateRow, ManifestRow, RejectedRow, iter_parsed
+    from cog_pipeline.run.manifest import DuplicateRow, ManifestRow, RejectedRow, iter_parsed
 
     lines = [b"a.tif,1", b"a.tif,1", b"a.TIF,1", b"bad"]
     assert [type(p) for p in iter_parsed(lines)] == [ManifestRow, DuplicateRow, RejectedRow, RejectedRow]

@@ -11,8 +11,8 @@ import pytest
 pystac = pytest.importorskip("pystac", reason="the 'stac' extra (pystac, rio-stac) is not installed")
 pytest.importorskip("rio_stac", reason="the 'stac' extra (pystac, rio-stac) is not installed")
 
-from cog_pipeline.provenance import embed_with_copy  # noqa: E402
-from cog_pipeline.stac import CATALOG_KEY, SHIPPED_SCHEMAS, collection_key, item_key, offline_schema_map, validate, write_stac  # noqa: E402
+from cog_pipeline.publishing.provenance import embed_with_copy  # noqa: E402
+from cog_pipeline.publishing.stac import CATALOG_KEY, SHIPPED_SCHEMAS, collection_key, item_key, offline_schema_map, validate, write_stac  # noqa: E402
 from tests.conftest import config_with
 
 KEY = "Eau Claire/a #1?/Ünïcødé scan.tif"
@@ -81,7 +81,7 @@ def test_items_collection_and_catalog_are_valid_offline_per_pystac_and_stac_vali
 
 
 def test_validation_rejects_a_broken_item(tmp_path: Path, cog: Path, offline) -> None:
-    from cog_pipeline.store import LocalStore
+    from cog_pipeline.storage.store import LocalStore
 
     (tmp_path / "out").mkdir()
     store = LocalStore(tmp_path, "out")
@@ -100,7 +100,7 @@ def test_validation_rejects_a_broken_item(tmp_path: Path, cog: Path, offline) ->
 
 
 def test_an_image_without_georeferencing_has_no_bbox_or_geometry_and_hrefs_follow_the_base_url(tmp_path, shared_testdata, offline):
-    from cog_pipeline.store import LocalStore
+    from cog_pipeline.storage.store import LocalStore
 
     (tmp_path / "out").mkdir()
     store = LocalStore(tmp_path, "out")
@@ -117,7 +117,7 @@ def test_an_image_without_georeferencing_has_no_bbox_or_geometry_and_hrefs_follo
 
 
 def test_an_item_published_again_under_another_manifest_leaves_the_first_collection(tmp_path, cog):
-    from cog_pipeline.store import LocalStore
+    from cog_pipeline.storage.store import LocalStore
 
     (tmp_path / "out").mkdir()
     store = LocalStore(tmp_path, "out")
@@ -139,7 +139,7 @@ def test_scan_with_stac_publishes_valid_items_and_a_collection(buckets, shared_t
     """`--stac` is recorded in run.json at the claim; reconcile then puts an Item beside each processed COG and the
     manifest's Collection, all valid per pystac (extensions: checked when their schema host answers)."""
     from cog_pipeline.pipeline import ScanOptions, scan
-    from cog_pipeline.rundir import RunDir
+    from cog_pipeline.run.rundir import RunDir
 
     keys = ["Eau Claire/a #1 ü.tif", "b/rgb.tif"]
     buckets.put_file(keys[0], shared_testdata / "rasterio/byte.tif")

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cog_pipeline import lease
-from cog_pipeline.cli import main as cli
+from cog_pipeline.run import lease
+from cog_pipeline.cli.main import main as cli
 from cog_pipeline.engines.base import ExitCode, category
-from cog_pipeline.rundir import RUN_RECORD_VERSION, DamagedRunDir, RunDir, RunInfo, remove_empty_run_dirs, survey_run_dirs
-from cog_pipeline.state import TRANSITIONS, IllegalTransition, RunState, check_transition
+from cog_pipeline.run.rundir import RUN_RECORD_VERSION, DamagedRunDir, RunDir, RunInfo, remove_empty_run_dirs, survey_run_dirs
+from cog_pipeline.run.state import TRANSITIONS, IllegalTransition, RunState, check_transition
 
 TS = "20260101-000000"
 

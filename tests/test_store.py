@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.urls import parse_location
-from cog_pipeline.store import (
+from cog_pipeline.storage.store import (
     LocalStore,
     ObjectNotFound,
     ObjectStore,
@@ -398,7 +398,7 @@ def test_writes_leave_no_temporary_files_behind(local_store: LocalStore, tmp_pat
 def test_local_list_walks_only_the_folders_the_prefix_can_reach(
     local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cog_pipeline.store as store_module
+    import cog_pipeline.storage.store as store_module
 
     for key in ["C/WI/Wood/a.tif", "C/WI/Dane/b.tif", "C/MN/c.tif", "Other/d.tif", "C/WIx/e.tif"]:
         local_store.put_bytes(key, b"x")
@@ -835,14 +835,14 @@ def test_open_store_refuses_a_bucket_with_a_slash_for_s3_too(s3_server: str) -> 
 
 
 def test_key_file_problem_names_a_device_without_reading_it() -> None:
-    from cog_pipeline.store import key_file_problem
+    from cog_pipeline.storage.store import key_file_problem
 
     problem = key_file_problem("/dev/urandom", "secret key")
     assert problem is not None and "not a regular file" in problem and "no such file" not in problem
 
 
 def test_key_file_problem_is_none_for_a_good_file(tmp_path: Path) -> None:
-    from cog_pipeline.store import key_file_problem
+    from cog_pipeline.storage.store import key_file_problem
 
     (tmp_path / "k").write_text("KEY\n")
     assert key_file_problem(tmp_path / "k", "access key") is None
@@ -945,7 +945,7 @@ def test_adopt_copies_when_the_file_cannot_be_linked(local_store: LocalStore, tm
 
 def test_download_if_match_gets_exactly_that_version_or_refuses(buckets, tmp_path):
     """Issue 22.5: what a job converts is the version its lineage names (the local engine's stage-in)."""
-    from cog_pipeline.store import PreconditionFailed
+    from cog_pipeline.storage.store import PreconditionFailed
 
     buckets.input.put_bytes("a.tif", b"version one")
     first = buckets.input.head("a.tif")
@@ -959,7 +959,7 @@ def test_download_if_match_gets_exactly_that_version_or_refuses(buckets, tmp_pat
 
 
 def test_a_folder_pin_links_the_listed_version_and_keeps_it_when_the_key_is_replaced(tmp_path):
-    from cog_pipeline.store import LocalStore, PreconditionFailed
+    from cog_pipeline.storage.store import LocalStore, PreconditionFailed
 
     (tmp_path / "b").mkdir()
     store = LocalStore(tmp_path, "b")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from cog_pipeline.engines.local import JobSpec
 from cog_pipeline.engines.local_worker import leave_thumbnail
-from cog_pipeline.thumbnail import THUMB_PX, read_thumbnail, thumbnail_path, write_thumbnail
+from cog_pipeline.publishing.thumbnail import THUMB_PX, read_thumbnail, thumbnail_path, write_thumbnail
 
 from . import rasters
 from .conftest import REPO_ROOT
@@ -139,7 +139,7 @@ def test_writing_a_picture_from_a_preview_imports_neither_numpy_nor_rasterio(tmp
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from cog_pipeline.thumbnail import write_thumbnail\n"
+        "from cog_pipeline.publishing.thumbnail import write_thumbnail\n"
         f"assert write_thumbnail(Path({str(preview)!r}), Path({str(tmp_path / 'p.thumb.jpg')!r}))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'rasterio')))\n"
     )

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cog_pipeline.manifest import ManifestRow, parse_manifest
+from cog_pipeline.run.manifest import ManifestRow, parse_manifest
 from cog_pipeline.pegasus import workflow_gen as wg
 from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
 from cog_pipeline.replicas.catalog import job_lfns
-from cog_pipeline.rundir import CLAIMED, GENERATED, Preflight, RunDir, RunInfo
+from cog_pipeline.run.rundir import CLAIMED, GENERATED, Preflight, RunDir, RunInfo
 from tests.oracles import build_api_workflow
 from tests.urls import parse_location
-from cog_pipeline.store import RequestCounter, StoreConfig, open_store
+from cog_pipeline.storage.store import RequestCounter, StoreConfig, open_store
 
 from .test_replicas import schema_validator
 from cog_pipeline.config import ConfigError, Resources

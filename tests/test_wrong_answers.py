@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cog_pipeline.claim import claim_one
+from cog_pipeline.run.claim import claim_one
 from cog_pipeline.examples import write_raster
 from cog_pipeline.pipeline import ScanOptions, scan
-from cog_pipeline.rundir import RECONCILED, Decisions, list_run_dirs
+from cog_pipeline.run.rundir import RECONCILED, Decisions, list_run_dirs
 from tests.conftest import config_with
 
 
@@ -82,7 +82,7 @@ def test_an_endpoint_with_credentials_is_refused_and_never_written(s3_server, tm
 
 
 def test_run_json_never_holds_an_endpoints_credentials(tmp_path):
-    from cog_pipeline.store import StoreConfig, StoreError
+    from cog_pipeline.storage.store import StoreConfig, StoreError
 
     config = StoreConfig(endpoint="https://user:secret@s3.example.org")
     with pytest.raises(StoreError, match="holds credentials") as caught:
@@ -147,7 +147,7 @@ def test_lineage_and_provenance_name_the_version_converted_when_images_are_reupl
 
     import cog_pipeline.engines.local as engine_local
     from cog_pipeline.pipeline import finish, prepare
-    from cog_pipeline.provenance import read_provenance, read_provenance_lines
+    from cog_pipeline.publishing.provenance import read_provenance, read_provenance_lines
 
     for name, seed in (("a1", 1), ("a2", 2), ("c1", 3), ("c2", 4)):
         write_raster(tmp_path / f"{name}.tif", bands=1, size=64, seed=seed)

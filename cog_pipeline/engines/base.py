@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
-    from ..rundir import RunDir
-    from ..rundir.jobs import JobRecord
+    from cog_pipeline.run.rundir import RunDir
+    from cog_pipeline.run.rundir.jobs import JobRecord
 
 
 # The converter's exit codes, defined once in the converter (it ships as one file to workers, so the
@@ -62,11 +62,11 @@ class RunFinished(WorkflowError):
 
 
 def __getattr__(name: str) -> Any:
-    """`JobRecord` lives in the run directory's package (cog_pipeline.rundir.jobs). It is imported only when
+    """`JobRecord` lives in the run directory's package (cog_pipeline.run.rundir.jobs). It is imported only when
     asked for, so a pool worker, which imports this module for the exit categories, never loads the run
     directory's layers."""
     if name == "JobRecord":
-        from ..rundir.jobs import JobRecord
+        from cog_pipeline.run.rundir.jobs import JobRecord
 
         return JobRecord
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -85,13 +85,13 @@ def last_line(text: str) -> str:
 
 
 def write_record(path: Path, record: JobRecord) -> None:
-    from ..rundir import write_json_atomic
+    from cog_pipeline.run.rundir import write_json_atomic
 
     write_json_atomic(path, record.to_json())
 
 
 def read_record(path: Path) -> JobRecord:
-    from ..rundir.jobs import JobRecord
+    from cog_pipeline.run.rundir.jobs import JobRecord
 
     return JobRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
 

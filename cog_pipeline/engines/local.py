@@ -11,7 +11,7 @@ other way round.
 Each finished job leaves `jobs/<id>.json` (outcome, exit code, one-line reason, attempts) and
 `jobs/<id>.log`, plus each uploaded output's ETag and size (so reconcile can tell this job's object from
 another's); a rerun skips jobs already recorded, which is how a crashed run resumes. The driver renews the
-run's lease (cog_pipeline/lease.py) while it works. One driver (`run_batch`) runs any number of runs through
+run's lease (cog_pipeline/run/lease.py) while it works. One driver (`run_batch`) runs any number of runs through
 one pool; `cog-pipeline run RUN_DIR` is a batch of one.
 """
 
@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PipelineConfig, env_value
-from ..lease import LEASE_SECONDS
-from ..rundir import RUNNING, LeaseHeld, Preflight, RunDir, RunState
-from ..state import FINAL
-from ..store import LocalStore, StoreError, open_store
+from cog_pipeline.run.lease import LEASE_SECONDS
+from cog_pipeline.run.rundir import RUNNING, LeaseHeld, Preflight, RunDir, RunState
+from cog_pipeline.run.state import FINAL
+from cog_pipeline.storage.store import LocalStore, StoreError, open_store
 from .base import ExitCode, Finish, JobRecord, Outcome, RunFinished, WorkflowError, end_hook_command, write_record
 from . import local_pool
 from .local_pool import PoolSettings, cores_available, execute, plan_order, plan_workers, run_of
@@ -207,7 +207,7 @@ def input_sizes(run_dir: RunDir, jobs: list[JobSpec]) -> dict[str, int]:
                     except (OSError, StoreError):
                         continue
             else:
-                from ..listing import find_keys
+                from cog_pipeline.storage.listing import find_keys
 
                 recorded = {k: o.size for k, o in find_keys(store, keys.values()).items()}
         except (StoreError, OSError):

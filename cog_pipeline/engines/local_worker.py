@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ..transformations.linux import set_pdeathsig
-from ..store import LocalStore, ObjectStore, PreconditionFailed, StoreConfig, StoreError, open_store
-from ..thumbnail import thumbnail_path, write_thumbnail
+from cog_pipeline.storage.store import LocalStore, ObjectStore, PreconditionFailed, StoreConfig, StoreError, open_store
+from cog_pipeline.publishing.thumbnail import thumbnail_path, write_thumbnail
 from ..config import env_value
 from .base import NOT_RETRIED, SUCCESS_CODES, ExitCode, WorkflowError, category, last_line
 
@@ -162,7 +162,7 @@ def _safe_join(root: Path, lfn: str) -> Path:
 
 def listed_version(arguments: list[str]) -> str | None:
     """The input's ETag the workflow generator listed and the lineage embeds (its `--metadata-b64`), if any."""
-    from ..provenance import METADATA_B64, decode_metadata
+    from cog_pipeline.publishing.provenance import METADATA_B64, decode_metadata
 
     if METADATA_B64 not in arguments[:-1]:
         return None

@@ -56,8 +56,8 @@ def _wrap(owner: type, name: str, label: str) -> None:
 
 
 def _install() -> None:
-    from cog_pipeline import store
-    from cog_pipeline.rundir import files as rundir
+    from cog_pipeline.storage import store
+    from cog_pipeline.run.rundir import files as rundir
 
     for cls in (store.LocalStore, store.S3Store):
         for name in _STORE_CALLS:

@@ -189,7 +189,7 @@ def test_a_tick_whose_pegasus_cannot_run_claims_nothing(pool, place, pool_bindin
 
 def test_status_shows_a_real_dags_held_job_with_its_reason(pool, place, pool_bindings):
     """held_jobs asks the real schedd for jobs whose DAGManJobId is a run's DAGMan job (one node submitted on hold)."""
-    from cog_pipeline.rundir import RUNNING, PegasusRecord, RunDir, RunInfo
+    from cog_pipeline.run.rundir import RUNNING, PegasusRecord, RunDir, RunInfo
 
     dag_dir = place / "dag"
     dag_dir.mkdir()

@@ -19,7 +19,7 @@ import boto3
 import numpy as np
 import pytest
 
-from cog_pipeline.rundir import RunDir
+from cog_pipeline.run.rundir import RunDir
 import rasterio
 
 from cog_pipeline.replicas.pegasus_keys import pegasus_key_problem

@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from cog_pipeline.rundir import RunDir
+from cog_pipeline.run.rundir import RunDir
 
 from .conftest import Pool, wait_for
 from .test_pegasus_pool import TESTDATA, _config, _csv_rows, _results, _scan, buckets  # noqa: F401 - buckets is a fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cog_pipeline.rundir import RunDir
+from cog_pipeline.run.rundir import RunDir
 
 from .conftest import Pool, wait_for
 from .test_pegasus_pool import TESTDATA, _config, buckets  # noqa: F401 - buckets is a fixture

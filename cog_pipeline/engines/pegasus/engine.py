@@ -8,7 +8,7 @@ from typing import Any
 
 from ...config import PipelineConfig
 from ...replicas.pegasus_keys import pegasus_key_problem
-from ...rundir import RUNNING, RunDir
+from cog_pipeline.run.rundir import RUNNING, RunDir
 from ..base import Outcome
 from .condor import check_pegasus
 from .labels import label_outputs

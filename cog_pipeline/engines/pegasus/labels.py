@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ...listing import find_keys
-from ...reconcile import written_since
-from ...rundir import RunDir
-from ...store import open_store
+from cog_pipeline.storage.listing import find_keys
+from cog_pipeline.publishing.reconcile import written_since
+from cog_pipeline.run.rundir import RunDir
+from cog_pipeline.storage.store import open_store
 from ..local_workflow import catalog_objects
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ...rundir import RUNNING, RunDir
+from cog_pipeline.run.rundir import RUNNING, RunDir
 from . import condor
 
 SUBMIT_BASE = "submit"  # pegasus-plan --dir: submit directories are created below <run>/submit

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...config import COMPUTE_SITE
-from ...rundir import GENERATED, RECONCILED, RUNNING, RunDir
+from cog_pipeline.run.rundir import GENERATED, RECONCILED, RUNNING, RunDir
 from ..base import WorkflowError, last_line
 from .condor import PegasusUnavailable
 from .monitor import SUBMIT_BASE, cluster_from_files, find_submit_dir

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ...rundir import RunDir
+from cog_pipeline.run.rundir import RunDir
 from ..base import SUCCESS_CODES, JobRecord, category, last_line, line_of_job_id, write_record
 from .submit_dir import JobState, KickstartRecord, _invocations, dag_was_removed, holds_by_node, main_invocation, read_submit_dir, submit_dir_for_hook
 
@@ -152,7 +152,7 @@ def _after_stage_out(record: JobRecord, found, stage: str | None, removed: bool,
 
 
 def _cluster_records(run_dir: RunDir, info, found, workflow: dict) -> int:
-    from ...store import open_store
+    from cog_pipeline.storage.store import open_store
     from .clusters import stage_out_failed_clusters, task_records
 
     if info.store_config.local_root is None and found.end.ended:

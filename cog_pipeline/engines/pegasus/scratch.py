@@ -10,8 +10,8 @@ are never under the prefix, so removing it cannot lose a result.
 
 from __future__ import annotations
 
-from ...rundir import RunDir
-from ...store import ObjectStore, open_store
+from cog_pipeline.run.rundir import RunDir
+from cog_pipeline.storage.store import ObjectStore, open_store
 
 SCRATCH_FILE = "scratch.json"
 

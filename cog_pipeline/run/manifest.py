@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .naming import image_stem, image_suffix
+from cog_pipeline.run.naming import image_stem, image_suffix
 
 MAX_BANDS = 1024
 MAX_KEY_BYTES = 1024  # S3's limit for an object key: no image can have a longer one

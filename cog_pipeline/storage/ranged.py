@@ -14,7 +14,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from .store import ObjectNotFound, ObjectStore, StoreError
+from cog_pipeline.storage.store import ObjectNotFound, ObjectStore, StoreError
 
 BLOCK = 64 * 1024  # one request per 64 KiB: a COG's header and its smallest overview usually fit in one or two
 

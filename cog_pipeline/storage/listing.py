@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from .store import ObjectInfo, ObjectStore
+from cog_pipeline.storage.store import ObjectInfo, ObjectStore
 
 # Listing each folder separately costs at least one request per folder; past this many folders, listings of
 # a few shared parent prefixes are cheaper unless those hold vastly more than the manifest touches.

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import atomic
+from cog_pipeline.storage import atomic
 
 # A document lists at most this many rows (failed rows, noted rows); it always says how many there were.
 SAMPLE_ROWS = 1000

@@ -1,6 +1,6 @@
 """The run report: one self-contained HTML page answering "did it work, what failed and why, how do I fix it".
 
-Built from the run directory's typed documents (cog_pipeline.rundir: RunInfo, Preflight, Decisions, JobRecord),
+Built from the run directory's typed documents (cog_pipeline.run.rundir: RunInfo, Preflight, Decisions, JobRecord),
 which publishing hands over when it has them, plus cheap looks at the buckets: one listing for sizes and, per
 processed image shown, the picture its local-engine worker left beside the job's record when the COG in the
 bucket is still that job's (thumbnail.py), else a ranged read of its COG's smallest overview (a COG keeps it
@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .naming import RunNames, base_of
-from .rundir import DamagedRunDir, Decisions, JobRecord, Preflight, ProcessedOutput, RunDir, RunInfo
-from .rundir.jobs import iter_job_records
-from .store import ObjectInfo, ObjectStore, StoreError
-from .thumbnail import THUMB_PX, read_thumbnail, thumbnail_jpeg, thumbnail_path
+from cog_pipeline.run.naming import RunNames, base_of
+from cog_pipeline.run.rundir import DamagedRunDir, Decisions, JobRecord, Preflight, ProcessedOutput, RunDir, RunInfo
+from cog_pipeline.run.rundir.jobs import iter_job_records
+from cog_pipeline.storage.store import ObjectInfo, ObjectStore, StoreError
+from cog_pipeline.publishing.thumbnail import THUMB_PX, read_thumbnail, thumbnail_jpeg, thumbnail_path
 
 REPORT_NAME = "report.html"
 # Result-file links: the run directory keeps copies under results/; the uploaded copy sits beside them.
@@ -233,7 +233,7 @@ def _jpeg_data_uri(data: bytes) -> str:
 
 def _manifest_rows(run_dir: Path) -> int:
     """The manifest's rows (blank lines are not rows), counted as a stream."""
-    from .manifest import iter_raw_lines
+    from cog_pipeline.run.manifest import iter_raw_lines
 
     try:
         return sum(1 for line in iter_raw_lines(run_dir / "manifest.csv") if line.strip(b" \t"))
@@ -245,7 +245,7 @@ def _listed(store: ObjectStore | None, keys: list[str]) -> dict[str, ObjectInfo]
     """What one listing says of each key (size, etag); nothing when there is no store or it cannot be listed."""
     if store is None or not keys:
         return {}
-    from .listing import find_keys
+    from cog_pipeline.storage.listing import find_keys
 
     try:
         return find_keys(store, keys)
@@ -257,7 +257,7 @@ def thumbnail_data_uri(store: ObjectStore, key: str, size: int | None = None, ma
     """A small JPEG data: URI of the COG's smallest overview, read by ranges; None when it cannot be read."""
     import warnings
 
-    from .ranged import OPEN_NAME, opener_for
+    from cog_pipeline.storage.ranged import OPEN_NAME, opener_for
 
     try:
         opener, _ = opener_for(store, key, size)
@@ -405,7 +405,7 @@ def _lineage_html(view: RunView) -> str:
              f"(<code>cog-pipeline provenance BUCKET/KEY</code>); <code>provenance.jsonl</code> in the run directory has "
              f"{view.provenance_lines} line(s), one per output.</p>"]
     if view.info.get("stac"):
-        from .stac import collection_key
+        from cog_pipeline.publishing.stac import collection_key
 
         parts.append(f"<p>STAC: an Item beside each COG and the Collection <code>{_e(collection_key(str(view.info.get('manifest_key', ''))))}</code> "
                      f"in <code>{_e(view.info.get('output_bucket', '?'))}</code>.</p>")
@@ -437,7 +437,7 @@ def write_report(run_dir_path: Path, *, output_store: ObjectStore | None, input_
                  **given: Any) -> Path:
     """Write report.html in the run directory (atomically) and return its path. Never needs a bucket.
     `given`: the documents the caller already holds (see `load_run`)."""
-    from . import atomic
+    from cog_pipeline.storage import atomic
 
     run_dir_path = Path(run_dir_path)
     page = render(load_run(run_dir_path, output_store=output_store, input_store=input_store, **given))

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .naming import base_of, image_stem
-from .store import ObjectNotFound, ObjectStore
+from cog_pipeline.run.naming import base_of, image_stem
+from cog_pipeline.storage.store import ObjectNotFound, ObjectStore
 
 STAC_ITEM_SUFFIX = ".stac-item.json"
 CATALOG_KEY = "catalog.json"
@@ -100,8 +100,8 @@ def item_for(cog_store: ObjectStore, key: str, jpg_key: str | None, *, collectio
     import rasterio
     from rio_stac import create_stac_item
 
-    from .provenance import DOMAIN
-    from .ranged import OPEN_NAME, opener_for
+    from cog_pipeline.publishing.provenance import DOMAIN
+    from cog_pipeline.storage.ranged import OPEN_NAME, opener_for
 
     href = href or Hrefs(cog_store)
     opener, _ = opener_for(cog_store, key)

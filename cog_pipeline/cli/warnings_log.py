@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .tick_log import WARNINGS_LOG_NAME
+from cog_pipeline.cli.tick_log import WARNINGS_LOG_NAME
 
 
 @contextmanager

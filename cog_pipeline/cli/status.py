@@ -18,9 +18,9 @@ from typing import Any
 
 import click
 
-from .errors import one_line
-from .rundir import GENERATED, RUNNING, RunDir, survey_run_dirs
-from .state import IN_FLIGHT
+from cog_pipeline.errors import one_line
+from cog_pipeline.run.rundir import GENERATED, RUNNING, RunDir, survey_run_dirs
+from cog_pipeline.run.state import IN_FLIGHT
 
 
 def analyzer_command(submit_dir: str | Path) -> str:
@@ -30,7 +30,7 @@ def analyzer_command(submit_dir: str | Path) -> str:
 
 def dagman_facts(submit_dir: Path) -> dict[str, Any]:
     """DAGMan state and job counts of one submit directory (never raises: a damaged dir says "unknown")."""
-    from .engines.pegasus.submit_dir import job_counts, read_jobstate
+    from cog_pipeline.engines.pegasus.submit_dir import job_counts, read_jobstate
 
     try:
         source, counts = job_counts(submit_dir)
@@ -121,7 +121,7 @@ def show_runs(work_dir: Path, long_: bool = False) -> None:
 
 def _held_jobs(runs: list[RunDir]) -> dict[str, list[dict[str, Any]]]:
     """The held jobs of each submitted run (engines.pegasus.condor.held_jobs); no schedd here: one line."""
-    from .engines.pegasus.condor import held_jobs
+    from cog_pipeline.engines.pegasus.condor import held_jobs
 
     infos = {run.path.name: run.load() for run in runs}
     clusters = {name: info.pegasus.dagman_cluster for name, info in infos.items() if info.state == RUNNING and info.pegasus.dagman_cluster is not None}
@@ -135,7 +135,7 @@ def _held_jobs(runs: list[RunDir]) -> dict[str, list[dict[str, Any]]]:
 
 
 def _show_submitted(run_dir: RunDir, submit_dir: str, long_: bool, on_path: bool) -> None:
-    from .engines.pegasus.monitor import workflow_is_running
+    from cog_pipeline.engines.pegasus.monitor import workflow_is_running
 
     running = workflow_is_running(run_dir)
     click.echo(f"    submit dir: {submit_dir}" + ("" if running else "  (workflow ended; the next tick reconciles it)"))
@@ -157,8 +157,8 @@ def shown_state(run_dir: Any, info: Any) -> str:
     """The run's state, except that a run recorded as running whose process and workflow are gone (its lease
     expired or its owner is dead, and its engine runs nothing of it: `pipeline.run_is_active`, as the scan
     decides) is "stopped": the next scan carries it on."""
-    from .pipeline import run_is_active
-    from .state import RunState
+    from cog_pipeline.pipeline import run_is_active
+    from cog_pipeline.run.state import RunState
 
     if info.state == RunState.RUNNING and not run_is_active(run_dir):
         return "stopped"

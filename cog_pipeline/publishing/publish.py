@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .rundir import Decisions, Preflight, ProcessedOutput, RunDir, RunInfo
-from .store import ObjectInfo, ObjectStore, open_store
+from cog_pipeline.run.rundir import Decisions, Preflight, ProcessedOutput, RunDir, RunInfo
+from cog_pipeline.storage.store import ObjectInfo, ObjectStore, open_store
 
 Echo = Callable[[str], None]
 
@@ -30,7 +30,7 @@ def processed_outputs(run_dir: RunDir, info: RunInfo, output_store: ObjectStore,
     when this process did not reconcile the run (a publish a crash interrupted), decided again from the bucket."""
     if decisions is not None and decisions.outputs is not None:
         return decisions.outputs
-    from .reconcile import decided_rows
+    from cog_pipeline.publishing.reconcile import decided_rows
 
     return [o.output for o in decided_rows(run_dir, info, output_store, Preflight.load(run_dir.path)) if o.output is not None]
 
@@ -48,7 +48,7 @@ def listed_versions(preflight: Preflight | None, keys: set[str]) -> dict[str, Ob
 
 def needs_publishing(run_dir: RunDir) -> bool:
     """A reconciled run whose report is missing has not been through `after_reconcile` completely."""
-    from .report import REPORT_NAME
+    from cog_pipeline.publishing.report import REPORT_NAME
 
     return not (run_dir.path / REPORT_NAME).is_file()
 
@@ -59,8 +59,8 @@ def write_run_provenance(run_dir: RunDir, info: RunInfo, input_store: ObjectStor
     Each input's version is the one the workflow generator listed (preflight-sizes.csv): each job read exactly
     that version (If-Match) and its COG's lineage names it, so a listing now would name an image re-uploaded
     since. A run generated before the ETags were recorded lists its inputs, as then."""
-    from .listing import find_keys
-    from .provenance import record_provenance
+    from cog_pipeline.storage.listing import find_keys
+    from cog_pipeline.publishing.provenance import record_provenance
 
     sources = listed_versions(Preflight.load(run_dir.path), {o.key for o in processed})
     if sources is None:
@@ -72,7 +72,7 @@ def write_run_provenance(run_dir: RunDir, info: RunInfo, input_store: ObjectStor
 
 def write_run_stac(info: RunInfo, output_store: ObjectStore, processed: list[ProcessedOutput]) -> list[str]:
     """An Item beside each processed COG and the manifest's Collection (only for runs claimed with --stac)."""
-    from .stac import write_stac
+    from cog_pipeline.publishing.stac import write_stac
 
     outputs = [(o.cog.key, o.jpg.key) for o in processed]  # where reconcile found them (<prefix><key>)
     return write_stac(output_store, outputs, info.manifest_key, base_url=info.stac_base_url) if outputs else []
@@ -82,7 +82,7 @@ def write_and_upload_report(run_dir: RunDir, info: RunInfo, input_store: ObjectS
                             processed: list[ProcessedOutput], decisions: Decisions | None,
                             sources: dict[str, ObjectInfo] | None) -> tuple[Path, str]:
     """report.html in the run directory, then the same file beside the result files: (path, key)."""
-    from .report import upload_report, write_report
+    from cog_pipeline.publishing.report import upload_report, write_report
 
     path = write_report(run_dir.path, output_store=output_store, input_store=input_store, info=info,
                         decisions=decisions, processed=processed, sources=sources)

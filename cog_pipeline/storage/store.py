@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
-from . import atomic, locking
-from .media import object_headers
+from cog_pipeline.storage import atomic
+
+from cog_pipeline.storage import locking
+from cog_pipeline.storage.media import object_headers
 
 
 class StoreError(RuntimeError):

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..store import ObjectInfo
-from . import files
-from .files import SAMPLE_ROWS
+from cog_pipeline.storage.store import ObjectInfo
+from cog_pipeline.run.rundir import files
+from cog_pipeline.run.rundir.files import SAMPLE_ROWS
 
 DECISIONS_VERSION = 2  # 1: every row, with its text, status, reason and note
 
@@ -108,7 +108,7 @@ class Decisions:
 def _from_v1(result: dict[str, Any], rows: object) -> Decisions:
     if not isinstance(rows, list):
         raise ValueError("reconcile.json version 1 holds no rows")
-    from ..manifest import ManifestRow, parse_row
+    from cog_pipeline.run.manifest import ManifestRow, parse_row
 
     decisions = Decisions()
     for row in rows:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Any
 
-from .config import Notify
+from cog_pipeline.config import Notify
 
 
 def should_notify(settings: Notify, record: dict[str, Any]) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import files
+from cog_pipeline.run.rundir import files
 
 
 @dataclass

@@ -36,7 +36,7 @@ def thumbnail_jpeg(name: str, opener: Any = None, max_px: int = THUMB_PX) -> byt
     import numpy as np
     from PIL import Image
 
-    from .transformations.backend_rasterio import import_rasterio_without_boto3
+    from cog_pipeline.transformations.backend_rasterio import import_rasterio_without_boto3
 
     import_rasterio_without_boto3()
     import rasterio

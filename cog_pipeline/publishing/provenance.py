@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .store import ObjectInfo, ObjectStore
+from cog_pipeline.storage.store import ObjectInfo, ObjectStore
 
 if TYPE_CHECKING:
-    from .rundir import ProcessedOutput
+    from cog_pipeline.run.rundir import ProcessedOutput
 
 DOMAIN = "COG_PIPELINE"
 PROVENANCE_FILE = "provenance.jsonl"
@@ -131,7 +131,7 @@ def converter_version(converter: Path) -> str:
 def converter_creation_options(profile_overrides: tuple[str, ...] = ()) -> dict[str, str]:
     """The COG creation options of the run's profile (transformations/profile.py; the thread count varies per
     worker and is left out) and the JPEG preview's quality."""
-    from .transformations.profile import with_overrides
+    from cog_pipeline.transformations.profile import with_overrides
 
     profile = with_overrides(profile_overrides)
     options = {k: v for k, v in profile.creation_options(1).items() if k != "NUM_THREADS"}
@@ -217,10 +217,10 @@ def record_provenance(
     under the row's key); `sources`: a listing of their inputs. Rewriting the file (not appending) keeps a
     repeated reconcile from duplicating lines; lines are written as they are made, never all held at once.
     """
-    from . import atomic
-    from .engines.base import job_id_of
-    from .naming import image_stem
-    from .rundir import JobRecord
+    from cog_pipeline.storage import atomic
+    from cog_pipeline.engines.base import job_id_of
+    from cog_pipeline.run.naming import image_stem
+    from cog_pipeline.run.rundir import JobRecord
 
     run_dir = Path(run_dir)
     run_id = run_dir.name.rpartition("workflow-run-")[2]
@@ -255,7 +255,7 @@ def read_provenance(store: ObjectStore, key: str, *, stats: dict[str, int] | Non
     """
     import rasterio
 
-    from .ranged import OPEN_NAME, opener_for
+    from cog_pipeline.storage.ranged import OPEN_NAME, opener_for
 
     opener, blocks = opener_for(store, key)
     with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
@@ -268,7 +268,7 @@ def read_provenance(store: ObjectStore, key: str, *, stats: dict[str, int] | Non
 
 def find_run_dir(work_dir: Path, run_id: str) -> Path | None:
     """The run directory a RUN_ID names, under a work directory (run ids are claim timestamps)."""
-    from .naming import RUN_DIR_PREFIX
+    from cog_pipeline.run.naming import RUN_DIR_PREFIX
 
     candidate = Path(work_dir) / f"{RUN_DIR_PREFIX}{run_id}"
     return candidate if (candidate / "run.json").is_file() else None

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..lease import Lease
-from ..state import RunState, parse_state
-from ..store import StoreConfig
+from cog_pipeline.run.lease import Lease
+from cog_pipeline.run.state import RunState, parse_state
+from cog_pipeline.storage.store import StoreConfig
 
 RUN_RECORD_VERSION = 3  # 1: the untyped `extra` dict; 2: flat typed fields; 3: the Pegasus facts grouped
 

@@ -39,8 +39,8 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 
-from . import locking
-from .naming import (
+from cog_pipeline.storage import locking
+from cog_pipeline.run.naming import (
     CLAIM_MARKER_SUFFIX,
     PROCESSING_RE,
     RESULT_RE,
@@ -51,9 +51,9 @@ from .naming import (
     matches_pattern,
     unique_timestamp,
 )
-from .rundir import ABANDONED, CLAIMED, CLAIMING, RunDir, RunInfo, list_run_dirs
-from .config import SETTINGS, env_value
-from .store import ObjectInfo, ObjectStore, PreconditionFailed, StoreConfig, StoreError
+from cog_pipeline.run.rundir import ABANDONED, CLAIMED, CLAIMING, RunDir, RunInfo, list_run_dirs
+from cog_pipeline.config import SETTINGS, env_value
+from cog_pipeline.storage.store import ObjectInfo, ObjectStore, PreconditionFailed, StoreConfig, StoreError
 
 LOCK_NAME = ".cog-pipeline.lock"
 QUARANTINE_SUFFIX = ".quarantined"  # a malformed claim marker, moved aside (never matched by a pattern: not .csv)

@@ -15,14 +15,14 @@ from typing import Any
 
 import click
 
-from .crondor.commands import crondor
-from .operator_cli import provenance_cmd, report_cmd
-from .options import EXIT_ERROR, bucket_options, check_scan_args, check_stac, fail, handle_errors, output_options, profile_option, store_config, store_options
-from .store import StoreConfig
-from .errors import one_line, os_error_line
-from .warnings_log import warnings_to_log
-from .config import SECTIONS
-from .config_cli import config_group, effective_config, setting_options
+from cog_pipeline.crondor.commands import crondor
+from cog_pipeline.cli.operator import provenance_cmd, report_cmd
+from cog_pipeline.cli.options import EXIT_ERROR, bucket_options, check_scan_args, check_stac, fail, handle_errors, output_options, profile_option, store_config, store_options
+from cog_pipeline.storage.store import StoreConfig
+from cog_pipeline.errors import one_line, os_error_line
+from cog_pipeline.cli.warnings_log import warnings_to_log
+from cog_pipeline.config import SECTIONS
+from cog_pipeline.cli.config import config_group, effective_config, setting_options
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="cog-pipeline")
@@ -53,10 +53,10 @@ def scan(**kw: Any) -> None:
 
     Also carries on runs an earlier tick left unfinished (after a crash), so running it again is always safe.
     """
-    from .pipeline import ScanOptions
-    from .pipeline import scan as run_scan
-    from .progress import ScanProgress
-    from .tick_log import now_iso
+    from cog_pipeline.pipeline import ScanOptions
+    from cog_pipeline.pipeline import scan as run_scan
+    from cog_pipeline.cli.progress import ScanProgress
+    from cog_pipeline.cli.tick_log import now_iso
 
     check_scan_args(kw)
     config = effective_config(kw)  # the --config file, the environment, then the flags
@@ -77,7 +77,7 @@ def scan(**kw: Any) -> None:
         on_phase=shown.phase,
     )
     say = (lambda m: click.echo(m, err=True)) if kw["as_json"] else shown.echo
-    from .pipeline import work_dir_problem
+    from cog_pipeline.pipeline import work_dir_problem
 
     if (problem := work_dir_problem(options)) is not None:  # before anything (the warnings log) is written there
         shown.close()
@@ -94,7 +94,7 @@ def scan(**kw: Any) -> None:
         shown.close()
     record = None if options.dry_run else _after_tick(report, config, options.work_dir, started, say)
     if kw["as_json"]:
-        from .tick_log import tick_record
+        from cog_pipeline.cli.tick_log import tick_record
 
         click.echo(json.dumps(record or tick_record(report, started=started, work_dir=options.work_dir), ensure_ascii=False, sort_keys=True))
         sys.exit(EXIT_ERROR if report.errors else 0)
@@ -117,8 +117,8 @@ def scan(**kw: Any) -> None:
 
 def _after_tick(report: Any, config: Any, work_dir: Path, started: str, say: Any, error: str | None = None) -> dict[str, Any] | None:
     """The tick's line in ticks.jsonl, the Prometheus textfile, then the notifications (each best effort)."""
-    from .notify import notify
-    from .tick_log import append_history, tick_record, write_prometheus
+    from cog_pipeline.cli.notify import notify
+    from cog_pipeline.cli.tick_log import append_history, tick_record, write_prometheus
 
     try:
         record = tick_record(report, started=started, work_dir=work_dir, error=error)
@@ -136,9 +136,9 @@ def _after_tick(report: Any, config: Any, work_dir: Path, started: str, say: Any
 
 
 def _finish(run_dir: Path, show_report: bool) -> None:
-    from .pipeline import finish
-    from .report import REPORT_NAME
-    from .rundir import RunDir
+    from cog_pipeline.pipeline import finish
+    from cog_pipeline.publishing.report import REPORT_NAME
+    from cog_pipeline.run.rundir import RunDir
 
     result = finish(RunDir(run_dir), echo=lambda line: click.echo(line, err=True))
     prefix = "already reconciled: " if result.already_done else ""
@@ -160,8 +160,8 @@ def reconcile_cmd(run_dir: Path, force: bool) -> None:
     Safe to run any number of times: a reconciled run is reported, not redone. A run still in flight (a live
     lease, or its workflow running) is refused unless --force: its rows would be filed failed for good.
     """
-    from .pipeline import run_is_active
-    from .rundir import RECONCILED, RunDir
+    from cog_pipeline.pipeline import run_is_active
+    from cog_pipeline.run.rundir import RECONCILED, RunDir
 
     run = RunDir(run_dir)
     info = run.load()
@@ -196,10 +196,10 @@ def run_cmd(run_dir: Path, quiet: bool, **kw: Any) -> None:
 
     A finished run is reported and left exactly as it is.
     """
-    from .engines.base import RunFinished
-    from .engines.local import check_runnable, run_batch
-    from .pipeline import finish
-    from .rundir import RunDir
+    from cog_pipeline.engines.base import RunFinished
+    from cog_pipeline.engines.local import check_runnable, run_batch
+    from cog_pipeline.pipeline import finish
+    from cog_pipeline.run.rundir import RunDir
 
     config = effective_config(kw)
     run = RunDir(run_dir)
@@ -225,9 +225,9 @@ def run_cmd(run_dir: Path, quiet: bool, **kw: Any) -> None:
 @handle_errors
 def demo(demo_dir: Path, size: int, quiet: bool) -> None:
     """Run the whole pipeline on generated example images in local-folder buckets and show the results."""
-    from .examples import make_example_bucket
-    from .pipeline import ScanOptions
-    from .pipeline import scan as run_scan
+    from cog_pipeline.examples import make_example_bucket
+    from cog_pipeline.pipeline import ScanOptions
+    from cog_pipeline.pipeline import scan as run_scan
 
     demo_dir = demo_dir.resolve()
     _fresh_demo_dir(demo_dir)
@@ -285,8 +285,8 @@ def _fresh_demo_dir(demo_dir: Path) -> None:
 @handle_errors
 def status(work_dir: Path, long_: bool, as_json: bool) -> None:
     """A table of the runs under the work directory, then pegasus-status for each workflow in flight."""
-    from .operator_cli import render_status_table, status_json, status_rows
-    from .status import show_runs
+    from cog_pipeline.cli.operator import render_status_table, status_json, status_rows
+    from cog_pipeline.cli.status import show_runs
 
     if not work_dir.is_dir():
         fail(f"work directory {work_dir} does not exist (give -w WORK_DIR, where the workflow-run-<TS>/ directories are)")

@@ -40,9 +40,9 @@ def _version() -> str:
 
 
 def _run(run_dir: Any) -> dict[str, Any]:
-    from .report import REPORT_NAME
+    from cog_pipeline.publishing.report import REPORT_NAME
 
-    from .rundir import Decisions
+    from cog_pipeline.run.rundir import Decisions
 
     saved = Decisions.load(run_dir.path)
     result = saved.result if saved is not None else {}
@@ -107,6 +107,6 @@ def prometheus_text(record: dict[str, Any]) -> str:
 
 def write_prometheus(path: Path, record: dict[str, Any]) -> None:
     """Rewrite the textfile atomically (the collector never reads half a file)."""
-    from . import atomic
+    from cog_pipeline.storage import atomic
 
     atomic.write_bytes(Path(path), prometheus_text(record).encode("utf-8"), 0o644)

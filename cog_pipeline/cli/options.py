@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from .errors import RUN_FILE_ERRORS, one_line, os_error_line
-from .store import StoreConfig, StoreError, key_file_problem, normalise_endpoint
+from cog_pipeline.errors import RUN_FILE_ERRORS, one_line, os_error_line
+from cog_pipeline.storage.store import StoreConfig, StoreError, key_file_problem, normalise_endpoint
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -35,7 +35,7 @@ def fail(message: str, code: int = EXIT_ERROR) -> None:
     if ctx is not None and ctx.params.get("as_json"):
         import json
 
-        from .tick_log import SCHEMA_VERSION
+        from cog_pipeline.cli.tick_log import SCHEMA_VERSION
 
         click.echo(json.dumps({"schema_version": SCHEMA_VERSION, "error": message, "exit_code": code}, ensure_ascii=False))
     raise Failed(message, code)
@@ -67,9 +67,9 @@ def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def check_scan_args(kw: dict[str, Any]) -> None:
     """Refuse, before anything is listed or claimed, a pattern that could claim images and a bucket set-up
     whose outputs would overwrite the inputs: one line, exit 2."""
-    from .naming import check_buckets, check_pattern
+    from cog_pipeline.run.naming import check_buckets, check_pattern
 
-    from .store import bucket_folder
+    from cog_pipeline.storage.store import bucket_folder
 
     prefix = kw.get("output_prefix")
     root = kw.get("local_root")
@@ -158,10 +158,10 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .claim import ClaimError, ClaimLost
-        from .engines.base import WorkflowError
-        from .rundir import DamagedRunDir, LeaseHeld
-        from .state import IllegalTransition
+        from cog_pipeline.run.claim import ClaimError, ClaimLost
+        from cog_pipeline.engines.base import WorkflowError
+        from cog_pipeline.run.rundir import DamagedRunDir, LeaseHeld
+        from cog_pipeline.run.state import IllegalTransition
 
         try:
             return func(*args, **kwargs)

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .store import StoreConfig, StoreError, open_store
+from cog_pipeline.storage.store import StoreConfig, StoreError, open_store
 
 #: `status --json` keys, in order; the table shows all but `where`, which follows it on a line of its own per run.
 STATUS_COLUMNS = ("run", "manifest", "state", "rows", "done", "failed", "age", "engine", "where")
@@ -55,14 +55,14 @@ def split_location(location: str) -> tuple[str, str]:
 @click.option("--upload", is_flag=True, help="Also put it beside the result files as <base>report-<TS>.html.")
 def report_cmd(run_dir: Path, no_thumbnails: bool, upload: bool) -> None:
     """(Re)write RUN_DIR/report.html: counts, failed rows with their fixes, thumbnails, timings."""
-    from .options import EXIT_USAGE, fail
-    from .report import upload_report, write_report
+    from cog_pipeline.cli.options import EXIT_USAGE, fail
+    from cog_pipeline.publishing.report import upload_report, write_report
 
     if not (run_dir / "run.json").is_file():
         runs = sorted(p.name for p in run_dir.glob("workflow-run-*") if (p / "run.json").is_file())
         hint = f"; it holds {len(runs)} run(s), e.g. {run_dir / runs[-1]}" if runs else ""
         fail(f"{run_dir} is not a run directory (no run.json){hint}", EXIT_USAGE)
-    from .rundir import DamagedRunDir, RunDir
+    from cog_pipeline.run.rundir import DamagedRunDir, RunDir
 
     try:
         info = RunDir(run_dir).load()
@@ -97,9 +97,9 @@ def provenance_cmd(location: str | None, bucket: str | None, key: str | None, lo
 
     Reads only the COG's header (ranged reads), never its pixels.
     """
-    from .options import fail
-    from .provenance import find_run_dir, read_provenance, read_provenance_lines
-    from .tick_log import SCHEMA_VERSION
+    from cog_pipeline.cli.options import fail
+    from cog_pipeline.publishing.provenance import find_run_dir, read_provenance, read_provenance_lines
+    from cog_pipeline.cli.tick_log import SCHEMA_VERSION
 
     if location is not None and (bucket or key):
         raise click.UsageError("give LOCATION or --bucket/--key, not both")
@@ -121,7 +121,7 @@ def provenance_cmd(location: str | None, bucket: str | None, key: str | None, lo
     if work_dir and lineage.get("RUN_ID"):
         found = find_run_dir(work_dir, lineage["RUN_ID"])
         if found:
-            from .rundir import DamagedRunDir, RunDir
+            from cog_pipeline.run.rundir import DamagedRunDir, RunDir
 
             try:
                 run = RunDir(found).load().to_json()
@@ -162,7 +162,7 @@ def render_status_table(rows: list[dict[str, Any]], width: int = 120) -> str:
     from rich.table import Table
     from rich.text import Text
 
-    from .naming import RUN_DIR_PREFIX
+    from cog_pipeline.run.naming import RUN_DIR_PREFIX
 
     shown = [c for c in STATUS_COLUMNS if c != "where"]
 
@@ -188,7 +188,7 @@ def render_status_table(rows: list[dict[str, Any]], width: int = 120) -> str:
 
 def status_json(rows: list[dict[str, Any]]) -> str:
     """Machine-readable status, one line: {"schema_version": 1, "runs": [rows, keys STATUS_COLUMNS in order]}."""
-    from .tick_log import SCHEMA_VERSION
+    from cog_pipeline.cli.tick_log import SCHEMA_VERSION
 
     return json.dumps({"schema_version": SCHEMA_VERSION, "runs": [{c: row.get(c) for c in STATUS_COLUMNS} for row in rows]}, ensure_ascii=False)
 
@@ -209,10 +209,10 @@ def status_row(run_dir: Any, now: float | None = None) -> dict[str, Any]:
     and the pre-flight; where to look: the report, the Pegasus submit directory, or the run directory."""
     import time
 
-    from .report import REPORT_NAME, _manifest_rows
-    from .status import age_text, shown_state
+    from cog_pipeline.publishing.report import REPORT_NAME, _manifest_rows
+    from cog_pipeline.cli.status import age_text, shown_state
 
-    from .rundir import Decisions, Preflight
+    from cog_pipeline.run.rundir import Decisions, Preflight
 
     info = run_dir.load()
     saved = Decisions.load(run_dir.path)
@@ -233,7 +233,7 @@ def status_row(run_dir: Any, now: float | None = None) -> dict[str, Any]:
 
 def status_rows(work_dir: Path, now: float | None = None) -> list[dict[str, Any]]:
     """Every readable run under the work directory, oldest first (damaged ones are `show_runs`' warnings)."""
-    from .rundir import survey_run_dirs
+    from cog_pipeline.run.rundir import survey_run_dirs
 
     return [status_row(r, now) for r in survey_run_dirs(work_dir)[0]]
 
@@ -241,9 +241,9 @@ def status_rows(work_dir: Path, now: float | None = None) -> list[dict[str, Any]
 def scan_json(report: Any) -> str:
     """A scan tick for scripts: every list of the ScanReport, run directories as paths, and for each
     reconciled run its counts, result keys and report."""
-    from .report import REPORT_NAME
+    from cog_pipeline.publishing.report import REPORT_NAME
 
-    from .rundir import Decisions
+    from cog_pipeline.run.rundir import Decisions
 
     def reconciled(run_dir: Any) -> dict[str, Any]:
         saved = Decisions.load(run_dir.path)

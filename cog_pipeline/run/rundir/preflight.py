@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import files
-from .files import SAMPLE_ROWS
+from cog_pipeline.run.rundir import files
+from cog_pipeline.run.rundir.files import SAMPLE_ROWS
 
 PREFLIGHT_VERSION = 2  # 1: every failed row and every size inside preflight.json
 

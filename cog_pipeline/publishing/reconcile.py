@@ -18,14 +18,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import locking
-from .claim import fence_before_results, write_recognised
-from .engines.base import job_id_of
-from .listing import find_keys
-from .manifest import DuplicateRow, ManifestRow, Parsed, RejectedRow, iter_manifest_file
-from .naming import RunNames
-from .rundir import RECONCILED, Decisions, JobRecord, Preflight, ProcessedOutput, RunDir, RunInfo
-from .store import ObjectInfo, ObjectStore, PreconditionFailed, StoreError, open_store
+from cog_pipeline.storage import locking
+from cog_pipeline.run.claim import fence_before_results, write_recognised
+from cog_pipeline.engines.base import job_id_of
+from cog_pipeline.storage.listing import find_keys
+from cog_pipeline.run.manifest import DuplicateRow, ManifestRow, Parsed, RejectedRow, iter_manifest_file
+from cog_pipeline.run.naming import RunNames
+from cog_pipeline.run.rundir import RECONCILED, Decisions, JobRecord, Preflight, ProcessedOutput, RunDir, RunInfo
+from cog_pipeline.storage.store import ObjectInfo, ObjectStore, PreconditionFailed, StoreError, open_store
 
 PROCESSED = "processed"
 FAILED = "failed"

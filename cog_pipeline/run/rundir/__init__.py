@@ -16,16 +16,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import files
-from .decisions import Decisions, ProcessedOutput
-from .directory import (
+from cog_pipeline.run.rundir import files
+from cog_pipeline.run.rundir.decisions import Decisions, ProcessedOutput
+from cog_pipeline.run.rundir.directory import (
     ABANDONED, CLAIMED, CLAIMING, GENERATED, RECONCILED, RUNNING, STATES, LeaseHeld, RunDir, list_run_dirs,
     remove_empty_run_dirs, survey_run_dirs,
 )
-from .jobs import JobRecord
-from .preflight import Preflight, PreflightWriter
-from .record import RUN_RECORD_VERSION, DamagedRunDir, PegasusRecord, RunInfo
-from ..state import RunState
+from cog_pipeline.run.rundir.jobs import JobRecord
+from cog_pipeline.run.rundir.preflight import Preflight, PreflightWriter
+from cog_pipeline.run.rundir.record import RUN_RECORD_VERSION, DamagedRunDir, PegasusRecord, RunInfo
+from cog_pipeline.run.state import RunState
 
 __all__ = [
     "ABANDONED", "CLAIMED", "CLAIMING", "GENERATED", "RECONCILED", "RUNNING", "STATES", "RUN_RECORD_VERSION",
