@@ -93,7 +93,8 @@ import yaml
 from cog_pipeline.run import rundir as rundir_mod
 from cog_pipeline.run.claim import FAILS_WHOLE
 from cog_pipeline.config import PipelineConfig, load_config
-from cog_pipeline.engines.base import NOT_RETRIED, end_hook_command, job_id_of
+from cog_pipeline.engines.base import NOT_RETRIED, end_hook_command
+from cog_pipeline.run.naming import job_id_of
 from cog_pipeline.engines.pegasus.plan import COMPUTE_SITE, default_plan_args
 from cog_pipeline.storage.listing import find_keys
 from cog_pipeline.run.manifest import DuplicateRow, ManifestRow, RejectedRow, iter_manifest_file

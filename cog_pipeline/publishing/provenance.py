@@ -218,7 +218,7 @@ def record_provenance(
     repeated reconcile from duplicating lines; lines are written as they are made, never all held at once.
     """
     from cog_pipeline.storage import atomic
-    from cog_pipeline.engines.base import job_id_of
+    from cog_pipeline.run.naming import job_id_of
     from cog_pipeline.run.naming import image_stem
     from cog_pipeline.run.rundir import JobRecord
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from cog_pipeline.storage import locking
 from cog_pipeline.run.claim import fence_before_results, write_recognised
-from cog_pipeline.engines.base import job_id_of
+from cog_pipeline.run.naming import job_id_of
+from cog_pipeline.storage.listing import written_since
 from cog_pipeline.storage.listing import find_keys
 from cog_pipeline.run.manifest import DuplicateRow, ManifestRow, Parsed, RejectedRow, iter_manifest_file
 from cog_pipeline.run.naming import RunNames
@@ -52,15 +53,6 @@ class ReconcileResult:
     reasons_key: str | None
     already_done: bool = False
     decisions: Decisions | None = field(default=None, repr=False, compare=False)  # handed on to publishing
-
-
-def _second(moment: datetime) -> datetime:
-    return moment.replace(microsecond=0)
-
-
-def written_since(obj: ObjectInfo, claimed_at: datetime | None) -> bool:
-    """The object was written after the claim (to the second: some stores keep no finer time)."""
-    return claimed_at is None or _second(obj.last_modified) >= _second(claimed_at)
 
 
 class _PreFailed:

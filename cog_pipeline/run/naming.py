@@ -176,3 +176,14 @@ class RunNames:
     @property
     def run_dir_name(self) -> str:
         return f"{RUN_DIR_PREFIX}{self.timestamp}"
+
+
+def job_id_of(line: int) -> str:
+    """The job id of the manifest row on 1-based `line`: the one convention every part uses."""
+    return f"ID{line:07d}"
+
+
+def line_of_job_id(job_id: str) -> int | None:
+    """The manifest line of a job id made by `job_id_of` (None for anything else)."""
+    digits = job_id[2:]
+    return int(digits) if job_id.startswith("ID") and digits.isdigit() else None

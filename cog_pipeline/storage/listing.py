@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from datetime import datetime
 
 from cog_pipeline.storage.store import ObjectInfo, ObjectStore
 
@@ -57,3 +58,8 @@ def find_keys(store: ObjectStore, keys: Iterable[str], max_listings: int = MAX_F
             if info.key in wanted:
                 found[info.key] = info
     return found
+
+
+def written_since(obj: ObjectInfo, claimed_at: datetime | None) -> bool:
+    """The object was written after the claim (to the second: some stores keep no finer time)."""
+    return claimed_at is None or obj.last_modified.replace(microsecond=0) >= claimed_at.replace(microsecond=0)

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ...replicas.catalog import object_of_pfn
-from ..base import JobRecord, category, last_line, line_of_job_id
+from ...run.naming import line_of_job_id
+from ..base import JobRecord, category, last_line
 from .submit_dir import SubmitDir, _captured, _exit_from_raw, _invocations
 
 CLUSTER_PREFIX = "merge_"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from cog_pipeline.storage.listing import find_keys
-from cog_pipeline.publishing.reconcile import written_since
+from cog_pipeline.storage.listing import written_since
 from cog_pipeline.run.rundir import RunDir
 from cog_pipeline.storage.store import open_store
 from ..local_workflow import catalog_objects

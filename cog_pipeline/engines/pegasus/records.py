@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from cog_pipeline.run.rundir import RunDir
-from ..base import SUCCESS_CODES, JobRecord, category, last_line, line_of_job_id, write_record
+from ...run.naming import line_of_job_id
+from ..base import SUCCESS_CODES, JobRecord, category, last_line, write_record
 from .submit_dir import JobState, KickstartRecord, _invocations, dag_was_removed, holds_by_node, main_invocation, read_submit_dir, submit_dir_for_hook
 
 JOB_NODE_RE = re.compile(r"^\w+?_(ID\d{7})$")
