@@ -68,6 +68,7 @@ class Container:
     image: str = setting("", "The worker image (transformations/cog-worker.def, docs/chtc.md); \"\": no container.", flag="--container-image")
     type: str = setting("singularity", "How HTCondor runs the image.", choices=CONTAINER_TYPES, flag="--container-type")
     pegasus_home: str = setting("/opt/pegasus", "Pegasus' worker tools on the workers; \"\": ship them with every job.")
+    converter_path: str = setting("/usr/local/bin/generate_cog", "Where the image has the converter (transformations/cog-worker.def installs it here).")
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ Where things are
       by Pegasus' ``Replica`` output mapper (``pegasus.dir.storage.mapper``). Both engines read both catalogs
       (``engines.local_workflow.catalog_objects``).
     * Converter: ``transformations.yml`` transformation ``generate_cog``, installed (never staged): on
-      ``condorpool`` in the worker image (``WORKER_CONVERTER``) or, without one, this machine's zipapp; on
+      ``condorpool`` in the worker image (``container.converter_path``) or, without one, this machine's zipapp; on
       ``local`` this machine's zipapp, for the local engine.
     * Reconcile: workflow-level shell hook on ``all`` (``hooks.shell[0].cmd``). Pegasus has no FINAL node and a
       job whose parents failed never runs, so reconcile is not a job: pegasus-monitord runs the hook on the
@@ -123,7 +123,6 @@ TRANSFORMATION = "generate_cog"
 EMPTY_ON_FAILURE = "--empty-outputs-on-failure"
 CATEGORY = "cog"  # DAGMan category of the conversion jobs: dagman.cog.maxjobs throttles them
 SITES_TEMPLATE = Path(__file__).resolve().parent / "sites.yml"
-WORKER_CONVERTER = "/usr/local/bin/generate_cog"  # where transformations/cog-worker.def installs the converter
 _PLACEHOLDER = re.compile(r"\$\{(COG_[A-Z0-9_]+)\}")
 
 
@@ -158,7 +157,7 @@ class WorkflowSettings:
     def worker_converter(self) -> str:
         """Where the conversion jobs find generate_cog: in the worker image, else this machine's copy (a personal
         pool, or a file system every worker shares)."""
-        return WORKER_CONVERTER if self.config.container_image else str(self.converter)
+        return self.config.container.converter_path if self.config.container_image else str(self.converter)
 
     @property
     def profile(self) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from tests.urls import parse_location
 from cog_pipeline.storage.store import RequestCounter, StoreConfig, open_store
 
 from .test_replicas import schema_validator
-from cog_pipeline.config import ConfigError, Resources
+from cog_pipeline.config import ConfigError, Resources, load_config
 from tests.conftest import config_with
 
 REPO = Path(__file__).resolve().parent.parent
@@ -306,7 +306,7 @@ def test_settings_land_where_pegasus_reads_them(local_run):
     # Installed where it runs: in the worker image on the pool (nothing staged per job), this machine's copy for
     # the local engine.
     sites = {site["name"]: site for site in tr["sites"]}
-    assert sites["condorpool"] == {"name": "condorpool", "pfn": wg.WORKER_CONVERTER, "type": "installed", "container": "cog-worker"}
+    assert sites["condorpool"] == {"name": "condorpool", "pfn": "/usr/local/bin/generate_cog", "type": "installed", "container": "cog-worker"}
     assert sites["local"]["pfn"] == str(wg.default_converter()) and sites["local"]["type"] == "installed"
     assert Path(sites["local"]["pfn"]).name == "generate_cog" and Path(sites["local"]["pfn"]).is_file()  # built on demand
     assert tc["containers"] == [{"name": "cog-worker", "type": "docker", "image": "docker://example.org/gdal:9", "bypass": True}]
@@ -486,6 +486,18 @@ def test_nonsharedfs_uses_s3_staging_site(local_run):
     storage = next(s for s in load(run.file(RunDir.SITES))["sites"] if s["name"] == "storage")
     scratch = next(d for d in storage["directories"] if d["type"] == "sharedScratch")
     assert scratch["fileServers"][0]["url"] == (root / "out" / "pegasus-scratch" / TS).resolve().as_uri()
+
+
+def test_the_images_converter_path_is_a_setting(local_run, tmp_path):
+    """An operator's own image installs generate_cog elsewhere: [container] converter_path in the TOML file is the
+    PFN the pool runs; the local engine keeps this machine's copy."""
+    run, store, _ = local_run
+    toml = tmp_path / "cog.toml"
+    toml.write_text('[container]\nimage = "example.org/gdal:9"\nconverter_path = "/opt/cog/bin/generate_cog"\n')
+    generate(run, store, WorkflowSettings(load_config(toml)))
+    (tr,) = load(run.file(RunDir.TRANSFORMATIONS))["transformations"]
+    sites = {site["name"]: site["pfn"] for site in tr["sites"]}
+    assert sites["condorpool"] == "/opt/cog/bin/generate_cog" and sites["local"] == str(wg.default_converter())
 
 
 def test_invalid_settings_are_refused():
