@@ -6,6 +6,7 @@ Real folders and moto's HTTP S3 server, real rasters, a real stopped process hol
 from __future__ import annotations
 
 import os
+import time
 import signal
 import subprocess
 import sys
@@ -201,3 +202,40 @@ def test_a_lock_wait_in_another_process_ends_after_its_bound_and_names_the_lock(
         )
     assert other.returncode == 1 and f"LockTimeout: waited 0 s for the test lock ({path})" in other.stderr
 
+
+
+def test_a_misnamed_manifest_whose_claimant_died_is_answered_once_across_work_dirs(tmp_path, monkeypatch):
+    """Host A claims a manifest whose name is not UTF-8 and dies after its processing file (its marker goes
+    stale). Host B (another work dir) completes A's claim on the bucket side, which must remove the raw file by
+    the name it is listed under, not by its UTF-8 rendering: else B claims it again and its rows are answered
+    twice. A's next tick then answers it, once."""
+    import cog_pipeline.run.claim as claim_module
+    from cog_pipeline.storage.store import StoreConfig
+
+    root = tmp_path / "buckets"
+    (root / "in").mkdir(parents=True)
+    (root / "out").mkdir()
+    with open(os.fsencode(root / "in") + b"/caf\xe9_raw.csv", "wb") as fh:
+        fh.write(b"good.tif,1\n")
+
+    def host(name: str) -> ScanOptions:
+        return ScanOptions("in", "out", StoreConfig(local_root=root), tmp_path / name, progress=False, config=config_with(workers=1))
+
+    def dies(*_a, **_k):
+        raise KeyboardInterrupt("host A died after its processing file")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(claim_module, "_finish_claim", dies)
+        with pytest.raises(KeyboardInterrupt):
+            scan(host("a"), echo=lambda _m: None)
+    names = os.listdir(os.fsencode(root / "in"))
+    assert b"caf\xe9_raw.csv" in names and any(b"_processing-" in n for n in names), names
+    monkeypatch.setenv("COG_PIPELINE_STALE_MARKER_AGE", "1")
+    time.sleep(2.1)  # A's marker is now stale
+    lines: list[str] = []
+    report_b = scan(host("b"), echo=lines.append)
+    assert report_b.claimed == [] and b"caf\xe9_raw.csv" not in os.listdir(os.fsencode(root / "in")), lines
+    report_a = scan(host("a"), echo=lambda _m: None)
+    assert len(report_a.reconciled) == 1
+    failed = [n for n in os.listdir(os.fsencode(root / "in")) if b"_failed-" in n and not n.endswith(b"-reasons.csv")]
+    assert len(failed) == 1, failed

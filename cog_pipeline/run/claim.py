@@ -258,17 +258,20 @@ class ClaimToken:
     timestamp: str  # the run's claim timestamp (names the processing file)
     manifest_etag: str  # the version of the raw manifest being claimed
     processing_etag: str | None = None  # set once the processing file exists: what fence_check compares
+    # The raw manifest's key as listed, when its name is not UTF-8 (the run's names use its UTF-8 rendering):
+    # a scan completing this claim for a dead owner deletes the raw file by this name.
+    source_key: str | None = None
 
     @classmethod
-    def new(cls, timestamp: str, manifest_etag: str) -> ClaimToken:
+    def new(cls, timestamp: str, manifest_etag: str, source_key: str | None = None) -> ClaimToken:
         return cls(
             uuid.uuid4().hex, socket.gethostname(), os.getpid(),
-            datetime.now(timezone.utc).isoformat(timespec="seconds"), timestamp, manifest_etag,
+            datetime.now(timezone.utc).isoformat(timespec="seconds"), timestamp, manifest_etag, source_key=source_key,
         )
 
     def marker_body(self, renewal: int) -> bytes:
         """The marker's content; `renewal` makes every renewal a new version (a new ETag) the owner can tell apart."""
-        fields = {k: v for k, v in asdict(self).items() if k != "processing_etag"}
+        fields = {k: v for k, v in asdict(self).items() if k != "processing_etag" and not (k == "source_key" and v is None)}
         # "etag" is the field name older scans wrote the manifest version under; keep it readable for them.
         return json.dumps({**fields, "etag": self.manifest_etag, "renewal": renewal}, sort_keys=True).encode()
 
@@ -433,7 +436,7 @@ def _claim_as(
     """claim_one with the timestamp `ts`; the bucket's used timestamps of that second when `ts` is one."""
     name_problem = manifest_name_problem(manifest.key)
     names = RunNames(safe_manifest_name(manifest.key), ts)  # every file the run writes has a UTF-8 name
-    token = ClaimToken.new(ts, manifest.etag)
+    token = ClaimToken.new(ts, manifest.etag, manifest.key if name_problem else None)
     info = RunInfo(
         timestamp=ts,
         input_bucket=store.bucket,
@@ -634,7 +637,8 @@ def _recover_stale(
             store.check(marker_key, current.etag)
         except PreconditionFailed:
             return []
-        _delete_raw(store, manifest_key, str(body.get("manifest_etag") or body.get("etag") or ""))
+        raw_key = str(body.get("source_key") or manifest_key)  # a name that is not UTF-8: as listed
+        _delete_raw(store, raw_key, str(body.get("manifest_etag") or body.get("etag") or ""))
         _release_marker(store, marker_key, current.etag)
         return [f"completed another host's claim of {manifest_key} (its processing file has no run here)"]
     # The takeover is this one conditional delete: exactly one scan can remove this version, and the owner's
