@@ -90,6 +90,19 @@ def test_run_json_never_holds_an_endpoints_credentials(tmp_path):
     assert "user:secret" not in str(caught.value) and "secret@" not in str(caught.value)
 
 
+def _claimed_and_generated(buckets, tmp_path, manifest: str):
+    """x_raw.csv with these rows, claimed and its workflow generated (as a tick does), nothing run yet."""
+    from cog_pipeline.pipeline import prepare
+
+    buckets.put_text("x_raw.csv", manifest)
+    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", progress=False, config=config_with(workers=1))
+    claim = claim_one(buckets.input, buckets.input.head("x_raw.csv"), work_dir=tmp_path / "work",
+                      output_bucket=buckets.output_bucket, store_config=buckets.config)
+    prepare(claim.run_dir, options, buckets.input, echo=lambda _m: None)
+    return options, claim
+
+
+
 def test_a_degenerate_strip_fails_at_once_and_is_not_retried(buckets, tmp_path):
     """A 60,000,000 x 1 TIFF of ~60 KB used to cost ~990 s of worker time (4 attempts) before it failed."""
     import numpy as np
@@ -116,18 +129,14 @@ def test_a_degenerate_strip_fails_at_once_and_is_not_retried(buckets, tmp_path):
 def test_an_image_replaced_after_generation_is_not_converted_under_the_old_versions_name(buckets, tmp_path):
     """The COG's embedded lineage used to name the version listed at generation while the job converted the
     re-upload. Now the job reads exactly the listed version (If-Match), or the row fails SOURCE_CHANGED."""
-    from cog_pipeline.pipeline import carry_on, prepare
+    from cog_pipeline.pipeline import carry_on
 
     write_raster(tmp_path / "v1.tif", bands=1, size=64, seed=1)
     write_raster(tmp_path / "v2.tif", bands=1, size=64, seed=2)
     write_raster(tmp_path / "other.tif", bands=1, size=64, seed=3)
     buckets.put_file("a.tif", tmp_path / "v1.tif")
     buckets.put_file("b.tif", tmp_path / "other.tif")
-    buckets.put_text("x_raw.csv", "a.tif,1\nb.tif,1\n")
-    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", progress=False, config=config_with(workers=1))
-    claim = claim_one(buckets.input, buckets.input.head("x_raw.csv"), work_dir=tmp_path / "work",
-                      output_bucket=buckets.output_bucket, store_config=buckets.config)
-    prepare(claim.run_dir, options, buckets.input, echo=lambda _m: None)
+    options, claim = _claimed_and_generated(buckets, tmp_path, "a.tif,1\nb.tif,1\n")
     buckets.put_file("a.tif", tmp_path / "v2.tif")  # re-uploaded between generation and the job
     carry_on(claim.run_dir, options, buckets.input, echo=lambda _m: None)
     decisions = Decisions.load(claim.run_dir.path)
@@ -146,18 +155,14 @@ def test_lineage_and_provenance_name_the_version_converted_when_images_are_reupl
     import rasterio
 
     import cog_pipeline.engines.local as engine_local
-    from cog_pipeline.pipeline import finish, prepare
+    from cog_pipeline.pipeline import finish
     from cog_pipeline.publishing.provenance import read_provenance, read_provenance_lines
 
     for name, seed in (("a1", 1), ("a2", 2), ("c1", 3), ("c2", 4)):
         write_raster(tmp_path / f"{name}.tif", bands=1, size=64, seed=seed)
     buckets.put_file("a.tif", tmp_path / "a1.tif")
     buckets.put_file("c.tif", tmp_path / "c1.tif")
-    buckets.put_text("x_raw.csv", "a.tif,1\nc.tif,1\n")
-    options = ScanOptions(buckets.input_bucket, buckets.output_bucket, buckets.config, tmp_path / "work", progress=False, config=config_with(workers=1))
-    claim = claim_one(buckets.input, buckets.input.head("x_raw.csv"), work_dir=tmp_path / "work",
-                      output_bucket=buckets.output_bucket, store_config=buckets.config)
-    prepare(claim.run_dir, options, buckets.input, echo=lambda _m: None)
+    options, claim = _claimed_and_generated(buckets, tmp_path, "a.tif,1\nc.tif,1\n")
     converted = buckets.input.head("a.tif")  # the version the workflow listed
     buckets.put_file("c.tif", tmp_path / "c2.tif")  # re-uploaded between generation and its job
     with pytest.MonkeyPatch.context() as patched:  # the END hook does not run: finish is called below, after the re-upload

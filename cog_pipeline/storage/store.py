@@ -384,11 +384,7 @@ class LocalStore:
             raise ObjectNotFound(f"bucket {self.bucket!r} does not exist (no folder {self.base})")
         with self._exclusive() if if_match is not None else self._lock:
             if if_match is not None:
-                current = self.head(key)
-                if current is None:
-                    raise PreconditionFailed(f"{self.where(key)} is gone")
-                if current.etag != if_match:
-                    raise PreconditionFailed(f"{self.where(key)} changed since it was read")
+                self._current_version(key, if_match)
             try:
                 path.unlink()
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
