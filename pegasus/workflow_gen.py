@@ -396,7 +396,11 @@ def build_transformation_catalog(settings: WorkflowSettings):
         container = Container("cog-worker", kind, image=image, bypass_staging=True)
         tc.add_containers(container)
     tr = Transformation(TRANSFORMATION)
-    tr.add_sites(TransformationSite(COMPUTE_SITE, settings.worker_converter, is_stageable=False, container=container))
+    pool = TransformationSite(COMPUTE_SITE, settings.worker_converter, is_stageable=False, container=container)
+    # Pegasus' transfers stage an input without pinning its version: the converter checks the staged file is the
+    # version listed (its lineage names). The local engine pins it itself (If-Match), so its site does not.
+    pool.add_env(COG_PIPELINE_VERIFY_SOURCE="1")
+    tr.add_sites(pool)
     tr.add_sites(TransformationSite("local", str(settings.converter), is_stageable=False))
     # The file wins over the manifest's band count: converted, verified, job succeeds, mismatch reported.
     tr.add_env(COG_PIPELINE_BAND_MISMATCH="warn")

@@ -567,6 +567,38 @@ def test_cli_bad_input_exit_3_one_line(tmp_path: Path, kind: str) -> None:
     assert not tif.exists() and not jpg.exists()
 
 
+@pytest.mark.parametrize("changed", ["size", "md5"])
+def test_cli_source_changed_since_listing_exit_8_when_asked_to_verify(tmp_path: Path, monkeypatch, changed: str) -> None:
+    """On the Pegasus pool (COG_PIPELINE_VERIFY_SOURCE=1) the staged input must be the version the workflow listed:
+    its size, and its MD5 when the listed ETag is a plain MD5 (a single-part upload). Else SOURCE_CHANGED, and
+    no output; the version listed converts."""
+    import base64
+    import hashlib
+    import json
+
+    src = rasters.write(tmp_path / "in.tif", rasters.textured(1, 64, 64))
+    data = src.read_bytes()
+    listed = {"size": len(data), "etag": hashlib.md5(data).hexdigest()}
+    if changed == "size":
+        listed["size"] += 1
+    else:
+        listed["etag"] = hashlib.md5(data + b"x").hexdigest()
+    meta = {"SOURCE_SIZE": str(listed["size"]), "SOURCE_ETAG": f'"{listed["etag"]}"'}
+    b64 = base64.urlsafe_b64encode(json.dumps(meta).encode()).decode().rstrip("=")
+    tif, jpg = outputs(tmp_path)
+    monkeypatch.setenv("COG_PIPELINE_VERIFY_SOURCE", "1")
+    proc = run([src, tif, jpg, "--bands", "1", "--metadata-b64", b64])
+    assert proc.returncode == ExitCode.SOURCE_CHANGED == 8
+    assert proc.stderr.startswith("SOURCE_CHANGED: ") and proc.stderr.count("\n") == 1
+    assert not tif.exists() and not jpg.exists()
+    good = {"SOURCE_SIZE": str(len(data)), "SOURCE_ETAG": hashlib.md5(data).hexdigest()}
+    b64 = base64.urlsafe_b64encode(json.dumps(good).encode()).decode().rstrip("=")
+    assert run([src, tif, jpg, "--bands", "1", "--metadata-b64", b64]).returncode == 0
+    multipart = {"SOURCE_SIZE": str(len(data)), "SOURCE_ETAG": "0123456789abcdef0123456789abcdef-2"}  # not an MD5
+    b64 = base64.urlsafe_b64encode(json.dumps(multipart).encode()).decode().rstrip("=")
+    assert run([src, tif, jpg, "--bands", "1", "--metadata-b64", b64]).returncode == 0
+
+
 def test_cli_usage_error_exit_2(tmp_path: Path) -> None:
     proc = run([tmp_path / "in.tif", tmp_path / "x.tif"])
     assert proc.returncode == 2

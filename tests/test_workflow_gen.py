@@ -306,7 +306,10 @@ def test_settings_land_where_pegasus_reads_them(local_run):
     # Installed where it runs: in the worker image on the pool (nothing staged per job), this machine's copy for
     # the local engine.
     sites = {site["name"]: site for site in tr["sites"]}
-    assert sites["condorpool"] == {"name": "condorpool", "pfn": "/usr/local/bin/generate_cog", "type": "installed", "container": "cog-worker"}
+    assert sites["condorpool"] == {"name": "condorpool", "pfn": "/usr/local/bin/generate_cog", "type": "installed", "container": "cog-worker",
+                                   # Pegasus' transfers do not pin the input's version: the converter checks it there
+                                   "profiles": {"env": {"COG_PIPELINE_VERIFY_SOURCE": "1"}}}
+    assert "profiles" not in sites["local"]  # the local engine pins it itself (If-Match)
     assert sites["local"]["pfn"] == str(wg.default_converter()) and sites["local"]["type"] == "installed"
     assert Path(sites["local"]["pfn"]).name == "generate_cog" and Path(sites["local"]["pfn"]).is_file()  # built on demand
     assert tc["containers"] == [{"name": "cog-worker", "type": "docker", "image": "docker://example.org/gdal:9", "bypass": True}]

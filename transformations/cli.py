@@ -7,6 +7,7 @@ import argparse
 import base64
 import binascii
 import errno
+import hashlib
 import json
 import os
 import sys
@@ -165,8 +166,30 @@ def _run_conversion(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple
         return ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}", ""
 
 
+def check_source(path: str, metadata: Dict[str, str]) -> None:
+    """SOURCE_CHANGED unless the file is the version the workflow listed: its size, and its MD5 when the listed
+    ETag is a plain MD5 (a single-part upload; a multipart ETag is not the file's MD5, so only the size counts)."""
+    size, etag = metadata.get("SOURCE_SIZE", ""), metadata.get("SOURCE_ETAG", "").strip('"').lower()
+    if not size.isdigit():
+        return
+    found = os.path.getsize(path)
+    if found != int(size):
+        raise ConversionError(ExitCode.SOURCE_CHANGED, f"the staged input has {found} bytes, the version listed when "
+                              f"the workflow was generated {size}: it was re-uploaded since; resubmit the row")
+    if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != etag:
+            raise ConversionError(ExitCode.SOURCE_CHANGED, "the staged input's MD5 is not the ETag listed when the "
+                                  "workflow was generated: it was re-uploaded since; resubmit the row")
+
+
 def _convert_args(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[int, str, str]:
     """Convert as the arguments say; (exit code, the stderr line, the verbose summary)."""
+    if env("COG_PIPELINE_VERIFY_SOURCE") == "1":
+        check_source(args.input, metadata)
     backend = loaded_backend()
     if backend is not None and not args.verbose:
         backend.quiet()

@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     BAND_MISMATCH = 5  # manifest --bands differs from the file; outputs written per the file
     OUTPUT_INVALID = 6  # the COG or the JPEG failed verification
     OUT_OF_DISK = 7  # no space left while writing the outputs
+    SOURCE_CHANGED = 8  # the staged input is not the version the workflow listed (re-uploaded since)
 
 
 class ConversionError(Exception):

@@ -21,6 +21,9 @@ ENV: Dict[str, Setting] = {
                                               "else 1024)"),
     "COG_PIPELINE_PROFILE": Setting("", "profile overrides, NAME=VALUE[,NAME=VALUE] (see profile.py)"),
     "COG_PIPELINE_BAND_MISMATCH": Setting("fail", "'warn': a band-count mismatch exits 0 with a WARNING line"),
+    "COG_PIPELINE_VERIFY_SOURCE": Setting("", "'1': the input must be the version --metadata-b64 names (SOURCE_SIZE, "
+                                              "and SOURCE_ETAG when it is a plain MD5), else SOURCE_CHANGED; for "
+                                              "staging that cannot pin a version (Pegasus' transfers)"),
 }
 
 

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 from ..transformations.exit_codes import ExitCode  # noqa: E402
 
 # Input problems are deterministic: retrying them only burns time, so the local engine does not.
-NOT_RETRIED = frozenset({ExitCode.USAGE, ExitCode.INPUT_UNREADABLE, ExitCode.UNSUPPORTED_INPUT, ExitCode.BAND_MISMATCH})
+NOT_RETRIED = frozenset({ExitCode.USAGE, ExitCode.INPUT_UNREADABLE, ExitCode.UNSUPPORTED_INPUT, ExitCode.BAND_MISMATCH,
+                         ExitCode.SOURCE_CHANGED})
 # Like DAGMan, only exit 0 succeeds. Generated workflows set COG_PIPELINE_BAND_MISMATCH=warn, so a band
 # mismatch exits 0 with a "WARNING BAND_MISMATCH: ..." line: processed, noted.
 SUCCESS_CODES = frozenset({ExitCode.OK})
