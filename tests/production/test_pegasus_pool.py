@@ -227,3 +227,28 @@ def test_the_crondor_answers_a_manifest_with_no_manual_step(pool: Pool, s3, work
         stop = pool.cog("crondor", "stop", *ident)
     assert stop.returncode == 0 and "removed Crondor job" in stop.stdout, stop.stdout + stop.stderr
     assert in_bucket not in pool.cog("crondor", "status").stdout  # gone from the queue (other Crondors may be listed)
+
+
+def test_an_image_reuploaded_after_planning_fails_source_changed_on_the_pool(pool: Pool, s3, workspace: Path, buckets):
+    """Pegasus' transfers stage an input without pinning its version. An image re-uploaded after the workflow was
+    planned (its lineage names the version listed then) is not converted under that name: the converter on the
+    worker finds the staged bytes are another version and the row fails SOURCE_CHANGED; the other row converts."""
+    client, in_bucket, out_bucket = buckets
+    pool.owned_dir(workspace / "work")
+    first, second = "Counties/WI/Wood/replaced.tif", "Counties/WI/Wood/kept.tif"
+    client.put_object(Bucket=in_bucket, Key=first, Body=(TESTDATA / "seed/1band.tif").read_bytes())
+    client.put_object(Bucket=in_bucket, Key=second, Body=(TESTDATA / "seed/1band.tif").read_bytes())
+    client.put_object(Bucket=in_bucket, Key="reup_raw.csv", Body=f"{first},1\n{second},1\n".encode())
+    config = _config(workspace, pool)
+    planned = _scan(pool, s3, workspace, in_bucket, out_bucket, config, "--no-submit")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    client.put_object(Bucket=in_bucket, Key=first, Body=(TESTDATA / "rasterio/byte.tif").read_bytes())  # re-uploaded
+    submitted = _scan(pool, s3, workspace, in_bucket, out_bucket, config)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    results = wait_for(lambda: (r := _results(client, in_bucket)) and "processing" not in r and "failed" in r and r,
+                       timeout=900, interval=5, what="the END hook to write the result files")
+    assert _csv_rows(client, in_bucket, results["processed"]) == [f"{second},1"]
+    reasons = client.get_object(Bucket=in_bucket, Key=results["reasons"])["Body"].read().decode("utf-8")
+    assert "SOURCE_CHANGED" in reasons and "re-uploaded" in reasons, reasons
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=out_bucket).get("Contents", [])}
+    assert second in keys and first not in keys, keys
