@@ -59,6 +59,10 @@ def test_a_removed_workflow_answers_its_rows_and_a_resubmission_converts_them(po
     client, in_bucket, out_bucket = buckets
     config = _config(workspace, pool)
     run_dir, dagman = _submit(pool, s3, workspace, client, in_bucket, out_bucket, "rm", ["rm/a.tif", "rm/b b.tif"], config)
+    # DAGMan (and with it pegasus-monitord, which runs the END hook) must have started: a DAG removed before it
+    # starts runs no hook at all, and the next scan answers its rows instead.
+    submit_dir = Path(RunDir(run_dir).load().pegasus.submit_dir)
+    wait_for(lambda: any(submit_dir.glob("*.dag.dagman.out")), timeout=300, interval=1, what="DAGMan to start")
     assert pool.run(["condor_rm", str(dagman)]).returncode == 0
     results = wait_for(lambda: _answered(client, in_bucket, "rm"), timeout=600, interval=3, what="the END hook after condor_rm")
     assert "processed" not in results
