@@ -341,7 +341,7 @@ def load_config(path: Path | str | None, flags: Mapping[str, Any] | None = None,
         origins.update({f"{name}.{key}": f"file {path}" for key in table})
     for item in SETTINGS.values():
         text = environ.get(item.env or "", "")
-        if text.strip() and item.in_file:
+        if text.strip():  # environment-only settings too: a bad value is one line now, not a failure mid-run
             values[item.section][item.name] = _check(item, _from_text(item, text), f" (env {item.env})")
             origins[item.dotted] = f"env {item.env}"
     profile = _string_table("profile", doc.get("profile", {}))
@@ -432,7 +432,7 @@ def show(config: PipelineConfig) -> str:
             value = config.value(item.dotted)
             shown = _toml_value("<set, hidden>" if item.hidden and value else value)
             if not item.in_file:  # read where it is used, from the environment only
-                lines.append(f"# {item.name} = {_toml_value(env_value(item.dotted))}  # env {item.env} only")
+                lines.append(f"# {item.name} = {shown}  # env {item.env} only")
                 continue
             lines.append(f"{item.name} = {shown}  # {config.origins.get(item.dotted, 'default')}")
     for label, table in (("pegasus.properties", config.pegasus_properties), ("condor.profiles", config.condor_profiles),

@@ -166,6 +166,10 @@ def test_environment_only_settings_are_refused_in_the_file_and_read_where_used(t
 
     with pytest.raises(ConfigError, match="COG_PIPELINE_LOCAL_INPROCESS only"):
         load_config(_write(tmp_path, "[local]\nin_process = false\n"))
+    # A bad value is one line when the configuration loads, before anything runs (not a failure inside a worker).
+    with pytest.raises(ConfigError, match="local.in_process"):
+        load_config(None, environ={"COG_PIPELINE_LOCAL_INPROCESS": "sometimes"})
+    assert load_config(None, environ={"COG_PIPELINE_LOCAL_INPROCESS": "0"}).local.in_process is False
     monkeypatch.setenv("COG_PIPELINE_STALE_MARKER_AGE", "2.5")
     assert stale_marker_age().total_seconds() == 2.5
     monkeypatch.setenv("COG_PIPELINE_STALE_MARKER_AGE", "0")
