@@ -176,7 +176,8 @@ def test_preflight_json_lists_bad_missing_and_duplicate_rows(local_run):
     assert pre.duplicate_sample == [{"line": 5, "text": "Counties/WI/Wood/1band.tif,2", "duplicate_of": 1}]
     assert result.failed == pre.failed_sample and result.duplicates == pre.duplicate_sample
     # Each job's input version as listed: what the job reads (If-Match) and provenance.jsonl names.
-    assert pre.etags() == {k: store.head(k).etag for k in pre.sizes()} and len(pre.etags()) == 3
+    listed = pre.versions(set(pre.sizes()))
+    assert {k: etag for k, (_, etag) in listed.items()} == {k: store.head(k).etag for k in pre.sizes()} and len(listed) == 3
     # Missing rows get no job and no replica.
     assert all("gone" not in r["lfn"] for r in load(run.file(RunDir.REPLICAS))["replicas"])
 

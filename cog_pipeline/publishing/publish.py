@@ -38,12 +38,11 @@ def processed_outputs(run_dir: RunDir, info: RunInfo, output_store: ObjectStore,
 def listed_versions(preflight: Preflight | None, keys: set[str]) -> dict[str, ObjectInfo] | None:
     """The version (ETag, size) of each of `keys` the workflow generator listed; None when it recorded none.
     (last_modified is not recorded: the epoch stands in.)"""
-    etags = preflight.etags() if preflight is not None else None
-    if etags is None:
+    versions = preflight.versions(keys) if preflight is not None else None
+    if versions is None:
         return None
-    sizes = preflight.sizes()
     epoch = datetime.fromtimestamp(0, timezone.utc)
-    return {key: ObjectInfo(key, sizes.get(key, 0), etags[key], epoch) for key in keys if key in etags}
+    return {key: ObjectInfo(key, size, etag, epoch) for key, (size, etag) in versions.items()}
 
 
 def needs_publishing(run_dir: RunDir) -> bool:

@@ -76,13 +76,21 @@ class Preflight:
             return {str(k): int(v or 0) for k, v in self._v1_sizes.items()}
         return {key: size for key, size, _ in self._jobs()}
 
-    def etags(self) -> dict[str, str] | None:
-        """Each job's input ETag as pre-flight listed it: the version the job reads (If-Match) and its lineage
-        names. None for a run generated before the ETags were recorded."""
+    def versions(self, keys: set[str]) -> dict[str, tuple[int, str]] | None:
+        """(size, ETag) of each of `keys` as pre-flight listed it: the version the job reads (If-Match) and its
+        lineage names. One pass over the line file, keeping only `keys`. None for a run generated before the
+        ETags were recorded."""
         if self._v1_sizes is not None:
             return None
-        found = {key: etag for key, _, etag in self._jobs() if etag is not None}
-        return found if found or not self.jobs else None
+        found: dict[str, tuple[int, str]] = {}
+        listed = 0
+        for key, size, etag in self._jobs():
+            if etag is None:
+                return None
+            listed += 1
+            if key in keys:
+                found[key] = (size, etag)
+        return found if listed or not self.jobs else None  # a missing line file names no version
 
     def _jobs(self) -> Iterator[tuple[str, int, str | None]]:
         """(key, size, etag or None) of every job's input, from preflight-sizes.csv."""
