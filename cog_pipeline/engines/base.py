@@ -1,4 +1,4 @@
-"""What every engine shares: the Engine protocol, the job record, the exit categories and the job-id convention.
+"""What every engine shares: the Engine protocol, the exit categories and the END hook command.
 
 Defined once here so the engines never reach into each other, and so the pipeline tick can drive any engine
 the same way, without knowing which engine it is: ``run`` (start or continue a batch of runs), ``is_running``
@@ -9,7 +9,6 @@ engine's business: the tick (``pipeline.finish``) does it once every job has end
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from cog_pipeline.run.rundir import RunDir
-    from cog_pipeline.run.rundir.jobs import JobRecord
 
 
 # The converter's exit codes, defined once in the converter (it ships as one file to workers, so the
@@ -51,17 +49,6 @@ class RunFinished(WorkflowError):
     """The run has reached a final state: there is nothing left to do, and nothing is changed."""
 
 
-def __getattr__(name: str) -> Any:
-    """`JobRecord` lives in the run directory's package (cog_pipeline.run.rundir.jobs). It is imported only when
-    asked for, so a pool worker, which imports this module for the exit categories, never loads the run
-    directory's layers."""
-    if name == "JobRecord":
-        from cog_pipeline.run.rundir.jobs import JobRecord
-
-        return JobRecord
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def end_hook_command(run_dir: Path) -> str:
     """The workflow's END hook, the same for every engine: `cog-pipeline finish RUN_DIR`, spelled with this
     Python (`-m cog_pipeline`) so it needs no PATH on the submit host."""
@@ -72,18 +59,6 @@ def last_line(text: str) -> str:
     """The one-line reason a tool printed last (generate_cog prints exactly one; planners print many)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""
-
-
-def write_record(path: Path, record: JobRecord) -> None:
-    from cog_pipeline.run.rundir import write_json_atomic
-
-    write_json_atomic(path, record.to_json())
-
-
-def read_record(path: Path) -> JobRecord:
-    from cog_pipeline.run.rundir.jobs import JobRecord
-
-    return JobRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
 
 
 class Outcome(NamedTuple):

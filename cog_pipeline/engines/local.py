@@ -34,7 +34,8 @@ from cog_pipeline.run.lease import LEASE_SECONDS
 from cog_pipeline.run.rundir import RUNNING, LeaseHeld, Preflight, RunDir, RunState
 from cog_pipeline.run.state import FINAL
 from cog_pipeline.storage.store import LocalStore, StoreError, open_store
-from .base import ExitCode, Finish, JobRecord, Outcome, RunFinished, WorkflowError, end_hook_command, write_record
+from cog_pipeline.run.rundir.jobs import JobRecord, job_file
+from .base import ExitCode, Finish, Outcome, RunFinished, WorkflowError, end_hook_command
 from . import local_pool
 from .local_pool import PoolSettings, cores_available, execute, plan_order, plan_workers, run_of
 from .local_workflow import catalog_objects, read_document
@@ -337,7 +338,7 @@ def run_batch(run_dirs: list[RunDir], *, workers: int | None = None, timeout: fl
                     run.left_over.append(outcome.reason)
                 else:
                     record = make_record(spec, outcome, attempts, seconds)
-                    write_record(run.result.run_dir.jobs_dir / f"{spec.job_id}.json", record)
+                    record.save(job_file(run.result.run_dir.jobs_dir, spec.job_id))
                     if record.status == "succeeded":
                         run.result.succeeded += 1
                     else:
@@ -426,25 +427,38 @@ class LocalEngine:
         """Every run through one pool. Two runs that write one output never run side by side: the later one
         goes in a later batch, after the earlier one's END hook has reconciled it."""
         outcomes: dict[Path, Outcome] = {}
+        for batch in self._batches(runs, echo):
+            for result in run_batch(batch, workers=self.workers, timeout=self.timeout, max_pixels=self.max_pixels,
+                                    progress=self.progress, finish=self.finish):
+                outcomes[result.run_dir.path] = self._outcome(result, echo)
+        return outcomes
+
+    @staticmethod
+    def _batches(runs: list[RunDir], echo: Callable[[str], None]) -> list[list[RunDir]]:
+        """The runs in batches whose outputs do not meet, in order. One run is one batch: its outputs catalog
+        (as long as its manifest) is read only when another run could share an output."""
+        if len(runs) < 2:
+            return [runs]
+        writes_of: dict[Path, set[tuple[str, str]]] = {}
+        for run_dir in runs:
+            try:
+                writes_of[run_dir.path] = output_objects(run_dir)
+            except (OSError, ValueError, WorkflowError):
+                writes_of[run_dir.path] = set()  # run_batch names the problem
+        batches: list[list[RunDir]] = []
         waiting = list(runs)
         while waiting:
             batch, writes, later = [], set(), []
             for run_dir in waiting:
-                try:
-                    objects = output_objects(run_dir)
-                except (OSError, ValueError, WorkflowError):
-                    objects = set()  # _start names the problem
-                if objects & writes:
+                if writes_of[run_dir.path] & writes:
                     echo(f"{run_dir.load().manifest_key}: shares outputs with another manifest of this tick; it runs after it")
                     later.append(run_dir)
                     continue
-                writes |= objects
+                writes |= writes_of[run_dir.path]
                 batch.append(run_dir)
-            for result in run_batch(batch, workers=self.workers, timeout=self.timeout, max_pixels=self.max_pixels,
-                                    progress=self.progress, finish=self.finish):
-                outcomes[result.run_dir.path] = self._outcome(result, echo)
+            batches.append(batch)
             waiting = later
-        return outcomes
+        return batches
 
     @staticmethod
     def _outcome(result: RunResult, echo: Callable[[str], None]) -> Outcome:

@@ -220,7 +220,7 @@ def record_provenance(
     from cog_pipeline.storage import atomic
     from cog_pipeline.run.naming import job_id_of
     from cog_pipeline.run.naming import image_stem
-    from cog_pipeline.run.rundir import JobRecord
+    from cog_pipeline.run.rundir.jobs import JobRecord, job_file
 
     run_dir = Path(run_dir)
     run_id = run_dir.name.rpartition("workflow-run-")[2]
@@ -228,7 +228,7 @@ def record_provenance(
     count = 0
     with atomic.replacing(run_dir / PROVENANCE_FILE, 0o644) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for row in processed:
-            record = JobRecord.load(run_dir / "jobs" / f"{job_id_of(row.line)}.json")
+            record = JobRecord.load(job_file(run_dir / "jobs", job_id_of(row.line)))
             facts = record.to_json() if record is not None and record.line == row.line else {"key": row.key}
             jpg_key = image_stem(row.key) + ".jpg"
             line = provenance_line(record=facts, source=sources.get(row.key), outputs={row.key: row.cog, jpg_key: row.jpg},

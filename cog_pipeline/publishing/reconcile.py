@@ -26,6 +26,7 @@ from cog_pipeline.storage.listing import find_keys
 from cog_pipeline.run.manifest import DuplicateRow, ManifestRow, Parsed, RejectedRow, iter_manifest_file
 from cog_pipeline.run.naming import RunNames
 from cog_pipeline.run.rundir import RECONCILED, Decisions, JobRecord, Preflight, ProcessedOutput, RunDir, RunInfo
+from cog_pipeline.run.rundir.jobs import job_file
 from cog_pipeline.storage.store import ObjectInfo, ObjectStore, PreconditionFailed, StoreError, open_store
 
 PROCESSED = "processed"
@@ -164,7 +165,7 @@ def _not_this_jobs(record: JobRecord | None, found: tuple[tuple[str, Any], ...])
 def record_reader(run_dir: RunDir) -> Callable[[int], JobRecord | None]:
     """A row's job record by its line, read when asked (jobs/<job id>.json): records are never all in memory."""
     def record_for(line: int) -> JobRecord | None:
-        record = JobRecord.load(run_dir.jobs_dir / f"{job_id_of(line)}.json")
+        record = JobRecord.load(job_file(run_dir.jobs_dir, job_id_of(line)))
         return record if record is not None and record.line == line else None
 
     return record_for

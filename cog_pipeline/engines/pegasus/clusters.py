@@ -23,7 +23,9 @@ from typing import Any
 
 from ...replicas.catalog import object_of_pfn
 from ...run.naming import line_of_job_id
-from ..base import JobRecord, category, last_line
+from cog_pipeline.run.rundir.jobs import JobRecord
+
+from ..base import category, last_line
 from .submit_dir import SubmitDir, _captured, _exit_from_raw, _invocations
 
 CLUSTER_PREFIX = "merge_"

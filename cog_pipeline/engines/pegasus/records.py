@@ -21,7 +21,9 @@ from typing import Any
 
 from cog_pipeline.run.rundir import RunDir
 from ...run.naming import line_of_job_id
-from ..base import SUCCESS_CODES, JobRecord, category, last_line, write_record
+from cog_pipeline.run.rundir.jobs import JobRecord, job_file
+
+from ..base import SUCCESS_CODES, category, last_line
 from .submit_dir import JobState, KickstartRecord, _invocations, dag_was_removed, holds_by_node, main_invocation, read_submit_dir, submit_dir_for_hook
 
 JOB_NODE_RE = re.compile(r"^\w+?_(ID\d{7})$")
@@ -46,9 +48,9 @@ def _workflow_jobs(run_dir: RunDir) -> list[tuple[str, int | None, str | None]]:
 def write_plan_failure_records(run_dir: RunDir, reason: str) -> None:
     run_dir.jobs_dir.mkdir(parents=True, exist_ok=True)
     for job_id, line, key in _workflow_jobs(run_dir):
-        path = run_dir.jobs_dir / f"{job_id}.json"
+        path = job_file(run_dir.jobs_dir, job_id)
         if not path.exists():
-            write_record(path, JobRecord(job_id, "failed", None, "PLAN_FAILED", reason, 0, 0.0, key=key, line=line))
+            JobRecord(job_id, "failed", None, "PLAN_FAILED", reason, 0, 0.0, key=key, line=line).save(path)
 
 
 
@@ -116,20 +118,20 @@ def collect_job_records(run_dir: RunDir, env: dict[str, str] | None = None) -> i
         if not match or match.group(1) not in workflow or not over:
             continue
         job_id = match.group(1)
-        path = run_dir.jobs_dir / f"{job_id}.json"
+        path = job_file(run_dir.jobs_dir, job_id)
         if path.exists():
             continue
         record = job_record(job_id, job, found.kickstart.get(node), holds.get(node), hint)
         if record.status == "succeeded":
             record = _after_stage_out(record, found, stage_outs.get(node), removed, hint)
         record.line, record.key = workflow[job_id]
-        write_record(path, record)
+        record.save(path)
         written += 1
     if removed:  # every row whose job never ended: say why, rather than "no job record"
         for job_id, (line, key) in workflow.items():
-            path = run_dir.jobs_dir / f"{job_id}.json"
+            path = job_file(run_dir.jobs_dir, job_id)
             if not path.exists():
-                write_record(path, JobRecord(job_id, "failed", None, "REMOVED", REMOVED_REASON, 0, 0.0, key=key, line=line))
+                JobRecord(job_id, "failed", None, "REMOVED", REMOVED_REASON, 0, 0.0, key=key, line=line).save(path)
                 written += 1
     return written
 
@@ -160,10 +162,10 @@ def _cluster_records(run_dir: RunDir, info, found, workflow: dict) -> int:
         stage_out_failed_clusters(found, open_store(info.output_bucket, info.store_config))
     written = 0
     for job_id, record in task_records(found, set(workflow)).items():
-        path = run_dir.jobs_dir / f"{job_id}.json"
+        path = job_file(run_dir.jobs_dir, job_id)
         if not path.exists():
             record.line, record.key = workflow[job_id]
-            write_record(path, record)
+            record.save(path)
             written += 1
     return written
 
