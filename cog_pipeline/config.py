@@ -377,7 +377,7 @@ def load_config(path: Path | str | None, flags: Mapping[str, Any] | None = None,
 
 
 def _check_profile(profile: dict[str, str]) -> None:
-    from .transformations.profile import with_overrides
+    from cog_pipeline.transformations.profile import with_overrides
 
     try:
         with_overrides(f"{k}={v}" for k, v in profile.items())
@@ -399,7 +399,7 @@ def _validate(config: PipelineConfig) -> None:
         raise ConfigError("publish.stac_base_url must be an http:// or https:// URL")
     if config.backoff.max_s < config.backoff.base_s:
         raise ConfigError(f"backoff.max_s ({config.backoff.max_s}) must be >= backoff.base_s ({config.backoff.base_s})")
-    from .crondor.schedule import ScheduleError, cron_fields
+    from cog_pipeline.crondor.schedule import ScheduleError, cron_fields
 
     try:
         cron_fields(config.crondor.schedule)

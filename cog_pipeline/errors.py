@@ -9,6 +9,7 @@ import json
 
 import yaml
 
+
 def one_line(exc: BaseException) -> str:
     """An exception as one line (YAML and JSON errors span several)."""
     return " ".join(str(exc).split()) or type(exc).__name__

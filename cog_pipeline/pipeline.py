@@ -14,15 +14,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cog_pipeline.config import PipelineConfig, load_config
+from cog_pipeline.engines import get_engine
+from cog_pipeline.engines.base import Engine, Outcome, WorkflowError
+from cog_pipeline.errors import RUN_FILE_ERRORS, one_line, os_error_line
 from cog_pipeline.publishing import publish
-from cog_pipeline.run.claim import Claim, ClaimError, ClaimLost, claim_one, look, recover_claims, scan_lock
-from .config import PipelineConfig, load_config
-from .engines import get_engine
-from .engines.base import Engine, Outcome, WorkflowError
-from .errors import RUN_FILE_ERRORS, one_line, os_error_line
 from cog_pipeline.publishing.reconcile import ReconcileResult, reconcile
+from cog_pipeline.run.claim import Claim, ClaimError, ClaimLost, claim_one, look, recover_claims, scan_lock
 from cog_pipeline.run.rundir import (
-    CLAIMED, GENERATED, RECONCILED, RUNNING, DamagedRunDir, LeaseHeld, RunDir, RunInfo, remove_empty_run_dirs, survey_run_dirs,
+    CLAIMED,
+    GENERATED,
+    RECONCILED,
+    RUNNING,
+    DamagedRunDir,
+    LeaseHeld,
+    RunDir,
+    RunInfo,
+    remove_empty_run_dirs,
+    survey_run_dirs,
 )
 from cog_pipeline.run.state import IN_FLIGHT
 from cog_pipeline.storage.store import ObjectStore, StoreConfig, StoreError, bucket_folder, open_store
@@ -337,7 +346,7 @@ def _adopt_unplanned(run_dir: RunDir, options: ScanOptions, echo: Echo) -> None:
 
 def prepare(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, echo: Echo = print) -> RunInfo:
     """The run, handed to this tick's engine if it may be, with its workflow generated (if it was not)."""
-    from .pegasus.workflow_gen import WorkflowSettings, generate
+    from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
 
     _adopt_unplanned(run_dir, options, echo)
     info = run_dir.load()

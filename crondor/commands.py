@@ -18,18 +18,34 @@ from typing import Any, Iterator
 
 import click
 
+from cog_pipeline.cli.config import effective_config, setting_options
+from cog_pipeline.cli.options import (
+    EXIT_ERROR,
+    bucket_options,
+    check_scan_args,
+    check_stac,
+    fail,
+    handle_errors,
+    output_options,
+    profile_option,
+    store_config,
+    store_options,
+)
+from cog_pipeline.cli.status import runs_in_flight, show_runs
+from cog_pipeline.config import flag_values
 from cog_pipeline.engines.pegasus import condor
 from cog_pipeline.engines.pegasus.condor import PegasusUnavailable
-from cog_pipeline.config import flag_values
-from cog_pipeline.cli.options import (
-    EXIT_ERROR, bucket_options, check_scan_args, check_stac, fail, handle_errors, output_options, profile_option,
-    store_config, store_options,
-)
-from cog_pipeline.cli.config import effective_config, setting_options
-from cog_pipeline.cli.status import runs_in_flight, show_runs
 
 from .events import read_ticks
-from .submit import KEY_ATTRIBUTE, CrondorSpec, CrondorSpecError, build_submit, classad_string, crondor_key, write_description
+from .submit import (
+    KEY_ATTRIBUTE,
+    CrondorSpec,
+    CrondorSpecError,
+    build_submit,
+    classad_string,
+    crondor_key,
+    write_description,
+)
 
 STATUS_NAMES = {3: "removed", 4: "completed", 6: "transferring output", 7: "suspended"}  # 1, 2 and 5: phase_lines
 CRON_ATTRIBUTES = ("CronMinute", "CronHour", "CronDayOfMonth", "CronMonth", "CronDayOfWeek")

@@ -241,7 +241,8 @@ def submit_commands(text: str) -> dict[str, str]:
 
 
 def htcondor_module() -> Any:
-    from cog_pipeline.engines.pegasus.condor import PegasusUnavailable, htcondor_module as find
+    from cog_pipeline.engines.pegasus.condor import PegasusUnavailable
+    from cog_pipeline.engines.pegasus.condor import htcondor_module as find
 
     module = find()
     if module is None:

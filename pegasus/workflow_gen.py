@@ -90,15 +90,10 @@ from typing import Any
 
 import yaml
 
-from cog_pipeline.run import rundir as rundir_mod
-from cog_pipeline.run.claim import FAILS_WHOLE
 from cog_pipeline.config import PipelineConfig, load_config
 from cog_pipeline.engines.base import NOT_RETRIED, end_hook_command
-from cog_pipeline.run.naming import job_id_of
 from cog_pipeline.engines.pegasus.plan import COMPUTE_SITE, default_plan_args
-from cog_pipeline.storage.listing import find_keys
-from cog_pipeline.run.manifest import DuplicateRow, ManifestRow, RejectedRow, iter_manifest_file
-from cog_pipeline.run.naming import key_under_output_prefix
+from cog_pipeline.engines.pegasus.scratch import record_scratch
 from cog_pipeline.publishing.provenance import METADATA_B64, job_metadata_encoder
 from cog_pipeline.replicas.catalog import (
     ReplicaEntry,
@@ -110,8 +105,12 @@ from cog_pipeline.replicas.catalog import (
     yaml_json,
 )
 from cog_pipeline.replicas.credentials import CREDENTIALS_FILE, write_credentials
-from cog_pipeline.engines.pegasus.scratch import record_scratch
+from cog_pipeline.run import rundir as rundir_mod
+from cog_pipeline.run.claim import FAILS_WHOLE
+from cog_pipeline.run.manifest import DuplicateRow, ManifestRow, RejectedRow, iter_manifest_file
+from cog_pipeline.run.naming import job_id_of, key_under_output_prefix
 from cog_pipeline.run.rundir import GENERATED, Preflight, PreflightWriter, RunDir
+from cog_pipeline.storage.listing import find_keys
 from cog_pipeline.storage.store import ObjectStore
 
 log = logging.getLogger(__name__)

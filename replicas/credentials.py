@@ -27,10 +27,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from cog_pipeline.replicas.catalog import check_name
 from cog_pipeline.storage import atomic
 from cog_pipeline.storage.store import normalise_endpoint, read_key_file
-
-from cog_pipeline.replicas.catalog import check_name
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,16 @@ from typing import Any
 
 import click
 
-from cog_pipeline.config import ConfigError, PipelineConfig, click_options, flag_values, load_config, settings_table, show
 from cog_pipeline.cli.options import EXIT_USAGE, cog_profile_option, fail
+from cog_pipeline.config import (
+    ConfigError,
+    PipelineConfig,
+    click_options,
+    flag_values,
+    load_config,
+    settings_table,
+    show,
+)
 
 
 def config_option(func: Callable[..., Any]) -> Callable[..., Any]:

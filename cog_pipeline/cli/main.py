@@ -15,14 +15,26 @@ from typing import Any
 
 import click
 
-from cog_pipeline.crondor.commands import crondor
+from cog_pipeline.cli.config import config_group, effective_config, setting_options
 from cog_pipeline.cli.operator import provenance_cmd, report_cmd
-from cog_pipeline.cli.options import EXIT_ERROR, bucket_options, check_scan_args, check_stac, fail, handle_errors, output_options, profile_option, store_config, store_options
-from cog_pipeline.storage.store import StoreConfig
-from cog_pipeline.errors import one_line, os_error_line
+from cog_pipeline.cli.options import (
+    EXIT_ERROR,
+    bucket_options,
+    check_scan_args,
+    check_stac,
+    fail,
+    handle_errors,
+    output_options,
+    profile_option,
+    store_config,
+    store_options,
+)
 from cog_pipeline.cli.warnings_log import warnings_to_log
 from cog_pipeline.config import SECTIONS
-from cog_pipeline.cli.config import config_group, effective_config, setting_options
+from cog_pipeline.crondor.commands import crondor
+from cog_pipeline.errors import one_line, os_error_line
+from cog_pipeline.storage.store import StoreConfig
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="cog-pipeline")
@@ -53,10 +65,10 @@ def scan(**kw: Any) -> None:
 
     Also carries on runs an earlier tick left unfinished (after a crash), so running it again is always safe.
     """
-    from cog_pipeline.pipeline import ScanOptions
-    from cog_pipeline.pipeline import scan as run_scan
     from cog_pipeline.cli.progress import ScanProgress
     from cog_pipeline.cli.tick_log import now_iso
+    from cog_pipeline.pipeline import ScanOptions
+    from cog_pipeline.pipeline import scan as run_scan
 
     check_scan_args(kw)
     config = effective_config(kw)  # the --config file, the environment, then the flags

@@ -98,8 +98,8 @@ def provenance_cmd(location: str | None, bucket: str | None, key: str | None, lo
     Reads only the COG's header (ranged reads), never its pixels.
     """
     from cog_pipeline.cli.options import fail
-    from cog_pipeline.publishing.provenance import find_run_dir, read_provenance, read_provenance_lines
     from cog_pipeline.cli.tick_log import SCHEMA_VERSION
+    from cog_pipeline.publishing.provenance import find_run_dir, read_provenance, read_provenance_lines
 
     if location is not None and (bucket or key):
         raise click.UsageError("give LOCATION or --bucket/--key, not both")
@@ -209,9 +209,8 @@ def status_row(run_dir: Any, now: float | None = None) -> dict[str, Any]:
     and the pre-flight; where to look: the report, the Pegasus submit directory, or the run directory."""
     import time
 
-    from cog_pipeline.publishing.report import REPORT_NAME, _manifest_rows
     from cog_pipeline.cli.status import age_text, shown_state
-
+    from cog_pipeline.publishing.report import REPORT_NAME, _manifest_rows
     from cog_pipeline.run.rundir import Decisions, Preflight
 
     info = run_dir.load()
@@ -242,7 +241,6 @@ def scan_json(report: Any) -> str:
     """A scan tick for scripts: every list of the ScanReport, run directories as paths, and for each
     reconciled run its counts, result keys and report."""
     from cog_pipeline.publishing.report import REPORT_NAME
-
     from cog_pipeline.run.rundir import Decisions
 
     def reconciled(run_dir: Any) -> dict[str, Any]:

@@ -68,7 +68,6 @@ def check_scan_args(kw: dict[str, Any]) -> None:
     """Refuse, before anything is listed or claimed, a pattern that could claim images and a bucket set-up
     whose outputs would overwrite the inputs: one line, exit 2."""
     from cog_pipeline.run.naming import check_buckets, check_pattern
-
     from cog_pipeline.storage.store import bucket_folder
 
     prefix = kw.get("output_prefix")
@@ -158,8 +157,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from cog_pipeline.run.claim import ClaimError, ClaimLost
         from cog_pipeline.engines.base import WorkflowError
+        from cog_pipeline.run.claim import ClaimError, ClaimLost
         from cog_pipeline.run.rundir import DamagedRunDir, LeaseHeld
         from cog_pipeline.run.state import IllegalTransition
 

@@ -41,7 +41,6 @@ def _version() -> str:
 
 def _run(run_dir: Any) -> dict[str, Any]:
     from cog_pipeline.publishing.report import REPORT_NAME
-
     from cog_pipeline.run.rundir import Decisions
 
     saved = Decisions.load(run_dir.path)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..config import PipelineConfig
+    from cog_pipeline.config import PipelineConfig
+
     from .base import Engine
 
 ENGINES = ("local", "pegasus")
@@ -16,7 +17,7 @@ def get_engine(name: str, config: PipelineConfig | None = None, **options: Any) 
     `options`: progress (bool), submit (bool: pegasus plans and submits), finish (the pipeline's finish, for
     END hooks run in this process). Imported on demand: the local engine never loads the HTCondor bindings."""
     if config is None:
-        from ..config import load_config
+        from cog_pipeline.config import load_config
 
         config = load_config(None)
     if name == "local":

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 # The converter's exit codes, defined once in the converter (it ships as one file to workers, so the
 # dependency points this way): the engines classify what the converter itself declares.
-from ..transformations.exit_codes import ExitCode  # noqa: E402
+from cog_pipeline.transformations.exit_codes import ExitCode  # noqa: E402
 
 # Input problems are deterministic: retrying them only burns time, so the local engine does not.
 NOT_RETRIED = frozenset({ExitCode.USAGE, ExitCode.INPUT_UNREADABLE, ExitCode.UNSUPPORTED_INPUT, ExitCode.BAND_MISMATCH,

@@ -29,17 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import PipelineConfig, env_value
+from cog_pipeline.config import PipelineConfig, env_value
 from cog_pipeline.run.lease import LEASE_SECONDS
 from cog_pipeline.run.rundir import RUNNING, LeaseHeld, Preflight, RunDir, RunState
+from cog_pipeline.run.rundir.jobs import JobRecord, job_file
 from cog_pipeline.run.state import FINAL
 from cog_pipeline.storage.store import LocalStore, StoreError, open_store
-from cog_pipeline.run.rundir.jobs import JobRecord, job_file
-from .base import ExitCode, Finish, Outcome, RunFinished, WorkflowError, end_hook_command
+
 from . import local_pool
+from .base import ExitCode, Finish, Outcome, RunFinished, WorkflowError, end_hook_command
 from .local_pool import PoolSettings, cores_available, execute, plan_order, plan_workers, run_of
-from .local_workflow import catalog_objects, read_document
 from .local_worker import AttemptOutcome, JobSpec, exhausted, run_attempt
+from .local_workflow import catalog_objects, read_document
 
 
 @dataclass
@@ -384,7 +385,14 @@ def _progress_bar(show: bool, description: str, total: int) -> Iterator[Callable
     if not show or not total:
         yield lambda rate, failed: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} img/s"),

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..transformations.linux import set_pdeathsig
-from cog_pipeline.storage.store import LocalStore, ObjectStore, PreconditionFailed, StoreConfig, StoreError, open_store
+from cog_pipeline.config import env_value
 from cog_pipeline.publishing.thumbnail import thumbnail_path, write_thumbnail
-from ..config import env_value
+from cog_pipeline.storage.store import LocalStore, ObjectStore, PreconditionFailed, StoreConfig, StoreError, open_store
+from cog_pipeline.transformations.linux import set_pdeathsig
+
 from .base import NOT_RETRIED, SUCCESS_CODES, ExitCode, WorkflowError, category, last_line
 
 THREADS_ENV = "COG_PIPELINE_THREADS"  # the converter's own thread setting (transformations/settings.py)
@@ -120,8 +121,8 @@ def worker_main(conn: Any, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     single_threaded_numerics()
     try:
-        from ..transformations import cli  # noqa: F401 - pays the imports once per worker
-        from ..transformations.backend import get_backend
+        from cog_pipeline.transformations import cli  # noqa: F401 - pays the imports once per worker
+        from cog_pipeline.transformations.backend import get_backend
 
         get_backend()
     except Exception:  # noqa: BLE001 - a missing GDAL shows up as each job's reason instead
@@ -218,8 +219,8 @@ def size_problem(path: Path, max_pixels: int) -> str | None:
     """A one-line reason when the input's uncompressed size exceeds the limit, or its shape is degenerate
     (header only; None if it fits or the header cannot be read: the converter then reports that itself)."""
     try:
-        from ..transformations.backend import get_backend
-        from ..transformations.rasterinfo import dtype_itemsize  # a table: this guard must not import numpy
+        from cog_pipeline.transformations.backend import get_backend
+        from cog_pipeline.transformations.rasterinfo import dtype_itemsize  # a table: this guard must not import numpy
 
         info = get_backend().info(str(path), drivers=["GTiff"])
         itemsize = max((dtype_itemsize(d) for d in info.dtypes), default=1)
@@ -249,7 +250,7 @@ def size_problem(path: Path, max_pixels: int) -> str | None:
 
 def bundled_converter() -> Path:
     """The zipapp of this package's converter sources, built on first use (transformations/build.py)."""
-    from ..transformations.build import cached_zipapp
+    from cog_pipeline.transformations.build import cached_zipapp
 
     return cached_zipapp()
 
@@ -286,7 +287,7 @@ def _job_environment(env: dict[str, str], workdir: Path):
 
 def convert_in_process(arguments: list[str], env: dict[str, str], workdir: Path) -> tuple[int, str]:
     """(exit code, what the executable would have printed on stderr) from the converter's own CLI entry."""
-    from ..transformations import cli
+    from cog_pipeline.transformations import cli
 
     err = io.StringIO()
     with _job_environment(env, workdir), contextlib.redirect_stderr(err), contextlib.redirect_stdout(err):

@@ -62,7 +62,7 @@ def catalog_objects(path: Path, local_root: Path | None = None) -> dict[str, tup
     """LFN -> (bucket, key) of a replica catalog this project wrote (replicas.yml, outputs.yml): the catalogs
     both engines read, turned back into objects by ``replicas.catalog.object_of_pfn`` (ValueError for a PFN it
     did not write)."""
-    from ..replicas.catalog import object_of_pfn
+    from cog_pipeline.replicas.catalog import object_of_pfn
 
     return {entry["lfn"]: object_of_pfn(pfn["pfn"], local_root)
             for entry in (read_document(path) or {}).get("replicas", []) for pfn in entry.get("pfns") or []}

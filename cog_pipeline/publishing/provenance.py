@@ -18,8 +18,8 @@ import fcntl
 import json
 import os
 import socket
-from datetime import datetime, timezone
 from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -217,10 +217,9 @@ def record_provenance(
     under the row's key); `sources`: a listing of their inputs. Rewriting the file (not appending) keeps a
     repeated reconcile from duplicating lines; lines are written as they are made, never all held at once.
     """
-    from cog_pipeline.storage import atomic
-    from cog_pipeline.run.naming import job_id_of
-    from cog_pipeline.run.naming import image_stem
+    from cog_pipeline.run.naming import image_stem, job_id_of
     from cog_pipeline.run.rundir.jobs import JobRecord, job_file
+    from cog_pipeline.storage import atomic
 
     run_dir = Path(run_dir)
     run_id = run_dir.name.rpartition("workflow-run-")[2]

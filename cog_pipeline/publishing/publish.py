@@ -58,8 +58,8 @@ def write_run_provenance(run_dir: RunDir, info: RunInfo, input_store: ObjectStor
     Each input's version is the one the workflow generator listed (preflight-sizes.csv): each job read exactly
     that version (If-Match) and its COG's lineage names it, so a listing now would name an image re-uploaded
     since. A run generated before the ETags were recorded lists its inputs, as then."""
-    from cog_pipeline.storage.listing import find_keys
     from cog_pipeline.publishing.provenance import record_provenance
+    from cog_pipeline.storage.listing import find_keys
 
     sources = listed_versions(Preflight.load(run_dir.path), {o.key for o in processed})
     if sources is None:

@@ -18,15 +18,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cog_pipeline.storage import locking
 from cog_pipeline.run.claim import fence_before_results, write_recognised
-from cog_pipeline.run.naming import job_id_of
-from cog_pipeline.storage.listing import written_since
-from cog_pipeline.storage.listing import find_keys
 from cog_pipeline.run.manifest import DuplicateRow, ManifestRow, Parsed, RejectedRow, iter_manifest_file
-from cog_pipeline.run.naming import RunNames
+from cog_pipeline.run.naming import RunNames, job_id_of
 from cog_pipeline.run.rundir import RECONCILED, Decisions, JobRecord, Preflight, ProcessedOutput, RunDir, RunInfo
 from cog_pipeline.run.rundir.jobs import job_file
+from cog_pipeline.storage import locking
+from cog_pipeline.storage.listing import find_keys, written_since
 from cog_pipeline.storage.store import ObjectInfo, ObjectStore, PreconditionFailed, StoreError, open_store
 
 PROCESSED = "processed"

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cog_pipeline.publishing.thumbnail import THUMB_PX, read_thumbnail, thumbnail_jpeg, thumbnail_path
 from cog_pipeline.run.naming import RunNames, base_of
 from cog_pipeline.run.rundir import DamagedRunDir, Decisions, JobRecord, Preflight, ProcessedOutput, RunDir, RunInfo
 from cog_pipeline.run.rundir.jobs import iter_job_records
 from cog_pipeline.storage.store import ObjectInfo, ObjectStore, StoreError
-from cog_pipeline.publishing.thumbnail import THUMB_PX, read_thumbnail, thumbnail_jpeg, thumbnail_path
 
 REPORT_NAME = "report.html"
 # Result-file links: the run directory keeps copies under results/; the uploaded copy sits beside them.

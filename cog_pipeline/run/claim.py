@@ -39,20 +39,20 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 
-from cog_pipeline.storage import locking
+from cog_pipeline.config import SETTINGS, env_value
 from cog_pipeline.run.naming import (
     CLAIM_MARKER_SUFFIX,
     PROCESSING_RE,
     RESULT_RE,
-    TIMESTAMP_RE,
     RUN_DIR_PREFIX,
+    TIMESTAMP_RE,
     RunNames,
     listing_prefix,
     matches_pattern,
     unique_timestamp,
 )
 from cog_pipeline.run.rundir import ABANDONED, CLAIMED, CLAIMING, RunDir, RunInfo, list_run_dirs
-from cog_pipeline.config import SETTINGS, env_value
+from cog_pipeline.storage import locking
 from cog_pipeline.storage.store import ObjectInfo, ObjectStore, PreconditionFailed, StoreConfig, StoreError
 
 LOCK_NAME = ".cog-pipeline.lock"

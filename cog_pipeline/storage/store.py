@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
-from cog_pipeline.storage import atomic
-
-from cog_pipeline.storage import locking
+from cog_pipeline.storage import atomic, locking
 from cog_pipeline.storage.media import object_headers
 
 

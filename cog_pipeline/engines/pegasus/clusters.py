@@ -21,11 +21,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ...replicas.catalog import object_of_pfn
-from ...run.naming import line_of_job_id
+from cog_pipeline.engines.base import category, last_line
+from cog_pipeline.replicas.catalog import object_of_pfn
+from cog_pipeline.run.naming import line_of_job_id
 from cog_pipeline.run.rundir.jobs import JobRecord
 
-from ..base import category, last_line
 from .submit_dir import SubmitDir, _captured, _exit_from_raw, _invocations
 
 CLUSTER_PREFIX = "merge_"

@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import WorkflowError
+from cog_pipeline.engines.base import WorkflowError
 
 # JobStatus values: 1 idle, 2 running, 3 removed, 4 completed, 5 held, 6 transferring output, 7 suspended
 ENDED_STATUSES = {3, 4}

@@ -6,10 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ...config import PipelineConfig
-from ...replicas.pegasus_keys import pegasus_key_problem
+from cog_pipeline.config import PipelineConfig
+from cog_pipeline.engines.base import Outcome
+from cog_pipeline.replicas.pegasus_keys import pegasus_key_problem
 from cog_pipeline.run.rundir import RUNNING, RunDir
-from ..base import Outcome
+
 from .condor import check_pegasus
 from .labels import label_outputs
 from .monitor import workflow_is_running

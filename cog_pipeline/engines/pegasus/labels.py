@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from cog_pipeline.storage.listing import find_keys
-from cog_pipeline.storage.listing import written_since
+from cog_pipeline.engines.local_workflow import catalog_objects
 from cog_pipeline.run.rundir import RunDir
+from cog_pipeline.storage.listing import find_keys, written_since
 from cog_pipeline.storage.store import open_store
-from ..local_workflow import catalog_objects
 
 
 def label_outputs(run_dir: RunDir) -> int:

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from cog_pipeline.run.rundir import RUNNING, RunDir
+
 from . import condor
 
 SUBMIT_BASE = "submit"  # pegasus-plan --dir: submit directories are created below <run>/submit

@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ...config import COMPUTE_SITE
+from cog_pipeline.config import COMPUTE_SITE
+from cog_pipeline.engines.base import WorkflowError, last_line
 from cog_pipeline.run.rundir import GENERATED, RECONCILED, RUNNING, RunDir
-from ..base import WorkflowError, last_line
+
 from .condor import PegasusUnavailable
 from .monitor import SUBMIT_BASE, cluster_from_files, find_submit_dir
 from .records import write_plan_failure_records

@@ -19,12 +19,21 @@ import re
 from pathlib import Path
 from typing import Any
 
+from cog_pipeline.engines.base import SUCCESS_CODES, category, last_line
+from cog_pipeline.run.naming import line_of_job_id
 from cog_pipeline.run.rundir import RunDir
-from ...run.naming import line_of_job_id
 from cog_pipeline.run.rundir.jobs import JobRecord, job_file
 
-from ..base import SUCCESS_CODES, category, last_line
-from .submit_dir import JobState, KickstartRecord, _invocations, dag_was_removed, holds_by_node, main_invocation, read_submit_dir, submit_dir_for_hook
+from .submit_dir import (
+    JobState,
+    KickstartRecord,
+    _invocations,
+    dag_was_removed,
+    holds_by_node,
+    main_invocation,
+    read_submit_dir,
+    submit_dir_for_hook,
+)
 
 JOB_NODE_RE = re.compile(r"^\w+?_(ID\d{7})$")
 STAGE_OUT_RE = re.compile(r"^stage_out_(?:local|remote)_(\w+?_ID\d{7})_\d+$")  # one per conversion (Basic refiner)
@@ -156,6 +165,7 @@ def _after_stage_out(record: JobRecord, found, stage: str | None, removed: bool,
 
 def _cluster_records(run_dir: RunDir, info, found, workflow: dict) -> int:
     from cog_pipeline.storage.store import open_store
+
     from .clusters import stage_out_failed_clusters, task_records
 
     if info.store_config.local_root is None and found.end.ended:

@@ -19,8 +19,18 @@ from typing import Any
 from cog_pipeline.run.rundir import files
 from cog_pipeline.run.rundir.decisions import Decisions, ProcessedOutput
 from cog_pipeline.run.rundir.directory import (
-    ABANDONED, CLAIMED, CLAIMING, GENERATED, RECONCILED, RUNNING, STATES, LeaseHeld, RunDir, list_run_dirs,
-    remove_empty_run_dirs, survey_run_dirs,
+    ABANDONED,
+    CLAIMED,
+    CLAIMING,
+    GENERATED,
+    RECONCILED,
+    RUNNING,
+    STATES,
+    LeaseHeld,
+    RunDir,
+    list_run_dirs,
+    remove_empty_run_dirs,
+    survey_run_dirs,
 )
 from cog_pipeline.run.rundir.jobs import JobRecord
 from cog_pipeline.run.rundir.preflight import Preflight, PreflightWriter

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cog_pipeline.storage.store import ObjectInfo
 from cog_pipeline.run.rundir import files
 from cog_pipeline.run.rundir.files import SAMPLE_ROWS
+from cog_pipeline.storage.store import ObjectInfo
 
 DECISIONS_VERSION = 2  # 1: every row, with its text, status, reason and note
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from cog_pipeline.run import lease as leases
 from cog_pipeline.run.naming import RUN_DIR_PREFIX
-from cog_pipeline.run.state import RunState, check_transition, parse_state
 from cog_pipeline.run.rundir import files
 from cog_pipeline.run.rundir.jobs import JobRecord, load_job_records
 from cog_pipeline.run.rundir.record import DamagedRunDir, RunInfo
+from cog_pipeline.run.state import RunState, check_transition, parse_state
 
 # Kept as names for the modules that compare states (RunState members are also plain strings).
 CLAIMING, CLAIMED, GENERATED, RUNNING, RECONCILED, ABANDONED = (
