@@ -1,7 +1,8 @@
 """One trigger tick: claim -> generate -> engine -> finish, for every manifest waiting in the bucket.
 
 This is what the Crondor runs every 15 minutes and what `cog-pipeline scan` runs by hand. Each step hands
-the next one a run directory and nothing else, so a tick that dies anywhere is carried on by the next.
+the next one a run directory and its run.json as last read or written; everything a step did is in the
+directory, so a tick that dies anywhere is carried on by the next.
 `finish` (the engine's job records, then reconcile) is the only way a run is reconciled: the tick calls it,
 and so do both engines' END hook (`cog-pipeline finish RUN_DIR`) and `cog-pipeline reconcile`.
 """
@@ -20,7 +21,16 @@ from cog_pipeline.engines.base import Engine, Outcome, WorkflowError
 from cog_pipeline.errors import RUN_FILE_ERRORS, one_line, os_error_line
 from cog_pipeline.publishing import publish
 from cog_pipeline.publishing.reconcile import ReconcileResult, reconcile
-from cog_pipeline.run.claim import Claim, ClaimError, ClaimLost, claim_one, look, recover_claims, scan_lock
+from cog_pipeline.run.claim import (
+    Claim,
+    ClaimError,
+    ClaimLost,
+    claim_one,
+    look,
+    recover_claims,
+    scan_lock,
+)
+from cog_pipeline.run.lease import is_alive
 from cog_pipeline.run.rundir import (
     CLAIMED,
     GENERATED,
@@ -34,7 +44,13 @@ from cog_pipeline.run.rundir import (
     survey_run_dirs,
 )
 from cog_pipeline.run.state import IN_FLIGHT
-from cog_pipeline.storage.store import ObjectStore, StoreConfig, StoreError, bucket_folder, open_store
+from cog_pipeline.storage.store import (
+    ObjectStore,
+    StoreConfig,
+    StoreError,
+    bucket_folder,
+    open_store,
+)
 
 Echo = Callable[[str], None]
 
@@ -73,17 +89,20 @@ class ScanReport:
     lost: list[str] = field(default_factory=list)  # claims a fence found taken over (nothing published)
 
 
-def run_is_active(run_dir: RunDir) -> bool:
-    """Someone is carrying this run on right now: a live lease holder, or a workflow still running."""
-    if run_dir.is_owned():
+def run_is_active(run_dir: RunDir, info: RunInfo | None = None) -> bool:
+    """Someone is carrying this run on right now: a live lease holder, or a workflow still running (`info`:
+    its run.json as just read)."""
+    info = info or run_dir.load()
+    if is_alive(info.lease):
         return True
-    info = run_dir.load()
     return info.state == RUNNING and get_engine(info.engine).is_running(run_dir)
 
 
-def finish(run_dir: RunDir, input_store: ObjectStore | None = None, echo: Echo | None = None) -> ReconcileResult:
-    """Every job has ended: the engine's job records (best effort, for reasons), then the one reconcile."""
-    info = run_dir.load()
+def finish(run_dir: RunDir, input_store: ObjectStore | None = None, echo: Echo | None = None,
+           info: RunInfo | None = None) -> ReconcileResult:
+    """Every job has ended: the engine's job records (best effort, for reasons), then the one reconcile, whose
+    documents publishing is handed (`info`: run.json as the caller just read it)."""
+    info = info or run_dir.load()
     if info.state != RECONCILED:
         try:
             get_engine(info.engine).collect_job_records(run_dir)
@@ -91,7 +110,8 @@ def finish(run_dir: RunDir, input_store: ObjectStore | None = None, echo: Echo |
             (echo or _stderr)(f"warning: could not read job outcomes of {run_dir.path.name}: {exc}")
     result = reconcile(run_dir, input_store=input_store)
     if publish.needs_publishing(run_dir):  # provenance, STAC, report: best effort, never fails the reconcile
-        publish.after_reconcile(run_dir, input_store=input_store, echo=echo, decisions=result.decisions)
+        publish.after_reconcile(run_dir, input_store=input_store, echo=echo, decisions=result.decisions, info=result.info,
+                                preflight=result.preflight)
     return result
 
 
@@ -194,7 +214,7 @@ def _claim_and_adopt(options: ScanOptions, report: ScanReport, input_store: Obje
                 continue
             if claim.failed:  # its name is not UTF-8: the preflight fails every row with the reason
                 echo(f"failing {pending.name} whole: {claim.failed}")
-            claim.run_dir.acquire_lease()
+            claim.run_dir.acquire_lease()  # just claimed: the lease is new
             if options.config.publish.stac:
                 claim.run_dir.update(stac=True, stac_base_url=options.config.publish.stac_base_url or None)
             report.claimed.append(claim.run_dir)
@@ -233,15 +253,11 @@ def carry_on_all(runs: list[RunDir], options: ScanOptions, input_store: ObjectSt
             # Whatever happened, this process no longer carries the run: the next tick may (a killed process
             # is noticed by its lease instead; so is a lease that a read-only run directory keeps).
             try:
-                run_dir.release_lease()
-            except OSError:
-                pass
-    for run_dir in runs:
-        try:
-            if run_dir.load().state == RECONCILED:
+                info = run_dir.release_lease()
+            except (DamagedRunDir, OSError, *RUN_FILE_ERRORS):
+                continue
+            if info is not None and info.state == RECONCILED:
                 report.reconciled.append(run_dir)
-        except (DamagedRunDir, OSError, *RUN_FILE_ERRORS):
-            pass
 
 
 def _after_engine(run_dir: RunDir, outcome: Outcome, input_store: ObjectStore, options: ScanOptions, echo: Echo) -> None:
@@ -249,8 +265,8 @@ def _after_engine(run_dir: RunDir, outcome: Outcome, input_store: ObjectStore, o
         raise WorkflowError(outcome.problem or "the engine stopped")
     if outcome.state == "ended":
         _phase(options, "reconcile")
-        info = run_dir.load()
-        result = finish(run_dir, input_store=input_store, echo=echo)
+        info = run_dir.load()  # as the engine left it
+        result = finish(run_dir, input_store=input_store, echo=echo, info=info)
         echo(
             f"reconciled {info.manifest_key}: {result.processed} processed, {result.failed} failed"
             + (f" -> {result.failed_key}" if result.failed_key else "")
@@ -307,15 +323,14 @@ def _adopt_unfinished(options: ScanOptions, report: ScanReport, echo: Echo) -> d
         echo(f"warning: {problem}")
     claimed_paths = {r.path for r in report.claimed}
     local_processing: dict[str, str] = {}
-    for run_dir in run_dirs:
-        info = run_dir.load()
+    for run_dir, info in run_dirs:
         if info.input_bucket != options.input_bucket:
             continue
         local_processing[info.processing_key] = str(info.state)
         if run_dir.path in claimed_paths or info.state not in IN_FLIGHT:
             continue
         try:
-            if run_is_active(run_dir) or not run_dir.acquire_lease():
+            if run_is_active(run_dir, info) or not run_dir.acquire_lease():
                 report.in_flight.append(run_dir)
                 continue
         except LeaseHeld:
@@ -330,34 +345,32 @@ def _adopt_unfinished(options: ScanOptions, report: ScanReport, echo: Echo) -> d
     return local_processing
 
 
-def _adopt_unplanned(run_dir: RunDir, options: ScanOptions, echo: Echo) -> None:
+def _adopt_unplanned(run_dir: RunDir, info: RunInfo, options: ScanOptions, echo: Echo) -> RunInfo:
     """A tick whose engine adopts unplanned runs (the local engine) finishes a run another engine's attempt left
     unplanned (no Pegasus here, or the plan failed): the workflow files are engine-neutral, so it can run them
-    as they are."""
-    info = run_dir.load()
+    as they are. Returns the run as it stands."""
     if info.engine == options.engine or info.state not in (CLAIMED, GENERATED):
-        return
+        return info
     if tick_engine(options, info.engine).handed_over(run_dir):
-        return
-    if tick_engine(options, options.engine).adopts_unplanned:
-        run_dir.update(engine=options.engine, engine_waiting=None)
-        echo(f"{info.manifest_key}: was waiting for {info.engine}; running it with the {options.engine} engine")
+        return info
+    if not tick_engine(options, options.engine).adopts_unplanned:
+        return info
+    echo(f"{info.manifest_key}: was waiting for {info.engine}; running it with the {options.engine} engine")
+    return run_dir.update(engine=options.engine, engine_waiting=None)
 
 
 def prepare(run_dir: RunDir, options: ScanOptions, input_store: ObjectStore, echo: Echo = print) -> RunInfo:
     """The run, handed to this tick's engine if it may be, with its workflow generated (if it was not)."""
     from cog_pipeline.pegasus.workflow_gen import WorkflowSettings, generate
 
-    _adopt_unplanned(run_dir, options, echo)
-    info = run_dir.load()
+    info = _adopt_unplanned(run_dir, run_dir.load(), options, echo)
     if info.state == CLAIMED:
         _phase(options, "preflight")
         # Only an engine that needs key material in a file (the planner) gets credentials.conf; keys its tools
         # cannot carry fail at preflight.
         engine = tick_engine(options, info.engine)
         settings = WorkflowSettings(options.config, write_credentials=engine.writes_credentials, key_problem=engine.key_problem)
-        generate(run_dir, input_store, settings)
-        info = run_dir.load()
+        info = generate(run_dir, input_store, settings, info).info
         echo(f"generated workflow in {run_dir.path}")
     return info
 

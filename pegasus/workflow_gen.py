@@ -109,7 +109,7 @@ from cog_pipeline.run import rundir as rundir_mod
 from cog_pipeline.run.claim import FAILS_WHOLE
 from cog_pipeline.run.manifest import DuplicateRow, ManifestRow, RejectedRow, iter_manifest_file
 from cog_pipeline.run.naming import job_id_of, key_under_output_prefix
-from cog_pipeline.run.rundir import GENERATED, Preflight, PreflightWriter, RunDir
+from cog_pipeline.run.rundir import GENERATED, Preflight, PreflightWriter, RunDir, RunInfo
 from cog_pipeline.storage.listing import find_keys
 from cog_pipeline.storage.store import ObjectStore
 
@@ -211,6 +211,7 @@ class GenerationResult:
     cluster: bool
     credentials: Path | None
     seconds: float
+    info: RunInfo  # run.json as generate() wrote it (GENERATED)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -671,8 +672,9 @@ def _write_credentials(run_dir: RunDir, settings: WorkflowSettings, config) -> P
     )
 
 
-def _record_generated(run_dir: RunDir, settings: WorkflowSettings, files: dict[str, Path], hook: str, credentials: Path | None, *, jobs: int, failed: int, duplicates: int, s3_scratch: bool = False) -> None:
-    """Move the run to GENERATED with what the engines and an operator need to know about its files."""
+def _record_generated(run_dir: RunDir, settings: WorkflowSettings, files: dict[str, Path], hook: str, credentials: Path | None, *, jobs: int, failed: int, duplicates: int, s3_scratch: bool = False) -> RunInfo:
+    """Move the run to GENERATED with what the engines and an operator need to know about its files; returns
+    run.json as written."""
     cluster = bool(settings.config.clustering.size)
     staging_site = settings.config.s3.site if settings.data_configuration == "nonsharedfs" else "local"
     plan_args = default_plan_args(
@@ -684,7 +686,7 @@ def _record_generated(run_dir: RunDir, settings: WorkflowSettings, files: dict[s
         # spaces; the engine removes the prefix with boto3 when the run finishes instead (engines/pegasus/scratch.py).
         plan_args += ["--cleanup", "none"]
     plan_args.append(str(files[RunDir.WORKFLOW].resolve()))
-    run_dir.set_state(
+    return run_dir.set_state(
         GENERATED,
         output_site=settings.config.s3.site,
         data_configuration=settings.data_configuration,
@@ -705,10 +707,12 @@ def _record_generated(run_dir: RunDir, settings: WorkflowSettings, files: dict[s
     )
 
 
-def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettings) -> GenerationResult:
+def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettings, info: RunInfo | None = None) -> GenerationResult:
+    """The run's workflow files and its pre-flight, then the run GENERATED (`info`: run.json as the caller
+    just read it)."""
     started = time.perf_counter()
     settings.validate()
-    info = run_dir.load()
+    info = info or run_dir.load()
     if info.state in (rundir_mod.RUNNING, rundir_mod.RECONCILED, rundir_mod.ABANDONED):
         raise RuntimeError(f"{run_dir} is {info.state}: its workflow can no longer be regenerated")
     config = info.store_config
@@ -767,7 +771,7 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     s3_scratch = not local_mode and settings.data_configuration == "nonsharedfs"
     if s3_scratch:
         record_scratch(run_dir, info.output_bucket, scratch_key(settings, info.timestamp))
-    _record_generated(run_dir, settings, files, hook, credentials, jobs=len(rows), failed=checked.failed, duplicates=checked.duplicates, s3_scratch=s3_scratch)
+    generated = _record_generated(run_dir, settings, files, hook, credentials, jobs=len(rows), failed=checked.failed, duplicates=checked.duplicates, s3_scratch=s3_scratch)
     seconds = time.perf_counter() - started
     log.info("%s: %d jobs, %d failed in pre-flight, %d duplicates (%.2f s)", run_dir, len(rows), checked.failed, checked.duplicates, seconds)
     return GenerationResult(
@@ -780,4 +784,5 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
         cluster=cluster,
         credentials=credentials,
         seconds=seconds,
+        info=generated,
     )

@@ -12,12 +12,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
+from cog_pipeline.publishing.reconcile import reconcile
 from cog_pipeline.run import claim as claim_mod
 from cog_pipeline.run.claim import (
     STALE_MARKER_AGE,
@@ -25,13 +26,12 @@ from cog_pipeline.run.claim import (
     _Fence,
     _renew,
     claim_one,
+    claim_token,
     fence_check,
-    load_claim_token,
     look,
     recover_claims,
 )
 from cog_pipeline.run.naming import RunNames
-from cog_pipeline.publishing.reconcile import reconcile
 from cog_pipeline.run.rundir import CLAIMED, list_run_dirs
 from cog_pipeline.storage.store import PreconditionFailed, open_store
 
@@ -251,7 +251,7 @@ def test_fence_check_passes_for_our_processing_file_and_fails_once_it_is_replace
     claim = claim_one(
         buckets.input, buckets.input.head("batch_raw.csv"), work_dir=tmp_path, output_bucket="out", store_config=buckets.config
     )
-    token = load_claim_token(claim.run_dir)
+    token = claim_token(claim.run_dir.load())
     assert token == claim.token and token.processing_etag
     fence_check(buckets.input, claim.names, token)
     buckets.input.put_bytes(claim.names.processing_key, b"another claim's bytes\n")

@@ -450,3 +450,44 @@ def test_tif_and_tiff_keys_in_any_case_are_converted_and_their_jpeg_named_withou
     buckets.output.download("Landsat/LC08 B4.jpg", tmp_path / "check.jpg")
     with rasterio.open(tmp_path / "check.jpg") as jpg:
         assert jpg.driver == "JPEG"
+
+
+def test_each_step_reads_run_json_once_and_each_guarded_write_reads_it_once(tmp_path, monkeypatch):
+    """A tick hands run.json along: every step reads it once (reconcile once per finish, under its lock), and
+    every write reads it once, to check the move against the state on disk."""
+    import collections
+
+    from cog_pipeline import pipeline
+    from cog_pipeline.run.rundir import directory, files
+    from cog_pipeline.storage.store import StoreConfig
+
+    make_example_bucket(tmp_path / "b" / "in", size=64)
+    (tmp_path / "b" / "out").mkdir()
+    loads: collections.Counter[str] = collections.Counter()
+    writes, finishes = [], []
+    real_load, real_write, real_finish = directory.RunDir.load, files.write_json_atomic, pipeline.finish
+
+    def load(self):
+        loads[sys._getframe(1).f_code.co_name] += 1
+        return real_load(self)
+
+    def write(path, data, *args, **kwargs):
+        writes.extend([path] if Path(path).name == "run.json" else [])
+        return real_write(path, data, *args, **kwargs)
+
+    def finish(*args, **kwargs):
+        finishes.append(args[0])
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(directory.RunDir, "load", load)
+    monkeypatch.setattr(files, "write_json_atomic", write)
+    monkeypatch.setattr(pipeline, "finish", finish)
+    report = scan(ScanOptions("in", "out", StoreConfig(local_root=tmp_path / "b"), tmp_path / "work", progress=False,
+                              config=config_with(workers=1)), echo=lambda _: None)
+
+    assert len(report.reconciled) == 1 and len(finishes) == 2  # the END hook's finish, then the tick's
+    guarded = ("save", "set_state", "acquire_lease", "renew_lease", "release_lease")
+    assert sum(loads[name] for name in guarded) == len(writes) - 1  # the claim's first write has nothing to check
+    steps = {name: n for name, n in loads.items() if name not in guarded}
+    assert steps.pop("_reconcile") == len(finishes)
+    assert steps and all(n == 1 for n in steps.values()), steps

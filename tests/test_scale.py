@@ -147,7 +147,7 @@ def test_publishing_takes_reconciles_outputs_and_lists_the_output_bucket_only_wh
 
     # Handed over by reconcile (as pipeline.finish does): the output bucket is not listed again.
     handed = Decisions.load(run.path)
-    handed.outputs = publish.processed_outputs(run, run.load(), LocalStore(root, "out"), None)
+    handed.outputs = publish.processed_outputs(run, run.load(), LocalStore(root, "out"), None, Preflight.load(run.path))
     out = _CountingStore(LocalStore(root, "out"))
     done = publish.after_reconcile(run, input_store=LocalStore(root, "in"), output_store=out, decisions=handed, echo=print)
     assert done["provenance"] == 2 and (run.path / REPORT_NAME).is_file() and out.listings == 0

@@ -93,7 +93,7 @@ def test_damaged_run_dirs_are_each_reported_once_and_skipped(tmp_path: Path) -> 
     (stray / "manifest.csv").write_text("a.tif,1\n")
     (tmp_path / "workflow-run-99991231-235959").mkdir()  # empty: not a problem, removed under the scan lock
     runs, problems = survey_run_dirs(tmp_path)
-    assert [r.path for r in runs] == [good.path]
+    assert [(r.path, info.timestamp) for r, info in runs] == [(good.path, good.load().timestamp)]
     assert len(problems) == 2 and all("\n" not in p for p in problems)
     assert "000002" in problems[0] and "000003" in problems[1]
     assert remove_empty_run_dirs(tmp_path) == [tmp_path / "workflow-run-99991231-235959"]

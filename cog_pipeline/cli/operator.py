@@ -204,7 +204,7 @@ def _claimed_epoch(info: Any, name: str) -> float | None:
         return None
 
 
-def status_row(run_dir: Any, now: float | None = None) -> dict[str, Any]:
+def status_row(run_dir: Any, now: float | None = None, info: Any = None) -> dict[str, Any]:
     """One run as the status table shows it: rows done/failed from reconcile.json, else from the job records
     and the pre-flight; where to look: the report, the Pegasus submit directory, or the run directory."""
     import time
@@ -213,7 +213,7 @@ def status_row(run_dir: Any, now: float | None = None) -> dict[str, Any]:
     from cog_pipeline.publishing.report import REPORT_NAME, _manifest_rows
     from cog_pipeline.run.rundir import Decisions, Preflight
 
-    info = run_dir.load()
+    info = info or run_dir.load()
     saved = Decisions.load(run_dir.path)
     if saved is not None:
         done, failed = saved.processed, saved.failed
@@ -234,7 +234,7 @@ def status_rows(work_dir: Path, now: float | None = None) -> list[dict[str, Any]
     """Every readable run under the work directory, oldest first (damaged ones are `show_runs`' warnings)."""
     from cog_pipeline.run.rundir import survey_run_dirs
 
-    return [status_row(r, now) for r in survey_run_dirs(work_dir)[0]]
+    return [status_row(r, now, info) for r, info in survey_run_dirs(work_dir)[0]]
 
 
 def scan_json(report: Any) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from cog_pipeline.errors import one_line
+from cog_pipeline.run.lease import is_alive
 from cog_pipeline.run.rundir import GENERATED, RUNNING, RunDir, survey_run_dirs
 from cog_pipeline.run.state import IN_FLIGHT
 
@@ -76,8 +77,7 @@ def status_row(run_dir: RunDir, now: float | None = None) -> dict[str, Any]:
 
 def runs_in_flight(work_dir: Path) -> list[RunDir]:
     """The unfinished runs under `work_dir` (damaged run directories are left to show_runs)."""
-    run_dirs, _ = survey_run_dirs(work_dir)
-    return [r for r in run_dirs if r.load().state in IN_FLIGHT]
+    return [r for r, info in survey_run_dirs(work_dir)[0] if info.state in IN_FLIGHT]
 
 
 def _counts_text(counts: dict[str, Any]) -> str:
@@ -87,15 +87,15 @@ def _counts_text(counts: dict[str, Any]) -> str:
 
 def show_runs(work_dir: Path, long_: bool = False) -> None:
     """One block of detail per unfinished run (the table above has their rows); a damaged run directory is one warning line."""
-    run_dirs, problems = survey_run_dirs(work_dir)
-    runs = [r for r in run_dirs if r.load().state in IN_FLIGHT]
+    surveyed, problems = survey_run_dirs(work_dir)
+    in_flight = [(r, info) for r, info in surveyed if info.state in IN_FLIGHT]
+    runs = [r for r, _ in in_flight]
     click.echo(f"runs in flight under {work_dir}: {len(runs)}")
     for problem in problems:
         click.echo(f"warning: {problem}")
     on_path = shutil.which("pegasus-status") is not None
     held = _held_jobs(runs)
-    for run_dir in runs:
-        info = run_dir.load()
+    for run_dir, info in in_flight:
         click.echo(f"- {run_dir.path.name}  {info.manifest_key}  state={info.state}  engine={info.engine}")
         if info.state == GENERATED:
             if info.engine_waiting:
@@ -112,7 +112,7 @@ def show_runs(work_dir: Path, long_: bool = False) -> None:
             if shown_state(run_dir, info) == "stopped":
                 click.echo("    stopped: its process is gone (lease expired); the next scan carries it on")
             else:
-                click.echo("    running here (its process holds the lease)" if run_dir.is_owned() else "    no submit directory recorded")
+                click.echo("    running here (its process holds the lease)" if is_alive(info.lease) else "    no submit directory recorded")
             continue
         _show_submitted(run_dir, submit_dir, long_, on_path)
         for job in held.get(run_dir.path.name, []):
@@ -160,6 +160,6 @@ def shown_state(run_dir: Any, info: Any) -> str:
     from cog_pipeline.pipeline import run_is_active
     from cog_pipeline.run.state import RunState
 
-    if info.state == RunState.RUNNING and not run_is_active(run_dir):
+    if info.state == RunState.RUNNING and not run_is_active(run_dir, info):
         return "stopped"
     return str(info.state)

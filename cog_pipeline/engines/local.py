@@ -31,7 +31,7 @@ from typing import Any
 
 from cog_pipeline.config import PipelineConfig, env_value
 from cog_pipeline.run.lease import LEASE_SECONDS
-from cog_pipeline.run.rundir import RUNNING, LeaseHeld, Preflight, RunDir, RunState
+from cog_pipeline.run.rundir import RUNNING, LeaseHeld, Preflight, RunDir, RunInfo, RunState
 from cog_pipeline.run.rundir.jobs import JobRecord, job_file
 from cog_pipeline.run.state import FINAL
 from cog_pipeline.storage.store import LocalStore, StoreError, open_store
@@ -83,9 +83,10 @@ def _catalog_keys(path: Path, bucket: str, local_root: Path | None) -> dict[str,
     return {lfn: key for lfn, (_, key) in objects.items()}
 
 
-def load_jobs(run_dir: RunDir) -> tuple[list[JobSpec], list[str]]:
-    """Resolve the generated workflow into runnable jobs and the END hook commands."""
-    info = run_dir.load()
+def load_jobs(run_dir: RunDir, info: RunInfo | None = None) -> tuple[list[JobSpec], list[str]]:
+    """Resolve the generated workflow into runnable jobs and the END hook commands (`info`: run.json as the
+    caller just read it)."""
+    info = info or run_dir.load()
     workflow = _load_yaml(run_dir.file(RunDir.WORKFLOW))
     local_root = info.store_config.local_root
     where_in = _catalog_keys(run_dir.file(RunDir.REPLICAS), info.input_bucket, local_root)
@@ -270,22 +271,22 @@ class _Run:
     hook_thread: threading.Thread | None = None
 
 
-def check_runnable(run_dir: RunDir) -> None:
-    """RunFinished for a run in a final state (left exactly as it is); WorkflowError for one this engine
-    cannot run (not generated, or submitted to another engine)."""
-    info = run_dir.load()
+def check_runnable(run_dir: RunDir, info: RunInfo | None = None) -> RunInfo:
+    """run.json, as read (or `info`); RunFinished for a run in a final state (left exactly as it is);
+    WorkflowError for one this engine cannot run (not generated, or submitted to another engine)."""
+    info = info or run_dir.load()
     if info.state in FINAL:
         raise RunFinished(f"{run_dir.path} is already {info.state}: nothing to do")
     if info.state not in (RunState.GENERATED, RUNNING):
         raise WorkflowError(f"{run_dir.path} is {info.state}: generate its workflow first")
     if info.engine != "local" and info.state == RUNNING:
         raise WorkflowError(f"{run_dir.path} was submitted to {info.engine}; it cannot also run here")
+    return info
 
 
 def _start(run_dir: RunDir) -> _Run:
     """The run's jobs still to do, with its lease held and its state RUNNING."""
-    check_runnable(run_dir)
-    jobs, hooks = load_jobs(run_dir)
+    jobs, hooks = load_jobs(run_dir, check_runnable(run_dir))
     taken = run_dir.acquire_lease()
     done = set(run_dir.job_records())
     todo = [job for job in jobs if job.job_id not in done]

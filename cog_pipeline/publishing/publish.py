@@ -25,14 +25,15 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def processed_outputs(run_dir: RunDir, info: RunInfo, output_store: ObjectStore, decisions: Decisions | None) -> list[ProcessedOutput]:
+def processed_outputs(run_dir: RunDir, info: RunInfo, output_store: ObjectStore, decisions: Decisions | None,
+                      preflight: Preflight | None) -> list[ProcessedOutput]:
     """Every processed row's outputs (duplicates once, in manifest order): as reconcile handed them over, or,
     when this process did not reconcile the run (a publish a crash interrupted), decided again from the bucket."""
     if decisions is not None and decisions.outputs is not None:
         return decisions.outputs
     from cog_pipeline.publishing.reconcile import decided_rows
 
-    return [o.output for o in decided_rows(run_dir, info, output_store, Preflight.load(run_dir.path)) if o.output is not None]
+    return [o.output for o in decided_rows(run_dir, info, output_store, preflight) if o.output is not None]
 
 
 def listed_versions(preflight: Preflight | None, keys: set[str]) -> dict[str, ObjectInfo] | None:
@@ -52,7 +53,8 @@ def needs_publishing(run_dir: RunDir) -> bool:
     return not (run_dir.path / REPORT_NAME).is_file()
 
 
-def write_run_provenance(run_dir: RunDir, info: RunInfo, input_store: ObjectStore, processed: list[ProcessedOutput]) -> tuple[int, dict[str, ObjectInfo]]:
+def write_run_provenance(run_dir: RunDir, info: RunInfo, input_store: ObjectStore, processed: list[ProcessedOutput],
+                         preflight: Preflight | None) -> tuple[int, dict[str, ObjectInfo]]:
     """provenance.jsonl from reconcile's outputs and the inputs' versions: (lines, those versions).
 
     Each input's version is the one the workflow generator listed (preflight-sizes.csv): each job read exactly
@@ -61,7 +63,7 @@ def write_run_provenance(run_dir: RunDir, info: RunInfo, input_store: ObjectStor
     from cog_pipeline.publishing.provenance import record_provenance
     from cog_pipeline.storage.listing import find_keys
 
-    sources = listed_versions(Preflight.load(run_dir.path), {o.key for o in processed})
+    sources = listed_versions(preflight, {o.key for o in processed})
     if sources is None:
         sources = find_keys(input_store, (o.key for o in processed))
     lines = record_provenance(run_dir.path, processed=processed, sources=sources,
@@ -79,31 +81,35 @@ def write_run_stac(info: RunInfo, output_store: ObjectStore, processed: list[Pro
 
 def write_and_upload_report(run_dir: RunDir, info: RunInfo, input_store: ObjectStore, output_store: ObjectStore,
                             processed: list[ProcessedOutput], decisions: Decisions | None,
-                            sources: dict[str, ObjectInfo] | None) -> tuple[Path, str]:
+                            sources: dict[str, ObjectInfo] | None, preflight: Preflight | None) -> tuple[Path, str]:
     """report.html in the run directory, then the same file beside the result files: (path, key)."""
     from cog_pipeline.publishing.report import upload_report, write_report
 
     path = write_report(run_dir.path, output_store=output_store, input_store=input_store, info=info,
-                        decisions=decisions, processed=processed, sources=sources)
+                        decisions=decisions, processed=processed, sources=sources, preflight=preflight)
     return path, upload_report(run_dir.path, input_store, info=info)
 
 
 def after_reconcile(run_dir: RunDir, input_store: ObjectStore | None = None, output_store: ObjectStore | None = None,
-                    echo: Echo | None = None, decisions: Decisions | None = None) -> dict[str, Any]:
+                    echo: Echo | None = None, decisions: Decisions | None = None, info: RunInfo | None = None,
+                    preflight: Preflight | None = None) -> dict[str, Any]:
     """Provenance, STAC (when run.json says `stac`), report: each best effort, one warning line when it fails.
 
-    `decisions`: what reconcile decided, with the outputs its listing found (ReconcileResult.decisions).
-    Returns what was written: {"provenance": lines, "stac": keys, "report": path, "report_key": key}.
+    The documents reconcile hands over (ReconcileResult): `decisions`, with the outputs its listing found,
+    `info` (run.json as reconcile wrote it) and `preflight`; whatever is not given is read from the run
+    directory. Returns what was written: {"provenance": lines, "stac": keys, "report": path, "report_key": key}.
     """
     say = echo or _stderr
-    info = run_dir.load()
+    info = info or run_dir.load()
     done: dict[str, Any] = {}
     try:
         input_store = input_store or open_store(info.input_bucket, info.store_config)
         output_store = output_store or open_store(info.output_bucket, info.store_config)
         if decisions is None:
             decisions = Decisions.load(run_dir.path)
-        processed = processed_outputs(run_dir, info, output_store, decisions)
+        if preflight is None:
+            preflight = Preflight.load(run_dir.path)
+        processed = processed_outputs(run_dir, info, output_store, decisions, preflight)
     except Exception as exc:  # noqa: BLE001 - the result files are out; this is a nicety
         say(f"warning: {run_dir.path.name}: no report or provenance: cannot read the buckets: {exc}")
         return done
@@ -111,13 +117,13 @@ def after_reconcile(run_dir: RunDir, input_store: ObjectStore | None = None, out
 
     def provenance() -> int:
         nonlocal sources
-        lines, sources = write_run_provenance(run_dir, info, input_store, processed)
+        lines, sources = write_run_provenance(run_dir, info, input_store, processed, preflight)
         return lines
 
     steps: list[tuple[str, Callable[[], Any]]] = [("provenance", provenance)]
     if info.stac:
         steps.append(("stac", lambda: write_run_stac(info, output_store, processed)))
-    steps.append(("report", lambda: write_and_upload_report(run_dir, info, input_store, output_store, processed, decisions, sources)))
+    steps.append(("report", lambda: write_and_upload_report(run_dir, info, input_store, output_store, processed, decisions, sources, preflight)))
     for name, step in steps:
         try:
             done[name] = step()

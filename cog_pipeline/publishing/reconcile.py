@@ -51,7 +51,11 @@ class ReconcileResult:
     failed_key: str | None
     reasons_key: str | None
     already_done: bool = False
-    decisions: Decisions | None = field(default=None, repr=False, compare=False)  # handed on to publishing
+    # The documents handed on to publishing: reconcile's decisions, run.json as written, the pre-flight's
+    # summary (None when this reconcile did not read it).
+    decisions: Decisions | None = field(default=None, repr=False, compare=False)
+    info: RunInfo | None = field(default=None, repr=False, compare=False)
+    preflight: Preflight | None = field(default=None, repr=False, compare=False)
 
 
 class _PreFailed:
@@ -247,23 +251,25 @@ def _run_lock(run_dir: RunDir) -> Iterator[None]:
 
 
 def _reconcile(run_dir: RunDir, input_store: ObjectStore | None, output_store: ObjectStore | None) -> ReconcileResult:
-    info = run_dir.load()
+    info = run_dir.load()  # under the run's lock: another process may have reconciled it meanwhile
     names = RunNames(info.manifest_key, info.timestamp)
     # A damaged or absent reconcile.json is decided again from the bucket (the same outputs and claim time
     # give the same decisions), so a damaged file never wedges the run.
     saved = Decisions.load(run_dir.path)
     if info.state == RECONCILED and saved is not None:
-        return ReconcileResult(**saved.result, already_done=True, decisions=saved)
+        return ReconcileResult(**saved.result, already_done=True, decisions=saved, info=info)
     config = info.store_config
     input_store = input_store or open_store(info.input_bucket, config)
 
+    preflight = None
     if saved is None:
         output_store = output_store or open_store(info.output_bucket, config)
-        saved = _decide_and_write(run_dir, info, names, output_store)
+        preflight = Preflight.load(run_dir.path)
+        saved = _decide_and_write(run_dir, info, names, output_store, preflight)
 
     results_dir = run_dir.path / RunDir.RESULTS
     publish = {k: results_dir / k.rpartition("/")[2] for k in (saved.processed_key, saved.failed_key, saved.reasons_key) if k}
-    fence_before_results(input_store, run_dir, names, publish)  # ClaimLost: the run is ABANDONED, nothing written
+    fence_before_results(input_store, run_dir, info, names, publish)  # ClaimLost: the run is ABANDONED, nothing written
     for key, path in publish.items():
         # Created only if absent (a repeat recognises its own bytes): never over another run's result file.
         try:
@@ -271,16 +277,17 @@ def _reconcile(run_dir: RunDir, input_store: ObjectStore | None, output_store: O
         except PreconditionFailed:
             raise StoreError(f"{input_store.url(key)} exists with other content (another run's result file); not overwritten") from None
     input_store.delete(names.processing_key)
-    run_dir.set_state(RECONCILED)
-    return ReconcileResult(**saved.result, decisions=saved)
+    info = run_dir.set_state(RECONCILED)
+    return ReconcileResult(**saved.result, decisions=saved, info=info, preflight=preflight)
 
 
-def _decide_and_write(run_dir: RunDir, info: RunInfo, names: RunNames, output_store: ObjectStore) -> Decisions:
+def _decide_and_write(run_dir: RunDir, info: RunInfo, names: RunNames, output_store: ObjectStore,
+                      preflight: Preflight | None) -> Decisions:
     """Decide every row, writing the result files into results/ as the rows stream by; then reconcile.json."""
     decisions = Decisions(outputs=[])
     files = _ResultFiles(run_dir.path / RunDir.RESULTS)
     try:
-        for outcome in decided_rows(run_dir, info, output_store, Preflight.load(run_dir.path)):
+        for outcome in decided_rows(run_dir, info, output_store, preflight):
             files.add(outcome)
             decisions.add(outcome.line, outcome.text, outcome.status, outcome.reason, outcome.note, outcome.duplicate,
                           outcome.output.key if outcome.output is not None else None)

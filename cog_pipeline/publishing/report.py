@@ -123,7 +123,8 @@ def _resubmit_hint(manifest_key: str, failed_key: str | None) -> str:
 
 def load_run(run_dir: Path, *, output_store: ObjectStore | None = None, input_store: ObjectStore | None = None,
              thumbnails: bool = True, info: RunInfo | None = None, decisions: Decisions | None = None,
-             processed: list[ProcessedOutput] | None = None, sources: dict[str, ObjectInfo] | None = None) -> RunView:
+             processed: list[ProcessedOutput] | None = None, sources: dict[str, ObjectInfo] | None = None,
+             preflight: Preflight | None = None) -> RunView:
     """Read a run directory (and, when stores are given, sizes and thumbnails) into a RunView.
 
     Publishing hands over what it holds (run.json, reconcile's decisions with the outputs its listing found,
@@ -139,7 +140,8 @@ def load_run(run_dir: Path, *, output_store: ObjectStore | None = None, input_st
             info = None
     if decisions is None:
         decisions = Decisions.load(run_dir)
-    preflight = Preflight.load(run_dir)
+    if preflight is None:
+        preflight = Preflight.load(run_dir)
     result = decisions.result if decisions is not None else {}
     manifest_key = info.manifest_key if info is not None else ""
     resubmit = _resubmit_hint(manifest_key, result.get("failed_key"))

@@ -351,9 +351,9 @@ def fence_check(store: ObjectStore, names: RunNames, token: ClaimToken) -> None:
         raise ClaimLost(f"{names.processing_key} is not this claim's processing file any more ({exc})") from None
 
 
-def load_claim_token(run_dir: RunDir) -> ClaimToken | None:
+def claim_token(info: RunInfo) -> ClaimToken | None:
     """The token a claim recorded in run.json (None for runs claimed before fencing existed)."""
-    data = run_dir.load().claim_token
+    data = info.claim_token
     return ClaimToken.from_json(data) if isinstance(data, dict) else None
 
 
@@ -372,7 +372,7 @@ def _results_in_place(store: ObjectStore, results: dict[str, Path]) -> bool:
     return True
 
 
-def fence_before_results(store: ObjectStore, run_dir: RunDir, names: RunNames, results: dict[str, Path]) -> None:
+def fence_before_results(store: ObjectStore, run_dir: RunDir, info: RunInfo, names: RunNames, results: dict[str, Path]) -> None:
     """The fence reconcile passes before it writes any result file (`results`: key -> local copy).
 
     Runs claimed before fencing existed carry no token and pass. A repeated reconcile whose result files
@@ -381,7 +381,7 @@ def fence_before_results(store: ObjectStore, run_dir: RunDir, names: RunNames, r
     result file of it is ever written, so the manifest is answered once, by whoever holds it now) and
     ClaimLost is raised.
     """
-    token = load_claim_token(run_dir)
+    token = claim_token(info)
     if token is None:
         return
     try:
@@ -423,9 +423,6 @@ def claim_one(
         if not isinstance(outcome, frozenset):
             break
         taken = taken | outcome
-    if outcome is not None and outcome.run_dir.load().unknown.get(FAILS_WHOLE):
-        # Its rows are failed by the workflow's preflight, and the run answered as any other.
-        return replace(outcome, failed=str(outcome.run_dir.load().unknown[FAILS_WHOLE]))
     return outcome
 
 
@@ -480,11 +477,11 @@ def _claim_as(
         raise
     token = replace(token, processing_etag=processing.etag)
     fence.token = token
-    info = run_dir.load()
     info.claim_token = token.to_json()
     run_dir.save(info)
-    _finish_claim(store, run_dir, names, processing, read.etag, fence)
-    return Claim(run_dir, names, token)
+    _finish_claim(store, run_dir, info, names, processing, read.etag, fence)
+    # A name that is not UTF-8 fails the manifest whole: the workflow's preflight fails its rows with the reason.
+    return Claim(run_dir, names, token, failed=name_problem)
 
 
 def _raw_key(info: RunInfo) -> str:
@@ -530,9 +527,9 @@ def _taken_over(store: ObjectStore, names: RunNames, manifest_etag: str, raw_key
 
 
 def _finish_claim(
-    store: ObjectStore, run_dir: RunDir, names: RunNames, processing: ObjectInfo, etag: str, fence: _Fence | None = None
+    store: ObjectStore, run_dir: RunDir, info: RunInfo, names: RunNames, processing: ObjectInfo, etag: str,
+    fence: _Fence | None = None,
 ) -> None:
-    info = run_dir.load()
     info.state = CLAIMED
     info.claimed_at = processing.last_modified.isoformat()
     run_dir.save(info)
@@ -661,11 +658,11 @@ def _recover_local(store: ObjectStore, run_dir: RunDir) -> list[str]:
             run_dir.set_state(ABANDONED)
             shutil.rmtree(run_dir.path, ignore_errors=True)
             return [f"undid an interrupted claim of {info.manifest_key}; it stays raw"]
-        token = load_claim_token(run_dir)
+        token = claim_token(info)
         if token is not None and not token.processing_etag:
             info.claim_token = replace(token, processing_etag=processing.etag).to_json()
             run_dir.save(info)
-        _finish_claim(store, run_dir, names, processing, etag)
+        _finish_claim(store, run_dir, info, names, processing, etag)
         return [f"completed an interrupted claim of {info.manifest_key} -> {names.processing_key}"]
     # Claimed, but the raw manifest or the marker outlived a crash.
     _delete_raw(store, _raw_key(info), etag)

@@ -78,45 +78,56 @@ class RunDir:
         return RunInfo.from_json(data, str(path))
 
     def save(self, info: RunInfo) -> None:
-        """Write run.json, refusing any move the state machine does not allow."""
-        old = self.load().state if self.exists() else None
+        """Write run.json, refusing any move the state machine does not allow (from the state on disk)."""
+        self._write(self.load().state if self.exists() else None, info)
+
+    def _write(self, old: RunState | None, info: RunInfo) -> None:
         check_transition(old, parse_state(info.state), str(self.path))
         files.write_json_atomic(self.path / self.RUN_JSON, info.to_json())
 
-    def set_state(self, state: RunState | str, **facts: Any) -> RunInfo:
-        """Move to `state` (or stay) and record `facts` in one write: names of RunInfo's fields or of its
-        engine sub-record's (`submit_dir=...` lands in `info.pegasus`)."""
+    def set_state(self, state: RunState | str | None, **facts: Any) -> RunInfo:
+        """Move to `state` (None: stay) and record `facts` in one read and one write: names of RunInfo's
+        fields or of its engine sub-record's (`submit_dir=...` lands in `info.pegasus`). Returns what it wrote."""
         info = self.load()
-        info.state = parse_state(state)
+        old = info.state
+        if state is not None:
+            info.state = parse_state(state)
         for name, value in facts.items():
             info.set_fact(name, value)
-        self.save(info)
+        self._write(old, info)
         return info
 
     def update(self, **facts: Any) -> RunInfo:
         """Record facts without moving."""
-        return self.set_state(self.load().state, **facts)
+        return self.set_state(None, **facts)
 
     def acquire_lease(self) -> bool:
-        """Take the run's lease for this process. False when a live owner holds it; True when this process
-        took it now. A lease already ours is renewed and counts as not newly taken (raises nothing)."""
+        """Take the run's lease for this process. False when the lease was already ours (it is renewed, and
+        counts as not newly taken); True when this process took it now. LeaseHeld when a live owner holds it."""
         info = self.load()
-        if leases.is_mine(info.lease):
-            self.renew_lease()
-            return False
-        if leases.is_alive(info.lease):
+        if leases.is_alive(info.lease) and not leases.is_mine(info.lease):
             raise LeaseHeld(f"{self.path} is being carried on by {info.lease.owner_id}; try again later")
-        self.update(owner=leases.mine().to_json())
-        return True
+        taken = not leases.is_mine(info.lease)
+        info.owner = leases.mine().to_json()
+        self._write(info.state, info)
+        return taken
 
     def renew_lease(self) -> None:
-        if leases.is_mine(self.load().lease):
-            self.update(owner=leases.mine().to_json())
+        info = self.load()
+        if leases.is_mine(info.lease):
+            info.owner = leases.mine().to_json()
+            self._write(info.state, info)
 
-    def release_lease(self) -> None:
-        """Give the lease up, if it is this process's (a lease taken over by another owner stays)."""
-        if self.exists() and leases.is_mine(self.load().lease):
-            self.update(owner=None)
+    def release_lease(self) -> RunInfo | None:
+        """Give the lease up, if it is this process's (a lease taken over by another owner stays). Returns the
+        run as it stands then (None: it has no run.json)."""
+        if not self.exists():
+            return None
+        info = self.load()
+        if leases.is_mine(info.lease):
+            info.owner = None
+            self._write(info.state, info)
+        return info
 
     def is_owned(self) -> bool:
         """Someone (this process or another live one) holds the run's lease."""
@@ -145,12 +156,13 @@ def _candidates(work_dir: Path) -> list[Path]:
 
 def list_run_dirs(work_dir: Path) -> list[RunDir]:
     """Every run directory whose run.json can be read (damaged ones: see `survey_run_dirs`)."""
-    return survey_run_dirs(work_dir)[0]
+    return [run_dir for run_dir, _ in survey_run_dirs(work_dir)[0]]
 
 
-def survey_run_dirs(work_dir: Path) -> tuple[list[RunDir], list[str]]:
-    """(readable run directories, one-line problems of the others). Empty directories are not problems."""
-    good: list[RunDir] = []
+def survey_run_dirs(work_dir: Path) -> tuple[list[tuple[RunDir, RunInfo]], list[str]]:
+    """(readable run directories with their run.json as read, one-line problems of the others). Empty
+    directories are not problems."""
+    good: list[tuple[RunDir, RunInfo]] = []
     problems: list[str] = []
     for path in _candidates(work_dir):
         run_dir = RunDir(path)
@@ -159,11 +171,9 @@ def survey_run_dirs(work_dir: Path) -> tuple[list[RunDir], list[str]]:
                 problems.append(f"{path} has no {RunDir.RUN_JSON}; skipped")
             continue
         try:
-            run_dir.load()
+            good.append((run_dir, run_dir.load()))
         except DamagedRunDir as exc:
             problems.append(f"{exc}; skipped")
-            continue
-        good.append(run_dir)
     return good, problems
 
 
