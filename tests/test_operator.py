@@ -348,3 +348,13 @@ def test_every_json_output_carries_the_schema_version_and_its_errors(tmp_path):
     gone = CliRunner().invoke(main, ["provenance", "--local-root", str(tmp_path), "--bucket", "out", "--key", "no such.tif", "--json"])
     out = json.loads(gone.stdout)
     assert gone.exit_code == 1 and out["schema_version"] == SCHEMA_VERSION and "no such.tif" in out["error"] and "%20" not in out["error"]
+
+
+def test_status_into_a_closed_pipe_exits_quietly(tmp_path):
+    """`cog-pipeline status | head`: the reader going away is not an error line."""
+    (tmp_path / "work").mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "cog_pipeline", "status", "-w", str(tmp_path / "work")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # no reader: the first write meets EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and err == ""

@@ -5,6 +5,7 @@ Kept apart from cli.py so crondor/ can use them without importing the CLI that i
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -169,6 +170,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except (StoreError, ClaimError, WorkflowError, DamagedRunDir, LeaseHeld, IllegalTransition) as exc:
             fail(str(exc))
         except OSError as exc:  # a read-only or full disk, a missing file: the path and the reason, one line
+            if exc.errno == errno.EPIPE:
+                raise  # the reader went away (`cog-pipeline status | head`): click exits quietly
             fail(os_error_line(exc))
         except RUN_FILE_ERRORS as exc:
             fail(f"a run file cannot be read: {one_line(exc)}")
