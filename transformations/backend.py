@@ -8,36 +8,27 @@ is loaded on first use, so importing the package costs no GDAL start-up.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+import importlib
+from typing import Any, List, Optional
 
 from .exit_codes import ConversionError, ExitCode
 
 _loaded: Optional[Any] = None
-_problem: Optional[str] = None
-
-
-def _load() -> Tuple[Optional[Any], Optional[str]]:
-    problems = []
-    try:
-        from .backend_osgeo import OsgeoBackend  # noqa: PLC0415
-
-        return OsgeoBackend(), None
-    except ImportError as exc:
-        problems.append(f"osgeo: {exc}")
-    try:
-        from .backend_rasterio import RasterioBackend  # noqa: PLC0415
-
-        return RasterioBackend(), None
-    except ImportError as exc:
-        problems.append(f"rasterio: {exc}")
-    return None, "no GDAL Python binding available (" + "; ".join(problems) + ")"
+_problems: List[str] = []
 
 
 def loaded_backend() -> Optional[Any]:
-    """The backend, loading it on first call; None when no binding is importable."""
-    global _loaded, _problem
-    if _loaded is None and _problem is None:
-        _loaded, _problem = _load()
+    """The backend (``OsgeoBackend``, else ``RasterioBackend``), loading it on first call; None when no binding
+    is importable."""
+    global _loaded
+    if _loaded is None and not _problems:
+        for name in ("osgeo", "rasterio"):
+            try:
+                module = importlib.import_module(f"{__package__}.backend_{name}")
+                _loaded = getattr(module, f"{name.capitalize()}Backend")()
+                break
+            except ImportError as exc:
+                _problems.append(f"{name}: {exc}")
     return _loaded
 
 
@@ -45,5 +36,5 @@ def get_backend() -> Any:
     """The backend, or ConversionError(INTERNAL) naming why no binding could be loaded."""
     backend = loaded_backend()
     if backend is None:
-        raise ConversionError(ExitCode.INTERNAL, _problem or "no GDAL backend")
+        raise ConversionError(ExitCode.INTERNAL, "no GDAL Python binding available (" + "; ".join(_problems) + ")")
     return backend

@@ -10,9 +10,8 @@ if TYPE_CHECKING:
 from .exit_codes import GdalFailure
 from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo, numpy_dtype_name
 
-class OsgeoBackend:
-    """GDAL's own Python bindings (the stock GDAL containers)."""
 
+class OsgeoBackend:
     name = "osgeo"
 
     def __init__(self) -> None:
@@ -45,13 +44,8 @@ class OsgeoBackend:
 
     def _open(self, path: str, drivers: Optional[List[str]] = None) -> Any:
         gdal = self.gdal
-
-        def do() -> Any:
-            if drivers:
-                return gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY, allowed_drivers=drivers)
-            return gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
-
-        ds, messages = self._call(do)
+        kw = {"allowed_drivers": drivers} if drivers else {}
+        ds, messages = self._call(lambda: gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY, **kw))
         if ds is None:
             raise GdalFailure.after(messages, f"GDAL cannot open {path}")
         return ds
@@ -61,23 +55,15 @@ class OsgeoBackend:
         ds = self._open(path, drivers)
         bands = [ds.GetRasterBand(i + 1) for i in range(ds.RasterCount)]
         b1 = bands[0] if bands else None
-        ovr = []
-        if b1 is not None and overviews:
-            for i in range(b1.GetOverviewCount()):
-                o = b1.GetOverview(i)
-                ovr.append((o.XSize, o.YSize))
+        levels = range(b1.GetOverviewCount()) if b1 is not None and overviews else []
         return RasterInfo(
-            path=path,
-            driver=ds.GetDriver().ShortName,
-            width=ds.RasterXSize,
-            height=ds.RasterYSize,
-            count=ds.RasterCount,
-            dtypes=[numpy_dtype_name(gdal.GetDataTypeName(b.DataType)) for b in bands],
+            path=path, driver=ds.GetDriver().ShortName, width=ds.RasterXSize, height=ds.RasterYSize,
+            count=ds.RasterCount, dtypes=[numpy_dtype_name(gdal.GetDataTypeName(b.DataType)) for b in bands],
             nodata=[b.GetNoDataValue() for b in bands],
             colorinterp=[gdal.GetColorInterpretationName(b.GetColorInterpretation()).lower() for b in bands],
             mask_flags=[b.GetMaskFlags() for b in bands],
             block_size=tuple(b1.GetBlockSize()) if b1 is not None else (0, 0),
-            overview_sizes=ovr,
+            overview_sizes=[(o.XSize, o.YSize) for o in (b1.GetOverview(i) for i in levels)],
             has_palette=bool(b1 is not None and b1.GetColorTable() is not None),
         )
 
@@ -102,14 +88,8 @@ class OsgeoBackend:
             raise GdalFailure.after(messages, f"{driver} CreateCopy failed")
         return messages
 
-    def read(
-        self,
-        path: str,
-        bands: Sequence[int],
-        window: Optional[Tuple[int, int, int, int]] = None,
-        out_shape: Optional[Tuple[int, int]] = None,
-        masks: bool = False,
-    ) -> np.ndarray:
+    def read(self, path: str, bands: Sequence[int], window: Optional[Tuple[int, int, int, int]] = None,
+             out_shape: Optional[Tuple[int, int]] = None, masks: bool = False) -> np.ndarray:
         import numpy as np  # noqa: PLC0415 - only where pixels are read (uint8 conversions never import it)
 
         ds = self._open(path)

@@ -1,15 +1,18 @@
-"""The GDAL bundled in rasterio's wheels (this project's Python environment).
-"""
+"""The GDAL bundled in rasterio's wheels (this project's Python environment)."""
 
 from __future__ import annotations
 
 import logging
-import numpy as np
+import sys
 import threading
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from .exit_codes import GdalFailure
 from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo
+
 
 def import_rasterio_without_boto3() -> None:
     """Import rasterio without letting it import boto3 (for its AWS sessions, when boto3 is installed).
@@ -18,8 +21,6 @@ def import_rasterio_without_boto3() -> None:
     opener (ranged.py), never through rasterio's AWS sessions; boto3's import costs ~0.3 CPU-s and ~19 MiB
     of RSS (measured) in every pool worker and in a scan on folder buckets. boto3 is importable again
     afterwards for whoever needs it (the S3 store)."""
-    import sys  # noqa: PLC0415
-
     if "rasterio" in sys.modules or "boto3" in sys.modules:
         return
     sys.modules["boto3"] = None  # type: ignore[assignment] - `import boto3` raises ImportError meanwhile
@@ -31,8 +32,6 @@ def import_rasterio_without_boto3() -> None:
 
 
 class RasterioBackend:
-    """The GDAL bundled in rasterio's wheels (this project's Python environment)."""
-
     name = "rasterio"
 
     def __init__(self) -> None:
@@ -48,8 +47,7 @@ class RasterioBackend:
         self._window = Window
         self.version = rasterio.__gdal_version__
         self._records: Dict[int, List[str]] = {}
-        handler = _ThreadLogCapture(self._records)
-        logging.getLogger("rasterio").addHandler(handler)
+        logging.getLogger("rasterio").addHandler(_ThreadLogCapture(self._records))
 
     def _call(self, fn: Callable[[], Any]) -> Tuple[Any, List[str]]:
         tid = threading.get_ident()
@@ -64,20 +62,14 @@ class RasterioBackend:
             self._records.pop(tid, None)
 
     def _open(self, path: str, drivers: Optional[List[str]] = None) -> Any:
-        import warnings  # noqa: PLC0415
-
         def do() -> Any:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # NotGeoreferencedWarning and friends
-                if drivers:
-                    return self.rasterio.open(path, driver=drivers[0] if len(drivers) == 1 else None)
-                return self.rasterio.open(path)
+                return self.rasterio.open(path, driver=drivers[0] if drivers and len(drivers) == 1 else None)
 
         return self._call(do)[0]
 
     def info(self, path: str, drivers: Optional[List[str]] = None, overviews: bool = True) -> RasterInfo:
-        import warnings  # noqa: PLC0415
-
         with self._open(path, drivers) as ds:
             ovr = []
             if ds.count and overviews:
@@ -92,25 +84,16 @@ class RasterioBackend:
                     ds.colormap(1)
                     has_palette = True
                 except ValueError:
-                    has_palette = False
+                    pass
             return RasterInfo(
-                path=path,
-                driver=ds.driver,
-                width=ds.width,
-                height=ds.height,
-                count=ds.count,
-                dtypes=list(ds.dtypes),
-                nodata=list(ds.nodatavals),
-                colorinterp=[ci.name.lower() for ci in ds.colorinterp],
+                path=path, driver=ds.driver, width=ds.width, height=ds.height, count=ds.count,
+                dtypes=list(ds.dtypes), nodata=list(ds.nodatavals), colorinterp=[ci.name.lower() for ci in ds.colorinterp],
                 mask_flags=[sum(int(f.value) for f in flags) for flags in ds.mask_flag_enums],
                 block_size=(ds.block_shapes[0][1], ds.block_shapes[0][0]) if ds.count else (0, 0),
-                overview_sizes=ovr,
-                has_palette=has_palette,
+                overview_sizes=ovr, has_palette=has_palette,
             )
 
     def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]:
-        import warnings  # noqa: PLC0415
-
         def do() -> Any:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -118,14 +101,8 @@ class RasterioBackend:
 
         return self._call(do)[1]
 
-    def read(
-        self,
-        path: str,
-        bands: Sequence[int],
-        window: Optional[Tuple[int, int, int, int]] = None,
-        out_shape: Optional[Tuple[int, int]] = None,
-        masks: bool = False,
-    ) -> np.ndarray:
+    def read(self, path: str, bands: Sequence[int], window: Optional[Tuple[int, int, int, int]] = None,
+             out_shape: Optional[Tuple[int, int]] = None, masks: bool = False) -> np.ndarray:
         with self._open(path) as ds:
             win = self._window(*window) if window else None
             h, w = (window[3], window[2]) if window else (ds.height, ds.width)
@@ -133,9 +110,7 @@ class RasterioBackend:
 
             def do() -> np.ndarray:
                 if masks:
-                    return np.stack(
-                        [ds.read_masks(b, window=win, out_shape=shape[1:]) for b in bands]
-                    )
+                    return np.stack([ds.read_masks(b, window=win, out_shape=shape[1:]) for b in bands])
                 return ds.read(list(bands), window=win, out_shape=shape)
 
             return self._call(do)[0]

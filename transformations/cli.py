@@ -1,11 +1,11 @@
-"""The ``generate_cog`` command line: arguments in, exit code and at most one stderr line out.
-"""
+"""The ``generate_cog`` command line: arguments in, exit code and at most one stderr line out."""
 
 from __future__ import annotations
 
 import argparse
 import base64
 import binascii
+import contextlib
 import errno
 import hashlib
 import json
@@ -13,13 +13,14 @@ import os
 import sys
 import tempfile
 import time
-from typing import IO, Dict, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 from .backend import loaded_backend
 from .convert import ConversionResult, convert, default_profile
 from .exit_codes import ConversionError, ExitCode, one_line
 from .profile import FIELDS, with_overrides
 from .settings import CACHE_SHARE, DEFAULT_MEMORY_BUDGET_MB, ENV, env
+
 
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
@@ -74,17 +75,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return ExitCode.USAGE
     # GDAL, libtiff and Python warnings may write to the process's stderr from any thread;
     # the contract is ONE line there, so they go to a temporary file (shown with --verbose).
-    captured = tempfile.TemporaryFile(mode="w+b")
-    saved_fd = _redirect_stderr(captured.fileno())
-    try:
-        code, line, summary = _run_conversion(args, metadata)
-    finally:
-        _restore_stderr(saved_fd)
-    if code and args.empty_outputs_on_failure:
-        _leave_empty_outputs(args.output_tif, args.output_jpg)
-    if args.verbose:
-        _print_verbose(captured, summary)
-    captured.close()
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        with _stderr_to(captured.fileno()):
+            code, line, summary = _run_conversion(args, metadata)
+        if code and args.empty_outputs_on_failure:
+            _leave_empty_outputs(args.output_tif, args.output_jpg)
+        if args.verbose:  # GDAL's captured messages on stderr, then the summary on stdout
+            captured.seek(0)
+            noise = captured.read().decode("utf-8", "replace").strip()
+            if noise:
+                print(noise, file=sys.stderr)
+            if summary:
+                print(summary)
     if line:
         print(one_line(line), file=sys.stderr)
     return int(code)
@@ -93,10 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _leave_empty_outputs(*paths: str) -> None:
     """Empty files where a failed conversion wrote none (--empty-outputs-on-failure); never raises."""
     for path in paths:
-        try:
-            with open(path, "xb"):
-                pass
-        except OSError:
+        with contextlib.suppress(OSError), open(path, "xb"):
             pass
 
 
@@ -129,23 +128,23 @@ def _metadata_from_args(args: argparse.Namespace) -> Dict[str, str]:
     return metadata
 
 
-def _redirect_stderr(fd: int) -> Optional[int]:
-    """Point file descriptor 2 at ``fd``; the saved original, or None when it cannot be redirected."""
+@contextlib.contextmanager
+def _stderr_to(fd: int) -> Iterator[None]:
+    """Point file descriptor 2 at ``fd`` (unless it cannot be redirected), then back, so our one line reaches
+    the real stderr."""
     try:
         sys.stderr.flush()
-        saved_fd = os.dup(2)
+        saved_fd: Optional[int] = os.dup(2)
         os.dup2(fd, 2)
     except OSError:
-        return None
-    return saved_fd
-
-
-def _restore_stderr(saved_fd: Optional[int]) -> None:
-    """Undo :func:`_redirect_stderr`, so our one line reaches the real stderr."""
-    if saved_fd is not None:
-        sys.stderr.flush()
-        os.dup2(saved_fd, 2)
-        os.close(saved_fd)
+        saved_fd = None
+    try:
+        yield
+    finally:
+        if saved_fd is not None:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
 
 
 def _run_conversion(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[int, str, str]:
@@ -196,17 +195,9 @@ def _convert_args(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[i
     if args.metadata_b64 is not None:  # what only the worker knows: its GDAL, and when it wrote the COG
         metadata.setdefault("GDAL_VERSION", str(getattr(backend, "version", "unknown")))
         metadata.setdefault("CREATED_UTC", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    result = convert(
-        args.input,
-        args.output_tif,
-        args.output_jpg,
-        args.bands,
-        profile=args.profile,
-        threads=args.threads,
-        verify_pixels=args.verify_pixels,
-        metadata=metadata,
-        memory_budget_mb=args.memory_budget,
-    )
+    result = convert(args.input, args.output_tif, args.output_jpg, args.bands, profile=args.profile,
+                     threads=args.threads, verify_pixels=args.verify_pixels, metadata=metadata,
+                     memory_budget_mb=args.memory_budget)
     code: int = result.exit_code
     line = f"{ExitCode(code).name}: {result.reason}" if code else ""
     if code == ExitCode.BAND_MISMATCH and env("COG_PIPELINE_BAND_MISMATCH").lower() == "warn":
@@ -231,17 +222,6 @@ def _summary(result: ConversionResult) -> str:
         + ("" if result.preview_uniform is None else f"preview uniform (every sample {result.preview_uniform}), ")
         + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     )
-
-
-def _print_verbose(captured: IO[bytes], summary: str) -> None:
-    """With --verbose: GDAL's captured messages on stderr, then the summary on stdout."""
-    captured.seek(0)
-    noise = captured.read().decode("utf-8", "replace").strip()
-    if noise:
-        print(noise, file=sys.stderr)
-    if summary:
-        print(summary, file=sys.stdout)
-
 
 if __name__ == "__main__":
     sys.exit(main())

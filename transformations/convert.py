@@ -3,21 +3,21 @@
 
 One flow: inspect the input once (inputs.py), write a VRT of it carrying the provenance, let GDAL's COG
 driver copy that VRT, write the preview (jpeg.py), validate both outputs, fill in the provenance, and only
-then move them into place.
+then move them into place. Until verified, every output is written under a hidden temporary name beside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from dataclasses import astuple, dataclass, field, replace
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .backend import get_backend
 from .budget import cache_cap_mb, memory_budget_mb
 from .exit_codes import ConversionError, ExitCode, GdalFailure
-from .failures import classify_write_failure, remove_outputs, temp_name
 from .inputs import inspect_input
 from .jpeg import choose_writer, write_preview
 from .preview import PreviewPlan, composites_in_numpy, plan_preview, preview_vrt
@@ -60,10 +60,6 @@ class ConversionResult:
     cachemax_mb: int = 0
     exit_code: ExitCode = ExitCode.OK
     reason: str = ""
-
-    @property
-    def band_mismatch(self) -> bool:
-        return self.exit_code == ExitCode.BAND_MISMATCH
 
 
 @dataclass(frozen=True)
@@ -133,18 +129,22 @@ class _Paths:
                    temp_name(output_tif, ".vrt", token), temp_name(output_jpg, ".vrt", token),
                    temp_name(output_jpg, ".strips.tif", token))
 
-    def all(self) -> List[str]:
-        return [self.tif, self.jpg, self.source_vrt, self.preview_vrt, self.strips]
+
+def temp_name(final: str, suffix: str, token: str) -> str:
+    folder, name = os.path.split(os.path.abspath(final))
+    return os.path.join(folder, f".{name}.{token}.tmp{suffix}")
 
 
-def convert(
-    input: Union[str, os.PathLike],
-    output_tif: Union[str, os.PathLike],
-    output_jpg: Union[str, os.PathLike],
-    bands: Optional[int] = None,
-    options: Optional[ConvertOptions] = None,
-    **overrides: Any,
-) -> ConversionResult:
+def remove_outputs(*paths: str) -> None:
+    for p in paths:
+        for q in (p, p + ".aux.xml", p + ".ovr.tmp", p + ".msk.ovr.tmp"):
+            with contextlib.suppress(OSError):
+                os.remove(q)
+
+
+def convert(input: Union[str, os.PathLike], output_tif: Union[str, os.PathLike], output_jpg: Union[str, os.PathLike],
+            bands: Optional[int] = None, options: Optional[ConvertOptions] = None,
+            **overrides: Any) -> ConversionResult:
     """Convert ``input`` into a COG at ``output_tif`` and a JPEG preview at ``output_jpg``.
 
     ``bands`` is what the manifest says; the file wins when they differ: both outputs are written per the
@@ -163,7 +163,9 @@ def convert(
     info = inspect_input(input)
     plan = plan_preview(info, profile.preview_bands)
     timings = {"inspect": time.perf_counter() - started}
-    mismatch = _band_mismatch(bands, info)
+    mismatch = ""
+    if bands is not None and int(bands) != info.count:
+        mismatch = f"band mismatch: manifest says {int(bands)} bands, file has {info.count}; converted per file"
     out_dirs = _make_output_dirs(output_tif, output_jpg)
     paths = _Paths.beside(output_tif, output_jpg)
     provenance = {**metadata, **profile.as_metadata()}
@@ -189,7 +191,7 @@ def convert(
         timings["verify"] = time.perf_counter() - t0
         _move_into_place(paths, output_tif, output_jpg)
     except BaseException:
-        remove_outputs(*paths.all())
+        remove_outputs(*astuple(paths))
         raise
     finally:
         be.set_cachemax(saved_cache)  # a library caller keeps its own cache size, whatever happened
@@ -215,13 +217,6 @@ def _output_paths(input: str, output_tif: Union[str, os.PathLike], output_jpg: U
     if os.path.abspath(input) in (tif, jpg) or tif == jpg:
         raise ConversionError(ExitCode.USAGE, "input and outputs must be three different paths")
     return tif, jpg
-
-
-def _band_mismatch(bands: Optional[int], info: RasterInfo) -> str:
-    """The reason to report when the manifest's band count is not the file's ("" when they agree)."""
-    if bands is not None and int(bands) != info.count:
-        return f"band mismatch: manifest says {int(bands)} bands, file has {info.count}; converted per file"
-    return ""
 
 
 def _make_output_dirs(output_tif: str, output_jpg: str) -> List[str]:
@@ -264,21 +259,55 @@ def _write_cog(info: RasterInfo, paths: _Paths, profile: Profile, threads: int, 
         raise classify_write_failure(exc, info, out_dirs, "COG") from None
 
 
-class _gdal_config:
-    """Set GDAL configuration options that are not set already, for one step; then restore them."""
+def _free_bytes(path: str) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return -1
+    return st.f_bavail * st.f_frsize
 
-    def __init__(self, values: Dict[str, str]):
-        self.values = {k: v for k, v in values.items() if not os.environ.get(k)}
 
-    def __enter__(self) -> None:
-        be = get_backend()
-        self.saved = {k: be.get_config(k) for k in self.values}
-        for k, v in self.values.items():
+def _probe_input(info: RasterInfo) -> Optional[str]:
+    """Read the whole input, block row by block row; the GDAL error text if a read fails."""
+    be = get_backend()
+    rows = max(1, min(info.height, max(info.block_size[1], 1) * max(1, (8 << 20) // max(1, info.width * info.count))))
+    try:
+        for y in range(0, info.height, rows):
+            be.read(info.path, list(range(1, info.count + 1)), window=(0, y, info.width, min(rows, info.height - y)))
+    except GdalFailure as exc:
+        return exc.text
+    return None
+
+
+def classify_write_failure(exc: GdalFailure, info: RasterInfo, out_dirs: Sequence[str], what: str) -> ConversionError:
+    """OUT_OF_DISK when GDAL says the disk is full; else INPUT_UNREADABLE when the input does not read back;
+    else OUT_OF_DISK when the output file system has less room left than the image needs (libtiff's messages
+    on a full disk do not always say so); else INTERNAL with GDAL's message."""
+    text = exc.text
+    free = min((_free_bytes(d) for d in out_dirs), default=-1)
+    if any(word in text.lower() for word in ("no space", "enospc", "disk full", "quota")):
+        return ConversionError(ExitCode.OUT_OF_DISK, f"no space left while writing the {what} ({free} bytes free): {text}")
+    problem = _probe_input(info)
+    if problem:
+        return ConversionError(ExitCode.INPUT_UNREADABLE, f"corrupt pixel data: {problem}")
+    if 0 <= free < info.width * info.height * info.count * 2:  # pessimistic: full resolution + temporary overviews
+        return ConversionError(ExitCode.OUT_OF_DISK, f"no space left while writing the {what} ({free} bytes free): {text}")
+    return ConversionError(ExitCode.INTERNAL, f"writing the {what} failed: {text}")
+
+
+@contextlib.contextmanager
+def _gdal_config(values: Dict[str, str]) -> Iterator[None]:
+    """Set GDAL configuration options the environment does not set, for one step; then restore them."""
+    be = get_backend()
+    values = {k: v for k, v in values.items() if not os.environ.get(k)}
+    saved = {k: be.get_config(k) for k in values}
+    for k, v in values.items():
+        be.set_config(k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
             be.set_config(k, v)
-
-    def __exit__(self, *exc: Any) -> None:
-        for k, v in self.saved.items():
-            get_backend().set_config(k, v)
 
 
 def _write_jpeg(info: RasterInfo, plan: PreviewPlan, paths: _Paths, profile: Profile, writer: str,
@@ -292,10 +321,8 @@ def _write_jpeg(info: RasterInfo, plan: PreviewPlan, paths: _Paths, profile: Pro
         raise ConversionError(ExitCode.INTERNAL, f"cannot join the JPEG strips: {exc}") from None
     finally:
         remove_outputs(paths.strips)
-    try:
+    with contextlib.suppress(OSError):
         os.remove(paths.jpg + ".aux.xml")
-    except OSError:
-        pass
     return method
 
 

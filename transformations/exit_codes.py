@@ -9,9 +9,8 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Sequence
 
-class ExitCode(IntEnum):
-    """Process exit codes of ``generate_cog``; other tools code against these numbers."""
 
+class ExitCode(IntEnum):
     OK = 0
     INTERNAL = 1  # internal or unexpected error
     USAGE = 2  # command-line usage error (argparse's default)
@@ -29,13 +28,9 @@ class ConversionError(Exception):
     def __init__(self, code: ExitCode, reason: str):
         self.code = ExitCode(code)
         self.reason = one_line(reason)
-        super().__init__(f"{self.code.name}: {self.reason}")
-
-    @property
-    def line(self) -> str:
-        """The one line ``main`` prints on stderr."""
-        return f"{self.code.name}: {self.reason}"
-
+        #: the one line ``main`` prints on stderr
+        self.line = f"{self.code.name}: {self.reason}"
+        super().__init__(self.line)
 
 
 def one_line(text: str) -> str:

@@ -1,5 +1,4 @@
-"""What the converter knows about a raster, independent of the GDAL binding that read it.
-"""
+"""What the converter knows about a raster, independent of the GDAL binding that read it."""
 
 from __future__ import annotations
 
@@ -13,8 +12,6 @@ GMF_ALPHA = 0x04
 
 @dataclass
 class RasterInfo:
-    """What the converter needs to know about an input raster."""
-
     path: str
     driver: str
     width: int
@@ -30,22 +27,9 @@ class RasterInfo:
 
 
 def numpy_dtype_name(gdal_name: str) -> str:
-    return {
-        "Byte": "uint8",
-        "Int8": "int8",
-        "UInt16": "uint16",
-        "Int16": "int16",
-        "UInt32": "uint32",
-        "Int32": "int32",
-        "UInt64": "uint64",
-        "Int64": "int64",
-        "Float32": "float32",
-        "Float64": "float64",
-        "CInt16": "complex_int16",
-        "CInt32": "complex_int32",
-        "CFloat32": "complex64",
-        "CFloat64": "complex128",
-    }.get(gdal_name, gdal_name.lower())
+    """numpy's (and rasterio's) name for a GDAL data type: ``UInt16`` -> ``uint16``, ``CFloat32`` -> ``complex64``."""
+    return {"Byte": "uint8", "CInt16": "complex_int16", "CInt32": "complex_int32", "CFloat32": "complex64",
+            "CFloat64": "complex128"}.get(gdal_name, gdal_name.lower())
 
 
 #: Bytes per sample of each data-type name a RasterInfo carries (numpy_dtype_name's values, rasterio's names,
@@ -53,22 +37,9 @@ def numpy_dtype_name(gdal_name: str) -> str:
 #: ``numpy.dtype(name).itemsize`` so that the callers (the local worker's size guard) need not import numpy,
 #: and because numpy has no "complex_int16"/"complex_int32".
 DTYPE_ITEMSIZE = {
-    "uint8": 1,
-    "int8": 1,
-    "uint16": 2,
-    "int16": 2,
-    "float16": 2,
-    "uint32": 4,
-    "int32": 4,
-    "float32": 4,
-    "uint64": 8,
-    "int64": 8,
-    "float64": 8,
-    "complex_int16": 4,
-    "complex_int32": 8,
-    "complex64": 8,
-    "complex128": 16,
-    "complex": 16,
+    "uint8": 1, "int8": 1, "uint16": 2, "int16": 2, "float16": 2, "uint32": 4, "int32": 4, "float32": 4,
+    "uint64": 8, "int64": 8, "float64": 8, "complex_int16": 4, "complex_int32": 8, "complex64": 8,
+    "complex128": 16, "complex": 16,
 }
 
 
