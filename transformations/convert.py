@@ -1,7 +1,7 @@
 """The conversion itself: input -> verified COG + JPEG, the one code path the CLI and in-process callers
 (long-lived workers) share.
 
-One flow: inspect the input once (inputs.py), write a VRT of it carrying the provenance, let GDAL's COG
+One flow: inspect the input once, write a VRT of it carrying the provenance, let GDAL's COG
 driver copy that VRT, write the preview (jpeg.py), validate both outputs, fill in the provenance, and only
 then move them into place. Until verified, every output is written under a hidden temporary name beside it.
 """
@@ -18,13 +18,13 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 from .backend import get_backend
 from .budget import cache_cap_mb, memory_budget_mb
 from .exit_codes import ConversionError, ExitCode, GdalFailure
-from .inputs import inspect_input
 from .jpeg import choose_writer, write_preview
 from .preview import PreviewPlan, composites_in_numpy, plan_preview, preview_vrt
 from .profile import DEFAULT, Profile, split, with_overrides
 from .provenance import PROVENANCE_DOMAIN, fill_slot, slot_vrt_metadata
 from .rasterinfo import RasterInfo
-from .settings import env
+from .settings import TIFF_MAGICS, env
+from .tiff import read_tiff_ifds
 from .validate import builtin_check, validate_jpeg
 
 
@@ -128,6 +128,47 @@ class _Paths:
         return cls(temp_name(output_tif, ".tif", token), temp_name(output_jpg, ".jpg", token),
                    temp_name(output_tif, ".vrt", token), temp_name(output_jpg, ".vrt", token),
                    temp_name(output_jpg, ".strips.tif", token))
+
+
+def _input_problem(path: str) -> Optional[str]:
+    """Why the input is not a complete TIFF: missing, empty, not a TIFF, a broken IFD chain, data past the end."""
+    if not os.path.exists(path):
+        return f"input does not exist: {path}"
+    if os.path.isdir(path):
+        return f"input is a directory: {path}"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        return f"cannot read input: {exc.strerror}"
+    if not head:
+        return f"input is empty (0 bytes): {path}"
+    if head[:4] not in TIFF_MAGICS:
+        return f"not a TIFF file (starts with {head[:4]!r}): {path}"
+    try:
+        ifds, size = read_tiff_ifds(path)
+    except ValueError as exc:
+        return f"damaged TIFF structure: {exc}"
+    except OSError as exc:
+        return f"cannot read input: {exc}"
+    if not ifds:
+        return "TIFF has no image directory"
+    end = max((off + cnt for d in ifds for off, cnt in zip(d.data_offsets, d.data_counts) if off and cnt), default=0)
+    return f"truncated: the file has {size} bytes but its image data extends to byte {end}" if end > size else None
+
+
+def inspect_input(path: str) -> RasterInfo:
+    """Open the input as a GeoTIFF before anything is written, so a bad input is INPUT_UNREADABLE, not INTERNAL."""
+    problem = _input_problem(path)
+    if problem:
+        raise ConversionError(ExitCode.INPUT_UNREADABLE, problem)
+    try:
+        info = get_backend().info(path, drivers=["GTiff"])
+    except GdalFailure as exc:
+        raise ConversionError(ExitCode.INPUT_UNREADABLE, f"GDAL cannot open it: {exc.text}") from None
+    if info.count < 1:
+        raise ConversionError(ExitCode.UNSUPPORTED_INPUT, "the TIFF has no raster bands")
+    return info
 
 
 def temp_name(final: str, suffix: str, token: str) -> str:

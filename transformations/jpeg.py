@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Tuple
 
 from .backend import get_backend
@@ -18,20 +19,17 @@ from .jpeg_strips import coefficient_buffer_bytes, write_streamed_jpeg
 
 #: Bytes per preview pixel the Pillow path holds: the bands as read (1 per band) and Pillow's image (1 or 4).
 _PILLOW_BYTES = {1: 2, 3: 7}
-_turbo: Optional[bool] = None
 
 
+@functools.lru_cache(maxsize=1)
 def pillow_turbo() -> bool:
     """True when Pillow imports and its JPEG codec is libjpeg-turbo."""
-    global _turbo
-    if _turbo is None:
-        try:
-            from PIL import features  # noqa: PLC0415
+    try:
+        from PIL import features  # noqa: PLC0415
 
-            _turbo = bool(features.check_feature("libjpeg_turbo"))
-        except Exception:  # noqa: BLE001 - no Pillow, or one without JPEG: GDAL's driver writes it
-            _turbo = False
-    return _turbo
+        return bool(features.check_feature("libjpeg_turbo"))
+    except Exception:  # noqa: BLE001 - no Pillow, or one without JPEG: GDAL's driver writes it
+        return False
 
 
 def choose_writer(width: int, height: int, bands: int, budget_mb: int) -> str:

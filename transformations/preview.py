@@ -13,8 +13,9 @@ from typing import List, Optional, Tuple
 from .backend import get_backend
 from .exit_codes import ConversionError, ExitCode
 from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo
-from .xmltext import escape as _xml_escape
 from .settings import JPEG_MAX_DIMENSION, STATS_SAMPLE_SIZE, SUPPORTED_TYPES
+from .xmltext import escape as _xml_escape
+
 
 @dataclass
 class PreviewPlan:
@@ -32,8 +33,6 @@ class PreviewPlan:
     @property
     def band_count(self) -> int:
         return 3 if self.palette_expanded else len(self.bands)
-
-
 
 
 def _preview_scale(info: RasterInfo, bands: List[int]) -> Tuple[float, float]:
@@ -65,9 +64,8 @@ def plan_preview(info: RasterInfo, band_rule: str = "rgb") -> PreviewPlan:
     an alpha band or a per-dataset mask is composited onto black."""
     for b, dt in enumerate(info.dtypes, start=1):
         if dt not in SUPPORTED_TYPES:  # complex data among them
-            raise ConversionError(
-                ExitCode.UNSUPPORTED_INPUT, f"band {b} has data type {dt}; a JPEG preview cannot be made from it"
-            )
+            raise ConversionError(ExitCode.UNSUPPORTED_INPUT,
+                                  f"band {b} has data type {dt}; a JPEG preview cannot be made from it")
     palette = (band_rule == "rgb" and info.has_palette and info.colorinterp[0] == "palette"
                and info.dtypes[0] in ("uint8", "uint16"))
     non_alpha = [b for b in range(1, info.count + 1) if info.colorinterp[b - 1] != "alpha"]
@@ -96,9 +94,9 @@ def plan_preview(info: RasterInfo, band_rule: str = "rgb") -> PreviewPlan:
     return plan
 
 
-def _source_xml(src: str, band: str, info: RasterInfo, plan: PreviewPlan, extra: str = "", complex_: bool = True) -> str:
+def _source_xml(src: str, band: str, info: RasterInfo, plan: PreviewPlan, extra: str = "") -> str:
     resampling = ' resampling="average"' if plan.downsample > 1 else ""
-    tag = "ComplexSource" if complex_ else "SimpleSource"
+    tag = "ComplexSource" if extra else "SimpleSource"
     return (
         f"<{tag}{resampling}><SourceFilename relativeToVRT=\"0\">{_xml_escape(src)}</SourceFilename>"
         f"<SourceBand>{band}</SourceBand>"
@@ -119,26 +117,21 @@ def composites_in_numpy(plan: PreviewPlan) -> bool:
 def preview_vrt(info: RasterInfo, plan: PreviewPlan) -> str:
     """A VRT (XML text) that yields the 8-bit preview bands, streamed by GDAL line by line."""
     src = os.path.abspath(info.path)
+    scale = ""
+    if plan.scale is not None:
+        lo, hi = plan.scale
+        ratio = 255.0 / (hi - lo) if hi > lo else 0.0
+        offset = -lo * ratio if hi > lo else (255.0 if plan.scale != (0.0, 0.0) else 0.0)
+        scale = f"<ScaleOffset>{offset!r}</ScaleOffset><ScaleRatio>{ratio!r}</ScaleRatio>"
     out_bands = []
     names = ["Red", "Green", "Blue"] if plan.band_count == 3 else ["Gray"]
     for k in range(plan.band_count):
         b = plan.bands[0] if plan.palette_expanded else plan.bands[k]
-        extra = ""
-        if plan.palette_expanded:
-            extra += f"<ColorTableComponent>{k + 1}</ColorTableComponent>"
-        if plan.scale is not None:
-            lo, hi = plan.scale
-            if hi > lo:
-                ratio = 255.0 / (hi - lo)
-                offset = -lo * ratio
-            else:
-                ratio, offset = 0.0, (255.0 if plan.scale != (0.0, 0.0) else 0.0)
-            extra += f"<ScaleOffset>{offset!r}</ScaleOffset><ScaleRatio>{ratio!r}</ScaleRatio>"
-        value = _source_xml(src, str(b), info, plan, extra, complex_=bool(extra))
+        palette = f"<ColorTableComponent>{k + 1}</ColorTableComponent>" if plan.palette_expanded else ""
+        value = _source_xml(src, str(b), info, plan, palette + scale)
         if plan.masked:
-            mask = _source_xml(
-                src, f"mask,{b}", info, plan, "<ScaleOffset>0</ScaleOffset><ScaleRatio>0.00392156862745098</ScaleRatio>"
-            )
+            mask = _source_xml(src, f"mask,{b}", info, plan,
+                               "<ScaleOffset>0</ScaleOffset><ScaleRatio>0.00392156862745098</ScaleRatio>")
             out_bands.append(
                 f'<VRTRasterBand dataType="Byte" band="{k + 1}" subClass="VRTDerivedRasterBand">'
                 f"<ColorInterp>{names[k]}</ColorInterp><PixelFunctionType>mul</PixelFunctionType>"
@@ -150,4 +143,3 @@ def preview_vrt(info: RasterInfo, plan: PreviewPlan) -> str:
                 f"{value}</VRTRasterBand>"
             )
     return f'<VRTDataset rasterXSize="{plan.width}" rasterYSize="{plan.height}">' + "".join(out_bands) + "</VRTDataset>"
-

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 from .backend import get_backend
 from .exit_codes import GdalFailure
