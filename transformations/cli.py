@@ -78,8 +78,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryFile(mode="w+b") as captured:
         with _stderr_to(captured.fileno()):
             code, line, summary = _run_conversion(args, metadata)
-        if code and args.empty_outputs_on_failure:
-            _leave_empty_outputs(args.output_tif, args.output_jpg)
+        if code and args.empty_outputs_on_failure:  # empty files where the failed conversion wrote none
+            for path in (args.output_tif, args.output_jpg):
+                with contextlib.suppress(OSError), open(path, "xb"):
+                    pass
         if args.verbose:  # GDAL's captured messages on stderr, then the summary on stdout
             captured.seek(0)
             noise = captured.read().decode("utf-8", "replace").strip()
@@ -90,13 +92,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if line:
         print(one_line(line), file=sys.stderr)
     return int(code)
-
-
-def _leave_empty_outputs(*paths: str) -> None:
-    """Empty files where a failed conversion wrote none (--empty-outputs-on-failure); never raises."""
-    for path in paths:
-        with contextlib.suppress(OSError), open(path, "xb"):
-            pass
 
 
 def _check_args(args: argparse.Namespace) -> None:
