@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 if TYPE_CHECKING:
     import numpy as np
 
+from .backend import GMF_ALPHA, GMF_PER_DATASET, RasterInfo, numpy_dtype_name
 from .exit_codes import GdalFailure
-from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo, numpy_dtype_name
 
 
 class OsgeoBackend:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -10,8 +11,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .backend import GMF_ALPHA, GMF_PER_DATASET, RasterInfo
 from .exit_codes import GdalFailure
-from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo
 
 
 def import_rasterio_without_boto3() -> None:
@@ -38,12 +39,11 @@ class RasterioBackend:
         import_rasterio_without_boto3()
         import rasterio  # noqa: PLC0415
         import rasterio.shutil  # noqa: PLC0415
-        from rasterio._env import get_gdal_config, set_gdal_config  # noqa: PLC0415
+        from rasterio._env import del_gdal_config, get_gdal_config, set_gdal_config  # noqa: PLC0415
         from rasterio.windows import Window  # noqa: PLC0415
 
         self.rasterio = rasterio
-        self._set = set_gdal_config
-        self._get = get_gdal_config
+        self._set, self._get, self._del = set_gdal_config, get_gdal_config, del_gdal_config
         self._window = Window
         self.version = rasterio.__gdal_version__
         self._records: Dict[int, List[str]] = {}
@@ -137,9 +137,7 @@ class RasterioBackend:
 
     def set_config(self, key: str, value: Optional[str]) -> None:
         if value is None:
-            from rasterio._env import del_gdal_config  # noqa: PLC0415
-
-            del_gdal_config(key)
+            self._del(key)
         else:
             self._set(key, value)
 
@@ -161,14 +159,12 @@ class _ThreadLogCapture(logging.Handler):
     """Collects rasterio's log records (GDAL warnings and errors) per calling thread."""
 
     def __init__(self, store: Dict[int, List[str]]):
-        super().__init__(level=logging.DEBUG)
+        super().__init__(level=logging.INFO)
         self.store = store
 
     def emit(self, record: logging.LogRecord) -> None:
         bucket = self.store.get(record.thread)
-        if bucket is not None and record.levelno >= logging.INFO:
-            try:
+        if bucket is not None:
+            with contextlib.suppress(Exception):
                 bucket.append(record.getMessage())
-            except Exception:  # noqa: BLE001
-                pass
 

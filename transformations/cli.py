@@ -152,11 +152,9 @@ def _run_conversion(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple
         return ExitCode.INTERNAL, "INTERNAL: interrupted", ""
     except MemoryError:
         return ExitCode.INTERNAL, "INTERNAL: out of memory", ""
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return ExitCode.OUT_OF_DISK, f"OUT_OF_DISK: {exc}", ""
-        return ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}", ""
     except Exception as exc:  # noqa: BLE001 - the contract is an exit code and one line
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ExitCode.OUT_OF_DISK, f"OUT_OF_DISK: {exc}", ""
         return ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}", ""
 
 

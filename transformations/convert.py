@@ -15,14 +15,13 @@ import time
 from dataclasses import astuple, dataclass, field, replace
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .backend import get_backend
+from .backend import RasterInfo, get_backend
 from .budget import cache_cap_mb, memory_budget_mb
 from .exit_codes import ConversionError, ExitCode, GdalFailure
 from .jpeg import choose_writer, write_preview
 from .preview import PreviewPlan, composites_in_numpy, plan_preview, preview_vrt
 from .profile import DEFAULT, Profile, split, with_overrides
 from .provenance import PROVENANCE_DOMAIN, fill_slot, slot_vrt_metadata
-from .rasterinfo import RasterInfo
 from .settings import TIFF_MAGICS, env
 from .tiff import read_tiff_ifds
 from .validate import builtin_check, validate_jpeg

@@ -10,9 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from .backend import get_backend
+from .backend import GMF_ALPHA, GMF_PER_DATASET, RasterInfo, get_backend
 from .exit_codes import ConversionError, ExitCode
-from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo
 from .settings import JPEG_MAX_DIMENSION, STATS_SAMPLE_SIZE, SUPPORTED_TYPES
 from .xmltext import escape as _xml_escape
 
