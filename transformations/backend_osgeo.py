@@ -47,7 +47,7 @@ class OsgeoBackend:
         kw = {"allowed_drivers": drivers} if drivers else {}
         ds, messages = self._call(lambda: gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY, **kw))
         if ds is None:
-            raise GdalFailure.after(messages, f"GDAL cannot open {path}")
+            raise GdalFailure(messages[-1] if messages else f"GDAL cannot open {path}", messages)
         return ds
 
     def info(self, path: str, drivers: Optional[List[str]] = None, overviews: bool = True) -> RasterInfo:
@@ -73,10 +73,9 @@ class OsgeoBackend:
         drv = gdal.GetDriverByName(driver)
         if drv is None:
             raise GdalFailure(f"GDAL has no {driver} driver")
-        opts = [f"{k}={v}" for k, v in options.items()]
 
         def do() -> Any:
-            out = drv.CreateCopy(dst, src_ds, 0, options=opts)
+            out = drv.CreateCopy(dst, src_ds, 0, options=[f"{k}={v}" for k, v in options.items()])
             if out is None:
                 return None
             out.FlushCache()
@@ -85,7 +84,7 @@ class OsgeoBackend:
 
         ok, messages = self._call(do)
         if not ok:
-            raise GdalFailure.after(messages, f"{driver} CreateCopy failed")
+            raise GdalFailure(messages[-1] if messages else f"{driver} CreateCopy failed", messages)
         return messages
 
     def read(self, path: str, bands: Sequence[int], window: Optional[Tuple[int, int, int, int]] = None,
@@ -127,7 +126,7 @@ class OsgeoBackend:
             target = band.GetOverview(n - 1) if n else band
             value_range, msgs = self._call(lambda target=target: target.ComputeRasterMinMax(False))
             if value_range is None:
-                raise GdalFailure.after(msgs, f"cannot decode {path}")
+                raise GdalFailure(msgs[-1] if msgs else f"cannot decode {path}", msgs)
             messages += msgs
             lo, hi = min(lo, value_range[0]), max(hi, value_range[1])
             del target, band

@@ -32,6 +32,12 @@ def import_rasterio_without_boto3() -> None:
             del sys.modules["boto3"]
 
 
+def _quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NotGeoreferencedWarning and friends
+        return fn(*args, **kwargs)
+
+
 class RasterioBackend:
     name = "rasterio"
 
@@ -62,22 +68,16 @@ class RasterioBackend:
             self._records.pop(tid, None)
 
     def _open(self, path: str, drivers: Optional[List[str]] = None) -> Any:
-        def do() -> Any:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # NotGeoreferencedWarning and friends
-                return self.rasterio.open(path, driver=drivers[0] if drivers and len(drivers) == 1 else None)
-
-        return self._call(do)[0]
+        driver = drivers[0] if drivers and len(drivers) == 1 else None
+        return self._call(lambda: _quietly(self.rasterio.open, path, driver=driver))[0]
 
     def info(self, path: str, drivers: Optional[List[str]] = None, overviews: bool = True) -> RasterInfo:
         with self._open(path, drivers) as ds:
             ovr = []
             if ds.count and overviews:
                 for level in range(len(ds.overviews(1))):
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        with self.rasterio.open(path, overview_level=level) as o:
-                            ovr.append((o.width, o.height))
+                    with _quietly(self.rasterio.open, path, overview_level=level) as o:
+                        ovr.append((o.width, o.height))
             has_palette = False
             if ds.count:
                 try:
@@ -86,20 +86,16 @@ class RasterioBackend:
                 except ValueError:
                     pass
             return RasterInfo(
-                path=path, driver=ds.driver, width=ds.width, height=ds.height, count=ds.count,
-                dtypes=list(ds.dtypes), nodata=list(ds.nodatavals), colorinterp=[ci.name.lower() for ci in ds.colorinterp],
+                path=path, driver=ds.driver, width=ds.width, height=ds.height, count=ds.count, dtypes=list(ds.dtypes),
+                nodata=list(ds.nodatavals), colorinterp=[ci.name.lower() for ci in ds.colorinterp],
                 mask_flags=[sum(int(f.value) for f in flags) for flags in ds.mask_flag_enums],
                 block_size=(ds.block_shapes[0][1], ds.block_shapes[0][0]) if ds.count else (0, 0),
                 overview_sizes=ovr, has_palette=has_palette,
             )
 
     def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]:
-        def do() -> Any:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.rasterio.shutil.copy(src, dst, driver=driver, strict=False, **options)
-
-        return self._call(do)[1]
+        return self._call(lambda: _quietly(self.rasterio.shutil.copy, src, dst, driver=driver, strict=False,
+                                           **options))[1]
 
     def read(self, path: str, bands: Sequence[int], window: Optional[Tuple[int, int, int, int]] = None,
              out_shape: Optional[Tuple[int, int]] = None, masks: bool = False) -> np.ndarray:

@@ -37,7 +37,6 @@ class ConversionResult:
     width: int
     height: int
     bands: int
-    manifest_bands: Optional[int]
     dtype: str
     jpeg_bands: int
     jpeg_size: Tuple[int, int]
@@ -222,7 +221,7 @@ def convert(input: Union[str, os.PathLike], output_tif: Union[str, os.PathLike],
         _write_cog(info, paths, profile, threads, provenance, out_dirs)
         timings["cog"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        jpeg_method = _write_jpeg(info, plan, paths, profile, writer, composite, out_dirs)
+        _write_jpeg(info, plan, paths, profile, writer, composite, out_dirs)
         timings["jpeg"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         _fill_provenance(paths.tif, provenance)
@@ -239,11 +238,10 @@ def convert(input: Union[str, os.PathLike], output_tif: Union[str, os.PathLike],
     timings["total"] = time.perf_counter() - started
     return ConversionResult(
         input=input, cog=output_tif, jpeg=output_jpg, width=info.width, height=info.height, bands=info.count,
-        manifest_bands=None if bands is None else int(bands), dtype=info.dtypes[0], jpeg_bands=plan.band_count,
-        jpeg_size=(plan.width, plan.height), jpeg_downsample=plan.downsample, preview=plan.description,
-        overview_sizes=list(out_info.overview_sizes), backend=be.name,
-        gdal_version=str(be.version), threads=threads, profile=profile, timings=timings, jpeg_method=jpeg_method,
-        preview_uniform=uniform, warnings=list(warns), memory_budget_mb=budget_mb,
+        dtype=info.dtypes[0], jpeg_bands=plan.band_count, jpeg_size=(plan.width, plan.height),
+        jpeg_downsample=plan.downsample, preview=plan.description, overview_sizes=list(out_info.overview_sizes),
+        backend=be.name, gdal_version=str(be.version), threads=threads, profile=profile, timings=timings,
+        jpeg_method=writer, preview_uniform=uniform, warnings=list(warns), memory_budget_mb=budget_mb,
         cachemax_mb=cachemax_mb, exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK, reason=mismatch,
     )
 
@@ -325,12 +323,11 @@ def classify_write_failure(exc: GdalFailure, info: RasterInfo, out_dirs: Sequenc
     on a full disk do not always say so); else INTERNAL with GDAL's message."""
     text = exc.text
     free = min((_free_bytes(d) for d in out_dirs), default=-1)
-    if any(word in text.lower() for word in ("no space", "enospc", "disk full", "quota")):
-        return ConversionError(ExitCode.OUT_OF_DISK, f"no space left while writing the {what} ({free} bytes free): {text}")
-    problem = _probe_input(info)
+    said_full = any(word in text.lower() for word in ("no space", "enospc", "disk full", "quota"))
+    problem = None if said_full else _probe_input(info)
     if problem:
         return ConversionError(ExitCode.INPUT_UNREADABLE, f"corrupt pixel data: {problem}")
-    if 0 <= free < info.width * info.height * info.count * 2:  # pessimistic: full resolution + temporary overviews
+    if said_full or 0 <= free < info.width * info.height * info.count * 2:  # full resolution + temporary overviews
         return ConversionError(ExitCode.OUT_OF_DISK, f"no space left while writing the {what} ({free} bytes free): {text}")
     return ConversionError(ExitCode.INTERNAL, f"writing the {what} failed: {text}")
 
@@ -351,10 +348,10 @@ def _gdal_config(values: Dict[str, str]) -> Iterator[None]:
 
 
 def _write_jpeg(info: RasterInfo, plan: PreviewPlan, paths: _Paths, profile: Profile, writer: str,
-                composite: Optional[Tuple[str, List[int]]], out_dirs: List[str]) -> str:
+                composite: Optional[Tuple[str, List[int]]], out_dirs: List[str]) -> None:
     try:
-        method = write_preview(paths.preview_vrt, paths.jpg, paths.strips, plan.band_count, profile.jpeg_quality,
-                               writer, composite)
+        write_preview(paths.preview_vrt, paths.jpg, paths.strips, plan.band_count, profile.jpeg_quality, writer,
+                      composite)
     except GdalFailure as exc:
         raise classify_write_failure(exc, info, out_dirs, "JPEG") from None
     except ValueError as exc:  # strips this libtiff did not lay out as jpeg_strips.py expects
@@ -363,7 +360,6 @@ def _write_jpeg(info: RasterInfo, plan: PreviewPlan, paths: _Paths, profile: Pro
         remove_outputs(paths.strips)
     with contextlib.suppress(OSError):
         os.remove(paths.jpg + ".aux.xml")
-    return method
 
 
 def verify_cog(path: str, info: RasterInfo, profile: Profile, verify_pixels: bool = False

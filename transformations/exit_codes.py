@@ -47,11 +47,6 @@ class GdalFailure(Exception):
             self.messages.append(message)
         super().__init__(message or (self.messages[-1] if self.messages else "GDAL call failed"))
 
-    @classmethod
-    def after(cls, messages: Sequence[str], fallback: str) -> "GdalFailure":
-        """A call that returned failure: named by GDAL's last message, else by ``fallback`` (GDAL said nothing)."""
-        return cls(messages[-1] if messages else fallback, messages)
-
     @property
     def text(self) -> str:
         return " | ".join(self.messages) or str(self)

@@ -1,12 +1,10 @@
-"""Writing the JPEG preview from its VRT (preview.py): one of three writers, chosen by what fits.
+"""Writing the JPEG preview from its VRT (preview.py) with one of three writers, chosen by what fits the budget:
 
-* GDAL's JPEG driver: the default, and the only one in the stock GDAL container.
-* Pillow's libjpeg-turbo, where Pillow has it (the venv) and the preview's pixels fit a quarter of the
-  budget. Why it earns its place: rasterio's wheels bundle IJG libjpeg 9, whose encoder took 0.29 CPU-s for
-  a 2500² RGB preview against turbo's 0.09-0.14 and whose pixels differ from the container's (up to 30 levels
-  on 39 % of the pixels); Pillow at the same quality with optimised tables writes the container's bytes.
-* Baseline strips joined with restart markers (jpeg_strips.py) when the driver's whole-image coefficient
-  buffer would exceed a third of the budget: a 40000² preview within a 1 GB slot.
+* baseline strips (jpeg_strips.py) when GDAL's JPEG driver would hold more than a third of it in libjpeg's
+  whole-image coefficient buffer (a 40000² preview within a 1 GB slot);
+* Pillow's libjpeg-turbo where Pillow has it (the venv) and the preview fits a quarter of it: it writes the
+  container's bytes, where rasterio's bundled IJG libjpeg 9 is 2-3x slower and its pixels differ;
+* else GDAL's JPEG driver (the only writer in the stock GDAL container).
 """
 
 from __future__ import annotations

@@ -1,22 +1,20 @@
 """A baseline JPEG written in bounded memory, for previews too large for GDAL's JPEG driver.
 
-Why: GDAL's JPEG driver (3.6 and 3.10 alike) always asks libjpeg for optimised Huffman tables,
-and it has no creation option to turn that off. libjpeg can only optimise after it has seen every
-coefficient, so it keeps the whole image's DCT coefficients in memory (2 bytes per sample:
-~1.2 GB for a 20000x20000 RGB preview at 4:2:0, ~4.8 GB at 40000x40000). Neither libjpeg-turbo
-(system GDAL) nor the IJG libjpeg 9 bundled with rasterio is built with a backing store
-(``JPEGMEM`` fails with "Backing store not supported"), so the buffer cannot be moved to disk.
+Why: GDAL's JPEG driver (3.6 and 3.10 alike) always asks libjpeg for optimised Huffman tables, and it has no
+creation option to turn that off. libjpeg can only optimise after it has seen every coefficient, so it keeps the
+whole image's DCT coefficients in memory (2 bytes per sample: ~1.2 GB for a 20000x20000 RGB preview at 4:2:0,
+~4.8 GB at 40000x40000). Neither libjpeg-turbo (system GDAL) nor the IJG libjpeg 9 bundled with rasterio is built
+with a backing store (``JPEGMEM`` fails with "Backing store not supported"), so the buffer cannot be moved to disk.
 
-How: GDAL's GTiff driver writes JPEG-compressed strips through libtiff, which with
-``JPEGTABLESMODE=3`` uses libjpeg's *standard* Huffman tables (no optimisation pass) and puts the
-quantisation and Huffman tables, identical for every strip, in the ``JPEGTables`` tag. Each strip
-is then an independent entropy-coded segment, encoded line by line, that starts with the DC
-predictions reset. That is exactly what a restart marker means in one baseline JPEG, so the
-strips are joined into one JFIF file: SOI, APP0, the shared tables, one frame header of the
-whole size, a restart interval of one strip, one scan header, and the strips' segments separated
-by RST0..RST7. Nothing is decoded or re-encoded; the DCT, the quantisation tables (quality 80)
-and the 4:2:0 chroma subsampling are libjpeg's, as in the JPEG driver, so the decoded pixels
-equal the driver's (tested); only the Huffman coding differs (a few % more bytes).
+How: GDAL's GTiff driver writes JPEG-compressed strips through libtiff, which with ``JPEGTABLESMODE=3`` uses
+libjpeg's *standard* Huffman tables (no optimisation pass) and puts the quantisation and Huffman tables, identical
+for every strip, in the ``JPEGTables`` tag. Each strip is then an independent entropy-coded segment, encoded line
+by line, that starts with the DC predictions reset. That is exactly what a restart marker means in one baseline
+JPEG, so the strips are joined into one JFIF file: SOI, APP0, the shared tables, one frame header of the whole
+size, a restart interval of one strip, one scan header, and the strips' segments separated by RST0..RST7. Nothing
+is decoded or re-encoded; the DCT, the quantisation tables (the profile's quality) and the 4:2:0 chroma
+subsampling are libjpeg's, as in the JPEG driver, so the decoded pixels equal the driver's (tested); only the
+Huffman coding differs (a few % more bytes).
 """
 
 from __future__ import annotations

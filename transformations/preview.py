@@ -1,7 +1,5 @@
-"""Planning the JPEG preview: which bands, scaling, masking and size, as a VRT over the input.
-
-GDAL streams the VRT line by line, so no whole image is ever held in a numpy array.
-"""
+"""Planning the JPEG preview: which bands, scaling, masking and size, as a VRT over the input that GDAL streams
+line by line (no whole image is held in a numpy array)."""
 
 from __future__ import annotations
 
@@ -77,20 +75,17 @@ def plan_preview(info: RasterInfo, band_rule: str = "rgb") -> PreviewPlan:
     else:
         bands = non_alpha[:1]
     k = max(1, -(-max(info.width, info.height) // JPEG_MAX_DIMENSION))
-    width, height = -(-info.width // k), -(-info.height // k)
-    plan = PreviewPlan(bands=bands, width=width, height=height, downsample=k, palette_expanded=palette)
-    flags = [info.mask_flags[b - 1] for b in bands]
-    plan.masked = any(f & (GMF_PER_DATASET | GMF_ALPHA) for f in flags)
+    masked = any(info.mask_flags[b - 1] & (GMF_PER_DATASET | GMF_ALPHA) for b in bands)
+    scale = None
     notes = [f"bands {','.join(map(str, bands))}" if not palette else "palette expanded to RGB"]
     if not palette and any(info.dtypes[b - 1] != "uint8" for b in bands):
-        plan.scale = _preview_scale(info, bands)
-        notes.append(f"{info.dtypes[bands[0] - 1]} scaled linearly {plan.scale[0]:g}..{plan.scale[1]:g} -> 0..255")
-    if plan.masked:
+        scale = _preview_scale(info, bands)
+        notes.append(f"{info.dtypes[bands[0] - 1]} scaled linearly {scale[0]:g}..{scale[1]:g} -> 0..255")
+    if masked:
         notes.append("masked pixels composited onto black")
     if k > 1:
         notes.append(f"downsampled 1/{k} (JPEG limit {JPEG_MAX_DIMENSION} px)")
-    plan.description = "; ".join(notes)
-    return plan
+    return PreviewPlan(bands, -(-info.width // k), -(-info.height // k), k, scale, masked, palette, "; ".join(notes))
 
 
 def _source_xml(src: str, band: str, info: RasterInfo, plan: PreviewPlan, extra: str = "") -> str:
