@@ -1,10 +1,9 @@
 """Build the converter's modules into one self-contained executable file (a zipapp), on demand.
 
-Workflow jobs stage one file to the worker and run it in the stock GDAL container (the system Python,
-GDAL's own bindings, numpy; no pip). The modules of this package import each other only relatively, so
-inside the archive they run as the package ``generate_cog`` unchanged. The file is built, never committed:
-reproducibly (sorted entries, fixed timestamps: the same bytes for the same sources), into a cache keyed
-by the sources' hash.
+Workflow jobs stage one file to the worker and run it in the stock GDAL container (the system Python, GDAL's own
+bindings, numpy; no pip). The modules of this package import each other only relatively, so inside the archive
+they run as the package ``generate_cog`` unchanged. The file is built, never committed: reproducibly (sorted
+entries, fixed timestamps: the same bytes for the same sources), into a cache keyed by the sources' hash.
 
     python -m cog_pipeline.transformations.build [DEST_DIR]   # prints the path of DEST_DIR/generate_cog
 """

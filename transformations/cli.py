@@ -206,15 +206,12 @@ def _convert_args(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[i
 
 def _summary(result: ConversionResult) -> str:
     """The --verbose line on stdout: what was written, how, and where the time went."""
-    return (
-        f"{result.cog}: {result.width}x{result.height}x{result.bands} {result.dtype}, overviews "
-        f"{result.overview_sizes}, valid; {result.jpeg}: {result.jpeg_size[0]}x"
-        f"{result.jpeg_size[1]}x{result.jpeg_bands} ({result.preview}); {result.backend} GDAL "
-        f"{result.gdal_version}, {result.threads} threads, {result.profile}, jpeg {result.jpeg_method}, budget "
-        f"{result.memory_budget_mb} MB, cache {result.cachemax_mb} MB, "
-        + ("" if result.preview_uniform is None else f"preview uniform (every sample {result.preview_uniform}), ")
-        + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
-    )
+    uniform = "" if result.preview_uniform is None else f"preview uniform (every sample {result.preview_uniform}), "
+    return (f"{result.cog}: {result.width}x{result.height}x{result.bands} {result.dtype}, overviews "
+            f"{result.overview_sizes}, valid; {result.jpeg}: {result.jpeg_size[0]}x{result.jpeg_size[1]}x"
+            f"{result.jpeg_bands} ({result.preview}); {result.backend} GDAL {result.gdal_version}, {result.threads} "
+            f"threads, {result.profile}, jpeg {result.jpeg_method}, budget {result.memory_budget_mb} MB, cache "
+            f"{result.cachemax_mb} MB, {uniform}" + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
 
 if __name__ == "__main__":
     sys.exit(main())

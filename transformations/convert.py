@@ -20,7 +20,7 @@ from .budget import cache_cap_mb, memory_budget_mb
 from .exit_codes import ConversionError, ExitCode, GdalFailure
 from .jpeg import choose_writer, write_preview
 from .preview import PreviewPlan, composites_in_numpy, plan_preview, preview_vrt
-from .profile import DEFAULT, Profile, split, with_overrides
+from .profile import DEFAULT, Profile, with_overrides
 from .provenance import PROVENANCE_DOMAIN, fill_slot, slot_vrt_metadata
 from .settings import TIFF_MAGICS, env
 from .tiff import read_tiff_ifds
@@ -75,9 +75,10 @@ class ConvertOptions:
 
 
 def default_profile() -> Profile:
-    """profile.DEFAULT with the overrides of env COG_PIPELINE_PROFILE; ConversionError(USAGE) if they are bad."""
+    """profile.DEFAULT with the overrides of env COG_PIPELINE_PROFILE (``NAME=VALUE[,NAME=VALUE]``);
+    ConversionError(USAGE) if they are bad."""
     try:
-        return with_overrides(split(env("COG_PIPELINE_PROFILE")))
+        return with_overrides(p.strip() for p in env("COG_PIPELINE_PROFILE").split(",") if p.strip())
     except ValueError as exc:
         raise ConversionError(ExitCode.USAGE, f"COG_PIPELINE_PROFILE: {exc}") from None
 
@@ -122,10 +123,14 @@ class _Paths:
 
     @classmethod
     def beside(cls, output_tif: str, output_jpg: str) -> "_Paths":
+        """Hidden names beside the (absolute) outputs: ``.x.tif.<pid>-<random>.tmp.tif``."""
         token = f"{os.getpid()}-{os.urandom(4).hex()}"
-        return cls(temp_name(output_tif, ".tif", token), temp_name(output_jpg, ".jpg", token),
-                   temp_name(output_tif, ".vrt", token), temp_name(output_jpg, ".vrt", token),
-                   temp_name(output_jpg, ".strips.tif", token))
+
+        def temp(final: str, suffix: str) -> str:
+            return os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.{token}.tmp{suffix}")
+
+        return cls(temp(output_tif, ".tif"), temp(output_jpg, ".jpg"), temp(output_tif, ".vrt"),
+                   temp(output_jpg, ".vrt"), temp(output_jpg, ".strips.tif"))
 
 
 def _input_problem(path: str) -> Optional[str]:
@@ -167,11 +172,6 @@ def inspect_input(path: str) -> RasterInfo:
     if info.count < 1:
         raise ConversionError(ExitCode.UNSUPPORTED_INPUT, "the TIFF has no raster bands")
     return info
-
-
-def temp_name(final: str, suffix: str, token: str) -> str:
-    folder, name = os.path.split(os.path.abspath(final))
-    return os.path.join(folder, f".{name}.{token}.tmp{suffix}")
 
 
 def remove_outputs(*paths: str) -> None:
@@ -226,7 +226,9 @@ def convert(input: Union[str, os.PathLike], output_tif: Union[str, os.PathLike],
         t0 = time.perf_counter()
         _fill_provenance(paths.tif, provenance)
         warns, out_info = verify_cog(paths.tif, info, profile, opts.verify_pixels)
-        uniform = verify_jpeg(paths.jpg, plan)
+        errors, (lo, hi) = validate_jpeg(paths.jpg, plan.width, plan.height, plan.band_count)
+        if errors:
+            raise ConversionError(ExitCode.OUTPUT_INVALID, "; ".join(errors))
         timings["verify"] = time.perf_counter() - t0
         _move_into_place(paths, output_tif, output_jpg)
     except BaseException:
@@ -241,13 +243,14 @@ def convert(input: Union[str, os.PathLike], output_tif: Union[str, os.PathLike],
         dtype=info.dtypes[0], jpeg_bands=plan.band_count, jpeg_size=(plan.width, plan.height),
         jpeg_downsample=plan.downsample, preview=plan.description, overview_sizes=list(out_info.overview_sizes),
         backend=be.name, gdal_version=str(be.version), threads=threads, profile=profile, timings=timings,
-        jpeg_method=writer, preview_uniform=uniform, warnings=list(warns), memory_budget_mb=budget_mb,
-        cachemax_mb=cachemax_mb, exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK, reason=mismatch,
+        jpeg_method=writer, preview_uniform=int(lo) if lo == hi else None, warnings=list(warns),
+        memory_budget_mb=budget_mb, cachemax_mb=cachemax_mb,
+        exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK, reason=mismatch,
     )
 
 
-def _output_paths(input: str, output_tif: Union[str, os.PathLike], output_jpg: Union[str, os.PathLike]
-                  ) -> Tuple[str, str]:
+def _output_paths(input: str, output_tif: Union[str, os.PathLike],
+                  output_jpg: Union[str, os.PathLike]) -> Tuple[str, str]:
     """The outputs as absolute paths; ConversionError(USAGE) if any two of the three paths coincide,
     because writing over the input (or one output over the other) would destroy data."""
     tif = os.path.abspath(os.fspath(output_tif))
@@ -362,8 +365,8 @@ def _write_jpeg(info: RasterInfo, plan: PreviewPlan, paths: _Paths, profile: Pro
         os.remove(paths.jpg + ".aux.xml")
 
 
-def verify_cog(path: str, info: RasterInfo, profile: Profile, verify_pixels: bool = False
-               ) -> Tuple[List[str], RasterInfo]:
+def verify_cog(path: str, info: RasterInfo, profile: Profile,
+               verify_pixels: bool = False) -> Tuple[List[str], RasterInfo]:
     """Validate the written COG and compare it with the input; ConversionError(OUTPUT_INVALID) if it fails.
 
     Returns (the validator's warnings, the COG as GDAL reopens it)."""
@@ -394,14 +397,6 @@ def verify_cog(path: str, info: RasterInfo, profile: Profile, verify_pixels: boo
         if not same:
             raise ConversionError(ExitCode.OUTPUT_INVALID, "COG pixels differ from the input's")
     return warns, out_info
-
-
-def verify_jpeg(path: str, plan: PreviewPlan) -> Optional[int]:
-    """ConversionError(OUTPUT_INVALID) unless the JPEG passes validation; the one value of a uniform preview."""
-    errors, (lo, hi) = validate_jpeg(path, plan.width, plan.height, plan.band_count)
-    if errors:
-        raise ConversionError(ExitCode.OUTPUT_INVALID, "; ".join(errors))
-    return int(lo) if lo == hi else None
 
 
 def _fill_provenance(path: str, provenance: Dict[str, str]) -> None:

@@ -1,7 +1,5 @@
-"""Exit codes of ``generate_cog`` and the typed error that carries one.
-
-Other tools (the engines, reconcile) code against these numbers, so they never change; a failure
-is reported as exactly one line that starts with the code's name.
+"""Exit codes of ``generate_cog`` and the typed error that carries one. Other tools (the engines, reconcile) code
+against these numbers, so they never change; a failure is reported as one line that starts with the code's name.
 """
 
 from __future__ import annotations

@@ -91,13 +91,9 @@ def plan_preview(info: RasterInfo, band_rule: str = "rgb") -> PreviewPlan:
 def _source_xml(src: str, band: str, info: RasterInfo, plan: PreviewPlan, extra: str = "") -> str:
     resampling = ' resampling="average"' if plan.downsample > 1 else ""
     tag = "ComplexSource" if extra else "SimpleSource"
-    return (
-        f"<{tag}{resampling}><SourceFilename relativeToVRT=\"0\">{_xml_escape(src)}</SourceFilename>"
-        f"<SourceBand>{band}</SourceBand>"
-        f'<SrcRect xOff="0" yOff="0" xSize="{info.width}" ySize="{info.height}"/>'
-        f'<DstRect xOff="0" yOff="0" xSize="{plan.width}" ySize="{plan.height}"/>'
-        f"{extra}</{tag}>"
-    )
+    return (f"<{tag}{resampling}><SourceFilename relativeToVRT=\"0\">{_xml_escape(src)}</SourceFilename>"
+            f'<SourceBand>{band}</SourceBand><SrcRect xOff="0" yOff="0" xSize="{info.width}" ySize="{info.height}"/>'
+            f'<DstRect xOff="0" yOff="0" xSize="{plan.width}" ySize="{plan.height}"/>{extra}</{tag}>')
 
 
 def composites_in_numpy(plan: PreviewPlan) -> bool:
@@ -117,23 +113,19 @@ def preview_vrt(info: RasterInfo, plan: PreviewPlan) -> str:
         ratio = 255.0 / (hi - lo) if hi > lo else 0.0
         offset = -lo * ratio if hi > lo else (255.0 if plan.scale != (0.0, 0.0) else 0.0)
         scale = f"<ScaleOffset>{offset!r}</ScaleOffset><ScaleRatio>{ratio!r}</ScaleRatio>"
+    derived = function = ""
+    if plan.masked:  # each band times its mask / 255: composited onto black
+        derived = ' subClass="VRTDerivedRasterBand"'
+        function = "<PixelFunctionType>mul</PixelFunctionType><SourceTransferType>Float64</SourceTransferType>"
     out_bands = []
     names = ["Red", "Green", "Blue"] if plan.band_count == 3 else ["Gray"]
     for k in range(plan.band_count):
         b = plan.bands[0] if plan.palette_expanded else plan.bands[k]
         palette = f"<ColorTableComponent>{k + 1}</ColorTableComponent>" if plan.palette_expanded else ""
-        value = _source_xml(src, str(b), info, plan, palette + scale)
+        mask = ""
         if plan.masked:
             mask = _source_xml(src, f"mask,{b}", info, plan,
                                "<ScaleOffset>0</ScaleOffset><ScaleRatio>0.00392156862745098</ScaleRatio>")
-            out_bands.append(
-                f'<VRTRasterBand dataType="Byte" band="{k + 1}" subClass="VRTDerivedRasterBand">'
-                f"<ColorInterp>{names[k]}</ColorInterp><PixelFunctionType>mul</PixelFunctionType>"
-                f"<SourceTransferType>Float64</SourceTransferType>{value}{mask}</VRTRasterBand>"
-            )
-        else:
-            out_bands.append(
-                f'<VRTRasterBand dataType="Byte" band="{k + 1}"><ColorInterp>{names[k]}</ColorInterp>'
-                f"{value}</VRTRasterBand>"
-            )
+        out_bands.append(f'<VRTRasterBand dataType="Byte" band="{k + 1}"{derived}><ColorInterp>{names[k]}</ColorInterp>'
+                         f"{function}{_source_xml(src, str(b), info, plan, palette + scale)}{mask}</VRTRasterBand>")
     return f'<VRTDataset rasterXSize="{plan.width}" rasterYSize="{plan.height}">' + "".join(out_bands) + "</VRTDataset>"

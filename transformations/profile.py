@@ -62,8 +62,3 @@ def with_overrides(items: Iterable[str], base: Optional[Profile] = None) -> Prof
     if profile.blocksize % 16:
         raise ValueError(f"profile setting blocksize={profile.blocksize}: expected a multiple of 16")
     return profile
-
-
-def split(text: str) -> list:
-    """``"a=1, b=2"`` -> ``["a=1", "b=2"]`` (the environment variable's form)."""
-    return [part for part in (p.strip() for p in text.split(",")) if part]

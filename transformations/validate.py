@@ -56,12 +56,11 @@ def builtin_check(path: str) -> Tuple[List[str], List[str]]:
         prev = (o.width, o.height)
     if overviews and max(prev) > max(tile, COG_BLOCKSIZE):
         warnings_.append(f"smallest overview is {prev[0]}x{prev[1]}, larger than one tile")
-    first_data = [min((x for x in d.data_offsets if x), default=0) for d in images]
     all_data = [x for d in ifds for x in d.data_offsets if x]
     if all_data and max(d.offset for d in ifds) > min(all_data):
         errors.append("image directories are not all before the image data")
     # Overview data must come before the full-resolution data, smallest overview first.
-    order = [x for x in reversed(first_data) if x]
+    order = [x for x in reversed([min((x for x in d.data_offsets if x), default=0) for d in images]) if x]
     if order != sorted(order):
         errors.append("tile data is not ordered from the smallest overview to the full resolution")
     errors += ["tile data extends beyond the end of the file" for d in ifds
