@@ -1,10 +1,9 @@
 """Which GDAL binding this process converts with, one per environment, and what it reports about a raster.
 
-GDAL's own bindings (``osgeo.gdal``) where they are installed (the stock GDAL container, the worker
-image), else rasterio's (this project's venv, whose wheels bundle GDAL). Both offer the same few
-operations (backend_osgeo.py, backend_rasterio.py) and describe a raster as a :class:`RasterInfo`; every
-failure raises ``GdalFailure``. The binding is loaded on first use, so importing the package costs no GDAL
-start-up (nor numpy: the local worker's size guard uses the data-type table here).
+GDAL's own bindings (``osgeo.gdal``) where they are installed (the stock GDAL container, the worker image), else
+rasterio's (this project's venv, whose wheels bundle GDAL). Both offer the same few operations and describe a
+raster as a :class:`RasterInfo`; every failure raises ``GdalFailure``. The binding is loaded on first use, so
+importing this module costs no GDAL start-up (nor numpy: the local worker's size guard reads the table here).
 """
 
 from __future__ import annotations

@@ -32,10 +32,9 @@ class OsgeoBackend:
 
         gdal.PushErrorHandler(handler)
         try:
-            try:
-                result = fn()
-            except RuntimeError as exc:  # when the host process enabled gdal.UseExceptions()
-                raise GdalFailure(str(exc), messages) from None
+            result = fn()
+        except RuntimeError as exc:  # when the host process enabled gdal.UseExceptions()
+            raise GdalFailure(str(exc), messages) from None
         finally:
             gdal.PopErrorHandler()
         if failed:
@@ -64,8 +63,7 @@ class OsgeoBackend:
             mask_flags=[b.GetMaskFlags() for b in bands],
             block_size=tuple(b1.GetBlockSize()) if b1 is not None else (0, 0),
             overview_sizes=[(o.XSize, o.YSize) for o in (b1.GetOverview(i) for i in levels)],
-            has_palette=bool(b1 is not None and b1.GetColorTable() is not None),
-        )
+            has_palette=bool(b1 is not None and b1.GetColorTable() is not None))
 
     def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]:
         gdal = self.gdal

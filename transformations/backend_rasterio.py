@@ -18,10 +18,9 @@ from .exit_codes import GdalFailure
 def import_rasterio_without_boto3() -> None:
     """Import rasterio without letting it import boto3 (for its AWS sessions, when boto3 is installed).
 
-    The converter only ever opens local files, and the control plane opens objects through its own ranged
-    opener (ranged.py), never through rasterio's AWS sessions; boto3's import costs ~0.3 CPU-s and ~19 MiB
-    of RSS (measured) in every pool worker and in a scan on folder buckets. boto3 is importable again
-    afterwards for whoever needs it (the S3 store)."""
+    The converter opens only local files, and the control plane opens objects through its own ranged opener,
+    never through rasterio's AWS sessions; boto3's import costs ~0.3 CPU-s and ~19 MiB of RSS in every pool
+    worker and in a scan on folder buckets. boto3 is importable again afterwards (the S3 store needs it)."""
     if "rasterio" in sys.modules or "boto3" in sys.modules:
         return
     sys.modules["boto3"] = None  # type: ignore[assignment] - `import boto3` raises ImportError meanwhile
@@ -59,11 +58,9 @@ class RasterioBackend:
         tid = threading.get_ident()
         self._records[tid] = []
         try:
-            try:
-                result = fn()
-            except Exception as exc:  # rasterio turns every GDAL failure into an exception
-                raise GdalFailure(str(exc), self._records.get(tid, [])) from None
-            return result, list(self._records.get(tid, []))
+            return fn(), list(self._records.get(tid, []))
+        except Exception as exc:  # rasterio turns every GDAL failure into an exception
+            raise GdalFailure(str(exc), self._records.get(tid, [])) from None
         finally:
             self._records.pop(tid, None)
 
@@ -90,8 +87,7 @@ class RasterioBackend:
                 nodata=list(ds.nodatavals), colorinterp=[ci.name.lower() for ci in ds.colorinterp],
                 mask_flags=[sum(int(f.value) for f in flags) for flags in ds.mask_flag_enums],
                 block_size=(ds.block_shapes[0][1], ds.block_shapes[0][0]) if ds.count else (0, 0),
-                overview_sizes=ovr, has_palette=has_palette,
-            )
+                overview_sizes=ovr, has_palette=has_palette)
 
     def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]:
         return self._call(lambda: _quietly(self.rasterio.shutil.copy, src, dst, driver=driver, strict=False,

@@ -28,12 +28,9 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _ArgumentParser(
-        prog="generate_cog",
-        description="Convert one GeoTIFF into a verified Cloud Optimized GeoTIFF (LZW, 512 tiles, "
-        "internal overviews) and a quality-80 JPEG preview.",
-        epilog="Exit codes: " + ", ".join(f"{c.value} {c.name}" for c in ExitCode),
-    )
+    p = _ArgumentParser(prog="generate_cog", description="Convert one GeoTIFF into a verified Cloud Optimized GeoTIFF "
+                        "(LZW, 512 tiles, internal overviews) and a quality-80 JPEG preview.",
+                        epilog="Exit codes: " + ", ".join(f"{c.value} {c.name}" for c in ExitCode))
     p.add_argument("input", help="input GeoTIFF")
     p.add_argument("output_tif", help="COG to write (parent folders are created)")
     p.add_argument("output_jpg", help="JPEG preview to write (parent folders are created)")
@@ -142,22 +139,6 @@ def _stderr_to(fd: int) -> Iterator[None]:
             os.close(saved_fd)
 
 
-def _run_conversion(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[int, str, str]:
-    """(exit code, the stderr line, the verbose summary): every failure becomes a code and one line."""
-    try:
-        return _convert_args(args, metadata)
-    except ConversionError as exc:
-        return exc.code, exc.line, ""
-    except KeyboardInterrupt:
-        return ExitCode.INTERNAL, "INTERNAL: interrupted", ""
-    except MemoryError:
-        return ExitCode.INTERNAL, "INTERNAL: out of memory", ""
-    except Exception as exc:  # noqa: BLE001 - the contract is an exit code and one line
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return ExitCode.OUT_OF_DISK, f"OUT_OF_DISK: {exc}", ""
-        return ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}", ""
-
-
 def check_source(path: str, metadata: Dict[str, str]) -> None:
     """SOURCE_CHANGED unless the file is the version the workflow listed: its size, and its MD5 when the listed
     ETag is a plain MD5 (a single-part upload; a multipart ETag is not the file's MD5, so only the size counts)."""
@@ -178,30 +159,43 @@ def check_source(path: str, metadata: Dict[str, str]) -> None:
                                   "workflow was generated: it was re-uploaded since; resubmit the row")
 
 
-def _convert_args(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[int, str, str]:
-    """Convert as the arguments say; (exit code, the stderr line, the verbose summary)."""
-    if env("COG_PIPELINE_VERIFY_SOURCE") == "1":
-        check_source(args.input, metadata)
-    backend = loaded_backend()
-    if backend is not None and not args.verbose:
-        backend.quiet()
-    if args.metadata_b64 is not None:  # what only the worker knows: its GDAL, and when it wrote the COG
-        metadata.setdefault("GDAL_VERSION", str(getattr(backend, "version", "unknown")))
-        metadata.setdefault("CREATED_UTC", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    result = convert(args.input, args.output_tif, args.output_jpg, args.bands, profile=args.profile,
-                     threads=args.threads, verify_pixels=args.verify_pixels, metadata=metadata,
-                     memory_budget_mb=args.memory_budget)
-    code: int = result.exit_code
-    line = f"{ExitCode(code).name}: {result.reason}" if code else ""
-    if code == ExitCode.BAND_MISMATCH and env("COG_PIPELINE_BAND_MISMATCH").lower() == "warn":
-        # Inside a workflow the file wins: the outputs are verified, so the job succeeds (every engine,
-        # DAGMan included, treats non-zero as failure) and the mismatch stays on record as this line.
-        code, line = ExitCode.OK, f"WARNING {line}"
-    if code == ExitCode.OK and not line and result.preview_uniform is not None:
-        # Converted and verified, but the picture is one flat value: an operator cannot tell it from an empty
-        # image, so the row's record (and report) says so.
-        line = f"WARNING PREVIEW_UNIFORM: every sample of the JPEG preview is {result.preview_uniform}: check the source"
-    return code, line, _summary(result)
+def _run_conversion(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[int, str, str]:
+    """Convert as the arguments say: (exit code, the stderr line, the verbose summary); every failure becomes a
+    code and one line."""
+    try:
+        if env("COG_PIPELINE_VERIFY_SOURCE") == "1":
+            check_source(args.input, metadata)
+        backend = loaded_backend()
+        if backend is not None and not args.verbose:
+            backend.quiet()
+        if args.metadata_b64 is not None:  # what only the worker knows: its GDAL, and when it wrote the COG
+            metadata.setdefault("GDAL_VERSION", str(getattr(backend, "version", "unknown")))
+            metadata.setdefault("CREATED_UTC", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        result = convert(args.input, args.output_tif, args.output_jpg, args.bands, profile=args.profile,
+                         threads=args.threads, verify_pixels=args.verify_pixels, metadata=metadata,
+                         memory_budget_mb=args.memory_budget)
+        code: int = result.exit_code
+        line = f"{ExitCode(code).name}: {result.reason}" if code else ""
+        if code == ExitCode.BAND_MISMATCH and env("COG_PIPELINE_BAND_MISMATCH").lower() == "warn":
+            # Inside a workflow the file wins: the outputs are verified, so the job succeeds (every engine,
+            # DAGMan included, treats non-zero as failure) and the mismatch stays on record as this line.
+            code, line = ExitCode.OK, f"WARNING {line}"
+        if code == ExitCode.OK and not line and result.preview_uniform is not None:
+            # Converted and verified, but the picture is one flat value: an operator cannot tell it from an empty
+            # image, so the row's record (and report) says so.
+            line = (f"WARNING PREVIEW_UNIFORM: every sample of the JPEG preview is {result.preview_uniform}: "
+                    "check the source")
+        return code, line, _summary(result)
+    except ConversionError as exc:
+        return exc.code, exc.line, ""
+    except KeyboardInterrupt:
+        return ExitCode.INTERNAL, "INTERNAL: interrupted", ""
+    except MemoryError:
+        return ExitCode.INTERNAL, "INTERNAL: out of memory", ""
+    except Exception as exc:  # noqa: BLE001 - the contract is an exit code and one line
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ExitCode.OUT_OF_DISK, f"OUT_OF_DISK: {exc}", ""
+        return ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}", ""
 
 
 def _summary(result: ConversionResult) -> str:

@@ -96,14 +96,12 @@ def default_threads() -> int:
 
 def check_metadata(items: Mapping[str, str]) -> Dict[str, str]:
     """The provenance pairs as a dict; ConversionError(USAGE) for a key GDAL could not keep."""
-    out = {}
     for key, value in items.items():
         if not isinstance(key, str) or not key or "=" in key or any(c.isspace() for c in key):
             raise ConversionError(ExitCode.USAGE, f"metadata key {key!r}: must be non-empty, without '=' or spaces")
         if not isinstance(value, str) or "\x00" in value:
             raise ConversionError(ExitCode.USAGE, f"metadata value for {key!r} must be a string without NUL")
-        out[key] = value
-    return out
+    return dict(items)
 
 
 def _disk_code(exc: OSError) -> ExitCode:

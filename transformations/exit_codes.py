@@ -21,12 +21,12 @@ class ExitCode(IntEnum):
 
 
 class ConversionError(Exception):
-    """A conversion failed; no output is left behind. ``code`` is the exit code."""
+    """A conversion failed; no output is left behind. ``code`` is the exit code, ``line`` the one line ``main``
+    prints on stderr."""
 
     def __init__(self, code: ExitCode, reason: str):
         self.code = ExitCode(code)
         self.reason = one_line(reason)
-        #: the one line ``main`` prints on stderr
         self.line = f"{self.code.name}: {self.reason}"
         super().__init__(self.line)
 

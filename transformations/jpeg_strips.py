@@ -41,9 +41,9 @@ def coefficient_buffer_bytes(width: int, height: int, bands: int) -> int:
 def write_streamed_jpeg(vrt: str, strips_tif: str, out: str, bands: int, quality: int) -> None:
     """Write ``vrt`` (1 or 3 Byte bands) as a baseline JPEG at ``out``, via ``strips_tif``.
 
-    ``strips_tif`` is the JPEG-in-TIFF intermediate (about the size of the JPEG); the caller
-    deletes it. Raises GdalFailure when GDAL fails, ValueError when a strip is not what this
-    module expects (GDAL's driver would need the memory the strips avoid), OSError on write errors."""
+    ``strips_tif`` is the JPEG-in-TIFF intermediate (about the size of the JPEG); the caller deletes it. Raises
+    GdalFailure when GDAL fails, ValueError when a strip is not what this module expects (GDAL's driver would
+    need the memory the strips avoid), OSError on write errors."""
     # JPEGTABLESMODE=3: quantisation and Huffman tables shared in JPEGTables, no optimisation pass
     opts = {"COMPRESS": "JPEG", "JPEG_QUALITY": str(quality), "JPEGTABLESMODE": "3", "BLOCKYSIZE": str(STRIP_ROWS),
             "INTERLEAVE": "PIXEL", "BIGTIFF": "IF_SAFER"}

@@ -31,7 +31,7 @@ class TiffTag(IntEnum):
     JPEG_TABLES = 347
 
 
-TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+#: struct formats of the TIFF field types the converter reads (their sizes too, by struct.calcsize)
 TIFF_FORMATS = {1: "B", 3: "H", 7: "B", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q", 17: "q", 18: "Q"}
 _WANTED_TAGS = frozenset(TiffTag)
 
@@ -106,7 +106,7 @@ def read_tiff_ifds(path: str) -> Tuple[List[Ifd], int]:
                     continue
                 count = struct.unpack(bo + off, e[4 : 4 + off_size])[0]
                 inline = e[4 + off_size :]
-                nbytes = count * TIFF_TYPE_SIZES[typ]
+                nbytes = count * struct.calcsize(bo + TIFF_FORMATS[typ])
                 if count > 50_000_000:
                     raise ValueError(f"tag {tag} claims {count} values")
                 if nbytes <= len(inline):
