@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from cog_pipeline.transformations.budget import condor_memory_mb, memory_budget_mb
-from cog_pipeline.transformations.convert import convert
-from cog_pipeline.transformations.inputs import inspect_input
+from cog_pipeline.transformations.convert import convert, inspect_input
 from cog_pipeline.transformations.jpeg import write_preview
 from cog_pipeline.transformations.preview import plan_preview, preview_vrt
 from tests import rasters

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from cog_pipeline.transformations import jpeg
-from cog_pipeline.transformations.convert import convert
-from cog_pipeline.transformations.inputs import inspect_input
+from cog_pipeline.transformations.convert import convert, inspect_input
 from cog_pipeline.transformations.preview import plan_preview
 
 from . import rasters

@@ -1,4 +1,4 @@
-"""The local worker's size guard counts bytes per sample from a table (rasterinfo.DTYPE_ITEMSIZE), not numpy."""
+"""The local worker's size guard counts bytes per sample from a table (backend.DTYPE_ITEMSIZE), not numpy."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import rasterio
 
 from cog_pipeline.engines.local_worker import size_problem
-from cog_pipeline.transformations.rasterinfo import DTYPE_ITEMSIZE, dtype_itemsize, numpy_dtype_name
+from cog_pipeline.transformations.backend import DTYPE_ITEMSIZE, dtype_itemsize, numpy_dtype_name
 
 # numpy has no complex integer types: each is its two integer parts.
 _NUMPY_EQUIVALENT = {"complex_int16": "complex64", "complex_int32": "complex128"}

@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 if TYPE_CHECKING:
     import numpy as np
 
+from .backend import GMF_ALPHA, GMF_PER_DATASET, RasterInfo, numpy_dtype_name
 from .exit_codes import GdalFailure
-from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo, numpy_dtype_name
+
 
 class OsgeoBackend:
-    """GDAL's own Python bindings (the stock GDAL containers)."""
-
     name = "osgeo"
 
     def __init__(self) -> None:
@@ -33,10 +32,9 @@ class OsgeoBackend:
 
         gdal.PushErrorHandler(handler)
         try:
-            try:
-                result = fn()
-            except RuntimeError as exc:  # when the host process enabled gdal.UseExceptions()
-                raise GdalFailure(str(exc), messages) from None
+            result = fn()
+        except RuntimeError as exc:  # when the host process enabled gdal.UseExceptions()
+            raise GdalFailure(str(exc), messages) from None
         finally:
             gdal.PopErrorHandler()
         if failed:
@@ -45,15 +43,10 @@ class OsgeoBackend:
 
     def _open(self, path: str, drivers: Optional[List[str]] = None) -> Any:
         gdal = self.gdal
-
-        def do() -> Any:
-            if drivers:
-                return gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY, allowed_drivers=drivers)
-            return gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
-
-        ds, messages = self._call(do)
+        kw = {"allowed_drivers": drivers} if drivers else {}
+        ds, messages = self._call(lambda: gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY, **kw))
         if ds is None:
-            raise GdalFailure.after(messages, f"GDAL cannot open {path}")
+            raise GdalFailure(messages[-1] if messages else f"GDAL cannot open {path}", messages)
         return ds
 
     def info(self, path: str, drivers: Optional[List[str]] = None, overviews: bool = True) -> RasterInfo:
@@ -61,25 +54,16 @@ class OsgeoBackend:
         ds = self._open(path, drivers)
         bands = [ds.GetRasterBand(i + 1) for i in range(ds.RasterCount)]
         b1 = bands[0] if bands else None
-        ovr = []
-        if b1 is not None and overviews:
-            for i in range(b1.GetOverviewCount()):
-                o = b1.GetOverview(i)
-                ovr.append((o.XSize, o.YSize))
+        levels = range(b1.GetOverviewCount()) if b1 is not None and overviews else []
         return RasterInfo(
-            path=path,
-            driver=ds.GetDriver().ShortName,
-            width=ds.RasterXSize,
-            height=ds.RasterYSize,
-            count=ds.RasterCount,
-            dtypes=[numpy_dtype_name(gdal.GetDataTypeName(b.DataType)) for b in bands],
+            path=path, driver=ds.GetDriver().ShortName, width=ds.RasterXSize, height=ds.RasterYSize,
+            count=ds.RasterCount, dtypes=[numpy_dtype_name(gdal.GetDataTypeName(b.DataType)) for b in bands],
             nodata=[b.GetNoDataValue() for b in bands],
             colorinterp=[gdal.GetColorInterpretationName(b.GetColorInterpretation()).lower() for b in bands],
             mask_flags=[b.GetMaskFlags() for b in bands],
             block_size=tuple(b1.GetBlockSize()) if b1 is not None else (0, 0),
-            overview_sizes=ovr,
-            has_palette=bool(b1 is not None and b1.GetColorTable() is not None),
-        )
+            overview_sizes=[(o.XSize, o.YSize) for o in (b1.GetOverview(i) for i in levels)],
+            has_palette=bool(b1 is not None and b1.GetColorTable() is not None))
 
     def create_copy(self, driver: str, src: str, dst: str, options: Dict[str, str]) -> List[str]:
         gdal = self.gdal
@@ -87,10 +71,9 @@ class OsgeoBackend:
         drv = gdal.GetDriverByName(driver)
         if drv is None:
             raise GdalFailure(f"GDAL has no {driver} driver")
-        opts = [f"{k}={v}" for k, v in options.items()]
 
         def do() -> Any:
-            out = drv.CreateCopy(dst, src_ds, 0, options=opts)
+            out = drv.CreateCopy(dst, src_ds, 0, options=[f"{k}={v}" for k, v in options.items()])
             if out is None:
                 return None
             out.FlushCache()
@@ -99,17 +82,11 @@ class OsgeoBackend:
 
         ok, messages = self._call(do)
         if not ok:
-            raise GdalFailure.after(messages, f"{driver} CreateCopy failed")
+            raise GdalFailure(messages[-1] if messages else f"{driver} CreateCopy failed", messages)
         return messages
 
-    def read(
-        self,
-        path: str,
-        bands: Sequence[int],
-        window: Optional[Tuple[int, int, int, int]] = None,
-        out_shape: Optional[Tuple[int, int]] = None,
-        masks: bool = False,
-    ) -> np.ndarray:
+    def read(self, path: str, bands: Sequence[int], window: Optional[Tuple[int, int, int, int]] = None,
+             out_shape: Optional[Tuple[int, int]] = None, masks: bool = False) -> np.ndarray:
         import numpy as np  # noqa: PLC0415 - only where pixels are read (uint8 conversions never import it)
 
         ds = self._open(path)
@@ -147,7 +124,7 @@ class OsgeoBackend:
             target = band.GetOverview(n - 1) if n else band
             value_range, msgs = self._call(lambda target=target: target.ComputeRasterMinMax(False))
             if value_range is None:
-                raise GdalFailure.after(msgs, f"cannot decode {path}")
+                raise GdalFailure(msgs[-1] if msgs else f"cannot decode {path}", msgs)
             messages += msgs
             lo, hi = min(lo, value_range[0]), max(hi, value_range[1])
             del target, band

@@ -1,8 +1,7 @@
 """The memory a conversion may use: the HTCondor slot's request when run in one, else 1 GB.
 
-A converter that grows past its slot's memory is held or killed, so the budget sizes GDAL's block
-cache (unless GDAL_CACHEMAX is set) and chooses the JPEG writer (jpeg.py).
-"""
+A converter that grows past its slot's memory is held or killed, so the budget sizes GDAL's block cache (unless
+GDAL_CACHEMAX is set) and chooses the JPEG writer (jpeg.py)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
 """Build the converter's modules into one self-contained executable file (a zipapp), on demand.
 
-Workflow jobs stage one file to the worker and run it in the stock GDAL container (the system Python,
-GDAL's own bindings, numpy; no pip). The modules of this package import each other only relatively, so
-inside the archive they run as the package ``generate_cog`` unchanged. The file is built, never committed:
-reproducibly (sorted entries, fixed timestamps: the same bytes for the same sources), into a cache keyed
-by the sources' hash.
+Workflow jobs stage one file to the worker and run it in the stock GDAL container (the system Python, GDAL's own
+bindings, numpy; no pip). The modules of this package import each other only relatively, so inside the archive
+they run as the package ``generate_cog`` unchanged. The file is built, never committed: reproducibly (sorted
+entries, fixed timestamps: the same bytes for the same sources), into a cache keyed by the sources' hash.
 
     python -m cog_pipeline.transformations.build [DEST_DIR]   # prints the path of DEST_DIR/generate_cog
 """
@@ -20,24 +19,19 @@ from pathlib import Path
 from typing import Optional
 
 HERE = Path(__file__).resolve().parent
+#: The executable's name, and the package name the modules carry inside the archive.
 NAME = "generate_cog"
-#: The package name the modules carry inside the archive.
-ARCHIVE_PACKAGE = "generate_cog"
-INTERPRETER = "/usr/bin/env python3"
-#: Not part of the converter: this builder.
-_LEFT_OUT = {"build.py"}
 _MAIN = (
     '"""generate_cog: convert one GeoTIFF into a verified COG and a JPEG preview (see --help)."""\n'
     "import sys\n\n"
-    f"from {ARCHIVE_PACKAGE}.cli import main\n\n"
+    f"from {NAME}.cli import main\n\n"
     "sys.exit(main())\n"
 )
-_DATE = (1980, 1, 2, 0, 0, 0)
 
 
 def converter_modules() -> list[Path]:
-    """The package's module files that make up the converter, sorted."""
-    return sorted(p for p in HERE.glob("*.py") if p.name not in _LEFT_OUT)
+    """The package's module files that make up the converter (all but this builder), sorted."""
+    return sorted(p for p in HERE.glob("*.py") if p.name != "build.py")
 
 
 def sources_hash() -> str:
@@ -56,7 +50,7 @@ def _bytecode(module: Path) -> bytes:
     from importlib._bootstrap_external import _code_to_hash_pyc
 
     source = module.read_bytes()
-    code = compile(source, f"{ARCHIVE_PACKAGE}/{module.name}", "exec", dont_inherit=True)
+    code = compile(source, f"{NAME}/{module.name}", "exec", dont_inherit=True)
     return bytes(_code_to_hash_pyc(code, importlib.util.source_hash(source), checked=False))
 
 
@@ -68,14 +62,13 @@ def build_zipapp(dest_dir: Path) -> Path:
     fd, partial = tempfile.mkstemp(prefix=f".{NAME}.", suffix=".tmp", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(f"#!{INTERPRETER}\n".encode())
+            fh.write(b"#!/usr/bin/env python3\n")
             with zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
                 entries = [("__main__.py", _MAIN.encode())]
                 for m in converter_modules():
-                    entries += [(f"{ARCHIVE_PACKAGE}/{m.name}", m.read_bytes()),
-                                (f"{ARCHIVE_PACKAGE}/{m.name}c", _bytecode(m))]
+                    entries += [(f"{NAME}/{m.name}", m.read_bytes()), (f"{NAME}/{m.name}c", _bytecode(m))]
                 for name, data in entries:
-                    info = zipfile.ZipInfo(name, date_time=_DATE)
+                    info = zipfile.ZipInfo(name, date_time=(1980, 1, 2, 0, 0, 0))
                     info.external_attr = 0o644 << 16
                     info.compress_type = zipfile.ZIP_DEFLATED
                     zf.writestr(info, data)
@@ -87,16 +80,12 @@ def build_zipapp(dest_dir: Path) -> Path:
     return dest
 
 
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/cog-pipeline`` (default ``~/.cache/cog-pipeline``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cog-pipeline"
-
-
 def cached_zipapp(root: Optional[Path] = None) -> Path:
-    """The zipapp of the current sources, built on first use under ``root`` (default :func:`cache_dir`)
-    in a folder named by the sources' hash, so an edited module gets a new build and a path of its own."""
-    folder = Path(root or cache_dir()) / f"generate_cog-{sources_hash()[:16]}"
+    """The zipapp of the current sources, built on first use under ``root`` (default
+    ``$XDG_CACHE_HOME/cog-pipeline``, ``~/.cache/cog-pipeline``) in a folder named by the sources' hash, so an
+    edited module gets a new build and a path of its own."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = Path(root or Path(cache) / "cog-pipeline") / f"generate_cog-{sources_hash()[:16]}"
     path = folder / NAME
     if not path.is_file():
         build_zipapp(folder)

@@ -1,11 +1,11 @@
-"""The ``generate_cog`` command line: arguments in, exit code and at most one stderr line out.
-"""
+"""The ``generate_cog`` command line: arguments in, exit code and at most one stderr line out."""
 
 from __future__ import annotations
 
 import argparse
 import base64
 import binascii
+import contextlib
 import errno
 import hashlib
 import json
@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import IO, Dict, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 from .backend import loaded_backend
 from .convert import ConversionResult, convert, default_profile
@@ -21,18 +21,16 @@ from .exit_codes import ConversionError, ExitCode, one_line
 from .profile import FIELDS, with_overrides
 from .settings import CACHE_SHARE, DEFAULT_MEMORY_BUDGET_MB, ENV, env
 
+
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         self.exit(ExitCode.USAGE, f"USAGE: {one_line(message)} (see --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _ArgumentParser(
-        prog="generate_cog",
-        description="Convert one GeoTIFF into a verified Cloud Optimized GeoTIFF (LZW, 512 tiles, "
-        "internal overviews) and a quality-80 JPEG preview.",
-        epilog="Exit codes: " + ", ".join(f"{c.value} {c.name}" for c in ExitCode),
-    )
+    p = _ArgumentParser(prog="generate_cog", description="Convert one GeoTIFF into a verified Cloud Optimized GeoTIFF "
+                        "(LZW, 512 tiles, internal overviews) and a quality-80 JPEG preview.",
+                        epilog="Exit codes: " + ", ".join(f"{c.value} {c.name}" for c in ExitCode))
     p.add_argument("input", help="input GeoTIFF")
     p.add_argument("output_tif", help="COG to write (parent folders are created)")
     p.add_argument("output_jpg", help="JPEG preview to write (parent folders are created)")
@@ -74,30 +72,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return ExitCode.USAGE
     # GDAL, libtiff and Python warnings may write to the process's stderr from any thread;
     # the contract is ONE line there, so they go to a temporary file (shown with --verbose).
-    captured = tempfile.TemporaryFile(mode="w+b")
-    saved_fd = _redirect_stderr(captured.fileno())
-    try:
-        code, line, summary = _run_conversion(args, metadata)
-    finally:
-        _restore_stderr(saved_fd)
-    if code and args.empty_outputs_on_failure:
-        _leave_empty_outputs(args.output_tif, args.output_jpg)
-    if args.verbose:
-        _print_verbose(captured, summary)
-    captured.close()
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        with _stderr_to(captured.fileno()):
+            code, line, summary = _run_conversion(args, metadata)
+        if code and args.empty_outputs_on_failure:  # empty files where the failed conversion wrote none
+            for path in (args.output_tif, args.output_jpg):
+                with contextlib.suppress(OSError), open(path, "xb"):
+                    pass
+        if args.verbose:  # GDAL's captured messages on stderr, then the summary on stdout
+            captured.seek(0)
+            noise = captured.read().decode("utf-8", "replace").strip()
+            if noise:
+                print(noise, file=sys.stderr)
+            if summary:
+                print(summary)
     if line:
         print(one_line(line), file=sys.stderr)
     return int(code)
-
-
-def _leave_empty_outputs(*paths: str) -> None:
-    """Empty files where a failed conversion wrote none (--empty-outputs-on-failure); never raises."""
-    for path in paths:
-        try:
-            with open(path, "xb"):
-                pass
-        except OSError:
-            pass
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -129,41 +120,23 @@ def _metadata_from_args(args: argparse.Namespace) -> Dict[str, str]:
     return metadata
 
 
-def _redirect_stderr(fd: int) -> Optional[int]:
-    """Point file descriptor 2 at ``fd``; the saved original, or None when it cannot be redirected."""
+@contextlib.contextmanager
+def _stderr_to(fd: int) -> Iterator[None]:
+    """Point file descriptor 2 at ``fd`` (unless it cannot be redirected), then back, so our one line reaches
+    the real stderr."""
     try:
         sys.stderr.flush()
-        saved_fd = os.dup(2)
+        saved_fd: Optional[int] = os.dup(2)
         os.dup2(fd, 2)
     except OSError:
-        return None
-    return saved_fd
-
-
-def _restore_stderr(saved_fd: Optional[int]) -> None:
-    """Undo :func:`_redirect_stderr`, so our one line reaches the real stderr."""
-    if saved_fd is not None:
-        sys.stderr.flush()
-        os.dup2(saved_fd, 2)
-        os.close(saved_fd)
-
-
-def _run_conversion(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[int, str, str]:
-    """(exit code, the stderr line, the verbose summary): every failure becomes a code and one line."""
+        saved_fd = None
     try:
-        return _convert_args(args, metadata)
-    except ConversionError as exc:
-        return exc.code, exc.line, ""
-    except KeyboardInterrupt:
-        return ExitCode.INTERNAL, "INTERNAL: interrupted", ""
-    except MemoryError:
-        return ExitCode.INTERNAL, "INTERNAL: out of memory", ""
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return ExitCode.OUT_OF_DISK, f"OUT_OF_DISK: {exc}", ""
-        return ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}", ""
-    except Exception as exc:  # noqa: BLE001 - the contract is an exit code and one line
-        return ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}", ""
+        yield
+    finally:
+        if saved_fd is not None:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
 
 
 def check_source(path: str, metadata: Dict[str, str]) -> None:
@@ -186,62 +159,53 @@ def check_source(path: str, metadata: Dict[str, str]) -> None:
                                   "workflow was generated: it was re-uploaded since; resubmit the row")
 
 
-def _convert_args(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[int, str, str]:
-    """Convert as the arguments say; (exit code, the stderr line, the verbose summary)."""
-    if env("COG_PIPELINE_VERIFY_SOURCE") == "1":
-        check_source(args.input, metadata)
-    backend = loaded_backend()
-    if backend is not None and not args.verbose:
-        backend.quiet()
-    if args.metadata_b64 is not None:  # what only the worker knows: its GDAL, and when it wrote the COG
-        metadata.setdefault("GDAL_VERSION", str(getattr(backend, "version", "unknown")))
-        metadata.setdefault("CREATED_UTC", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    result = convert(
-        args.input,
-        args.output_tif,
-        args.output_jpg,
-        args.bands,
-        profile=args.profile,
-        threads=args.threads,
-        verify_pixels=args.verify_pixels,
-        metadata=metadata,
-        memory_budget_mb=args.memory_budget,
-    )
-    code: int = result.exit_code
-    line = f"{ExitCode(code).name}: {result.reason}" if code else ""
-    if code == ExitCode.BAND_MISMATCH and env("COG_PIPELINE_BAND_MISMATCH").lower() == "warn":
-        # Inside a workflow the file wins: the outputs are verified, so the job succeeds (every engine,
-        # DAGMan included, treats non-zero as failure) and the mismatch stays on record as this line.
-        code, line = ExitCode.OK, f"WARNING {line}"
-    if code == ExitCode.OK and not line and result.preview_uniform is not None:
-        # Converted and verified, but the picture is one flat value: an operator cannot tell it from an empty
-        # image, so the row's record (and report) says so.
-        line = f"WARNING PREVIEW_UNIFORM: every sample of the JPEG preview is {result.preview_uniform}: check the source"
-    return code, line, _summary(result)
+def _run_conversion(args: argparse.Namespace, metadata: Dict[str, str]) -> Tuple[int, str, str]:
+    """Convert as the arguments say: (exit code, the stderr line, the verbose summary); every failure becomes a
+    code and one line."""
+    try:
+        if env("COG_PIPELINE_VERIFY_SOURCE") == "1":
+            check_source(args.input, metadata)
+        backend = loaded_backend()
+        if backend is not None and not args.verbose:
+            backend.quiet()
+        if args.metadata_b64 is not None:  # what only the worker knows: its GDAL, and when it wrote the COG
+            metadata.setdefault("GDAL_VERSION", str(getattr(backend, "version", "unknown")))
+            metadata.setdefault("CREATED_UTC", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        result = convert(args.input, args.output_tif, args.output_jpg, args.bands, profile=args.profile,
+                         threads=args.threads, verify_pixels=args.verify_pixels, metadata=metadata,
+                         memory_budget_mb=args.memory_budget)
+        code: int = result.exit_code
+        line = f"{ExitCode(code).name}: {result.reason}" if code else ""
+        if code == ExitCode.BAND_MISMATCH and env("COG_PIPELINE_BAND_MISMATCH").lower() == "warn":
+            # Inside a workflow the file wins: the outputs are verified, so the job succeeds (every engine,
+            # DAGMan included, treats non-zero as failure) and the mismatch stays on record as this line.
+            code, line = ExitCode.OK, f"WARNING {line}"
+        if code == ExitCode.OK and not line and result.preview_uniform is not None:
+            # Converted and verified, but the picture is one flat value: an operator cannot tell it from an empty
+            # image, so the row's record (and report) says so.
+            line = (f"WARNING PREVIEW_UNIFORM: every sample of the JPEG preview is {result.preview_uniform}: "
+                    "check the source")
+        return code, line, _summary(result)
+    except ConversionError as exc:
+        return exc.code, exc.line, ""
+    except KeyboardInterrupt:
+        return ExitCode.INTERNAL, "INTERNAL: interrupted", ""
+    except MemoryError:
+        return ExitCode.INTERNAL, "INTERNAL: out of memory", ""
+    except Exception as exc:  # noqa: BLE001 - the contract is an exit code and one line
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ExitCode.OUT_OF_DISK, f"OUT_OF_DISK: {exc}", ""
+        return ExitCode.INTERNAL, f"INTERNAL: {type(exc).__name__}: {exc}", ""
 
 
 def _summary(result: ConversionResult) -> str:
     """The --verbose line on stdout: what was written, how, and where the time went."""
-    return (
-        f"{result.cog}: {result.width}x{result.height}x{result.bands} {result.dtype}, overviews "
-        f"{result.overview_sizes}, valid; {result.jpeg}: {result.jpeg_size[0]}x"
-        f"{result.jpeg_size[1]}x{result.jpeg_bands} ({result.preview}); {result.backend} GDAL "
-        f"{result.gdal_version}, {result.threads} threads, {result.profile}, jpeg {result.jpeg_method}, budget "
-        f"{result.memory_budget_mb} MB, cache {result.cachemax_mb} MB, "
-        + ("" if result.preview_uniform is None else f"preview uniform (every sample {result.preview_uniform}), ")
-        + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
-    )
-
-
-def _print_verbose(captured: IO[bytes], summary: str) -> None:
-    """With --verbose: GDAL's captured messages on stderr, then the summary on stdout."""
-    captured.seek(0)
-    noise = captured.read().decode("utf-8", "replace").strip()
-    if noise:
-        print(noise, file=sys.stderr)
-    if summary:
-        print(summary, file=sys.stdout)
-
+    uniform = "" if result.preview_uniform is None else f"preview uniform (every sample {result.preview_uniform}), "
+    return (f"{result.cog}: {result.width}x{result.height}x{result.bands} {result.dtype}, overviews "
+            f"{result.overview_sizes}, valid; {result.jpeg}: {result.jpeg_size[0]}x{result.jpeg_size[1]}x"
+            f"{result.jpeg_bands} ({result.preview}); {result.backend} GDAL {result.gdal_version}, {result.threads} "
+            f"threads, {result.profile}, jpeg {result.jpeg_method}, budget {result.memory_budget_mb} MB, cache "
+            f"{result.cachemax_mb} MB, {uniform}" + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
 
 if __name__ == "__main__":
     sys.exit(main())

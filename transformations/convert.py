@@ -1,30 +1,29 @@
 """The conversion itself: input -> verified COG + JPEG, the one code path the CLI and in-process callers
 (long-lived workers) share.
 
-One flow: inspect the input once (inputs.py), write a VRT of it carrying the provenance, let GDAL's COG
+One flow: inspect the input once, write a VRT of it carrying the provenance, let GDAL's COG
 driver copy that VRT, write the preview (jpeg.py), validate both outputs, fill in the provenance, and only
-then move them into place.
+then move them into place. Until verified, every output is written under a hidden temporary name beside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from dataclasses import astuple, dataclass, field, replace
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .backend import get_backend
+from .backend import RasterInfo, get_backend
 from .budget import cache_cap_mb, memory_budget_mb
 from .exit_codes import ConversionError, ExitCode, GdalFailure
-from .failures import classify_write_failure, remove_outputs, temp_name
-from .inputs import inspect_input
 from .jpeg import choose_writer, write_preview
 from .preview import PreviewPlan, composites_in_numpy, plan_preview, preview_vrt
-from .profile import DEFAULT, Profile, split, with_overrides
+from .profile import DEFAULT, Profile, with_overrides
 from .provenance import PROVENANCE_DOMAIN, fill_slot, slot_vrt_metadata
-from .rasterinfo import RasterInfo
-from .settings import env
+from .settings import TIFF_MAGICS, env
+from .tiff import read_tiff_ifds
 from .validate import builtin_check, validate_jpeg
 
 
@@ -38,7 +37,6 @@ class ConversionResult:
     width: int
     height: int
     bands: int
-    manifest_bands: Optional[int]
     dtype: str
     jpeg_bands: int
     jpeg_size: Tuple[int, int]
@@ -61,10 +59,6 @@ class ConversionResult:
     exit_code: ExitCode = ExitCode.OK
     reason: str = ""
 
-    @property
-    def band_mismatch(self) -> bool:
-        return self.exit_code == ExitCode.BAND_MISMATCH
-
 
 @dataclass(frozen=True)
 class ConvertOptions:
@@ -81,9 +75,10 @@ class ConvertOptions:
 
 
 def default_profile() -> Profile:
-    """profile.DEFAULT with the overrides of env COG_PIPELINE_PROFILE; ConversionError(USAGE) if they are bad."""
+    """profile.DEFAULT with the overrides of env COG_PIPELINE_PROFILE (``NAME=VALUE[,NAME=VALUE]``);
+    ConversionError(USAGE) if they are bad."""
     try:
-        return with_overrides(split(env("COG_PIPELINE_PROFILE")))
+        return with_overrides(p.strip() for p in env("COG_PIPELINE_PROFILE").split(",") if p.strip())
     except ValueError as exc:
         raise ConversionError(ExitCode.USAGE, f"COG_PIPELINE_PROFILE: {exc}") from None
 
@@ -101,14 +96,12 @@ def default_threads() -> int:
 
 def check_metadata(items: Mapping[str, str]) -> Dict[str, str]:
     """The provenance pairs as a dict; ConversionError(USAGE) for a key GDAL could not keep."""
-    out = {}
     for key, value in items.items():
         if not isinstance(key, str) or not key or "=" in key or any(c.isspace() for c in key):
             raise ConversionError(ExitCode.USAGE, f"metadata key {key!r}: must be non-empty, without '=' or spaces")
         if not isinstance(value, str) or "\x00" in value:
             raise ConversionError(ExitCode.USAGE, f"metadata value for {key!r} must be a string without NUL")
-        out[key] = value
-    return out
+    return dict(items)
 
 
 def _disk_code(exc: OSError) -> ExitCode:
@@ -128,23 +121,67 @@ class _Paths:
 
     @classmethod
     def beside(cls, output_tif: str, output_jpg: str) -> "_Paths":
+        """Hidden names beside the (absolute) outputs: ``.x.tif.<pid>-<random>.tmp.tif``."""
         token = f"{os.getpid()}-{os.urandom(4).hex()}"
-        return cls(temp_name(output_tif, ".tif", token), temp_name(output_jpg, ".jpg", token),
-                   temp_name(output_tif, ".vrt", token), temp_name(output_jpg, ".vrt", token),
-                   temp_name(output_jpg, ".strips.tif", token))
 
-    def all(self) -> List[str]:
-        return [self.tif, self.jpg, self.source_vrt, self.preview_vrt, self.strips]
+        def temp(final: str, suffix: str) -> str:
+            return os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.{token}.tmp{suffix}")
+
+        return cls(temp(output_tif, ".tif"), temp(output_jpg, ".jpg"), temp(output_tif, ".vrt"),
+                   temp(output_jpg, ".vrt"), temp(output_jpg, ".strips.tif"))
 
 
-def convert(
-    input: Union[str, os.PathLike],
-    output_tif: Union[str, os.PathLike],
-    output_jpg: Union[str, os.PathLike],
-    bands: Optional[int] = None,
-    options: Optional[ConvertOptions] = None,
-    **overrides: Any,
-) -> ConversionResult:
+def _input_problem(path: str) -> Optional[str]:
+    """Why the input is not a complete TIFF: missing, empty, not a TIFF, a broken IFD chain, data past the end."""
+    if not os.path.exists(path):
+        return f"input does not exist: {path}"
+    if os.path.isdir(path):
+        return f"input is a directory: {path}"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        return f"cannot read input: {exc.strerror}"
+    if not head:
+        return f"input is empty (0 bytes): {path}"
+    if head[:4] not in TIFF_MAGICS:
+        return f"not a TIFF file (starts with {head[:4]!r}): {path}"
+    try:
+        ifds, size = read_tiff_ifds(path)
+    except ValueError as exc:
+        return f"damaged TIFF structure: {exc}"
+    except OSError as exc:
+        return f"cannot read input: {exc}"
+    if not ifds:
+        return "TIFF has no image directory"
+    end = max((off + cnt for d in ifds for off, cnt in zip(d.data_offsets, d.data_counts) if off and cnt), default=0)
+    return f"truncated: the file has {size} bytes but its image data extends to byte {end}" if end > size else None
+
+
+def inspect_input(path: str) -> RasterInfo:
+    """Open the input as a GeoTIFF before anything is written, so a bad input is INPUT_UNREADABLE, not INTERNAL."""
+    problem = _input_problem(path)
+    if problem:
+        raise ConversionError(ExitCode.INPUT_UNREADABLE, problem)
+    try:
+        info = get_backend().info(path, drivers=["GTiff"])
+    except GdalFailure as exc:
+        raise ConversionError(ExitCode.INPUT_UNREADABLE, f"GDAL cannot open it: {exc.text}") from None
+    if info.count < 1:
+        raise ConversionError(ExitCode.UNSUPPORTED_INPUT, "the TIFF has no raster bands")
+    return info
+
+
+def remove_outputs(*paths: str) -> None:
+    for p in paths:
+        for q in (p, p + ".aux.xml", p + ".ovr.tmp", p + ".msk.ovr.tmp"):
+            with contextlib.suppress(OSError):
+                os.remove(q)
+
+
+def convert(input: Union[str, os.PathLike], output_tif: Union[str, os.PathLike], output_jpg: Union[str, os.PathLike],
+            bands: Optional[int] = None, options: Optional[ConvertOptions] = None,
+            **overrides: Any) -> ConversionResult:
     """Convert ``input`` into a COG at ``output_tif`` and a JPEG preview at ``output_jpg``.
 
     ``bands`` is what the manifest says; the file wins when they differ: both outputs are written per the
@@ -163,7 +200,9 @@ def convert(
     info = inspect_input(input)
     plan = plan_preview(info, profile.preview_bands)
     timings = {"inspect": time.perf_counter() - started}
-    mismatch = _band_mismatch(bands, info)
+    mismatch = ""
+    if bands is not None and int(bands) != info.count:
+        mismatch = f"band mismatch: manifest says {int(bands)} bands, file has {info.count}; converted per file"
     out_dirs = _make_output_dirs(output_tif, output_jpg)
     paths = _Paths.beside(output_tif, output_jpg)
     provenance = {**metadata, **profile.as_metadata()}
@@ -180,16 +219,18 @@ def convert(
         _write_cog(info, paths, profile, threads, provenance, out_dirs)
         timings["cog"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        jpeg_method = _write_jpeg(info, plan, paths, profile, writer, composite, out_dirs)
+        _write_jpeg(info, plan, paths, profile, writer, composite, out_dirs)
         timings["jpeg"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         _fill_provenance(paths.tif, provenance)
         warns, out_info = verify_cog(paths.tif, info, profile, opts.verify_pixels)
-        uniform = verify_jpeg(paths.jpg, plan)
+        errors, (lo, hi) = validate_jpeg(paths.jpg, plan.width, plan.height, plan.band_count)
+        if errors:
+            raise ConversionError(ExitCode.OUTPUT_INVALID, "; ".join(errors))
         timings["verify"] = time.perf_counter() - t0
         _move_into_place(paths, output_tif, output_jpg)
     except BaseException:
-        remove_outputs(*paths.all())
+        remove_outputs(*astuple(paths))
         raise
     finally:
         be.set_cachemax(saved_cache)  # a library caller keeps its own cache size, whatever happened
@@ -197,17 +238,17 @@ def convert(
     timings["total"] = time.perf_counter() - started
     return ConversionResult(
         input=input, cog=output_tif, jpeg=output_jpg, width=info.width, height=info.height, bands=info.count,
-        manifest_bands=None if bands is None else int(bands), dtype=info.dtypes[0], jpeg_bands=plan.band_count,
-        jpeg_size=(plan.width, plan.height), jpeg_downsample=plan.downsample, preview=plan.description,
-        overview_sizes=list(out_info.overview_sizes), backend=be.name,
-        gdal_version=str(be.version), threads=threads, profile=profile, timings=timings, jpeg_method=jpeg_method,
-        preview_uniform=uniform, warnings=list(warns), memory_budget_mb=budget_mb,
-        cachemax_mb=cachemax_mb, exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK, reason=mismatch,
+        dtype=info.dtypes[0], jpeg_bands=plan.band_count, jpeg_size=(plan.width, plan.height),
+        jpeg_downsample=plan.downsample, preview=plan.description, overview_sizes=list(out_info.overview_sizes),
+        backend=be.name, gdal_version=str(be.version), threads=threads, profile=profile, timings=timings,
+        jpeg_method=writer, preview_uniform=int(lo) if lo == hi else None, warnings=list(warns),
+        memory_budget_mb=budget_mb, cachemax_mb=cachemax_mb,
+        exit_code=ExitCode.BAND_MISMATCH if mismatch else ExitCode.OK, reason=mismatch,
     )
 
 
-def _output_paths(input: str, output_tif: Union[str, os.PathLike], output_jpg: Union[str, os.PathLike]
-                  ) -> Tuple[str, str]:
+def _output_paths(input: str, output_tif: Union[str, os.PathLike],
+                  output_jpg: Union[str, os.PathLike]) -> Tuple[str, str]:
     """The outputs as absolute paths; ConversionError(USAGE) if any two of the three paths coincide,
     because writing over the input (or one output over the other) would destroy data."""
     tif = os.path.abspath(os.fspath(output_tif))
@@ -215,13 +256,6 @@ def _output_paths(input: str, output_tif: Union[str, os.PathLike], output_jpg: U
     if os.path.abspath(input) in (tif, jpg) or tif == jpg:
         raise ConversionError(ExitCode.USAGE, "input and outputs must be three different paths")
     return tif, jpg
-
-
-def _band_mismatch(bands: Optional[int], info: RasterInfo) -> str:
-    """The reason to report when the manifest's band count is not the file's ("" when they agree)."""
-    if bands is not None and int(bands) != info.count:
-        return f"band mismatch: manifest says {int(bands)} bands, file has {info.count}; converted per file"
-    return ""
 
 
 def _make_output_dirs(output_tif: str, output_jpg: str) -> List[str]:
@@ -264,43 +298,73 @@ def _write_cog(info: RasterInfo, paths: _Paths, profile: Profile, threads: int, 
         raise classify_write_failure(exc, info, out_dirs, "COG") from None
 
 
-class _gdal_config:
-    """Set GDAL configuration options that are not set already, for one step; then restore them."""
+def _free_bytes(path: str) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return -1
+    return st.f_bavail * st.f_frsize
 
-    def __init__(self, values: Dict[str, str]):
-        self.values = {k: v for k, v in values.items() if not os.environ.get(k)}
 
-    def __enter__(self) -> None:
-        be = get_backend()
-        self.saved = {k: be.get_config(k) for k in self.values}
-        for k, v in self.values.items():
+def _probe_input(info: RasterInfo) -> Optional[str]:
+    """Read the whole input, block row by block row; the GDAL error text if a read fails."""
+    be = get_backend()
+    rows = max(1, min(info.height, max(info.block_size[1], 1) * max(1, (8 << 20) // max(1, info.width * info.count))))
+    try:
+        for y in range(0, info.height, rows):
+            be.read(info.path, list(range(1, info.count + 1)), window=(0, y, info.width, min(rows, info.height - y)))
+    except GdalFailure as exc:
+        return exc.text
+    return None
+
+
+def classify_write_failure(exc: GdalFailure, info: RasterInfo, out_dirs: Sequence[str], what: str) -> ConversionError:
+    """OUT_OF_DISK when GDAL says the disk is full; else INPUT_UNREADABLE when the input does not read back;
+    else OUT_OF_DISK when the output file system has less room left than the image needs (libtiff's messages
+    on a full disk do not always say so); else INTERNAL with GDAL's message."""
+    text = exc.text
+    free = min((_free_bytes(d) for d in out_dirs), default=-1)
+    said_full = any(word in text.lower() for word in ("no space", "enospc", "disk full", "quota"))
+    problem = None if said_full else _probe_input(info)
+    if problem:
+        return ConversionError(ExitCode.INPUT_UNREADABLE, f"corrupt pixel data: {problem}")
+    if said_full or 0 <= free < info.width * info.height * info.count * 2:  # full resolution + temporary overviews
+        return ConversionError(ExitCode.OUT_OF_DISK, f"no space left while writing the {what} ({free} bytes free): {text}")
+    return ConversionError(ExitCode.INTERNAL, f"writing the {what} failed: {text}")
+
+
+@contextlib.contextmanager
+def _gdal_config(values: Dict[str, str]) -> Iterator[None]:
+    """Set GDAL configuration options the environment does not set, for one step; then restore them."""
+    be = get_backend()
+    values = {k: v for k, v in values.items() if not os.environ.get(k)}
+    saved = {k: be.get_config(k) for k in values}
+    for k, v in values.items():
+        be.set_config(k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
             be.set_config(k, v)
-
-    def __exit__(self, *exc: Any) -> None:
-        for k, v in self.saved.items():
-            get_backend().set_config(k, v)
 
 
 def _write_jpeg(info: RasterInfo, plan: PreviewPlan, paths: _Paths, profile: Profile, writer: str,
-                composite: Optional[Tuple[str, List[int]]], out_dirs: List[str]) -> str:
+                composite: Optional[Tuple[str, List[int]]], out_dirs: List[str]) -> None:
     try:
-        method = write_preview(paths.preview_vrt, paths.jpg, paths.strips, plan.band_count, profile.jpeg_quality,
-                               writer, composite)
+        write_preview(paths.preview_vrt, paths.jpg, paths.strips, plan.band_count, profile.jpeg_quality, writer,
+                      composite)
     except GdalFailure as exc:
         raise classify_write_failure(exc, info, out_dirs, "JPEG") from None
     except ValueError as exc:  # strips this libtiff did not lay out as jpeg_strips.py expects
         raise ConversionError(ExitCode.INTERNAL, f"cannot join the JPEG strips: {exc}") from None
     finally:
         remove_outputs(paths.strips)
-    try:
+    with contextlib.suppress(OSError):
         os.remove(paths.jpg + ".aux.xml")
-    except OSError:
-        pass
-    return method
 
 
-def verify_cog(path: str, info: RasterInfo, profile: Profile, verify_pixels: bool = False
-               ) -> Tuple[List[str], RasterInfo]:
+def verify_cog(path: str, info: RasterInfo, profile: Profile,
+               verify_pixels: bool = False) -> Tuple[List[str], RasterInfo]:
     """Validate the written COG and compare it with the input; ConversionError(OUTPUT_INVALID) if it fails.
 
     Returns (the validator's warnings, the COG as GDAL reopens it)."""
@@ -331,14 +395,6 @@ def verify_cog(path: str, info: RasterInfo, profile: Profile, verify_pixels: boo
         if not same:
             raise ConversionError(ExitCode.OUTPUT_INVALID, "COG pixels differ from the input's")
     return warns, out_info
-
-
-def verify_jpeg(path: str, plan: PreviewPlan) -> Optional[int]:
-    """ConversionError(OUTPUT_INVALID) unless the JPEG passes validation; the one value of a uniform preview."""
-    errors, (lo, hi) = validate_jpeg(path, plan.width, plan.height, plan.band_count)
-    if errors:
-        raise ConversionError(ExitCode.OUTPUT_INVALID, "; ".join(errors))
-    return int(lo) if lo == hi else None
 
 
 def _fill_provenance(path: str, provenance: Dict[str, str]) -> None:

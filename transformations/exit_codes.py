@@ -1,7 +1,5 @@
-"""Exit codes of ``generate_cog`` and the typed error that carries one.
-
-Other tools (the engines, reconcile) code against these numbers, so they never change; a failure
-is reported as exactly one line that starts with the code's name.
+"""Exit codes of ``generate_cog`` and the typed error that carries one. Other tools (the engines, reconcile) code
+against these numbers, so they never change; a failure is reported as one line that starts with the code's name.
 """
 
 from __future__ import annotations
@@ -9,9 +7,8 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Sequence
 
-class ExitCode(IntEnum):
-    """Process exit codes of ``generate_cog``; other tools code against these numbers."""
 
+class ExitCode(IntEnum):
     OK = 0
     INTERNAL = 1  # internal or unexpected error
     USAGE = 2  # command-line usage error (argparse's default)
@@ -24,18 +21,14 @@ class ExitCode(IntEnum):
 
 
 class ConversionError(Exception):
-    """A conversion failed; no output is left behind. ``code`` is the exit code."""
+    """A conversion failed; no output is left behind. ``code`` is the exit code, ``line`` the one line ``main``
+    prints on stderr."""
 
     def __init__(self, code: ExitCode, reason: str):
         self.code = ExitCode(code)
         self.reason = one_line(reason)
-        super().__init__(f"{self.code.name}: {self.reason}")
-
-    @property
-    def line(self) -> str:
-        """The one line ``main`` prints on stderr."""
-        return f"{self.code.name}: {self.reason}"
-
+        self.line = f"{self.code.name}: {self.reason}"
+        super().__init__(self.line)
 
 
 def one_line(text: str) -> str:
@@ -51,11 +44,6 @@ class GdalFailure(Exception):
         if message and message not in self.messages:
             self.messages.append(message)
         super().__init__(message or (self.messages[-1] if self.messages else "GDAL call failed"))
-
-    @classmethod
-    def after(cls, messages: Sequence[str], fallback: str) -> "GdalFailure":
-        """A call that returned failure: named by GDAL's last message, else by ``fallback`` (GDAL said nothing)."""
-        return cls(messages[-1] if messages else fallback, messages)
 
     @property
     def text(self) -> str:

@@ -1,16 +1,15 @@
-"""Writing the JPEG preview from its VRT (preview.py): one of three writers, chosen by what fits.
+"""Writing the JPEG preview from its VRT (preview.py) with one of three writers, chosen by what fits the budget:
 
-* GDAL's JPEG driver: the default, and the only one in the stock GDAL container.
-* Pillow's libjpeg-turbo, where Pillow has it (the venv) and the preview's pixels fit a quarter of the
-  budget. Why it earns its place: rasterio's wheels bundle IJG libjpeg 9, whose encoder took 0.29 CPU-s for
-  a 2500² RGB preview against turbo's 0.09-0.14 and whose pixels differ from the container's (up to 30 levels
-  on 39 % of the pixels); Pillow at the same quality with optimised tables writes the container's bytes.
-* Baseline strips joined with restart markers (jpeg_strips.py) when the driver's whole-image coefficient
-  buffer would exceed a third of the budget: a 40000² preview within a 1 GB slot.
+* baseline strips (jpeg_strips.py) when GDAL's JPEG driver would hold more than a third of it in libjpeg's
+  whole-image coefficient buffer (a 40000² preview within a 1 GB slot);
+* Pillow's libjpeg-turbo where Pillow has it (the venv) and the preview fits a quarter of it: it writes the
+  container's bytes, where rasterio's bundled IJG libjpeg 9 is 2-3x slower and its pixels differ;
+* else GDAL's JPEG driver (the only writer in the stock GDAL container).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Tuple
 
 from .backend import get_backend
@@ -18,20 +17,17 @@ from .jpeg_strips import coefficient_buffer_bytes, write_streamed_jpeg
 
 #: Bytes per preview pixel the Pillow path holds: the bands as read (1 per band) and Pillow's image (1 or 4).
 _PILLOW_BYTES = {1: 2, 3: 7}
-_turbo: Optional[bool] = None
 
 
+@functools.lru_cache(maxsize=1)
 def pillow_turbo() -> bool:
     """True when Pillow imports and its JPEG codec is libjpeg-turbo."""
-    global _turbo
-    if _turbo is None:
-        try:
-            from PIL import features  # noqa: PLC0415
+    try:
+        from PIL import features  # noqa: PLC0415
 
-            _turbo = bool(features.check_feature("libjpeg_turbo"))
-        except Exception:  # noqa: BLE001 - no Pillow, or one without JPEG: GDAL's driver writes it
-            _turbo = False
-    return _turbo
+        return bool(features.check_feature("libjpeg_turbo"))
+    except Exception:  # noqa: BLE001 - no Pillow, or one without JPEG: GDAL's driver writes it
+        return False
 
 
 def choose_writer(width: int, height: int, bands: int, budget_mb: int) -> str:

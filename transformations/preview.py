@@ -1,7 +1,5 @@
-"""Planning the JPEG preview: which bands, scaling, masking and size, as a VRT over the input.
-
-GDAL streams the VRT line by line, so no whole image is ever held in a numpy array.
-"""
+"""Planning the JPEG preview: which bands, scaling, masking and size, as a VRT over the input that GDAL streams
+line by line (no whole image is held in a numpy array)."""
 
 from __future__ import annotations
 
@@ -10,11 +8,11 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from .backend import get_backend
+from .backend import GMF_ALPHA, GMF_PER_DATASET, RasterInfo, get_backend
 from .exit_codes import ConversionError, ExitCode
-from .rasterinfo import GMF_ALPHA, GMF_PER_DATASET, RasterInfo
-from .xmltext import escape as _xml_escape
 from .settings import JPEG_MAX_DIMENSION, STATS_SAMPLE_SIZE, SUPPORTED_TYPES
+from .xmltext import escape as _xml_escape
+
 
 @dataclass
 class PreviewPlan:
@@ -32,8 +30,6 @@ class PreviewPlan:
     @property
     def band_count(self) -> int:
         return 3 if self.palette_expanded else len(self.bands)
-
-
 
 
 def _preview_scale(info: RasterInfo, bands: List[int]) -> Tuple[float, float]:
@@ -65,9 +61,8 @@ def plan_preview(info: RasterInfo, band_rule: str = "rgb") -> PreviewPlan:
     an alpha band or a per-dataset mask is composited onto black."""
     for b, dt in enumerate(info.dtypes, start=1):
         if dt not in SUPPORTED_TYPES:  # complex data among them
-            raise ConversionError(
-                ExitCode.UNSUPPORTED_INPUT, f"band {b} has data type {dt}; a JPEG preview cannot be made from it"
-            )
+            raise ConversionError(ExitCode.UNSUPPORTED_INPUT,
+                                  f"band {b} has data type {dt}; a JPEG preview cannot be made from it")
     palette = (band_rule == "rgb" and info.has_palette and info.colorinterp[0] == "palette"
                and info.dtypes[0] in ("uint8", "uint16"))
     non_alpha = [b for b in range(1, info.count + 1) if info.colorinterp[b - 1] != "alpha"]
@@ -80,32 +75,25 @@ def plan_preview(info: RasterInfo, band_rule: str = "rgb") -> PreviewPlan:
     else:
         bands = non_alpha[:1]
     k = max(1, -(-max(info.width, info.height) // JPEG_MAX_DIMENSION))
-    width, height = -(-info.width // k), -(-info.height // k)
-    plan = PreviewPlan(bands=bands, width=width, height=height, downsample=k, palette_expanded=palette)
-    flags = [info.mask_flags[b - 1] for b in bands]
-    plan.masked = any(f & (GMF_PER_DATASET | GMF_ALPHA) for f in flags)
+    masked = any(info.mask_flags[b - 1] & (GMF_PER_DATASET | GMF_ALPHA) for b in bands)
+    scale = None
     notes = [f"bands {','.join(map(str, bands))}" if not palette else "palette expanded to RGB"]
     if not palette and any(info.dtypes[b - 1] != "uint8" for b in bands):
-        plan.scale = _preview_scale(info, bands)
-        notes.append(f"{info.dtypes[bands[0] - 1]} scaled linearly {plan.scale[0]:g}..{plan.scale[1]:g} -> 0..255")
-    if plan.masked:
+        scale = _preview_scale(info, bands)
+        notes.append(f"{info.dtypes[bands[0] - 1]} scaled linearly {scale[0]:g}..{scale[1]:g} -> 0..255")
+    if masked:
         notes.append("masked pixels composited onto black")
     if k > 1:
         notes.append(f"downsampled 1/{k} (JPEG limit {JPEG_MAX_DIMENSION} px)")
-    plan.description = "; ".join(notes)
-    return plan
+    return PreviewPlan(bands, -(-info.width // k), -(-info.height // k), k, scale, masked, palette, "; ".join(notes))
 
 
-def _source_xml(src: str, band: str, info: RasterInfo, plan: PreviewPlan, extra: str = "", complex_: bool = True) -> str:
+def _source_xml(src: str, band: str, info: RasterInfo, plan: PreviewPlan, extra: str = "") -> str:
     resampling = ' resampling="average"' if plan.downsample > 1 else ""
-    tag = "ComplexSource" if complex_ else "SimpleSource"
-    return (
-        f"<{tag}{resampling}><SourceFilename relativeToVRT=\"0\">{_xml_escape(src)}</SourceFilename>"
-        f"<SourceBand>{band}</SourceBand>"
-        f'<SrcRect xOff="0" yOff="0" xSize="{info.width}" ySize="{info.height}"/>'
-        f'<DstRect xOff="0" yOff="0" xSize="{plan.width}" ySize="{plan.height}"/>'
-        f"{extra}</{tag}>"
-    )
+    tag = "ComplexSource" if extra else "SimpleSource"
+    return (f"<{tag}{resampling}><SourceFilename relativeToVRT=\"0\">{_xml_escape(src)}</SourceFilename>"
+            f'<SourceBand>{band}</SourceBand><SrcRect xOff="0" yOff="0" xSize="{info.width}" ySize="{info.height}"/>'
+            f'<DstRect xOff="0" yOff="0" xSize="{plan.width}" ySize="{plan.height}"/>{extra}</{tag}>')
 
 
 def composites_in_numpy(plan: PreviewPlan) -> bool:
@@ -119,35 +107,25 @@ def composites_in_numpy(plan: PreviewPlan) -> bool:
 def preview_vrt(info: RasterInfo, plan: PreviewPlan) -> str:
     """A VRT (XML text) that yields the 8-bit preview bands, streamed by GDAL line by line."""
     src = os.path.abspath(info.path)
+    scale = ""
+    if plan.scale is not None:
+        lo, hi = plan.scale
+        ratio = 255.0 / (hi - lo) if hi > lo else 0.0
+        offset = -lo * ratio if hi > lo else (255.0 if plan.scale != (0.0, 0.0) else 0.0)
+        scale = f"<ScaleOffset>{offset!r}</ScaleOffset><ScaleRatio>{ratio!r}</ScaleRatio>"
+    derived = function = ""
+    if plan.masked:  # each band times its mask / 255: composited onto black
+        derived = ' subClass="VRTDerivedRasterBand"'
+        function = "<PixelFunctionType>mul</PixelFunctionType><SourceTransferType>Float64</SourceTransferType>"
     out_bands = []
     names = ["Red", "Green", "Blue"] if plan.band_count == 3 else ["Gray"]
     for k in range(plan.band_count):
         b = plan.bands[0] if plan.palette_expanded else plan.bands[k]
-        extra = ""
-        if plan.palette_expanded:
-            extra += f"<ColorTableComponent>{k + 1}</ColorTableComponent>"
-        if plan.scale is not None:
-            lo, hi = plan.scale
-            if hi > lo:
-                ratio = 255.0 / (hi - lo)
-                offset = -lo * ratio
-            else:
-                ratio, offset = 0.0, (255.0 if plan.scale != (0.0, 0.0) else 0.0)
-            extra += f"<ScaleOffset>{offset!r}</ScaleOffset><ScaleRatio>{ratio!r}</ScaleRatio>"
-        value = _source_xml(src, str(b), info, plan, extra, complex_=bool(extra))
+        palette = f"<ColorTableComponent>{k + 1}</ColorTableComponent>" if plan.palette_expanded else ""
+        mask = ""
         if plan.masked:
-            mask = _source_xml(
-                src, f"mask,{b}", info, plan, "<ScaleOffset>0</ScaleOffset><ScaleRatio>0.00392156862745098</ScaleRatio>"
-            )
-            out_bands.append(
-                f'<VRTRasterBand dataType="Byte" band="{k + 1}" subClass="VRTDerivedRasterBand">'
-                f"<ColorInterp>{names[k]}</ColorInterp><PixelFunctionType>mul</PixelFunctionType>"
-                f"<SourceTransferType>Float64</SourceTransferType>{value}{mask}</VRTRasterBand>"
-            )
-        else:
-            out_bands.append(
-                f'<VRTRasterBand dataType="Byte" band="{k + 1}"><ColorInterp>{names[k]}</ColorInterp>'
-                f"{value}</VRTRasterBand>"
-            )
+            mask = _source_xml(src, f"mask,{b}", info, plan,
+                               "<ScaleOffset>0</ScaleOffset><ScaleRatio>0.00392156862745098</ScaleRatio>")
+        out_bands.append(f'<VRTRasterBand dataType="Byte" band="{k + 1}"{derived}><ColorInterp>{names[k]}</ColorInterp>'
+                         f"{function}{_source_xml(src, str(b), info, plan, palette + scale)}{mask}</VRTRasterBand>")
     return f'<VRTDataset rasterXSize="{plan.width}" rasterYSize="{plan.height}">' + "".join(out_bands) + "</VRTDataset>"
-

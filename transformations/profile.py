@@ -1,10 +1,7 @@
-"""The conversion profile: every choice that shapes the outputs, declared once.
+"""The conversion profile: every choice that shapes the outputs, declared once and recorded in the provenance.
 
-Every path reads it (the COG's creation options, the preview's encoder and band rule, validation) and
-provenance records it. Override a field by name: ``--profile compress=DEFLATE`` on ``generate_cog``,
-``COG_PIPELINE_PROFILE="compress=DEFLATE,jpeg_quality=90"`` in its environment, ``[profile]`` in the
-TOML configuration, or ``--profile NAME=VALUE`` on ``cog-pipeline scan``/``run``.
-"""
+Fields are overridden by name (``--profile compress=DEFLATE``, env ``COG_PIPELINE_PROFILE``, ``[profile]`` in
+the configuration; docs/conversion.md)."""
 
 from __future__ import annotations
 
@@ -65,8 +62,3 @@ def with_overrides(items: Iterable[str], base: Optional[Profile] = None) -> Prof
     if profile.blocksize % 16:
         raise ValueError(f"profile setting blocksize={profile.blocksize}: expected a multiple of 16")
     return profile
-
-
-def split(text: str) -> list:
-    """``"a=1, b=2"`` -> ``["a=1", "b=2"]`` (the environment variable's form)."""
-    return [part for part in (p.strip() for p in text.split(",")) if part]

@@ -1,11 +1,10 @@
 """Provenance (``KEY=VALUE`` pairs) in the COG's GDAL metadata, domain ``COG_PIPELINE``.
 
-The pairs are set before the COG driver's CreateCopy, on the VRT the COG is copied from. GDAL before 3.8
-carries only the source's default metadata domain into a GeoTIFF (there is no ``SRC_MDD``), so the VRT holds
-one default-domain item whose value is a run of ``_`` exactly as long as the finished items; after the copy
-that item's bytes in the ``GDAL_METADATA`` tag are overwritten, same length, by the items in their domain.
-No TIFF structure is parsed or moved, so it works for classic and BigTIFF COGs alike and the layout, tiles
-and offsets are the driver's.
+The pairs are set before the COG driver's CreateCopy, on the VRT the COG is copied from. GDAL before 3.8 carries
+only the source's default metadata domain into a GeoTIFF (there is no ``SRC_MDD``), so the VRT holds one
+default-domain item whose value is a run of ``_`` exactly as long as the finished items; after the copy that item's
+bytes in the ``GDAL_METADATA`` tag are overwritten, same length, by the items in their domain. No TIFF structure is
+parsed or moved, so classic and BigTIFF COGs alike keep the driver's layout, tiles and offsets.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reading TIFF structure in pure Python (any GDAL version, either binding).
 
-Used to reject truncated or damaged inputs before GDAL touches them and by the built-in COG
-check; tags are named by :class:`TiffTag`, never by bare numbers.
+Used to reject truncated or damaged inputs before GDAL touches them (convert.inspect_input), by the
+built-in COG check and to join the JPEG strips; tags are named by :class:`TiffTag`, never by bare numbers.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Dict, List, Tuple
 
-from .exit_codes import ConversionError, ExitCode
 from .settings import TIFF_MAGICS
+
 
 class TiffTag(IntEnum):
     """The TIFF tags the converter reads (TIFF 6.0 and the TIFF Technical Notes)."""
@@ -31,7 +31,7 @@ class TiffTag(IntEnum):
     JPEG_TABLES = 347
 
 
-TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+#: struct formats of the TIFF field types the converter reads (their sizes too, by struct.calcsize)
 TIFF_FORMATS = {1: "B", 3: "H", 7: "B", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q", 17: "q", 18: "Q"}
 _WANTED_TAGS = frozenset(TiffTag)
 
@@ -70,8 +70,8 @@ class Ifd:
         return self.tags.get(TiffTag.TILE_BYTE_COUNTS) or self.tags.get(TiffTag.STRIP_BYTE_COUNTS) or []
 
 
-def read_tiff_ifds(path: str, max_ifds: int = 256) -> Tuple[List[Ifd], int]:
-    """Walk a (Big)TIFF's IFD chain; returns the IFDs and the file size. Raises ValueError."""
+def read_tiff_ifds(path: str) -> Tuple[List[Ifd], int]:
+    """Walk a (Big)TIFF's IFD chain (at most 256 IFDs); returns the IFDs and the file size. Raises ValueError."""
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
         head = fh.read(16)
@@ -79,25 +79,22 @@ def read_tiff_ifds(path: str, max_ifds: int = 256) -> Tuple[List[Ifd], int]:
             raise ValueError("not a TIFF file")
         bo = "<" if head[:2] == b"II" else ">"
         big = head[2:4] in (b"+\x00", b"\x00+")
-        if big:
-            if len(head) < 16:
-                raise ValueError("BigTIFF header truncated")
-            offset = struct.unpack(bo + "Q", head[8:16])[0]
-        else:
-            if len(head) < 8:
-                raise ValueError("TIFF header truncated")
-            offset = struct.unpack(bo + "I", head[4:8])[0]
+        # offsets and value counts, the entry count of an IFD, one entry: 8, 8, 20 bytes in BigTIFF; 4, 2, 12 else
+        off, off_size, n_fmt, n_size, entry_size = ("Q", 8, "Q", 8, 20) if big else ("I", 4, "H", 2, 12)
+        first = 8 if big else 4
+        if len(head) < first + off_size:
+            raise ValueError(f"{'BigTIFF' if big else 'TIFF'} header truncated")
+        offset = struct.unpack(bo + off, head[first:first + off_size])[0]
         ifds: List[Ifd] = []
         seen = set()
-        while offset and len(ifds) < max_ifds:
+        while offset and len(ifds) < 256:
             if offset in seen:
                 raise ValueError("IFD chain loops")
-            if offset + (8 if big else 2) > size:
+            if offset + n_size > size:
                 raise ValueError(f"IFD at byte {offset} lies beyond the end of the file ({size} bytes)")
             seen.add(offset)
             fh.seek(offset)
-            n = struct.unpack(bo + ("Q" if big else "H"), fh.read(8 if big else 2))[0]
-            entry_size = 20 if big else 12
+            n = struct.unpack(bo + n_fmt, fh.read(n_size))[0]
             raw = fh.read(n * entry_size)
             if len(raw) < n * entry_size:
                 raise ValueError(f"IFD at byte {offset} is truncated")
@@ -107,15 +104,15 @@ def read_tiff_ifds(path: str, max_ifds: int = 256) -> Tuple[List[Ifd], int]:
                 tag, typ = struct.unpack(bo + "HH", e[:4])
                 if tag not in _WANTED_TAGS or typ not in TIFF_FORMATS:
                     continue
-                count = struct.unpack(bo + ("Q" if big else "I"), e[4:12] if big else e[4:8])[0]
-                inline = e[12:20] if big else e[8:12]
-                nbytes = count * TIFF_TYPE_SIZES[typ]
+                count = struct.unpack(bo + off, e[4 : 4 + off_size])[0]
+                inline = e[4 + off_size :]
+                nbytes = count * struct.calcsize(bo + TIFF_FORMATS[typ])
                 if count > 50_000_000:
                     raise ValueError(f"tag {tag} claims {count} values")
                 if nbytes <= len(inline):
                     data = inline[:nbytes]
                 else:
-                    where = struct.unpack(bo + ("Q" if big else "I"), inline)[0]
+                    where = struct.unpack(bo + off, inline)[0]
                     if where + nbytes > size:
                         raise ValueError(f"tag {tag} data lies beyond the end of the file")
                     pos = fh.tell()
@@ -124,33 +121,11 @@ def read_tiff_ifds(path: str, max_ifds: int = 256) -> Tuple[List[Ifd], int]:
                     fh.seek(pos)
                 tags[tag] = list(struct.unpack(bo + TIFF_FORMATS[typ] * count, data))
             ifds.append(Ifd(offset, tags))
-            nxt = fh.read(8 if big else 4)
-            if len(nxt) < (8 if big else 4):
+            nxt = fh.read(off_size)
+            if len(nxt) < off_size:
                 raise ValueError(f"IFD at byte {offset} is truncated")
-            offset = struct.unpack(bo + ("Q" if big else "I"), nxt)[0]
+            offset = struct.unpack(bo + off, nxt)[0]
     return ifds, size
-
-
-def check_tiff_complete(path: str) -> None:
-    """Raise ConversionError(INPUT_UNREADABLE) if the TIFF is truncated or its structure is broken."""
-    try:
-        ifds, size = read_tiff_ifds(path)
-    except ValueError as exc:
-        raise ConversionError(ExitCode.INPUT_UNREADABLE, f"damaged TIFF structure: {exc}") from None
-    except OSError as exc:
-        raise ConversionError(ExitCode.INPUT_UNREADABLE, f"cannot read input: {exc}") from None
-    if not ifds:
-        raise ConversionError(ExitCode.INPUT_UNREADABLE, "TIFF has no image directory")
-    end = 0
-    for ifd in ifds:
-        for off, cnt in zip(ifd.data_offsets, ifd.data_counts):
-            if off and cnt:
-                end = max(end, off + cnt)
-    if end > size:
-        raise ConversionError(
-            ExitCode.INPUT_UNREADABLE,
-            f"truncated: the file has {size} bytes but its image data extends to byte {end}",
-        )
 
 
 def ghost_metadata(path: str) -> Dict[str, str]:
@@ -166,11 +141,6 @@ def ghost_metadata(path: str) -> Dict[str, str]:
     except ValueError:
         return {}
     start = head.find(b"\n", pos) + 1
-    text = head[start : start + nbytes].decode("ascii", "replace")
-    out = {}
-    for line in text.splitlines():
-        if "=" in line:
-            k, v = line.split("=", 1)
-            out[k.strip()] = v.strip()
-    return out
+    lines = head[start : start + nbytes].decode("ascii", "replace").splitlines()
+    return {k.strip(): v.strip() for k, _, v in (line.partition("=") for line in lines if "=" in line)}
 

@@ -219,8 +219,8 @@ def size_problem(path: Path, max_pixels: int) -> str | None:
     """A one-line reason when the input's uncompressed size exceeds the limit, or its shape is degenerate
     (header only; None if it fits or the header cannot be read: the converter then reports that itself)."""
     try:
-        from cog_pipeline.transformations.backend import get_backend
-        from cog_pipeline.transformations.rasterinfo import dtype_itemsize  # a table: this guard must not import numpy
+        # dtype_itemsize is a table: this guard must not import numpy
+        from cog_pipeline.transformations.backend import dtype_itemsize, get_backend
 
         info = get_backend().info(str(path), drivers=["GTiff"])
         itemsize = max((dtype_itemsize(d) for d in info.dtypes), default=1)
