@@ -33,9 +33,10 @@ Files written into the run directory (Pegasus' default names)
 
 Jobs (one per valid manifest row)
     id ``ID{line:07d}`` (line = 1-based manifest line), transformation ``generate_cog``, arguments exactly
-    ``["--empty-outputs-on-failure", <in LFN>, <tif LFN>, <jpg LFN>, "--bands", str(bands)]``, then
-    ``"--metadata-b64", <provenance>`` (``settings.provenance``, default on: the row's lineage as base64url JSON,
-    see ``cog_pipeline.publishing.provenance``); uses: the input LFN (``input``) and the two output LFNs (``output``,
+    ``["--empty-outputs-on-failure", <in LFN>, <tif LFN>, <jpg LFN>, "--bands", str(bands)]`` (one LFN per
+    output declared in ``cog_pipeline.outputs``, in its order), then ``"--metadata-b64", <provenance>``
+    (``settings.provenance``, default on: the row's lineage as base64url JSON, see
+    ``cog_pipeline.publishing.provenance``); uses: the input LFN (``input``) and the output LFNs (``output``,
     ``stageOut: true``, ``registerReplica: false``); metadata ``key`` (the manifest key) and ``line`` (as a
     string, as Pegasus.api stores metadata); profiles ``dagman: {RETRY: 0, CATEGORY: "cog"}`` (HTCondor's holds
     retry a transient failure: ``hold_profiles``) and ``pegasus: {diskspace: ...}`` (``disk_mb_for``).
@@ -94,6 +95,7 @@ from cog_pipeline.config import PipelineConfig, load_config
 from cog_pipeline.engines.base import NOT_RETRIED, end_hook_command
 from cog_pipeline.engines.pegasus.plan import COMPUTE_SITE, default_plan_args
 from cog_pipeline.engines.pegasus.scratch import record_scratch
+from cog_pipeline.outputs import declared
 from cog_pipeline.publishing.provenance import METADATA_B64, job_metadata_encoder
 from cog_pipeline.replicas.catalog import (
     ReplicaEntry,
@@ -475,19 +477,16 @@ def build_properties(run_dir: RunDir, settings: WorkflowSettings):
 # Workflow: Pegasus.api objects for one job (the template) and the fast writer
 
 
-def row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: str | None = None, lfn_in=None, lfn_tif=None, lfn_jpg=None, bands=None, key=None, line=None, meta=None, disk_mb: int | None = None):
+def row_job(wf, row: ManifestRow, settings: WorkflowSettings, *, job_id: str | None = None, bands=None, key=None, line=None, meta=None, disk_mb: int | None = None):
     from Pegasus.api import File, Job
 
     job_id = job_id if job_id is not None else job_id_of(row.line)
-    names = job_lfns(job_id)
-    inp = File(lfn_in if lfn_in is not None else names[0])
-    tif = File(lfn_tif if lfn_tif is not None else names[1])
-    jpg = File(lfn_jpg if lfn_jpg is not None else names[2])
+    inp, *outs = (File(lfn) for lfn in job_lfns(job_id))  # the input, then each declared output
     job = (
         Job(TRANSFORMATION, _id=job_id)
-        .add_args(EMPTY_ON_FAILURE, inp, tif, jpg, "--bands", bands if bands is not None else str(row.bands), *((METADATA_B64, meta) if meta is not None else ()))
+        .add_args(EMPTY_ON_FAILURE, inp, *outs, "--bands", bands if bands is not None else str(row.bands), *((METADATA_B64, meta) if meta is not None else ()))
         .add_inputs(inp)
-        .add_outputs(tif, jpg, stage_out=True, register_replica=False)
+        .add_outputs(*outs, stage_out=True, register_replica=False)
         # No DAGMan retry: a transient failure is retried by HTCondor itself (hold_profiles), a deterministic one
         # (a bad input) never is.
         .add_dagman_profile(retry=0, category=CATEGORY)
@@ -511,23 +510,24 @@ def workflow_shell(name: str, settings: WorkflowSettings, hook: str, metadata: d
     return wf
 
 
-_SLOTS = ("ID", "IN", "TIF", "JPG", "BANDS", "KEY", "LINE")
+_SLOTS = ("BANDS", "KEY", "LINE")
 _DISK_SENTINEL = 987654321  # a number slot: Pegasus.api parses "<n> MB", so no text token can stand there
 
 
 def _job_format(settings: WorkflowSettings, with_meta: bool = False) -> str:
-    """A %-format string of one job's JSON, derived from a Pegasus.api Job with placeholder values."""
+    """A %-format string of one job's JSON, derived from a Pegasus.api Job with placeholder values. The job id
+    (plain ASCII) stands unquoted, so it fills the LFNs named after it too (``replicas.catalog.job_lfns``)."""
     from Pegasus.api.writable import _CustomEncoder
 
     slots = (*_SLOTS, "META") if with_meta else _SLOTS
-    token = {slot: f"@@COG_{slot}@@" for slot in slots}
+    token = {slot: f"@@COG_{slot}@@" for slot in (*slots, "ID")}
     dummy = ManifestRow(line=1, key="x.tif", bands=1, text="x.tif,1")
     job = row_job(
-        None, dummy, settings, job_id=token["ID"], lfn_in=token["IN"], lfn_tif=token["TIF"], lfn_jpg=token["JPG"],
+        None, dummy, settings, job_id=token["ID"],
         bands=token["BANDS"], key=token["KEY"], line=token["LINE"], meta=token.get("META"), disk_mb=_DISK_SENTINEL,
     )
     doc = json.loads(json.dumps(job, cls=_CustomEncoder))
-    order = [token["IN"], token["TIF"], token["JPG"]]
+    order = list(job_lfns(token["ID"]))
     doc["uses"].sort(key=lambda use: order.index(use["lfn"]))  # a set in Pegasus.api: make the order stable
     text = json.dumps(doc, ensure_ascii=False).replace("%", "%%")
     for slot in slots:
@@ -535,6 +535,9 @@ def _job_format(settings: WorkflowSettings, with_meta: bool = False) -> str:
         if quoted not in text:
             raise RuntimeError(f"Pegasus.api job structure changed: placeholder {slot} not found")
         text = text.replace(quoted, f"%({slot})s")
+    if text.count(token["ID"]) != 1 + 2 * len(order):  # the id, and each LFN in the arguments and the uses
+        raise RuntimeError("Pegasus.api job structure changed: the job id is not where it was")
+    text = text.replace(token["ID"], "%(ID)s")
     if text.count(str(_DISK_SENTINEL)) != 1:
         raise RuntimeError("Pegasus.api job structure changed: the diskspace profile was not found")
     return text.replace(str(_DISK_SENTINEL), "%(DISK)s")
@@ -578,16 +581,11 @@ def write_workflow(
         fh.write("jobs:")
         chunk: list[str] = []
         for row in rows:
-            job_id = job_id_of(row.line)
-            lfn_in, lfn_tif, lfn_jpg = job_lfns(job_id)  # plain ASCII: no escaping needed
             chunk.append(
                 "\n- "
                 + fmt
                 % {
-                    "ID": f'"{job_id}"',
-                    "IN": f'"{lfn_in}"',
-                    "TIF": f'"{lfn_tif}"',
-                    "JPG": f'"{lfn_jpg}"',
+                    "ID": job_id_of(row.line),  # plain ASCII: no escaping needed
                     "BANDS": f'"{row.bands}"',
                     "KEY": dumps(row.key),
                     "LINE": f'"{row.line}"',
@@ -744,7 +742,8 @@ def generate(run_dir: RunDir, input_store: ObjectStore, settings: WorkflowSettin
     in_where = {**where, "site": "local"} if local_root is not None else where
     entries: list[ReplicaEntry] = replica_entries(((names[0], row.key) for names, row in zip(lfns, rows)), info.input_bucket, **in_where)
     write_replica_catalog(files[RunDir.REPLICAS], entries, header=_x_pegasus())
-    outputs = (pair for names, row in zip(lfns, rows) for pair in ((names[1], prefix + row.key), (names[2], prefix + row.jpg_key)))
+    kinds = declared()
+    outputs = ((lfn, prefix + kind.key_of(row.key)) for names, row in zip(lfns, rows) for lfn, kind in zip(names[1:], kinds))
     entries = replica_entries(outputs, info.output_bucket, **where)
     write_replica_catalog(files[RunDir.OUTPUTS], entries, header=_x_pegasus())
     del entries, lfns

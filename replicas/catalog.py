@@ -3,9 +3,9 @@
 Conventions (shared with `cog_pipeline.pegasus.workflow_gen` and the local engine):
 
 * A job names its files with opaque, job-local LFNs derived from its id (:func:`job_lfns`):
-  ``ID0000001.in.tif`` (input), ``ID0000001.tif`` and ``ID0000001.jpg`` (outputs). A key never appears in an
-  LFN or in a job's arguments: the planner joins arguments with spaces into an unquoted shell line, and
-  PegasusLite names local files after LFNs.
+  ``ID0000001.in.tif`` (input), then one per output declared in ``cog_pipeline.outputs``: ``ID0000001.tif``
+  and ``ID0000001.jpg``. A key never appears in an LFN or in a job's arguments: the planner joins arguments
+  with spaces into an unquoted shell line, and PegasusLite names local files after LFNs.
 * The raw key lives only in PFNs: ``replicas.yml`` maps each input LFN to its object in the input bucket (the
   input replica catalog), and ``outputs.yml`` maps each output LFN to its object in the output bucket (the
   output replica catalog Pegasus' ``Replica`` output mapper reads: ``pegasus.dir.storage.mapper``).
@@ -29,16 +29,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+from cog_pipeline.outputs import declared
+
 DEFAULT_SITE = "storage"
 DEFAULT_IDENTITY = "cog"
+INPUT_LFN_SUFFIX = ".in.tif"
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _IDENTITY_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
-def job_lfns(job_id: str) -> tuple[str, str, str]:
-    """(input, COG, JPEG) LFNs of one job: opaque, job-local names (see the module docstring)."""
-    return f"{job_id}.in.tif", f"{job_id}.tif", f"{job_id}.jpg"
+def job_lfns(job_id: str) -> tuple[str, ...]:
+    """(input, then each declared output: COG, JPEG) LFNs of one job: opaque, job-local names (see the module
+    docstring), in the converter's argument order."""
+    return (job_id + INPUT_LFN_SUFFIX, *(kind.lfn(job_id) for kind in declared()))
 
 
 def check_name(value: str, what: str) -> str:

@@ -6,6 +6,7 @@ import codecs
 
 import pytest
 
+from cog_pipeline.outputs import COG, PREVIEW
 from cog_pipeline.run.manifest import ManifestRow, RejectedRow, parse_lines, parse_manifest, parse_row
 
 
@@ -29,14 +30,15 @@ def test_plain_row_gives_key_bands_line_and_text() -> None:
 
 
 def test_jpg_key_replaces_the_tif_suffix() -> None:
-    assert parse_manifest("a/b.tif,3").rows[0].jpg_key == "a/b.jpg"
+    key = parse_manifest("a/b.tif,3").rows[0].key
+    assert (COG.key_of(key), PREVIEW.key_of(key)) == ("a/b.tif", "a/b.jpg")
 
 
 @pytest.mark.parametrize(("key", "jpg"), [("LC08_B4.TIF", "LC08_B4.jpg"), ("a/b.tiff", "a/b.jpg"), ("a/b.TiFf", "a/b.jpg"),
                                           ("a.b.Tif", "a.b.jpg"), ("x.tif.tif", "x.tif.jpg")])
 def test_tif_and_tiff_in_any_case_are_accepted_and_the_jpeg_is_named_after_the_key_without_its_extension(key, jpg) -> None:
     row = parse_manifest(f"{key},1\n").rows[0]
-    assert (row.key, row.jpg_key) == (key, jpg)
+    assert (row.key, PREVIEW.key_of(row.key)) == (key, jpg)
 
 
 def test_two_keys_whose_previews_would_collide_keep_the_first_and_fail_the_second() -> None:

@@ -166,7 +166,7 @@ def test_record_provenance_from_a_real_run(shared_testdata: Path, tmp_path: Path
     src, out = LocalStore(root, "in"), LocalStore(root, "out")
     sources, outputs = find_keys(src, [key]), find_keys(out, [key, jpg])
     (line_no,) = [r.line for r in RunDir(run_dir).job_records().values()]
-    processed = [ProcessedOutput(line_no, key, outputs[key], outputs[jpg])]
+    processed = [ProcessedOutput(line_no, key, {"cog": outputs[key], "preview": outputs[jpg]})]
     for _ in range(2):
         assert record_provenance(run_dir, processed=processed, sources=sources, source_bucket="in", output_bucket="out") == 1
     (line,) = read_provenance_lines(run_dir)

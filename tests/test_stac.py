@@ -51,7 +51,7 @@ def stac_validator_says(path: Path) -> tuple[bool, list]:
 def test_items_collection_and_catalog_are_valid_offline_per_pystac_and_stac_validator(buckets, cog: Path, offline, tmp_path) -> None:
     buckets.output.upload(cog, KEY)
     buckets.output.put_bytes(JPG, b"\xff\xd8 a jpeg stands here")
-    keys = write_stac(buckets.output, [(KEY, JPG)], "Counties/test_raw.csv")
+    keys = write_stac(buckets.output, [{"cog": KEY, "preview": JPG}], "Counties/test_raw.csv")
     assert keys == [item_key(KEY), collection_key("Counties/test_raw.csv"), CATALOG_KEY] == [
         "Eau Claire/a #1?/Ünïcødé scan.stac-item.json", "Counties/test_collection.json", "catalog.json"]
     item, collection, catalog = (json.loads(buckets.output.read_bytes(k)[0]) for k in keys)
@@ -86,7 +86,7 @@ def test_validation_rejects_a_broken_item(tmp_path: Path, cog: Path, offline) ->
     (tmp_path / "out").mkdir()
     store = LocalStore(tmp_path, "out")
     store.upload(cog, "x.tif")
-    write_stac(store, [("x.tif", None)], "m_raw.csv")
+    write_stac(store, [{"cog": "x.tif"}], "m_raw.csv")
     item = json.loads(store.read_bytes("x.stac-item.json")[0])
     assert "thumbnail" not in item["assets"] and item["id"] == "x"
     broken = {**item, "properties": {**item["properties"], "proj:shape": "718x791"}}  # the projection schema's rule
@@ -107,7 +107,7 @@ def test_an_image_without_georeferencing_has_no_bbox_or_geometry_and_hrefs_follo
     plain = tmp_path / "plain.tif"
     embed_with_copy(shared_testdata / "seed" / "1band.tif", plain, {"CREATED_UTC": "2026-12-01T10:15:00Z"})
     store.upload(plain, "Landsat/LC08 B4.TIF")
-    write_stac(store, [("Landsat/LC08 B4.TIF", "Landsat/LC08 B4.jpg")], "m_raw.csv", base_url="https://cogs.example.org/pub/")
+    write_stac(store, [{"cog": "Landsat/LC08 B4.TIF", "preview": "Landsat/LC08 B4.jpg"}], "m_raw.csv", base_url="https://cogs.example.org/pub/")
     item = json.loads(store.read_bytes("Landsat/LC08 B4.stac-item.json")[0])
     assert item["geometry"] is None and "bbox" not in item and not any(k in item["properties"] for k in ("proj:bbox", "proj:transform", "proj:epsg"))
     assert item["assets"]["data"]["href"] == "https://cogs.example.org/pub/Landsat/LC08%20B4.TIF"
@@ -123,8 +123,8 @@ def test_an_item_published_again_under_another_manifest_leaves_the_first_collect
     store = LocalStore(tmp_path, "out")
     store.upload(cog, "a.tif")
     store.upload(cog, "b.tif")
-    write_stac(store, [("a.tif", None), ("b.tif", None)], "first_raw.csv")
-    write_stac(store, [("a.tif", None)], "second_raw.csv")
+    write_stac(store, [{"cog": "a.tif"}, {"cog": "b.tif"}], "first_raw.csv")
+    write_stac(store, [{"cog": "a.tif"}], "second_raw.csv")
     first = json.loads(store.read_bytes("first_collection.json")[0])
     second = json.loads(store.read_bytes("second_collection.json")[0])
     items = lambda c: [ln["href"] for ln in c["links"] if ln["rel"] == "item"]  # noqa: E731

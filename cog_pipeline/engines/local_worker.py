@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cog_pipeline.config import env_value
+from cog_pipeline.outputs import PREVIEW
 from cog_pipeline.publishing.thumbnail import thumbnail_path, write_thumbnail
 from cog_pipeline.storage.store import LocalStore, ObjectStore, PreconditionFailed, StoreConfig, StoreError, open_store
 from cog_pipeline.transformations.linux import set_pdeathsig
@@ -206,7 +207,7 @@ def leave_thumbnail(spec: JobSpec, workdir: Path) -> None:
     """The run report's picture of the job's image, made here from the job's JPEG preview while it is still on
     this disk and the other jobs run (thumbnail.py: Pillow only, no numpy or rasterio): best effort, never the
     job's failure."""
-    preview = next((lfn for lfn in spec.outputs if lfn.lower().endswith((".jpg", ".jpeg"))), None)
+    preview = next((lfn for lfn in spec.outputs if lfn.endswith(PREVIEW.lfn_suffix)), None)
     if preview is not None:
         write_thumbnail(_safe_join(workdir, preview), thumbnail_path(Path(spec.log_path).parent, spec.job_id))
 

@@ -217,7 +217,7 @@ def record_provenance(
     under the row's key); `sources`: a listing of their inputs. Rewriting the file (not appending) keeps a
     repeated reconcile from duplicating lines; lines are written as they are made, never all held at once.
     """
-    from cog_pipeline.run.naming import image_stem, job_id_of
+    from cog_pipeline.run.naming import job_id_of
     from cog_pipeline.run.rundir.jobs import JobRecord, job_file
     from cog_pipeline.storage import atomic
 
@@ -229,8 +229,7 @@ def record_provenance(
         for row in processed:
             record = JobRecord.load(job_file(run_dir / "jobs", job_id_of(row.line)))
             facts = record.to_json() if record is not None and record.line == row.line else {"key": row.key}
-            jpg_key = image_stem(row.key) + ".jpg"
-            line = provenance_line(record=facts, source=sources.get(row.key), outputs={row.key: row.cog, jpg_key: row.jpg},
+            line = provenance_line(record=facts, source=sources.get(row.key), outputs=row.objects,
                                    source_bucket=source_bucket, output_bucket=output_bucket, run_id=run_id, host=host)
             fh.write(json.dumps(line, ensure_ascii=False, sort_keys=True, default=str) + "\n")
             count += 1

@@ -75,7 +75,7 @@ def write_run_stac(info: RunInfo, output_store: ObjectStore, processed: list[Pro
     """An Item beside each processed COG and the manifest's Collection (only for runs claimed with --stac)."""
     from cog_pipeline.publishing.stac import write_stac
 
-    outputs = [(o.cog.key, o.jpg.key) for o in processed]  # where reconcile found them (<prefix><key>)
+    outputs = [{name: obj.key for name, obj in o.objects.items()} for o in processed]  # where reconcile found them (<prefix><key>)
     return write_stac(output_store, outputs, info.manifest_key, base_url=info.stac_base_url) if outputs else []
 
 

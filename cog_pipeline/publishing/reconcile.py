@@ -1,10 +1,11 @@
 """Reconcile: decide, for every manifest row, processed or failed, and write the result files.
 
-The output bucket is the truth: a row is processed only when its COG and its JPEG are there and were
-written by this run (not older than the claim, by the store's own clock). Job records and the pre-flight
-file only supply the *reason* a row failed. Decisions are saved in the run directory before anything is
-written to the bucket, so a crash half-way through is finished by running reconcile again, with the same
-result, and the processing file is removed only after the result files are safely in the bucket.
+The output bucket is the truth: a row is processed only when each of its outputs (cog_pipeline.outputs: the
+COG and the JPEG) is there and was written by this run (not older than the claim, by the store's own clock).
+Job records and the pre-flight file only supply the *reason* a row failed. Decisions are saved in the run
+directory before anything is written to the bucket, so a crash half-way through is finished by running
+reconcile again, with the same result, and the processing file is removed only after the result files are
+safely in the bucket.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cog_pipeline.outputs import declared
 from cog_pipeline.run.claim import fence_before_results, write_recognised
 from cog_pipeline.run.manifest import DuplicateRow, ManifestRow, Parsed, RejectedRow, iter_manifest_file
 from cog_pipeline.run.naming import RunNames, job_id_of
@@ -78,12 +80,13 @@ def wanted_outputs(parsed: Iterable[Parsed], pre_failed: Iterable[tuple[int, str
     """The output keys reconcile must look for: those of every row that got a job. Adds to `firsts` the
     lines whose outcome a later duplicate repeats."""
     pre = _PreFailed(pre_failed)
+    kinds = declared()
     for item in parsed:
         if isinstance(item, DuplicateRow):
             firsts.add(item.first_line)
         elif isinstance(item, ManifestRow) and pre.reason(item.line) is None:
-            yield output_prefix + item.key
-            yield output_prefix + item.jpg_key
+            for kind in kinds:
+                yield output_prefix + kind.key_of(item.key)
 
 
 def decide(
@@ -101,29 +104,30 @@ def decide(
     `firsts`: the lines later duplicates refer to (only their outcomes are remembered; None: all)."""
     pre = _PreFailed(pre_failed)
     remembered: dict[int, RowOutcome] = {}
+    kinds = declared()
 
     def judge(row: ManifestRow) -> RowOutcome:
         pre_reason = pre.reason(row.line)
         if pre_reason is not None:
             return RowOutcome(row.line, row.text, FAILED, pre_reason, raw=row.raw)
         record = record_for(row.line)
-        tif_key, jpg_key = output_prefix + row.key, output_prefix + row.jpg_key
-        tif, jpg = outputs.get(tif_key), outputs.get(jpg_key)
-        fresh = [o for o in (tif, jpg) if o is not None and written_since(o, claimed_at)]
-        foreign = _not_this_jobs(record, ((tif_key, tif), (jpg_key, jpg)))
-        if len(fresh) == 2 and foreign:
+        found = tuple((key, outputs.get(key)) for key in (output_prefix + kind.key_of(row.key) for kind in kinds))
+        fresh = [o for _, o in found if o is not None and written_since(o, claimed_at)]
+        foreign = _not_this_jobs(record, found)
+        if len(fresh) == len(kinds) and foreign:
             return RowOutcome(row.line, row.text, FAILED, "the object at " + ", ".join(foreign) + " is not this row's output (its ETag/size differ from what the job uploaded)", raw=row.raw)
-        if len(fresh) == 2:
+        if len(fresh) == len(kinds):
             note = str(record.warning or "") if record else ""
-            return RowOutcome(row.line, row.text, PROCESSED, note=note, raw=row.raw, output=ProcessedOutput(row.line, row.key, tif, jpg, note))
+            objects = {kind.name: o for kind, (_, o) in zip(kinds, found)}
+            return RowOutcome(row.line, row.text, PROCESSED, note=note, raw=row.raw, output=ProcessedOutput(row.line, row.key, objects, note))
         if record is not None and record.status == "failed":
             category, detail = str(record.category or ""), str(record.reason or "")
             reason = detail if detail.split(":")[0] in (category, category.split("_")[0]) else f"{category}: {detail}"
             if (record.attempts or 1) > 1:
                 reason += f" (after {record.attempts} attempts)"
             return RowOutcome(row.line, row.text, FAILED, reason, raw=row.raw)
-        missing = [k for k, o in ((tif_key, tif), (jpg_key, jpg)) if o is None]
-        stale = [k for k, o in ((tif_key, tif), (jpg_key, jpg)) if o is not None and o not in fresh]
+        missing = [k for k, o in found if o is None]
+        stale = [k for k, o in found if o is not None and o not in fresh]
         parts = []
         if missing:
             parts.append("missing from the output bucket: " + ", ".join(missing))

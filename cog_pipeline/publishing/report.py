@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cog_pipeline.outputs import COG
 from cog_pipeline.publishing.thumbnail import THUMB_PX, read_thumbnail, thumbnail_jpeg, thumbnail_path
 from cog_pipeline.run.naming import RunNames, base_of
 from cog_pipeline.run.rundir import DamagedRunDir, Decisions, JobRecord, Preflight, ProcessedOutput, RunDir, RunInfo
@@ -147,7 +148,7 @@ def load_run(run_dir: Path, *, output_store: ObjectStore | None = None, input_st
     resubmit = _resubmit_hint(manifest_key, result.get("failed_key"))
     failed_sample = decisions.failed_sample[:SHOWN_ROWS] if decisions is not None else []
     if processed is not None:  # handed over by publishing: its outputs as reconcile's listing found them
-        shown = [(o.line, o.key, o.cog, o.note) for o in processed[:SHOWN_ROWS]]
+        shown = [(o.line, o.key, o.objects[COG.name], o.note) for o in processed[:SHOWN_ROWS]]
         n_images = len(processed)
     else:  # the first processed rows reconcile kept, with their COGs as they are now
         sample = decisions.processed_sample[:SHOWN_ROWS] if decisions is not None else []

@@ -24,12 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cog_pipeline.run.naming import base_of, image_stem
+from cog_pipeline.outputs import COG, declared, image_stem
+from cog_pipeline.run.naming import base_of
 from cog_pipeline.storage.store import ObjectNotFound, ObjectStore
 
 STAC_ITEM_SUFFIX = ".stac-item.json"
@@ -91,9 +93,10 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def item_for(cog_store: ObjectStore, key: str, jpg_key: str | None, *, collection: str | None = None,
+def item_for(cog_store: ObjectStore, objects: Mapping[str, str], *, collection: str | None = None,
              href: Hrefs | None = None, now: datetime | None = None) -> dict[str, Any]:
-    """The STAC Item (as a dict) for the COG at `key`, with the JPEG as its `thumbnail` asset."""
+    """The STAC Item (as a dict) for one image's outputs (`objects`: declared name -> key, cog_pipeline.outputs):
+    made from the COG, with each other output as an asset (the JPEG: `thumbnail`)."""
     import warnings
 
     import pystac
@@ -104,6 +107,7 @@ def item_for(cog_store: ObjectStore, key: str, jpg_key: str | None, *, collectio
     from cog_pipeline.storage.ranged import OPEN_NAME, opener_for
 
     href = href or Hrefs(cog_store)
+    key = objects[COG.name]
     opener, _ = opener_for(cog_store, key)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no CRS" and TIFF-date warnings: both are handled below
@@ -113,20 +117,21 @@ def item_for(cog_store: ObjectStore, key: str, jpg_key: str | None, *, collectio
             georeferenced = src.crs is not None
             item = create_stac_item(
                 src, input_datetime=acquired or created, id=safe_id(image_stem(key)),
-                asset_name="data", asset_href=href(key), asset_media_type=pystac.MediaType.COG, asset_roles=["data"],
+                asset_name=COG.stac_asset, asset_href=href(key), asset_media_type=COG.media_type, asset_roles=list(COG.stac_roles),
                 with_proj=True, with_raster=True, raster_max_size=256,
             )
     item.common_metadata.created = created
     if not georeferenced:
         item.geometry, item.bbox = None, None
-    if jpg_key:
-        item.add_asset("thumbnail", pystac.Asset(href=href(jpg_key), media_type=pystac.MediaType.JPEG, roles=["thumbnail"]))
+    for kind in declared():
+        if kind is not COG and objects.get(kind.name):
+            item.add_asset(kind.stac_asset, pystac.Asset(href=href(objects[kind.name]), media_type=kind.media_type, roles=list(kind.stac_roles)))
     data = item.to_dict(include_self_link=False, transform_hrefs=False)
     if not georeferenced:
         data.pop("bbox", None)
         for name in ("proj:bbox", "proj:geometry", "proj:transform", "proj:epsg", "proj:wkt2", "proj:projjson", "proj:centroid"):
             data["properties"].pop(name, None)
-    for band in data["assets"]["data"].get("raster:bands", []):
+    for band in data["assets"][COG.stac_asset].get("raster:bands", []):
         if "buckets" in band.get("histogram", {}):
             band["histogram"]["count"] = len(band["histogram"]["buckets"])
     data["links"] = [{"rel": "self", "href": href(item_key(key)), "type": "application/geo+json"}]
@@ -248,15 +253,16 @@ def _update_catalog(store: ObjectStore, ckey: str, manifest_key: str, href: Href
     _put_json(store, CATALOG_KEY, catalog)
 
 
-def write_stac(output_store: ObjectStore, outputs: list[tuple[str, str | None]], manifest_key: str,
+def write_stac(output_store: ObjectStore, outputs: list[Mapping[str, str]], manifest_key: str,
                base_url: str | None = None) -> list[str]:
-    """Put an Item beside each COG in `outputs` [(cog key, jpg key)], the manifest's Collection and the root
-    Catalog; returns the keys written."""
+    """Put an Item beside each COG in `outputs` (per image, declared output name -> key: `item_for`), the
+    manifest's Collection and the root Catalog; returns the keys written."""
     href = Hrefs(output_store, base_url)
     ckey = collection_key(manifest_key)
     items, written = [], []
-    for key, jpg_key in outputs:
-        item = item_for(output_store, key, jpg_key, collection=manifest_key, href=href)
+    for objects in outputs:
+        key = objects[COG.name]
+        item = item_for(output_store, objects, collection=manifest_key, href=href)
         _unlink_from_previous_collection(output_store, key, manifest_key, href)
         _put_json(output_store, item_key(key), item)
         items.append({**item, "_key": key})

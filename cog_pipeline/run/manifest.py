@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cog_pipeline.run.naming import image_stem, image_suffix
+from cog_pipeline.outputs import IMAGE_SUFFIXES, Output, declared, image_suffix
 
 MAX_BANDS = 1024
 MAX_KEY_BYTES = 1024  # S3's limit for an object key: no image can have a longer one
@@ -36,10 +36,6 @@ class ManifestRow:
     bands: int
     text: str
     raw: bytes = field(default=b"", compare=False, repr=False)  # derived from the same line: not identity
-
-    @property
-    def jpg_key(self) -> str:
-        return image_stem(self.key) + ".jpg"
 
 
 @dataclass(frozen=True)
@@ -208,13 +204,13 @@ Parsed = ManifestRow | RejectedRow | DuplicateRow
 
 def iter_parsed(lines: Iterable[bytes], duplicates: bool = True) -> Iterator[Parsed]:
     """Every row, parsed, in line order, one at a time (blank lines are not rows). `duplicates=False` skips
-    finding duplicates (each repeat is yielded as a row of its own), and so keeps no state at all.
+    finding duplicates and collisions (each repeat is yielded as a row of its own), and so keeps no state at all.
 
-    The only state kept per row is the index that finds duplicates: each good row's preview key (its stem
-    plus `.jpg`; `a.tif` and `a.TIF` would both make `a.jpg`) with its line and its key's suffix (stored as
-    the bare line number for the usual `.tif`, about 100 bytes a row in all).
+    A row repeating an earlier row's key is a DuplicateRow; a row with another key whose outputs would land on
+    an earlier row's (`a.tif` and `a.TIF` would both make `a.jpg`) is rejected. The only state kept per row is
+    the index that finds both (`_Collisions`: about 100 bytes a row in all).
     """
-    seen: dict[str, int | tuple[int, str]] = {}  # jpg key -> first line (suffix .tif) or (first line, suffix)
+    index = _Collisions(declared())
     for line_no, raw in enumerate(lines, start=1):
         raw = raw.rstrip(b"\r\n")
         # Readable form for messages and the reasons file: bytes that are not UTF-8 shown as \xNN, never U+FFFD.
@@ -229,19 +225,80 @@ def iter_parsed(lines: Iterable[bytes], duplicates: bool = True) -> Iterator[Par
         if isinstance(parsed, RejectedRow) or not duplicates:
             yield parsed
             continue
-        jpg = parsed.jpg_key
-        earlier = seen.get(jpg)
+        earlier = index.earlier(parsed.key)
         if earlier is None:
-            suffix = parsed.key[len(jpg) - 4:]
-            seen[jpg] = line_no if suffix == ".tif" else (line_no, suffix)
+            index.add(parsed.key, line_no)
             yield parsed
-            continue
-        first_line, suffix = (earlier, ".tif") if isinstance(earlier, int) else earlier
-        if jpg[:-4] + suffix == parsed.key:
-            yield DuplicateRow(parsed, first_line)
+        elif isinstance(earlier, int):
+            yield DuplicateRow(parsed, earlier)
         else:
-            yield RejectedRow(line_no, text, f"bad key: its preview {jpg} would overwrite line {first_line}'s; "
+            mine, output, first_line, theirs = earlier
+            whose = f"line {first_line}'s" + ("" if theirs is mine else f" {theirs.label}")
+            yield RejectedRow(line_no, text, f"bad key: its {mine.label} {output} would overwrite {whose}; "
                               "rename one of the two images", raw)
+
+
+class _Collisions:
+    """The earlier row a row repeats, or one of whose outputs it would overwrite (the outputs cog_pipeline.outputs
+    declares), from one index entry per accepted row: its key's stem, with its line and its key's image suffix
+    (the bare line number for the usual `.tif`).
+
+    For each of a row's outputs and each declared output, the stem of a row that would write the latter where
+    the row writes the former follows from the suffixes alone, and is looked up: `a.TIF`'s preview `a.jpg` is
+    the preview of stem `a`, so of `a.tif`. Only pairs of outputs whose names can meet are tried: for the COG
+    and the JPEG, the JPEG with itself, so a row costs one lookup besides its duplicate check.
+    """
+
+    def __init__(self, kinds: Iterable[Output]) -> None:
+        kinds = tuple(kinds)
+        self.seen: dict[str, int | tuple[int, str]] = {}
+        self.by_key = all(kind.suffix is None for kind in kinds)  # every output at the key: only repeats meet
+        self.pairs = [(mine, theirs) for mine in kinds for theirs in kinds if _can_meet(mine.suffix, theirs.suffix)]
+
+    def _index_name(self, key: str) -> tuple[str, str]:
+        suffix = image_suffix(key) or ""
+        return (key if self.by_key else key[: len(key) - len(suffix)]), suffix
+
+    def _get(self, name: str) -> tuple[int, str] | None:
+        entry = self.seen.get(name)
+        return None if entry is None else (entry, ".tif") if isinstance(entry, int) else entry
+
+    def earlier(self, key: str) -> int | tuple[Output, str, int, Output] | None:
+        """None (a new image), the line whose key `key` repeats, or (my output, its key, the earlier row's line,
+        the earlier row's output written there)."""
+        name, suffix = self._index_name(key)
+        first = self._get(name)
+        if first is not None and (self.by_key or first[1] == suffix):
+            return first[0]
+        for mine, theirs in self.pairs:
+            output = mine.key_of(key)
+            if theirs.suffix is None:  # their own key: an image key
+                their_suffix = image_suffix(output)
+                if their_suffix is None:
+                    continue
+                stem = output[: len(output) - len(their_suffix)]
+            elif output.endswith(theirs.suffix):
+                stem, their_suffix = output[: len(output) - len(theirs.suffix)], None
+            else:
+                continue
+            first = self._get(stem)
+            if first is not None and their_suffix in (None, first[1]):
+                return mine, output, first[0], theirs
+        return None
+
+    def add(self, key: str, line: int) -> None:
+        name, suffix = self._index_name(key)
+        self.seen[name] = line if suffix == ".tif" or self.by_key else (line, suffix)
+
+
+def _can_meet(mine: str | None, theirs: str | None) -> bool:
+    """Whether outputs named by these suffixes (None: the key itself) can share a name for two keys."""
+    if mine is None and theirs is None:
+        return False  # two keys are two names
+    if mine is None or theirs is None:  # a stem plus the other's suffix can be an image key
+        named = (mine or theirs or "").lower()
+        return any(s.endswith(named) or named.endswith(s) for s in IMAGE_SUFFIXES)
+    return mine.endswith(theirs) or theirs.endswith(mine)  # `.jpg` with itself: keys sharing a stem
 
 
 def iter_raw_lines(path: Path) -> Iterator[bytes]:

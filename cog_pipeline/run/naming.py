@@ -42,22 +42,6 @@ def unique_timestamp(moment: datetime, ordinal: int) -> str:
     return ts if ordinal <= 1 else f"{ts}-{ordinal}"
 
 
-#: What an input image's key ends in, in any case (USGS/Landsat products are `.TIF`).
-IMAGE_SUFFIXES = (".tif", ".tiff")
-
-
-def image_suffix(key: str) -> str | None:
-    """The key's image suffix as written (`.TIF`, `.tiff`, ...), or None when it has none."""
-    lower = key.lower()
-    return next((key[-len(s):] for s in sorted(IMAGE_SUFFIXES, key=len, reverse=True) if lower.endswith(s)), None)
-
-
-def image_stem(key: str) -> str:
-    """`a/b.TIF` -> `a/b`: the key without its image suffix (the JPEG and STAC Item are named after it)."""
-    suffix = image_suffix(key)
-    return key[: -len(suffix)] if suffix else key
-
-
 def base_of(manifest_key: str) -> str:
     """`Counties/test_raw.csv` -> `Counties/test_`: the stem every result file of that manifest shares."""
     if manifest_key.endswith(RAW_SUFFIX):

@@ -28,8 +28,7 @@ class ProcessedOutput:
 
     line: int
     key: str  # the row's key (outputs at output_prefix + key)
-    cog: ObjectInfo
-    jpg: ObjectInfo
+    objects: dict[str, ObjectInfo]  # each output's object by its name (cog_pipeline.outputs), in declared order
     note: str = ""
 
 
@@ -42,7 +41,7 @@ class Decisions:
     reasons_key: str | None = None
     rows: int = 0  # rows decided (blank lines are not rows)
     duplicates: int = 0
-    images: int = 0  # processed rows that are not duplicates: one COG and one JPEG each
+    images: int = 0  # processed rows that are not duplicates: one of each output each
     noted: int = 0  # processed rows with a note (e.g. a band-count warning)
     failed_sample: list[dict[str, Any]] = field(default_factory=list)  # line, text, reason
     noted_sample: list[dict[str, Any]] = field(default_factory=list)  # line, text, note
