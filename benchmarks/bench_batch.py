@@ -343,18 +343,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 PROJECT_PACKAGES = ("cog_pipeline", "transformations", "pegasus", "replicas", "crondor")
 
 
-def compile_project() -> str:
-    """Compile the checkout's modules into their __pycache__ (untimed set-up), as an installed package has them.
+def compile_project(root: Path = REPO) -> str:
+    """Compile a checkout's modules into their __pycache__ (untimed set-up), as an installed package has them.
 
     Why: with PYTHONDONTWRITEBYTECODE=1 in the environment (set on the development machine) an editable
     checkout never caches bytecode, so every process compiled every project module it imports from source
     (measured 0.19 s in a scan's process and ~0.12 s in each worker), a cost no pip-installed copy pays
-    (pip compiles at install) and any other checkout pays once. The environment itself is left as it is."""
-    root = HERE.parent
+    (pip compiles at install) and any other checkout pays once. The environment itself is left as it is.
+    Both checkouts are compiled when main-* contenders run, so neither side pays it."""
     proc = subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(root / p) for p in PROJECT_PACKAGES)],
                           capture_output=True, text=True, check=False)
     env = "PYTHONDONTWRITEBYTECODE=1" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "bytecode written normally"
-    return f"compiled into __pycache__ ({env})" if proc.returncode == 0 else f"compileall failed: {proc.stderr.strip()[-200:]}"
+    return f"{root}: compiled into __pycache__ ({env})" if proc.returncode == 0 else f"{root}: compileall failed: {proc.stderr.strip()[-200:]}"
+
+
+def checkout_of(python: Path) -> Path:
+    """The checkout whose code `python` (a venv's interpreter, hence its cog-pipeline) imports."""
+    out = subprocess.run([str(python), "-c", "import cog_pipeline; print(cog_pipeline.__file__)"],
+                         capture_output=True, text=True, check=True, cwd="/").stdout  # no checkout in the cwd
+    return Path(out.strip()).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,7 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     cores = 1 if args.one_cpu else len(os.sched_getaffinity(0))
     contenders = args.contenders or [c for c in DEFAULT_CONTENDERS if not (args.one_cpu and c.endswith("-xargs"))]
     info = machine_info()
-    info["bytecode"] = compile_project()
+    # An editable install runs the checkout it was installed from, wherever this script is: `scan` must time
+    # this checkout (run the script with its own venv), main-* the baseline's.
+    timed = {"scan": (VENV_BIN / "python", REPO), "main-scan": (args.baseline / ".venv" / "bin" / "python", args.baseline)}
+    for name, (python, expected) in timed.items():
+        if name in contenders and checkout_of(python) != expected.resolve():
+            raise SystemExit(f"{name} would run the code of {checkout_of(python)}, not {expected}: "
+                             f"run it with a venv installed from {expected} (pip install -e)")
+    checkouts = dict.fromkeys([REPO, *([args.baseline] if any(c.startswith("main-") for c in contenders) else [])])
+    info["bytecode"] = "; ".join(compile_project(root) for root in checkouts)
     print(f"{info['cpus']} CPUs; system {info['system_gdal']}; venv GDAL {info['venv_gdal']}; {info['uptime']}", flush=True)
     print(f"project bytecode: {info['bytecode']}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="cog-bench-run-", dir=args.scratch))

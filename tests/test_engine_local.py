@@ -357,6 +357,31 @@ def test_a_stopped_worker_exits_cleanly_after_its_start_up():
     assert pool._prestarted == [] and worker.proc.exitcode == 0
 
 
+def test_a_freed_worker_gets_its_next_job_before_the_ended_job_is_handed_on(tmp_path, monkeypatch):
+    """on_final (the driver writes the job's record there, with an fsync) comes after the worker that ran the
+    job has been sent the next one: one worker, two jobs, in that order."""
+    import cog_pipeline.engines.local_pool as pool
+    from cog_pipeline.engines.local_worker import JobSpec
+
+    root = _buckets(tmp_path)
+    exe = tmp_path / "touch_out.sh"
+    exe.write_text("#!/bin/sh\necho done > out.txt\n")
+    exe.chmod(0o755)
+    specs = [JobSpec(job_id, str(exe), [], "in", "out", {}, {"out.txt": f"{job_id}.txt"}, 1, {},
+                     StoreConfig(local_root=root).to_json(), str(tmp_path / "scratch"), str(tmp_path / "jobs" / f"{job_id}.log"))
+             for job_id in ("ID0000001", "ID0000002")]
+    events: list[str] = []
+    real_threads_for = pool.threads_for
+
+    def dispatching(*args):  # called once per job sent to a worker
+        events.append("sent")
+        return real_threads_for(*args)
+
+    monkeypatch.setattr(pool, "threads_for", dispatching)
+    pool.execute(specs, pool.PoolSettings(workers=1, cores=1), lambda spec, outcome, *_: events.append(f"{spec.job_id} {outcome.status}"))
+    assert events == ["sent", "sent", "ID0000001 succeeded", "ID0000002 succeeded"]
+
+
 def test_a_worker_does_not_run_the_parents_main_script_again(tmp_path):
     """Spawned from a script (as from the cog-pipeline console script), a worker must not re-run that script
     as __mp_main__: under the console script that imported the whole CLI in every worker. The script marks

@@ -6,6 +6,8 @@ existing Crondor set-ups and muscle memory carry over.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import os
 import shutil
@@ -34,6 +36,13 @@ from cog_pipeline.config import SECTIONS
 from cog_pipeline.crondor.commands import crondor
 from cog_pipeline.errors import one_line, os_error_line
 from cog_pipeline.storage.store import StoreConfig
+
+# Leaving the process, the interpreter's final garbage collections walk every object of the ~300 modules a scan
+# imports: 50-100 ms after the last job of every scan (measured on the 2-core machine). Frozen at exit, they are
+# skipped. Files, the stdio and pipes are flushed and closed as before (atexit handlers registered later run
+# first); only cyclic garbage still alive at exit is left to the operating system, whose finalizers Python
+# never promised to run.
+atexit.register(gc.freeze)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

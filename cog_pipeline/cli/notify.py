@@ -9,12 +9,8 @@ only as "the webhook"; SMTP authentication is left to the access point's MTA (no
 from __future__ import annotations
 
 import json
-import smtplib
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from email.message import EmailMessage
 from typing import Any
 
 from cog_pipeline.config import Notify
@@ -56,6 +52,9 @@ def body(record: dict[str, Any]) -> str:
 
 
 def send_email(settings: Notify, record: dict[str, Any]) -> None:
+    import smtplib
+    from email.message import EmailMessage
+
     message = EmailMessage()
     message["Subject"] = subject(record)
     message["From"] = settings.email_from or f"cog-pipeline@{socket.getfqdn()}"
@@ -66,6 +65,8 @@ def send_email(settings: Notify, record: dict[str, Any]) -> None:
 
 
 def post_webhook(settings: Notify, record: dict[str, Any]) -> None:
+    import urllib.request
+
     request = urllib.request.Request(settings.webhook_url, data=json.dumps(record, ensure_ascii=False).encode("utf-8"),
                                      headers={"Content-Type": "application/json", "User-Agent": "cog-pipeline"}, method="POST")
     with urllib.request.urlopen(request, timeout=settings.timeout_s) as response:  # noqa: S310 - the operator's URL
@@ -76,6 +77,11 @@ def notify(settings: Notify, record: dict[str, Any], warn: Callable[[str], None]
     """Send what the settings ask for; returns what was sent ("email", "webhook")."""
     if not should_notify(settings, record):
         return []
+    # Imported only now: the mail and HTTP stack (smtplib, ssl, email, urllib.request: ~11 ms, and their share
+    # of the interpreter's exit) is for the ticks that notify someone, not for every scan.
+    import smtplib
+    import urllib.error
+
     sent = []
     if settings.email_to:
         try:
