@@ -15,6 +15,20 @@ def build_api_workflow(rows, settings, name: str, hook: str, metadata: dict[str,
     return wf
 
 
+def comparable_workflow(path) -> dict:
+    """A written workflow.yml as a document to compare: without its `x-pegasus` header (who wrote it, when),
+    each job's `uses` in LFN order (a set in Pegasus.api: its order is arbitrary)."""
+    from pathlib import Path
+
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    assert set(doc.pop("x-pegasus")) == {"createdBy", "createdOn", "apiLang"}
+    for job in doc["jobs"]:
+        job["uses"].sort(key=lambda u: u["lfn"])
+    return doc
+
+
 def build_replica_catalog(entries: Iterable):
     """The same replica entries as a Pegasus.api ReplicaCatalog."""
     from Pegasus.api import ReplicaCatalog
