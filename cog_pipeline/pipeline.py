@@ -21,15 +21,7 @@ from cog_pipeline.engines.base import Engine, Outcome, WorkflowError
 from cog_pipeline.errors import RUN_FILE_ERRORS, one_line, os_error_line
 from cog_pipeline.publishing import publish
 from cog_pipeline.publishing.reconcile import ReconcileResult, reconcile
-from cog_pipeline.run.claim import (
-    Claim,
-    ClaimError,
-    ClaimLost,
-    claim_one,
-    look,
-    recover_claims,
-    scan_lock,
-)
+from cog_pipeline.run.claim import Claim, ClaimError, ClaimLost, claim_one, look, recover_claims, scan_lock
 from cog_pipeline.run.lease import is_alive
 from cog_pipeline.run.rundir import (
     CLAIMED,
@@ -44,13 +36,7 @@ from cog_pipeline.run.rundir import (
     survey_run_dirs,
 )
 from cog_pipeline.run.state import IN_FLIGHT
-from cog_pipeline.storage.store import (
-    ObjectStore,
-    StoreConfig,
-    StoreError,
-    bucket_folder,
-    open_store,
-)
+from cog_pipeline.storage.store import ObjectStore, StoreConfig, StoreError, bucket_folder, open_store
 
 Echo = Callable[[str], None]
 
