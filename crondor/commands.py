@@ -18,19 +18,8 @@ from typing import Any, Iterator
 
 import click
 
-from cog_pipeline.cli.config import effective_config, setting_options
-from cog_pipeline.cli.options import (
-    EXIT_ERROR,
-    bucket_options,
-    check_scan_args,
-    check_stac,
-    fail,
-    handle_errors,
-    output_options,
-    profile_option,
-    store_config,
-    store_options,
-)
+from cog_pipeline.cli.config import scan_config, setting_options
+from cog_pipeline.cli.options import EXIT_ERROR, bucket_options, fail, handle_errors, scan_options, store_config
 from cog_pipeline.cli.status import runs_in_flight, show_runs
 from cog_pipeline.config import flag_values
 from cog_pipeline.engines.pegasus import condor
@@ -134,10 +123,7 @@ def crondor() -> None:
 
 
 @crondor.command()
-@bucket_options
-@output_options
-@store_options
-@profile_option
+@scan_options
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where run directories, crondor.sub and the Crondor's logs are kept.")
 @setting_options(exclude=("local",))
 @click.option("--dry-run", is_flag=True, help="Write crondor.sub and print it; submit nothing.")
@@ -148,10 +134,8 @@ def start(**kw: Any) -> None:
     With --config FILE the Crondor's ticks read that file (its path is in the arguments), so editing it
     changes the next tick; it is checked now, so a bad value fails here rather than every 15 minutes.
     """
-    check_scan_args(kw)  # the tick would refuse these every 15 minutes: refuse them now
+    config = scan_config(kw)  # the tick would refuse these every 15 minutes: refuse them now
     store = store_config(kw)  # validates -a/-s (regular, readable key files; their bytes never echoed)
-    config = effective_config(kw)  # one line naming the setting, exit 2
-    check_stac(config)
     config_path = kw.get("config_path")
     spec = CrondorSpec(
         input_bucket=kw["input_bucket"],

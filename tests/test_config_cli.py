@@ -93,7 +93,7 @@ def test_every_setting_flag_given_to_the_crondor_reaches_its_ticks(tmp_path, ite
     argv = condor_argv(submit_commands((work / "crondor.sub").read_text())["arguments"])
     assert all(a in argv for a in argv_flag)
     seen = {}
-    original = config_cli.effective_config
+    original = config_cli.scan_config
 
     def spy(kw):
         seen["config"] = original(kw)
@@ -106,11 +106,11 @@ def test_every_setting_flag_given_to_the_crondor_reaches_its_ticks(tmp_path, ite
     tick[tick.index("--engine")] = "--dry-run"  # the tick's scan, without Pegasus, changing nothing
     import cog_pipeline.cli.main as cli_mod
 
-    cli_mod.effective_config, saved = spy, cli_mod.effective_config
+    cli_mod.scan_config, saved = spy, cli_mod.scan_config
     try:
         ran = CliRunner().invoke(cli, [*tick, "--local-root", str(root)])
     finally:
-        cli_mod.effective_config = saved
+        cli_mod.scan_config = saved
     assert ran.exit_code == 0, ran.output
     assert seen["config"].value(item.dotted) == value
 

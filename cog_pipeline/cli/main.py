@@ -17,20 +17,9 @@ from typing import Any
 
 import click
 
-from cog_pipeline.cli.config import config_group, effective_config, setting_options
+from cog_pipeline.cli.config import config_group, effective_config, scan_config, setting_options
 from cog_pipeline.cli.operator import provenance_cmd, report_cmd
-from cog_pipeline.cli.options import (
-    EXIT_ERROR,
-    bucket_options,
-    check_scan_args,
-    check_stac,
-    fail,
-    handle_errors,
-    output_options,
-    profile_option,
-    store_config,
-    store_options,
-)
+from cog_pipeline.cli.options import EXIT_ERROR, fail, handle_errors, scan_options, store_config
 from cog_pipeline.cli.warnings_log import warnings_to_log
 from cog_pipeline.config import SECTIONS
 from cog_pipeline.crondor.commands import crondor
@@ -57,10 +46,7 @@ def main() -> None:
 
 
 @main.command()
-@bucket_options
-@output_options
-@store_options
-@profile_option
+@scan_options
 @click.option("-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where workflow-run-<TS>/ directories are kept.")
 @click.option("--engine", type=click.Choice(["local", "pegasus"]), default="local", show_default=True, help="local: run the workflow here with a process pool; pegasus: pegasus-plan onto HTCondor.")
 @setting_options(exclude=("crondor",))
@@ -79,9 +65,7 @@ def scan(**kw: Any) -> None:
     from cog_pipeline.pipeline import ScanOptions
     from cog_pipeline.pipeline import scan as run_scan
 
-    check_scan_args(kw)
-    config = effective_config(kw)  # the --config file, the environment, then the flags
-    check_stac(config)
+    config = scan_config(kw)  # the --config file, the environment, then the flags
     shown = ScanProgress(not kw["quiet"] and not kw["as_json"] and sys.stdout.isatty())
     options = ScanOptions(
         input_bucket=kw["input_bucket"],

@@ -123,6 +123,12 @@ def profile_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--profile", metavar="NAME", help="AWS profile from ~/.aws/config and ~/.aws/credentials (its keys and region).")(func)
 
 
+def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """What a scan is given (`scan`, and `crondor start` for its ticks): buckets and pattern, where outputs go,
+    how to reach the store."""
+    return bucket_options(output_options(store_options(profile_option(func))))
+
+
 def store_config(kw: dict[str, Any]) -> StoreConfig:
     if kw.get("local_root") and (kw.get("endpoint") or kw.get("access_key_file")):
         fail("--local-root uses folders as buckets; do not combine it with -e/-a/-s", EXIT_USAGE)
